@@ -1,0 +1,126 @@
+"""The state store: everything the sync remembers between runs (design §4).
+
+``StateStore`` is the Protocol; ``MemoryStateStore`` serves fast tests and ``TableStateStore``
+is Azure Table Storage (Azurite locally). One contract test suite runs against both. The store
+does no clock reads: callers pass ``now``. Conditional writes raise ``StateConflictError``
+(``LeaseHeldError`` for the lease) and never overwrite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sync_core.state._models import (
+    Claim,
+    Collision,
+    Cursor,
+    Direction,
+    EntityType,
+    Lease,
+    Link,
+    RecordFailure,
+    RunReport,
+    StoreCounters,
+)
+
+__all__ = [
+    "Claim",
+    "Collision",
+    "Cursor",
+    "Direction",
+    "EntityType",
+    "Lease",
+    "Link",
+    "RecordFailure",
+    "RunReport",
+    "StateStore",
+    "StoreCounters",
+    "retry_delay",
+]
+
+
+class StateStore(Protocol):
+    counters: StoreCounters
+
+    # -- cursors and the cycle lease (ETag optimistic concurrency) -------------------------
+    def get_cursor(self, name: str) -> Cursor | None: ...
+
+    def put_cursor(self, cursor: Cursor) -> Cursor:
+        """Write ``cursor.value``. ``cursor.etag`` None: create, conflict if it exists;
+        otherwise replace only if the stored ETag still matches. Returns the cursor with its new ETag."""
+        ...
+
+    def delete_cursor(self, cursor: Cursor) -> None:
+        """Remove a cursor (e.g. an expired delta link), ETag-conditional like ``put_cursor``."""
+        ...
+
+    def acquire_lease(self, owner: str, *, now: datetime, duration: timedelta) -> Lease:
+        """Take the cycle lease if it is free or expired; raise ``LeaseHeldError`` otherwise."""
+        ...
+
+    def renew_lease(self, lease: Lease, *, now: datetime, duration: timedelta) -> Lease: ...
+
+    def release_lease(self, lease: Lease) -> None: ...
+
+    # -- links and baselines ----------------------------------------------------------------
+    def get_links_by_marketo_ids(self, marketo_ids: Iterable[int]) -> dict[int, Link]: ...
+
+    def get_links_by_dataverse_ids(self, entity: EntityType, dataverse_ids: Iterable[str]) -> dict[str, Link]: ...
+
+    def upsert_links(self, links: Sequence[Link], *, replaces: Sequence[Link] = ()) -> None:
+        """Write links (and their baselines), findable by either id. ``replaces`` are the links'
+        previous versions, whose Dataverse-id index rows are removed when the Dataverse side changed
+        (qualification moves a person from a lead to a contact). Batched ≤ 100 ops per transaction."""
+        ...
+
+    def delete_links(self, links: Sequence[Link]) -> None: ...
+
+    def iter_links(self) -> Iterable[Link]:
+        """Every link, in pages (for full re-reads and the status view)."""
+        ...
+
+    # -- collisions, failures, run reports (newest first) --------------------------------------
+    def add_collisions(self, collisions: Sequence[Collision]) -> None: ...
+
+    def list_collisions(self, *, limit: int = 50) -> list[Collision]: ...
+
+    def upsert_failures(self, failures: Sequence[RecordFailure]) -> None: ...
+
+    def get_failures(self, keys: Iterable[str]) -> dict[str, RecordFailure]: ...
+
+    def resolve_failures(self, keys: Sequence[str]) -> None:
+        """Delete failures that have since succeeded (missing keys are ignored)."""
+        ...
+
+    def list_failures(self, *, limit: int = 100) -> list[RecordFailure]:
+        """Open failures, newest ``last_failed_at`` first."""
+        ...
+
+    def due_failures(self, *, now: datetime, limit: int = 1000) -> list[RecordFailure]:
+        """Open failures whose ``next_retry_at`` is not after ``now``, oldest due first."""
+        ...
+
+    def add_run_report(self, report: RunReport) -> None: ...
+
+    def list_run_reports(self, *, limit: int = 20) -> list[RunReport]: ...
+
+    # -- webhook claims ----------------------------------------------------------------------
+    def try_claim(self, key: str, *, owner: str, now: datetime) -> Claim | None:
+        """Insert-if-absent. The new claim if this caller took it, None if it was already taken."""
+        ...
+
+    def get_claim(self, key: str) -> Claim | None: ...
+
+    def complete_claim(self, claim: Claim, result: dict[str, object]) -> Claim: ...
+
+    def release_claim(self, claim: Claim) -> None:
+        """Give a claim back (the work failed and may be retried)."""
+        ...
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """When a failed record is tried again: 5 min, 15 min, 1 h, 4 h, then daily."""
+    schedule = [timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1), timedelta(hours=4)]
+    return schedule[attempts - 1] if 1 <= attempts <= len(schedule) else timedelta(days=1)

@@ -1,0 +1,127 @@
+"""The rows the sync keeps between runs (design §4), as small typed models.
+
+No I/O here. Times are timezone-aware UTC ``datetime``s; values in baselines are the
+JSON-compatible canonical values the field map produces, so equality means "both sides agreed".
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EntityType(StrEnum):
+    LEAD = "lead"
+    CONTACT = "contact"
+
+
+class Direction(StrEnum):
+    TO_DYNAMICS = "to_dynamics"
+    TO_MARKETO = "to_marketo"
+
+
+class Cursor(BaseModel):
+    """A named position in a change feed (Marketo paging token, Dataverse delta link)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    value: str
+    etag: str | None = None  # None until stored; the ETag to send on the next conditional write
+
+
+class Lease(BaseModel):
+    """The cycle lease: at most one cycle runs at a time."""
+
+    model_config = ConfigDict(frozen=True)
+
+    owner: str
+    expires_at: datetime
+    etag: str | None = None
+
+
+class Link(BaseModel):
+    """A Marketo person linked to one Dataverse lead or contact, with the values both last agreed on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    marketo_id: int
+    entity: EntityType
+    dataverse_id: str
+    baseline: dict[str, Any] = Field(default_factory=dict)  # field-map key -> canonical value
+    originating_lead_id: str | None = None  # set when a lead was qualified into this contact
+    updated_at: datetime | None = None
+
+
+class Collision(BaseModel):
+    """The same field changed on both sides since the last sync, to different values."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    at: datetime
+    run_id: str
+    marketo_id: int
+    entity: EntityType
+    dataverse_id: str
+    field: str
+    marketo_value: Any = None
+    dynamics_value: Any = None
+    baseline_value: Any = None
+    winner: str  # "marketo" | "dynamics"
+    rule: str  # why that side won, e.g. "lead: Marketo wins" or "override: phone"
+
+
+class RecordFailure(BaseModel):
+    """A record that could not be written; retried on later cycles on ``next_retry_at``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str  # stable per record and direction, e.g. "to_dynamics:lead:1234"
+    direction: Direction
+    entity: EntityType
+    marketo_id: int | None = None
+    dataverse_id: str | None = None
+    reasons: list[str]
+    code: str | None = None
+    fields: list[str] = Field(default_factory=list)  # field-map keys involved; values are never stored
+    attempts: int = 1
+    first_failed_at: datetime
+    last_failed_at: datetime
+    next_retry_at: datetime
+    run_id: str | None = None
+
+
+class RunReport(BaseModel):
+    """What one cycle did; stored as JSON, listed newest first by the status view."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    outcome: str = "ok"  # ok | partial | quota | transient | lease_held | error
+    report: dict[str, Any] = Field(default_factory=dict)
+
+
+class Claim(BaseModel):
+    """An insert-if-absent marker: the first caller to take a key does the work."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    owner: str
+    created_at: datetime
+    result: dict[str, Any] | None = None  # filled in when the work is done
+    etag: str | None = None
+
+
+class StoreCounters(BaseModel):
+    """Table operations actually sent, for the run report (a batch counts once)."""
+
+    reads: int = 0
+    writes: int = 0
+    transactions: int = 0  # batched writes; each ≤ 100 operations in one partition
