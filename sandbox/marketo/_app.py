@@ -33,6 +33,8 @@ from sandbox.marketo._stats import Stats
 from sandbox.marketo._tokens import AccessTokens
 
 IDENTITY_PATH = "/identity/oauth/token"
+LEADS_PATH = "/rest/v1/leads.json"  # query, sync or delete, by the (effective) method
+PROGRAMS_PATH = "/rest/asset/v1/programs.json"  # the Asset API probe clients make first
 GZIP_MIN = 1024  # the real service compresses bodies of 1 KiB and more when the client accepts gzip
 MAX_BODY = 1024 * 1024
 MAX_URI = 8 * 1024
@@ -47,7 +49,7 @@ class Route:
     methods: tuple[str, ...]
     pattern: re.Pattern[str]
     template: str  # the stats key, e.g. /rest/v1/lead/{id}.json
-    handler: Handler | None  # None: /rest/v1/leads.json, dispatched on the effective method
+    handler: Handler | None  # None: answered in the pipeline (leads.json by method, programs.json)
 
 
 def _route(methods: str, template: str, handler: Handler | None) -> Route:
@@ -57,7 +59,7 @@ def _route(methods: str, template: str, handler: Handler | None) -> Route:
 
 ROUTES: tuple[Route, ...] = (
     _route("GET", "/rest/v1/lead/{id}.json", _leads.get_lead),
-    _route("GET POST DELETE", "/rest/v1/leads.json", None),
+    _route("GET POST DELETE", LEADS_PATH, None),
     _route("POST", "/rest/v1/leads/delete.json", _leads.delete_leads),
     _route("POST", "/rest/v1/leads/{id}/merge.json", _leads.merge_leads),
     _route("GET", "/rest/v1/leads/describe.json", _leads.describe),
@@ -73,7 +75,7 @@ ROUTES: tuple[Route, ...] = (
     _route("POST", "/rest/v1/activities/external.json", _activities.add_custom),
     _route("GET", "/rest/v1/stats/usage.json", _activities.usage_today),
     _route("GET", "/rest/v1/stats/usage/last7days.json", _activities.usage_last7days),
-    _route("GET", "/rest/asset/v1/programs.json", None),
+    _route("GET", PROGRAMS_PATH, None),
 )
 _LEADS_BY_METHOD: dict[str, Handler] = {
     "GET": _leads.query_leads,
@@ -150,10 +152,13 @@ class MarketoSandbox:
         if route is None or match is None:
             return failure(request_id, "610", message_for("610"))
         method = request.method
-        form = request.form() if request.content_type == "application/x-www-form-urlencoded" else {}
+        try:
+            form = request.form() if request.content_type == "application/x-www-form-urlencoded" else {}
+        except UnicodeDecodeError:
+            return failure(request_id, "609", "Invalid form body")
         params = Params(request.query, form)
         override = (params.first("_method") or "").upper()
-        if method == "POST" and route.handler is None and override in ("GET", "DELETE"):
+        if method == "POST" and route.template == LEADS_PATH and override in ("GET", "DELETE"):
             method = override  # the 414 work-around: POST ...?_method=GET with the query as a form body
         if method not in route.methods:
             return failure(request_id, "605", message_for("605", method=request.method))
@@ -162,23 +167,10 @@ class MarketoSandbox:
         except MarketoError as err:
             self._stats.rejected(err.code)
             return failure(request_id, err.code, err.message)
-        return self._charged(
-            request_id,
-            f"{method} {route.template}",
-            route,
-            method,
-            Call(
-                request=request,
-                params=params,
-                match=match,
-                db=self.db,
-                usage=self._usage,
-                options=self.options,
-                clock=self.clock,
-            ),
-        )
+        call = Call(request, params, match, self.db, self._usage, self.options, self.clock)
+        return self._charged(request_id, route, method, call)
 
-    def _charged(self, request_id: str, key: str, route: Route, method: str, call: Call) -> Response:
+    def _charged(self, request_id: str, route: Route, method: str, call: Call) -> Response:
         receipt = None
         if self.options.limits:
             receipt = self._rate.admit()
@@ -191,8 +183,8 @@ class MarketoSandbox:
                 self._rate.refund(receipt)
             self._stats.rejected("607")
             return failure(request_id, "607", self._message("607"))
-        self._stats.served(key)
-        if route.template.startswith("/rest/asset/"):
+        self._stats.served(f"{method} {route.template}")
+        if route.template == PROGRAMS_PATH:
             # The Asset API keeps empty lists and uses plain-string warnings.
             body = {"success": True, "errors": [], "requestId": request_id, "warnings": [_NO_ASSETS]}
             return Response.json(body)

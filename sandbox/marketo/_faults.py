@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -52,9 +52,9 @@ _ACTION_KEYS = ("marketo_error", "status", "delay", "drop")
 
 
 def parse_rule(obj: Any) -> FaultRule:
-    """A rule from its JSON form; ValueError names what is wrong."""
+    """A rule from its JSON form (or a copy of a rule); ValueError names what is wrong."""
     if isinstance(obj, FaultRule):
-        return obj
+        return replace(obj)  # a copy: using a rule up must not change the options it came from
     if not isinstance(obj, dict):
         raise ValueError("a fault rule must be a JSON object")
     unknown = set(obj) - {"method", "path", "times", "action"}
