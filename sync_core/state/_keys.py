@@ -173,6 +173,11 @@ def pack_transactions(groups: Iterable[Sequence[RowOp]]) -> list[list[RowOp]]:
     return batches
 
 
+def check_key_count(rows: Sequence[str]) -> None:
+    if not 0 < len(rows) <= MAX_KEYS_PER_QUERY:
+        raise ValueError(f"a lookup takes 1 to {MAX_KEYS_PER_QUERY} row keys per $filter, got {len(rows)}")
+
+
 def chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

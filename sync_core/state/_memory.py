@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from sync_core.errors import ApiError, StateConflictError
-from sync_core.state._keys import MAX_TRANSACTION_OPS, RowOp, as_utc
+from sync_core.state._keys import MAX_TRANSACTION_OPS, RowOp, as_utc, check_key_count
 from sync_core.state._rows import CountingRows, StoredRow
 from sync_core.state._store import RowStateStore
 
@@ -91,6 +91,7 @@ class MemoryRows(CountingRows):
             del rows[(partition, row)]
 
     def query_rows(self, table: str, partition: str, rows: Sequence[str]) -> list[StoredRow]:
+        check_key_count(rows)
         with self._lock:
             self._count(reads=1)
             stored = self._table(table)

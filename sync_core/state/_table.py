@@ -31,7 +31,7 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
 from sync_core.errors import ApiError, ConfigError, StateConflictError, TransientError
-from sync_core.state._keys import RowOp
+from sync_core.state._keys import RowOp, check_key_count
 from sync_core.state._rows import CountingRows, StoredRow
 from sync_core.state._store import RowStateStore
 
@@ -138,6 +138,7 @@ class AzureRows(CountingRows):
                 ) from err
 
     def query_rows(self, table: str, partition: str, rows: Sequence[str]) -> list[StoredRow]:
+        check_key_count(rows)
         client = self._table(table)
         # The SDK substitutes @names word by word, so every parameter stands between spaces.
         either = " or ".join(f"RowKey eq @k{index}" for index in range(len(rows)))
