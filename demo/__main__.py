@@ -104,7 +104,7 @@ def run(store: TableStateStore, story: Story) -> None:
     story.check(
         "find the same link by its Dataverse id",
         by_dataverse == wanted,
-        f"lead {wanted.dataverse_id[:8]}… -> marketo {by_dataverse.marketo_id if by_dataverse else None}",
+        f"lead {wanted.dataverse_id[:8]}... -> marketo {by_dataverse.marketo_id if by_dataverse else None}",
     )
 
     store.add_collisions(
