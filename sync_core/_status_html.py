@@ -299,14 +299,15 @@ def _collisions_table(status: Status) -> str:
 
 
 def _drift_table(status: Status) -> str:
-    head = "<tr><th>Side</th><th>Entity</th><th>Field</th><th>Detail</th></tr>"
+    head = "<tr><th>Missing on</th><th>Entity</th><th>Field</th><th>Field-map keys skipped</th><th>Detail</th></tr>"
     rows = [
         f'<tr class="drift-row"><td>{_e(d.side or DASH)}</td><td>{_e(d.entity or DASH)}</td>'
-        f"<td><code>{_e(d.field or DASH)}</code></td><td>{_e(d.detail or DASH)}</td></tr>"
+        f"<td><code>{_e(d.field or DASH)}</code></td><td>{_e(', '.join(d.keys) or DASH)}</td>"
+        f"<td>{_e(d.detail or DASH)}</td></tr>"
         for d in status.drift.items
     ]
     empty = "The field map matches both schemas." if status.drift.known else "No cycle has checked the schemas yet."
-    return _table("drift", head, rows, 4, empty)
+    return _table("drift", head, rows, 5, empty)
 
 
 _CSS = """

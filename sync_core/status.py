@@ -172,11 +172,14 @@ class FailureView(BaseModel):
 
 
 class DriftItem(BaseModel):
+    """A mapped field one side does not have (any more): the cycle skips it and syncs the rest."""
+
     model_config = ConfigDict(frozen=True)
 
-    side: str | None = None
-    entity: str | None = None
-    field: str | None = None
+    side: str | None = None  # "marketo" | "dynamics": where the field is missing
+    entity: str | None = None  # None on the Marketo side: the person field serves both
+    field: str | None = None  # the field's name on that side
+    keys: list[str] = []  # the field-map keys skipped because of it
     detail: str | None = None
 
 
@@ -293,22 +296,26 @@ def _backlog(runs: Sequence[RunReport]) -> Backlog:
     return Backlog(known=False)
 
 
+def _drift_item(item: Any) -> DriftItem:
+    """``{side, entity, name|field, fields|keys, detail}``, any part missing; a bare string is a detail."""
+    if not isinstance(item, Mapping):
+        return DriftItem(detail=_text(item))
+    keys = item.get("fields", item.get("keys"))
+    return DriftItem(
+        side=_text(item.get("side")),
+        entity=_text(item.get("entity")),
+        field=_text(item.get("name", item.get("field"))),
+        keys=[str(key) for key in keys if _text(key) is not None] if isinstance(keys, list) else [],
+        detail=_text(item.get("detail")),
+    )
+
+
 def _drift(runs: Sequence[RunReport]) -> Drift:
     """From the newest report that has a ``drift`` list (a lease-held cycle checks nothing)."""
     for run in runs:
         value = run.report.get("drift")
         if isinstance(value, list):
-            items = [
-                DriftItem(
-                    side=_text(item.get("side")),
-                    entity=_text(item.get("entity")),
-                    field=_text(item.get("field")),
-                    detail=_text(item.get("detail")),
-                )
-                if isinstance(item, Mapping)
-                else DriftItem(detail=_text(item))
-                for item in value
-            ]
+            items = [_drift_item(item) for item in value]
             return Drift(known=True, run_id=run.run_id, items=items)
     return Drift(known=False)
 

@@ -31,7 +31,7 @@ def cycle_report(index: int, now: datetime = NOW) -> RunReport:
         "qualified": index % 2,
         "collisions": 1 if index < 4 else 0,
         "failures": 1 if index == 0 else 0,
-        "drift": [{"side": "dynamics", "entity": "lead", "field": "jobtitle", "detail": "max length 100 → 50"}],
+        "drift": [{"side": "dynamics", "entity": "lead", "name": "jobtitle", "fields": ["title"]}],
         "api_calls": {"marketo": 3 + index % 4, "dataverse": 2 + index % 3, "by_operation": {"get_lead_changes": 1}},
         "token_calls": 0,
         "table_transactions": 4,

@@ -20,6 +20,7 @@ from sync_core._status_html import DASH, _nice_ceiling
 from sync_core.errors import TransientError
 from sync_core.state import EntityType, Link, MemoryStateStore, RunReport, TableStateStore
 from sync_core.status import (
+    DriftItem,
     HealthLevel,
     build_status,
     choose_format,
@@ -177,6 +178,28 @@ def test_backlog_without_a_usable_estimate_is_unknown(backlog: Any) -> None:
     assert not build_status(store, now=NOW, schedule=SCHEDULE).backlog.known
 
 
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        (
+            {"side": "marketo", "entity": None, "name": "phone", "fields": ["phone"]},
+            DriftItem(side="marketo", field="phone", keys=["phone"]),
+        ),
+        (
+            {"side": "dynamics", "entity": "lead", "field": "jobtitle", "detail": "column deleted"},
+            DriftItem(side="dynamics", entity="lead", field="jobtitle", detail="column deleted"),
+        ),
+        ({"fields": "title", "keys": [1]}, DriftItem()),
+        ("schema changed", DriftItem(detail="schema changed")),
+    ],
+)
+def test_drift_items_are_read_in_either_shape(item: Any, expected: DriftItem) -> None:
+    store = MemoryStateStore()
+    store.add_run_report(_report(1, drift=[item]))
+
+    assert build_status(store, now=NOW, schedule=SCHEDULE).drift.items == [expected]
+
+
 def test_backlog_and_drift_come_from_the_newest_report_that_has_them() -> None:
     store = MemoryStateStore()
     store.add_run_report(_report(11, backlog=42, drift=[{"side": "marketo", "field": "phone", "detail": "gone"}]))
@@ -240,7 +263,7 @@ def test_json_rendering_carries_the_whole_model() -> None:
     }
     assert data["failures"][1]["next_retry_at"] == "2025-03-14T11:37:30Z"
     assert data["drift"]["items"] == [
-        {"side": "dynamics", "entity": "lead", "field": "jobtitle", "detail": "max length 100 → 50"}
+        {"side": "dynamics", "entity": "lead", "field": "jobtitle", "keys": ["title"], "detail": None}
     ]
 
 
