@@ -400,6 +400,7 @@ def test_status_function_answers_json_to_scripts_and_html_to_browsers(
     as_json = _call_status({}, {"Accept": "*/*"})
     as_html = _call_status({}, {"Accept": BROWSER_ACCEPT})
     forced = _call_status({"format": "json"}, {"Accept": BROWSER_ACCEPT})
+    with_links = _call_status({"links": "1"}, {})
 
     assert as_json.status_code == 200
     assert as_json.mimetype == "application/json"
@@ -409,6 +410,8 @@ def test_status_function_answers_json_to_scripts_and_html_to_browsers(
     assert as_html.headers["Content-Security-Policy"].startswith("default-src 'none'")
     assert b'<p class="word">Failures open</p>' in as_html.get_body()
     assert forced.mimetype == "application/json"
+    assert json.loads(with_links.get_body())["totals"]["links"] == {"lead": 0, "contact": 0}
+    assert json.loads(as_json.get_body())["totals"]["links"] is None
 
 
 def test_status_page_names_every_missing_setting_without_secrets() -> None:
