@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: setup lint fmt test demo bench clean
+.PHONY: setup lint fmt browser test demo bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -30,7 +30,14 @@ fmt: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+# Headless Debian chromium for the status page's browser test (skipped, with a reason, without it).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if ! command -v apt-get >/dev/null; then echo "chromium not found and no apt-get: the browser test will be skipped"; exit 0; fi; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }
+
+test: lint browser
 	$(BIN)/pytest
 
 demo: setup

@@ -1,6 +1,7 @@
 """Six-field NCRONTAB schedules (``second minute hour day month day-of-week``), as the Functions
-host reads ``SYNC_SCHEDULE``: parsing and "next occurrence after". Used by the local host only;
-in Azure the Functions host owns the schedule. Times are UTC, like the host's default.
+host reads ``SYNC_SCHEDULE``: parsing and "next occurrence after". Used by the local host (in
+Azure the Functions host owns the schedule) and by the status view, to tell when cycles have
+stopped. Times are UTC, like the host's default.
 """
 
 from __future__ import annotations
