@@ -30,7 +30,7 @@ from sandbox.dataverse._limits import ServiceProtection, throttled
 from sandbox.dataverse._metadata import Metadata
 from sandbox.dataverse._odata import parse_key, parse_prefer, parse_select, quote_literal, split_path, split_segment
 from sandbox.dataverse._options import DataverseOptions
-from sandbox.dataverse._query import Query
+from sandbox.dataverse._query import OrderCache, Query
 from sandbox.dataverse._records import Records, render
 from sandbox.dataverse._schema import (
     BUSINESS_UNIT_ID,
@@ -48,6 +48,7 @@ from sandbox.dataverse._store import Row, Store
 API_PATH = "/api/data/v9.2/"
 JSON_TYPE = "application/json; odata.metadata=minimal"
 _TOKEN_PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token")
+_DISCOVERY_PATH = re.compile(r"/([^/]+)/v2\.0/\.well-known/openid-configuration")
 _MULTIPLE = {f"Microsoft.Dynamics.CRM.{m}": m for m in ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")}
 _QUALIFY = "Microsoft.Dynamics.CRM.QualifyLead"
 _HEADER_SAFE = "/:@!$&'()*+,;=-._~?"
@@ -101,6 +102,7 @@ class DataverseSandbox:
         )
         self.faults = FaultInjector()
         self.faults.replace(self.options.faults)
+        self._order_cache = OrderCache()
         self._seed()
 
     # ================================================================== HTTP entry
@@ -109,14 +111,12 @@ class DataverseSandbox:
         if request.path == "/_sandbox" or request.path.startswith("/_sandbox/"):
             return self._admin(request)
         self.stats.count("requests")
-        action = self.faults.take(request)
-        if action is not None:
-            self.stats.count("faults")
-            if action.get("drop"):
-                raise DropConnection
+        discovery = _DISCOVERY_PATH.fullmatch(request.path)
+        if discovery is not None:  # MSAL (azure-identity) reads this before asking for a token
+            return self.tokens.discovery(request, discovery.group(1))
         token_path = _TOKEN_PATH.fullmatch(request.path)
         if token_path is not None:
-            fault = self._apply_fault(action)
+            fault = self._apply_fault(self._take_fault(request))
             if fault is not None:
                 return fault
             response = self.tokens.issue(request, token_path.group(1))
@@ -130,6 +130,9 @@ class DataverseSandbox:
         if principal is None:
             self.stats.count("unauthorized")
             return _decorate(self.tokens.challenge(request, had_token=request.header("Authorization") is not None))
+        # Faults act on authenticated calls; a delay runs inside the limits, so it holds a
+        # concurrency slot and adds to execution time like a slow request would.
+        action = self._take_fault(request)
         if not self.options.limits:
             return self._serve(request, action)
         try:
@@ -140,6 +143,14 @@ class DataverseSandbox:
             return _error(exc)
         response.headers += limit_headers
         return response
+
+    def _take_fault(self, request: Request) -> dict[str, Any] | None:
+        action = self.faults.take(request)
+        if action is not None:
+            self.stats.count("faults")
+            if action.get("drop"):
+                raise DropConnection
+        return action
 
     def _apply_fault(self, action: dict[str, Any] | None) -> Response | None:
         if action is None:
@@ -330,6 +341,7 @@ class DataverseSandbox:
             api=api,
             max_page=self.options.max_page_size,
             retention=self.options.change_retention,
+            cache=self._order_cache,
         )
         payload = query.run()
         headers = [("Preference-Applied", ",".join(query.applied))] if query.applied else []

@@ -105,6 +105,25 @@ class Tokens:
             body, content_type="application/json; charset=utf-8", headers=[("Cache-Control", "no-store, no-cache")]
         )
 
+    @staticmethod
+    def discovery(request: Request, tenant: str) -> Response:
+        """The tenant's OpenID configuration, so MSAL-based credentials can use this sandbox as authority."""
+        base = f"{request.base_url}/{tenant}"
+        body = {
+            "token_endpoint": f"{base}/oauth2/v2.0/token",
+            "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+            "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+            "issuer": f"{base}/v2.0",
+            "jwks_uri": f"{base}/discovery/v2.0/keys",
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "tenant_region_scope": "NA",
+        }
+        return Response.json(body, content_type="application/json; charset=utf-8")
+
     def _sign(self, claims: dict[str, Any]) -> str:
         head = _b64(json.dumps({"typ": "JWT", "alg": "HS256"}).encode())
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())

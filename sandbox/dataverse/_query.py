@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
+from bisect import bisect_right
 from datetime import UTC, datetime
-from functools import partial
+from operator import itemgetter
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -58,8 +60,10 @@ class Query:
         api: str,
         max_page: int,
         retention: float,
+        cache: OrderCache,
     ) -> None:
         self.store = store
+        self.cache = cache
         self.retention = retention
         self.table = table
         self.request = request
@@ -116,48 +120,48 @@ class Query:
 
     # ------------------------------------------------------------------ full reads
 
-    def _sort_key(self, row: Row) -> tuple[Any, ...]:
+    def _cursor_values(self, row: Row) -> list[Any]:
+        """What a paging cookie remembers of the last row: its order-by values and its id."""
         cols = self.table.by_prop
-        return (*(comparable(row.values.get(cols[p].name)) for p, _ in self.order), row.id)
+        return [*(comparable(row.values.get(cols[p].name)) for p, _ in self.order), row.id]
 
-    def _compare(self, a: tuple[Any, ...], b: tuple[Any, ...]) -> int:
-        directions = [desc for _, desc in self.order] + [False]
-        for x, y, desc in zip(a, b, directions, strict=True):
-            if x == y:
-                continue
-            if x is None:
-                result = -1
-            elif y is None:
-                result = 1
-            else:
-                result = -1 if x < y else 1
-            return -result if desc else result
-        return 0
+    def _key(self, values: list[Any]) -> tuple[Any, ...]:
+        """Sort key: nulls lowest (as in SQL Server), descending columns reversed, the primary key last."""
+        parts: list[Any] = []
+        for (_, desc), value in zip(self.order, values, strict=False):
+            part = (value is not None, value)
+            parts.append(_Descending(part) if desc else part)
+        parts.append(values[-1])
+        return tuple(parts)
+
+    def _ordered(self) -> tuple[list[tuple[Any, ...]], list[Row]]:
+        """Matching rows in order, with their keys; reused while the org has not changed."""
+        signature = (self.table.logical, self.request.arg("$filter"), self.request.arg("$orderby"))
+        cached = self.cache.get(signature, self.store.version)
+        if cached is not None:
+            return cached
+        rows: list[Row] = list(self.store.tables[self.table.logical].rows.values())
+        if self.filter is not None:
+            node = self.filter
+            rows = [r for r in rows if evaluate(node, getter(self.table, r))]
+        keyed = sorted(((self._key(self._cursor_values(r)), r) for r in rows), key=itemgetter(0))
+        result = ([k for k, _ in keyed], [r for _, r in keyed])
+        self.cache.put(signature, self.store.version, result)
+        return result
 
     def _rows(self) -> dict[str, Any]:
         cursor = _read_skiptoken(self.request.arg("$skiptoken"))
         snapshot = cursor.get("s") if cursor else self.store.version
-        rows = list(self.store.tables[self.table.logical].rows.values())
-        if self.filter is not None:
-            node = self.filter
-            rows = [r for r in rows if evaluate(node, getter(self.table, r))]
-        total = len(rows)
-        if cursor:
-            last = tuple(_thaw(v) for v in cursor["k"])
-            rows = [r for r in rows if self._compare(self._sort_key(r), last) > 0]
-        # Stable sorts, last key first: the primary key breaks ties; nulls sort lowest, as in SQL Server.
-        rows.sort(key=lambda r: r.id)
-        for prop, desc in reversed(self.order):
-            rows.sort(key=partial(_order_value, self.table.by_prop[prop].name), reverse=desc)
+        keys, rows = self._ordered()
+        start = bisect_right(keys, self._key([_thaw(v) for v in cursor["k"]])) if cursor else 0
         limit = self.top if self.top is not None else self.page_size
-        page = rows[:limit]
+        page = rows[start : start + limit]
         out: dict[str, Any] = {"@odata.context": self.context}
         if self.count:
-            out["@odata.count"] = min(total, 5000)
+            out["@odata.count"] = min(len(rows), 5000)
         out["value"] = [render(self.table, r, self.select, annotations=self.annotations) for r in page]
-        more = len(rows) > limit and self.top is None
-        if more:
-            state = {"k": [_freeze(v) for v in self._sort_key(page[-1])], "s": snapshot}
+        if start + limit < len(rows) and self.top is None:
+            state = {"k": [_freeze(v) for v in self._cursor_values(page[-1])], "s": snapshot}
             number = int(cursor.get("p", 1)) + 1 if cursor else 2
             out["@odata.nextLink"] = self._link(skiptoken=_skiptoken(state, number, self.tracking, self.table, page))
         elif self.tracking:
@@ -229,9 +233,48 @@ class Query:
         return f"{self.api}/{self.table.entity_set}?" + "&".join(params)
 
 
-def _order_value(name: str, row: Row) -> tuple[bool, Any]:
-    value = comparable(row.values.get(name))
-    return (value is not None, value)
+class _Descending:
+    """Wraps a sort-key part so that tuples order it backwards (``$orderby … desc``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and self.value == other.value
+
+    def __lt__(self, other: _Descending) -> bool:
+        return bool(self.value > other.value)
+
+    def __gt__(self, other: _Descending) -> bool:
+        return bool(self.value < other.value)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class OrderCache:
+    """The last few ordered results per (table, $filter, $orderby), valid for one org version.
+
+    Paging through N rows would otherwise filter and sort the whole table once per page.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._entries: dict[tuple[Any, ...], tuple[int, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, signature: tuple[Any, ...], version: int) -> Any:
+        with self._lock:
+            entry = self._entries.get(signature)
+            return entry[1] if entry is not None and entry[0] == version else None
+
+    def put(self, signature: tuple[Any, ...], version: int, value: Any) -> None:
+        with self._lock:
+            self._entries.pop(signature, None)
+            self._entries[signature] = (version, value)
+            while len(self._entries) > self.size:
+                del self._entries[next(iter(self._entries))]
 
 
 def _freeze(value: Any) -> Any:

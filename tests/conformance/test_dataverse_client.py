@@ -2,8 +2,9 @@
 for its URL and credential, against the Dataverse simulator over real HTTP (and HTTPS).
 
 Plain http needs the documented recipe: the constructor insists on https, the OData client is
-built lazily from the private ``_base_url``. The TLS test uses the client as shipped, trusting
-the sandbox's throw-away CA through ``REQUESTS_CA_BUNDLE``.
+built lazily from the private ``_base_url``. The TLS test uses the client as shipped, with
+azure-identity's ``ClientSecretCredential`` for a token, trusting the sandbox's throw-away CA
+through ``REQUESTS_CA_BUNDLE``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 from azure.core.credentials import AccessToken
+from azure.identity import ClientSecretCredential
 from PowerPlatform.Dataverse.client import DataverseClient
 from PowerPlatform.Dataverse.core.errors import HttpError
 from PowerPlatform.Dataverse.models import UpsertItem
@@ -156,16 +158,26 @@ def test_client_surfaces_validation_and_throttling_errors(client: DataverseClien
     assert error.details["service_request_id"]
 
 
-def test_client_unmodified_over_tls_with_the_sandbox_ca(
+def test_client_unmodified_over_tls_with_an_azure_identity_credential(
     sandbox: DataverseSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The production stack: azure-identity's ClientSecretCredential gets a token from the sandbox's
+    Entra-shaped endpoint (its authority pointed at the sandbox), the client uses it over https."""
     ca = LocalCA()
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca.write_ca_bundle(tmp_path / "ca.pem")))
     with HttpServer(sandbox.handle, service="dataverse", tls=ca.server_context()) as server:
-        credential = SandboxCredential()
+        credential = ClientSecretCredential(
+            "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c00aa",
+            "sandbox-client-id",
+            "sandbox-client-secret",
+            authority=server.base_url.removeprefix("https://"),
+            disable_instance_discovery=True,
+        )
         with DataverseClient(server.base_url, credential) as client:
             assert server.base_url.startswith("https://127.0.0.1:")
             created = client.records.create("lead", {"lastname": "Secure", "companyname": "c"})
             records = client.records.list("lead", select=["lastname"], filter="lastname eq 'Secure'", page_size=2)
             assert [r["leadid"] for r in records] == [created]
-        assert credential.scopes[0] == f"{server.base_url}/.default"
+        credential.close()
+    stats = sandbox.stats.to_json()
+    assert (stats["tokens_issued"], stats["unauthorized"]) == (1, 0)  # one token, cached by MSAL, accepted

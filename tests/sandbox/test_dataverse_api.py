@@ -130,6 +130,35 @@ def test_top_limits_rows_without_paging_and_orderby_sorts(org: Org) -> None:
     assert "@odata.nextLink" not in body
 
 
+@pytest.mark.parametrize(("direction", "first"), [("asc", None), ("desc", "Zed")])
+def test_orderby_sorts_nulls_lowest_across_pages(org: Org, direction: str, first: str | None) -> None:
+    org.sandbox.update("lead", org.sandbox.rows("lead")[4]["leadid"], {"jobtitle": None})
+    org.sandbox.update("lead", org.sandbox.rows("lead")[5]["leadid"], {"jobtitle": "Zed"})
+    prefer = {"Prefer": "odata.maxpagesize=4"}
+    body = org.http.get(
+        "leads", params={"$select": "jobtitle", "$orderby": f"jobtitle {direction}"}, headers=prefer
+    ).json()
+    titles = [row["jobtitle"] for row in body["value"]]
+    while "@odata.nextLink" in body:
+        body = org.http.get(body["@odata.nextLink"], headers=prefer).json()
+        titles += [row["jobtitle"] for row in body["value"]]
+    assert titles[0] == first
+    assert len(titles) == 10
+    assert sorted(titles, key=lambda t: (t is not None, t), reverse=direction == "desc") == titles
+
+
+def test_count_and_annotations_on_request(org: Org) -> None:
+    body = org.http.get(
+        "leads",
+        params={"$select": "statuscode,_ownerid_value", "$count": "true", "$top": "1"},
+        headers={"Prefer": 'odata.include-annotations="*"'},
+    ).json()
+    assert body["@odata.count"] == 10
+    [row] = body["value"]
+    assert row["statuscode@OData.Community.Display.V1.FormattedValue"] == "New"
+    assert row["_ownerid_value@Microsoft.Dynamics.CRM.lookuplogicalname"] == "systemuser"
+
+
 def test_filter_on_modifiedon_returns_rows_changed_since(org: Org) -> None:
     org.clock.advance(60)
     since = datetime.fromtimestamp(org.clock.now - 30, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
