@@ -30,7 +30,7 @@ from sandbox.dataverse._limits import ServiceProtection, throttled
 from sandbox.dataverse._metadata import Metadata
 from sandbox.dataverse._odata import parse_key, parse_prefer, parse_select, quote_literal, split_path, split_segment
 from sandbox.dataverse._options import DataverseOptions
-from sandbox.dataverse._query import OrderCache, Query
+from sandbox.dataverse._query import OrderCache, Query, resolver
 from sandbox.dataverse._records import Records, render
 from sandbox.dataverse._schema import (
     BUSINESS_UNIT_ID,
@@ -313,21 +313,19 @@ class DataverseSandbox:
         except (ValueError, UnicodeDecodeError) as exc:
             raise err.bad_payload(table.entity_set, f"Invalid JSON. {exc}") from exc
 
+    @staticmethod
+    def _select(table: Table, request: Request) -> list[str] | None:
+        """``$select`` checked up front, so a bad one refuses a write before anything is written."""
+        text = request.arg("$select")
+        return parse_select(text, resolver(table)) if text else None
+
+    @staticmethod
     def _representation(
-        self, table: Table, row: Row, request: Request, api: str, status: int, headers: list[tuple[str, str]]
+        table: Table, row: Row, select: list[str] | None, api: str, status: int, headers: list[tuple[str, str]]
     ) -> Response:
-        select_text = request.arg("$select")
-        select = parse_select(select_text, lambda n: self._prop_type(table, n)) if select_text else None
         shape = f"{table.entity_set}({','.join(select)})" if select else table.entity_set
         body = {"@odata.context": f"{api}/$metadata#{shape}/$entity", **render(table, row, select)}
         return _json(body, status, [*headers, ("Preference-Applied", "return=representation")])
-
-    @staticmethod
-    def _prop_type(table: Table, name: str) -> str:
-        column = table.by_prop.get(name)
-        if column is None:
-            raise err.no_property(name, table.logical)
-        return column.edm
 
     # ================================================================== handlers
 
@@ -350,8 +348,7 @@ class DataverseSandbox:
     def _retrieve(self, table: Table, key: Key, request: Request, api: str) -> Response:
         if request.arg("$expand") is not None:
             raise err.bad_query("The sandbox does not simulate $expand on leads or contacts.")
-        select_text = request.arg("$select")
-        select = parse_select(select_text, lambda n: self._prop_type(table, n)) if select_text else None
+        select = self._select(table, request)
         row = self.records.get_or_raise(table, key)
         etag = f'W/"{row.version}"'
         if request.header("If-None-Match") == etag:
@@ -365,12 +362,14 @@ class DataverseSandbox:
         return _json(body, headers=[("ETag", etag)])
 
     def _create(self, table: Table, request: Request, api: str, user: str, bypass: bool) -> Response:
+        select = self._select(table, request)
         row = self.records.create(table, self._body(request, table), user=user, bypass_plugins=bypass)
         if "return" in parse_prefer(request.header("Prefer")):
-            return self._representation(table, row, request, api, 201, [])
+            return self._representation(table, row, select, api, 201, [])
         return Response(status=204, headers=[("OData-EntityId", _header_value(self._entity_url(api, table, row.id)))])
 
     def _patch(self, table: Table, key: Key, request: Request, api: str, user: str, bypass: bool) -> Response:
+        select = self._select(table, request)
         body = self._body(request, table)
         if_match = request.header("If-Match")
         if_none_match = request.header("If-None-Match")
@@ -395,7 +394,7 @@ class DataverseSandbox:
             status = 201
         entity = [("OData-EntityId", _header_value(self._entity_url(api, table, key)))]
         if "return" in parse_prefer(request.header("Prefer")):
-            return self._representation(table, row, request, api, status, entity)
+            return self._representation(table, row, select, api, status, entity)
         return Response(status=204, headers=entity)
 
     def _delete(self, table: Table, key: Key, request: Request, user: str) -> Response:
@@ -658,7 +657,7 @@ class DataverseSandbox:
         """Records whose columns equal the given values (text compared case-insensitively, like Dataverse)."""
         table = self._table(entity)
         for name in equals:
-            self._prop_type(table, name)
+            resolver(table)(name)
 
         def same(a: Any, b: Any) -> bool:
             return a.casefold() == b.casefold() if isinstance(a, str) and isinstance(b, str) else bool(a == b)

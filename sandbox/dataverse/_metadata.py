@@ -186,7 +186,7 @@ class Metadata:
             if len(segments) > 1:
                 raise err.no_segment(segments[1])
             items = [entity_metadata(t) for t in TABLES]
-            return self._collection(items, query, "EntityDefinitions", "EntityMetadata", {})
+            return self._collection(items, query, "EntityDefinitions", "EntityMetadata")
         table = self._table(key)
         if len(segments) == 1:
             return self._single(entity_metadata(table), query, "EntityDefinitions", "EntityMetadata")
@@ -203,9 +203,7 @@ class Metadata:
                 }
                 for name, columns in table.alternate_keys
             ]
-            return self._collection(
-                keys, query, f"EntityDefinitions({table.metadata_id})/Keys", "EntityKeyMetadata", {}
-            )
+            return self._collection(keys, query, f"EntityDefinitions({table.metadata_id})/Keys", "EntityKeyMetadata")
         name, attr_key = split_segment(segments[1])
         if name != "Attributes":
             raise err.no_segment(segments[1])
@@ -259,9 +257,7 @@ class Metadata:
         for item, extra in zip(items, self._expansions(table, columns, query, cast), strict=True):
             item.update(extra)
         suffix = f"/{NS}{cast}" if cast else ""
-        return self._collection(
-            items, query, base_path + suffix, type_name, {}, allowed=allowed, open_props=cast is None
-        )
+        return self._collection(items, query, base_path + suffix, type_name, allowed=allowed)
 
     def _expansions(
         self, table: Table, columns: list[Column], query: dict[str, list[str]], cast: str | None
@@ -319,7 +315,7 @@ class Metadata:
             for m in _MESSAGES
         ]
         hidden = {"sdkmessageid"}  # a navigation property: filterable by path, not returned
-        result = self._collection(items, query, "sdkmessagefilters", "sdkmessagefilter", {}, hidden=hidden)
+        result = self._collection(items, query, "sdkmessagefilters", "sdkmessagefilter", hidden=hidden)
         return result
 
     # ------------------------------------------------------------------ shared plumbing
@@ -330,10 +326,8 @@ class Metadata:
         query: dict[str, list[str]],
         path: str,
         type_name: str,
-        extra: dict[str, Any],
         *,
         allowed: set[str] | None = None,
-        open_props: bool = False,
         hidden: set[str] | None = None,
     ) -> dict[str, Any]:
         types = _property_types(items)
@@ -351,9 +345,9 @@ class Metadata:
             items = [i for i in items if evaluate(node, partial(_walk, i))]
         select_text = (query.get("$select") or [""])[0]
         select = parse_select(select_text, resolve) if select_text else None
-        shaped = [self._shape(i, select, hidden or set(), open_props) for i in items]
+        shaped = [self._shape(i, select, hidden or set()) for i in items]
         context = f"{self.api}/$metadata#{path}" + (f"({','.join(select)})" if select else "")
-        return {"@odata.context": context, **extra, "value": shaped}
+        return {"@odata.context": context, "value": shaped}
 
     def _single(
         self,
@@ -374,10 +368,10 @@ class Metadata:
 
         select = parse_select(select_text, resolve) if select_text else None
         context = f"{self.api}/$metadata#{path}" + (f"({','.join(select)})" if select else "") + "/$entity"
-        return {"@odata.context": context, **self._shape(item, select, set(), True)}
+        return {"@odata.context": context, **self._shape(item, select, set())}
 
     @staticmethod
-    def _shape(item: dict[str, Any], select: list[str] | None, hidden: set[str], open_props: bool) -> dict[str, Any]:
+    def _shape(item: dict[str, Any], select: list[str] | None, hidden: set[str]) -> dict[str, Any]:
         if select is None:
             return {k: v for k, v in item.items() if k not in hidden}
         keep = {"@odata.type", "MetadataId", *select, *_EXPANDABLE}

@@ -24,7 +24,7 @@ Getter = Callable[[str], Any]  # property path -> value of the row being tested
 
 _GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _GUID_RE = re.compile(_GUID + r"(?![\w-])")
-_GUID_FULL = re.compile(_GUID)
+GUID_RE = re.compile(_GUID)  # a whole GUID, for callers that check one value
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?(?![\w:.-])")
 _NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[lLmMdDfF]?(?![\w.])")
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:[./][A-Za-z_][A-Za-z0-9_]*)*")
@@ -380,7 +380,7 @@ def parse_orderby(text: str, resolve: Resolver) -> list[tuple[str, bool]]:
 def parse_key(text: str) -> str | dict[str, Any]:
     """The inside of ``entityset(...)``: a GUID, or ``name=literal[,name=literal]``."""
     stripped = text.strip()
-    if _GUID_FULL.fullmatch(stripped):
+    if GUID_RE.fullmatch(stripped):
         return stripped.lower()
     tokens = tokenize(stripped)
     pairs: dict[str, Any] = {}

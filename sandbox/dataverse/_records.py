@@ -10,6 +10,7 @@ Callers hold ``Store.lock``; multi-record operations wrap calls in ``Store.atomi
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -235,7 +236,7 @@ class Records:
         self.stats.wrote(table.entity_set, "create" if creating else "update", by_user=user == self.ui_user)
         return row
 
-    def seed(self, table: Table, count: int, make: Any, user: str) -> None:
+    def seed(self, table: Table, count: int, make: Callable[[int], dict[str, Any]], user: str) -> None:
         """Bulk-load ``count`` rows built by ``make(i)`` (1-based) without the write checks."""
         tables = self.table_store(table)
         now = self.now()

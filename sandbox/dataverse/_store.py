@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sandbox.dataverse._schema import TABLES, Table
@@ -28,11 +27,6 @@ class Row:
     id: str
     values: dict[str, Any]  # logical name -> value (lookups by logical name hold the GUID)
     version: int
-
-    @property
-    def modifiedon(self) -> datetime:
-        value: datetime = self.values["modifiedon"]
-        return value
 
 
 def key_of(values: dict[str, Any], columns: tuple[str, ...]) -> tuple[Any, ...] | None:

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox.dataverse import _errors as err
-from sandbox.dataverse._odata import split_segment
+from sandbox.dataverse._odata import GUID_RE, split_segment
 from sandbox.dataverse._schema import BY_SET, Column, Table
 
-_GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
 _IGNORED_ANNOTATIONS = ("@odata.type", "@odata.etag", "@odata.context", "@odata.id")
 
@@ -61,9 +60,6 @@ class PluginRule:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PluginRule:
         return cls(str(data["kind"]), str(data.get("entity", "*")), str(data["column"]), data.get("message"))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "entity": self.entity, "column": self.column, "message": self.message}
 
 
 def default_plugin_rules() -> list[PluginRule]:
@@ -129,7 +125,7 @@ def coerce_value(table: Table, column: Column, raw: Any) -> Any:
             raise err.out_of_range(raw, column.name, table.logical, column.option_values())
         return raw
     if column.kind == "guid":
-        if not isinstance(raw, str) or not _GUID_RE.fullmatch(raw):
+        if not isinstance(raw, str) or not GUID_RE.fullmatch(raw):
             raise err.bad_payload(
                 table.entity_set, f"Cannot convert the literal '{_literal(raw)}' to the expected type 'Edm.Guid'."
             )
@@ -146,7 +142,7 @@ def _bind(table: Table, column: Column, raw: Any) -> str | None:
     entity_set, key = split_segment(segment)
     target = BY_SET.get(entity_set)
     logical = target.logical if target else {"systemusers": "systemuser", "teams": "team"}.get(entity_set)
-    if logical is None or logical not in column.targets or key is None or not _GUID_RE.fullmatch(key):
+    if logical is None or logical not in column.targets or key is None or not GUID_RE.fullmatch(key):
         raise err.bad_payload(
             table.entity_set,
             f"The value '{text}' of '{column.name}@odata.bind' is not a URL of a {' or '.join(column.targets)} record.",

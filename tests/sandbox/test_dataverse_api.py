@@ -252,6 +252,17 @@ def test_create_with_return_representation_answers_201_with_the_row(org: Org) ->
     assert (body["lastname"], body["statuscode"]) == ("Hopper", 1)
 
 
+def test_bad_select_on_a_write_refuses_it_before_anything_is_written(org: Org) -> None:
+    response = org.http.post(
+        "leads",
+        params={"$select": "nosuch"},
+        json={"lastname": "Hopper", "companyname": "Navy"},
+        headers={"Prefer": "return=representation"},
+    )
+    assert error_of(response)[:2] == (400, "0x80060888")
+    assert len(org.sandbox.rows("lead")) == 10
+
+
 def test_patch_with_if_match_star_updates_and_refuses_a_missing_row(org: Org) -> None:
     lead_id = org.lead()
     assert org.http.patch(f"leads({lead_id})", json={"jobtitle": "CTO"}, headers={"If-Match": "*"}).status_code == 204
