@@ -185,11 +185,12 @@ class Metadata:
         if key is None:
             if len(segments) > 1:
                 raise err.no_segment(segments[1])
-            items = [entity_metadata(t) for t in TABLES]
+            items = self._entities(list(TABLES), query)
             return self._collection(items, query, "EntityDefinitions", "EntityMetadata")
         table = self._table(key)
         if len(segments) == 1:
-            return self._single(entity_metadata(table), query, "EntityDefinitions", "EntityMetadata")
+            [item] = self._entities([table], query)
+            return self._single(item, query, "EntityDefinitions", "EntityMetadata")
         if segments[1] == "Keys" and len(segments) == 2:
             keys = [
                 {
@@ -208,6 +209,26 @@ class Metadata:
         if name != "Attributes":
             raise err.no_segment(segments[1])
         return self._attributes(table, attr_key, segments[2:], query)
+
+    @staticmethod
+    def _entities(tables: list[Table], query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """Entity metadata, with ``Attributes`` when ``$expand=Attributes[($select=…)]`` asks for them."""
+        items = [entity_metadata(t) for t in tables]
+        for name, selected in _expand_parts((query.get("$expand") or [""])[0]):
+            if name != "Attributes":
+                raise err.bad_query(f"Could not find a property named '{name}' on type '{NS}EntityMetadata'.")
+            for item, table in zip(items, tables, strict=True):
+                attributes = [{**_base_attribute(table, c), **_derived_properties(c)} for c in table.columns]
+                if selected is not None:
+                    base = set(_base_attribute(table, table.columns[0]))
+                    unknown = [n for n in selected if n not in base]
+                    if unknown:
+                        raise err.bad_query(
+                            f"Could not find a property named '{unknown[0]}' on type '{NS}AttributeMetadata'."
+                        )
+                    attributes = [Metadata._shape(a, selected, set()) for a in attributes]
+                item["Attributes"] = attributes
+        return items
 
     def _table(self, key: str) -> Table:
         parsed = parse_key(key)
@@ -266,22 +287,12 @@ class Metadata:
         if not text:
             return [{} for _ in columns]
         wanted: dict[str, list[str] | None] = {}
-        for part in _split_top(text):
-            name, options = split_segment(part.strip())
-            if name not in _EXPANDABLE or cast not in (
-                "PicklistAttributeMetadata",
-                "StateAttributeMetadata",
-                "StatusAttributeMetadata",
-            ):
+        picklists = ("PicklistAttributeMetadata", "StateAttributeMetadata", "StatusAttributeMetadata")
+        for name, selected in _expand_parts(text):
+            if name not in _EXPANDABLE or cast not in picklists:
                 raise err.bad_query(
                     f"Could not find a property named '{name}' on type '{NS}{cast or 'AttributeMetadata'}'."
                 )
-            selected = None
-            if options:
-                option, _, value = options.partition("=")
-                if option.strip() != "$select":
-                    raise err.bad_query(f"The sandbox supports only $select inside $expand, not '{options}'.")
-                selected = [v.strip() for v in value.split(",")]
             wanted[name] = selected
         out = []
         for column in columns:
@@ -374,7 +385,7 @@ class Metadata:
     def _shape(item: dict[str, Any], select: list[str] | None, hidden: set[str]) -> dict[str, Any]:
         if select is None:
             return {k: v for k, v in item.items() if k not in hidden}
-        keep = {"@odata.type", "MetadataId", *select, *_EXPANDABLE}
+        keep = {"@odata.type", "MetadataId", *select, *_EXPANDABLE, "Attributes"}
         return {k: v for k, v in item.items() if k in keep}
 
 
@@ -404,6 +415,21 @@ def _property_types(items: list[dict[str, Any]]) -> dict[str, str]:
     for item in items:
         visit("", item)
     return types
+
+
+def _expand_parts(text: str) -> list[tuple[str, list[str] | None]]:
+    """``A($select=x,y),B`` -> [("A", ["x", "y"]), ("B", None)]; only ``$select`` may nest."""
+    parts: list[tuple[str, list[str] | None]] = []
+    for part in _split_top(text):
+        name, options = split_segment(part.strip())
+        selected = None
+        if options:
+            option, _, value = options.partition("=")
+            if option.strip() != "$select":
+                raise err.bad_query(f"The sandbox supports only $select inside $expand, not '{options}'.")
+            selected = [v.strip() for v in value.split(",")]
+        parts.append((name, selected))
+    return parts
 
 
 def _split_top(text: str) -> list[str]:

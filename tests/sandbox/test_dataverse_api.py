@@ -597,6 +597,19 @@ def test_attribute_metadata_gives_required_levels_and_lengths_only_through_the_c
     assert by_name["subject"] == (300, "Text")
 
 
+def test_entity_definition_expands_its_attributes_in_one_call(org: Org) -> None:
+    body = org.http.get(
+        "EntityDefinitions(LogicalName='contact')",
+        params={"$select": "LogicalName", "$expand": "Attributes($select=LogicalName,AttributeType,IsValidForCreate)"},
+    ).json()
+    by_name = {a["LogicalName"]: a for a in body["Attributes"]}
+    assert by_name["originatingleadid"]["AttributeType"] == "Lookup"
+    assert by_name["createdon"]["IsValidForCreate"] is False
+    assert "MaxLength" not in by_name["lastname"]
+    refused = org.http.get("EntityDefinitions(LogicalName='contact')", params={"$expand": "Relationships"})
+    assert error_of(refused)[:2] == (400, "0x80060888")
+
+
 def test_picklist_metadata_expands_option_labels(org: Org) -> None:
     body = org.http.get(
         "EntityDefinitions(LogicalName='lead')/Attributes/Microsoft.Dynamics.CRM.PicklistAttributeMetadata",
