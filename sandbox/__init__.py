@@ -43,14 +43,8 @@ class SandboxServers:
             context = ca.server_context()
             self.ca_bundle = ca.write_ca_bundle(Path(tempfile.mkdtemp(prefix="sandbox-ca-")) / "ca.pem")
         self._servers = [
-            HttpServer(
-                self.marketo.handle,
-                service="marketo",
-                port=marketo_port,
-                request_log=request_log,
-                gzip_min=1024,
-                tls=context,
-            ),
+            # serve() builds the server the one way Marketo is served: with its GZIP_MIN threshold.
+            self.marketo.serve(port=marketo_port, request_log=request_log, tls=context),
             HttpServer(
                 self.dataverse.handle, service="dataverse", port=dataverse_port, request_log=request_log, tls=context
             ),

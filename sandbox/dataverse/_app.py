@@ -11,7 +11,6 @@ or the admin HTTP API, so their writes show up in change tracking like a person'
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -20,12 +19,12 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, unquote
 
+from sandbox._faults import FaultAction, FaultBook, admin_faults
 from sandbox._http import DropConnection, Request, Response
 from sandbox.dataverse import _errors as err
 from sandbox.dataverse._auth import Tokens
 from sandbox.dataverse._batch import ChangeSet, Operation, build_response, parse_batch, resolve_references, to_request
 from sandbox.dataverse._errors import DataverseError
-from sandbox.dataverse._faults import FaultInjector, FaultRuleError
 from sandbox.dataverse._limits import ServiceProtection, throttled
 from sandbox.dataverse._metadata import Metadata
 from sandbox.dataverse._odata import parse_key, parse_prefer, parse_select, quote_literal, split_path, split_segment
@@ -100,8 +99,7 @@ class DataverseSandbox:
             max_execution_ms=self.options.max_execution_ms,
             clock=self.options.clock,
         )
-        self.faults = FaultInjector()
-        self.faults.replace(self.options.faults)
+        self._faults = FaultBook(self.options.faults)
         self._order_cache = OrderCache()
         self._seed()
 
@@ -144,32 +142,35 @@ class DataverseSandbox:
         response.headers += limit_headers
         return response
 
-    def _take_fault(self, request: Request) -> dict[str, Any] | None:
-        action = self.faults.take(request)
+    def _take_fault(self, request: Request) -> FaultAction | None:
+        action = self._faults.take(request.method, request.path)
         if action is not None:
             self.stats.count("faults")
-            if action.get("drop"):
-                raise DropConnection
         return action
 
-    def _apply_fault(self, action: dict[str, Any] | None) -> Response | None:
+    def _apply_fault(self, action: FaultAction | None) -> Response | None:
         if action is None:
             return None
-        if "delay" in action:
-            self._sleep(float(action["delay"]))
-        if "status" not in action:
-            return None
-        status = int(action["status"])
-        retry_after = action.get("retry_after")
-        if status == 429 and "body" not in action:
-            return _error(throttled(float(retry_after or 1)))
-        headers = [("Retry-After", str(retry_after))] if retry_after is not None else []
-        body = action.get("body") or {
+        if action.delay is not None:
+            self._sleep(action.delay)
+        if action.drop:
+            raise DropConnection
+        status = action.status
+        if status is None:
+            return None  # a delay alone: then served normally
+        if status == 429 and action.body is None:
+            return _error(throttled(action.retry_after or 1))
+        headers = [("Retry-After", f"{action.retry_after:g}")] if action.retry_after is not None else []
+        if isinstance(action.body, str):
+            response = Response.text(action.body, status)
+            response.headers += headers
+            return _decorate(response)
+        body = action.body or {
             "error": {"code": err.UNEXPECTED if status >= 500 else "", "message": HTTPStatus(status).phrase}
         }
         return _decorate(_json(body, status, headers))
 
-    def _serve(self, request: Request, action: dict[str, Any] | None) -> Response:
+    def _serve(self, request: Request, action: FaultAction | None) -> Response:
         fault = self._apply_fault(action)
         if fault is not None:
             return fault
@@ -557,25 +558,17 @@ class DataverseSandbox:
             return self._admin_route(request)
         except DataverseError as exc:
             return _error(exc)
-        except (FaultRuleError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # bad JSON (UnicodeDecodeError and JSONDecodeError are ValueErrors) or fault rule
             return Response.json({"error": {"code": "sandbox", "message": str(exc)}}, 400)
 
     def _admin_route(self, request: Request) -> Response:
         path = unquote(request.path)[len("/_sandbox/") :]
         method = request.method
         if path == "faults":
-            if method == "GET":
-                return Response.json({"rules": self.faults.to_json()})
-            if method == "POST":
-                data = request.json()
-                rules = data.get("rules") if isinstance(data, dict) else None
-                if not isinstance(rules, list):
-                    raise FaultRuleError('expected {"rules": [...]}')
-                self.faults.replace(rules)
-                return Response.json({"rules": self.faults.to_json()})
-            if method == "DELETE":
-                self.faults.clear()
-                return Response.json({"rules": []})
+            answer = admin_faults(self._faults, method, request.json() if request.body.strip() else None)
+            if answer is None:
+                raise err.method_not_allowed(method, request.path)
+            return answer
         if path == "reset" and method == "POST":
             self.reset()
             return Response.json({"reset": True})
@@ -683,9 +676,20 @@ class DataverseSandbox:
             assert contact is not None
             return contact.id
 
-    def set_faults(self, rules: list[dict[str, Any]]) -> None:
-        """Replace the fault rules (same shape as ``POST /_sandbox/faults``)."""
-        self.faults.replace(rules)
+    def set_faults(self, rules: list[Any]) -> None:
+        """Replace the armed fault rules (JSON rules as ``POST /_sandbox/faults`` takes, or ``FaultRule``s)."""
+        self._faults.set(rules)
+
+    def add_faults(self, rules: list[Any]) -> None:
+        """Append fault rules after the armed ones, like ``POST /_sandbox/faults``."""
+        self._faults.add(rules)
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The armed rules as JSON, like ``GET /_sandbox/faults``."""
+        return self._faults.as_json()
 
     def expire_change_tracking(self) -> None:
         """Every delta token handed out so far answers ExpiredVersionStamp from now on."""
@@ -700,7 +704,7 @@ class DataverseSandbox:
             self.store.expire_tokens()
             self.stats.reset()
             self.limits.reset()
-            self.faults.clear()
+            self._faults.clear()
             self._seed()
 
     def _seed(self) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sandbox._faults import FaultRule, add_fault_argument, parse_spec
 from sandbox.dataverse._schema import INTEGRATION_USER_ID, UI_USER_ID
 from sandbox.dataverse._validate import PluginRule, default_plugin_rules
 
@@ -38,7 +39,7 @@ class DataverseOptions:
     max_page_size: int = 5000
     max_batch_requests: int = 1000
     plugin_rules: list[PluginRule] = field(default_factory=default_plugin_rules)
-    faults: list[dict[str, Any]] = field(default_factory=list)  # initial fault rules (admin API shape)
+    faults: list[FaultRule | dict[str, Any]] = field(default_factory=list)  # rules armed at start
     integration_user_id: str = INTEGRATION_USER_ID  # who API tokens act as (_modifiedby_value)
     ui_user_id: str = UI_USER_ID  # who the admin and Python APIs act as
     clock: Callable[[], float] = time.time  # wall clock for timestamps, token and change expiry, windows
@@ -59,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dataverse-window", type=float, default=300.0, metavar="SECONDS")
     group.add_argument("--dataverse-max-concurrent", type=int, default=52)
     group.add_argument("--dataverse-max-execution-ms", type=float, default=1_200_000.0)
+    add_fault_argument(group, "--dataverse-fault", parse=parse_spec, example="path=/leads;status=429;retry_after=2")
 
 
 def plugin_rules_from(spec: str) -> list[PluginRule]:
@@ -84,4 +86,5 @@ def options_from_args(args: argparse.Namespace) -> DataverseOptions:
         max_concurrent=getattr(args, "dataverse_max_concurrent", 52),
         max_execution_ms=getattr(args, "dataverse_max_execution_ms", 1_200_000.0),
         plugin_rules=plugin_rules_from(getattr(args, "dataverse_plugin_rules", "default")),
+        faults=list(getattr(args, "dataverse_fault", [])),
     )

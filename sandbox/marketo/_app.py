@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import IO, Any
 
+from sandbox._faults import FaultAction, FaultBook, admin_faults
 from sandbox._http import DropConnection, HttpServer, Request, Response
 from sandbox.marketo import _activities, _leads
 from sandbox.marketo import _schema as schema
 from sandbox.marketo._call import Call, Params
 from sandbox.marketo._db import LeadDatabase
 from sandbox.marketo._envelope import MarketoError, RequestIds, failure, message_for, success
-from sandbox.marketo._faults import FaultAction, FaultBook
 from sandbox.marketo._limits import ConcurrencyGate, DailyUsage, RateLimiter
-from sandbox.marketo._options import MarketoOptions
+from sandbox.marketo._options import FAULT_ACTIONS, MarketoOptions
 from sandbox.marketo._stats import Stats
 from sandbox.marketo._tokens import AccessTokens
 
@@ -103,8 +103,7 @@ class MarketoSandbox:
         self._rate = RateLimiter(self.options.rate_limit_calls, self.options.rate_limit_window, clock)
         self._gate = ConcurrencyGate(self.options.max_concurrent)
         self._usage = DailyUsage(self.options.daily_quota, clock)
-        self._faults = FaultBook()
-        self._faults.add(list(self.options.faults))
+        self._faults = FaultBook(self.options.faults, extra_actions=FAULT_ACTIONS)
         self._stats = Stats()
         self.seed(self.options.seed_leads)
 
@@ -246,16 +245,20 @@ class MarketoSandbox:
             raise MarketoError(problem)
 
     def _apply_fault(self, action: FaultAction) -> Response | None:
-        if action.drop:
-            raise DropConnection
         if action.delay is not None:
             self._sleep(action.delay)
-            return None  # then served normally
-        if action.marketo_error is not None:
-            code = action.marketo_error
-            return failure(self._ids.next(), code, action.message or self._message(code))
-        assert action.status is not None
-        response = _nginx(action.status) if action.body is None else Response.text(action.body, action.status)
+        if action.drop:
+            raise DropConnection
+        if action.kind == "marketo_error" and action.value is not None:
+            return failure(self._ids.next(), action.value, action.message or self._message(action.value))
+        if action.status is None:
+            return None  # a delay alone: then served normally
+        if action.body is None:
+            response = _nginx(action.status)
+        elif isinstance(action.body, str):
+            response = Response.text(action.body, action.status)
+        else:
+            response = Response.json(action.body, action.status)
         if action.retry_after is not None:
             response.headers.append(("Retry-After", f"{action.retry_after:g}"))
         return response
@@ -275,16 +278,8 @@ class MarketoSandbox:
         source = request.arg("source") or UI_SOURCE
         try:
             if path == "/faults":
-                if method == "POST":
-                    rules = body.get("rules") if isinstance(body, dict) else None
-                    if not isinstance(rules, list):
-                        return Response.json({"error": 'expected {"rules": [...]}'}, 400)
-                    self.add_faults(rules)
-                elif method == "DELETE":
-                    self.clear_faults()
-                elif method != "GET":
-                    return Response.json({"error": "method not allowed"}, 405)
-                return Response.json({"rules": self.faults()})
+                answer = admin_faults(self._faults, method, body)
+                return answer or Response.json({"error": "method not allowed"}, 405)
             if path == "/reset" and method == "POST":
                 self.reset(seed=(request.arg("seed") or "").lower() in ("1", "true", "yes"))
                 return Response.json({"reset": True, "leads": self.db.count()})
@@ -401,16 +396,18 @@ class MarketoSandbox:
             self.seed(self.options.seed_leads)
 
     def set_faults(self, rules: list[Any]) -> None:
-        self._faults.clear()
-        self._faults.add(rules)
+        """Replace the armed fault rules (JSON rules as ``POST /_sandbox/faults`` takes, or ``FaultRule``s)."""
+        self._faults.set(rules)
 
     def add_faults(self, rules: list[Any]) -> None:
+        """Append fault rules after the armed ones, like ``POST /_sandbox/faults``."""
         self._faults.add(rules)
 
     def clear_faults(self) -> None:
         self._faults.clear()
 
     def faults(self) -> list[dict[str, Any]]:
+        """The armed rules as JSON, like ``GET /_sandbox/faults``."""
         return self._faults.as_json()
 
     def stats(self) -> dict[str, Any]:

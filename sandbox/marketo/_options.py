@@ -11,7 +11,10 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.marketo._faults import FaultRule, parse_spec
+from sandbox._faults import FaultRule, add_fault_argument, parse_spec
+
+# Marketo's own fault answer: an HTTP 200 ``success: false`` envelope with this error code.
+FAULT_ACTIONS = frozenset({"marketo_error"})
 
 
 @dataclass
@@ -44,21 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--marketo-allow-query-token", action="store_true", help="still accept the retired ?access_token= parameter"
     )
-    group.add_argument(
-        "--marketo-fault",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        type=_fault_spec,
-        help="arm a fault rule at start (repeatable): JSON, or e.g. 'path=leadchanges;error=606;times=2'",
-    )
+    add_fault_argument(group, "--marketo-fault", parse=parse_fault_spec, example="path=leadchanges;error=606;times=2")
 
 
-def _fault_spec(spec: str) -> FaultRule:
-    try:
-        return parse_spec(spec)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
+def parse_fault_spec(spec: str) -> FaultRule:
+    """A ``--marketo-fault`` SPEC as a rule; ``error=606`` is short for ``marketo_error=606``."""
+    return parse_spec(spec, extra_actions=FAULT_ACTIONS, short_names={"error": "marketo_error"})
 
 
 def options_from_args(args: argparse.Namespace) -> MarketoOptions:

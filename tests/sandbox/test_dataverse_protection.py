@@ -8,10 +8,12 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from sandbox._faults import parse_spec
 from sandbox.dataverse import UI_USER_ID, PluginRule, add_arguments, default_plugin_rules, options_from_args
 from tests.sandbox.test_dataverse_api import Org, error_of, running
 
@@ -187,20 +189,57 @@ def test_injected_delay_goes_through_the_injected_sleep() -> None:
         assert slept == [1.5]
 
 
+def test_injected_delay_with_a_status_waits_then_answers() -> None:
+    slept: list[float] = []
+    with running(sleep=slept.append) as org:
+        org.sandbox.set_faults([{"path": "/leads", "action": {"delay": 0.5, "status": 503, "body": "gateway"}}])
+        answered = org.http.get("leads")
+        assert (answered.status_code, answered.text) == (503, "gateway")
+        assert slept == [0.5]
+        assert org.http.get("leads").status_code == 200
+
+
+def test_faults_armed_at_start_fire_in_each_instance_made_from_the_options() -> None:
+    rules: list[Any] = [parse_spec("method=GET;path=/leads$;status=503;times=1")]
+    for _ in range(2):
+        with running(faults=rules) as org:
+            assert [org.http.get("leads").status_code for _ in range(2)] == [503, 200]
+
+
+def test_post_appends_and_the_python_api_sets_adds_and_clears(org: Org) -> None:
+    faults = f"{org.root}/_sandbox/faults"
+    org.sandbox.set_faults([{"path": "a", "action": {"drop": True}}])
+    assert org.http.post(faults, json={"rules": [{"path": "b", "action": {"status": 500}}]}).status_code == 200
+    posted = [r["path"] for r in org.http.get(faults).json()["rules"]]
+    org.sandbox.add_faults([{"path": "c", "action": {"delay": 1}}])
+    added = [r["path"] for r in org.sandbox.faults()]
+    org.sandbox.set_faults([{"path": "d", "action": {"status": 500}}])
+    replaced = [r["path"] for r in org.sandbox.faults()]
+    org.sandbox.clear_faults()
+    assert (posted, added, replaced) == (["a", "b"], ["a", "b", "c"], ["d"])
+    assert org.http.get(faults).json() == {"rules": []}
+
+
+# The shared parser's refusals are pinned in test_faults.py; here, that the endpoint answers them.
 @pytest.mark.parametrize(
     "payload",
     [
-        {"rules": [{"path": "(", "action": {"status": 500}}]},
-        {"rules": [{"path": "x", "action": {}}]},
-        {"rules": [{"path": "x", "times": 0, "action": {"status": 500}}]},
+        {"rules": [{"path": "new", "action": {"status": 500}}, {"path": "x", "times": 0, "action": {"status": 500}}]},
+        {"rules": [{"path": "x", "action": {"marketo_error": "606"}}]},
         {"rules": "not a list"},
+        b"{not json",
     ],
+    ids=["one-bad-rule", "marketo-only-action", "not-a-list", "not-json"],
 )
 def test_bad_fault_rules_are_refused_and_change_nothing(org: Org, payload: object) -> None:
     org.sandbox.set_faults([{"path": "keep", "times": -1, "action": {"status": 500}}])
-    response = org.http.post(f"{org.root}/_sandbox/faults", json=payload)
+    faults = f"{org.root}/_sandbox/faults"
+    response = (
+        org.http.post(faults, content=payload) if isinstance(payload, bytes) else org.http.post(faults, json=payload)
+    )
     assert response.status_code == 400
-    assert [r["path"] for r in org.http.get(f"{org.root}/_sandbox/faults").json()["rules"]] == ["keep"]
+    assert response.json()["error"]["message"]
+    assert [r["path"] for r in org.http.get(faults).json()["rules"]] == ["keep"]
 
 
 # ---------------------------------------------------------------------------- admin API
@@ -237,7 +276,7 @@ def test_admin_reset_empties_reseeds_and_clears(org: Org) -> None:
     assert sorted(r["emailaddress1"] for r in org.sandbox.rows("lead")) == [
         f"seed.lead.{i}@example.com" for i in (1, 2, 3)
     ]
-    assert org.sandbox.faults.to_json() == []
+    assert org.sandbox.faults() == []
     assert org.sandbox.stats.to_json()["requests"] == 0
 
 
@@ -286,10 +325,18 @@ def test_options_from_args_honours_shared_and_dataverse_flags(tmp_path: Path) ->
                 f"--dataverse-plugin-rules={rules}",
                 "--dataverse-change-retention=60",
                 "--dataverse-max-requests=10",
+                "--dataverse-fault=path=/leads;status=429;retry_after=2",
+                '--dataverse-fault={"method": "GET", "path": "WhoAmI", "action": {"delay": 1}}',
             ]
         )
     )
     assert (options.limits, options.seed_leads, options.seed_contacts) == (False, 4, 2)
     assert options.plugin_rules == [PluginRule("required", "contact", "jobtitle", "Title!")]
     assert (options.change_retention, options.max_requests) == (60.0, 10)
+    assert [rule.as_json() for rule in options.faults] == [  # type: ignore[union-attr]
+        {"method": None, "path": "/leads", "times": 1, "action": {"status": 429, "retry_after": 2.0}},
+        {"method": "GET", "path": "WhoAmI", "times": 1, "action": {"delay": 1}},
+    ]
     assert options_from_args(parse(["--dataverse-plugin-rules=none"])).plugin_rules == []
+    with pytest.raises(SystemExit):
+        parse(["--dataverse-fault=error=606"])  # Marketo's action is not Dataverse's
