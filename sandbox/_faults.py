@@ -10,7 +10,7 @@ searched in the path>", "times": n|-1, "action": {...}}``. An action is one answ
 after the wait. Rules are tried in order; the first that matches fires and uses up one of its
 ``times`` (``-1`` = forever). The admin API appends (POST), lists (GET) and clears (DELETE).
 This module matches, counts and validates; it must not know a service: turning an action into
-a response is each app's job.
+a response is each app's job (``status_response`` only dresses a ``status`` answer).
 """
 
 from __future__ import annotations
@@ -254,6 +254,21 @@ class FaultBook:
                             del self._rules[i]
                     return rule.action
             return None
+
+
+def status_response(action: FaultAction, default: Callable[[int], Response]) -> Response:
+    """A ``status`` answer: the rule's ``body`` (a string as text, else JSON) or the service's own
+    ``default(status)`` page, with the rule's Retry-After."""
+    assert action.status is not None
+    if action.body is None:
+        response = default(action.status)
+    elif isinstance(action.body, str):
+        response = Response.text(action.body, action.status)
+    else:
+        response = Response.json(action.body, action.status)
+    if action.retry_after is not None:
+        response.headers.append(("Retry-After", f"{action.retry_after:g}"))
+    return response
 
 
 def admin_faults(book: FaultBook, method: str, body: Any) -> Response | None:

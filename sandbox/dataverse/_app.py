@@ -19,7 +19,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, unquote
 
-from sandbox._faults import FaultAction, FaultBook, admin_faults
+from sandbox._faults import FaultAction, FaultBook, admin_faults, status_response
 from sandbox._http import DropConnection, Request, Response
 from sandbox.dataverse import _errors as err
 from sandbox.dataverse._auth import Tokens
@@ -69,6 +69,12 @@ def _json(payload: Any, status: int = 200, headers: list[tuple[str, str]] | None
 
 def _error(exc: DataverseError) -> Response:
     return _decorate(_json(exc.body(), exc.status, exc.headers))
+
+
+def _status_error(status: int) -> Response:
+    """An OData error for a bare status (fault injection)."""
+    code = err.UNEXPECTED if status >= 500 else ""
+    return _json({"error": {"code": code, "message": HTTPStatus(status).phrase}}, status)
 
 
 def _decorate(response: Response) -> Response:
@@ -155,20 +161,11 @@ class DataverseSandbox:
             self._sleep(action.delay)
         if action.drop:
             raise DropConnection
-        status = action.status
-        if status is None:
+        if action.status is None:
             return None  # a delay alone: then served normally
-        if status == 429 and action.body is None:
-            return _error(throttled(action.retry_after or 1))
-        headers = [("Retry-After", f"{action.retry_after:g}")] if action.retry_after is not None else []
-        if isinstance(action.body, str):
-            response = Response.text(action.body, status)
-            response.headers += headers
-            return _decorate(response)
-        body = action.body or {
-            "error": {"code": err.UNEXPECTED if status >= 500 else "", "message": HTTPStatus(status).phrase}
-        }
-        return _decorate(_json(body, status, headers))
+        if action.status == 429 and action.body is None:
+            return _error(throttled(action.retry_after or 1))  # the real service-protection answer
+        return _decorate(status_response(action, _status_error))
 
     def _serve(self, request: Request, action: FaultAction | None) -> Response:
         fault = self._apply_fault(action)

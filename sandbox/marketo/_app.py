@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import IO, Any
 
-from sandbox._faults import FaultAction, FaultBook, admin_faults
+from sandbox._faults import FaultAction, FaultBook, admin_faults, status_response
 from sandbox._http import DropConnection, HttpServer, Request, Response
 from sandbox.marketo import _activities, _leads
 from sandbox.marketo import _schema as schema
@@ -253,15 +253,7 @@ class MarketoSandbox:
             return failure(self._ids.next(), action.value, action.message or self._message(action.value))
         if action.status is None:
             return None  # a delay alone: then served normally
-        if action.body is None:
-            response = _nginx(action.status)
-        elif isinstance(action.body, str):
-            response = Response.text(action.body, action.status)
-        else:
-            response = Response.json(action.body, action.status)
-        if action.retry_after is not None:
-            response.headers.append(("Retry-After", f"{action.retry_after:g}"))
-        return response
+        return status_response(action, _nginx)  # the gateway's page, as the real one answers 5xx
 
     def _message(self, code: str) -> str:
         o = self.options
