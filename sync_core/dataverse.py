@@ -107,6 +107,64 @@ class _EntityRef:
     primary_id: str
 
 
+@dataclass(frozen=True)
+class _Target:
+    """One input row of a bulk write: its values, how to address it alone, and its position."""
+
+    index: int
+    values: dict[str, Any]  # columns to write (key columns of an upsert left to the address)
+    segment: str | None  # leads(<guid>) or leads(emailaddress1='…'); None for a create
+    row_id: str | None  # primary key when known
+
+    @classmethod
+    def of(
+        cls, kind: _Write, ref: _EntityRef, index: int, row: Mapping[str, Any], key: tuple[str, ...] | None
+    ) -> _Target:
+        values = {name: value for name, value in row.items() if not name.startswith("@")}
+        if kind is _Write.CREATE:
+            return cls(index, values, None, None)
+        row_id: str | None
+        if key is None:
+            if not row.get(ref.primary_id):
+                raise ValueError(f"row has no {ref.primary_id}")
+            row_id = _odata.guid_literal(str(row[ref.primary_id]))
+            segment = _odata.key_segment(ref.entity_set, {"": row_id})
+            key_columns: tuple[str, ...] = (ref.primary_id,)
+        else:
+            missing = [column for column in key if row.get(column) in (None, "")]
+            if missing:
+                raise ValueError(f"row has no value for key column(s) {', '.join(missing)}")
+            segment = _odata.key_segment(ref.entity_set, {column: row[column] for column in key})
+            row_id = _odata.guid_literal(str(row[ref.primary_id])) if row.get(ref.primary_id) else None
+            key_columns = key
+        # The address carries the key; the service refuses (or ignores) it repeated in the record.
+        values = {name: value for name, value in values.items() if name not in key_columns}
+        return cls(index, values, segment, row_id)
+
+    def message_body(self, kind: _Write, ref: _EntityRef) -> dict[str, Any]:
+        """This row as a target of CreateMultiple / UpdateMultiple / UpsertMultiple."""
+        body: dict[str, Any] = {"@odata.type": f"Microsoft.Dynamics.CRM.{ref.logical_name}", **self.values}
+        if kind is _Write.UPDATE:
+            body[ref.primary_id] = self.row_id
+        elif kind is _Write.UPSERT:
+            body["@odata.id"] = self.segment
+        return body
+
+    def failed(self, status: int | None, code: str | None, message: str) -> WriteOutcome:
+        return WriteOutcome(self.index, False, id=self.row_id, status=status, code=code, message=message)
+
+    def answered(self, answer: PartResponse) -> WriteOutcome:
+        """The outcome from this row's own answer inside a $batch."""
+        if answer.status < 300:
+            match = _ENTITY_ID.search(answer.headers.get("odata-entityid", ""))
+            new_id = match.group(1).lower() if match else self.row_id
+            return WriteOutcome(self.index, True, id=new_id, status=answer.status)
+        error = answer.body.get("error") if isinstance(answer.body, dict) else None
+        code = str(error.get("code")) if isinstance(error, dict) and error.get("code") else None
+        message = str(error.get("message", ""))[:500] if isinstance(error, dict) else f"HTTP {answer.status}"
+        return self.failed(answer.status, code, message)
+
+
 def _error_detail(response: httpx.Response) -> tuple[str | None, str]:
     try:
         body = response.json()
@@ -469,10 +527,10 @@ class DataverseClient:
         self, kind: _Write, ref: _EntityRef, rows: Sequence[Mapping[str, Any]], *, key: tuple[str, ...] | None
     ) -> list[WriteOutcome]:
         outcomes: dict[int, WriteOutcome] = {}
-        ready: list[tuple[int, dict[str, Any], str | None]] = []  # (input index, target, key segment)
+        ready: list[_Target] = []
         for index, row in enumerate(rows):
             try:
-                ready.append((index, *self._target(kind, ref, row, key)))
+                ready.append(_Target.of(kind, ref, index, row, key))
             except ValueError as err:
                 outcomes[index] = WriteOutcome(index, False, code="invalid_input", message=str(err))
         for start in range(0, len(ready), self.batch_size):
@@ -483,38 +541,13 @@ class DataverseClient:
             log.warning("dataverse %s %s: %d of %d row(s) failed", kind.value, ref.entity_set, failed, len(rows))
         return [outcomes[index] for index in range(len(rows))]
 
-    @staticmethod
-    def _target(
-        kind: _Write, ref: _EntityRef, row: Mapping[str, Any], key: tuple[str, ...] | None
-    ) -> tuple[dict[str, Any], str | None]:
-        """The bulk-message target for one row, and the key segment its single-request form uses."""
-        target: dict[str, Any] = {"@odata.type": f"Microsoft.Dynamics.CRM.{ref.logical_name}"}
-        target.update({name: value for name, value in row.items() if not name.startswith("@")})
-        if kind is _Write.CREATE:
-            return target, None
-        if key is None:
-            if not row.get(ref.primary_id):
-                raise ValueError(f"row has no {ref.primary_id}")
-            segment = _odata.key_segment(ref.entity_set, {"": str(row[ref.primary_id])})
-            target[ref.primary_id] = _odata.guid_literal(str(row[ref.primary_id]))
-        else:
-            missing = [column for column in key if row.get(column) in (None, "")]
-            if missing:
-                raise ValueError(f"row has no value for key column(s) {', '.join(missing)}")
-            segment = _odata.key_segment(ref.entity_set, {column: row[column] for column in key})
-        if kind is _Write.UPSERT:
-            target["@odata.id"] = segment
-        return target, segment
-
-    def _write_chunk(
-        self, kind: _Write, ref: _EntityRef, chunk: Sequence[tuple[int, dict[str, Any], str | None]]
-    ) -> list[WriteOutcome]:
+    def _write_chunk(self, kind: _Write, ref: _EntityRef, chunk: Sequence[_Target]) -> list[WriteOutcome]:
         try:
             response = self._send(
                 kind.value.lower(),
                 "POST",
                 self._url(f"{ref.entity_set}/Microsoft.Dynamics.CRM.{kind.value}"),
-                json_body={"Targets": [target for _, target, _ in chunk]},
+                json_body={"Targets": [target.message_body(kind, ref) for target in chunk]},
                 idempotent=kind is not _Write.CREATE,
                 timeout=TIMEOUT_WRITE,
             )
@@ -522,8 +555,7 @@ class DataverseClient:
             if err.status not in RECORD_LEVEL_STATUS or err.code in SCHEMA_ERROR_CODES:
                 raise
             if len(chunk) == 1:
-                index = chunk[0][0]
-                return [WriteOutcome(index, False, status=err.status, code=err.code, message=str(err.args[0]))]
+                return [chunk[0].failed(err.status, err.code, str(err.args[0]))]
             if err.status == 413:  # too large as a whole: halve it
                 middle = len(chunk) // 2
                 return self._write_chunk(kind, ref, chunk[:middle]) + self._write_chunk(kind, ref, chunk[middle:])
@@ -546,29 +578,19 @@ class DataverseClient:
                     status=response.status_code,
                     request_id=_request_id(response),
                 )
-            return [WriteOutcome(index, True, id=str(new_id)) for (index, _, _), new_id in zip(chunk, ids, strict=True)]
-        return [WriteOutcome(index, True, id=self._id_of(ref, target)) for index, target, _ in chunk]
+            return [WriteOutcome(t.index, True, id=str(new_id)) for t, new_id in zip(chunk, ids, strict=True)]
+        return [WriteOutcome(t.index, True, id=t.row_id) for t in chunk]
 
-    @staticmethod
-    def _id_of(ref: _EntityRef, target: Mapping[str, Any]) -> str | None:
-        value = target.get(ref.primary_id)
-        return str(value) if value else None
-
-    def _isolate(
-        self, kind: _Write, ref: _EntityRef, chunk: Sequence[tuple[int, dict[str, Any], str | None]]
-    ) -> list[WriteOutcome]:
+    def _isolate(self, kind: _Write, ref: _EntityRef, chunk: Sequence[_Target]) -> list[WriteOutcome]:
         api_path = self._api_url.path
         parts: list[BatchPart] = []
-        for _, target, segment in chunk:
-            body = {name: value for name, value in target.items() if not name.startswith("@")}
+        for target in chunk:
             if kind is _Write.CREATE:
-                parts.append(BatchPart("POST", f"{api_path}/{ref.entity_set}", body))
+                parts.append(BatchPart("POST", f"{api_path}/{ref.entity_set}", target.values))
             elif kind is _Write.UPDATE:
-                body.pop(ref.primary_id, None)
-                parts.append(BatchPart("PATCH", f"{api_path}/{segment}", body, {"If-Match": "*"}))
-            else:
-                body.pop(ref.primary_id, None)
-                parts.append(BatchPart("PATCH", f"{api_path}/{segment}", body))
+                parts.append(BatchPart("PATCH", f"{api_path}/{target.segment}", target.values, {"If-Match": "*"}))
+            else:  # upsert: a PATCH without If-Match creates the row when the key finds none
+                parts.append(BatchPart("PATCH", f"{api_path}/{target.segment}", target.values))
         content_type, payload = build_batch(parts)
         try:
             response = self._send(
@@ -589,27 +611,12 @@ class DataverseClient:
             answers = []
         except ValueError as err:
             raise ApiError("dataverse $batch: unreadable answer", service=SERVICE) from err
-        outcomes: list[WriteOutcome] = []
-        for position, (index, target, _) in enumerate(chunk):
-            if position >= len(answers):
-                outcomes.append(
-                    WriteOutcome(index, False, status=None, code="not_attempted", message="the $batch stopped early")
-                )
-                continue
-            outcomes.append(self._part_outcome(index, ref, target, answers[position]))
-        return outcomes
-
-    def _part_outcome(
-        self, index: int, ref: _EntityRef, target: Mapping[str, Any], answer: PartResponse
-    ) -> WriteOutcome:
-        if answer.status < 300:
-            match = _ENTITY_ID.search(answer.headers.get("odata-entityid", ""))
-            new_id = match.group(1).lower() if match else self._id_of(ref, target)
-            return WriteOutcome(index, True, id=new_id, status=answer.status)
-        error = answer.body.get("error") if isinstance(answer.body, dict) else None
-        code = str(error.get("code")) if isinstance(error, dict) and error.get("code") else None
-        message = str(error.get("message", ""))[:500] if isinstance(error, dict) else f"HTTP {answer.status}"
-        return WriteOutcome(index, False, status=answer.status, code=code, message=message)
+        return [
+            target.answered(answers[position])
+            if position < len(answers)
+            else target.failed(None, "not_attempted", "the $batch stopped before this record")
+            for position, target in enumerate(chunk)
+        ]
 
     # -- metadata ----------------------------------------------------------------------------------
 

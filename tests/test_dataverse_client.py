@@ -160,16 +160,23 @@ class FakeDataverse:
         return str(row_id)
 
     def _upsert_id(self, target: dict[str, Any]) -> str:
-        segment = target["@odata.id"]
-        inner = segment[segment.index("(") + 1 : -1]
-        if "=" not in inner:
-            return str(inner)
-        column, literal = inner.split("=", 1)
-        value = literal[1:-1].replace("''", "'")
+        """The row an UpsertMultiple target addresses (a new id when its key finds none)."""
+        column, value = self._alternate_key(target)
+        if column is None:
+            return str(value)
         for row_id, row in self.rows.items():
             if row.get(column) == value:
                 return row_id
-        return str(uuid.uuid4())
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, target["@odata.id"]))
+
+    @staticmethod
+    def _alternate_key(target: dict[str, Any]) -> tuple[str | None, str]:
+        segment = target["@odata.id"]
+        inner = segment[segment.index("(") + 1 : -1]
+        if "=" not in inner:
+            return None, inner
+        column, literal = inner.split("=", 1)
+        return column, literal[1:-1].replace("''", "'")
 
     def _multiple(
         self, targets: list[dict[str, Any]], key: Callable[[dict[str, Any]], str], *, must_exist: bool
@@ -182,8 +189,14 @@ class FakeDataverse:
                 return problem
             if must_exist and key(target) not in self.rows:
                 return error(404, "0x80040217", "Does Not Exist")
+            if "@odata.id" in target and (self._alternate_key(target)[0] or "leadid") in target:
+                return error(400, "0x80040203", "The key is specified both in '@odata.id' and in the record.")
         for target in targets:
-            self._write({**target, "leadid": key(target)})
+            from_key = {}
+            if "@odata.id" in target:
+                column, value = self._alternate_key(target)
+                from_key = {column: value} if column else {}
+            self._write({**target, **from_key, "leadid": key(target)})
         return httpx.Response(204)
 
     def _query(self, condition: str) -> httpx.Response:
@@ -652,6 +665,22 @@ def test_upsert_multiple_by_alternate_key_escapes_the_key(client: DataverseClien
     target = json.loads(fake.sent("POST")[0].content)["Targets"][0]
     assert target["@odata.id"] == "leads(emailaddress1='o''brien@example.com')"
     assert [row["emailaddress1"] for row in fake.rows.values()] == ["o'brien@example.com"]
+
+
+def test_upsert_multiple_by_primary_key_addresses_the_row_and_leaves_the_key_out_of_the_record(
+    client: DataverseClient, fake: FakeDataverse
+) -> None:
+    [existing] = fake.seed(1)
+    fresh = str(uuid.UUID(int=77))
+    outcomes = client.upsert_multiple(
+        LEAD, [{"leadid": existing, "jobtitle": "CTO"}, {"leadid": fresh, "lastname": "N"}]
+    )
+    assert [(o.ok, o.id) for o in outcomes] == [(True, existing), (True, fresh)]
+    targets = json.loads(fake.sent("POST")[0].content)["Targets"]
+    assert [t["@odata.id"] for t in targets] == [f"leads({existing})", f"leads({fresh})"]
+    assert all("leadid" not in t for t in targets)
+    assert fake.rows[existing]["jobtitle"] == "CTO"
+    assert fake.rows[fresh]["lastname"] == "N"
 
 
 def test_rows_that_cannot_be_addressed_fail_without_being_sent(client: DataverseClient, fake: FakeDataverse) -> None:
