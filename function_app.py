@@ -4,10 +4,12 @@ its input, makes one call into ``sync_core`` and maps the result to a response o
 from __future__ import annotations
 
 import json
+import os
 
 import azure.functions as func
 
 from sync_core import __version__
+from sync_core import status as sync_status
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
@@ -17,4 +19,13 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
     """Liveness for monitoring: the worker is up and the code imports."""
     return func.HttpResponse(
         json.dumps({"status": "ok", "version": __version__}), status_code=200, mimetype="application/json"
+    )
+
+
+@app.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def status(req: func.HttpRequest) -> func.HttpResponse:
+    """The admin status view: JSON, or an HTML page when a browser asks for one."""
+    page = sync_status.get_status_page(os.environ, accept=req.headers.get("Accept"), query=dict(req.params))
+    return func.HttpResponse(
+        page.body, status_code=page.status_code, mimetype=page.mimetype, charset="utf-8", headers=dict(page.headers)
     )

@@ -84,3 +84,5 @@ def run_azurite(port: int | None = None, *, timeout: float = 30.0) -> Iterator[s
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.stderr:  # an unclosed pipe is a ResourceWarning, an error under pytest's filterwarnings
+            proc.stderr.close()

@@ -1,9 +1,10 @@
 """The state store: everything the sync remembers between runs (design §4).
 
 ``StateStore`` is the Protocol; ``MemoryStateStore`` serves fast tests and ``TableStateStore``
-is Azure Table Storage (Azurite locally). One contract test suite runs against both. The store
-does no clock reads: callers pass ``now``. Conditional writes raise ``StateConflictError``
-(``LeaseHeldError`` for the lease) and never overwrite.
+is Azure Table Storage (Azurite locally); ``build_state_store(settings)`` makes the one the
+settings describe. One contract test suite runs against both. The store does no clock reads:
+callers pass ``now``. Conditional writes raise ``StateConflictError`` (``LeaseHeldError`` for the
+lease) and never overwrite. Layout and batching: ``_store``; keys and service limits: ``_keys``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from sync_core.state._memory import MemoryStateStore
 from sync_core.state._models import (
     Claim,
     Collision,
@@ -24,6 +26,7 @@ from sync_core.state._models import (
     RunReport,
     StoreCounters,
 )
+from sync_core.state._table import TableStateStore, build_state_store
 
 __all__ = [
     "Claim",
@@ -33,16 +36,19 @@ __all__ = [
     "EntityType",
     "Lease",
     "Link",
+    "MemoryStateStore",
     "RecordFailure",
     "RunReport",
     "StateStore",
     "StoreCounters",
+    "TableStateStore",
+    "build_state_store",
     "retry_delay",
 ]
 
 
 class StateStore(Protocol):
-    counters: StoreCounters
+    counters: StoreCounters  # what was sent to Table Storage so far; replace it to start afresh
 
     # -- cursors and the cycle lease (ETag optimistic concurrency) -------------------------
     def get_cursor(self, name: str) -> Cursor | None: ...
@@ -53,16 +59,22 @@ class StateStore(Protocol):
         ...
 
     def delete_cursor(self, cursor: Cursor) -> None:
-        """Remove a cursor (e.g. an expired delta link), ETag-conditional like ``put_cursor``."""
+        """Remove a cursor (e.g. an expired delta link). With ``cursor.etag`` only if it still
+        matches (else ``StateConflictError``); without, whatever is there. Missing: no error."""
         ...
 
     def acquire_lease(self, owner: str, *, now: datetime, duration: timedelta) -> Lease:
         """Take the cycle lease if it is free or expired; raise ``LeaseHeldError`` otherwise."""
         ...
 
-    def renew_lease(self, lease: Lease, *, now: datetime, duration: timedelta) -> Lease: ...
+    def renew_lease(self, lease: Lease, *, now: datetime, duration: timedelta) -> Lease:
+        """Extend the lease to ``now + duration``; ``StateConflictError`` if it changed since
+        (it expired and another cycle took it)."""
+        ...
 
-    def release_lease(self, lease: Lease) -> None: ...
+    def release_lease(self, lease: Lease) -> None:
+        """Give the lease up, only if it is still ours (``StateConflictError`` otherwise)."""
+        ...
 
     # -- links and baselines ----------------------------------------------------------------
     def get_links_by_marketo_ids(self, marketo_ids: Iterable[int]) -> dict[int, Link]: ...
@@ -72,10 +84,13 @@ class StateStore(Protocol):
     def upsert_links(self, links: Sequence[Link], *, replaces: Sequence[Link] = ()) -> None:
         """Write links (and their baselines), findable by either id. ``replaces`` are the links'
         previous versions, whose Dataverse-id index rows are removed when the Dataverse side changed
-        (qualification moves a person from a lead to a contact). Batched ≤ 100 ops per transaction."""
+        (qualification moves a person from a lead to a contact). Batched ≤ 100 ops per transaction;
+        the rows of one link are written atomically. One link per record per call."""
         ...
 
-    def delete_links(self, links: Sequence[Link]) -> None: ...
+    def delete_links(self, links: Sequence[Link]) -> None:
+        """Remove links (both index rows); missing ones are ignored."""
+        ...
 
     def iter_links(self) -> Iterable[Link]:
         """Every link, in pages (for full re-reads and the status view)."""

@@ -1,16 +1,16 @@
 """The rows the sync keeps between runs (design §4), as small typed models.
 
-No I/O here. Times are timezone-aware UTC ``datetime``s; values in baselines are the
+No I/O here. Times are timezone-aware ``datetime``s (a naive one is refused: the store could not
+know which instant it means); the stores read them back as UTC, equal to what was written. Values in baselines are the
 JSON-compatible canonical values the field map produces, so equality means "both sides agreed".
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class EntityType(StrEnum):
@@ -39,7 +39,7 @@ class Lease(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     owner: str
-    expires_at: datetime
+    expires_at: AwareDatetime
     etag: str | None = None
 
 
@@ -53,7 +53,7 @@ class Link(BaseModel):
     dataverse_id: str
     baseline: dict[str, Any] = Field(default_factory=dict)  # field-map key -> canonical value
     originating_lead_id: str | None = None  # set when a lead was qualified into this contact
-    updated_at: datetime | None = None
+    updated_at: AwareDatetime | None = None
 
 
 class Collision(BaseModel):
@@ -62,7 +62,7 @@ class Collision(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
-    at: datetime
+    at: AwareDatetime
     run_id: str
     marketo_id: int
     entity: EntityType
@@ -89,9 +89,9 @@ class RecordFailure(BaseModel):
     code: str | None = None
     fields: list[str] = Field(default_factory=list)  # field-map keys involved; values are never stored
     attempts: int = 1
-    first_failed_at: datetime
-    last_failed_at: datetime
-    next_retry_at: datetime
+    first_failed_at: AwareDatetime
+    last_failed_at: AwareDatetime
+    next_retry_at: AwareDatetime
     run_id: str | None = None
 
 
@@ -101,8 +101,8 @@ class RunReport(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     run_id: str
-    started_at: datetime
-    finished_at: datetime | None = None
+    started_at: AwareDatetime
+    finished_at: AwareDatetime | None = None
     outcome: str = "ok"  # ok | partial | quota | transient | lease_held | error
     report: dict[str, Any] = Field(default_factory=dict)
 
@@ -114,7 +114,7 @@ class Claim(BaseModel):
 
     key: str
     owner: str
-    created_at: datetime
+    created_at: AwareDatetime
     result: dict[str, Any] | None = None  # filled in when the work is done
     etag: str | None = None
 
@@ -122,6 +122,7 @@ class Claim(BaseModel):
 class StoreCounters(BaseModel):
     """Table operations actually sent, for the run report (a batch counts once)."""
 
-    reads: int = 0
-    writes: int = 0
+    reads: int = 0  # point reads and query pages
+    writes: int = 0  # single-entity writes (insert, conditional replace, delete)
     transactions: int = 0  # batched writes; each ≤ 100 operations in one partition
+    operations: int = 0  # entity operations inside those transactions

@@ -1,0 +1,121 @@
+"""Table Storage throughput on Azurite: single-entity upserts vs batched transactions (issue 2).
+
+Starts its own in-memory Azurite on a free loopback port, writes the same entities one request
+at a time and then in transactions of 100, and does the same through the state store (links: two
+rows each, batched lookups). Prints one JSON object; stops Azurite. Run from the repository root:
+
+    .venv/bin/python bench/bench_tables.py [--entities 2000] [--payload 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from azure.data.tables import TableServiceClient, UpdateMode
+
+from sandbox.azurite import run_azurite
+from sync_core.state import EntityType, Link, StoreCounters, TableStateStore
+
+
+def _rate(operations: int, seconds: float) -> dict[str, Any]:
+    return {"ops": operations, "seconds": round(seconds, 3), "ops_per_s": round(operations / seconds, 1)}
+
+
+def bench_raw(service: TableServiceClient, entities: int, payload: int) -> dict[str, Any]:
+    table = service.create_table("bench" + uuid.uuid4().hex[:8])
+    body = "x" * payload
+
+    start = time.perf_counter()
+    for index in range(entities):
+        table.upsert_entity({"PartitionKey": "single", "RowKey": f"{index:06d}", "v": body}, mode=UpdateMode.REPLACE)
+    single = _rate(entities, time.perf_counter() - start)
+
+    start = time.perf_counter()
+    for first in range(0, entities, 100):
+        table.submit_transaction(
+            [
+                (
+                    "upsert",
+                    {"PartitionKey": "batched", "RowKey": f"{index:06d}", "v": body},
+                    {"mode": UpdateMode.REPLACE},
+                )
+                for index in range(first, min(first + 100, entities))
+            ]
+        )
+    batched = _rate(entities, time.perf_counter() - start)
+    batched["transactions"] = -(-entities // 100)
+
+    start = time.perf_counter()
+    for index in range(0, entities, 10):
+        table.get_entity("batched", f"{index:06d}")
+    point_reads = _rate(len(range(0, entities, 10)), time.perf_counter() - start)
+    return {"single_upsert": single, "batched_upsert_100": batched, "point_read": point_reads}
+
+
+def bench_store(connection_string: str, links: int) -> dict[str, Any]:
+    store = TableStateStore.from_connection_string(connection_string, prefix="bench" + uuid.uuid4().hex[:6])
+    batch = [
+        Link(
+            marketo_id=marketo_id,
+            entity=EntityType.LEAD,
+            dataverse_id=str(uuid.UUID(int=marketo_id)),
+            baseline={"email": f"person{marketo_id}@example.com", "firstName": "Ada", "lastName": "Lovelace"},
+        )
+        for marketo_id in range(1, links + 1)
+    ]
+    store.get_links_by_marketo_ids([1])  # create the table outside the timings
+    store.counters = StoreCounters()
+
+    start = time.perf_counter()
+    store.upsert_links(batch)
+    write = _rate(links, time.perf_counter() - start) | {"transactions": store.counters.transactions}
+
+    store.counters = StoreCounters()
+    start = time.perf_counter()
+    found = store.get_links_by_marketo_ids(link.marketo_id for link in batch)
+    lookup = _rate(len(found), time.perf_counter() - start) | {"queries": store.counters.reads}
+
+    store.counters = StoreCounters()
+    start = time.perf_counter()
+    found_by_dv = store.get_links_by_dataverse_ids(EntityType.LEAD, (link.dataverse_id for link in batch))
+    lookup_dv = _rate(len(found_by_dv), time.perf_counter() - start) | {"queries": store.counters.reads}
+    if len(found) != links or len(found_by_dv) != links:
+        raise SystemExit(f"lookups found {len(found)} / {len(found_by_dv)} of {links} links")
+    return {"upsert_links": write, "get_links_by_marketo_ids": lookup, "get_links_by_dataverse_ids": lookup_dv}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entities", type=int, default=2000)
+    parser.add_argument("--payload", type=int, default=100, help="bytes of string payload per entity")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    with run_azurite() as conn:
+        service = TableServiceClient.from_connection_string(conn)
+        raw = bench_raw(service, args.entities, args.payload)
+        store = bench_store(conn, args.entities)
+    raw["batched_speedup"] = round(raw["batched_upsert_100"]["ops_per_s"] / raw["single_upsert"]["ops_per_s"], 1)
+    result = {
+        "bench": "tables",
+        "target": "azurite 3.35.0 in memory, 127.0.0.1",
+        "entities": args.entities,
+        "payload_bytes": args.payload,
+        "raw": raw,
+        "store": store,
+        "total_seconds": round(time.perf_counter() - started, 2),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,239 @@
+// Entry point of the deployment (`azd up`, or `az deployment sub create`): creates the resource
+// group and the modules of app/, names every resource from the environment name, and maps the
+// deployment parameters onto the app's settings (design §7). Secret parameters go straight into
+// Key Vault; the app gets only Key Vault references. Must not put a secret into a variable, a
+// plain app setting or an output.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('Name of the environment (azd: AZURE_ENV_NAME); seeds the resource names.')
+param environmentName string
+
+@minLength(1)
+@description('Region of all resources; it must offer Flex Consumption.')
+param location string
+
+@description('Resource group name; empty: rg-<environmentName>.')
+param resourceGroupName string = ''
+
+@description('Memory per instance of the Function App, MB.')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('Upper bound of instances the Function App scales out to.')
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 100
+
+@description('Replication of the storage account (sync state, host storage, deployment package).')
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+  'Standard_RAGRS'
+  'Standard_RAGZRS'
+])
+param storageSkuName string = 'Standard_GRS'
+
+@minLength(1)
+@description('MARKETO_BASE_URL, e.g. https://123-ABC-456.mktorest.com (Admin > Web Services > REST API).')
+param marketoBaseUrl string
+
+@minLength(1)
+@description('MARKETO_CLIENT_ID of the Marketo custom service.')
+param marketoClientId string
+
+@minLength(1)
+@secure()
+@description('Client secret of the Marketo custom service; stored in Key Vault only.')
+param marketoClientSecret string
+
+@minLength(1)
+@description('DATAVERSE_URL, e.g. https://contoso.crm.dynamics.com')
+param dataverseUrl string
+
+@description('DATAVERSE_TENANT_ID; empty: the tenant of this subscription.')
+param dataverseTenantId string = ''
+
+@description('DATAVERSE_CLIENT_ID of the app registration; empty: the app reaches Dataverse as its managed identity.')
+param dataverseClientId string = ''
+
+@secure()
+@description('Client secret of the Dataverse app registration; stored in Key Vault only. Empty: managed identity.')
+param dataverseClientSecret string = ''
+
+@minLength(16)
+@secure()
+@description('Shared secret the Marketo webhook sends in X-Sync-Secret; stored in Key Vault only.')
+param webhookSharedSecret string
+
+@description('SYNC_SCHEDULE: when the sync cycle runs, six-field NCRONTAB (second minute hour day month weekday), UTC.')
+param syncSchedule string = '0 */5 * * * *'
+
+@description('SYNC_FIELD_MAP: inline JSON of the field map; empty: the map shipped with the code.')
+param syncFieldMap string = ''
+
+@description('SYNC_DYNAMICS_DELETES: flag (set microsoftIsDeleted and unlink) or ignore (unlink only).')
+@allowed([
+  'flag'
+  'ignore'
+])
+param syncDynamicsDeletes string = 'flag'
+
+@description('SYNC_MARKETO_DELETES: ignore (not sent to Dynamics) or delete (delete the linked record too).')
+@allowed([
+  'ignore'
+  'delete'
+])
+param syncMarketoDeletes string = 'ignore'
+
+@description('SYNC_TABLE_PREFIX: prefix of the sync state tables.')
+param syncTablePrefix string = 'sync'
+
+@description('MARKETO_RATE_SHARE: share of the Marketo API rate limits this app may use, a decimal in (0, 1].')
+param marketoRateShare string = '0.5'
+
+@description('MARKETO_DAILY_QUOTA: the Marketo instance\'s daily API call quota.')
+@minValue(1)
+param marketoDailyQuota int = 50000
+
+@description('DATAVERSE_BATCH_SIZE: records per UpdateMultiple/UpsertMultiple call.')
+@minValue(1)
+@maxValue(1000)
+param dataverseBatchSize int = 1000
+
+var abbrs = loadJsonContent('abbreviations.json')
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var functionAppName = '${abbrs.webSitesFunctions}sync-${resourceToken}'
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
+// A plain flag, so that nothing downstream has to inspect the secret to know whether it exists.
+var useDataverseSecret = !empty(dataverseClientSecret)
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: empty(resourceGroupName) ? '${abbrs.resourcesResourceGroups}${environmentName}' : resourceGroupName
+  location: location
+  tags: tags
+}
+
+module identity 'app/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: '${abbrs.managedIdentityUserAssignedIdentities}sync-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'app/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: '${abbrs.operationalInsightsWorkspaces}${resourceToken}'
+    applicationInsightsName: '${abbrs.insightsComponents}${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'app/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: '${abbrs.storageStorageAccounts}${resourceToken}'
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+    skuName: storageSkuName
+  }
+}
+
+module keyVault 'app/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: '${abbrs.keyVaultVaults}${resourceToken}'
+    location: location
+    tags: tags
+    marketoClientSecret: marketoClientSecret
+    dataverseClientSecret: dataverseClientSecret
+    storeDataverseSecret: useDataverseSecret
+    webhookSharedSecret: webhookSharedSecret
+  }
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    principalId: identity.outputs.principalId
+    storageAccountName: storage.outputs.name
+    keyVaultName: keyVault.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+  }
+}
+
+module api 'app/api.bicep' = {
+  name: 'api'
+  scope: rg
+  // The roles exist before the app first starts, so its storage, Key Vault references and
+  // telemetry work from the first cold start.
+  dependsOn: [
+    rbac
+  ]
+  params: {
+    name: functionAppName
+    planName: '${abbrs.webServerFarms}${resourceToken}'
+    location: location
+    tags: tags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    blobEndpoint: storage.outputs.blobEndpoint
+    queueEndpoint: storage.outputs.queueEndpoint
+    tableEndpoint: storage.outputs.tableEndpoint
+    deploymentContainerName: storage.outputs.deploymentContainerName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    marketoBaseUrl: marketoBaseUrl
+    marketoClientId: marketoClientId
+    marketoClientSecretUri: keyVault.outputs.marketoClientSecretUri
+    dataverseUrl: dataverseUrl
+    dataverseTenantId: empty(dataverseTenantId) ? tenant().tenantId : dataverseTenantId
+    dataverseClientId: dataverseClientId
+    dataverseClientSecretUri: keyVault.outputs.dataverseClientSecretUri
+    webhookSharedSecretUri: keyVault.outputs.webhookSharedSecretUri
+    syncSchedule: syncSchedule
+    syncFieldMap: syncFieldMap
+    syncDynamicsDeletes: syncDynamicsDeletes
+    syncMarketoDeletes: syncMarketoDeletes
+    syncTablePrefix: syncTablePrefix
+    marketoRateShare: marketoRateShare
+    marketoDailyQuota: marketoDailyQuota
+    dataverseBatchSize: dataverseBatchSize
+  }
+}
+
+// What azd writes into .azure/<env>/.env and a user needs next (README "Deploy").
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_NAME string = api.outputs.name
+output SERVICE_API_NAME string = api.outputs.name
+output SERVICE_API_URI string = api.outputs.uri
+output MARKETO_WEBHOOK_URL string = '${api.outputs.uri}/api/marketo/sync-person'
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output SYNC_TABLES_ENDPOINT string = storage.outputs.tableEndpoint
+output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.uri
+output AZURE_IDENTITY_NAME string = identity.outputs.name
+output AZURE_IDENTITY_CLIENT_ID string = identity.outputs.clientId

@@ -1,0 +1,384 @@
+"""The state store's logic over rows: which table, which keys, which batches (design §4).
+
+``RowStateStore`` implements the ``StateStore`` Protocol on top of a ``Rows`` backend (Azure
+Table Storage or memory), so both stores share every decision below and differ only in where
+rows live. It must not talk to a service itself, read a clock, or log person data.
+
+Tables (``{prefix}`` + name), keys and why:
+
+    state       PK cursor / RK name, PK lease / RK cycle      ETag-conditional point rows
+    links       PK link / RK m:{marketo id:012d} and           two rows per link, same partition,
+                RK d:{entity}:{dataverse id}                    written in one transaction
+    collisions  PK inverted day / RK inverted µs:id            a plain scan lists newest first
+    runs        PK inverted day / RK inverted µs:run id        ditto
+    failures    PK failure / RK key                            upsert replaces; point reads by key
+    claims      PK claim / RK key                              insert-if-absent
+
+Every batched write is packed into single-partition transactions of ≤ 100 operations; the rows
+of one link never straddle two transactions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from azure.data.tables import EdmType, EntityProperty
+
+from sync_core.errors import ConfigError, LeaseHeldError, StateConflictError
+from sync_core.state._keys import (
+    MAX_KEYS_PER_QUERY,
+    RowOp,
+    as_utc,
+    aware,
+    check_entity,
+    chunks,
+    dataverse_link_key,
+    encode_key,
+    marketo_link_key,
+    newest_first_key,
+    pack_transactions,
+    to_json,
+)
+from sync_core.state._models import (
+    Claim,
+    Collision,
+    Cursor,
+    EntityType,
+    Lease,
+    Link,
+    RecordFailure,
+    RunReport,
+    StoreCounters,
+)
+from sync_core.state._rows import Rows, StoredRow
+
+logger = logging.getLogger(__name__)
+
+_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,52}$")  # + the longest suffix ("collisions") stays ≤ 63
+_CURSOR = "cursor"
+_LEASE = "lease"
+_LEASE_ROW = "cycle"
+_LINK = "link"
+_FAILURE = "failure"
+_CLAIM = "claim"
+_PAGE = 1000  # the most the service returns per page
+
+
+class TableNames:
+    """The six table names for a prefix (alphanumeric, starts with a letter, 3 to 63 characters)."""
+
+    def __init__(self, prefix: str) -> None:
+        if not _PREFIX.match(prefix):
+            raise ConfigError([f"table prefix {prefix!r}: must be a letter followed by up to 52 letters or digits"])
+        self.state = f"{prefix}state"
+        self.links = f"{prefix}links"
+        self.collisions = f"{prefix}collisions"
+        self.failures = f"{prefix}failures"
+        self.runs = f"{prefix}runs"
+        self.claims = f"{prefix}claims"
+
+
+class RowStateStore:
+    """``StateStore`` over a ``Rows`` backend; see the module docstring for the layout."""
+
+    def __init__(self, rows: Rows, *, prefix: str) -> None:
+        self.tables = TableNames(prefix)
+        self._rows = rows
+
+    @property
+    def counters(self) -> StoreCounters:
+        return self._rows.counters
+
+    @counters.setter
+    def counters(self, value: StoreCounters) -> None:
+        self._rows.counters = value
+
+    # -- cursors --------------------------------------------------------------------------------
+    def get_cursor(self, name: str) -> Cursor | None:
+        row = self._rows.get_row(self.tables.state, _CURSOR, encode_key(name))
+        return None if row is None else Cursor(name=name, value=str(row.props["value"]), etag=row.etag)
+
+    def put_cursor(self, cursor: Cursor) -> Cursor:
+        row = encode_key(cursor.name)
+        props = {"name": cursor.name, "value": cursor.value}
+        check_entity(_CURSOR, row, props, what=f"cursor {cursor.name!r}")
+        if cursor.etag is None:
+            etag = self._rows.insert_row(self.tables.state, _CURSOR, row, props)
+        else:
+            etag = self._rows.replace_row(self.tables.state, _CURSOR, row, props, etag=cursor.etag)
+        return cursor.model_copy(update={"etag": etag})
+
+    def delete_cursor(self, cursor: Cursor) -> None:
+        # etag None deletes whatever is there; with an ETag, only the version the caller read.
+        self._rows.delete_row(self.tables.state, _CURSOR, encode_key(cursor.name), etag=cursor.etag)
+
+    # -- the cycle lease ------------------------------------------------------------------------
+    def acquire_lease(self, owner: str, *, now: datetime, duration: timedelta) -> Lease:
+        now = aware(now, what="now")
+        expires_at = now + duration
+        props = {"owner": owner, "expires_at": expires_at}
+        current = self._rows.get_row(self.tables.state, _LEASE, _LEASE_ROW)
+        try:
+            if current is None:
+                etag = self._rows.insert_row(self.tables.state, _LEASE, _LEASE_ROW, props)
+            else:
+                held_until = as_utc(current.props["expires_at"])
+                if held_until > now:
+                    raise LeaseHeldError(
+                        f"the cycle lease is held by {current.props.get('owner')!r} until {held_until.isoformat()}"
+                    )
+                etag = self._rows.replace_row(self.tables.state, _LEASE, _LEASE_ROW, props, etag=current.etag)
+        except LeaseHeldError:
+            raise
+        except StateConflictError as err:
+            raise LeaseHeldError("another cycle took the lease between our read and our write") from err
+        logger.info("lease taken by %s until %s", owner, expires_at.isoformat())
+        return Lease(owner=owner, expires_at=expires_at, etag=etag)
+
+    def renew_lease(self, lease: Lease, *, now: datetime, duration: timedelta) -> Lease:
+        etag = _need_etag(lease.etag, "lease")
+        expires_at = aware(now, what="now") + duration
+        props = {"owner": lease.owner, "expires_at": expires_at}
+        new_etag = self._rows.replace_row(self.tables.state, _LEASE, _LEASE_ROW, props, etag=etag)
+        return Lease(owner=lease.owner, expires_at=expires_at, etag=new_etag)
+
+    def release_lease(self, lease: Lease) -> None:
+        self._rows.delete_row(self.tables.state, _LEASE, _LEASE_ROW, etag=_need_etag(lease.etag, "lease"))
+        logger.info("lease released by %s", lease.owner)
+
+    # -- links and baselines ----------------------------------------------------------------------
+    def get_links_by_marketo_ids(self, marketo_ids: Iterable[int]) -> dict[int, Link]:
+        keys = {marketo_link_key(marketo_id) for marketo_id in marketo_ids}
+        links = (_link_from(row) for row in self._query(self.tables.links, _LINK, keys))
+        return {link.marketo_id: link for link in links}
+
+    def get_links_by_dataverse_ids(self, entity: EntityType, dataverse_ids: Iterable[str]) -> dict[str, Link]:
+        asked: dict[str, list[str]] = {}  # row key -> the ids asked for (case may differ)
+        for dataverse_id in dataverse_ids:
+            asked.setdefault(dataverse_link_key(entity, dataverse_id), []).append(dataverse_id)
+        found: dict[str, Link] = {}
+        for row in self._query(self.tables.links, _LINK, asked):
+            link = _link_from(row)
+            for dataverse_id in asked[row.row]:
+                found[dataverse_id] = link
+        return found
+
+    def upsert_links(self, links: Sequence[Link], *, replaces: Sequence[Link] = ()) -> None:
+        groups: dict[int, list[RowOp]] = {}  # by the Marketo id of the new link
+        written: dict[str, int] = {}  # row key -> the group that writes it
+        for link in links:
+            m_key = marketo_link_key(link.marketo_id)
+            d_key = dataverse_link_key(link.entity, link.dataverse_id)
+            if m_key in written or d_key in written:
+                raise ValueError(
+                    f"upsert_links got two links for marketo id {link.marketo_id} or for "
+                    f"{link.entity.value} {link.dataverse_id}; pass one link per record"
+                )
+            props = _link_props(link)
+            check_entity(_LINK, m_key, props, what=f"link for marketo id {link.marketo_id}")
+            groups[link.marketo_id] = [RowOp("upsert", m_key, props), RowOp("upsert", d_key, props)]
+            written[m_key] = written[d_key] = link.marketo_id
+        # A previous version's rows that the new rows do not overwrite must go: the d: row of a
+        # lead qualified into a contact, or the m: row of a person merged into another one. They go
+        # in the same transaction as the link that replaces them, so no reader sees both.
+        deleted: set[str] = set()
+        for old in replaces:
+            old_m, old_d = marketo_link_key(old.marketo_id), dataverse_link_key(old.entity, old.dataverse_id)
+            home = written.get(old_m, written.get(old_d, old.marketo_id))
+            for key in (old_m, old_d):
+                if key not in written and key not in deleted:
+                    groups.setdefault(home, []).append(RowOp("delete", key))
+                    deleted.add(key)
+        self._transact(self.tables.links, _LINK, groups.values())
+
+    def delete_links(self, links: Sequence[Link]) -> None:
+        groups: dict[str, list[RowOp]] = {}
+        for link in links:
+            for key in (marketo_link_key(link.marketo_id), dataverse_link_key(link.entity, link.dataverse_id)):
+                groups.setdefault(key, [RowOp("delete", key)])
+        self._transact(self.tables.links, _LINK, groups.values())
+
+    def iter_links(self) -> Iterator[Link]:
+        for row in self._rows.scan_rows(self.tables.links, partition=_LINK, row_prefix="m:", page_size=_PAGE):
+            yield _link_from(row)
+
+    # -- collisions and run reports (newest first) ------------------------------------------------
+    def add_collisions(self, collisions: Sequence[Collision]) -> None:
+        by_day: dict[str, list[list[RowOp]]] = {}
+        for collision in collisions:
+            partition, row = newest_first_key(collision.at, collision.id)
+            props = {
+                "at": collision.at,
+                "run_id": collision.run_id,
+                "marketo_id": EntityProperty(collision.marketo_id, EdmType.INT64),
+                "entity": collision.entity.value,
+                "field": collision.field,
+                "winner": collision.winner,
+                "data": collision.model_dump_json(),
+            }
+            check_entity(partition, row, props, what=f"collision {collision.id!r}")
+            by_day.setdefault(partition, []).append([RowOp("upsert", row, props)])
+        for partition, groups in by_day.items():
+            self._transact(self.tables.collisions, partition, _unique_rows(groups, what="collision"))
+
+    def list_collisions(self, *, limit: int = 50) -> list[Collision]:
+        rows = self._rows.scan_rows(self.tables.collisions, page_size=_page(limit))
+        return [Collision.model_validate_json(row.props["data"]) for row in itertools.islice(rows, limit)]
+
+    def add_run_report(self, report: RunReport) -> None:
+        partition, row = newest_first_key(report.started_at, report.run_id)
+        props = {
+            "run_id": report.run_id,
+            "started_at": report.started_at,
+            "finished_at": report.finished_at,
+            "outcome": report.outcome,
+            "data": report.model_dump_json(),
+        }
+        check_entity(partition, row, props, what=f"run report {report.run_id!r}")
+        self._transact(self.tables.runs, partition, [[RowOp("upsert", row, props)]])
+
+    def list_run_reports(self, *, limit: int = 20) -> list[RunReport]:
+        rows = self._rows.scan_rows(self.tables.runs, page_size=_page(limit))
+        return [RunReport.model_validate_json(row.props["data"]) for row in itertools.islice(rows, limit)]
+
+    # -- record failures ----------------------------------------------------------------------------
+    def upsert_failures(self, failures: Sequence[RecordFailure]) -> None:
+        groups: list[list[RowOp]] = []
+        for failure in failures:
+            row = encode_key(failure.key)
+            props = {
+                "key": failure.key,
+                "direction": failure.direction.value,
+                "entity": failure.entity.value,
+                "attempts": failure.attempts,
+                "last_failed_at": failure.last_failed_at,
+                "next_retry_at": failure.next_retry_at,
+                "data": failure.model_dump_json(),
+            }
+            check_entity(_FAILURE, row, props, what=f"failure {failure.key!r}")
+            groups.append([RowOp("upsert", row, props)])
+        self._transact(self.tables.failures, _FAILURE, _unique_rows(groups, what="failure"))
+
+    def get_failures(self, keys: Iterable[str]) -> dict[str, RecordFailure]:
+        rows = self._query(self.tables.failures, _FAILURE, {encode_key(key) for key in keys})
+        failures = (RecordFailure.model_validate_json(row.props["data"]) for row in rows)
+        return {failure.key: failure for failure in failures}
+
+    def resolve_failures(self, keys: Sequence[str]) -> None:
+        rows = {encode_key(key) for key in keys}
+        self._transact(self.tables.failures, _FAILURE, [[RowOp("delete", row)] for row in sorted(rows)])
+
+    def list_failures(self, *, limit: int = 100) -> list[RecordFailure]:
+        rows = self._rows.scan_rows(self.tables.failures, partition=_FAILURE, page_size=_PAGE)
+        failures = [RecordFailure.model_validate_json(row.props["data"]) for row in rows]
+        failures.sort(key=lambda failure: (failure.last_failed_at, failure.key), reverse=True)
+        return failures[:limit]
+
+    def due_failures(self, *, now: datetime, limit: int = 1000) -> list[RecordFailure]:
+        now = aware(now, what="now")
+        rows = self._rows.scan_rows(
+            self.tables.failures, partition=_FAILURE, at_most=("next_retry_at", now), page_size=_PAGE
+        )
+        failures = [RecordFailure.model_validate_json(row.props["data"]) for row in rows]
+        failures.sort(key=lambda failure: (failure.next_retry_at, failure.key))
+        return failures[:limit]
+
+    # -- webhook claims ----------------------------------------------------------------------------
+    def try_claim(self, key: str, *, owner: str, now: datetime) -> Claim | None:
+        created_at = aware(now, what="now")
+        props = {"key": key, "owner": owner, "created_at": created_at}
+        try:
+            etag = self._rows.insert_row(self.tables.claims, _CLAIM, encode_key(key), props)
+        except StateConflictError:
+            return None
+        return Claim(key=key, owner=owner, created_at=created_at, etag=etag)
+
+    def get_claim(self, key: str) -> Claim | None:
+        row = self._rows.get_row(self.tables.claims, _CLAIM, encode_key(key))
+        if row is None:
+            return None
+        result = row.props.get("result")
+        return Claim(
+            key=str(row.props["key"]),
+            owner=str(row.props["owner"]),
+            created_at=as_utc(row.props["created_at"]),
+            result=None if result is None else json.loads(result),
+            etag=row.etag,
+        )
+
+    def complete_claim(self, claim: Claim, result: dict[str, object]) -> Claim:
+        row = encode_key(claim.key)
+        props = {
+            "key": claim.key,
+            "owner": claim.owner,
+            "created_at": claim.created_at,
+            "result": to_json(result, what=f"result of claim {claim.key!r}"),
+        }
+        check_entity(_CLAIM, row, props, what=f"claim {claim.key!r}")
+        etag = self._rows.replace_row(self.tables.claims, _CLAIM, row, props, etag=_need_etag(claim.etag, "claim"))
+        return claim.model_copy(update={"result": dict(result), "etag": etag})
+
+    def release_claim(self, claim: Claim) -> None:
+        self._rows.delete_row(self.tables.claims, _CLAIM, encode_key(claim.key), etag=_need_etag(claim.etag, "claim"))
+
+    # -- shared plumbing ----------------------------------------------------------------------------
+    def _query(self, table: str, partition: str, keys: Iterable[str]) -> Iterator[StoredRow]:
+        """Point-read many rows of one partition: one ``$filter`` per 14 keys, not one call per key."""
+        for chunk in chunks(sorted(set(keys)), MAX_KEYS_PER_QUERY):
+            yield from self._rows.query_rows(table, partition, chunk)
+
+    def _transact(self, table: str, partition: str, groups: Iterable[Sequence[RowOp]]) -> None:
+        for ops in pack_transactions(groups):
+            self._rows.transact(table, partition, ops)
+
+
+def _need_etag(etag: str | None, what: str) -> str:
+    if etag is None:
+        raise ValueError(f"this {what} has no ETag: pass the {what} the store returned")
+    return etag
+
+
+def _page(limit: int) -> int:
+    return max(1, min(limit, _PAGE))
+
+
+def _unique_rows(groups: list[list[RowOp]], *, what: str) -> list[list[RowOp]]:
+    rows = [op.row for group in groups for op in group]
+    if len(set(rows)) != len(rows):
+        raise ValueError(f"two {what}s with the same key in one call; pass each once")
+    return groups
+
+
+def _link_props(link: Link) -> dict[str, Any]:
+    return {
+        "marketo_id": EntityProperty(link.marketo_id, EdmType.INT64),
+        "entity": link.entity.value,
+        "dataverse_id": link.dataverse_id,
+        "originating_lead_id": link.originating_lead_id,
+        "updated_at": link.updated_at,
+        "baseline": to_json(link.baseline, what=f"baseline of the link for marketo id {link.marketo_id}"),
+    }
+
+
+def _link_from(row: StoredRow) -> Link:
+    props: Mapping[str, Any] = row.props
+    updated_at = props.get("updated_at")
+    return Link(
+        marketo_id=_int(props["marketo_id"]),
+        entity=EntityType(props["entity"]),
+        dataverse_id=str(props["dataverse_id"]),
+        baseline=json.loads(props["baseline"]),
+        originating_lead_id=props.get("originating_lead_id"),
+        updated_at=None if updated_at is None else as_utc(updated_at),
+    )
+
+
+def _int(value: Any) -> int:
+    # The SDK hands an Int64 back as EntityProperty(value, Edm.Int64).
+    return int(value.value if isinstance(value, EntityProperty) else value)

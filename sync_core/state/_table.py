@@ -1,0 +1,267 @@
+"""The state store on Azure Table Storage (Azurite locally), with ``azure-data-tables`` 12.7.
+
+``AzureRows`` maps the row verbs of ``_rows`` onto the SDK: ETag-conditional
+``update_entity``/``delete_entity``, ``create_entity`` for insert-if-absent, ``submit_transaction``
+for batches, ``query_entities`` with ``parameters=`` (the SDK escapes every value) for lookups.
+Tables are created on first use. Service answers become the project's errors: a lost condition
+is ``StateConflictError`` (chained from the SDK's error), throttling, 5xx and dropped
+connections are ``TransientError``, anything else is ``ApiError(service="tables")``.
+``TableStateStore`` is ``RowStateStore`` over it; ``build_state_store`` picks connection string
+or endpoint + managed identity from the settings. Nothing here logs entity contents.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from azure.core import MatchConditions
+from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential, TokenCredential
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
+
+from sync_core.errors import ApiError, ConfigError, StateConflictError, TransientError
+from sync_core.state._keys import RowOp, check_key_count
+from sync_core.state._rows import CountingRows, StoredRow
+from sync_core.state._store import RowStateStore
+
+if TYPE_CHECKING:
+    from sync_core.settings import Settings
+
+__all__ = ["AzureRows", "TableStateStore", "build_state_store"]
+
+TableCredential = TokenCredential | AzureNamedKeyCredential | AzureSasCredential
+
+
+@contextmanager
+def _service_errors(what: str) -> Iterator[None]:
+    """Turn what the SDK raises (after its own retries) into the project's error tree."""
+    try:
+        yield
+    except (ServiceRequestError, ServiceResponseError) as err:
+        raise TransientError(f"Table Storage {what}: connection failed", service="tables") from err
+    except HttpResponseError as err:
+        status = err.status_code
+        code = str(getattr(err, "error_code", None) or "") or None
+        if status is not None and (status == 429 or status >= 500):
+            raise TransientError(
+                f"Table Storage {what}: status {status} {code or ''}".strip(), service="tables"
+            ) from err
+        raise ApiError(f"Table Storage {what} failed", service="tables", status=status, code=code) from err
+
+
+def _entity(partition: str, row: str, props: Mapping[str, Any]) -> dict[str, Any]:
+    return {"PartitionKey": partition, "RowKey": row, **{k: v for k, v in props.items() if v is not None}}
+
+
+def _stored(entity: Any) -> StoredRow:
+    props = {name: value for name, value in entity.items() if name not in ("PartitionKey", "RowKey")}
+    return StoredRow(entity["PartitionKey"], entity["RowKey"], props, entity.metadata["etag"])
+
+
+class AzureRows(CountingRows):
+    def __init__(self, service: TableServiceClient) -> None:
+        super().__init__()
+        self.service = service
+        self._clients: dict[str, TableClient] = {}
+        self._clients_lock = threading.Lock()
+
+    def _table(self, name: str) -> TableClient:
+        with self._clients_lock:
+            client = self._clients.get(name)
+            if client is None:
+                # Once per table per process: create it if this is the first run on the account.
+                with _service_errors(f"create table {name}"), suppress(ResourceExistsError):
+                    self.service.create_table(name)
+                client = self._clients[name] = self.service.get_table_client(name)
+            return client
+
+    def get_row(self, table: str, partition: str, row: str) -> StoredRow | None:
+        client = self._table(table)
+        self._count(reads=1)
+        with _service_errors(f"reading a row of {table}"):
+            try:
+                return _stored(client.get_entity(partition, row))
+            except ResourceNotFoundError:
+                return None
+
+    def insert_row(self, table: str, partition: str, row: str, props: Mapping[str, Any]) -> str:
+        client = self._table(table)
+        self._count(writes=1)
+        with _service_errors(f"inserting a row of {table}"):
+            try:
+                return str(client.create_entity(_entity(partition, row, props))["etag"])
+            except ResourceExistsError as err:
+                raise StateConflictError(f"{table}/{partition}/{row}: already exists") from err
+
+    def replace_row(self, table: str, partition: str, row: str, props: Mapping[str, Any], *, etag: str) -> str:
+        client = self._table(table)
+        self._count(writes=1)
+        with _service_errors(f"replacing a row of {table}"):
+            try:
+                answer = client.update_entity(
+                    _entity(partition, row, props),
+                    mode=UpdateMode.REPLACE,
+                    etag=etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+            except ResourceModifiedError as err:
+                raise StateConflictError(
+                    f"{table}/{partition}/{row}: changed since it was read (ETag mismatch)"
+                ) from err
+            except ResourceNotFoundError as err:
+                raise StateConflictError(f"{table}/{partition}/{row}: gone since it was read") from err
+            return str(answer["etag"])
+
+    def delete_row(self, table: str, partition: str, row: str, *, etag: str | None = None) -> None:
+        client = self._table(table)
+        self._count(writes=1)
+        with _service_errors(f"removing a row of {table}"):
+            try:
+                if etag is None:
+                    client.delete_entity(partition, row)
+                else:  # the SDK itself treats a missing row as deleted
+                    client.delete_entity(partition, row, etag=etag, match_condition=MatchConditions.IfNotModified)
+            except ResourceModifiedError as err:
+                raise StateConflictError(
+                    f"{table}/{partition}/{row}: changed since it was read (ETag mismatch)"
+                ) from err
+
+    def query_rows(self, table: str, partition: str, rows: Sequence[str]) -> list[StoredRow]:
+        check_key_count(rows)
+        client = self._table(table)
+        # The SDK substitutes @names word by word, so every parameter stands between spaces.
+        either = " or ".join(f"RowKey eq @k{index}" for index in range(len(rows)))
+        parameters = {"pk": partition, **{f"k{index}": row for index, row in enumerate(rows)}}
+        query = client.query_entities(f"PartitionKey eq @pk and ( {either} )", parameters=parameters)
+        return list(self._paged(query.by_page(), what=f"query {table}"))
+
+    def scan_rows(
+        self,
+        table: str,
+        *,
+        partition: str | None = None,
+        row_prefix: str | None = None,
+        at_most: tuple[str, datetime] | None = None,
+        page_size: int = 1000,
+    ) -> Iterator[StoredRow]:
+        client = self._table(table)
+        conditions: list[str] = []
+        parameters: dict[str, Any] = {}
+        if partition is not None:
+            conditions.append("PartitionKey eq @pk")
+            parameters["pk"] = partition
+        if row_prefix:
+            # Every key starting with the prefix sorts in [prefix, prefix with its last char + 1).
+            conditions.append("RowKey ge @lo and RowKey lt @hi")
+            parameters["lo"] = row_prefix
+            parameters["hi"] = row_prefix[:-1] + chr(ord(row_prefix[-1]) + 1)
+        if at_most is not None:
+            name, cutoff = at_most
+            conditions.append(f"{name} le @cutoff")  # name is one of ours, never input
+            parameters["cutoff"] = cutoff
+        if conditions:
+            pages = client.query_entities(
+                " and ".join(conditions), parameters=parameters, results_per_page=page_size
+            ).by_page()
+        else:
+            pages = client.list_entities(results_per_page=page_size).by_page()
+        return self._paged(pages, what=f"scan {table}")
+
+    def _paged(self, pages: Iterator[Iterator[Any]], *, what: str) -> Iterator[StoredRow]:
+        while True:
+            with _service_errors(what):
+                try:
+                    page = list(next(pages))  # one request per page
+                except StopIteration:  # no continuation token left: nothing was sent
+                    return
+                except BaseException:
+                    self._count(reads=1)
+                    raise
+            self._count(reads=1)
+            yield from (_stored(entity) for entity in page)
+
+    def transact(self, table: str, partition: str, ops: Sequence[RowOp]) -> None:
+        client = self._table(table)
+        pending = list(ops)
+        while pending:
+            self._count(transactions=1, operations=len(pending))
+            with _service_errors(f"transaction on {table}"):
+                try:
+                    client.submit_transaction([_sdk_operation(partition, op) for op in pending])
+                    return
+                except TableTransactionError as err:
+                    failed = pending[err.index] if 0 <= err.index < len(pending) else None
+                    if err.status_code == 404 and failed is not None and failed.kind == "delete":
+                        # Deleting a missing row fails the whole batch on the service; the row
+                        # is gone either way, so send the rest again without it.
+                        pending.remove(failed)
+                        continue
+                    if err.status_code in (409, 412):
+                        raise StateConflictError(
+                            f"{table}/{partition}/{failed.row if failed else '?'}: conflict at operation "
+                            f"{err.index} of the transaction; nothing was written"
+                        ) from err
+                    raise
+
+
+def _sdk_operation(partition: str, op: RowOp) -> tuple[Any, ...]:
+    if op.kind == "delete":
+        return ("delete", {"PartitionKey": partition, "RowKey": op.row})
+    if op.kind == "insert":
+        return ("create", _entity(partition, op.row, op.props))
+    return ("upsert", _entity(partition, op.row, op.props), {"mode": UpdateMode.REPLACE})
+
+
+class TableStateStore(RowStateStore):
+    """The state store on Azure Table Storage; tables ``{prefix}state``, ``{prefix}links``, … ."""
+
+    def __init__(self, service: TableServiceClient, *, prefix: str) -> None:
+        self.service = service
+        super().__init__(AzureRows(service), prefix=prefix)
+
+    @classmethod
+    def from_connection_string(cls, connection_string: str, *, prefix: str) -> TableStateStore:
+        """Shared-key access: Azurite locally, or a storage account that still allows keys."""
+        return cls(TableServiceClient.from_connection_string(connection_string), prefix=prefix)
+
+    @classmethod
+    def from_endpoint(cls, endpoint: str, credential: TableCredential, *, prefix: str) -> TableStateStore:
+        """``https://<account>.table.core.windows.net`` with an Entra credential (managed identity)."""
+        return cls(TableServiceClient(endpoint=endpoint, credential=credential), prefix=prefix)
+
+
+def _default_credential() -> TokenCredential:
+    # Imported here: azure-identity is only needed when there is no connection string, and it is
+    # slow to import. DefaultAzureCredential picks up a user-assigned identity from AZURE_CLIENT_ID.
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+def build_state_store(
+    settings: Settings, *, credential_factory: Callable[[], TokenCredential] = _default_credential
+) -> TableStateStore:
+    """The Table store the settings describe: a connection string if there is one, else the
+    endpoint with ``credential_factory()`` (``DefaultAzureCredential`` unless a test injects one)."""
+    connection_string = settings.tables_connection_string
+    if connection_string is not None:
+        return TableStateStore.from_connection_string(connection_string, prefix=settings.table_prefix)
+    if settings.tables_endpoint is not None:
+        try:
+            return TableStateStore.from_endpoint(
+                settings.tables_endpoint, credential_factory(), prefix=settings.table_prefix
+            )
+        except ValueError as err:  # e.g. the SDK refuses a token over plain http
+            raise ConfigError([f"SYNC_TABLES_ENDPOINT: {err}"]) from err
+    raise ConfigError(["SYNC_TABLES_CONNECTION / SYNC_TABLES_ENDPOINT: missing"])

@@ -1,0 +1,661 @@
+"""The status view (design §1, issue 9): what an admin needs to see at a glance.
+
+Owns the typed ``Status`` built from a ``StateStore`` (last cycles, backlog estimate, open
+failures, recent collisions, field-map drift, a health headline), its JSON and plain-text
+renderings (HTML lives in ``_status_html``), the choice between JSON and HTML for an HTTP
+request, and the ``python -m sync_core status`` command. ``build_status`` only reads the store:
+no clock reads (``now`` is passed in), no writes, no API calls. Run reports are written by the
+engine and read here defensively: a missing or malformed key shows as a dash, never a crash.
+
+Person data: the page is for admins of the same data, but it ends up in screenshots, tickets and
+logs, so it identifies records by ids, entity and field names only. Collision values (emails,
+names) are stored in the state store but are never shown here; an admin opens the record by its
+Marketo or Dataverse id to see them. Failure reasons are shown as the engine wrote them (they
+name fields and rules, not values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal, TextIO
+
+from azure.core.exceptions import AzureError
+from pydantic import BaseModel, ConfigDict
+
+from sync_core._ncrontab import Schedule
+from sync_core._status_html import DASH, fmt_count, fmt_total, fmt_when, render_error_html, render_html
+from sync_core.errors import ConfigError, SyncError
+from sync_core.settings import DEFAULT_SCHEDULE, Settings
+from sync_core.state import Collision, RecordFailure, RunReport, StateStore, build_state_store
+
+log = logging.getLogger(__name__)
+
+# Totals are counted by listing at most this many rows, so a huge error table cannot make the
+# page slow; beyond it a total reads "1000+".
+TOTAL_CAP = 1000
+STALE_INTERVALS = 3  # no cycle for more than this many schedule intervals: the sync is down
+# Outcomes (``RunReport.outcome``) of a cycle that did its work; anything else counts as failed.
+# ``partial``: some records failed (they are in the failures table); ``lease_held``: another
+# cycle was running, which shows the timer is alive.
+_COMPLETED_OUTCOMES = frozenset({"ok", "partial", "lease_held"})
+_DID_ITS_WORK = frozenset({"ok", "partial"})  # what "the last completed cycle" means
+
+Format = Literal["json", "html"]
+
+
+class HealthLevel(StrEnum):
+    OK = "ok"
+    WARNING = "warning"
+    FAILING = "failing"
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    level: HealthLevel
+    headline: str  # "OK", "Failures open", "Last cycle failed", "No cycle for …", …
+    details: list[str]
+
+
+class PerSide(BaseModel):
+    """Counts per system. For ``written`` the key is the side written to: ``dynamics`` is the
+    records that went Marketo → Dynamics. ``None``: the report did not say."""
+
+    model_config = ConfigDict(frozen=True)
+
+    marketo: int | None = None
+    dynamics: int | None = None
+
+
+class ApiCalls(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    marketo: int | None = None
+    dataverse: int | None = None
+    by_operation: dict[str, int] = {}
+
+
+class Cycle(BaseModel):
+    """One sync cycle, from its run report."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+    failed: bool
+    seconds: float | None
+    pulled: PerSide
+    written: PerSide
+    api_calls: ApiCalls
+    token_calls: int | None
+    table_transactions: int | None
+    created: int | None
+    linked: int | None
+    unlinked: int | None
+    flagged_deleted: int | None
+    qualified: int | None
+    collisions: int | None
+    failures: int | None
+
+
+class Backlog(BaseModel):
+    """Changes not yet synced, as estimated by the latest cycle that reported one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    known: bool
+    total: int | None = None
+    parts: dict[str, int] = {}  # e.g. per side or per table, as the engine reported it
+    run_id: str | None = None
+    as_of: datetime | None = None
+
+
+class Total(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    count: int
+    at_least: bool = False  # the count hit TOTAL_CAP: there are at least this many
+
+
+class Totals(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    failures_open: Total
+    failures_due: Total
+    collisions_24h: Total
+    links: dict[str, int] | None = None  # linked records per entity, when asked for (a full scan)
+
+
+class CollisionView(BaseModel):
+    """A collision without its values (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    run_id: str
+    entity: str
+    field: str
+    winner: str
+    rule: str
+    marketo_id: int
+    dataverse_id: str
+
+
+class FailureView(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    direction: str
+    entity: str
+    marketo_id: int | None
+    dataverse_id: str | None
+    reasons: list[str]
+    code: str | None
+    fields: list[str]
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    next_retry_at: datetime
+    due: bool
+
+
+class DriftItem(BaseModel):
+    """A mapped field one side does not have (any more): the cycle skips it and syncs the rest."""
+
+    model_config = ConfigDict(frozen=True)
+
+    side: str | None = None  # "marketo" | "dynamics": where the field is missing
+    entity: str | None = None  # None on the Marketo side: the person field serves both
+    field: str | None = None  # the field's name on that side
+    keys: list[str] = []  # the field-map keys skipped because of it
+    detail: str | None = None
+
+
+class Drift(BaseModel):
+    """Field-map drift as seen by the latest cycle that checked for it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    known: bool
+    run_id: str | None = None
+    items: list[DriftItem] = []
+
+
+class Status(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    generated_at: datetime
+    schedule: str
+    health: Health
+    last_cycle_at: datetime | None
+    last_completed_at: datetime | None  # the newest cycle with outcome ok or partial
+    cycles: list[Cycle]  # newest first
+    backlog: Backlog
+    totals: Totals
+    failures: list[FailureView]  # newest first
+    collisions: list[CollisionView]  # newest first
+    drift: Drift
+
+
+# -- reading run reports defensively ---------------------------------------------------------
+
+
+def _dig(report: Mapping[str, Any], *path: str) -> Any:
+    value: Any = report
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _count(report: Mapping[str, Any], *path: str) -> int | None:
+    """A non-negative whole number at ``path``, else None (bools and junk are not counts)."""
+    value = _dig(report, *path)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, float) and value >= 0 and value.is_integer():
+        return int(value)
+    return None
+
+
+def _counts(value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(key): n for key in value if (n := _count(value, key)) is not None}
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or isinstance(value, (Mapping, list)) else str(value)
+
+
+def _seconds(run: RunReport) -> float | None:
+    value = run.report.get("seconds")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if run.finished_at is not None and run.finished_at >= run.started_at:
+        return (run.finished_at - run.started_at).total_seconds()
+    return None
+
+
+def cycle_from_report(run: RunReport) -> Cycle:
+    report = run.report
+    return Cycle(
+        run_id=run.run_id,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        outcome=run.outcome,
+        failed=run.outcome not in _COMPLETED_OUTCOMES,
+        seconds=_seconds(run),
+        pulled=PerSide(marketo=_count(report, "pulled", "marketo"), dynamics=_count(report, "pulled", "dynamics")),
+        written=PerSide(marketo=_count(report, "written", "marketo"), dynamics=_count(report, "written", "dynamics")),
+        api_calls=ApiCalls(
+            marketo=_count(report, "api_calls", "marketo"),
+            dataverse=_count(report, "api_calls", "dataverse"),
+            by_operation=_counts(_dig(report, "api_calls", "by_operation")),
+        ),
+        token_calls=_count(report, "token_calls"),
+        table_transactions=_count(report, "table_transactions"),
+        created=_count(report, "created"),
+        linked=_count(report, "linked"),
+        unlinked=_count(report, "unlinked"),
+        flagged_deleted=_count(report, "flagged_deleted"),
+        qualified=_count(report, "qualified"),
+        collisions=_count(report, "collisions"),
+        failures=_count(report, "failures"),
+    )
+
+
+def _backlog(runs: Sequence[RunReport]) -> Backlog:
+    """From the newest report with a usable ``backlog``: a number, or numbers per side/table."""
+    for run in runs:
+        value = run.report.get("backlog")
+        if isinstance(value, Mapping):
+            parts = _counts(value)
+            total = _count(value, "total")
+            parts.pop("total", None)
+            if parts or total is not None:
+                total = total if total is not None else sum(parts.values())
+                return Backlog(known=True, total=total, parts=parts, run_id=run.run_id, as_of=run.started_at)
+        elif (total := _count(run.report, "backlog")) is not None:
+            return Backlog(known=True, total=total, run_id=run.run_id, as_of=run.started_at)
+    return Backlog(known=False)
+
+
+def _drift_item(item: Any) -> DriftItem:
+    """``{side, entity, name|field, fields|keys, detail}``, any part missing; a bare string is a detail."""
+    if not isinstance(item, Mapping):
+        return DriftItem(detail=_text(item))
+    keys = item.get("fields", item.get("keys"))
+    return DriftItem(
+        side=_text(item.get("side")),
+        entity=_text(item.get("entity")),
+        field=_text(item.get("name", item.get("field"))),
+        keys=[str(key) for key in keys if _text(key) is not None] if isinstance(keys, list) else [],
+        detail=_text(item.get("detail")),
+    )
+
+
+def _drift(runs: Sequence[RunReport]) -> Drift:
+    """From the newest report that has a ``drift`` list (a lease-held cycle checks nothing)."""
+    for run in runs:
+        value = run.report.get("drift")
+        if isinstance(value, list):
+            items = [_drift_item(item) for item in value]
+            return Drift(known=True, run_id=run.run_id, items=items)
+    return Drift(known=False)
+
+
+# -- the model -------------------------------------------------------------------------------
+
+
+def _collision_view(collision: Collision) -> CollisionView:
+    return CollisionView(
+        at=collision.at,
+        run_id=collision.run_id,
+        entity=str(collision.entity),
+        field=collision.field,
+        winner=collision.winner,
+        rule=collision.rule,
+        marketo_id=collision.marketo_id,
+        dataverse_id=collision.dataverse_id,
+    )
+
+
+def _failure_view(failure: RecordFailure, now: datetime) -> FailureView:
+    return FailureView(
+        key=failure.key,
+        direction=str(failure.direction),
+        entity=str(failure.entity),
+        marketo_id=failure.marketo_id,
+        dataverse_id=failure.dataverse_id,
+        reasons=list(failure.reasons),
+        code=failure.code,
+        fields=list(failure.fields),
+        attempts=failure.attempts,
+        first_failed_at=failure.first_failed_at,
+        last_failed_at=failure.last_failed_at,
+        next_retry_at=failure.next_retry_at,
+        due=failure.next_retry_at <= now,
+    )
+
+
+def _total(rows: int) -> Total:
+    return Total(count=min(rows, TOTAL_CAP), at_least=rows > TOTAL_CAP)
+
+
+def stale_after(last_cycle_at: datetime, schedule: str) -> datetime | None:
+    """When the sync counts as down: the ``STALE_INTERVALS``-th scheduled run after the last cycle
+    has passed with no new cycle. None if the schedule cannot be read."""
+    try:
+        parsed = Schedule.parse(schedule)
+        due = last_cycle_at
+        for _ in range(STALE_INTERVALS):
+            due = parsed.next_after(due)
+    except ValueError:
+        return None
+    return due
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _health(
+    *, now: datetime, schedule: str, cycles: Sequence[Cycle], totals: Totals, drift: Drift, backlog: Backlog
+) -> Health:
+    details: list[str] = []
+    headline, level = "OK", HealthLevel.OK
+    if totals.failures_open.count:
+        headline, level = "Failures open", HealthLevel.WARNING
+        one = totals.failures_open.count == 1 and not totals.failures_open.at_least
+        details.append(
+            f"{fmt_total(totals.failures_open)} open {'failure' if one else 'failures'}, "
+            f"{fmt_total(totals.failures_due)} due for retry"
+        )
+    if drift.items:
+        if level is HealthLevel.OK:
+            headline, level = "Field-map drift", HealthLevel.WARNING
+        details.append(f"{_plural(len(drift.items), 'field-map drift item')} in the last check")
+    if not cycles:
+        return Health(
+            level=HealthLevel.WARNING, headline="No cycle yet", details=["no run report has been stored", *details]
+        )
+    latest = cycles[0]
+    if latest.failed:
+        headline, level = "Last cycle failed", HealthLevel.FAILING
+        completed = next((cycle for cycle in cycles if cycle.outcome in _DID_ITS_WORK), None)
+        since = (
+            f"last completed cycle {fmt_when(completed.started_at)}"
+            if completed
+            else "none of the recent ones completed"
+        )
+        details.insert(0, f"the last cycle ended with outcome '{latest.outcome}'; {since}")
+    deadline = stale_after(latest.started_at, schedule)
+    if deadline is None:
+        details.append(f"schedule {schedule!r} could not be read; staleness not checked")
+    elif now > deadline:
+        minutes = int((now - latest.started_at).total_seconds() // 60)
+        headline, level = f"No cycle for {_duration_words(minutes)}", HealthLevel.FAILING
+        details.insert(0, f"more than {STALE_INTERVALS} schedule intervals ({schedule}) without a cycle")
+    if totals.collisions_24h.count:
+        details.append(f"{_plural(totals.collisions_24h.count, 'collision')} in the last 24 h (resolved by the rules)")
+    if backlog.known and backlog.total:
+        details.append(f"about {backlog.total:,} changes waiting")
+    return Health(level=level, headline=headline, details=details)
+
+
+def _duration_words(minutes: int) -> str:
+    if minutes < 120:
+        return _plural(minutes, "minute")
+    if minutes < 48 * 60:
+        return _plural(minutes // 60, "hour")
+    return _plural(minutes // (24 * 60), "day")
+
+
+def build_status(
+    store: StateStore,
+    *,
+    now: datetime,
+    schedule: str = DEFAULT_SCHEDULE,
+    cycles: int = 20,
+    failures: int = 50,
+    collisions: int = 20,
+    count_links: bool = False,
+) -> Status:
+    """Everything the status view shows, read from ``store`` as of ``now`` (timezone-aware).
+
+    ``count_links`` walks every link to count linked leads and contacts: a full table scan, so
+    it is off unless asked for."""
+    runs = store.list_run_reports(limit=cycles)
+    open_failures = store.list_failures(limit=TOTAL_CAP + 1)
+    due = store.due_failures(now=now, limit=TOTAL_CAP + 1)
+    recent_collisions = store.list_collisions(limit=TOTAL_CAP + 1)
+    day_ago = now - timedelta(hours=24)
+    collisions_24h = sum(1 for collision in recent_collisions if collision.at >= day_ago)
+    links: dict[str, int] | None = None
+    if count_links:
+        tally = Counter(str(link.entity) for link in store.iter_links())
+        links = {entity: tally.get(entity, 0) for entity in ("lead", "contact")} | dict(tally)
+
+    cycle_rows = [cycle_from_report(run) for run in runs]
+    totals = Totals(
+        failures_open=_total(len(open_failures)),
+        failures_due=_total(len(due)),
+        collisions_24h=_total(collisions_24h),
+        links=links,
+    )
+    backlog = _backlog(runs)
+    drift = _drift(runs)
+    completed = [cycle for cycle in cycle_rows if cycle.outcome in _DID_ITS_WORK]
+    return Status(
+        generated_at=now,
+        schedule=schedule,
+        health=_health(now=now, schedule=schedule, cycles=cycle_rows, totals=totals, drift=drift, backlog=backlog),
+        last_cycle_at=cycle_rows[0].started_at if cycle_rows else None,
+        last_completed_at=completed[0].started_at if completed else None,
+        cycles=cycle_rows,
+        backlog=backlog,
+        totals=totals,
+        failures=[_failure_view(failure, now) for failure in open_failures[:failures]],
+        collisions=[_collision_view(collision) for collision in recent_collisions[:collisions]],
+        drift=drift,
+    )
+
+
+# -- renderings --------------------------------------------------------------------------------
+
+
+def render_json(status: Status) -> str:
+    return status.model_dump_json(indent=2)
+
+
+def render_text(status: Status) -> str:
+    """A few lines for a terminal."""
+    lines = [f"Sync status: {status.health.headline}  (as of {fmt_when(status.generated_at)})"]
+    lines += [f"  - {detail}" for detail in status.health.details]
+    if status.cycles:
+        last = status.cycles[0]
+        seconds = DASH if last.seconds is None else f"{last.seconds:.1f} s"
+        lines.append(
+            f"Last cycle: {fmt_when(last.started_at)}, {last.outcome}, {seconds}; "
+            f"records Marketo→Dynamics {fmt_count(last.written.dynamics)}, "
+            f"Dynamics→Marketo {fmt_count(last.written.marketo)}; "
+            f"API calls Marketo {fmt_count(last.api_calls.marketo)}, Dataverse {fmt_count(last.api_calls.dataverse)}"
+        )
+    else:
+        lines.append("Last cycle: none yet")
+    lines.append(f"Backlog: {fmt_count(status.backlog.total) if status.backlog.known else 'unknown'}")
+    totals = status.totals
+    lines.append(f"Failures: {fmt_total(totals.failures_open)} open, {fmt_total(totals.failures_due)} due for retry")
+    lines.append(f"Collisions: {fmt_total(totals.collisions_24h)} in the last 24 h")
+    drift = f"{len(status.drift.items)} item(s)" if status.drift.known else "not checked yet"
+    lines.append(f"Field-map drift: {drift}")
+    if totals.links is not None:
+        lines.append("Links: " + ", ".join(f"{entity} {count:,}" for entity, count in totals.links.items()))
+    return "\n".join(lines) + "\n"
+
+
+def choose_format(accept: str | None, requested: str | None = None) -> Format:
+    """``?format=json|html`` wins; else HTML when the client prefers ``text/html`` (a browser),
+    else JSON (scripts, curl's ``*/*``). Raises ``ValueError`` for any other ``format``."""
+    if requested is not None and requested.strip() != "":
+        value = requested.strip().lower()
+        if value not in ("json", "html"):
+            raise ValueError(f"format must be json or html, not {requested[:20]!r}")
+        return "html" if value == "html" else "json"
+    html_q = json_q = 0.0
+    for media_range in (accept or "").split(","):
+        media, *params = (part.strip() for part in media_range.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        media = media.lower()
+        if media in ("text/html", "application/xhtml+xml"):
+            html_q = max(html_q, quality)
+        elif media in ("application/json", "application/*", "*/*"):
+            json_q = max(json_q, quality)
+    return "html" if html_q > 0 and html_q >= json_q else "json"
+
+
+# -- the HTTP function and the command (the shell: environment, clock, store) -----------------
+
+
+@functools.lru_cache(maxsize=8)
+def state_store_for(settings: Settings) -> StateStore:
+    """The state store for ``settings``, built once per process.
+
+    Interim: the process-wide wiring module will own this; until then the status view keeps
+    its own cache, keyed by the (frozen, hashable) settings."""
+    return build_state_store(settings)
+
+
+@dataclass(frozen=True)
+class StatusPage:
+    """An HTTP answer, ready for the trigger to turn into a ``func.HttpResponse``."""
+
+    status_code: int
+    mimetype: str
+    body: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+# The page has no script and loads nothing: say so to the browser, so that even a value that
+# escaped escaping could not run.
+_HTML_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+_JSON_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+
+def _error_page(status_code: int, fmt: Format, message: str, problems: Sequence[str] = ()) -> StatusPage:
+    if fmt == "html":
+        return StatusPage(status_code, "text/html", render_error_html(message, problems), _HTML_HEADERS)
+    body = json.dumps({"error": message, "problems": list(problems)}, indent=2)
+    return StatusPage(status_code, "application/json", body, _JSON_HEADERS)
+
+
+def get_status_page(
+    environ: Mapping[str, str],
+    *,
+    accept: str | None,
+    query: Mapping[str, str],
+    now: datetime | None = None,
+) -> StatusPage:
+    """``GET /api/status``: the status as JSON or HTML (``choose_format``). ``?links=1`` adds
+    the link counts (a full scan). Errors answer in the same format, without secrets."""
+    try:
+        fmt = choose_format(accept, query.get("format"))
+    except ValueError as err:
+        return _error_page(400, "json", str(err))
+    try:
+        settings = Settings.from_env(environ)
+    except ConfigError as err:
+        log.error("status: configuration invalid (%d problems)", len(err.problems))
+        return _error_page(500, fmt, "the sync is not configured", err.problems)
+    try:
+        status = build_status(
+            state_store_for(settings),
+            now=now or datetime.now(UTC),
+            schedule=settings.schedule,
+            count_links=query.get("links", "").lower() in ("1", "true", "yes"),
+        )
+    except (SyncError, AzureError) as err:
+        log.warning("status: state store unavailable: %s", type(err).__name__)
+        return _error_page(503, fmt, "the state store cannot be read right now; try again shortly")
+    if fmt == "html":
+        return StatusPage(200, "text/html", render_html(status), _HTML_HEADERS)
+    return StatusPage(200, "application/json", render_json(status), _JSON_HEADERS)
+
+
+def status_main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+    now: datetime | None = None,
+) -> int:
+    """``python -m sync_core status``: print the status from the settings in the environment.
+
+    Exit code 0 whenever the status could be read, whatever it says (scripts read
+    ``health.level`` from the JSON); 2 for a configuration error, 1 when the store is unreachable."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sync_core status",
+        description="The sync's status (last cycles, backlog, failures, collisions, drift), read from the "
+        "state store named by the settings in the environment.",
+        epilog="Exit code 0 whenever the status could be read, whatever it says (scripts read health.level "
+        "from the JSON); 2 for a configuration error; 1 when the state store cannot be read.",
+    )
+    parser.add_argument(
+        "--format", choices=["json", "text", "html"], default="json", help="output format (default: json)"
+    )
+    parser.add_argument("--cycles", type=int, default=20, help="how many recent cycles to show (default: 20)")
+    parser.add_argument(
+        "--count-links", action="store_true", help="also count linked leads and contacts (reads every link)"
+    )
+    args = parser.parse_args(argv)
+    out = stdout or sys.stdout
+    try:
+        settings = Settings.from_env(os.environ if environ is None else environ)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    try:
+        status = build_status(
+            state_store_for(settings),
+            now=now or datetime.now(UTC),
+            schedule=settings.schedule,
+            cycles=max(1, args.cycles),
+            count_links=args.count_links,
+        )
+    except (SyncError, AzureError) as err:
+        print(f"the state store cannot be read: {type(err).__name__}", file=sys.stderr)
+        return 1
+    if args.format == "text":
+        out.write(render_text(status))
+    elif args.format == "html":
+        out.write(render_html(status))
+    else:
+        out.write(render_json(status) + "\n")
+    return 0

@@ -1,0 +1,525 @@
+"""One contract for both state stores: every test runs on the memory store and on Azurite.
+
+The Table runs use the session's Azurite and a fresh table prefix per test. Where a test counts
+transaction sizes on the Table store it reads them off the wire (the ``$batch`` request body).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+from azure.core.pipeline import PipelineRequest
+from azure.data.tables import TableServiceClient, TableTransactionError
+from pydantic import ValidationError
+
+from sync_core.errors import ApiError, LeaseHeldError, RecordError, StateConflictError
+from sync_core.state import (
+    Claim,
+    Collision,
+    Cursor,
+    Direction,
+    EntityType,
+    Lease,
+    Link,
+    MemoryStateStore,
+    RecordFailure,
+    RunReport,
+    StateStore,
+    StoreCounters,
+    TableStateStore,
+)
+from sync_core.state._keys import RowOp
+from sync_core.state._memory import MemoryRows
+from sync_core.state._rows import Rows
+from sync_core.state._table import AzureRows
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+KINDS = ["memory", pytest.param("table", marks=pytest.mark.azurite)]
+
+
+@dataclass
+class Subject:
+    """A store under test, plus the sizes of the transactions it sent (read off the wire on Azure)."""
+
+    kind: str
+    store: StateStore
+    transaction_sizes: list[int] = field(default_factory=list)
+    make_peer: Callable[[], StateStore] | None = None  # a second process on the same tables
+
+
+class _SizedMemoryRows(MemoryRows):
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__()
+        self._sizes = sizes
+
+    def transact(self, table: str, partition: str, ops: Any) -> None:
+        self._sizes.append(len(ops))
+        super().transact(table, partition, ops)
+
+
+def _wire_counter(sizes: list[int]) -> Callable[[PipelineRequest[Any]], None]:
+    def hook(request: PipelineRequest[Any]) -> None:
+        http = request.http_request
+        if http.url.endswith("/$batch"):
+            body = http.content if isinstance(http.content, bytes) else http.body
+            sizes.append(body.count(b"Content-Type: application/http"))
+
+    return hook
+
+
+@pytest.fixture(params=KINDS)
+def subject(request: pytest.FixtureRequest, table_prefix: str) -> Subject:
+    sizes: list[int] = []
+    if request.param == "memory":
+        memory = MemoryStateStore(prefix=table_prefix)
+        memory._rows = _SizedMemoryRows(sizes)
+        return Subject("memory", memory, sizes, make_peer=None)
+    conn: str = request.getfixturevalue("azurite_connection_string")
+    service = TableServiceClient.from_connection_string(conn, raw_request_hook=_wire_counter(sizes))
+    return Subject(
+        "table",
+        TableStateStore(service, prefix=table_prefix),
+        sizes,
+        make_peer=lambda: TableStateStore.from_connection_string(conn, prefix=table_prefix),
+    )
+
+
+@pytest.fixture
+def store(subject: Subject) -> StateStore:
+    return subject.store
+
+
+def _link(marketo_id: int, entity: EntityType = EntityType.LEAD, dataverse_id: str | None = None, **kw: Any) -> Link:
+    return Link(
+        marketo_id=marketo_id,
+        entity=entity,
+        dataverse_id=dataverse_id or f"00000000-0000-0000-0000-{marketo_id:012d}",
+        baseline=kw.pop("baseline", {"email": f"p{marketo_id}@example.com", "phone": None, "score": 3}),
+        **kw,
+    )
+
+
+def _failure(key: str, *, last: datetime, next_at: datetime, attempts: int = 1) -> RecordFailure:
+    return RecordFailure(
+        key=key,
+        direction=Direction.TO_DYNAMICS,
+        entity=EntityType.LEAD,
+        marketo_id=7,
+        reasons=["emailaddress1: not a valid email"],
+        code="validation",
+        fields=["email"],
+        attempts=attempts,
+        first_failed_at=last - timedelta(hours=1),
+        last_failed_at=last,
+        next_retry_at=next_at,
+        run_id="run-1",
+    )
+
+
+def _collision(cid: str, at: datetime) -> Collision:
+    return Collision(
+        id=cid,
+        at=at,
+        run_id="run-1",
+        marketo_id=42,
+        entity=EntityType.LEAD,
+        dataverse_id="00000000-0000-0000-0000-000000000042",
+        field="phone",
+        marketo_value="+1 555 0100",
+        dynamics_value="+1 555 0199",
+        baseline_value=None,
+        winner="marketo",
+        rule="lead: Marketo wins",
+    )
+
+
+# -- cursors ---------------------------------------------------------------------------------------
+def test_cursor_round_trips_with_a_new_etag_on_every_write(store: StateStore) -> None:
+    assert store.get_cursor("marketo") is None
+    first = store.put_cursor(Cursor(name="marketo", value="token-1"))
+    second = store.put_cursor(first.model_copy(update={"value": "token-2"}))
+    read = store.get_cursor("marketo")
+    assert read is not None
+    assert (read.value, read.etag) == ("token-2", second.etag)
+    assert len({first.etag, second.etag}) == 2
+
+
+def test_cursor_write_with_a_stale_etag_is_refused_and_keeps_the_stored_value(subject: Subject) -> None:
+    store = subject.store
+    stale = store.put_cursor(Cursor(name="dataverse:contact", value="delta-1"))
+    store.put_cursor(stale.model_copy(update={"value": "delta-2"}))
+    with pytest.raises(StateConflictError) as err:
+        store.put_cursor(stale.model_copy(update={"value": "delta-3"}))
+    if subject.kind == "table":
+        assert isinstance(err.value.__cause__, ResourceModifiedError)
+    read = store.get_cursor("dataverse:contact")
+    assert read is not None
+    assert read.value == "delta-2"
+
+
+def test_creating_a_cursor_that_exists_conflicts(subject: Subject) -> None:
+    store = subject.store
+    store.put_cursor(Cursor(name="marketo", value="mine"))
+    with pytest.raises(StateConflictError) as err:
+        store.put_cursor(Cursor(name="marketo", value="theirs"))
+    if subject.kind == "table":
+        assert isinstance(err.value.__cause__, ResourceExistsError)
+    read = store.get_cursor("marketo")
+    assert read is not None
+    assert read.value == "mine"
+
+
+def test_deleting_a_cursor_is_etag_conditional(store: StateStore) -> None:
+    stale = store.put_cursor(Cursor(name="dataverse:lead", value="delta-1"))
+    current = store.put_cursor(stale.model_copy(update={"value": "delta-2"}))
+    with pytest.raises(StateConflictError):
+        store.delete_cursor(stale)
+    assert store.get_cursor("dataverse:lead") is not None
+    store.delete_cursor(current)
+    assert store.get_cursor("dataverse:lead") is None
+    store.delete_cursor(current)  # already gone: nothing to do
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["with/slash", "back\\slash", "hash#and?query", "quote'd", "tab\tand\x7f", "ünïcode", "%2F", "x" * 600],
+)
+def test_cursor_names_with_characters_row_keys_forbid_are_stored_apart(store: StateStore, name: str) -> None:
+    store.put_cursor(Cursor(name=name, value="mine"))
+    store.put_cursor(Cursor(name=name + "!", value="other"))
+    read = store.get_cursor(name)
+    assert read is not None
+    assert (read.name, read.value) == (name, "mine")
+
+
+# -- the cycle lease -------------------------------------------------------------------------------
+def test_second_owner_is_refused_while_the_lease_is_held(store: StateStore) -> None:
+    lease = store.acquire_lease("cycle-a", now=NOW, duration=5 * MINUTE)
+    with pytest.raises(LeaseHeldError):
+        store.acquire_lease("cycle-b", now=NOW + MINUTE, duration=5 * MINUTE)
+    # the holder's ETag still matches: the refused attempt changed nothing
+    renewed = store.renew_lease(lease, now=NOW + 2 * MINUTE, duration=5 * MINUTE)
+    assert renewed.expires_at == NOW + 7 * MINUTE
+    assert renewed.etag != lease.etag
+
+
+def test_expired_lease_can_be_taken_and_the_old_holder_loses_it(store: StateStore) -> None:
+    old = store.acquire_lease("cycle-a", now=NOW, duration=MINUTE)
+    new = store.acquire_lease("cycle-b", now=NOW + MINUTE, duration=5 * MINUTE)  # expires_at <= now
+    assert new.owner == "cycle-b"
+    with pytest.raises(StateConflictError):
+        store.renew_lease(old, now=NOW + MINUTE, duration=MINUTE)
+    with pytest.raises(StateConflictError):
+        store.release_lease(old)
+    with pytest.raises(LeaseHeldError):
+        store.acquire_lease("cycle-c", now=NOW + 2 * MINUTE, duration=MINUTE)
+
+
+def test_lease_write_with_a_stale_etag_is_refused_and_changes_nothing(store: StateStore) -> None:
+    first = store.acquire_lease("cycle-a", now=NOW, duration=MINUTE)
+    store.renew_lease(first, now=NOW, duration=5 * MINUTE)
+    with pytest.raises(StateConflictError):
+        store.renew_lease(first, now=NOW, duration=60 * MINUTE)
+    with pytest.raises(LeaseHeldError):
+        store.acquire_lease("cycle-b", now=NOW + 5 * MINUTE - timedelta(microseconds=1), duration=MINUTE)
+    # held until NOW + 5 min as renewed, not + 60 min as the stale write asked
+    assert store.acquire_lease("cycle-b", now=NOW + 5 * MINUTE, duration=MINUTE).owner == "cycle-b"
+
+
+def test_a_released_lease_can_be_taken_at_once(store: StateStore) -> None:
+    lease = store.acquire_lease("cycle-a", now=NOW, duration=5 * MINUTE)
+    store.release_lease(lease)
+    store.release_lease(lease)  # already gone: nothing to do
+    assert store.acquire_lease("cycle-b", now=NOW, duration=MINUTE).owner == "cycle-b"
+
+
+def test_one_of_ten_cycles_starting_together_gets_the_lease(subject: Subject) -> None:
+    stores = [subject.make_peer() for _ in range(10)] if subject.make_peer else [subject.store] * 10
+    results: list[Lease | Exception] = []
+    barrier = threading.Barrier(10)
+
+    def take(index: int) -> None:
+        barrier.wait()
+        try:
+            results.append(stores[index].acquire_lease(f"cycle-{index}", now=NOW, duration=MINUTE))
+        except LeaseHeldError as err:
+            results.append(err)
+
+    _run_threads(take, 10)
+    assert sum(isinstance(result, Lease) for result in results) == 1
+    assert sum(isinstance(result, LeaseHeldError) for result in results) == 9
+
+
+def test_naive_datetimes_are_refused(store: StateStore) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.acquire_lease("cycle-a", now=datetime(2026, 11, 22, 12, 0), duration=MINUTE)
+    with pytest.raises(ValidationError):
+        Lease(owner="x", expires_at=datetime(2026, 11, 22, 12, 0))
+
+
+# -- links -------------------------------------------------------------------------------------------
+def test_links_are_found_by_either_id_with_their_baseline(store: StateStore) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    links = [_link(1), _link(2, updated_at=datetime(2026, 11, 22, 14, 0, 0, 123456, tzinfo=plus_two)), _link(3)]
+    links.append(_link(4, EntityType.CONTACT, baseline={"email": "ü@example.com", "nested": {"a": [1, 2.5, True]}}))
+    store.upsert_links(links)
+
+    by_marketo = store.get_links_by_marketo_ids([1, 2, 4, 99])
+    assert by_marketo == {1: links[0], 2: links[1], 4: links[3]}
+    assert by_marketo[2].updated_at == links[1].updated_at
+    assert by_marketo[2].updated_at is not None
+    assert by_marketo[2].updated_at.utcoffset() == timedelta(0)
+
+    lead_ids = [links[0].dataverse_id, links[2].dataverse_id.upper(), "00000000-0000-0000-0000-000000000099"]
+    assert store.get_links_by_dataverse_ids(EntityType.LEAD, lead_ids) == {
+        lead_ids[0]: links[0],
+        lead_ids[1]: links[2],
+    }
+    assert store.get_links_by_dataverse_ids(EntityType.LEAD, [links[3].dataverse_id]) == {}
+    assert store.get_links_by_dataverse_ids(EntityType.CONTACT, [links[3].dataverse_id]) == {
+        links[3].dataverse_id: links[3]
+    }
+
+
+def test_qualified_lead_moves_the_link_to_the_contact(store: StateStore) -> None:
+    lead = _link(5, EntityType.LEAD, "11111111-1111-1111-1111-111111111111")
+    store.upsert_links([lead])
+    contact = _link(
+        5, EntityType.CONTACT, "22222222-2222-2222-2222-222222222222", originating_lead_id=lead.dataverse_id
+    )
+    store.upsert_links([contact], replaces=[lead])
+
+    assert store.get_links_by_marketo_ids([5]) == {5: contact}
+    assert store.get_links_by_dataverse_ids(EntityType.LEAD, [lead.dataverse_id]) == {}  # old d: row gone
+    assert store.get_links_by_dataverse_ids(EntityType.CONTACT, [contact.dataverse_id]) == {
+        contact.dataverse_id: contact
+    }
+    assert [link.marketo_id for link in store.iter_links()] == [5]
+
+
+def test_merged_person_moves_the_link_to_the_surviving_marketo_id(store: StateStore) -> None:
+    loser = _link(5, EntityType.CONTACT, "33333333-3333-3333-3333-333333333333")
+    store.upsert_links([loser, _link(6)])
+    survivor = loser.model_copy(update={"marketo_id": 9})
+    store.upsert_links([survivor], replaces=[loser])
+    assert store.get_links_by_marketo_ids([5, 6, 9]) == {6: _link(6), 9: survivor}
+    assert store.get_links_by_dataverse_ids(EntityType.CONTACT, [loser.dataverse_id]) == {loser.dataverse_id: survivor}
+
+
+def test_a_replaced_link_whose_index_row_is_already_gone_is_still_written(store: StateStore) -> None:
+    lead = _link(6)
+    contact = _link(6, EntityType.CONTACT)
+    store.upsert_links([contact], replaces=[lead])  # the old lead's rows were never stored
+    assert store.get_links_by_marketo_ids([6]) == {6: contact}
+
+
+def test_250_links_go_in_transactions_of_at_most_100_operations(subject: Subject) -> None:
+    store = subject.store
+    links = [_link(marketo_id) for marketo_id in range(1, 251)]
+    store.counters = StoreCounters()
+    store.upsert_links(links)
+
+    assert store.counters.operations == 500  # two index rows per link
+    assert store.counters.transactions == len(subject.transaction_sizes) >= 5
+    assert sum(subject.transaction_sizes) == 500
+    assert max(subject.transaction_sizes) <= 100
+
+    reads_before = store.counters.reads
+    found = store.get_links_by_marketo_ids(range(1, 251))
+    assert found == {link.marketo_id: link for link in links}
+    # batched lookups: 14 keys per $filter (15 comparisons with the PartitionKey), not 250 calls
+    assert store.counters.reads - reads_before == math.ceil(250 / 14)
+    by_dataverse = store.get_links_by_dataverse_ids(EntityType.LEAD, [link.dataverse_id for link in links[:30]])
+    assert len(by_dataverse) == 30
+    assert sorted(link.marketo_id for link in store.iter_links()) == list(range(1, 251))
+
+
+def test_ids_with_quotes_cannot_widen_a_lookup(store: StateStore) -> None:
+    sly = "x' or RowKey ne 'y"
+    store.upsert_links([_link(8), _link(9, dataverse_id=sly)])
+    assert store.get_links_by_dataverse_ids(EntityType.LEAD, ["nothing' or 'a' eq 'a"]) == {}
+    assert list(store.get_links_by_dataverse_ids(EntityType.LEAD, [sly]).values()) == [_link(9, dataverse_id=sly)]
+
+
+def test_deleting_links_removes_both_rows_and_ignores_missing_ones(store: StateStore) -> None:
+    kept, gone = _link(10), _link(11)
+    store.upsert_links([kept, gone])
+    store.delete_links([gone, _link(12)])
+    assert store.get_links_by_marketo_ids([10, 11, 12]) == {10: kept}
+    assert store.get_links_by_dataverse_ids(EntityType.LEAD, [gone.dataverse_id]) == {}
+
+
+@pytest.mark.parametrize(
+    ("links", "error", "message"),
+    [
+        ([_link(1, baseline={"notes": "x" * 40_000})], RecordError, "marketo id 1.*64 KiB"),
+        ([_link(1), _link(2, dataverse_id=_link(1).dataverse_id)], ValueError, "two links"),
+        ([_link(1), _link(1, EntityType.CONTACT)], ValueError, "two links"),
+        ([_link(2), _link(-1)], ValueError, "marketo id must be"),
+        ([_link(2), _link(3, baseline={"when": NOW})], ValueError, "not JSON-compatible"),
+    ],
+)
+def test_bad_links_get_a_clear_error_and_nothing_is_written(
+    store: StateStore, links: list[Link], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        store.upsert_links(links)
+    assert list(store.iter_links()) == []
+
+
+# -- collisions, run reports --------------------------------------------------------------------------
+def test_collisions_are_listed_newest_first_across_days(store: StateStore) -> None:
+    times = [NOW - timedelta(days=2), NOW, NOW - timedelta(minutes=5), NOW + timedelta(hours=13), NOW - MINUTE]
+    collisions = [_collision(f"c{index}", at) for index, at in enumerate(times)]
+    store.add_collisions(collisions)
+    newest_first = sorted(collisions, key=lambda collision: collision.at, reverse=True)
+    assert store.list_collisions() == newest_first
+    assert store.list_collisions(limit=2) == newest_first[:2]
+
+
+def test_run_reports_are_listed_newest_first_and_a_rewrite_replaces(store: StateStore) -> None:
+    reports = [RunReport(run_id=f"run-{index}", started_at=NOW + index * MINUTE) for index in range(3)]
+    for report in reports:
+        store.add_run_report(report)
+    finished = reports[1].model_copy(update={"finished_at": NOW + 2 * MINUTE, "report": {"pulled": {"marketo": 3}}})
+    store.add_run_report(finished)
+    assert store.list_run_reports() == [reports[2], finished, reports[0]]
+    assert store.list_run_reports(limit=1) == [reports[2]]
+
+
+# -- record failures ----------------------------------------------------------------------------------
+def test_due_failures_come_oldest_due_first_and_resolving_deletes_them(store: StateStore) -> None:
+    failures = [
+        _failure("to_dynamics:lead:1", last=NOW - 3 * MINUTE, next_at=NOW - MINUTE),
+        _failure("to_dynamics:lead:2", last=NOW - 2 * MINUTE, next_at=NOW + MINUTE),
+        _failure("to_marketo:contact:a/b#c", last=NOW - MINUTE, next_at=NOW - 2 * MINUTE),
+        _failure("to_dynamics:lead:4", last=NOW - 4 * MINUTE, next_at=NOW),
+    ]
+    store.upsert_failures(failures)
+    assert store.due_failures(now=NOW) == [failures[2], failures[0], failures[3]]
+    assert store.due_failures(now=NOW, limit=1) == [failures[2]]
+    assert store.list_failures() == [failures[2], failures[1], failures[0], failures[3]]
+
+    store.resolve_failures(["to_dynamics:lead:1", "to_marketo:contact:a/b#c", "never-failed"])
+    assert store.get_failures([failure.key for failure in failures]) == {
+        failures[1].key: failures[1],
+        failures[3].key: failures[3],
+    }
+
+
+def test_upserting_a_failure_again_replaces_it(store: StateStore) -> None:
+    first = _failure("to_dynamics:lead:1", last=NOW, next_at=NOW + 5 * MINUTE)
+    store.upsert_failures([first])
+    again = _failure("to_dynamics:lead:1", last=NOW + 5 * MINUTE, next_at=NOW + 20 * MINUTE, attempts=2)
+    store.upsert_failures([again])
+    assert store.list_failures() == [again]
+    assert store.due_failures(now=NOW + 10 * MINUTE) == []
+
+
+# -- webhook claims -----------------------------------------------------------------------------------
+def test_a_claim_can_be_taken_once(store: StateStore) -> None:
+    claim = store.try_claim("sync-person:42", owner="request-1", now=NOW)
+    assert claim is not None
+    assert store.try_claim("sync-person:42", owner="request-2", now=NOW) is None
+    done = store.complete_claim(claim, {"status": "created", "dynamicsId": "abc"})
+    assert store.get_claim("sync-person:42") == done
+    assert done.result == {"status": "created", "dynamicsId": "abc"}
+    with pytest.raises(StateConflictError):  # written since `claim` was read
+        store.complete_claim(claim, {"status": "exists"})
+    assert store.try_claim("sync-person:42", owner="request-3", now=NOW) is None
+
+
+def test_a_released_claim_can_be_taken_again(store: StateStore) -> None:
+    claim = store.try_claim("sync-person:43", owner="request-1", now=NOW)
+    assert isinstance(claim, Claim)
+    store.release_claim(claim)
+    assert store.get_claim("sync-person:43") is None
+    again = store.try_claim("sync-person:43", owner="request-2", now=NOW + MINUTE)
+    assert again is not None
+    assert again.owner == "request-2"
+    assert again.created_at == NOW + MINUTE
+
+
+def test_exactly_one_of_20_concurrent_claimers_wins(store: StateStore) -> None:
+    # one store shared by 20 threads, as the webhook's worker shares it (the lease test above
+    # uses a store per thread, as separate processes would)
+    outcomes: list[Claim | None] = []
+    barrier = threading.Barrier(20)
+
+    def claim(index: int) -> None:
+        barrier.wait()
+        outcomes.append(store.try_claim("sync-person:44", owner=f"request-{index}", now=NOW))
+
+    _run_threads(claim, 20)
+    winners = [outcome for outcome in outcomes if outcome is not None]
+    assert (len(winners), len(outcomes)) == (1, 20)
+    stored = store.get_claim("sync-person:44")
+    assert stored is not None
+    assert stored.owner == winners[0].owner
+
+
+# -- counters --------------------------------------------------------------------------------------
+def test_counters_count_reads_writes_and_transactions(store: StateStore) -> None:
+    store.counters = StoreCounters()
+    store.get_cursor("marketo")
+    store.put_cursor(Cursor(name="marketo", value="t"))
+    store.upsert_links([_link(1), _link(2)])
+    store.get_links_by_marketo_ids([1, 2])
+    store.try_claim("k", owner="o", now=NOW)
+    assert store.counters == StoreCounters(reads=2, writes=2, transactions=1, operations=4)
+
+
+# -- transactions at the row level (what the store's batches rely on) -----------------------------------
+@pytest.fixture(params=KINDS)
+def rows(request: pytest.FixtureRequest) -> Iterator[Rows]:
+    if request.param == "memory":
+        yield MemoryRows()
+    else:
+        conn: str = request.getfixturevalue("azurite_connection_string")
+        yield AzureRows(TableServiceClient.from_connection_string(conn))
+
+
+def test_a_100_operation_transaction_commits_atomically(rows: Rows, table_prefix: str) -> None:
+    table = table_prefix + "batch"
+    rows.transact(table, "p", [RowOp("upsert", f"r{index:03d}", {"n": index}) for index in range(100)])
+    stored = list(rows.scan_rows(table, partition="p"))
+    assert [(row.row, row.props["n"]) for row in stored] == [(f"r{index:03d}", index) for index in range(100)]
+
+
+def test_a_transaction_whose_last_operation_conflicts_writes_nothing(rows: Rows, table_prefix: str) -> None:
+    table = table_prefix + "batch"
+    rows.insert_row(table, "p", "r099", {"n": -1})
+    ops = [RowOp("upsert", f"r{index:03d}", {"n": index}) for index in range(99)]
+    ops.append(RowOp("insert", "r099", {"n": 99}))
+    with pytest.raises(StateConflictError) as err:
+        rows.transact(table, "p", ops)
+    if isinstance(rows, AzureRows):
+        cause = err.value.__cause__
+        assert isinstance(cause, TableTransactionError)
+        assert cause.index == 99
+    assert [(row.row, row.props["n"]) for row in rows.scan_rows(table)] == [("r099", -1)]
+
+
+def test_memory_rows_refuse_a_transaction_the_service_would_refuse() -> None:
+    rows = MemoryRows()
+    with pytest.raises(ApiError, match="101 operations"):
+        rows.transact("t", "p", [RowOp("upsert", f"r{index}") for index in range(101)])
+    with pytest.raises(ApiError, match="same row"):
+        rows.transact("t", "p", [RowOp("upsert", "r"), RowOp("delete", "r")])
+    assert list(rows.scan_rows("t")) == []
+
+
+def _run_threads(target: Callable[[int], None], count: int) -> None:
+    threads = [threading.Thread(target=target, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
