@@ -59,6 +59,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/bench_tables.py
+	$(BIN)/python bench/bench_clients.py
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
