@@ -16,6 +16,7 @@ from azure.core.credentials import AccessToken
 from pydantic import SecretStr
 
 from sync_core._counters import ApiCounters
+from sync_core._dataverse_batch import BatchPart, build_batch, read_batch
 from sync_core.credentials import StaticTokenCredential, build_dataverse_credential
 from sync_core.dataverse import DataverseClient, WriteOutcome
 from sync_core.errors import (
@@ -817,3 +818,31 @@ def test_credential_failure_is_a_config_error(fake: FakeDataverse, clock: FakeCl
     with make_client(fake, Broken(), clock) as client, pytest.raises(ConfigError, match="Dataverse credential"):
         client.delete("leads", ROW)
     assert fake.requests == []
+
+
+# -- the $batch format -------------------------------------------------------------------------------------
+
+
+def test_batch_answer_is_read_part_by_part_including_change_sets() -> None:
+    content_type, body = build_batch([BatchPart("PATCH", "/api/data/v9.2/leads(1)", {"a": 1}, {"If-Match": "*"})])
+    assert content_type.startswith("multipart/mixed; boundary=batch_")
+    assert (
+        b"PATCH /api/data/v9.2/leads(1) HTTP/1.1\r\nIf-Match: *\r\nContent-Type: application/json; type=entry" in body
+    )
+    answer = (
+        "--batchresponse_a\r\n"
+        "Content-Type: multipart/mixed; boundary=changesetresponse_b\r\n\r\n"
+        "--changesetresponse_b\r\n"
+        "Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nContent-ID: 1\r\n\r\n"
+        "HTTP/1.1 204 No Content\r\nOData-EntityId: http://x/api/data/v9.2/leads(aa)\r\n\r\n\r\n"
+        "--changesetresponse_b--\r\n"
+        "--batchresponse_a\r\n"
+        "Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; odata.metadata=minimal\r\nREQ_ID: r1\r\n\r\n"
+        '{"error":{"code":"0x80044331","message":"too long"}}\r\n'
+        "--batchresponse_a--\r\n"
+    )
+    parts = read_batch("multipart/mixed; boundary=batchresponse_a", answer.encode())
+    assert [p.status for p in parts] == [204, 400]
+    assert parts[0].headers["odata-entityid"] == "http://x/api/data/v9.2/leads(aa)"
+    assert parts[1].body == {"error": {"code": "0x80044331", "message": "too long"}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -149,6 +150,13 @@ def test_short_remaining_lifetime_is_used_to_the_end_not_refetched_per_call(
     for _ in range(10):
         client.get_usage_today()
         clock.now += 1
+    assert fake.identity_calls == 1
+
+
+def test_concurrent_first_calls_share_one_token(client: MarketoClient, fake: FakeMarketo) -> None:
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        totals = list(pool.map(lambda _: client.get_usage_today(), range(10)))
+    assert totals == [0] * 10
     assert fake.identity_calls == 1
 
 
