@@ -59,6 +59,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/bench_tables.py
+	$(BIN)/python bench/bench_sandbox_marketo.py
 	$(BIN)/python bench/bench_clients.py
 
 clean:

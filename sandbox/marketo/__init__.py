@@ -1,30 +1,27 @@
-"""The Marketo simulator (placeholder until its issue lands: answers 404 to everything)."""
+"""The Marketo simulator: a faithful, loopback-only stand-in for one Marketo Engage instance.
+
+Identity, the Lead-database REST API (leads, activities, custom activities, usage), the limits
+(rate, concurrency, daily quota) and scripted faults, served by ``sandbox._http``. Modules:
+``_app`` (pipeline, in-process and admin APIs), ``_db`` (leads + activity log), ``_leads`` and
+``_activities`` (endpoints), ``_schema`` (fields, types, activity types), ``_limits``,
+``_faults``, ``_tokens``, ``_envelope``, ``_options``. It never imports ``sync_core``.
+"""
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
+from sandbox.marketo._app import GZIP_MIN, MarketoSandbox, seed_values
+from sandbox.marketo._faults import FaultAction, FaultRule, parse_rule, parse_spec
+from sandbox.marketo._options import MarketoOptions, add_arguments, options_from_args
 
-from sandbox._http import Request, Response
-
-
-@dataclass
-class MarketoOptions:
-    limits: bool = True
-    seed_leads: int = 0
-
-
-class MarketoSandbox:
-    def __init__(self, options: MarketoOptions) -> None:
-        self.options = options
-
-    def handle(self, request: Request) -> Response:
-        return Response.text("not implemented", 404)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Marketo-only command-line flags of `python -m sandbox serve`."""
-
-
-def options_from_args(args: argparse.Namespace) -> MarketoOptions:
-    return MarketoOptions(limits=not args.no_limits, seed_leads=args.seed_leads)
+__all__ = [
+    "GZIP_MIN",
+    "FaultAction",
+    "FaultRule",
+    "MarketoOptions",
+    "MarketoSandbox",
+    "add_arguments",
+    "options_from_args",
+    "parse_rule",
+    "parse_spec",
+    "seed_values",
+]

@@ -1,0 +1,77 @@
+"""How the Marketo simulator is configured: the options dataclass and its command-line flags.
+
+Owns the defaults (those of a typical real subscription: 100 calls / 20 s, 10 in flight,
+50,000 calls a day, 3600 s tokens) and the ``--marketo-*`` flags of ``python -m sandbox serve``.
+It must honour the shared ``--no-limits`` and ``--seed-leads`` flags parsed by ``__main__``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.marketo._faults import FaultRule, parse_spec
+
+
+@dataclass
+class MarketoOptions:
+    limits: bool = True  # False turns off the rate, concurrency and daily limits
+    seed_leads: int = 0
+    client_id: str = "sandbox-client-id"
+    client_secret: str = "sandbox-client-secret"
+    scope: str = "sandbox-api@example.com"  # the API-only user the custom service belongs to
+    token_ttl: int = 3600
+    rate_limit_calls: int = 100
+    rate_limit_window: float = 20.0
+    max_concurrent: int = 10
+    daily_quota: int = 50_000
+    allow_query_token: bool = False  # accept the retired ``?access_token=`` parameter
+    faults: list[FaultRule | dict[str, Any]] = field(default_factory=list)  # rules armed at start
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Marketo-only command-line flags of ``python -m sandbox serve``."""
+    group = parser.add_argument_group("Marketo simulator")
+    defaults = MarketoOptions()
+    group.add_argument("--marketo-client-id", default=defaults.client_id)
+    group.add_argument("--marketo-client-secret", default=defaults.client_secret)
+    group.add_argument("--marketo-token-ttl", type=int, default=defaults.token_ttl, metavar="SECONDS")
+    group.add_argument("--marketo-rate-calls", type=int, default=defaults.rate_limit_calls, metavar="N")
+    group.add_argument("--marketo-rate-window", type=float, default=defaults.rate_limit_window, metavar="SECONDS")
+    group.add_argument("--marketo-max-concurrent", type=int, default=defaults.max_concurrent, metavar="N")
+    group.add_argument("--marketo-daily-quota", type=int, default=defaults.daily_quota, metavar="N")
+    group.add_argument(
+        "--marketo-allow-query-token", action="store_true", help="still accept the retired ?access_token= parameter"
+    )
+    group.add_argument(
+        "--marketo-fault",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        type=_fault_spec,
+        help="arm a fault rule at start (repeatable): JSON, or e.g. 'path=leadchanges;error=606;times=2'",
+    )
+
+
+def _fault_spec(spec: str) -> FaultRule:
+    try:
+        return parse_spec(spec)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def options_from_args(args: argparse.Namespace) -> MarketoOptions:
+    return MarketoOptions(
+        limits=not args.no_limits,
+        seed_leads=args.seed_leads,
+        client_id=args.marketo_client_id,
+        client_secret=args.marketo_client_secret,
+        token_ttl=args.marketo_token_ttl,
+        rate_limit_calls=args.marketo_rate_calls,
+        rate_limit_window=args.marketo_rate_window,
+        max_concurrent=args.marketo_max_concurrent,
+        daily_quota=args.marketo_daily_quota,
+        allow_query_token=args.marketo_allow_query_token,
+        faults=list(args.marketo_fault),
+    )
