@@ -1,30 +1,30 @@
-"""The Dataverse simulator (placeholder until its issue lands: answers 404 to everything)."""
+"""The Dataverse (Dynamics 365) Web API simulator: ``leads`` and ``contacts`` behind
+``/api/data/v9.2/``, an Entra-shaped token endpoint, change tracking, bulk messages, ``$batch``,
+metadata, QualifyLead, service protection and fault injection (reference Part B).
+
+Public surface: ``DataverseOptions``, ``DataverseSandbox`` (``handle(request)`` plus a Python API
+acting as a Dynamics user), ``DataverseError``, ``PluginRule``/``default_plugin_rules`` and the
+``python -m sandbox serve`` hooks ``add_arguments``/``options_from_args``. It stands alone: it
+never imports ``sync_core``.
+"""
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
+from sandbox.dataverse._app import API_PATH, DataverseSandbox
+from sandbox.dataverse._errors import DataverseError
+from sandbox.dataverse._options import DataverseOptions, add_arguments, options_from_args
+from sandbox.dataverse._schema import INTEGRATION_USER_ID, UI_USER_ID
+from sandbox.dataverse._validate import PluginRule, default_plugin_rules
 
-from sandbox._http import Request, Response
-
-
-@dataclass
-class DataverseOptions:
-    limits: bool = True
-    seed_leads: int = 0
-
-
-class DataverseSandbox:
-    def __init__(self, options: DataverseOptions) -> None:
-        self.options = options
-
-    def handle(self, request: Request) -> Response:
-        return Response.text("not implemented", 404)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Dataverse-only command-line flags of `python -m sandbox serve`."""
-
-
-def options_from_args(args: argparse.Namespace) -> DataverseOptions:
-    return DataverseOptions(limits=not args.no_limits, seed_leads=args.seed_leads)
+__all__ = [
+    "API_PATH",
+    "INTEGRATION_USER_ID",
+    "UI_USER_ID",
+    "DataverseError",
+    "DataverseOptions",
+    "DataverseSandbox",
+    "PluginRule",
+    "add_arguments",
+    "default_plugin_rules",
+    "options_from_args",
+]

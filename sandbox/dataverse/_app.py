@@ -1,0 +1,729 @@
+"""The Dataverse simulator: HTTP routing, the admin API and the in-process Python API.
+
+``DataverseSandbox.handle`` takes every request in order: admin routes (no auth, not counted),
+fault rules, the token endpoint, the bearer check, service protection, then the Web API under
+``/api/data/v9.2/`` with the store lock held. Reads go to ``_query``/``_metadata``, writes to
+``_records``, ``$batch`` wire work to ``_batch``. Every API answer carries ``OData-Version``,
+``REQ_ID`` and ``x-ms-service-request-id``; every refusal is a ``DataverseError`` rendered as
+``{"error":{"code","message"}}``. Tests and demos act as a Dynamics user through the Python API
+or the admin HTTP API, so their writes show up in change tracking like a person's edits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import quote, unquote
+
+from sandbox._http import DropConnection, Request, Response
+from sandbox.dataverse import _errors as err
+from sandbox.dataverse._auth import Tokens
+from sandbox.dataverse._batch import ChangeSet, Operation, build_response, parse_batch, resolve_references, to_request
+from sandbox.dataverse._errors import DataverseError
+from sandbox.dataverse._faults import FaultInjector, FaultRuleError
+from sandbox.dataverse._limits import ServiceProtection, throttled
+from sandbox.dataverse._metadata import Metadata
+from sandbox.dataverse._odata import parse_key, parse_prefer, parse_select, quote_literal, split_path, split_segment
+from sandbox.dataverse._options import DataverseOptions
+from sandbox.dataverse._query import OrderCache, Query, resolver
+from sandbox.dataverse._records import Records, render
+from sandbox.dataverse._schema import (
+    BUSINESS_UNIT_ID,
+    BY_SET,
+    CONTACT,
+    LEAD,
+    ORGANIZATION_ID,
+    TABLES,
+    Table,
+    table_named,
+)
+from sandbox.dataverse._stats import Stats
+from sandbox.dataverse._store import Row, Store
+
+API_PATH = "/api/data/v9.2/"
+JSON_TYPE = "application/json; odata.metadata=minimal"
+_TOKEN_PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token")
+_DISCOVERY_PATH = re.compile(r"/([^/]+)/v2\.0/\.well-known/openid-configuration")
+_MULTIPLE = {f"Microsoft.Dynamics.CRM.{m}": m for m in ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")}
+_QUALIFY = "Microsoft.Dynamics.CRM.QualifyLead"
+_HEADER_SAFE = "/:@!$&'()*+,;=-._~?"
+Key = str | dict[str, Any]
+
+
+class _Rollback(Exception):
+    """Ends a change set: its writes are undone and ``response`` stands for the whole set."""
+
+    def __init__(self, content_id: str | None, response: Response) -> None:
+        super().__init__(response.status)
+        self.content_id = content_id
+        self.response = response
+
+
+def _json(payload: Any, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Response:
+    return Response.json(payload, status, content_type=JSON_TYPE, headers=headers)
+
+
+def _error(exc: DataverseError) -> Response:
+    return _decorate(_json(exc.body(), exc.status, exc.headers))
+
+
+def _decorate(response: Response) -> Response:
+    request_id = str(uuid.uuid4())
+    response.headers += [("OData-Version", "4.0"), ("REQ_ID", request_id), ("x-ms-service-request-id", request_id)]
+    return response
+
+
+def _header_value(url: str) -> str:
+    return quote(url, safe=_HEADER_SAFE)
+
+
+class DataverseSandbox:
+    """A Dataverse org with ``leads`` and ``contacts``; ``handle`` serves it over HTTP."""
+
+    def __init__(self, options: DataverseOptions | None = None, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.options = options or DataverseOptions()
+        self._sleep = sleep
+        self.store = Store(self.options.clock)
+        self.lock = self.store.lock
+        self.stats = Stats(self.store)
+        self.records = Records(self.store, self.stats, self.options.plugin_rules, self.options.ui_user_id)
+        self.tokens = Tokens(self.options)
+        self.limits = ServiceProtection(
+            max_requests=self.options.max_requests,
+            window_seconds=self.options.window_seconds,
+            max_concurrent=self.options.max_concurrent,
+            max_execution_ms=self.options.max_execution_ms,
+            clock=self.options.clock,
+        )
+        self.faults = FaultInjector()
+        self.faults.replace(self.options.faults)
+        self._order_cache = OrderCache()
+        self._seed()
+
+    # ================================================================== HTTP entry
+
+    def handle(self, request: Request) -> Response:
+        if request.path == "/_sandbox" or request.path.startswith("/_sandbox/"):
+            return self._admin(request)
+        self.stats.count("requests")
+        discovery = _DISCOVERY_PATH.fullmatch(request.path)
+        if discovery is not None:  # MSAL (azure-identity) reads this before asking for a token
+            return self.tokens.discovery(request, discovery.group(1))
+        token_path = _TOKEN_PATH.fullmatch(request.path)
+        if token_path is not None:
+            fault = self._apply_fault(self._take_fault(request))
+            if fault is not None:
+                return fault
+            response = self.tokens.issue(request, token_path.group(1))
+            if response.status == 200:
+                self.stats.count("tokens_issued")
+            return response
+        if not (request.path + "/").startswith(API_PATH):
+            first = split_path(unquote(request.path))
+            return _error(err.no_segment(first[0] if first else "/"))
+        principal = self.tokens.principal(request)
+        if principal is None:
+            self.stats.count("unauthorized")
+            return _decorate(self.tokens.challenge(request, had_token=request.header("Authorization") is not None))
+        # Faults act on authenticated calls; a delay runs inside the limits, so it holds a
+        # concurrency slot and adds to execution time like a slow request would.
+        action = self._take_fault(request)
+        if not self.options.limits:
+            return self._serve(request, action)
+        try:
+            with self.limits.admit(principal) as limit_headers:
+                response = self._serve(request, action)
+        except DataverseError as exc:
+            self.stats.count("throttled")
+            return _error(exc)
+        response.headers += limit_headers
+        return response
+
+    def _take_fault(self, request: Request) -> dict[str, Any] | None:
+        action = self.faults.take(request)
+        if action is not None:
+            self.stats.count("faults")
+            if action.get("drop"):
+                raise DropConnection
+        return action
+
+    def _apply_fault(self, action: dict[str, Any] | None) -> Response | None:
+        if action is None:
+            return None
+        if "delay" in action:
+            self._sleep(float(action["delay"]))
+        if "status" not in action:
+            return None
+        status = int(action["status"])
+        retry_after = action.get("retry_after")
+        if status == 429 and "body" not in action:
+            return _error(throttled(float(retry_after or 1)))
+        headers = [("Retry-After", str(retry_after))] if retry_after is not None else []
+        body = action.get("body") or {
+            "error": {"code": err.UNEXPECTED if status >= 500 else "", "message": HTTPStatus(status).phrase}
+        }
+        return _decorate(_json(body, status, headers))
+
+    def _serve(self, request: Request, action: dict[str, Any] | None) -> Response:
+        fault = self._apply_fault(action)
+        if fault is not None:
+            return fault
+        return self._call(request, in_batch=False)
+
+    def _call(self, request: Request, *, in_batch: bool) -> Response:
+        try:
+            with self.store.lock:
+                return _decorate(self._api(request, in_batch=in_batch))
+        except DataverseError as exc:
+            return _error(exc)
+
+    # ================================================================== Web API routing
+
+    def _api(self, request: Request, *, in_batch: bool) -> Response:
+        path = unquote(request.path)
+        segments = split_path(path[len(API_PATH) :] if path.startswith(API_PATH) else "")
+        api = request.base_url + API_PATH.rstrip("/")
+        method = request.method
+        if not segments:
+            self._only(method, ("GET",), path)
+            return _json(
+                {
+                    "@odata.context": f"{api}/$metadata",
+                    "value": [{"name": t.entity_set, "kind": "EntitySet", "url": t.entity_set} for t in TABLES],
+                }
+            )
+        name, key_text = split_segment(segments[0])
+        if name == "$batch" and len(segments) == 1:
+            self._only(method, ("POST",), path)
+            if in_batch:
+                raise err.bad_argument("A $batch request cannot contain another $batch request.")
+            self.stats.call("$batch", "POST")
+            return self._batch(request)
+        if name == "EntityDefinitions":
+            self._only(method, ("GET",), path)
+            self.stats.call("EntityDefinitions", "GET", in_batch=in_batch)
+            return _json(Metadata(api).entity_definitions(segments, request.query))
+        if name == "sdkmessagefilters" and key_text is None and len(segments) == 1:
+            self._only(method, ("GET",), path)
+            self.stats.call("sdkmessagefilters", "GET", in_batch=in_batch)
+            return _json(Metadata(api).message_filters(request.query))
+        if name == "WhoAmI" and len(segments) == 1 and key_text in (None, ""):
+            self._only(method, ("GET",), path)
+            self.stats.call("WhoAmI", "GET", in_batch=in_batch)
+            return _json(
+                {
+                    "@odata.context": f"{api}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
+                    "BusinessUnitId": BUSINESS_UNIT_ID,
+                    "UserId": self.options.integration_user_id,
+                    "OrganizationId": ORGANIZATION_ID,
+                }
+            )
+        table = BY_SET.get(name)
+        if table is None:
+            raise err.no_segment(name)
+        user = self.options.integration_user_id
+        bypass = self._bypass_plugins(request)
+        if key_text is None:
+            if len(segments) == 1:
+                self._only(method, ("GET", "POST"), path)
+                if method == "GET":
+                    self.stats.call(
+                        table.entity_set, "query" if request.arg("$deltatoken") is None else "delta", in_batch=in_batch
+                    )
+                    return self._query(table, request, api)
+                self.stats.call(table.entity_set, "create", in_batch=in_batch)
+                return self._create(table, request, api, user, bypass)
+            message = _MULTIPLE.get(segments[1])
+            if message is None or len(segments) > 2:
+                raise err.no_segment(segments[1])
+            self._only(method, ("POST",), path)
+            self.stats.call(table.entity_set, message, in_batch=in_batch)
+            return self._multiple(table, message, request, api, user, bypass)
+        key = self._key(table, key_text)
+        if len(segments) == 1:
+            self._only(method, ("GET", "PATCH", "DELETE"), path)
+            if method == "GET":
+                self.stats.call(table.entity_set, "retrieve", in_batch=in_batch)
+                return self._retrieve(table, key, request, api)
+            if method == "PATCH":
+                operation = "update" if request.header("If-Match") else "upsert"
+                self.stats.call(table.entity_set, operation, in_batch=in_batch)
+                return self._patch(table, key, request, api, user, bypass)
+            self.stats.call(table.entity_set, "delete", in_batch=in_batch)
+            return self._delete(table, key, request, user)
+        if len(segments) == 2 and segments[1] == _QUALIFY and table is LEAD:
+            self._only(method, ("POST",), path)
+            self.stats.call(table.entity_set, "QualifyLead", in_batch=in_batch)
+            return self._qualify(key, request, api, user)
+        column = table.by_prop.get(segments[1]) if len(segments) == 2 else None
+        if column is None:
+            raise err.no_segment(segments[-1] if len(segments) > 2 else segments[1])
+        self._only(method, ("GET", "DELETE"), path)
+        row = self.records.get_or_raise(table, key)
+        if method == "GET":
+            self.stats.call(table.entity_set, "retrieve", in_batch=in_batch)
+            value = render(table, row, [column.prop])[column.prop]
+            if value is None:
+                return Response(status=204)
+            return _json(
+                {"@odata.context": f"{api}/$metadata#{table.entity_set}({row.id})/{column.prop}", "value": value}
+            )
+        if column.kind == "lookup" or not column.update:
+            raise err.bad_argument(f"The column '{column.prop}' cannot be cleared.")
+        self.stats.call(table.entity_set, "update", in_batch=in_batch)
+        self.records.update(table, row, {column.name: None}, user=user, bypass_plugins=bypass)
+        return Response(status=204)
+
+    @staticmethod
+    def _only(method: str, allowed: tuple[str, ...], path: str) -> None:
+        if method not in allowed:
+            raise err.method_not_allowed(method, path)
+
+    @staticmethod
+    def _bypass_plugins(request: Request) -> bool:
+        if (request.header("MSCRM.BypassCustomPluginExecution") or "").lower() == "true":
+            return True
+        return "customsync" in (request.header("MSCRM.BypassBusinessLogicExecution") or "").lower()
+
+    @staticmethod
+    def _key(table: Table, text: str) -> Key:
+        key = parse_key(text)
+        if isinstance(key, dict) and set(key) == {table.primary_id} and isinstance(key[table.primary_id], str):
+            return key[table.primary_id].lower()
+        return key
+
+    @staticmethod
+    def _entity_url(api: str, table: Table, key: Key) -> str:
+        if isinstance(key, str):
+            return f"{api}/{table.entity_set}({key})"
+        parts = ",".join(f"{k}={quote_literal(v) if isinstance(v, str) else v}" for k, v in key.items())
+        return f"{api}/{table.entity_set}({parts})"
+
+    @staticmethod
+    def _body(request: Request, table: Table) -> Any:
+        if not request.body.strip():
+            raise err.bad_payload(table.entity_set, "The request body is empty; a JSON object was expected.")
+        try:
+            return request.json()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise err.bad_payload(table.entity_set, f"Invalid JSON. {exc}") from exc
+
+    @staticmethod
+    def _select(table: Table, request: Request) -> list[str] | None:
+        """``$select`` checked up front, so a bad one refuses a write before anything is written."""
+        text = request.arg("$select")
+        return parse_select(text, resolver(table)) if text else None
+
+    @staticmethod
+    def _representation(
+        table: Table, row: Row, select: list[str] | None, api: str, status: int, headers: list[tuple[str, str]]
+    ) -> Response:
+        shape = f"{table.entity_set}({','.join(select)})" if select else table.entity_set
+        body = {"@odata.context": f"{api}/$metadata#{shape}/$entity", **render(table, row, select)}
+        return _json(body, status, [*headers, ("Preference-Applied", "return=representation")])
+
+    # ================================================================== handlers
+
+    def _query(self, table: Table, request: Request, api: str) -> Response:
+        prefs = parse_prefer(request.header("Prefer"))
+        query = Query(
+            self.store,
+            table,
+            request,
+            prefs,
+            api=api,
+            max_page=self.options.max_page_size,
+            retention=self.options.change_retention,
+            cache=self._order_cache,
+        )
+        payload = query.run()
+        headers = [("Preference-Applied", ",".join(query.applied))] if query.applied else []
+        return _json(payload, headers=headers)
+
+    def _retrieve(self, table: Table, key: Key, request: Request, api: str) -> Response:
+        if request.arg("$expand") is not None:
+            raise err.bad_query("The sandbox does not simulate $expand on leads or contacts.")
+        select = self._select(table, request)
+        row = self.records.get_or_raise(table, key)
+        etag = f'W/"{row.version}"'
+        if request.header("If-None-Match") == etag:
+            return Response(status=304, headers=[("ETag", etag)])
+        annotations = "odata.include-annotations" in parse_prefer(request.header("Prefer"))
+        shape = f"{table.entity_set}({','.join(select)})" if select else table.entity_set
+        body = {
+            "@odata.context": f"{api}/$metadata#{shape}/$entity",
+            **render(table, row, select, annotations=annotations),
+        }
+        return _json(body, headers=[("ETag", etag)])
+
+    def _create(self, table: Table, request: Request, api: str, user: str, bypass: bool) -> Response:
+        select = self._select(table, request)
+        row = self.records.create(table, self._body(request, table), user=user, bypass_plugins=bypass)
+        if "return" in parse_prefer(request.header("Prefer")):
+            return self._representation(table, row, select, api, 201, [])
+        return Response(status=204, headers=[("OData-EntityId", _header_value(self._entity_url(api, table, row.id)))])
+
+    def _patch(self, table: Table, key: Key, request: Request, api: str, user: str, bypass: bool) -> Response:
+        select = self._select(table, request)
+        body = self._body(request, table)
+        if_match = request.header("If-Match")
+        if_none_match = request.header("If-None-Match")
+        row = self.records.find(table, key)
+        if if_none_match == "*" and row is not None:
+            raise err.duplicate_record()
+        if if_match is not None:
+            if row is None:
+                raise err.not_found(table.logical, key) if isinstance(key, str) else err.key_not_found(table.logical)
+            if if_match.strip() != "*" and if_match.strip() != f'W/"{row.version}"':
+                raise err.version_mismatch()
+        if row is not None:
+            row = self.records.update(
+                table, row, body, user=user, bypass_plugins=bypass, strip_keys=isinstance(key, dict)
+            )
+            status = 200
+        elif isinstance(key, str):
+            row = self.records.create(table, body, user=user, bypass_plugins=bypass, record_id=key)
+            status = 201
+        else:
+            row = self.records.create(table, body, user=user, bypass_plugins=bypass, key=key)
+            status = 201
+        entity = [("OData-EntityId", _header_value(self._entity_url(api, table, key)))]
+        if "return" in parse_prefer(request.header("Prefer")):
+            return self._representation(table, row, select, api, status, entity)
+        return Response(status=204, headers=entity)
+
+    def _delete(self, table: Table, key: Key, request: Request, user: str) -> Response:
+        row = self.records.get_or_raise(table, key)
+        if_match = (request.header("If-Match") or "*").strip()
+        if if_match != "*" and if_match != f'W/"{row.version}"':
+            raise err.version_mismatch()
+        self.records.delete(table, row, user=user)
+        return Response(status=204)
+
+    def _multiple(self, table: Table, message: str, request: Request, api: str, user: str, bypass: bool) -> Response:
+        data = self._body(request, table)
+        targets = data.get("Targets") if isinstance(data, dict) else None
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, dict) for t in targets):
+            raise err.bad_argument(f"{message} needs 'Targets': a non-empty list of {table.logical} records.")
+        ids: list[str] = []
+        with self.store.atomic():  # standard tables: one bad target and nothing is written
+            for target in targets:
+                kind = target.get("@odata.type")
+                if not isinstance(kind, str):
+                    raise err.bad_payload(
+                        "",
+                        f"A type must be given for every target of {message}: '@odata.type' is missing "
+                        f"(e.g. '{table.odata_type}').",
+                    )
+                if kind.lstrip("#") != table.odata_type:
+                    raise err.bad_argument(
+                        f"The target type '{kind}' does not match the entity set '{table.entity_set}' of {message}."
+                    )
+                if message == "CreateMultiple":
+                    ids.append(self.records.create(table, target, user=user, bypass_plugins=bypass).id)
+                elif message == "UpdateMultiple":
+                    record_id = target.get(table.primary_id)
+                    if not isinstance(record_id, str):
+                        raise err.bad_argument(
+                            f"Entity Id must be specified for Update: '{table.primary_id}' is missing."
+                        )
+                    row = self.records.get_or_raise(table, record_id.lower())
+                    self.records.update(table, row, target, user=user, bypass_plugins=bypass)
+                else:
+                    self._upsert_target(table, target, user, bypass)
+        if message == "CreateMultiple":
+            return _json(
+                {"@odata.context": f"{api}/$metadata#Microsoft.Dynamics.CRM.CreateMultipleResponse", "Ids": ids}
+            )
+        return Response(status=204)
+
+    def _upsert_target(self, table: Table, target: dict[str, Any], user: str, bypass: bool) -> None:
+        body = {k: v for k, v in target.items() if k != "@odata.id"}
+        odata_id = target.get("@odata.id")
+        key: Key
+        if isinstance(odata_id, str):
+            name, key_text = split_segment(odata_id.rstrip("/").rsplit("/", 1)[-1])
+            if name != table.entity_set or key_text is None:
+                raise err.bad_argument(f"'@odata.id' '{odata_id}' does not name a {table.logical} record by key.")
+            key = self._key(table, key_text)
+        elif isinstance(target.get(table.primary_id), str):
+            key = str(target[table.primary_id]).lower()
+        else:
+            raise err.bad_argument("UpsertMultiple needs '@odata.id' (a key) or the primary key on every target.")
+        row = self.records.find(table, key)
+        if row is not None:
+            self.records.update(table, row, body, user=user, bypass_plugins=bypass, strip_keys=isinstance(key, dict))
+        elif isinstance(key, str):
+            self.records.create(table, body, user=user, bypass_plugins=bypass, record_id=key)
+        else:
+            # Reproduces PowerPlatform-DataverseClient-Python PR #127: on the create path the real service
+            # answers 400 when a key column is both in '@odata.id' and in the body (the update path strips it).
+            repeated = sorted(set(key) & set(body))
+            if repeated:
+                raise err.bad_argument(
+                    f"The alternate key attribute '{repeated[0]}' is specified both in '@odata.id' and in the "
+                    "record; remove it from the record."
+                )
+            self.records.create(table, body, user=user, bypass_plugins=bypass, key=key)
+
+    def _qualify(self, key: Key, request: Request, api: str, user: str) -> Response:
+        data = self._body(request, LEAD)
+        if not isinstance(data, dict):
+            raise err.bad_argument("QualifyLead needs a JSON object of parameters.")
+        for name in ("CreateAccount", "CreateContact", "CreateOpportunity"):
+            if not isinstance(data.get(name), bool):
+                raise err.bad_argument(f"QualifyLead needs the Boolean parameter '{name}'.")
+        status = data.get("Status")
+        if isinstance(status, bool) or not isinstance(status, int):
+            raise err.bad_argument("QualifyLead needs the Int32 parameter 'Status' (3 = Qualified).")
+        if data["CreateAccount"] or data["CreateOpportunity"]:
+            raise err.bad_argument(
+                "The sandbox has no accounts or opportunities: send CreateAccount=false and CreateOpportunity=false."
+            )
+        lead = self.records.get_or_raise(LEAD, key)
+        contact = self.records.qualify(lead, status=status, create_contact=data["CreateContact"], user=user)
+        value = [{"@odata.type": "#Microsoft.Dynamics.CRM.contact", "contactid": contact.id}] if contact else []
+        return _json(
+            {"@odata.context": f"{api}/$metadata#Collection(Microsoft.Dynamics.CRM.crmbaseentity)", "value": value}
+        )
+
+    # ================================================================== $batch
+
+    def _batch(self, request: Request) -> Response:
+        items = parse_batch(request.body, request.header("Content-Type") or "")
+        total = sum(len(i.operations) if isinstance(i, ChangeSet) else 1 for i in items)
+        if total > self.options.max_batch_requests:
+            raise err.bad_argument(
+                f"Number of requests in a batch exceeded the limit of {self.options.max_batch_requests}."
+            )
+        keep_going = "odata.continue-on-error" in parse_prefer(request.header("Prefer"))
+        results: list[Any] = []
+        for item in items:
+            if isinstance(item, ChangeSet):
+                result: Any = self._change_set(item, request)
+                failed = isinstance(result, tuple)
+            else:
+                response = self._batch_operation(item, {}, request)
+                result = (item.content_id, response)
+                failed = response.status >= 400
+            if failed and not keep_going:
+                return build_response([result], 400)
+            results.append(result)
+        response = build_response(results, 200)
+        if keep_going:
+            response.headers.append(("Preference-Applied", "odata.continue-on-error"))
+        return response
+
+    def _batch_operation(self, operation: Operation, entities: dict[str, str], outer: Request) -> Response:
+        try:
+            url, body = resolve_references(operation, entities)
+            resolved = Operation(operation.method, url, operation.headers, body, operation.content_id)
+            inner = to_request(resolved, url, outer.base_url, API_PATH)
+        except DataverseError as exc:
+            return _error(exc)
+        return self._call(inner, in_batch=True)
+
+    def _change_set(
+        self, change_set: ChangeSet, outer: Request
+    ) -> list[tuple[str | None, Response]] | tuple[str | None, Response]:
+        entities: dict[str, str] = {}
+        done: list[tuple[str | None, Response]] = []
+        try:
+            with self.store.atomic():
+                for operation in change_set.operations:
+                    if operation.method == "GET":
+                        refusal = _error(err.bad_argument("A change set cannot contain GET requests."))
+                        raise _Rollback(operation.content_id, refusal)
+                    response = self._batch_operation(operation, entities, outer)
+                    if response.status >= 400:
+                        raise _Rollback(operation.content_id, response)
+                    entity = dict(response.headers).get("OData-EntityId")
+                    if operation.content_id is not None and entity:
+                        entities[operation.content_id] = entity
+                    done.append((operation.content_id, response))
+        except _Rollback as failure:
+            return (failure.content_id, failure.response)
+        return done
+
+    # ================================================================== admin HTTP API (no auth, not counted)
+
+    def _admin(self, request: Request) -> Response:
+        try:
+            return self._admin_route(request)
+        except DataverseError as exc:
+            return _error(exc)
+        except (FaultRuleError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return Response.json({"error": {"code": "sandbox", "message": str(exc)}}, 400)
+
+    def _admin_route(self, request: Request) -> Response:
+        path = unquote(request.path)[len("/_sandbox/") :]
+        method = request.method
+        if path == "faults":
+            if method == "GET":
+                return Response.json({"rules": self.faults.to_json()})
+            if method == "POST":
+                data = request.json()
+                rules = data.get("rules") if isinstance(data, dict) else None
+                if not isinstance(rules, list):
+                    raise FaultRuleError('expected {"rules": [...]}')
+                self.faults.replace(rules)
+                return Response.json({"rules": self.faults.to_json()})
+            if method == "DELETE":
+                self.faults.clear()
+                return Response.json({"rules": []})
+        if path == "reset" and method == "POST":
+            self.reset()
+            return Response.json({"reset": True})
+        if path == "stats" and method == "GET":
+            return Response.json(self.stats.to_json())
+        if path == "expire-change-tracking" and method == "POST":
+            self.expire_change_tracking()
+            return Response.json({"expired": True})
+        segments = split_path(path)
+        if not segments:
+            raise err.no_segment("/_sandbox/")
+        name, key_text = split_segment(segments[0])
+        table = BY_SET.get(name)
+        if table is None:
+            raise err.no_segment(name)
+        if key_text is None and len(segments) == 1:
+            if method == "GET":
+                return Response.json({"value": self.rows(table.entity_set)})
+            if method == "POST":
+                record_id = self.create(table.entity_set, request.json())
+                return Response.json(self.get(table.entity_set, record_id), 201)
+        if key_text is not None:
+            key = self._key(table, key_text)
+            if not isinstance(key, str):
+                raise err.bad_argument("The admin API addresses records by GUID.")
+            record_id = key
+            if len(segments) == 1:
+                if method == "GET":
+                    found = self.get(table.entity_set, record_id)
+                    if found is None:
+                        raise err.not_found(table.logical, record_id)
+                    return Response.json(found)
+                if method == "PATCH":
+                    self.update(table.entity_set, record_id, request.json())
+                    return Response.json(self.get(table.entity_set, record_id))
+                if method == "DELETE":
+                    self.delete(table.entity_set, record_id)
+                    return Response(status=204)
+            if segments[1:] == ["qualify"] and table is LEAD and method == "POST":
+                data = request.json() if request.body.strip() else {}
+                contact_id = self.qualify_lead(record_id, status=int(data.get("status", 3)))
+                return Response.json({"contactid": contact_id})
+        raise err.method_not_allowed(method, request.path)
+
+    # ================================================================== Python API (acts as a Dynamics user)
+
+    def _table(self, entity: str) -> Table:
+        table = table_named(entity)
+        if table is None:
+            raise err.no_segment(entity)
+        return table
+
+    def create(self, entity: str, values: dict[str, Any], *, bypass_plugins: bool = False) -> str:
+        """Create a record as a Dynamics user; returns its GUID. Raises ``DataverseError`` like the API would."""
+        table = self._table(entity)
+        with self.lock:
+            return self.records.create(table, values, user=self.options.ui_user_id, bypass_plugins=bypass_plugins).id
+
+    def update(self, entity: str, record_id: str, values: dict[str, Any], *, bypass_plugins: bool = False) -> None:
+        table = self._table(entity)
+        with self.lock:
+            row = self.records.get_or_raise(table, record_id.lower())
+            self.records.update(table, row, values, user=self.options.ui_user_id, bypass_plugins=bypass_plugins)
+
+    def delete(self, entity: str, record_id: str) -> None:
+        table = self._table(entity)
+        with self.lock:
+            row = self.records.get_or_raise(table, record_id.lower())
+            self.records.delete(table, row, user=self.options.ui_user_id)
+
+    def get(self, entity: str, record_id: str) -> dict[str, Any] | None:
+        """The record as the Web API renders it (all columns), or None."""
+        table = self._table(entity)
+        with self.lock:
+            row = self.records.table_store(table).get(record_id)
+            return render(table, row) if row is not None else None
+
+    def find(self, entity: str, **equals: Any) -> list[dict[str, Any]]:
+        """Records whose columns equal the given values (text compared case-insensitively, like Dataverse)."""
+        table = self._table(entity)
+        for name in equals:
+            resolver(table)(name)
+
+        def same(a: Any, b: Any) -> bool:
+            return a.casefold() == b.casefold() if isinstance(a, str) and isinstance(b, str) else bool(a == b)
+
+        with self.lock:
+            rows = self.records.table_store(table).rows.values()
+            return [
+                render(table, r)
+                for r in rows
+                if all(same(r.values.get(table.by_prop[k].name), v) for k, v in equals.items())
+            ]
+
+    def rows(self, entity: str) -> list[dict[str, Any]]:
+        table = self._table(entity)
+        with self.lock:
+            return [render(table, r) for r in self.records.table_store(table).rows.values()]
+
+    def qualify_lead(self, lead_id: str, *, status: int = 3) -> str:
+        """QualifyLead as a Dynamics user: a contact from the lead; returns the contact's GUID."""
+        with self.lock:
+            lead = self.records.get_or_raise(LEAD, lead_id.lower())
+            contact = self.records.qualify(lead, status=status, create_contact=True, user=self.options.ui_user_id)
+            assert contact is not None
+            return contact.id
+
+    def set_faults(self, rules: list[dict[str, Any]]) -> None:
+        """Replace the fault rules (same shape as ``POST /_sandbox/faults``)."""
+        self.faults.replace(rules)
+
+    def expire_change_tracking(self) -> None:
+        """Every delta token handed out so far answers ExpiredVersionStamp from now on."""
+        with self.lock:
+            self.store.expire_tokens()
+
+    def reset(self) -> None:
+        """Empty both tables (re-seeded per the options), clear faults, counters and limits; old delta tokens expire."""
+        with self.lock:
+            for tables in self.store.tables.values():
+                tables.clear()
+            self.store.expire_tokens()
+            self.stats.reset()
+            self.limits.reset()
+            self.faults.clear()
+            self._seed()
+
+    def _seed(self) -> None:
+        user = self.options.ui_user_id
+
+        def lead(i: int) -> dict[str, Any]:
+            return {
+                "emailaddress1": f"seed.lead.{i}@example.com",
+                "firstname": f"Seed{i}",
+                "lastname": f"Lead{i}",
+                "companyname": f"Seed Co {i % 50}",
+                "jobtitle": "Buyer",
+                "telephone1": f"+1 555 01{i:04d}",
+                "subject": "Seeded lead",
+            }
+
+        def contact(i: int) -> dict[str, Any]:
+            return {
+                "emailaddress1": f"seed.contact.{i}@example.com",
+                "firstname": f"Seed{i}",
+                "lastname": f"Contact{i}",
+            }
+
+        with self.lock:
+            self.records.seed(LEAD, self.options.seed_leads, lead, user)
+            self.records.seed(CONTACT, self.options.seed_contacts, contact, user)

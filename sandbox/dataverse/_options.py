@@ -1,0 +1,87 @@
+"""Everything a Dataverse simulator can be told at start: data, credentials, limits, rules, clock.
+
+``DataverseOptions`` is the one place a default lives; ``add_arguments`` / ``options_from_args``
+map the ``python -m sandbox serve`` flags onto it (the shared ``--no-limits``, ``--seed-leads``
+and ``--seed-contacts`` flags are declared by ``sandbox.__main__``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sandbox.dataverse._schema import INTEGRATION_USER_ID, UI_USER_ID
+from sandbox.dataverse._validate import PluginRule, default_plugin_rules
+
+SEVEN_DAYS = 7 * 24 * 3600.0
+
+
+@dataclass
+class DataverseOptions:
+    limits: bool = True  # service protection on (off with --no-limits)
+    seed_leads: int = 0
+    seed_contacts: int = 0
+    client_id: str = "sandbox-client-id"
+    client_secret: str = "sandbox-client-secret"
+    static_token: str | None = "sandbox-token"
+    token_ttl: int = 3600  # seconds an issued token is accepted
+    change_retention: float = SEVEN_DAYS  # seconds a delta token stays valid (ExpireChangeTrackingInDays)
+    max_requests: int = 6000  # per user per window
+    window_seconds: float = 300.0
+    max_concurrent: int = 52  # per user, requests in flight
+    max_execution_ms: float = 1_200_000.0  # per user per window, combined handling time
+    max_page_size: int = 5000
+    max_batch_requests: int = 1000
+    plugin_rules: list[PluginRule] = field(default_factory=default_plugin_rules)
+    faults: list[dict[str, Any]] = field(default_factory=list)  # initial fault rules (admin API shape)
+    integration_user_id: str = INTEGRATION_USER_ID  # who API tokens act as (_modifiedby_value)
+    ui_user_id: str = UI_USER_ID  # who the admin and Python APIs act as
+    clock: Callable[[], float] = time.time  # wall clock for timestamps, token and change expiry, windows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Dataverse-only command-line flags of ``python -m sandbox serve``."""
+    group = parser.add_argument_group("dataverse")
+    group.add_argument(
+        "--dataverse-plugin-rules",
+        default="default",
+        metavar="none|default|FILE",
+        help="validation plug-in rules: none, the defaults, or a JSON file with a list of rules",
+    )
+    group.add_argument("--dataverse-change-retention", type=float, default=SEVEN_DAYS, metavar="SECONDS")
+    group.add_argument("--dataverse-token-ttl", type=int, default=3600, metavar="SECONDS")
+    group.add_argument("--dataverse-max-requests", type=int, default=6000, help="requests per user per window")
+    group.add_argument("--dataverse-window", type=float, default=300.0, metavar="SECONDS")
+    group.add_argument("--dataverse-max-concurrent", type=int, default=52)
+    group.add_argument("--dataverse-max-execution-ms", type=float, default=1_200_000.0)
+
+
+def plugin_rules_from(spec: str) -> list[PluginRule]:
+    if spec == "none":
+        return []
+    if spec == "default":
+        return default_plugin_rules()
+    data = json.loads(Path(spec).read_text(encoding="utf-8"))
+    if not isinstance(data, list):
+        raise ValueError(f"{spec}: expected a JSON list of plug-in rules")
+    return [PluginRule.from_json(item) for item in data]
+
+
+def options_from_args(args: argparse.Namespace) -> DataverseOptions:
+    return DataverseOptions(
+        limits=not args.no_limits,
+        seed_leads=args.seed_leads,
+        seed_contacts=getattr(args, "seed_contacts", 0),
+        change_retention=getattr(args, "dataverse_change_retention", SEVEN_DAYS),
+        token_ttl=getattr(args, "dataverse_token_ttl", 3600),
+        max_requests=getattr(args, "dataverse_max_requests", 6000),
+        window_seconds=getattr(args, "dataverse_window", 300.0),
+        max_concurrent=getattr(args, "dataverse_max_concurrent", 52),
+        max_execution_ms=getattr(args, "dataverse_max_execution_ms", 1_200_000.0),
+        plugin_rules=plugin_rules_from(getattr(args, "dataverse_plugin_rules", "default")),
+    )

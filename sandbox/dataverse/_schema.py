@@ -1,0 +1,239 @@
+"""The two tables the simulator holds, ``lead`` and ``contact``, as column definitions.
+
+Columns, types, lengths, required levels and option sets follow reference B2. Both the data
+API (validation, JSON rendering, query typing) and the metadata API (``EntityDefinitions``)
+read these definitions, so the two can never disagree. No state lives here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+# Fixed ids so a restart keeps the same metadata and users (clients cache both).
+ORGANIZATION_ID = "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c0001"
+BUSINESS_UNIT_ID = "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c0002"
+INTEGRATION_USER_ID = "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c0003"  # the application user behind API tokens
+UI_USER_ID = "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c0004"  # "a person in Dynamics": admin API and Python API
+USER_NAMES = {INTEGRATION_USER_ID: "# Sandbox Integration", UI_USER_ID: "Sandbox User"}
+
+# Column kinds, with the Edm type a $filter literal must match and the metadata AttributeType.
+EDM_TYPES = {
+    "guid": "Edm.Guid",
+    "lookup": "Edm.Guid",
+    "string": "Edm.String",
+    "picklist": "Edm.Int32",
+    "state": "Edm.Int32",
+    "status": "Edm.Int32",
+    "datetime": "Edm.DateTimeOffset",
+    "bigint": "Edm.Int64",
+}
+ATTRIBUTE_TYPES = {
+    "guid": "Uniqueidentifier",
+    "lookup": "Lookup",
+    "string": "String",
+    "picklist": "Picklist",
+    "state": "State",
+    "status": "Status",
+    "datetime": "DateTime",
+    "bigint": "BigInt",
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    value: int
+    label: str
+    state: int | None = None  # status options: the state they belong to
+    default_status: int | None = None  # state options: the status a state change picks
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str  # logical name; lookups are read as _<name>_value
+    kind: str
+    display: str
+    max_length: int | None = None
+    required: str = "None"
+    fmt: str | None = None  # StringAttributeMetadata.Format
+    options: tuple[Option, ...] = ()
+    create: bool = True  # IsValidForCreate
+    update: bool = True  # IsValidForUpdate
+    targets: tuple[str, ...] = ()  # lookup targets (logical names)
+
+    @property
+    def prop(self) -> str:
+        """The property name in JSON and in query options."""
+        return f"_{self.name}_value" if self.kind == "lookup" else self.name
+
+    @property
+    def writable(self) -> bool:
+        return self.create or self.update
+
+    @property
+    def edm(self) -> str:
+        return EDM_TYPES[self.kind]
+
+    def option_values(self, state: int | None = None) -> list[int]:
+        return [o.value for o in self.options if state is None or o.state is None or o.state == state]
+
+    def label_of(self, value: object) -> str | None:
+        return next((o.label for o in self.options if o.value == value), None)
+
+    @property
+    def metadata_id(self) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-dataverse/attribute/{self.name}"))
+
+
+@dataclass(frozen=True)
+class Table:
+    logical: str
+    entity_set: str
+    schema_name: str
+    display: str
+    object_type_code: int
+    primary_name: str
+    columns: tuple[Column, ...]
+    alternate_keys: tuple[tuple[str, tuple[str, ...]], ...]  # (key schema name, column names)
+    by_prop: dict[str, Column] = field(init=False, compare=False)
+    by_name: dict[str, Column] = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_prop", {c.prop: c for c in self.columns})
+        object.__setattr__(self, "by_name", {c.name: c for c in self.columns})
+
+    @property
+    def primary_id(self) -> str:
+        return f"{self.logical}id"
+
+    @property
+    def odata_type(self) -> str:
+        return f"Microsoft.Dynamics.CRM.{self.logical}"
+
+    @property
+    def metadata_id(self) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-dataverse/entity/{self.logical}"))
+
+    @property
+    def key_columns(self) -> list[str]:
+        return [c for _, cols in self.alternate_keys for c in cols]
+
+
+def _system_columns(state: Column, status: Column) -> tuple[Column, ...]:
+    return (
+        Column("fullname", "string", "Full Name", max_length=160, create=False, update=False),
+        state,
+        status,
+        Column("ownerid", "lookup", "Owner", required="SystemRequired", targets=("systemuser", "team")),
+        Column("createdby", "lookup", "Created By", create=False, update=False, targets=("systemuser",)),
+        Column("modifiedby", "lookup", "Modified By", create=False, update=False, targets=("systemuser",)),
+        Column("createdon", "datetime", "Created On", create=False, update=False),
+        Column("modifiedon", "datetime", "Modified On", create=False, update=False),
+        Column("versionnumber", "bigint", "Version Number", create=False, update=False),
+    )
+
+
+_LEAD_SOURCES = (
+    "Advertisement",
+    "Employee Referral",
+    "External Referral",
+    "Partner",
+    "Public Relations",
+    "Seminar",
+    "Trade Show",
+    "Web",
+    "Word of Mouth",
+    "Other",
+)
+
+LEAD = Table(
+    logical="lead",
+    entity_set="leads",
+    schema_name="Lead",
+    display="Lead",
+    object_type_code=4,
+    primary_name="fullname",
+    columns=(
+        Column("leadid", "guid", "Lead", required="SystemRequired", update=False),
+        Column("firstname", "string", "First Name", max_length=50, required="Recommended", fmt="Text"),
+        Column("lastname", "string", "Last Name", max_length=50, required="ApplicationRequired", fmt="Text"),
+        Column("emailaddress1", "string", "Email", max_length=100, fmt="Email"),
+        Column("companyname", "string", "Company Name", max_length=100, required="Recommended", fmt="Text"),
+        Column("subject", "string", "Topic", max_length=300, required="ApplicationRequired", fmt="Text"),
+        Column("telephone1", "string", "Business Phone", max_length=50, fmt="Phone"),
+        Column("jobtitle", "string", "Job Title", max_length=100, fmt="Text"),
+        Column(
+            "leadsourcecode",
+            "picklist",
+            "Lead Source",
+            options=tuple(Option(i + 1, label) for i, label in enumerate(_LEAD_SOURCES)),
+        ),
+        *_system_columns(
+            Column(
+                "statecode",
+                "state",
+                "Status",
+                required="SystemRequired",
+                options=(
+                    Option(0, "Open", default_status=1),
+                    Option(1, "Qualified", default_status=3),
+                    Option(2, "Disqualified", default_status=4),
+                ),
+            ),
+            Column(
+                "statuscode",
+                "status",
+                "Status Reason",
+                options=(
+                    Option(1, "New", state=0),
+                    Option(2, "Contacted", state=0),
+                    Option(3, "Qualified", state=1),
+                    Option(4, "Lost", state=2),
+                    Option(5, "Cannot Contact", state=2),
+                    Option(6, "No Longer Interested", state=2),
+                    Option(7, "Canceled", state=2),
+                ),
+            ),
+        ),
+    ),
+    alternate_keys=(("lead_emailaddress1_key", ("emailaddress1",)),),
+)
+
+CONTACT = Table(
+    logical="contact",
+    entity_set="contacts",
+    schema_name="Contact",
+    display="Contact",
+    object_type_code=2,
+    primary_name="fullname",
+    columns=(
+        Column("contactid", "guid", "Contact", required="SystemRequired", update=False),
+        Column("firstname", "string", "First Name", max_length=50, required="Recommended", fmt="Text"),
+        Column("lastname", "string", "Last Name", max_length=50, required="ApplicationRequired", fmt="Text"),
+        Column("emailaddress1", "string", "Email", max_length=100, fmt="Email"),
+        Column("telephone1", "string", "Business Phone", max_length=50, fmt="Phone"),
+        Column("jobtitle", "string", "Job Title", max_length=100, fmt="Text"),
+        Column("originatingleadid", "lookup", "Originating Lead", targets=("lead",)),
+        *_system_columns(
+            Column(
+                "statecode",
+                "state",
+                "Status",
+                required="SystemRequired",
+                options=(Option(0, "Active", default_status=1), Option(1, "Inactive", default_status=2)),
+            ),
+            Column("statuscode", "status", "Status Reason", options=(Option(1, "Active", 0), Option(2, "Inactive", 1))),
+        ),
+    ),
+    alternate_keys=(("contact_emailaddress1_key", ("emailaddress1",)),),
+)
+
+TABLES: tuple[Table, ...] = (LEAD, CONTACT)
+BY_SET = {t.entity_set: t for t in TABLES}
+BY_LOGICAL = {t.logical: t for t in TABLES}
+
+
+def table_named(name: str) -> Table | None:
+    """A table by entity set (``leads``) or logical name (``lead``), case-insensitively."""
+    key = name.lower()
+    return BY_SET.get(key) or BY_LOGICAL.get(key)
