@@ -34,3 +34,10 @@ def fault_rules_left(base_url: str) -> list[dict[str, Any]]:
     """The armed rules that have not fired their last time yet."""
     rules: list[dict[str, Any]] = httpx.get(f"{base_url}/_sandbox/faults", timeout=10).json()["rules"]
     return rules
+
+
+def api_writes(base_url: str) -> dict[str, dict[str, int]]:
+    """Records the Dataverse simulator wrote for API callers, per entity set and operation
+    (rolled-back bulk calls count nothing)."""
+    writes: dict[str, dict[str, int]] = httpx.get(f"{base_url}/_sandbox/stats", timeout=10).json()["writes"]
+    return writes

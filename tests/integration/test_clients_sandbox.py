@@ -6,6 +6,7 @@ dropped connection and token refresh goes over a real loopback socket to the sim
 
 from __future__ import annotations
 
+import ssl
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,14 +14,15 @@ from typing import Any
 
 import httpx
 import pytest
+from azure.identity import ClientSecretCredential
 
-from sandbox import SandboxServers
+from sandbox import DataverseOptions, SandboxServers
 from sync_core._counters import ApiCounters
 from sync_core.credentials import StaticTokenCredential
 from sync_core.dataverse import DataverseClient
 from sync_core.errors import DeltaTokenExpiredError, TransientError
 from sync_core.marketo import CustomActivity, LeadOutcome, MarketoClient, WriteStatus
-from tests.integration.conftest import fault_rules_left
+from tests.integration.conftest import api_writes, fault_rules_left
 
 CRAFTED_EMAIL = "x' or 1 eq 1 or 'a"
 LEAD_FIELDS = ["email", "firstName", "lastName"]
@@ -170,6 +172,7 @@ def test_dataverse_update_multiple_lands_every_row_once_through_429_503_and_a_dr
     outcomes = dataverse.update_multiple("lead", [{"leadid": row_id, "jobtitle": "Updated"} for row_id in ids])
     assert all(outcome.ok for outcome in outcomes)
     assert {row["jobtitle"] for row in sandbox.dataverse.rows("lead")} == {"Updated"}
+    assert api_writes(sandbox.dataverse_url) == {"leads": {"update": 250}}  # each row once
     assert 1.0 in sleeps  # Retry-After honoured
     assert fault_rules_left(sandbox.dataverse_url) == []
 
@@ -185,6 +188,7 @@ def test_dataverse_create_multiple_is_not_resent_after_a_502(
     assert all(outcome.ok for outcome in outcomes)
     names = Counter(row["lastname"] for row in sandbox.dataverse.rows("lead"))
     assert names == Counter(f"New{n}" for n in range(5))
+    assert api_writes(sandbox.dataverse_url) == {"leads": {"create": 5}}
 
 
 def test_dataverse_create_refused_with_429_is_resent_and_lands_once(
@@ -195,6 +199,7 @@ def test_dataverse_create_refused_with_429_is_resent_and_lands_once(
     )
     new_id = dataverse.create("leads", {"lastname": "Once", "companyname": "Acme"})
     assert [row["leadid"] for row in sandbox.dataverse.find("lead", lastname="Once")] == [new_id]
+    assert api_writes(sandbox.dataverse_url) == {"leads": {"create": 1}}
 
 
 def test_dataverse_bulk_write_isolates_the_bad_record_over_http(
@@ -208,6 +213,7 @@ def test_dataverse_bulk_write_isolates_the_bad_record_over_http(
     assert outcomes[4].code == "0x80044331"
     stored = {row["leadid"]: row["firstname"] for row in sandbox.dataverse.rows("lead")}
     assert [stored[row_id] for row_id in ids] == [f"F{n}" if n != 4 else None for n in range(10)]
+    assert api_writes(sandbox.dataverse_url) == {"leads": {"update": 9}}
 
 
 def test_dataverse_crafted_email_matches_nothing_when_only_other_rows_exist(
@@ -249,3 +255,30 @@ def test_dataverse_401_fetches_a_token_again_and_replays(
     rows = dataverse.get_rows("leads", ids, select=["lastname"])
     assert sorted(row["leadid"] for row in rows) == sorted(ids)
     assert counters.token_calls("dataverse") == 2
+
+
+def test_dataverse_over_tls_with_azure_identity_client_secret_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The production credential path: azure-identity gets a token from the sandbox's Entra-shaped
+    endpoint; the client caches it across calls and talks https to the simulator."""
+    with SandboxServers(dataverse=DataverseOptions(seed_leads=3), tls=True) as servers:
+        assert servers.ca_bundle is not None
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(servers.ca_bundle))  # azure-identity's transport
+        credential = ClientSecretCredential(
+            "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c00aa",
+            "sandbox-client-id",
+            "sandbox-client-secret",
+            authority=servers.dataverse_url.removeprefix("https://"),
+            disable_instance_discovery=True,
+        )
+        counters = ApiCounters()
+        context = ssl.create_default_context(cafile=str(servers.ca_bundle))
+        with httpx.Client(verify=context) as http, credential:
+            client = DataverseClient(http, base_url=servers.dataverse_url, credential=credential, counters=counters)
+            pages = list(client.iter_changes("leads", select=["lastname"], delta_link=None))
+            ids = [row["leadid"] for page in pages for row in page.rows]
+            outcomes = client.update_multiple("lead", [{"leadid": row_id, "jobtitle": "TLS"} for row_id in ids])
+        assert len(ids) == 3
+        assert all(outcome.ok for outcome in outcomes)
+        assert {row["jobtitle"] for row in servers.dataverse.rows("lead")} == {"TLS"}
+        assert counters.token_calls("dataverse") == 1
+        assert counters.calls("dataverse") == 3  # delta read, definition look-up, UpdateMultiple
