@@ -60,6 +60,7 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/bench_tables.py
 	$(BIN)/python bench/bench_sandbox_marketo.py
+	$(BIN)/python bench/bench_clients.py
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Integration tests: the API clients against the sandbox servers over real HTTP."""
