@@ -8,9 +8,11 @@ searched in the path>", "times": n|-1, "action": {...}}``. An action is one answ
 (``FaultBook(extra_actions={"marketo_error"})`` allows ``{"marketo_error": "606", "message":
 "..."}``), optionally after a ``"delay": 1.5`` in seconds; a delay alone is served normally
 after the wait. Rules are tried in order; the first that matches fires and uses up one of its
-``times`` (``-1`` = forever). The admin API appends (POST), lists (GET) and clears (DELETE).
-This module matches, counts and validates; it must not know a service: turning an action into
-a response is each app's job (``status_response`` only dresses a ``status`` answer).
+``times`` (``-1`` = forever). The admin API appends (POST), lists (GET) and clears (DELETE);
+``FaultControls`` gives both apps the same Python API (``set_faults`` replaces, ``add_faults``
+appends, ``clear_faults``, ``faults``). This module matches, counts and validates; it must not
+know a service: turning an action into a response is each app's job (``status_response`` only
+dresses a ``status`` answer).
 """
 
 from __future__ import annotations
@@ -254,6 +256,27 @@ class FaultBook:
                             del self._rules[i]
                     return rule.action
             return None
+
+
+class FaultControls:
+    """The in-process fault API both simulators offer; the app sets ``_faults`` before serving."""
+
+    _faults: FaultBook
+
+    def set_faults(self, rules: list[Any]) -> None:
+        """Replace the armed rules (JSON rules as ``POST /_sandbox/faults`` takes, or ``FaultRule``s)."""
+        self._faults.set(rules)
+
+    def add_faults(self, rules: list[Any]) -> None:
+        """Append rules after the armed ones, like ``POST /_sandbox/faults``."""
+        self._faults.add(rules)
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The armed rules as JSON, like ``GET /_sandbox/faults``."""
+        return self._faults.as_json()
 
 
 def status_response(action: FaultAction, default: Callable[[int], Response]) -> Response:

@@ -19,7 +19,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, unquote
 
-from sandbox._faults import FaultAction, FaultBook, admin_faults, status_response
+from sandbox._faults import FaultAction, FaultBook, FaultControls, admin_faults, status_response
 from sandbox._http import DropConnection, Request, Response
 from sandbox.dataverse import _errors as err
 from sandbox.dataverse._auth import Tokens
@@ -87,7 +87,7 @@ def _header_value(url: str) -> str:
     return quote(url, safe=_HEADER_SAFE)
 
 
-class DataverseSandbox:
+class DataverseSandbox(FaultControls):
     """A Dataverse org with ``leads`` and ``contacts``; ``handle`` serves it over HTTP."""
 
     def __init__(self, options: DataverseOptions | None = None, *, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -672,21 +672,6 @@ class DataverseSandbox:
             contact = self.records.qualify(lead, status=status, create_contact=True, user=self.options.ui_user_id)
             assert contact is not None
             return contact.id
-
-    def set_faults(self, rules: list[Any]) -> None:
-        """Replace the armed fault rules (JSON rules as ``POST /_sandbox/faults`` takes, or ``FaultRule``s)."""
-        self._faults.set(rules)
-
-    def add_faults(self, rules: list[Any]) -> None:
-        """Append fault rules after the armed ones, like ``POST /_sandbox/faults``."""
-        self._faults.add(rules)
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    def faults(self) -> list[dict[str, Any]]:
-        """The armed rules as JSON, like ``GET /_sandbox/faults``."""
-        return self._faults.as_json()
 
     def expire_change_tracking(self) -> None:
         """Every delta token handed out so far answers ExpiredVersionStamp from now on."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import IO, Any
 
-from sandbox._faults import FaultAction, FaultBook, admin_faults, status_response
+from sandbox._faults import FaultAction, FaultBook, FaultControls, admin_faults, status_response
 from sandbox._http import DropConnection, HttpServer, Request, Response
 from sandbox.marketo import _activities, _leads
 from sandbox.marketo import _schema as schema
@@ -84,7 +84,7 @@ _LEADS_BY_METHOD: dict[str, Handler] = {
 }
 
 
-class MarketoSandbox:
+class MarketoSandbox(FaultControls):
     """One simulated Marketo instance. ``handle`` serves HTTP; the other methods act in-process."""
 
     def __init__(
@@ -386,21 +386,6 @@ class MarketoSandbox:
         self._stats.reset()
         if seed:
             self.seed(self.options.seed_leads)
-
-    def set_faults(self, rules: list[Any]) -> None:
-        """Replace the armed fault rules (JSON rules as ``POST /_sandbox/faults`` takes, or ``FaultRule``s)."""
-        self._faults.set(rules)
-
-    def add_faults(self, rules: list[Any]) -> None:
-        """Append fault rules after the armed ones, like ``POST /_sandbox/faults``."""
-        self._faults.add(rules)
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
-    def faults(self) -> list[dict[str, Any]]:
-        """The armed rules as JSON, like ``GET /_sandbox/faults``."""
-        return self._faults.as_json()
 
     def stats(self) -> dict[str, Any]:
         out = self._stats.as_json()
