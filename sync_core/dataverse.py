@@ -12,6 +12,7 @@ names. It makes no sync decisions and never logs tokens or row values (only ids 
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import threading
@@ -236,6 +237,13 @@ class DataverseClient:
         self._cache_lock = threading.Lock()
         self._metadata: dict[str, EntityMeta] = {}
         self._refs: dict[str, _EntityRef] = {}  # by logical name and by entity set
+
+    def with_retry_policy(self, policy: RetryPolicy) -> DataverseClient:
+        """This client with other retry rules (e.g. a webhook's short patience), sharing its
+        credential, caches and counters."""
+        other = copy.copy(self)
+        other._retry_policy = policy
+        return other
 
     # -- the one request path -----------------------------------------------------------------
 
@@ -506,6 +514,29 @@ class DataverseClient:
                 return False
             raise
         return True
+
+    def qualify_lead(self, lead_id: str, *, status: int = 3) -> str:
+        """QualifyLead into a contact only (no account, no opportunity); the new contact's GUID.
+
+        Never resent once it may have run (a second run answers "the lead is already closed").
+        A lead the service refuses to qualify raises ``RecordError``."""
+        url = self._url(f"{_odata.key_segment('leads', {'': lead_id})}/Microsoft.Dynamics.CRM.QualifyLead")
+        body = {"CreateAccount": False, "CreateContact": True, "CreateOpportunity": False, "Status": status}
+        try:
+            response = self._send("qualify_lead", "POST", url, json_body=body, idempotent=False, timeout=TIMEOUT_WRITE)
+        except ApiError as err:
+            if err.status in RECORD_LEVEL_STATUS and err.code not in SCHEMA_ERROR_CODES:
+                raise _record_error(err) from err
+            raise
+        for item in (response.json() or {}).get("value") or []:
+            if str(item.get("@odata.type", "")).endswith("contact") and item.get("contactid"):
+                return str(item["contactid"]).lower()
+        raise ApiError(
+            "dataverse QualifyLead: no contact in the answer",
+            service=SERVICE,
+            status=response.status_code,
+            request_id=_request_id(response),
+        )
 
     # -- bulk writes -------------------------------------------------------------------------------
 

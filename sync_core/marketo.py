@@ -10,6 +10,7 @@ anything about syncing, and it never logs tokens, secrets or person data (only i
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import threading
@@ -339,6 +340,13 @@ class MarketoClient:
     @property
     def rate_budget(self) -> RateBudget:
         return self._budget
+
+    def with_retry_policy(self, policy: RetryPolicy) -> MarketoClient:
+        """This client with other retry rules (e.g. a webhook's short patience), sharing its token,
+        rate budget, caches and counters."""
+        other = copy.copy(self)
+        other._retry_policy = policy
+        return other
 
     # -- the one request path -----------------------------------------------------------------
 

@@ -17,7 +17,6 @@ name fields and rules, not values).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
@@ -35,8 +34,9 @@ from pydantic import BaseModel, ConfigDict
 from sync_core._ncrontab import Schedule
 from sync_core._status_html import DASH, fmt_count, fmt_total, fmt_when, render_error_html, render_html
 from sync_core.errors import ConfigError, SyncError
+from sync_core.services import services_for
 from sync_core.settings import DEFAULT_SCHEDULE, Settings
-from sync_core.state import Collision, RecordFailure, RunReport, StateStore, build_state_store
+from sync_core.state import Collision, RecordFailure, RunReport, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -540,13 +540,9 @@ def choose_format(accept: str | None, requested: str | None = None) -> Format:
 # -- the HTTP function and the command (the shell: environment, clock, store) -----------------
 
 
-@functools.lru_cache(maxsize=8)
 def state_store_for(settings: Settings) -> StateStore:
-    """The state store for ``settings``, built once per process.
-
-    Interim: the process-wide wiring module will own this; until then the status view keeps
-    its own cache, keyed by the (frozen, hashable) settings."""
-    return build_state_store(settings)
+    """The process's state store for ``settings`` (from the one wiring, ``services``)."""
+    return services_for(settings).store
 
 
 @dataclass(frozen=True)

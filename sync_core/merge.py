@@ -1,0 +1,183 @@
+"""The three-way merge and the write plan of one record (design §3 steps 4-5, rules B2, B7).
+
+Per mapped field, three canonical values: Marketo now, Dynamics now, and the baseline (what
+both sides last agreed on). A side whose value is not known is taken to be at the baseline:
+the engine passes only what the change feeds said, and asks for a full read whenever that
+assumption could be wrong (no baseline for a field yet, an open failure on the record).
+
+    Marketo == Dynamics            nothing to write (an echo of our own write lands here)
+    only Marketo moved             Marketo's value goes to Dynamics
+    only Dynamics moved            Dynamics' value goes to Marketo
+    both moved, to different values  a collision: the field's override, else lead → Marketo wins,
+                                   contact → Dynamics wins; the loser side gets the winner's value
+
+``plan`` turns a merge into wire payloads for both sides and the reasons either side would
+refuse them (validation against Dataverse metadata and Marketo describe); ``settle`` says what
+the baseline becomes once some writes landed and others did not. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sync_core.fieldmap import FieldMap, FieldMapping, FieldValueError, Unreadable, Winner
+from sync_core.schema import EntityMeta, MarketoFieldMeta
+from sync_core.state import EntityType
+from sync_core.validate import dataverse_problems, marketo_problems
+
+ENTITY_WINNER: dict[EntityType, Winner] = {EntityType.LEAD: "marketo", EntityType.CONTACT: "dynamics"}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldCollision:
+    key: str
+    marketo_value: Any
+    dynamics_value: Any
+    baseline_value: Any
+    winner: Winner
+    rule: str  # "lead: Marketo wins", "contact: Dynamics wins", "override: <key> Marketo wins"
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    to_dynamics: dict[str, Any]  # key -> canonical value Dynamics should get
+    to_marketo: dict[str, Any]  # key -> canonical value Marketo should get
+    merged: dict[str, Any]  # key -> the value both hold once the writes land
+    collisions: tuple[FieldCollision, ...] = ()
+
+    @property
+    def writes_anything(self) -> bool:
+        return bool(self.to_dynamics or self.to_marketo)
+
+
+def collision_rule(mapping: FieldMapping, entity: EntityType) -> tuple[Winner, str]:
+    if mapping.winner is not None:
+        return mapping.winner, f"override: {mapping.key} {_side_name(mapping.winner)} wins"
+    winner = ENTITY_WINNER[entity]
+    return winner, f"{entity.value}: {_side_name(winner)} wins"
+
+
+def _side_name(winner: Winner) -> str:
+    return "Marketo" if winner == "marketo" else "Dynamics"
+
+
+def merge_record(
+    mappings: Sequence[FieldMapping],
+    entity: EntityType,
+    *,
+    marketo: Mapping[str, Any],
+    dynamics: Mapping[str, Any],
+    baseline: Mapping[str, Any],
+) -> Merge:
+    """Merge one record field by field; ``marketo``/``dynamics`` hold the values known by key."""
+    to_dynamics: dict[str, Any] = {}
+    to_marketo: dict[str, Any] = {}
+    merged: dict[str, Any] = {}
+    collisions: list[FieldCollision] = []
+    for mapping in mappings:
+        key = mapping.key
+        base = baseline.get(key)
+        m = marketo.get(key, base)
+        d = dynamics.get(key, base)
+        if m == d:
+            merged[key] = m
+        elif m == base and key in baseline:
+            to_marketo[key] = merged[key] = d
+        elif d == base and key in baseline:
+            to_dynamics[key] = merged[key] = m
+        else:
+            # Both moved (or there is no baseline for the field yet: a first link, or a field
+            # new to the map) to different values.
+            winner = _first_link_winner(m, d) if key not in baseline else None
+            if winner is None:
+                winner, rule = collision_rule(mapping, entity)
+                collisions.append(FieldCollision(key, m, d, base, winner, rule))
+            if winner == "marketo":
+                to_dynamics[key] = merged[key] = m
+            else:
+                to_marketo[key] = merged[key] = d
+    return Merge(to_dynamics, to_marketo, merged, tuple(collisions))
+
+
+def _first_link_winner(m: Any, d: Any) -> Winner | None:
+    """Without a baseline, an empty side simply takes the other's value: that is not a collision."""
+    if m is None:
+        return "dynamics"
+    if d is None:
+        return "marketo"
+    return None
+
+
+def settle(
+    baseline: Mapping[str, Any], merge: Merge, *, dynamics_written: bool, marketo_written: bool
+) -> dict[str, Any]:
+    """The new baseline: merged values, except where the write that would have made them true failed.
+
+    A value that could not be read never becomes a baseline."""
+    new: dict[str, Any] = {}
+    for key, value in merge.merged.items():
+        failed = (key in merge.to_dynamics and not dynamics_written) or (
+            key in merge.to_marketo and not marketo_written
+        )
+        if failed or isinstance(value, Unreadable):
+            if key in baseline:
+                new[key] = baseline[key]
+        else:
+            new[key] = value
+    return new
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The wire payloads of one record, and why either side would refuse its part."""
+
+    dynamics: dict[str, Any] = field(default_factory=dict)  # column -> value
+    marketo: dict[str, Any] = field(default_factory=dict)  # Marketo field -> value
+    dynamics_problems: list[str] = field(default_factory=list)
+    marketo_problems: list[str] = field(default_factory=list)
+
+
+def plan(
+    field_map: FieldMap,
+    entity: EntityType,
+    merge: Merge,
+    *,
+    metadata: EntityMeta | None,
+    described: Mapping[str, MarketoFieldMeta] | None,
+    creating: bool = False,
+) -> Plan:
+    """Payloads for ``merge``'s writes, converted to each side's form and validated.
+
+    ``metadata``/``described`` None: that side is not validated here (nothing goes to it, or
+    the caller validates elsewhere)."""
+    by_key = {m.key: m for m in field_map.for_entity(entity)}
+    dynamics: dict[str, Any] = {}
+    d_problems: list[str] = []
+    for key, value in merge.to_dynamics.items():
+        mapping = by_key[key]
+        column = mapping.column(entity)
+        assert column is not None
+        try:
+            dynamics[column] = mapping.to_dataverse(value)
+        except FieldValueError as err:
+            d_problems.append(f"{column}: {_why(err, key)}")
+    if metadata is not None and dynamics:
+        d_problems += dataverse_problems(metadata, dynamics, creating=creating)
+    marketo: dict[str, Any] = {}
+    m_problems: list[str] = []
+    for key, value in merge.to_marketo.items():
+        mapping = by_key[key]
+        try:
+            marketo[mapping.marketo] = mapping.to_marketo(value)
+        except FieldValueError as err:
+            m_problems.append(f"{mapping.marketo}: {_why(err, key)}")
+    if described is not None and marketo:
+        m_problems += marketo_problems(described, marketo)
+    return Plan(dynamics, marketo, d_problems, m_problems)
+
+
+def _why(err: FieldValueError, key: str) -> str:
+    text = str(err)
+    return text[len(key) + 2 :] if text.startswith(f"{key}: ") else text
