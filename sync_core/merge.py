@@ -3,7 +3,8 @@
 Per mapped field, three canonical values: Marketo now, Dynamics now, and the baseline (what
 both sides last agreed on). A side whose value is not known is taken to be at the baseline:
 the engine passes only what the change feeds said, and asks for a full read whenever that
-assumption could be wrong (no baseline for a field yet, an open failure on the record).
+assumption could be wrong (no baseline for a field yet, an open failure on the record). A field
+with no baseline and a side unknown is left out: nothing can be concluded about it.
 
     Marketo == Dynamics            nothing to write (an echo of our own write lands here)
     only Marketo moved             Marketo's value goes to Dynamics
@@ -78,6 +79,8 @@ def merge_record(
     collisions: list[FieldCollision] = []
     for mapping in mappings:
         key = mapping.key
+        if key not in baseline and (key not in marketo or key not in dynamics):
+            continue  # no baseline and a side unknown: nothing can be concluded (the engine reads both)
         base = baseline.get(key)
         m = marketo.get(key, base)
         d = dynamics.get(key, base)
