@@ -273,12 +273,23 @@ class Metadata:
             item = _base_attribute(table, column)
             item.update(_derived_properties(column))
             items.append(item)
-        # The base type lacks MaxLength & co.; a cast collection has its derived type's properties.
-        allowed = set(items[0]) if cast is not None and items else set(_base_attribute(table, table.columns[0]))
+        # The base type lacks MaxLength & co.; a cast collection has its derived type's properties,
+        # even when this table has no column of that type (contact has no Picklist): the type's
+        # properties come from a column of that type on any table.
+        prototype = (
+            items[:1]
+            or [
+                {**_base_attribute(t, c), **_derived_properties(c)}
+                for t in TABLES
+                for c in t.columns
+                if cast is not None and _DERIVED[c.kind] == cast
+            ][:1]
+        )
+        allowed = set(prototype[0]) if cast is not None and prototype else set(_base_attribute(table, table.columns[0]))
         for item, extra in zip(items, self._expansions(table, columns, query, cast), strict=True):
             item.update(extra)
         suffix = f"/{NS}{cast}" if cast else ""
-        return self._collection(items, query, base_path + suffix, type_name, allowed=allowed)
+        return self._collection(items, query, base_path + suffix, type_name, allowed=allowed, prototype=prototype)
 
     def _expansions(
         self, table: Table, columns: list[Column], query: dict[str, list[str]], cast: str | None
@@ -340,8 +351,9 @@ class Metadata:
         *,
         allowed: set[str] | None = None,
         hidden: set[str] | None = None,
+        prototype: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        types = _property_types(items)
+        types = _property_types(items or prototype or [])
         allowed = set(types) if allowed is None else allowed
 
         def resolve(name: str) -> str:
