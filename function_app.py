@@ -4,13 +4,15 @@ its input, makes one call into ``sync_core`` and maps the result to a response o
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import azure.functions as func
 
-from sync_core import __version__
+from sync_core import __version__, engine
 from sync_core import status as sync_status
 
+log = logging.getLogger("function_app")
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
@@ -29,3 +31,12 @@ def status(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(
         page.body, status_code=page.status_code, mimetype=page.mimetype, charset="utf-8", headers=dict(page.headers)
     )
+
+
+@app.timer_trigger(schedule="%SYNC_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
+def sync_cycle(timer: func.TimerRequest) -> None:
+    """The background sync (design §3): one cycle per SYNC_SCHEDULE occurrence."""
+    if timer.past_due:
+        log.warning("sync cycle: the timer is past due")
+    report = engine.run_cycle_from_env(os.environ)
+    log.info("sync cycle %s: %s", report.run_id, report.outcome)

@@ -11,11 +11,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from sync_core.engine import run_once_main
 from sync_core.status import status_main
 
-# ``run-once`` (the engine) and ``host`` (the local Functions host) are registered here the same
-# way when they land.
 _COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "run-once": (run_once_main, "one sync cycle with the settings in the environment; prints its JSON run report"),
     "status": (status_main, "the state an admin needs: last cycles, backlog, failures, collisions, drift"),
 }
 

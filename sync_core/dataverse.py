@@ -682,11 +682,12 @@ class DataverseClient:
             self._refs[ref.entity_set] = ref
         return ref
 
-    def get_entity_metadata(self, logical_name: str) -> EntityMeta:
-        """Columns of a table with their types, required levels, lengths, formats and options (cached)."""
+    def get_entity_metadata(self, logical_name: str, *, refresh: bool = False) -> EntityMeta:
+        """Columns of a table with their types, required levels, lengths, formats and options
+        (cached; ``refresh`` reads them again, e.g. after the service refused a column)."""
         name = _odata.identifier(logical_name)
         with self._cache_lock:
-            if name in self._metadata:
+            if name in self._metadata and not refresh:
                 return self._metadata[name]
         definition = self._url(f"EntityDefinitions(LogicalName={_odata.quote_literal(name)})")
         entity = self._send(

@@ -736,10 +736,11 @@ class MarketoClient:
 
     # -- schema and usage ----------------------------------------------------------------------------
 
-    def describe(self) -> dict[str, MarketoFieldMeta]:
-        """Every person field usable over REST, by REST name (read once, cached)."""
+    def describe(self, *, refresh: bool = False) -> dict[str, MarketoFieldMeta]:
+        """Every person field usable over REST, by REST name (read once and cached; ``refresh``
+        reads it again, e.g. after Marketo refused a field name)."""
         with self._cache_lock:
-            if self._describe is not None:
+            if self._describe is not None and not refresh:
                 return self._describe
         try:
             envelope = self._call("describe", "GET", "/rest/v1/leads/describe2.json", idempotent=True)

@@ -1,0 +1,150 @@
+"""One cycle's scratch space on local disk: Marketo changes by person, and ids seen in a full read.
+
+A three-way merge needs both sides' changes of a record together, but the two change feeds
+arrive separately and either may hold any number of changes. So the cycle reads the Marketo
+feed into this stage first (latest value per person and field), then streams the Dataverse
+delta a page at a time, taking the staged changes of each page's persons as it goes, and
+finally works through the persons no Dataverse page claimed. Memory stays bounded by the page
+size, not by the number of changes: the stage lives in a SQLite file in the temp directory
+(Azure Functions gives every instance one), deleted when the cycle ends. It is never state
+between cycles: a crash loses it, and the next cycle re-reads the same window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE change (lead_id INTEGER NOT NULL, field TEXT NOT NULL, value TEXT, seq INTEGER NOT NULL,
+                     PRIMARY KEY (lead_id, field));
+CREATE TABLE person (lead_id INTEGER PRIMARY KEY, taken INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE deleted (lead_id INTEGER PRIMARY KEY);
+CREATE TABLE seen (entity TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (entity, id));
+"""
+_CHUNK = 500  # ids per IN (...) list, well under SQLite's 32766 variables
+
+
+class Stage:
+    """The stage of one cycle; a context manager that removes its file."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        handle, self.path = tempfile.mkstemp(prefix="sync-stage-", suffix=".sqlite", dir=directory)
+        os.close(handle)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-4000;" + _SCHEMA)
+        self._seq = 0
+
+    # -- Marketo changes ------------------------------------------------------------------------
+
+    def add_changes(self, changes: Iterable[tuple[int, str, Any]]) -> int:
+        """Stage ``(lead id, Marketo field, new value)`` in feed order: the later value of a field wins."""
+        rows = []
+        for lead_id, field, value in changes:
+            self._seq += 1
+            rows.append((lead_id, field, json.dumps(value), self._seq))
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO change VALUES (?, ?, ?, ?) ON CONFLICT (lead_id, field) DO UPDATE "
+                "SET value = excluded.value, seq = excluded.seq WHERE excluded.seq > change.seq",
+                rows,
+            )
+            self._db.executemany("INSERT OR IGNORE INTO person (lead_id) VALUES (?)", ((r[0],) for r in rows))
+        return len(rows)
+
+    def take(self, lead_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """The staged changes of these persons (Marketo field -> latest value), marked taken."""
+        found: dict[int, dict[str, Any]] = {}
+        for chunk in _chunks(sorted(set(lead_ids))):
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT c.lead_id, c.field, c.value FROM change c JOIN person p ON p.lead_id = c.lead_id "  # noqa: S608 - only placeholders
+                f"WHERE p.taken = 0 AND c.lead_id IN ({marks})",
+                chunk,
+            ).fetchall()
+            for lead_id, field, value in rows:
+                found.setdefault(lead_id, {})[field] = json.loads(value)
+            self._db.execute(f"UPDATE person SET taken = 1 WHERE lead_id IN ({marks})", chunk)  # noqa: S608
+        return found
+
+    def pending_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM person WHERE taken = 0").fetchone()[0])
+
+    def pending_ids(self, size: int) -> Iterator[list[int]]:
+        """Persons not taken yet, ``size`` at a time, in id order (each chunk read when asked for)."""
+        after = -1
+        while True:
+            ids = [
+                row[0]
+                for row in self._db.execute(
+                    "SELECT lead_id FROM person WHERE taken = 0 AND lead_id > ? ORDER BY lead_id LIMIT ?", (after, size)
+                )
+            ]
+            if not ids:
+                return
+            yield ids
+            after = ids[-1]
+
+    # -- Marketo deletes ------------------------------------------------------------------------
+
+    def add_deleted(self, lead_ids: Iterable[int]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO deleted VALUES (?)", ((i,) for i in lead_ids))
+
+    def deleted_ids(self, size: int) -> Iterator[list[int]]:
+        after = -1
+        while True:
+            ids = [
+                row[0]
+                for row in self._db.execute(
+                    "SELECT lead_id FROM deleted WHERE lead_id > ? ORDER BY lead_id LIMIT ?", (after, size)
+                )
+            ]
+            if not ids:
+                return
+            yield ids
+            after = ids[-1]
+
+    # -- ids seen in a full re-read (to find what was deleted while the delta token was expired) --
+
+    def add_seen(self, entity: str, ids: Iterable[str]) -> None:
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?)", ((entity, i.lower()) for i in ids))
+
+    def unseen(self, entity: str, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` the full read of ``entity`` did not return."""
+        missing = {i.lower() for i in ids}
+        for chunk in _chunks(sorted(missing)):
+            marks = ",".join("?" * len(chunk))
+            for (found,) in self._db.execute(
+                f"SELECT id FROM seen WHERE entity = ? AND id IN ({marks})",  # noqa: S608 - only placeholders
+                (entity, *chunk),
+            ):
+                missing.discard(found)
+        return missing
+
+    # -- lifetime ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._db.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path)
+
+    def __enter__(self) -> Stage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
