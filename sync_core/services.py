@@ -10,7 +10,7 @@ while wiring: the first token, metadata read or table creation happens on first 
 
 from __future__ import annotations
 
-import functools
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -91,10 +91,26 @@ def build_services(
     )
 
 
-@functools.lru_cache(maxsize=4)
+_BUILT: dict[Settings, Services] = {}
+_LOCK = threading.Lock()
+
+
 def services_for(settings: Settings) -> Services:
-    """The process's wiring for ``settings``, built on first use."""
-    return build_services(settings)
+    """The process's wiring for ``settings``, built on first use (one per distinct settings)."""
+    with _LOCK:
+        services = _BUILT.get(settings)
+        if services is None:
+            services = _BUILT[settings] = build_services(settings)
+        return services
+
+
+def close_services() -> None:
+    """Close every wiring built so far and forget them (process shutdown, or between tests)."""
+    with _LOCK:
+        built = list(_BUILT.values())
+        _BUILT.clear()
+    for services in built:
+        services.close()
 
 
 def services_from_env(environ: Mapping[str, str]) -> Services:
