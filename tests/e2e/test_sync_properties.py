@@ -1,0 +1,363 @@
+"""A stateful property test of the whole sync: random interleavings of creates, edits, deletes and
+qualifications on both sides, sync cycles, API outages and crashes before the cursor commit,
+against both simulators over real HTTP and the state store on Azurite.
+
+After every ``quiesce`` (outages over, retries due, cycles until nothing moves) it checks:
+
+- both sides agree on every synced field of every live linked pair;
+- no update is lost: a field's value is the last edit of one of the sides; when the other side's
+  last edit had been synced by a clean cycle before it, it is exactly the later edit; when both
+  sides edited it between two clean cycles with no outage in between, it is the collision
+  rule's winner (lead: Marketo, contact: Dynamics);
+- the cycle never created a Dynamics record, and every Dynamics record has at most one person
+  (exactly one unless its person was deleted in Marketo), linked by email when one existed;
+- a record deleted in Dynamics has its person flagged and unlinked;
+- one more cycle after quiescence writes nothing (no echo writes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+
+from sandbox import DataverseOptions, MarketoOptions, SandboxServers
+from sync_core.engine import MARKETO_CHANGES, SyncEngine, dataverse_cursor
+from sync_core.services import build_services
+from sync_core.settings import Settings
+from sync_core.state import EntityType, RunReport, TableStateStore
+from tests.e2e.conftest import environment
+
+pytestmark = [pytest.mark.azurite, pytest.mark.slow]
+
+EXAMPLES = int(os.environ.get("SYNC_PROPERTY_EXAMPLES", "40"))
+STEPS = 20
+# Synced fields the test edits: (Marketo field, Dataverse column); valid on both sides, not keys.
+FIELDS = (("firstName", "firstname"), ("title", "jobtitle"), ("phone", "telephone1"))
+CURSORS = (MARKETO_CHANGES, dataverse_cursor(EntityType.CONTACT), dataverse_cursor(EntityType.LEAD))
+OUTAGES: dict[str, tuple[str, dict[str, Any]]] = {
+    "dataverse writes down": ("dataverse", {"path": "UpdateMultiple", "action": {"status": 503, "retry_after": 0}}),
+    "dataverse throttled": ("dataverse", {"path": "/(leads|contacts)$", "action": {"status": 429, "retry_after": 0}}),
+    "marketo quota spent": ("marketo", {"path": "leads.json", "method": "POST", "action": {"marketo_error": "607"}}),
+    "marketo flaky": ("marketo", {"path": "leadchanges", "action": {"status": 502}}),
+}
+
+
+class Crash(BaseException):
+    """The process dies before a cursor commit: nothing the engine may catch."""
+
+
+class CrashingStore:
+    """The real Table store, except that ``put_cursor`` of an armed cursor name crashes once."""
+
+    def __init__(self, store: TableStateStore) -> None:
+        self._store = store
+        self.armed: str | None = None
+
+    def put_cursor(self, cursor: Any) -> Any:
+        if cursor.name == self.armed:
+            self.armed = None
+            raise Crash
+        return self._store.put_cursor(cursor)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+@dataclass
+class Edit:
+    side: str  # "m" (Marketo) or "d" (Dynamics)
+    value: str
+    step: int
+
+
+@dataclass
+class Record:
+    entity: EntityType
+    dataverse_id: str
+    email: str
+    matched_person: int | None = None  # a Marketo-only person with the same email, to be linked
+    deleted_in_dynamics: bool = False
+    deleted_in_marketo: bool = False
+    qualified_from: str | None = None
+    edits: dict[str, list[Edit]] = field(default_factory=dict)
+
+
+@dataclass
+class Cycle:
+    step: int
+    clean: bool  # ended ok/partial with no outage or crash
+
+
+@dataclass
+class Env:
+    sandbox: SandboxServers
+    connection: str
+
+
+ENV: Env | None = None
+
+
+class SyncMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        assert ENV is not None
+        self.sandbox = ENV.sandbox
+        self.sandbox.marketo.reset()
+        self.sandbox.dataverse.reset()
+        self.sandbox.marketo.clear_faults()
+        prefix = "p" + uuid.uuid4().hex[:10]
+        settings_ = Settings.from_env(environment(self.sandbox, ENV.connection, prefix))
+        self.table_store = TableStateStore.from_connection_string(ENV.connection, prefix=prefix)
+        self.store = CrashingStore(self.table_store)
+        self.services = build_services(settings_, store=self.store, sleep=lambda seconds: None)  # type: ignore[arg-type]
+        self.engine = SyncEngine.from_services(self.services)
+        self.records: list[Record] = []
+        self.marketo_only: list[int] = []
+        self.cycles: list[Cycle] = []
+        self.step = 0
+        self.values = itertools.count(1)
+
+    def teardown(self) -> None:
+        try:
+            if self.records or self.marketo_only:
+                self.quiesce()  # every run ends settled and checked
+        finally:
+            self._clean_up()
+
+    def _clean_up(self) -> None:
+        self.sandbox.dataverse.clear_faults()
+        self.sandbox.marketo.clear_faults()
+        self.services.close()
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def tick(self) -> int:
+        self.step += 1
+        return self.step
+
+    def person(self, record: Record) -> dict[str, Any] | None:
+        found = self.sandbox.marketo.find_leads("microsoftId", record.dataverse_id)
+        return dict(found[0]) if found else None
+
+    def row(self, record: Record) -> dict[str, Any] | None:
+        row = self.sandbox.dataverse.get(f"{record.entity.value}s", record.dataverse_id)
+        return None if row is None else dict(row)
+
+    def live(self) -> list[Record]:
+        return [r for r in self.records if not r.deleted_in_dynamics]
+
+    def editable_in_marketo(self) -> list[Record]:
+        return [r for r in self.live() if not r.deleted_in_marketo and self.person(r) is not None]
+
+    def run_cycle(self) -> RunReport | None:
+        try:
+            return self.engine.run_cycle()
+        except Crash:
+            return None
+
+    # -- what users do -----------------------------------------------------------------------------
+
+    @precondition(lambda self: len(self.records) < 5)
+    @rule(entity=st.sampled_from([EntityType.LEAD, EntityType.CONTACT]), with_person=st.booleans())
+    def create_in_dynamics(self, entity: EntityType, with_person: bool) -> None:
+        n = next(self.values)
+        email = f"p{n}@example.com"
+        matched = None
+        if with_person:  # someone already has this email in Marketo: the record must link to them
+            matched = self.sandbox.marketo.create_lead({"email": email, "lastName": f"M{n}"})
+        values = {"emailaddress1": email, "firstname": f"F{n}", "lastname": f"L{n}"}
+        if entity is EntityType.LEAD:
+            values |= {"companyname": f"C{n}", "subject": "property"}
+        record_id = self.sandbox.dataverse.create(f"{entity.value}s", values)
+        self.records.append(Record(entity, record_id, email, matched_person=matched))
+        self.tick()
+
+    @precondition(lambda self: len(self.marketo_only) < 2)
+    @rule()
+    def create_marketo_only_person(self) -> None:
+        n = next(self.values)
+        self.marketo_only.append(self.sandbox.marketo.create_lead({"email": f"solo{n}@example.com", "lastName": "S"}))
+        self.tick()
+
+    @precondition(lambda self: bool(self.editable_in_marketo()))
+    @rule(data=st.data(), which=st.sampled_from(FIELDS))
+    def edit_in_marketo(self, data: st.DataObject, which: tuple[str, str]) -> None:
+        record = data.draw(st.sampled_from(self.editable_in_marketo()))
+        person = self.person(record)
+        assert person is not None
+        value = f"m{next(self.values)}"
+        self.sandbox.marketo.update_lead(int(person["id"]), {which[0]: value})
+        record.edits.setdefault(which[0], []).append(Edit("m", value, self.tick()))
+
+    @precondition(lambda self: bool(self.live()))
+    @rule(data=st.data(), which=st.sampled_from(FIELDS))
+    def edit_in_dynamics(self, data: st.DataObject, which: tuple[str, str]) -> None:
+        record = data.draw(st.sampled_from(self.live()))
+        value = f"d{next(self.values)}"
+        self.sandbox.dataverse.update(f"{record.entity.value}s", record.dataverse_id, {which[1]: value})
+        record.edits.setdefault(which[0], []).append(Edit("d", value, self.tick()))
+
+    @precondition(lambda self: bool(self.live()))
+    @rule(data=st.data())
+    def delete_in_dynamics(self, data: st.DataObject) -> None:
+        record = data.draw(st.sampled_from(self.live()))
+        self.sandbox.dataverse.delete(f"{record.entity.value}s", record.dataverse_id)
+        record.deleted_in_dynamics = True
+        self.tick()
+
+    @precondition(lambda self: bool(self.editable_in_marketo()))
+    @rule(data=st.data())
+    def delete_in_marketo(self, data: st.DataObject) -> None:
+        record = data.draw(st.sampled_from(self.editable_in_marketo()))
+        person = self.person(record)
+        assert person is not None
+        self.sandbox.marketo.delete_lead(int(person["id"]))
+        record.deleted_in_marketo = True
+        self.tick()
+
+    @precondition(lambda self: any(r.entity is EntityType.LEAD for r in self.live()))
+    @rule(data=st.data())
+    def qualify_lead(self, data: st.DataObject) -> None:
+        record = data.draw(st.sampled_from([r for r in self.live() if r.entity is EntityType.LEAD]))
+        contact_id = self.sandbox.dataverse.qualify_lead(record.dataverse_id)
+        record.qualified_from, record.entity, record.dataverse_id = record.dataverse_id, EntityType.CONTACT, contact_id
+        self.tick()
+
+    # -- what the sync does, with things going wrong ------------------------------------------------
+
+    @rule(trouble=st.sampled_from([None, None, None, "crash", *OUTAGES]), cursor=st.sampled_from(CURSORS))
+    def sync_cycle(self, trouble: str | None, cursor: str) -> None:
+        if trouble == "crash":
+            self.store.armed = cursor
+        elif trouble is not None:
+            service, spec = OUTAGES[trouble]
+            target = self.sandbox.marketo if service == "marketo" else self.sandbox.dataverse
+            target.set_faults([{**spec, "times": -1}])
+        report = self.run_cycle()
+        self.store.armed = None
+        self.sandbox.marketo.clear_faults()
+        self.sandbox.dataverse.clear_faults()
+        clean = report is not None and report.outcome in ("ok", "partial") and trouble is None
+        self.cycles.append(Cycle(self.tick(), clean))
+
+    @rule()
+    def quiesce(self) -> None:
+        """Outages over and retries due ("time passes"); cycles until nothing moves; then check."""
+        for _ in range(6):
+            due = [
+                f.model_copy(update={"next_retry_at": datetime.now(UTC) - timedelta(seconds=1)})
+                for f in self.table_store.list_failures(limit=1000)
+            ]
+            if due:
+                self.table_store.upsert_failures(due)
+            report = self.run_cycle()
+            assert report is not None
+            assert report.outcome in ("ok", "partial"), report.report.get("error")
+            self.cycles.append(Cycle(self.tick(), True))
+            moved = report.report["written"]["marketo"] + report.report["written"]["dynamics"]
+            if not moved and not report.report["failures"]:
+                break
+        else:
+            raise AssertionError("the sync did not settle in 6 cycles")
+        self.check_settled()
+
+    # -- the checks ---------------------------------------------------------------------------------
+
+    def check_settled(self) -> None:
+        for record in self.records:
+            self.check_record(record)
+        assert self.sandbox.dataverse.stats.to_json()["writes"].get("leads", {}).get("create", 0) == 0
+        assert self.sandbox.dataverse.stats.to_json()["writes"].get("contacts", {}).get("create", 0) == 0
+        for person_id in self.marketo_only:
+            assert self.table_store.get_links_by_marketo_ids([person_id]) == {}
+        writes = self.sandbox.dataverse.stats.to_json()["writes"]
+        echo = self.run_cycle()
+        assert echo is not None
+        assert echo.report["written"] == {"marketo": 0, "dynamics": 0}, "a quiet cycle wrote something"
+        assert self.sandbox.dataverse.stats.to_json()["writes"] == writes
+        self.cycles.append(Cycle(self.tick(), True))
+
+    def check_record(self, record: Record) -> None:
+        persons = self.sandbox.marketo.find_leads("email", record.email)
+        assert len(persons) <= 1, f"{len(persons)} persons for one Dynamics record"
+        if record.deleted_in_dynamics:
+            for person in persons:
+                assert self.table_store.get_links_by_marketo_ids([int(person["id"])]) == {}
+                ours = {record.dataverse_id, record.qualified_from} - {None}
+                if person.get("microsoftId") in ours:
+                    assert person["microsoftIsDeleted"] is True
+            return
+        if record.deleted_in_marketo:
+            return  # its person is gone; a later Dynamics edit may create a new one (at most one, above)
+        assert len(persons) == 1, "a live Dynamics record without its person"
+        person = persons[0]
+        if record.matched_person is not None:
+            assert person["id"] == record.matched_person, "a duplicate person instead of the match by email"
+        assert person["microsoftId"] == record.dataverse_id
+        assert person["microsoftType"] == ("Contact" if record.entity is EntityType.CONTACT else "Lead")
+        link = self.table_store.get_links_by_marketo_ids([int(person["id"])]).get(int(person["id"]))
+        assert link is not None
+        assert link.dataverse_id == record.dataverse_id
+        row = self.row(record)
+        assert row is not None
+        for marketo_field, column in FIELDS:
+            assert person.get(marketo_field) == row.get(column), f"{marketo_field} differs between the sides"
+            self.check_no_update_lost(record, marketo_field, row.get(column))
+
+    def check_no_update_lost(self, record: Record, name: str, final: Any) -> None:
+        edits = record.edits.get(name, [])
+        if not edits:
+            return
+        last = {side: next((e for e in reversed(edits) if e.side == side), None) for side in ("m", "d")}
+        latest = edits[-1]
+        other = last["d" if latest.side == "m" else "m"]
+        if other is None:
+            assert final == latest.value, f"{name}: the only side's last edit was lost"
+            return
+        assert final in (latest.value, other.value), f"{name}: {final!r} is neither side's last edit"
+        if any(c.clean and other.step < c.step < latest.step for c in self.cycles):
+            assert final == latest.value, f"{name}: a later edit lost to an already-synced one"
+            return
+        start = min(other.step, latest.step)
+        settle = next((c for c in self.cycles if c.step > latest.step and c.clean), None)
+        troubled = any(not c.clean and start < c.step < (settle.step if settle else 10**9) for c in self.cycles)
+        if not troubled and record.qualified_from is None:
+            winner = last["m"] if record.entity is EntityType.LEAD else last["d"]
+            assert winner is not None
+            assert final == winner.value, f"{name}: the collision rule's winner lost"
+
+    @invariant()
+    def lease_is_free_between_cycles(self) -> None:
+        # A finished or crashed cycle never leaves the lease behind for the next one.
+        lease = self.table_store.acquire_lease("probe", now=datetime.now(UTC), duration=timedelta(seconds=1))
+        self.table_store.release_lease(lease)
+
+
+@pytest.fixture(scope="module")
+def property_env(azurite_connection_string: str) -> Iterator[Env]:
+    with SandboxServers(marketo=MarketoOptions(limits=False), dataverse=DataverseOptions(limits=False)) as sandbox:
+        yield Env(sandbox, azurite_connection_string)
+
+
+def test_random_interleavings_keep_both_sides_in_step(property_env: Env) -> None:
+    global ENV
+    ENV = property_env
+    run_state_machine_as_test(
+        SyncMachine,
+        settings=settings(
+            max_examples=EXAMPLES,
+            stateful_step_count=STEPS,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
