@@ -282,3 +282,12 @@ def test_dataverse_over_tls_with_azure_identity_client_secret_credential(monkeyp
         assert {row["jobtitle"] for row in servers.dataverse.rows("lead")} == {"TLS"}
         assert counters.token_calls("dataverse") == 1
         assert counters.calls("dataverse") == 3  # delta read, definition look-up, UpdateMultiple
+
+
+def test_metadata_of_a_table_without_option_set_columns_reads_cleanly(dataverse: DataverseClient) -> None:
+    # contact has no Picklist column: the cast collection is empty, and still answers.
+    contact = dataverse.get_entity_metadata("contact")
+    lead = dataverse.get_entity_metadata("lead")
+    assert contact.attributes["lastname"].max_length == 50
+    assert all(not a.options for a in contact.attributes.values() if a.attribute_type == "Picklist")
+    assert lead.attributes["leadsourcecode"].options[8] == "Web"

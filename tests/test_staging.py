@@ -1,0 +1,42 @@
+"""The cycle's stage: latest value per person and field, take-once, pending persons, seen ids."""
+
+from __future__ import annotations
+
+import os
+
+from sync_core._staging import Stage
+
+
+def test_the_later_value_of_a_field_wins_and_each_person_is_taken_once() -> None:
+    with Stage() as stage:
+        stage.add_changes([(1, "title", "a"), (2, "phone", "1"), (1, "title", "b"), (1, "firstName", None)])
+        stage.add_changes([(1, "title", "c")])
+        assert stage.take([1, 3]) == {1: {"title": "c", "firstName": None}}
+        assert stage.take([1]) == {}
+        assert stage.pending_count() == 1
+        assert list(stage.pending_ids(10)) == [[2]]
+
+
+def test_pending_persons_come_in_chunks_in_id_order() -> None:
+    with Stage() as stage:
+        stage.add_changes((i, "title", str(i)) for i in range(1200, 0, -1))
+        chunks = list(stage.pending_ids(500))
+        assert [len(c) for c in chunks] == [500, 500, 200]
+        assert chunks[0][0] == 1
+        assert chunks[-1][-1] == 1200
+
+
+def test_unseen_ids_are_those_a_full_read_did_not_return_case_aside() -> None:
+    with Stage() as stage:
+        stage.add_seen("lead", ["AAA", "bbb"])
+        assert stage.unseen("lead", ["aaa", "BBB", "ccc"]) == {"ccc"}
+        assert stage.unseen("contact", ["aaa"]) == {"aaa"}
+
+
+def test_the_stage_file_is_removed_when_the_cycle_ends() -> None:
+    with Stage() as stage:
+        path = stage.path
+        stage.add_deleted([3, 1, 2])
+        assert list(stage.deleted_ids(2)) == [[1, 2], [3]]
+        assert os.path.exists(path)
+    assert not os.path.exists(path)
