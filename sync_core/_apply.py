@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sync_core import _schema_cache as schema_cache
 from sync_core.activity import SyncFailure, log_sync_failures
 from sync_core.dataverse import DataverseClient, WriteOutcome
 from sync_core.errors import ApiError, ConfigError
@@ -154,13 +155,21 @@ class Applier:
     # -- schema: metadata, describe, drift (only when there is work) ----------------------------
 
     def prepare(self, *, refresh: bool = False) -> None:
-        """Read (cached per process) both sides' schema, check the map against it, drop drifted fields."""
+        """Both sides' schema (from the state store's hour-long cache, else the services), the map
+        checked against it, drifted fields dropped. ``refresh``: the services refused a field."""
         if self.drift is not None and not refresh:
             return
-        self._metadata = {
-            entity: self._dataverse.get_entity_metadata(entity.value, refresh=refresh) for entity in EntityType
-        }
-        self._described = self._marketo.describe(refresh=refresh)
+        cached = None if refresh else schema_cache.load(self._store, self._configured, now=self._now)
+        if cached is None:
+            metadata = {
+                entity: self._dataverse.get_entity_metadata(entity.value, refresh=refresh) for entity in EntityType
+            }
+            cached = schema_cache.trimmed(
+                self._configured, metadata, self._marketo.describe(refresh=refresh), now=self._now
+            )
+            schema_cache.save(self._store, cached)
+        self._metadata = dict(cached.metadata)
+        self._described = dict(cached.described)
         self.drift = drift(self._configured, described=self._described, metadata=self._metadata)
         if self.drift:
             log.warning("field map drift: %d field(s) missing on one side; they are not synced", len(self.drift))

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sync_core.engine import MARKETO_CHANGES, dataverse_cursor
+from sync_core.services import close_services
 from sync_core.state import Direction, EntityType
 from sync_core.status import build_status
 from tests.e2e.conftest import CONTACT, LEAD, World, field_map_json
@@ -484,3 +485,14 @@ def test_a_crash_before_the_cursor_commit_repeats_the_window_without_writing_twi
     assert repeat.report["pulled"]["marketo"] >= 1
     assert repeat.report["written"] == {"marketo": 0, "dynamics": 0}
     assert json.dumps(world.dataverse.stats.to_json()["writes"], sort_keys=True) == writes
+
+
+def test_a_fresh_instance_reads_the_schema_from_the_state_store_not_the_services(world: World) -> None:
+    lead_id, person = linked_lead(world, 1)  # a busy cycle: metadata and describe read, and kept
+    close_services()  # the Functions instance goes away; the next cycle runs in a new one
+    world.marketo.update_lead(person, {"title": "Cold start"})
+    report = world.cycle()
+    operations = report.report["api_calls"]["by_operation"]
+    assert "dataverse.get_entity_metadata" not in operations
+    assert "marketo.describe" not in operations
+    assert world.dynamics_row(LEAD, lead_id)["jobtitle"] == "Cold start"  # type: ignore[index]

@@ -1,0 +1,94 @@
+"""Both sides' schema, as far as the sync needs it, kept in the state store for an hour.
+
+Validation and drift need Dataverse metadata (4 calls per table) and Marketo's describe (1 call).
+The API clients cache them per process, but a Functions instance is often new (Flex Consumption
+scales to zero), so every busy cycle of a fresh instance would pay 9 calls again. This keeps the
+part the sync uses (mapped and required columns, mapped Marketo fields) in one state row, good
+for ``TTL``; an older or incomplete row is read again from the services. A service refusing a
+column or field makes the engine refresh at once, so a deleted field is never trusted for long.
+It must not decide anything about drift or validity: it only remembers what the services said.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sync_core.errors import RecordError, StateConflictError
+from sync_core.fieldmap import FieldMap
+from sync_core.schema import EntityMeta, MarketoFieldMeta, RequiredLevel
+from sync_core.state import Cursor, EntityType, StateStore
+
+log = logging.getLogger(__name__)
+
+ROW = "schema.v1"
+TTL = timedelta(hours=1)
+
+
+class Schema(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    fetched_at: datetime
+    metadata: dict[EntityType, EntityMeta]
+    described: dict[str, MarketoFieldMeta]
+    asked_marketo: tuple[str, ...] = ()  # the fields and columns this answers for
+    asked_columns: dict[EntityType, tuple[str, ...]] = {}
+
+    def covers(self, field_map: FieldMap) -> bool:
+        """Whether every mapped field was asked about when this was read (present or found missing)."""
+        return set(field_map.marketo_fields) <= set(self.asked_marketo) and all(
+            set(field_map.columns(entity)) <= set(self.asked_columns.get(entity, ())) for entity in EntityType
+        )
+
+
+def trimmed(
+    field_map: FieldMap,
+    metadata: dict[EntityType, EntityMeta],
+    described: dict[str, MarketoFieldMeta],
+    *,
+    now: datetime,
+) -> Schema:
+    """What the sync uses of the full schema: mapped or required columns, mapped Marketo fields."""
+    kept: dict[EntityType, EntityMeta] = {}
+    for entity, meta in metadata.items():
+        wanted = set(field_map.columns(entity)) | {meta.primary_id}
+        attributes = {
+            name: attribute
+            for name, attribute in meta.attributes.items()
+            if name in wanted or attribute.required_level is not RequiredLevel.NONE
+        }
+        kept[entity] = meta.model_copy(update={"attributes": attributes})
+    return Schema(
+        fetched_at=now,
+        metadata=kept,
+        described={name: described[name] for name in field_map.marketo_fields if name in described},
+        asked_marketo=tuple(field_map.marketo_fields),
+        asked_columns={entity: tuple(field_map.columns(entity)) for entity in EntityType},
+    )
+
+
+def load(store: StateStore, field_map: FieldMap, *, now: datetime) -> Schema | None:
+    """The stored schema if it is fresh and covers the map, else None."""
+    cursor = store.get_cursor(ROW)
+    if cursor is None:
+        return None
+    try:
+        schema = Schema.model_validate_json(cursor.value)
+    except ValidationError:
+        return None
+    if now - schema.fetched_at > TTL or not schema.covers(field_map):
+        return None
+    return schema
+
+
+def save(store: StateStore, schema: Schema) -> None:
+    """Remember ``schema``; losing a race with another writer is fine (theirs is as fresh)."""
+    current = store.get_cursor(ROW)
+    value = json.dumps(schema.model_dump(mode="json"), separators=(",", ":"))
+    try:
+        store.put_cursor(Cursor(name=ROW, value=value, etag=current.etag if current else None))
+    except (StateConflictError, RecordError) as err:  # a concurrent writer, or too large for one row
+        log.info("schema not cached: %s", type(err).__name__)
