@@ -1,0 +1,237 @@
+"""A sync cycle of N changes on the sandbox (limits off), measured: prints JSON.
+
+For each N (default 1,000 / 10,000 / 100,000): the Dataverse simulator is seeded with N leads
+and N contacts, Marketo with the N persons of the leads; set-up cycles link or create them all
+and settle. Then N changes, mixed directions: N/2 persons edited in Marketo, N/2 other records
+edited in Dynamics (half leads, half contacts; one field each). The measured cycle runs in a
+fresh process (a cold Functions instance: no token, no client cache; the schema comes from the
+state store), so its peak RSS is the engine's own; the simulators run in a process of their own.
+
+Reported per N, next to the floor the batch sizes allow:
+- API calls per service. Marketo: ⌈changes read/300⌉ + ⌈persons written/300⌉; Dataverse:
+  ⌈records written/1000⌉ (the issue's floor) and the delta reads, ⌈rows/5000⌉ per table; the goal
+  is ≤ 1.10 x floor + 4 per service;
+- Table transactions next to ⌈N/100⌉ (a link is two rows, written together);
+- wall and CPU seconds, peak RSS; then the echo cycle that follows and an idle cycle, warm and cold.
+
+    .venv/bin/python bench/bench_cycle.py [--sizes 1000,10000,100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import resource
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sandbox import DataverseOptions, MarketoOptions, SandboxServers
+from sandbox.azurite import run_azurite
+from sync_core.engine import SyncEngine
+from sync_core.services import build_services
+from sync_core.settings import Settings
+
+
+def sandbox_process(conn: Any, n: int) -> None:
+    """The simulators, seeded, in their own process; edits on command through the pipe."""
+    servers = SandboxServers(
+        marketo=MarketoOptions(limits=False, seed_leads=n),
+        dataverse=DataverseOptions(limits=False, seed_leads=n, seed_contacts=n),
+    ).start()
+    conn.send((servers.marketo_url, servers.dataverse_url))
+    while True:
+        command, arg = conn.recv()
+        if command == "edit":
+            conn.send(_edit(servers, arg))
+        elif command == "stop":
+            servers.stop()
+            conn.send("stopped")
+            return
+
+
+def _edit(servers: SandboxServers, n: int) -> dict[str, int]:
+    """n changes: n/2 persons edited in Marketo, n/2 other records in Dynamics, half leads, half contacts."""
+    marketo, dataverse = servers.marketo, servers.dataverse
+    quarter = n // 4
+    leads = [row["leadid"] for row in dataverse.rows("leads")]
+    contacts = [row["contactid"] for row in dataverse.rows("contacts")]
+    tag = uuid.uuid4().hex[:6]
+    person_of = {}
+    for lead_id in marketo.db.lead_ids():
+        person = marketo.get_lead(lead_id)
+        if person and person.get("microsoftId"):
+            person_of[person["microsoftId"]] = lead_id
+    edited = {"marketo": 0, "dynamics": 0}
+    for ids in (leads[:quarter], contacts[:quarter]):
+        for record_id in ids:
+            marketo.update_lead(person_of[record_id], {"title": f"m-{tag}-{record_id[:8]}"})
+            edited["marketo"] += 1
+    for entity_set, ids in (("leads", leads[quarter : 2 * quarter]), ("contacts", contacts[quarter : 2 * quarter])):
+        for record_id in ids:
+            dataverse.update(entity_set, record_id, {"jobtitle": f"d-{tag}-{record_id[:8]}"})
+            edited["dynamics"] += 1
+    return edited
+
+
+def measured_cycle(conn: Any, env: dict[str, str]) -> None:
+    """One cycle in a fresh process: its report, wall/CPU seconds and peak RSS."""
+    services = build_services(Settings.from_env(env))
+    started, cpu = time.perf_counter(), time.process_time()
+    report = SyncEngine.from_services(services).run_cycle()
+    conn.send(
+        {
+            "outcome": report.outcome,
+            "report": report.report,
+            "wall_seconds": round(time.perf_counter() - started, 2),
+            "cpu_seconds": round(time.process_time() - cpu, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+    )
+    services.close()
+
+
+def in_fresh_process(env: dict[str, str]) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=measured_cycle, args=(child, env))
+    process.start()
+    result: dict[str, Any] = parent.recv()
+    process.join()
+    return result
+
+
+def floors(changes: dict[str, int], n: int) -> dict[str, Any]:
+    m, d = changes["marketo"], changes["dynamics"]
+    dataverse_writes = math.ceil(m / 1000)
+    dataverse_reads = 2 * max(1, math.ceil((d / 2) / 5000))
+    return {
+        "marketo": math.ceil(m / 300) + math.ceil(d / 300),
+        "dataverse_writes": dataverse_writes,
+        "dataverse_reads": dataverse_reads,
+        "dataverse": dataverse_writes + dataverse_reads,
+        "table_transactions": math.ceil((m + d) / 100),
+    }
+
+
+def api_summary(result: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
+    calls = result["report"]["api_calls"]
+    out: dict[str, Any] = {}
+    for service in ("marketo", "dataverse"):
+        goal = 1.10 * floor[service] + 4
+        out[service] = {"calls": calls[service], "floor": floor[service], "goal": round(goal, 1)}
+        out[service]["within_goal"] = calls[service] <= goal
+    out["dataverse"]["floor_writes_only"] = floor["dataverse_writes"]
+    out["by_operation"] = calls["by_operation"]
+    out["token_calls"] = result["report"]["token_calls"]
+    return out
+
+
+def run_size(n: int, connection: str) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    sandbox = ctx.Process(target=sandbox_process, args=(child, n))
+    sandbox.start()
+    marketo_url, dataverse_url = parent.recv()
+    env = {
+        "MARKETO_BASE_URL": marketo_url,
+        "MARKETO_CLIENT_ID": "sandbox-client-id",
+        "MARKETO_CLIENT_SECRET": "sandbox-client-secret",
+        "MARKETO_RATE_SHARE": "1",
+        "DATAVERSE_URL": dataverse_url,
+        "DATAVERSE_STATIC_TOKEN": "sandbox-token",
+        "SYNC_TABLES_CONNECTION": connection,
+        "SYNC_TABLE_PREFIX": "b" + uuid.uuid4().hex[:10],
+    }
+    try:
+        services = build_services(Settings.from_env(env))
+        engine = SyncEngine.from_services(services)
+        setup_started = time.perf_counter()
+        setup = []
+        for _ in range(6):  # link/create everything, then let the echoes settle
+            report = engine.run_cycle()
+            setup.append(report.report["seconds"])
+            body = report.report
+            if not (body["written"]["marketo"] or body["written"]["dynamics"] or body["pulled"]["marketo"]):
+                break
+        setup_seconds = time.perf_counter() - setup_started
+        parent.send(("edit", 2 * n))
+        changes = parent.recv()
+        result = in_fresh_process(env)
+        floor = floors(changes, n)
+        echo = in_fresh_process(env)
+        idle_cold = in_fresh_process(env)
+        idle_warm = engine.run_cycle().report
+        table = result["report"]["table"]
+        return {
+            "n": sum(changes.values()),
+            "changes": changes,
+            "setup": {"cycles": len(setup), "seconds": round(setup_seconds, 1), "first_cycle_seconds": setup[0]},
+            "cycle": {
+                "outcome": result["outcome"],
+                "api": api_summary(result, floor),
+                "table_transactions": {
+                    "batches": table["transactions"],
+                    "single_writes": table["writes"],
+                    "reads": table["reads"],
+                    "floor": floor["table_transactions"],
+                },
+                "written": result["report"]["written"],
+                "wall_seconds": result["wall_seconds"],
+                "cpu_seconds": result["cpu_seconds"],
+                "peak_rss_mb": result["peak_rss_mb"],
+                "report": result["report"],
+            },
+            "echo_cycle": {
+                "api_calls": {k: echo["report"]["api_calls"][k] for k in ("marketo", "dataverse")},
+                "written": echo["report"]["written"],
+                "seconds": echo["wall_seconds"],
+            },
+            "idle_cycle": {
+                "warm": {
+                    "api_calls": idle_warm["api_calls"]["marketo"] + idle_warm["api_calls"]["dataverse"],
+                    "token_calls": idle_warm["token_calls"],
+                },
+                "cold": {
+                    "api_calls": idle_cold["report"]["api_calls"]["marketo"]
+                    + idle_cold["report"]["api_calls"]["dataverse"],
+                    "token_calls": idle_cold["report"]["token_calls"],
+                },
+            },
+        }
+    finally:
+        parent.send(("stop", None))
+        parent.recv()
+        sandbox.join()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated N (changes per cycle)")
+    parser.add_argument("--full-report", action="store_true", help="include each measured cycle's whole run report")
+    args = parser.parse_args(argv)
+    sizes = [int(size) for size in args.sizes.split(",")]
+    results = []
+    with run_azurite() as connection:
+        for n in sizes:
+            result = run_size(n // 2, connection)
+            if not args.full_report:
+                result["cycle"].pop("report")
+            results.append(result)
+            print(json.dumps(result), file=sys.stderr, flush=True)
+    summary: dict[str, Any] = {"results": results}
+    by_n = {r["n"]: r["cycle"]["peak_rss_mb"] for r in results}
+    if 10_000 in by_n and 100_000 in by_n:
+        summary["rss_100k_over_10k"] = round(by_n[100_000] / by_n[10_000], 2)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
