@@ -9,7 +9,7 @@ import os
 
 import azure.functions as func
 
-from sync_core import __version__, engine
+from sync_core import __version__, engine, webhook
 from sync_core import status as sync_status
 
 log = logging.getLogger("function_app")
@@ -30,6 +30,15 @@ def status(req: func.HttpRequest) -> func.HttpResponse:
     page = sync_status.get_status_page(os.environ, accept=req.headers.get("Accept"), query=dict(req.params))
     return func.HttpResponse(
         page.body, status_code=page.status_code, mimetype=page.mimetype, charset="utf-8", headers=dict(page.headers)
+    )
+
+
+@app.route(route="marketo/sync-person", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def sync_person(req: func.HttpRequest) -> func.HttpResponse:
+    """ "Sync Person to Microsoft" (design B4): create the person in Dynamics if no record exists."""
+    answer = webhook.handle_sync_person(os.environ, body=req.get_body(), headers=dict(req.headers))
+    return func.HttpResponse(
+        answer.json(), status_code=answer.status, mimetype="application/json", headers=answer.headers
     )
 
 

@@ -12,10 +12,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from sync_core.engine import run_once_main
+from sync_core.host import host_main
 from sync_core.status import status_main
 
 _COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run-once": (run_once_main, "one sync cycle with the settings in the environment; prints its JSON run report"),
+    "host": (host_main, "a local stand-in for the Functions host: serves /api/... and runs the sync timer"),
     "status": (status_main, "the state an admin needs: last cycles, backlog, failures, collisions, drift"),
 }
 

@@ -50,7 +50,7 @@ from sync_core.state import (
     StateStore,
     retry_delay,
 )
-from sync_core.validate import DriftItem, drift, marketo_problems
+from sync_core.validate import DriftItem, marketo_problems
 
 log = logging.getLogger(__name__)
 
@@ -159,30 +159,13 @@ class Applier:
         checked against it, drifted fields dropped. ``refresh``: the services refused a field."""
         if self.drift is not None and not refresh:
             return
-        cached = None if refresh else schema_cache.load(self._store, self._configured, now=self._now)
-        if cached is None:
-            metadata = {
-                entity: self._dataverse.get_entity_metadata(entity.value, refresh=refresh) for entity in EntityType
-            }
-            cached = schema_cache.trimmed(
-                self._configured, metadata, self._marketo.describe(refresh=refresh), now=self._now
-            )
-            schema_cache.save(self._store, cached)
-        self._metadata = dict(cached.metadata)
-        self._described = dict(cached.described)
-        self.drift = drift(self._configured, described=self._described, metadata=self._metadata)
-        if self.drift:
-            log.warning("field map drift: %d field(s) missing on one side; they are not synced", len(self.drift))
-        dropped = [(item.entity, key) for item in self.drift for key in item.keys]
-        active = self._configured.without(dropped)
-        options: dict[str, dict[int, str]] = {}
-        for mapping in active.fields:
-            for entity in EntityType:
-                column = mapping.column(entity)
-                attribute = self._metadata[entity].attributes.get(column) if column else None
-                if attribute is not None and attribute.options and mapping.key not in options:
-                    options[mapping.key] = dict(attribute.options)
-        self.field_map = active.with_options(options)
+        schema = schema_cache.active_schema(
+            self._store, self._marketo, self._dataverse, self._configured, now=self._now, refresh=refresh
+        )
+        self._metadata = schema.metadata
+        self._described = schema.described
+        self.drift = schema.drift
+        self.field_map = schema.field_map
 
     def marketo_fields(self) -> list[str]:
         return self.field_map.marketo_fields

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from sync_core.dataverse import DataverseClient
 from sync_core.errors import RecordError, StateConflictError
 from sync_core.fieldmap import FieldMap
+from sync_core.marketo import MarketoClient
 from sync_core.schema import EntityMeta, MarketoFieldMeta, RequiredLevel
 from sync_core.state import Cursor, EntityType, StateStore
+from sync_core.validate import DriftItem, drift
 
 log = logging.getLogger(__name__)
 
@@ -92,3 +96,45 @@ def save(store: StateStore, schema: Schema) -> None:
         store.put_cursor(Cursor(name=ROW, value=value, etag=current.etag if current else None))
     except (StateConflictError, RecordError) as err:  # a concurrent writer, or too large for one row
         log.info("schema not cached: %s", type(err).__name__)
+
+
+@dataclass(frozen=True)
+class ActiveSchema:
+    """Both sides' schema and what follows from it for the configured map."""
+
+    metadata: dict[EntityType, EntityMeta]
+    described: dict[str, MarketoFieldMeta]
+    drift: list[DriftItem]
+    field_map: FieldMap  # the map in force: configured, minus drifted fields, with option labels
+
+
+def active_schema(
+    store: StateStore,
+    marketo: MarketoClient,
+    dataverse: DataverseClient,
+    configured: FieldMap,
+    *,
+    now: datetime,
+    refresh: bool = False,
+) -> ActiveSchema:
+    """The schema from the hour-long cache, else from the services (and cached); ``refresh``: a
+    service refused a field, so read both again."""
+    cached = None if refresh else load(store, configured, now=now)
+    if cached is None:
+        metadata = {entity: dataverse.get_entity_metadata(entity.value, refresh=refresh) for entity in EntityType}
+        cached = trimmed(configured, metadata, marketo.describe(refresh=refresh), now=now)
+        save(store, cached)
+    metadata = dict(cached.metadata)
+    described = dict(cached.described)
+    drifted = drift(configured, described=described, metadata=metadata)
+    if drifted:
+        log.warning("field map drift: %d field(s) missing on one side; they are not synced", len(drifted))
+    active = configured.without([(item.entity, key) for item in drifted for key in item.keys])
+    options: dict[str, dict[int, str]] = {}
+    for mapping in active.fields:
+        for entity in EntityType:
+            column = mapping.column(entity)
+            attribute = metadata[entity].attributes.get(column) if column else None
+            if attribute is not None and attribute.options and mapping.key not in options:
+                options[mapping.key] = dict(attribute.options)
+    return ActiveSchema(metadata, described, drifted, active.with_options(options))

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import httpx
 from azure.core.credentials import TokenCredential
@@ -451,6 +452,56 @@ class DataverseClient:
         ):
             rows.extend(self._get_all("find_by_emails", url, {"$select": columns, "$filter": condition}))
         return rows
+
+    def query_batch(self, queries: Sequence[tuple[str, Mapping[str, str]]]) -> list[list[dict[str, Any]]]:
+        """Several small queries (``(entity_set, {"$select": …, "$filter": …, "$top": …})``) in one
+        ``$batch`` call: one list of rows per query, in order (first page only: keep them small).
+
+        Filters must be built with ``_odata`` literals, as everywhere. A query the service refuses
+        raises ``ApiError`` (a throttled part raises ``RateLimitedError``)."""
+        if not queries:
+            return []
+        if len(queries) > MAX_BATCH_SIZE:
+            raise ValueError(f"at most {MAX_BATCH_SIZE} queries per $batch")
+        api_path = self._api_url.path
+        parts = [
+            BatchPart("GET", f"{api_path}/{_odata.identifier(entity_set)}?{urlencode(params, quote_via=quote)}")
+            for entity_set, params in queries
+        ]
+        content_type, payload = build_batch(parts)
+        response = self._send(
+            "query_batch",
+            "POST",
+            self._url("$batch"),
+            content=payload,
+            headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
+            idempotent=True,
+        )
+        try:
+            answers = read_batch(response.headers.get("Content-Type", ""), response.content)
+        except ValueError as err:
+            raise ApiError("dataverse $batch: unreadable answer", service=SERVICE) from err
+        if len(answers) != len(queries):
+            raise ApiError(f"dataverse $batch: {len(answers)} answers for {len(queries)} queries", service=SERVICE)
+        results: list[list[dict[str, Any]]] = []
+        for answer in answers:
+            if answer.status == 429:
+                raise RateLimitedError(
+                    "dataverse $batch: a query was throttled",
+                    service=SERVICE,
+                    retry_after=parse_retry_after(answer.headers.get("retry-after")),
+                )
+            body = answer.body if isinstance(answer.body, dict) else {}
+            if answer.status >= 400:
+                error = body.get("error") or {}
+                raise ApiError(
+                    f"dataverse $batch query refused: {error.get('message') or answer.status}",
+                    service=SERVICE,
+                    status=answer.status,
+                    code=error.get("code"),
+                )
+            results.append([_strip_annotations(row) for row in body.get("value") or []])
+        return results
 
     # -- single-record writes --------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ functions' own binding metadata. It owns no sync logic.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib
 import inspect
@@ -18,9 +19,11 @@ import json
 import logging
 import os
 import re
+import signal
+import sys
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +34,8 @@ import azure.functions as func
 from azure.functions.timer import TimerRequest
 
 from sync_core._ncrontab import Schedule
+from sync_core.services import close_services
+from sync_core.settings import DEFAULT_SCHEDULE
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +193,9 @@ class LocalHost:
         run_timers: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.routes, self.timers = discover(app, os.environ if environ is None else environ)
+        # Settings with a documented default (design §7) resolve to it when unset, as Settings does.
+        settings = {"SYNC_SCHEDULE": DEFAULT_SCHEDULE, **(os.environ if environ is None else environ)}
+        self.routes, self.timers = discover(app, settings)
         self._server = _HostServer(port, self.routes)
         self._clock = clock
         self._stopping = threading.Event()
@@ -239,3 +246,40 @@ def load_app(module: str = "function_app") -> func.FunctionApp:
     if not isinstance(app, func.FunctionApp):
         raise TypeError(f"{module}.app is not an azure.functions.FunctionApp")
     return app
+
+
+def host_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sync_core host --port P``: serve ``function_app`` until SIGINT/SIGTERM.
+
+    Prints one JSON line (``{"url": …, "routes": […], "timers": […]}``) once it listens."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sync_core host",
+        description="A local stand-in for the Functions host: serves function_app's HTTP functions under "
+        "/api/... on 127.0.0.1 and fires its timers on their schedules (SYNC_SCHEDULE).",
+    )
+    parser.add_argument("--port", type=int, default=7071, help="port on 127.0.0.1 (default 7071; 0: any free port)")
+    parser.add_argument("--no-timers", action="store_true", help="serve HTTP only; do not run the sync timer")
+    parser.add_argument("--app", default="function_app", help="module holding the FunctionApp (default: function_app)")
+    args = parser.parse_args(argv)
+    try:
+        host = LocalHost(load_app(args.app), port=args.port, run_timers=not args.no_timers)
+    except (KeyError, ImportError, TypeError, OSError) as err:
+        print(f"host: {err}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        host.start()
+        line = {
+            "url": host.base_url,
+            "routes": sorted(r.pattern.pattern for r in host.routes),
+            "timers": [t.name for t in host.timers] if not args.no_timers else [],
+        }
+        print(json.dumps(line), flush=True)
+        stop.wait()
+    finally:
+        host.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        close_services()  # the wiring the functions built, if any
+    return 0

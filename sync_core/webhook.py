@@ -1,0 +1,366 @@
+"""The "Sync Person to Microsoft" webhook (design B4, §7): Marketo creates the person in Dynamics in
+real time when no record exists for them, and otherwise does nothing (it never forces a sync).
+
+One call, in order:
+
+1. the front door (``_webhook_request``): size, ``X-Sync-Secret``, body schema; a refusal is a
+   4xx with reasons and nothing is read or written;
+2. a link in the state store already → ``exists`` (no API call at all);
+3. a claim ``sync-person:<leadId>`` (insert-if-absent in Table Storage): of N concurrent calls for
+   one person one does the work; the others wait for its answer (up to ``CLAIM_WAIT``) and answer
+   ``exists`` with the same record. An unfinished claim older than ``CLAIM_STALE`` (its owner
+   died) and a finished one older than ``CLAIM_KEEP`` are taken over, so an old claim never blocks;
+4. the person read from Marketo by id (the body is never trusted for values); one Dataverse
+   ``$batch`` looks for a lead or contact with the person's email, or with the id the person's
+   ``microsoftId`` names → ``exists``, nothing written;
+5. the lead payload (mapped fields, ``createDefaults``, the owner) validated against Dataverse
+   metadata, and for ``syncAs: contact`` the contact's too → 422 with reasons and one
+   ``microsoftSyncFailed`` activity, nothing created;
+6. create the lead (and ``QualifyLead`` it into a contact for ``syncAs: contact``), write the
+   link and its baseline (so the next cycle sees nothing to do), finish the claim, set
+   ``microsoftType``/``microsoftId``/``microsoftCreatedDate`` on the person.
+
+API calls for a created lead, warm: Marketo read, Dataverse ``$batch``, Dataverse create, Marketo
+write: 4 (``QualifyLead`` adds one for a contact). The clients retry briefly (a webhook caller
+waits seconds, not minutes); Marketo or Dataverse down or throttled → 503 with ``Retry-After``,
+and since nothing is written before the create, nothing is half-written. Logs carry the lead id
+and outcomes only, never person values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sync_core import _odata
+from sync_core._apply import ENTITY_SETS, LEAD_QUALIFIED, LEAD_STATE, MICROSOFT_TYPES, PRIMARY_IDS
+from sync_core._retry import RetryPolicy
+from sync_core._schema_cache import ActiveSchema, active_schema
+from sync_core._webhook_request import MAX_BODY_BYTES, Refusal, SyncPersonRequest, read_request
+from sync_core.activity import SyncFailure, log_sync_failures
+from sync_core.dataverse import DataverseClient
+from sync_core.errors import (
+    ConfigError,
+    QuotaExceededError,
+    RateLimitedError,
+    RecordError,
+    StateConflictError,
+    SyncError,
+    TransientError,
+)
+from sync_core.fieldmap import FieldValueError, Unreadable, canonical_values
+from sync_core.marketo import MarketoClient
+from sync_core.services import Services, services_from_env
+from sync_core.state import Claim, Direction, EntityType, Link, StateStore
+from sync_core.validate import dataverse_problems
+
+log = logging.getLogger(__name__)
+
+CLAIM_WAIT = 10.0  # seconds a concurrent call waits for the claim holder's answer
+CLAIM_POLL = 0.2
+CLAIM_STALE = timedelta(minutes=2)  # an unfinished claim this old: its owner died
+CLAIM_KEEP = timedelta(minutes=10)  # a finished claim answers repeats this long (then the link does)
+RETRY_AFTER_DEFAULT = 30
+RETRY_AFTER_QUOTA = 3600
+# Marketo gives a webhook 30 s: two attempts, a few seconds of waiting at most, then 503.
+WEBHOOK_RETRY = RetryPolicy(max_attempts=2, initial_delay=0.25, max_delay=1.0, max_retry_after=2.0, max_total_wait=3.0)
+SYNC_FIELDS = ("microsoftType", "microsoftId", "microsoftIsDeleted")
+OWNER_BIND = "ownerid@odata.bind"
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> str:
+        return json.dumps(self.body, separators=(",", ":"))
+
+
+def _refused(refusal: Refusal) -> Answer:
+    return Answer(refusal.status, refusal.body())
+
+
+def _exists(entity: EntityType, dynamics_id: str) -> Answer:
+    return Answer(200, {"status": "exists", "entity": entity.value, "dynamicsId": dynamics_id})
+
+
+def _unavailable(reason: str, retry_after: float | None) -> Answer:
+    seconds = max(1, math.ceil(retry_after)) if retry_after else RETRY_AFTER_DEFAULT
+    return Answer(503, {"status": "unavailable", "reasons": [reason]}, {"Retry-After": str(seconds)})
+
+
+def handle_sync_person(
+    environ: Mapping[str, str],
+    *,
+    body: bytes,
+    headers: Mapping[str, str],
+    services: Services | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    sleep: Callable[[float], None] = time.sleep,
+) -> Answer:
+    """The whole webhook call; never raises (every outcome is an ``Answer``)."""
+    if len(body) > MAX_BODY_BYTES:  # before anything else, even the settings
+        return _refused(Refusal(413, [f"body is larger than {MAX_BODY_BYTES} bytes"]))
+    try:
+        services = services or services_from_env(environ)
+    except ConfigError as err:
+        log.error("sync-person: the app is not configured: %s", "; ".join(err.problems))
+        return Answer(500, {"status": "error", "reasons": ["the sync is not configured; see the function log"]})
+    secret = services.settings.webhook_shared_secret
+    request = read_request(body, headers, secret.get_secret_value() if secret else None)
+    if isinstance(request, Refusal):
+        log.info("sync-person: refused with %d", request.status)
+        return _refused(request)
+    try:
+        answer = _SyncPerson(services, request, clock=clock, sleep=sleep).run()
+    except (RateLimitedError, QuotaExceededError, TransientError) as err:
+        retry_after = getattr(err, "retry_after", None)
+        if isinstance(err, QuotaExceededError):
+            retry_after = RETRY_AFTER_QUOTA
+        log.warning(
+            "sync-person %d: %s unavailable (%s)", request.lead_id, err.service or "a service", type(err).__name__
+        )
+        answer = _unavailable(f"{err.service or 'a service'} is unavailable or throttled; try again later", retry_after)
+    except SyncError as err:
+        log.error("sync-person %d: failed: %s", request.lead_id, type(err).__name__)
+        answer = Answer(502, {"status": "error", "reasons": [f"{type(err).__name__}: the call could not be completed"]})
+    log.info("sync-person %d: %d %s", request.lead_id, answer.status, answer.body.get("status"))
+    return answer
+
+
+class _SyncPerson:
+    def __init__(
+        self,
+        services: Services,
+        request: SyncPersonRequest,
+        *,
+        clock: Callable[[], datetime],
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.request = request
+        self.store: StateStore = services.store
+        self.marketo: MarketoClient = services.marketo.with_retry_policy(WEBHOOK_RETRY)
+        self.dataverse: DataverseClient = services.dataverse.with_retry_policy(WEBHOOK_RETRY)
+        self.configured = services.field_map
+        self.clock = clock
+        self.sleep = sleep
+        self.key = f"sync-person:{request.lead_id}"
+
+    def run(self) -> Answer:
+        link = self._link()
+        if link is not None:
+            return _exists(link.entity, link.dataverse_id)
+        taken = self._claim()
+        if isinstance(taken, Answer):
+            return taken
+        finished = False
+        try:
+            link = self._link()  # a call that finished between our first look and our claim
+            answer = _exists(link.entity, link.dataverse_id) if link is not None else self._create()
+            if answer.status == 200:
+                self.store.complete_claim(taken, {k: answer.body[k] for k in ("entity", "dynamicsId")})
+                finished = True
+            return answer
+        finally:
+            if not finished:
+                self._release(taken)
+
+    # -- the claim --------------------------------------------------------------------------------
+
+    def _link(self) -> Link | None:
+        return self.store.get_links_by_marketo_ids([self.request.lead_id]).get(self.request.lead_id)
+
+    def _claim(self) -> Claim | Answer:
+        owner = uuid.uuid4().hex
+        deadline = time.monotonic() + CLAIM_WAIT
+        while True:
+            claim = self.store.try_claim(self.key, owner=owner, now=self.clock())
+            if claim is not None:
+                return claim
+            current = self.store.get_claim(self.key)
+            if current is None:
+                continue  # released between our two reads: try again at once
+            age = self.clock() - current.created_at
+            if current.result is not None and age <= CLAIM_KEEP:
+                return Answer(200, {**current.result, "status": "exists"})
+            if (current.result is not None and age > CLAIM_KEEP) or age > CLAIM_STALE:
+                self._release(current)  # an old answer, or a holder that died: take it over
+                continue
+            if time.monotonic() >= deadline:
+                return _unavailable("another call for this person is still in progress", 5)
+            self.sleep(CLAIM_POLL)
+
+    def _release(self, claim: Claim) -> None:
+        try:
+            self.store.release_claim(claim)
+        except StateConflictError:
+            pass  # someone else took it over or finished it meanwhile: theirs stands
+        except SyncError:
+            log.warning("sync-person: claim %s could not be released; it expires by itself", claim.key)
+
+    # -- the work ---------------------------------------------------------------------------------
+
+    def _create(self) -> Answer:
+        lead_id = self.request.lead_id
+        schema = active_schema(self.store, self.marketo, self.dataverse, self.configured, now=self.clock())
+        fields = sorted({*schema.field_map.marketo_fields, *SYNC_FIELDS})
+        people = self.marketo.get_leads([lead_id], fields=fields)
+        if not people:
+            return Answer(404, {"status": "refused", "reasons": [f"no Marketo person has id {lead_id}"]})
+        person = people[0]
+        found = self._find_existing(schema, person)
+        if found is not None:
+            return _exists(*found)
+
+        values = canonical_values(schema.field_map.fields, person, side="marketo")
+        target = EntityType.CONTACT if self.request.sync_as == "contact" else EntityType.LEAD
+        lead_payload, problems = self._payload(schema, EntityType.LEAD, values)
+        if target is EntityType.CONTACT:
+            _, contact_problems = self._payload(schema, EntityType.CONTACT, values)
+            problems += [f"as a contact: {problem}" for problem in contact_problems]
+        if problems:
+            return self._reject(target, problems)
+        if self.request.owner_id:
+            lead_payload[OWNER_BIND] = f"/systemusers({self.request.owner_id})"
+
+        try:
+            dynamics_id = self.dataverse.create(ENTITY_SETS[EntityType.LEAD], lead_payload)
+        except RecordError as err:
+            return self._reject(target, [f"Dynamics refused the lead: {reason}" for reason in err.reasons])
+        created_at = self.clock()
+        body: dict[str, Any] = {"status": "created", "entity": EntityType.LEAD.value, "dynamicsId": dynamics_id}
+        link = Link(
+            marketo_id=lead_id,
+            entity=EntityType.LEAD,
+            dataverse_id=dynamics_id,
+            baseline=self._baseline(schema, EntityType.LEAD, values),
+            updated_at=created_at,
+        )
+        warnings: list[str] = []
+        if target is EntityType.CONTACT:
+            try:
+                contact_id = self.dataverse.qualify_lead(dynamics_id)
+            except (RecordError, TransientError) as err:
+                # The lead stands and is linked; qualifying it is left to Dynamics users.
+                reasons = err.reasons if isinstance(err, RecordError) else [f"{err.service} unavailable"]
+                warnings.append("the lead was created but not qualified into a contact: " + "; ".join(reasons))
+                self._log_failures([SyncFailure(lead_id, EntityType.CONTACT, Direction.TO_DYNAMICS, tuple(reasons))])
+            else:
+                link = Link(
+                    marketo_id=lead_id,
+                    entity=EntityType.CONTACT,
+                    dataverse_id=contact_id,
+                    baseline=self._baseline(schema, EntityType.CONTACT, values),
+                    originating_lead_id=dynamics_id,
+                    updated_at=created_at,
+                )
+                body.update(entity=EntityType.CONTACT.value, dynamicsId=contact_id, leadId=dynamics_id)
+        self.store.upsert_links([link])
+        warnings += self._mark_person(link, created_at)
+        if warnings:
+            body["warnings"] = warnings
+        return Answer(200, body)
+
+    def _find_existing(self, schema: ActiveSchema, person: Mapping[str, Any]) -> tuple[EntityType, str] | None:
+        """A contact, else a lead, with the person's email or the id in its ``microsoftId``: one $batch."""
+        queries: list[tuple[EntityType, tuple[str, dict[str, str]]]] = []
+        known_id = str(person.get("microsoftId") or "").strip().lower()
+        known_type = str(person.get("microsoftType") or "").strip().lower()
+        for entity in (EntityType.CONTACT, EntityType.LEAD):
+            primary = PRIMARY_IDS[entity]
+            select = _odata.select_clause([primary, LEAD_STATE] if entity is EntityType.LEAD else [primary])
+            conditions: list[str] = []
+            mapping = schema.field_map.email_field(entity) if _has_email(schema, entity) else None
+            column = mapping.column(entity) if mapping else None
+            email = person.get(mapping.marketo) if mapping else None
+            if column and isinstance(email, str) and email.strip():
+                conditions.append(f"{_odata.identifier(column)} eq {_odata.quote_literal(email.strip())}")
+            if known_id and known_type == entity.value:
+                with contextlib.suppress(ValueError):  # not a GUID: it cannot name a record
+                    conditions.append(f"{primary} eq {_odata.guid_literal(known_id)}")
+            if conditions:
+                params = {"$select": select, "$filter": " or ".join(conditions), "$top": "10"}
+                queries.append((entity, (ENTITY_SETS[entity], params)))
+        if not queries:
+            return None
+        answers = self.dataverse.query_batch([query for _, query in queries])
+        for (entity, _), rows in zip(queries, answers, strict=True):
+            if not rows:
+                continue
+            # An open lead rather than one already qualified; any contact.
+            rows = sorted(rows, key=lambda row: row.get(LEAD_STATE) == LEAD_QUALIFIED)
+            return entity, str(rows[0][PRIMARY_IDS[entity]]).lower()
+        return None
+
+    def _payload(
+        self, schema: ActiveSchema, entity: EntityType, values: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The create body for ``entity`` and what Dataverse would refuse in it."""
+        payload: dict[str, Any] = dict(schema.field_map.create_defaults.get(entity, {}))
+        problems: list[str] = []
+        for mapping in schema.field_map.for_entity(entity):
+            value = values.get(mapping.key)
+            column = mapping.column(entity)
+            if column is None or value is None:
+                continue
+            if isinstance(value, Unreadable):
+                problems.append(f"{mapping.marketo}: {value.reason}")
+                continue
+            try:
+                payload[column] = mapping.to_dataverse(value)
+            except FieldValueError as err:
+                problems.append(str(err))
+        problems += dataverse_problems(schema.metadata[entity], payload, creating=True)
+        return payload, problems
+
+    @staticmethod
+    def _baseline(schema: ActiveSchema, entity: EntityType, values: Mapping[str, Any]) -> dict[str, Any]:
+        """What both sides now hold, per mapped field of ``entity`` (None where the person had nothing)."""
+        return {mapping.key: values.get(mapping.key) for mapping in schema.field_map.for_entity(entity)}
+
+    def _reject(self, entity: EntityType, problems: list[str]) -> Answer:
+        self._log_failures([SyncFailure(self.request.lead_id, entity, Direction.TO_DYNAMICS, tuple(problems))])
+        return Answer(422, {"status": "rejected", "reasons": problems})
+
+    def _log_failures(self, failures: list[SyncFailure]) -> None:
+        try:
+            log_sync_failures(self.marketo, failures)
+        except SyncError as err:  # the answer already carries the reasons
+            log.warning(
+                "sync-person %d: the activity could not be logged (%s)", self.request.lead_id, type(err).__name__
+            )
+
+    def _mark_person(self, link: Link, created_at: datetime) -> list[str]:
+        """The sync-owned person fields; a failure here leaves the record and link standing."""
+        values = {
+            "id": link.marketo_id,
+            "microsoftType": MICROSOFT_TYPES[link.entity],
+            "microsoftId": link.dataverse_id,
+            "microsoftCreatedDate": created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "microsoftIsDeleted": False,
+        }
+        try:
+            results = self.marketo.sync_leads([values], action="updateOnly", lookup_field="id")
+        except SyncError as err:
+            return [f"the person's microsoft fields were not set: {type(err).__name__}"]
+        if not results[0].ok:
+            return ["the person's microsoft fields were not set: " + "; ".join(r.message for r in results[0].reasons)]
+        return []
+
+
+def _has_email(schema: ActiveSchema, entity: EntityType) -> bool:
+    try:
+        schema.field_map.email_field(entity)
+    except ConfigError:
+        return False
+    return True
