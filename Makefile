@@ -61,6 +61,7 @@ bench: setup
 	$(BIN)/python bench/bench_tables.py
 	$(BIN)/python bench/bench_sandbox_marketo.py
 	$(BIN)/python bench/bench_clients.py
+	$(BIN)/python bench/bench_webhook.py --calls 100
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -496,3 +496,25 @@ def test_a_fresh_instance_reads_the_schema_from_the_state_store_not_the_services
     assert "dataverse.get_entity_metadata" not in operations
     assert "marketo.describe" not in operations
     assert world.dynamics_row(LEAD, lead_id)["jobtitle"] == "Cold start"  # type: ignore[index]
+
+
+def test_run_once_prints_progress_per_stage_and_the_json_report(world: World) -> None:
+    import io
+
+    from sync_core.engine import run_once_main
+
+    for i in range(3):
+        world.dynamics_lead(i)
+    person = world.marketo.create_lead({"email": "solo@example.com", "lastName": "Solo"})
+    assert person > 0
+    out, err = io.StringIO(), io.StringIO()
+    assert run_once_main([], environ=world.env, stdout=out, stderr=err) == 0
+    report = json.loads(out.getvalue())
+    assert report["outcome"] == "ok"
+    assert report["created"] == 3
+    lines = err.getvalue().splitlines()
+    assert "dataverse leads: 3" in lines
+    assert any(line.startswith("marketo changes: ") for line in lines)
+    quiet = io.StringIO()
+    assert run_once_main(["--quiet"], environ=world.env, stdout=io.StringIO(), stderr=quiet) == 0
+    assert quiet.getvalue() == ""
