@@ -34,6 +34,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import function_app
+from demo.sandbox_env import sandbox_settings
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
 from sandbox.azurite import run_azurite
 from sync_core.host import LocalHost
@@ -76,17 +77,14 @@ def run(calls: int, *, rate: float, rate_share: float) -> dict[str, Any]:
     marketo_url, dataverse_url = parent.recv()
     try:
         with run_azurite() as connection:
-            env = {
-                "MARKETO_BASE_URL": marketo_url,
-                "MARKETO_CLIENT_ID": "sandbox-client-id",
-                "MARKETO_CLIENT_SECRET": "sandbox-client-secret",
-                "DATAVERSE_URL": dataverse_url,
-                "DATAVERSE_STATIC_TOKEN": "sandbox-token",
-                "SYNC_TABLES_CONNECTION": connection,
-                "SYNC_TABLE_PREFIX": "w" + uuid.uuid4().hex[:10],
-                "WEBHOOK_SHARED_SECRET": SECRET,
-                "MARKETO_RATE_SHARE": str(rate_share),
-            }
+            env = sandbox_settings(
+                marketo_url,
+                dataverse_url,
+                tables_connection=connection,
+                table_prefix="w" + uuid.uuid4().hex[:10],
+                WEBHOOK_SHARED_SECRET=SECRET,
+                MARKETO_RATE_SHARE=str(rate_share),
+            )
             os.environ.update(env)
             counters = services_for(Settings.from_env(env)).counters
             with (

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 from azure.functions.timer import TimerRequest
 
+from demo.sandbox_env import sandbox_settings
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
 from sandbox.azurite import AzuriteNotInstalled, run_azurite
 
@@ -238,16 +239,13 @@ def world() -> Iterator[Demo]:
         try:
             prefix = "demo" + uuid.uuid4().hex[:8]
             os.environ.update(
-                {
-                    "MARKETO_BASE_URL": sandbox.marketo_url,
-                    "MARKETO_CLIENT_ID": "sandbox-client-id",
-                    "MARKETO_CLIENT_SECRET": "sandbox-client-secret",
-                    "DATAVERSE_URL": sandbox.dataverse_url,
-                    "DATAVERSE_STATIC_TOKEN": "sandbox-token",
-                    "SYNC_TABLES_CONNECTION": connection,
-                    "SYNC_TABLE_PREFIX": prefix,
-                    "WEBHOOK_SHARED_SECRET": SECRET,
-                }
+                sandbox_settings(
+                    sandbox.marketo_url,
+                    sandbox.dataverse_url,
+                    tables_connection=connection,
+                    table_prefix=prefix,
+                    WEBHOOK_SHARED_SECRET=SECRET,
+                )
             )
             store = TableStateStore.from_connection_string(connection, prefix=prefix)
             # The demo fires the timer itself, step by step, so the host serves HTTP only.

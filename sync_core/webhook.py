@@ -239,13 +239,20 @@ class _SyncPerson:
             return self._reject(target, [f"Dynamics refused the lead: {reason}" for reason in err.reasons])
         created_at = self.clock()
         body: dict[str, Any] = {"status": "created", "entity": EntityType.LEAD.value, "dynamicsId": dynamics_id}
-        link = Link(
-            marketo_id=lead_id,
-            entity=EntityType.LEAD,
-            dataverse_id=dynamics_id,
-            baseline=self._baseline(schema, EntityType.LEAD, values),
-            updated_at=created_at,
-        )
+
+        def link_to(entity: EntityType, dataverse_id: str, originating_lead_id: str | None = None) -> Link:
+            """The link and its baseline: what both sides now hold, per mapped field of ``entity``."""
+            mappings = schema.field_map.for_entity(entity)
+            return Link(
+                marketo_id=lead_id,
+                entity=entity,
+                dataverse_id=dataverse_id,
+                baseline={mapping.key: values.get(mapping.key) for mapping in mappings},
+                originating_lead_id=originating_lead_id,
+                updated_at=created_at,
+            )
+
+        link = link_to(EntityType.LEAD, dynamics_id)
         warnings: list[str] = []
         if target is EntityType.CONTACT:
             try:
@@ -256,14 +263,7 @@ class _SyncPerson:
                 warnings.append("the lead was created but not qualified into a contact: " + "; ".join(reasons))
                 self._log_failures([SyncFailure(lead_id, EntityType.CONTACT, Direction.TO_DYNAMICS, tuple(reasons))])
             else:
-                link = Link(
-                    marketo_id=lead_id,
-                    entity=EntityType.CONTACT,
-                    dataverse_id=contact_id,
-                    baseline=self._baseline(schema, EntityType.CONTACT, values),
-                    originating_lead_id=dynamics_id,
-                    updated_at=created_at,
-                )
+                link = link_to(EntityType.CONTACT, contact_id, originating_lead_id=dynamics_id)
                 body.update(entity=EntityType.CONTACT.value, dynamicsId=contact_id, leadId=dynamics_id)
         self.store.upsert_links([link])
         warnings += self._mark_person(link, created_at)
@@ -322,11 +322,6 @@ class _SyncPerson:
                 problems.append(str(err))
         problems += dataverse_problems(schema.metadata[entity], payload, creating=True)
         return payload, problems
-
-    @staticmethod
-    def _baseline(schema: ActiveSchema, entity: EntityType, values: Mapping[str, Any]) -> dict[str, Any]:
-        """What both sides now hold, per mapped field of ``entity`` (None where the person had nothing)."""
-        return {mapping.key: values.get(mapping.key) for mapping in schema.field_map.for_entity(entity)}
 
     def _reject(self, entity: EntityType, problems: list[str]) -> Answer:
         self._log_failures([SyncFailure(self.request.lead_id, entity, Direction.TO_DYNAMICS, tuple(problems))])

@@ -16,6 +16,7 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 import function_app
+from demo.sandbox_env import sandbox_settings
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
 from sync_core.services import close_services
 from sync_core.settings import Settings
@@ -92,17 +93,13 @@ class World:
 
 
 def environment(sandbox: SandboxServers, connection: str, prefix: str, **extra: str) -> dict[str, str]:
-    return {
-        "MARKETO_BASE_URL": sandbox.marketo_url,
-        "MARKETO_CLIENT_ID": "sandbox-client-id",
-        "MARKETO_CLIENT_SECRET": "sandbox-client-secret",
-        "DATAVERSE_URL": sandbox.dataverse_url,
-        "DATAVERSE_STATIC_TOKEN": "sandbox-token",
-        "SYNC_TABLES_CONNECTION": connection,
-        "SYNC_TABLE_PREFIX": prefix,
-        "WEBHOOK_SHARED_SECRET": SECRET,
-        **extra,
-    }
+    return sandbox_settings(
+        sandbox.marketo_url,
+        sandbox.dataverse_url,
+        tables_connection=connection,
+        table_prefix=prefix,
+        **{"WEBHOOK_SHARED_SECRET": SECRET, **extra},
+    )
 
 
 @pytest.fixture
