@@ -1,6 +1,7 @@
 # Everything a fresh machine needs, from Python 3.11, Node/npm and make alone.
 #   make test   venv + pip installs + Azurite (npm) + ruff + mypy + checkov (infra/) + pytest
 #   make demo   the end-to-end demo on the embedded sandbox and Azurite
+#   make bench  the benchmarks; BENCH_SIZES=1000,10000,100000 for a longer sync-cycle run
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,6 +11,8 @@ NODE_STAMP := node_modules/.installed
 CHECKOV_VERSION := 3.3.30
 CHECKOV_VENV    := .venv-checkov
 CHECKOV_STAMP   := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+# Changes per measured sync cycle in bench/bench_cycle.py (100000 takes hours on Azurite 3.35).
+BENCH_SIZES ?= 1000,10000
 
 .PHONY: setup lint fmt browser infra-check test demo bench clean
 
@@ -61,6 +64,7 @@ bench: setup
 	$(BIN)/python bench/bench_tables.py
 	$(BIN)/python bench/bench_sandbox_marketo.py
 	$(BIN)/python bench/bench_clients.py
+	$(BIN)/python bench/bench_cycle.py --sizes $(BENCH_SIZES)
 	$(BIN)/python bench/bench_webhook.py --calls 100
 
 clean:

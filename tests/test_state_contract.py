@@ -6,9 +6,10 @@ transaction sizes on the Table store it reads them off the wire (the ``$batch`` 
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -19,7 +20,7 @@ from azure.core.pipeline import PipelineRequest
 from azure.data.tables import TableServiceClient, TableTransactionError
 from pydantic import ValidationError
 
-from sync_core.errors import ApiError, LeaseHeldError, RecordError, StateConflictError
+from sync_core.errors import ApiError, LeaseHeldError, RecordError, StateConflictError, TransientError
 from sync_core.state import (
     Claim,
     Collision,
@@ -37,7 +38,8 @@ from sync_core.state import (
 )
 from sync_core.state._keys import RowOp
 from sync_core.state._memory import MemoryRows
-from sync_core.state._rows import Rows
+from sync_core.state._rows import Rows, StoredRow
+from sync_core.state._store import RowStateStore
 from sync_core.state._table import AzureRows
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -340,6 +342,41 @@ def test_250_links_go_in_transactions_of_at_most_100_operations(subject: Subject
     by_dataverse = store.get_links_by_dataverse_ids(EntityType.LEAD, [link.dataverse_id for link in links[:30]])
     assert len(by_dataverse) == 30
     assert sorted(link.marketo_id for link in store.iter_links()) == list(range(1, 251))
+
+
+class _MeetingRows(MemoryRows):
+    """Memory rows whose first two queries wait for each other: they only return if sent side by side."""
+
+    def __init__(self, *, fail_on: str | None = None) -> None:
+        super().__init__()
+        self._first_two = threading.Barrier(2, timeout=5)
+        self._calls = itertools.count()
+        self._fail_on = fail_on
+
+    def query_rows(self, table: str, partition: str, rows: Sequence[str]) -> list[StoredRow]:
+        if next(self._calls) < 2:
+            self._first_two.wait()
+        if self._fail_on is not None and self._fail_on in rows:
+            raise TransientError("Table Storage query: connection failed", service="tables")
+        return super().query_rows(table, partition, rows)
+
+
+def test_one_lookups_queries_are_sent_side_by_side_and_answer_in_key_order() -> None:
+    rows = _MeetingRows()
+    store = RowStateStore(rows, prefix="p", query_workers=8)
+    links = [_link(marketo_id) for marketo_id in range(1, 251)]
+    store.upsert_links(links)
+    found = store.get_links_by_marketo_ids(range(250, 0, -1))
+    assert list(found.items()) == [(link.marketo_id, link) for link in links]
+    assert rows.counters.reads == math.ceil(250 / 14)  # the same queries as one at a time
+
+
+def test_a_failed_query_fails_the_whole_lookup() -> None:
+    rows = _MeetingRows(fail_on="m:000000000200")
+    store = RowStateStore(rows, prefix="p", query_workers=8)
+    store.upsert_links([_link(marketo_id) for marketo_id in range(1, 251)])
+    with pytest.raises(TransientError):
+        store.get_links_by_marketo_ids(range(1, 251))
 
 
 def test_ids_with_quotes_cannot_widen_a_lookup(store: StateStore) -> None:

@@ -25,6 +25,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -85,11 +86,18 @@ class TableNames:
 
 
 class RowStateStore:
-    """``StateStore`` over a ``Rows`` backend; see the module docstring for the layout."""
+    """``StateStore`` over a ``Rows`` backend; see the module docstring for the layout.
 
-    def __init__(self, rows: Rows, *, prefix: str) -> None:
+    ``query_workers``: how many of one lookup's ``$filter`` queries may be in flight at once. They
+    are independent reads, so a backend over the network (each query a round trip) sends them
+    side by side; in memory there is nothing to overlap."""
+
+    def __init__(self, rows: Rows, *, prefix: str, query_workers: int = 1) -> None:
+        if query_workers < 1:
+            raise ValueError("query_workers must be at least 1")
         self.tables = TableNames(prefix)
         self._rows = rows
+        self._query_workers = query_workers
 
     @property
     def counters(self) -> StoreCounters:
@@ -328,10 +336,16 @@ class RowStateStore:
         self._rows.delete_row(self.tables.claims, _CLAIM, encode_key(claim.key), etag=_need_etag(claim.etag, "claim"))
 
     # -- shared plumbing ----------------------------------------------------------------------------
-    def _query(self, table: str, partition: str, keys: Iterable[str]) -> Iterator[StoredRow]:
-        """Point-read many rows of one partition: one ``$filter`` per 14 keys, not one call per key."""
-        for chunk in chunks(sorted(set(keys)), MAX_KEYS_PER_QUERY):
-            yield from self._rows.query_rows(table, partition, chunk)
+    def _query(self, table: str, partition: str, keys: Iterable[str]) -> list[StoredRow]:
+        """Point-read many rows of one partition: one ``$filter`` per 14 keys, not one call per key,
+        up to ``query_workers`` of them at once; rows come back in key order either way."""
+        batches = list(chunks(sorted(set(keys)), MAX_KEYS_PER_QUERY))
+        workers = min(self._query_workers, len(batches))
+        if workers <= 1:
+            return [row for batch in batches for row in self._rows.query_rows(table, partition, batch)]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="state-query") as pool:
+            pages = list(pool.map(lambda batch: self._rows.query_rows(table, partition, batch), batches))
+        return [row for page in pages for row in page]
 
     def _transact(self, table: str, partition: str, groups: Iterable[Sequence[RowOp]]) -> None:
         for ops in pack_transactions(groups):

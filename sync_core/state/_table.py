@@ -223,12 +223,17 @@ def _sdk_operation(partition: str, op: RowOp) -> tuple[Any, ...]:
     return ("upsert", _entity(partition, op.row, op.props), {"mode": UpdateMode.REPLACE})
 
 
+# Lookups of one batch (a Dataverse page: up to 5000 ids, 358 queries) in flight at once. The
+# SDK's connection pool keeps 10 connections per host, so 8 reuse them without opening more.
+QUERY_WORKERS = 8
+
+
 class TableStateStore(RowStateStore):
     """The state store on Azure Table Storage; tables ``{prefix}state``, ``{prefix}links``, … ."""
 
     def __init__(self, service: TableServiceClient, *, prefix: str) -> None:
         self.service = service
-        super().__init__(AzureRows(service), prefix=prefix)
+        super().__init__(AzureRows(service), prefix=prefix, query_workers=QUERY_WORKERS)
 
     @classmethod
     def from_connection_string(cls, connection_string: str, *, prefix: str) -> TableStateStore:
