@@ -351,7 +351,9 @@ class _Cycle:
         applier = self.applier
         assert applier is not None
         delta_link = cursor.value if cursor else None
-        full_reread = False
+        # A read without a delta token (the first, or after an expired one) reports no deletions:
+        # links it does not see are to records deleted meanwhile (e.g. after a crashed first cycle).
+        full_reread = delta_link is None
         schema_checked = False
         while True:
             done = 0
@@ -393,12 +395,14 @@ class _Cycle:
         )
 
     def _deleted_while_expired(self, entity: EntityType, stage: Stage) -> None:
-        """After a full re-read: linked records it did not return were deleted while the token was stale."""
+        """After a full read: linked records it did not return were deleted while no token covered them.
+
+        Links made after the read began (the webhook's) are not expected in it and are left alone."""
         applier = self.applier
         assert applier is not None
         batch = []
         for link in self.engine._store.iter_links():
-            if link.entity is entity:
+            if link.entity is entity and (link.updated_at is None or link.updated_at <= self.started):
                 batch.append(link)
             if len(batch) >= 1000:
                 self._flag_unseen(entity, stage, batch)

@@ -487,6 +487,32 @@ def test_a_crash_before_the_cursor_commit_repeats_the_window_without_writing_twi
     assert json.dumps(world.dataverse.stats.to_json()["writes"], sort_keys=True) == writes
 
 
+def test_a_record_deleted_after_a_crashed_first_cycle_linked_it_is_flagged_not_left_linked(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contact_id = world.dynamics_contact(1)
+    real_put = type(world.store).put_cursor
+
+    def crash(self: Any, cursor: Any) -> Any:
+        if cursor.name == dataverse_cursor(CONTACT):
+            raise Crash
+        return real_put(self, cursor)
+
+    monkeypatch.setattr(type(world.store), "put_cursor", crash)
+    with pytest.raises(Crash):
+        world.cycle()  # the person is created and linked, but the contact table has no token yet
+    monkeypatch.setattr(type(world.store), "put_cursor", real_put)
+    person = int(world.person_of(contact_id)["id"])
+    assert world.link_of(person) is not None
+    world.dataverse.delete("contacts", contact_id)
+    # No token: the next read is a full one, which reports no deletions; the link it does not see goes.
+    report = world.cycle()
+    assert report.outcome == "ok"
+    assert world.link_of(person) is None
+    assert world.marketo.get_lead(person)["microsoftIsDeleted"] is True
+    assert report.report["flagged_deleted"] == 1
+
+
 def test_a_fresh_instance_reads_the_schema_from_the_state_store_not_the_services(world: World) -> None:
     lead_id, person = linked_lead(world, 1)  # a busy cycle: metadata and describe read, and kept
     close_services()  # the Functions instance goes away; the next cycle runs in a new one
