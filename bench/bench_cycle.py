@@ -20,11 +20,15 @@ Reported per N, next to the floor the batch sizes allow:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import multiprocessing as mp
+import os
+import pickle
 import resource
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -37,6 +41,7 @@ from sandbox.azurite import run_azurite
 from sync_core.engine import SyncEngine
 from sync_core.services import build_services
 from sync_core.settings import Settings
+from sync_core.state import MemoryStateStore
 
 
 def sandbox_process(conn: Any, n: int) -> None:
@@ -80,27 +85,49 @@ def _edit(servers: SandboxServers, n: int) -> dict[str, int]:
     return edited
 
 
-def measured_cycle(conn: Any, env: dict[str, str]) -> None:
-    """One cycle in a fresh process: its report, wall/CPU seconds and peak RSS."""
-    services = build_services(Settings.from_env(env))
+def _proc_status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def measured_cycle(conn: Any, env: dict[str, str], store_file: str | None) -> None:
+    """One cycle in a fresh process: its report, wall/CPU seconds and peak RSS.
+
+    With ``store_file`` (``--store memory``) the state is a memory store loaded from that pickle
+    (and saved back after the cycle); the peak is then reset after loading (Linux
+    ``/proc/self/clear_refs``), so ``cycle_added_mb`` is what the cycle itself adds."""
+    store = None
+    if store_file is not None:
+        store = MemoryStateStore(prefix=env["SYNC_TABLE_PREFIX"])
+        store._rows._tables = pickle.loads(Path(store_file).read_bytes())  # noqa: S301 - this run's own temp file
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")
+    base = _proc_status_mb("VmRSS")
+    services = build_services(Settings.from_env(env), store=store)
     started, cpu = time.perf_counter(), time.process_time()
     report = SyncEngine.from_services(services).run_cycle()
+    peak = _proc_status_mb("VmHWM") if store is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     conn.send(
         {
             "outcome": report.outcome,
             "report": report.report,
             "wall_seconds": round(time.perf_counter() - started, 2),
             "cpu_seconds": round(time.process_time() - cpu, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": round(peak, 1),
+            "cycle_added_mb": round(peak - base, 1),
         }
     )
     services.close()
+    if store is not None and store_file is not None:
+        Path(store_file).write_bytes(pickle.dumps(store._rows._tables))
 
 
-def in_fresh_process(env: dict[str, str]) -> dict[str, Any]:
+def in_fresh_process(env: dict[str, str], store_file: str | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=measured_cycle, args=(child, env))
+    process = ctx.Process(target=measured_cycle, args=(child, env, store_file))
     process.start()
     result: dict[str, Any] = parent.recv()
     process.join()
@@ -133,7 +160,7 @@ def api_summary(result: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def run_size(n: int, connection: str) -> dict[str, Any]:
+def run_size(n: int, connection: str, *, memory: bool = False) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     sandbox = ctx.Process(target=sandbox_process, args=(child, n))
@@ -149,8 +176,10 @@ def run_size(n: int, connection: str) -> dict[str, Any]:
         "SYNC_TABLES_CONNECTION": connection,
         "SYNC_TABLE_PREFIX": "b" + uuid.uuid4().hex[:10],
     }
+    store = MemoryStateStore(prefix=env["SYNC_TABLE_PREFIX"]) if memory else None
+    store_file = None
     try:
-        services = build_services(Settings.from_env(env))
+        services = build_services(Settings.from_env(env), store=store)
         engine = SyncEngine.from_services(services)
         setup_started = time.perf_counter()
         setup = []
@@ -163,10 +192,16 @@ def run_size(n: int, connection: str) -> dict[str, Any]:
         setup_seconds = time.perf_counter() - setup_started
         parent.send(("edit", 2 * n))
         changes = parent.recv()
-        result = in_fresh_process(env)
+        if store is not None:
+            handle, store_file = tempfile.mkstemp(suffix=".pickle")
+            os.close(handle)
+            Path(store_file).write_bytes(pickle.dumps(store._rows._tables))
+        result = in_fresh_process(env, store_file)
         floor = floors(changes, n)
-        echo = in_fresh_process(env)
-        idle_cold = in_fresh_process(env)
+        echo = in_fresh_process(env, store_file)
+        idle_cold = in_fresh_process(env, store_file)
+        if store is not None and store_file is not None:
+            store._rows._tables = pickle.loads(Path(store_file).read_bytes())  # noqa: S301 - this run's own temp file
         idle_warm = engine.run_cycle().report
         table = result["report"]["table"]
         return {
@@ -186,6 +221,7 @@ def run_size(n: int, connection: str) -> dict[str, Any]:
                 "wall_seconds": result["wall_seconds"],
                 "cpu_seconds": result["cpu_seconds"],
                 "peak_rss_mb": result["peak_rss_mb"],
+                "cycle_added_mb": result["cycle_added_mb"],
                 "report": result["report"],
             },
             "echo_cycle": {
@@ -206,6 +242,8 @@ def run_size(n: int, connection: str) -> dict[str, Any]:
             },
         }
     finally:
+        if store_file is not None:
+            Path(store_file).unlink(missing_ok=True)
         parent.send(("stop", None))
         parent.recv()
         sandbox.join()
@@ -215,20 +253,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated N (changes per cycle)")
     parser.add_argument("--full-report", action="store_true", help="include each measured cycle's whole run report")
+    parser.add_argument(
+        "--store",
+        choices=["azurite", "memory"],
+        default="azurite",
+        help="state store: Azurite (default), or in memory, for N where Azurite 3.35's cost per row written "
+        "in a large partition would take hours (the engine's API calls, CPU and memory are the same)",
+    )
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
     results = []
     with run_azurite() as connection:
         for n in sizes:
-            result = run_size(n // 2, connection)
+            result = run_size(n // 2, connection, memory=args.store == "memory")
             if not args.full_report:
                 result["cycle"].pop("report")
             results.append(result)
             print(json.dumps(result), file=sys.stderr, flush=True)
-    summary: dict[str, Any] = {"results": results}
-    by_n = {r["n"]: r["cycle"]["peak_rss_mb"] for r in results}
+    summary: dict[str, Any] = {"store": args.store, "results": results}
+    by_n = {r["n"]: r["cycle"] for r in results}
     if 10_000 in by_n and 100_000 in by_n:
-        summary["rss_100k_over_10k"] = round(by_n[100_000] / by_n[10_000], 2)
+        summary["rss_100k_over_10k"] = round(by_n[100_000]["peak_rss_mb"] / by_n[10_000]["peak_rss_mb"], 2)
+        summary["cycle_added_100k_over_10k"] = round(
+            by_n[100_000]["cycle_added_mb"] / max(0.1, by_n[10_000]["cycle_added_mb"]), 2
+        )
     print(json.dumps(summary, indent=2))
     return 0
 
