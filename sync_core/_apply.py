@@ -308,7 +308,11 @@ class Applier:
     ) -> None:
         link = item.link
         if m_result is not None and m_result.outcome is LeadOutcome.NOT_FOUND:
-            self._unlink(out, link)  # the person was deleted in Marketo: not sent across, link dropped
+            # The person was deleted in Marketo: not sent across, link dropped. The Dynamics half of
+            # the merge (the person's last edits) may have gone already: it counts as written.
+            if merge.to_dynamics and d_outcome is not None and d_outcome.ok:
+                self.tally.written_dynamics += 1
+            self._unlink(out, link)
             return
         if (
             d_outcome is not None

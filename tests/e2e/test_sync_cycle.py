@@ -487,6 +487,25 @@ def test_a_crash_before_the_cursor_commit_repeats_the_window_without_writing_twi
     assert json.dumps(world.dataverse.stats.to_json()["writes"], sort_keys=True) == writes
 
 
+def test_a_person_deleted_in_marketo_after_an_edit_is_unlinked_and_every_write_is_counted(world: World) -> None:
+    contact_id, person = linked_contact(world, 1)
+    world.marketo.update_lead(person, {"firstName": "Edited"})
+    world.marketo.delete_lead(person)
+    world.dataverse.update("contacts", contact_id, {"jobtitle": "Changed after"})
+    report = world.cycle()
+    assert world.link_of(person) is None
+    assert report.report["unlinked"] == 1
+    # The person's last edit reached Dynamics before the person was found gone, and says so.
+    assert world.dynamics_row(CONTACT, contact_id)["firstname"] == "Edited"  # type: ignore[index]
+    assert report.report["written"]["dynamics"] == 1
+    # That write is a change to a record no person has any more: the contact gets a new person.
+    again = world.cycle()
+    assert again.report["created"] == 1
+    [new_person] = world.marketo.find_leads("email", "contact1@example.com")
+    assert (new_person["microsoftId"], new_person["title"]) == (contact_id, "Changed after")
+    assert world.cycle().report["written"] == {"marketo": 0, "dynamics": 0}
+
+
 def test_a_record_deleted_after_a_crashed_first_cycle_linked_it_is_flagged_not_left_linked(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
