@@ -36,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from demo.sandbox_env import sandbox_settings
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
 from sandbox.azurite import run_azurite
 from sync_core.engine import SyncEngine
@@ -169,16 +170,13 @@ def run_size(n: int, connection: str, *, memory: bool = False) -> dict[str, Any]
     sandbox = ctx.Process(target=sandbox_process, args=(child, n))
     sandbox.start()
     marketo_url, dataverse_url = parent.recv()
-    env = {
-        "MARKETO_BASE_URL": marketo_url,
-        "MARKETO_CLIENT_ID": "sandbox-client-id",
-        "MARKETO_CLIENT_SECRET": "sandbox-client-secret",
-        "MARKETO_RATE_SHARE": "1",
-        "DATAVERSE_URL": dataverse_url,
-        "DATAVERSE_STATIC_TOKEN": "sandbox-token",
-        "SYNC_TABLES_CONNECTION": connection,
-        "SYNC_TABLE_PREFIX": "b" + uuid.uuid4().hex[:10],
-    }
+    env = sandbox_settings(
+        marketo_url,
+        dataverse_url,
+        tables_connection=connection,
+        table_prefix="b" + uuid.uuid4().hex[:10],
+        MARKETO_RATE_SHARE="1",
+    )
     store = MemoryStateStore(prefix=env["SYNC_TABLE_PREFIX"]) if memory else None
     store_file = None
     try:
