@@ -35,7 +35,7 @@ from typing import Any
 from sync_core import _schema_cache as schema_cache
 from sync_core.activity import SyncFailure, log_sync_failures
 from sync_core.dataverse import DataverseClient, WriteOutcome
-from sync_core.errors import ApiError, ConfigError
+from sync_core.errors import ApiError
 from sync_core.fieldmap import FieldMap, FieldMapping, FieldValueError, Unreadable, canonical_values
 from sync_core.marketo import LeadOutcome, LeadWriteResult, MarketoClient
 from sync_core.merge import Merge, Plan, merge_record, plan, settle
@@ -433,12 +433,6 @@ class Applier:
             )
         return moved
 
-    def _email_mapping(self, entity: EntityType) -> FieldMapping | None:
-        try:
-            return self.field_map.email_field(entity)
-        except ConfigError:
-            return None  # the email field drifted away: match by microsoftId alone
-
     def _match(
         self, entity: EntityType, rows: Sequence[Mapping[str, Any]], out: _Outcome, take: Take
     ) -> tuple[list[Pending], list[Mapping[str, Any]]]:
@@ -448,7 +442,7 @@ class Applier:
         if not rows:
             return [], []
         primary = PRIMARY_IDS[entity]
-        email_mapping = self._email_mapping(entity)
+        email_mapping = self.field_map.email_field(entity)
         emails: dict[str, str] = {}  # row id -> email
         for row in rows:
             email = _row_email(row, email_mapping, entity)
@@ -534,7 +528,7 @@ class Applier:
         out = _Outcome()
         primary = PRIMARY_IDS[entity]
         mappings = self.field_map.for_entity(entity)
-        email_mapping = self._email_mapping(entity)
+        email_mapping = self.field_map.email_field(entity)
         by_lookup: dict[str, list[tuple[str, dict[str, Any], dict[str, Any]]]] = {}
         for row in rows:
             row_id = str(row[primary]).lower()

@@ -262,13 +262,11 @@ class FieldMap(BaseModel):
     def marketo_fields(self) -> list[str]:
         return [m.marketo for m in self.fields]
 
-    def email_field(self, entity: EntityType | None = None) -> FieldMapping:
-        """The mapping persons are matched by (the first of type email, for that entity)."""
+    def email_field(self, entity: EntityType | None = None) -> FieldMapping | None:
+        """The mapping persons are matched by (the first of type email, for that entity); None when
+        there is none for it (e.g. the email field drifted away: match by ``microsoftId`` alone)."""
         fields = self.fields if entity is None else self.for_entity(entity)
-        for mapping in fields:
-            if mapping.type is FieldType.EMAIL:
-                return mapping
-        raise ConfigError([f"the field map has no email field for {entity.value if entity else 'any entity'}"])
+        return next((mapping for mapping in fields if mapping.type is FieldType.EMAIL), None)
 
     def without(self, dropped: Iterable[tuple[EntityType | None, str]]) -> FieldMap:
         """This map with some fields left out: ``(None, key)`` everywhere, ``(entity, key)`` on one table.

@@ -280,7 +280,7 @@ class _SyncPerson:
             primary = PRIMARY_IDS[entity]
             select = _odata.select_clause([primary, LEAD_STATE] if entity is EntityType.LEAD else [primary])
             conditions: list[str] = []
-            mapping = schema.field_map.email_field(entity) if _has_email(schema, entity) else None
+            mapping = schema.field_map.email_field(entity)
             column = mapping.column(entity) if mapping else None
             email = person.get(mapping.marketo) if mapping else None
             if column and isinstance(email, str) and email.strip():
@@ -351,11 +351,3 @@ class _SyncPerson:
         if not results[0].ok:
             return ["the person's microsoft fields were not set: " + "; ".join(r.message for r in results[0].reasons)]
         return []
-
-
-def _has_email(schema: ActiveSchema, entity: EntityType) -> bool:
-    try:
-        schema.field_map.email_field(entity)
-    except ConfigError:
-        return False
-    return True
