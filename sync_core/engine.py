@@ -10,9 +10,9 @@ status view). The order is what makes it safe:
 3. stream each Dataverse table's delta (contacts first, so a qualification moves its person's
    link before the qualified lead is seen), page by page: the page's linked records are merged
    with their staged Marketo changes, new records are linked or get a person, deletions flag
-   and unlink; the table's delta link is stored once all its pages are done. An expired delta
-   token means a full re-read of that table, merged the same way, and a check of which linked
-   records it no longer returns (deleted meanwhile);
+   and unlink; the table's delta link is stored once all its pages are done. A read without a
+   delta token (the first one, or after the token expired) is a full read of that table, merged
+   the same way, and a check of which linked records it no longer returns (deleted meanwhile);
 4. the persons whose Marketo changes no Dataverse page took, in batches of the Dataverse batch
    size per entity; then the failures due for a retry;
 5. only then the Marketo paging tokens are stored.
@@ -270,12 +270,13 @@ class _Cycle:
         applier = self.applier
         assert applier is not None
         changes_cursor = store.get_cursor(MARKETO_CHANGES)
-        changes_token = self._stage_marketo_changes(stage, changes_cursor)
+        changes_start = changes_cursor.value if changes_cursor else engine._marketo.get_paging_token(self.started)
+        changes_token = self._stage_marketo_changes(stage, changes_start)
         deletes_cursor: Cursor | None = None
         deletes_token: str | None = None
         if engine._options.marketo_delete_policy is MarketoDeletePolicy.DELETE:
             deletes_cursor = store.get_cursor(MARKETO_DELETES)
-            deletes_token = self._stage_marketo_deletes(stage, deletes_cursor, changes_token)
+            deletes_token = self._stage_marketo_deletes(stage, deletes_cursor, changes_start)
         for entity in ENTITY_ORDER:
             cursor = store.get_cursor(dataverse_cursor(entity))
             delta_link = self._sync_table(entity, cursor, stage)
@@ -305,11 +306,9 @@ class _Cycle:
         except StateConflictError as err:
             raise _LeaseLost(f"cursor {name} was written by someone else meanwhile") from err
 
-    def _stage_marketo_changes(self, stage: Stage, cursor: Cursor | None) -> str:
-        engine = self.engine
+    def _stage_marketo_changes(self, stage: Stage, token: str) -> str:
         applier = self.applier
         assert applier is not None
-        token = cursor.value if cursor else engine._marketo.get_paging_token(self.started)
         for attempt in (1, 2):
             try:
                 return self._read_changes(stage, token, applier.marketo_fields())

@@ -200,6 +200,18 @@ def test_marketo_delete_with_delete_policy_deletes_the_dynamics_record(world_fac
     assert report.report["deleted_in_dynamics"] == 1
 
 
+def test_turning_the_delete_policy_on_reads_deletions_from_the_start_of_the_pending_window(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lead_id, person = linked_lead(world, 1)
+    world.cycle()  # the change feed's cursor is stored; no deletions cursor yet
+    monkeypatch.setenv("SYNC_MARKETO_DELETES", "delete")
+    world.marketo.delete_lead(person)  # inside the window the next cycle reads
+    report = world.cycle()
+    assert report.report["deleted_in_dynamics"] == 1
+    assert world.dynamics_row(LEAD, lead_id) is None
+
+
 # -- B5, B6: the cycle is the only update path; fields chosen in configuration --------------------------------
 
 
