@@ -98,8 +98,10 @@ def parse_body(body: bytes) -> SyncPersonRequest | Refusal:
         return Refusal(400, reasons)
 
 
+def check_size(body: bytes) -> Refusal | None:
+    return Refusal(413, [f"body is larger than {MAX_BODY_BYTES} bytes"]) if len(body) > MAX_BODY_BYTES else None
+
+
 def read_request(body: bytes, headers: Mapping[str, str], secret: str | None) -> SyncPersonRequest | Refusal:
     """Size first (cheap), then the secret, then the schema: the first refusal wins."""
-    if len(body) > MAX_BODY_BYTES:
-        return Refusal(413, [f"body is larger than {MAX_BODY_BYTES} bytes"])
-    return check_secret(headers, secret) or parse_body(body)
+    return check_size(body) or check_secret(headers, secret) or parse_body(body)

@@ -44,7 +44,7 @@ from sync_core import _odata
 from sync_core._apply import ENTITY_SETS, LEAD_QUALIFIED, LEAD_STATE, MICROSOFT_TYPES, PRIMARY_IDS
 from sync_core._retry import RetryPolicy
 from sync_core._schema_cache import ActiveSchema, active_schema
-from sync_core._webhook_request import MAX_BODY_BYTES, Refusal, SyncPersonRequest, read_request
+from sync_core._webhook_request import Refusal, SyncPersonRequest, check_size, read_request
 from sync_core.activity import SyncFailure, log_sync_failures
 from sync_core.dataverse import DataverseClient
 from sync_core.errors import (
@@ -109,8 +109,9 @@ def handle_sync_person(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Answer:
     """The whole webhook call; never raises (every outcome is an ``Answer``)."""
-    if len(body) > MAX_BODY_BYTES:  # before anything else, even the settings
-        return _refused(Refusal(413, [f"body is larger than {MAX_BODY_BYTES} bytes"]))
+    oversize = check_size(body)  # before anything else, even the settings
+    if oversize is not None:
+        return _refused(oversize)
     try:
         services = services or services_from_env(environ)
     except ConfigError as err:
@@ -123,14 +124,13 @@ def handle_sync_person(
         return _refused(request)
     try:
         answer = _SyncPerson(services, request, clock=clock, sleep=sleep).run()
-    except (RateLimitedError, QuotaExceededError, TransientError) as err:
-        retry_after = getattr(err, "retry_after", None)
+    except TransientError as err:  # throttled, down, or out of daily quota
+        retry_after = err.retry_after if isinstance(err, RateLimitedError) else None
         if isinstance(err, QuotaExceededError):
             retry_after = RETRY_AFTER_QUOTA
-        log.warning(
-            "sync-person %d: %s unavailable (%s)", request.lead_id, err.service or "a service", type(err).__name__
-        )
-        answer = _unavailable(f"{err.service or 'a service'} is unavailable or throttled; try again later", retry_after)
+        service = err.service or "a service"
+        log.warning("sync-person %d: %s unavailable (%s)", request.lead_id, service, type(err).__name__)
+        answer = _unavailable(f"{service} is unavailable or throttled; try again later", retry_after)
     except SyncError as err:
         log.error("sync-person %d: failed: %s", request.lead_id, type(err).__name__)
         answer = Answer(502, {"status": "error", "reasons": [f"{type(err).__name__}: the call could not be completed"]})
