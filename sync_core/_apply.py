@@ -490,7 +490,7 @@ class Applier:
                         marketo=persons[free[0]],
                         marketo_full=True,
                         dynamics=row,
-                        marketo_extra=_microsoft_fields(entity, row_id, row),
+                        marketo_extra=microsoft_fields(entity, row_id, row),
                         event="linked",
                     )
                 )
@@ -551,7 +551,7 @@ class Applier:
             if problems:
                 self._fail_record(out, entity, row_id, problems, code="validation")
                 continue
-            payload.update(_microsoft_fields(entity, row_id, row))
+            payload.update(microsoft_fields(entity, row_id, row))
             has_email = email_mapping is not None and payload.get(email_mapping.marketo)
             lookup = email_mapping.marketo if email_mapping is not None and has_email else "microsoftId"
             by_lookup.setdefault(lookup, []).append((row_id, payload, values))
@@ -780,8 +780,9 @@ def _row_email(row: Mapping[str, Any], mapping: FieldMapping | None, entity: Ent
     return value if isinstance(value, str) and value.strip() else None
 
 
-def _microsoft_fields(entity: EntityType, dataverse_id: str, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The sync-owned person fields (design §7) for a person linked to this record."""
+def microsoft_fields(entity: EntityType, dataverse_id: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The sync-owned person fields (design §7) for a person linked to this record (``row`` gives
+    its ``createdon``)."""
     created = row.get(CREATED_ON)
     return {
         "microsoftType": MICROSOFT_TYPES[entity],
@@ -814,6 +815,7 @@ __all__ = [
     "Applier",
     "Pending",
     "Tally",
+    "microsoft_fields",
     "person_key",
     "record_key",
 ]

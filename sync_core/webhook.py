@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sync_core import _odata
-from sync_core._apply import ENTITY_SETS, LEAD_QUALIFIED, LEAD_STATE, MICROSOFT_TYPES, PRIMARY_IDS
+from sync_core._apply import CREATED_ON, ENTITY_SETS, LEAD_QUALIFIED, LEAD_STATE, PRIMARY_IDS, microsoft_fields
 from sync_core._retry import RetryPolicy
 from sync_core._schema_cache import ActiveSchema, active_schema
 from sync_core._webhook_request import Refusal, SyncPersonRequest, check_size, read_request
@@ -337,13 +337,8 @@ class _SyncPerson:
 
     def _mark_person(self, link: Link, created_at: datetime) -> list[str]:
         """The sync-owned person fields; a failure here leaves the record and link standing."""
-        values = {
-            "id": link.marketo_id,
-            "microsoftType": MICROSOFT_TYPES[link.entity],
-            "microsoftId": link.dataverse_id,
-            "microsoftCreatedDate": created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "microsoftIsDeleted": False,
-        }
+        created = {CREATED_ON: created_at.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        values = {"id": link.marketo_id, **microsoft_fields(link.entity, link.dataverse_id, created)}
         try:
             results = self.marketo.sync_leads([values], action="updateOnly", lookup_field="id")
         except SyncError as err:
