@@ -78,14 +78,15 @@ class Stage:
 
     def pending_ids(self, size: int) -> Iterator[list[int]]:
         """Persons not taken yet, ``size`` at a time, in id order (each chunk read when asked for)."""
+        return self._id_chunks(
+            "SELECT lead_id FROM person WHERE taken = 0 AND lead_id > ? ORDER BY lead_id LIMIT ?", size
+        )
+
+    def _id_chunks(self, query: str, size: int) -> Iterator[list[int]]:
+        """``query`` (ids after ``?``, at most ``?``) paged by the last id: a chunk read when asked for."""
         after = -1
         while True:
-            ids = [
-                row[0]
-                for row in self._db.execute(
-                    "SELECT lead_id FROM person WHERE taken = 0 AND lead_id > ? ORDER BY lead_id LIMIT ?", (after, size)
-                )
-            ]
+            ids = [row[0] for row in self._db.execute(query, (after, size))]
             if not ids:
                 return
             yield ids
@@ -99,18 +100,7 @@ class Stage:
             self._db.executemany("INSERT OR IGNORE INTO deleted VALUES (?)", ((i,) for i in lead_ids))
 
     def deleted_ids(self, size: int) -> Iterator[list[int]]:
-        after = -1
-        while True:
-            ids = [
-                row[0]
-                for row in self._db.execute(
-                    "SELECT lead_id FROM deleted WHERE lead_id > ? ORDER BY lead_id LIMIT ?", (after, size)
-                )
-            ]
-            if not ids:
-                return
-            yield ids
-            after = ids[-1]
+        return self._id_chunks("SELECT lead_id FROM deleted WHERE lead_id > ? ORDER BY lead_id LIMIT ?", size)
 
     # -- ids seen in a full re-read (to find what was deleted while the delta token was expired) --
 
