@@ -468,19 +468,7 @@ class DataverseClient:
             BatchPart("GET", f"{api_path}/{_odata.identifier(entity_set)}?{urlencode(params, quote_via=quote)}")
             for entity_set, params in queries
         ]
-        content_type, payload = build_batch(parts)
-        response = self._send(
-            "query_batch",
-            "POST",
-            self._url("$batch"),
-            content=payload,
-            headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
-            idempotent=True,
-        )
-        try:
-            answers = read_batch(response.headers.get("Content-Type", ""), response.content)
-        except ValueError as err:
-            raise ApiError("dataverse $batch: unreadable answer", service=SERVICE) from err
+        answers = self._send_batch("query_batch", parts, idempotent=True, timeout=TIMEOUT_READ)
         if len(answers) != len(queries):
             raise ApiError(f"dataverse $batch: {len(answers)} answers for {len(queries)} queries", service=SERVICE)
         results: list[list[dict[str, Any]]] = []
@@ -673,32 +661,39 @@ class DataverseClient:
                 parts.append(BatchPart("PATCH", f"{api_path}/{target.segment}", target.values, {"If-Match": "*"}))
             else:  # upsert: a PATCH without If-Match creates the row when the key finds none
                 parts.append(BatchPart("PATCH", f"{api_path}/{target.segment}", target.values))
-        content_type, payload = build_batch(parts)
         try:
-            response = self._send(
-                "batch",
-                "POST",
-                self._url("$batch"),
-                content=payload,
-                headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
-                idempotent=kind is not _Write.CREATE,
-                timeout=TIMEOUT_WRITE,
-            )
-            answers = read_batch(response.headers.get("Content-Type", ""), response.content)
+            answers = self._send_batch("batch", parts, idempotent=kind is not _Write.CREATE, timeout=TIMEOUT_WRITE)
         except ApiError as err:
             # Without continue-on-error honoured the service stops at the first failure and says 400
             # with that one answer; what follows it was not attempted.
             if err.status != 400:
                 raise
             answers = []
-        except ValueError as err:
-            raise ApiError("dataverse $batch: unreadable answer", service=SERVICE) from err
         return [
             target.answered(answers[position])
             if position < len(answers)
             else target.failed(None, "not_attempted", "the $batch stopped before this record")
             for position, target in enumerate(chunk)
         ]
+
+    def _send_batch(
+        self, operation: str, parts: Sequence[BatchPart], *, idempotent: bool, timeout: httpx.Timeout
+    ) -> list[PartResponse]:
+        """One ``$batch`` of independent parts with continue-on-error; the parts' answers in order."""
+        content_type, payload = build_batch(parts)
+        response = self._send(
+            operation,
+            "POST",
+            self._url("$batch"),
+            content=payload,
+            headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
+            idempotent=idempotent,
+            timeout=timeout,
+        )
+        try:
+            return read_batch(response.headers.get("Content-Type", ""), response.content)
+        except ValueError as err:
+            raise ApiError("dataverse $batch: unreadable answer", service=SERVICE) from err
 
     # -- metadata ----------------------------------------------------------------------------------
 
