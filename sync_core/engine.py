@@ -368,7 +368,7 @@ class _Cycle:
                     self.keep_lease()
                     new_link = page.delta_link
                 if full_reread:
-                    self._deleted_while_expired(entity, stage)
+                    self._deleted_while_untracked(entity, stage)
                 return new_link
             except DeltaTokenExpiredError:
                 if done or delta_link is None:
@@ -393,7 +393,7 @@ class _Cycle:
             page_size=DATAVERSE_PAGE,
         )
 
-    def _deleted_while_expired(self, entity: EntityType, stage: Stage) -> None:
+    def _deleted_while_untracked(self, entity: EntityType, stage: Stage) -> None:
         """After a full read: linked records it did not return were deleted while no token covered them.
 
         Links made after the read began (the webhook's) are not expected in it and are left alone."""
