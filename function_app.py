@@ -9,8 +9,10 @@ import os
 
 import azure.functions as func
 
-from sync_core import __version__, engine, webhook
-from sync_core import status as sync_status
+from sync_core import __version__
+from sync_core.cycle import engine
+from sync_core.status import view as sync_status
+from sync_core.webhook import handler as webhook
 
 log = logging.getLogger("function_app")
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)

@@ -30,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
-from sync_core._counters import ApiCounters
-from sync_core.credentials import StaticTokenCredential
-from sync_core.dataverse import DataverseClient
-from sync_core.marketo import BATCH_SIZE as MARKETO_BATCH
-from sync_core.marketo import MarketoClient
-from sync_core.schema import EntityMeta
+from sync_core.core.schema import EntityMeta
+from sync_core.dataverse.client import DataverseClient
+from sync_core.http.counters import ApiCounters
+from sync_core.marketo.client import BATCH_SIZE as MARKETO_BATCH
+from sync_core.marketo.client import MarketoClient
+from sync_core.wiring.credentials import StaticTokenCredential
 
 LEAD = EntityMeta(logical_name="lead", entity_set="leads", primary_id="leadid", attributes={})
 

@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from demo.sandbox_env import sandbox_settings
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
 from sandbox.azurite import run_azurite
-from sync_core.engine import SyncEngine
-from sync_core.services import build_services
+from sync_core.cycle.engine import SyncEngine
 from sync_core.settings import Settings
 from sync_core.state import MemoryStateStore
+from sync_core.wiring.services import build_services
 
 
 def sandbox_process(conn: Any, n: int) -> None:

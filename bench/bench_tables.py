@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from azure.data.tables import TableServiceClient, UpdateMode
 
 from sandbox.azurite import run_azurite
-from sync_core.state import EntityType, Link, StoreCounters, TableStateStore
+from sync_core.core.models import EntityType, Link, StoreCounters
+from sync_core.state import TableStateStore
 
 
 def _rate(operations: int, seconds: float) -> dict[str, Any]:

@@ -37,9 +37,9 @@ import function_app
 from demo.sandbox_env import sandbox_settings
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
 from sandbox.azurite import run_azurite
-from sync_core.host import LocalHost
-from sync_core.services import close_services, services_for
+from sync_core.host.server import LocalHost
 from sync_core.settings import Settings
+from sync_core.wiring.services import close_services, services_for
 
 SECRET = "bench-secret"  # noqa: S105 - the sandbox webhook secret of this run
 ROUTE = "/api/marketo/sync-person"

@@ -227,9 +227,9 @@ def story(demo: Demo, out: Story) -> None:
 
 @contextmanager
 def world() -> Iterator[Demo]:
-    from sync_core.host import LocalHost, load_app
-    from sync_core.services import close_services
+    from sync_core.host.server import LocalHost, load_app
     from sync_core.state import TableStateStore
+    from sync_core.wiring.services import close_services
 
     with run_azurite() as connection:
         sandbox = SandboxServers(
@@ -270,7 +270,7 @@ def main() -> int:
         with world() as demo:
             story(demo, out)
             print("\nThe status view (python -m sync_core status --format text):\n")
-            from sync_core.status import status_main
+            from sync_core.status.view import status_main
 
             status_main(["--format", "text", "--cycles", "5"])
     except AzuriteNotInstalled as err:

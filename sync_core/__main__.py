@@ -11,9 +11,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from sync_core.engine import run_once_main
-from sync_core.host import host_main
-from sync_core.status import status_main
+from sync_core.cycle.engine import run_once_main
+from sync_core.host.server import host_main
+from sync_core.status.view import status_main
 
 _COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run-once": (run_once_main, "one sync cycle with the settings in the environment; prints its JSON run report"),

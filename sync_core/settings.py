@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from sync_core.errors import ConfigError
+from sync_core.core.errors import ConfigError
 
 DEFAULT_SCHEDULE = "0 */5 * * * *"
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sync_core.state import Collision, Direction, EntityType, RecordFailure, RunReport, StateStore
+from sync_core.core.models import Collision, Direction, EntityType, RecordFailure, RunReport
+from sync_core.state import StateStore
 
 NOW = datetime(2025, 3, 14, 12, 2, 30, tzinfo=UTC)
 HOSTILE_REASON = "<script>alert('x')</script> jobtitle longer than 100 characters & more"

@@ -15,11 +15,7 @@ import pytest
 from azure.core.credentials import AccessToken
 from pydantic import SecretStr
 
-from sync_core._counters import ApiCounters
-from sync_core._dataverse_batch import BatchPart, build_batch, read_batch
-from sync_core.credentials import StaticTokenCredential, build_dataverse_credential
-from sync_core.dataverse import DataverseClient, WriteOutcome
-from sync_core.errors import (
+from sync_core.core.errors import (
     ApiError,
     ConfigError,
     DeltaTokenExpiredError,
@@ -27,8 +23,12 @@ from sync_core.errors import (
     RecordError,
     TransientError,
 )
-from sync_core.schema import AttributeMeta, EntityMeta, RequiredLevel
+from sync_core.core.schema import AttributeMeta, EntityMeta, RequiredLevel
+from sync_core.dataverse._batch import BatchPart, build_batch, read_batch
+from sync_core.dataverse.client import DataverseClient, WriteOutcome
+from sync_core.http.counters import ApiCounters
 from sync_core.settings import Settings
+from sync_core.wiring.credentials import StaticTokenCredential, build_dataverse_credential
 from tests.test_retry import FakeClock
 
 ORG = "http://dataverse.test"

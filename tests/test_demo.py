@@ -53,5 +53,5 @@ def test_a_wrong_outcome_makes_the_demo_exit_non_zero(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(story, "story", wrong_story)
     monkeypatch.setattr(story, "world", NoWorld)
-    monkeypatch.setattr("sync_core.status.status_main", lambda argv: 0)
+    monkeypatch.setattr("sync_core.status.view.status_main", lambda argv: 0)
     assert story.main() == 1

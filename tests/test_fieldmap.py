@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from sync_core.errors import ConfigError
-from sync_core.fieldmap import (
+from sync_core.core.errors import ConfigError
+from sync_core.core.fieldmap import (
     FieldMapping,
     FieldType,
     FieldValueError,
@@ -17,7 +17,7 @@ from sync_core.fieldmap import (
     canonical_values,
     load_field_map,
 )
-from sync_core.state import EntityType
+from sync_core.core.models import EntityType
 
 
 def test_default_map_is_the_design_one() -> None:

@@ -9,7 +9,7 @@ import azure.functions as func
 import httpx
 import pytest
 
-from sync_core.host import LocalHost, discover
+from sync_core.host.server import LocalHost, discover
 
 
 def _app(fired: threading.Event) -> func.FunctionApp:

@@ -13,9 +13,16 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from sync_core._counters import ApiCounters
-from sync_core.errors import ApiError, ConfigError, QuotaExceededError, RateLimitedError, RecordError, TransientError
-from sync_core.marketo import (
+from sync_core.core.errors import (
+    ApiError,
+    ConfigError,
+    QuotaExceededError,
+    RateLimitedError,
+    RecordError,
+    TransientError,
+)
+from sync_core.http.counters import ApiCounters
+from sync_core.marketo.client import (
     ActivityStatus,
     CustomActivity,
     LeadOutcome,

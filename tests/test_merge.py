@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from sync_core.fieldmap import FieldMapping, FieldType, Unreadable, load_field_map
-from sync_core.merge import merge_record, plan, settle
-from sync_core.schema import AttributeMeta, EntityMeta, MarketoFieldMeta, RequiredLevel
-from sync_core.state import EntityType
+from sync_core.core.fieldmap import FieldMapping, FieldType, Unreadable, load_field_map
+from sync_core.core.merge import merge_record, plan, settle
+from sync_core.core.models import EntityType
+from sync_core.core.schema import AttributeMeta, EntityMeta, MarketoFieldMeta, RequiredLevel
 
 LEAD, CONTACT = EntityType.LEAD, EntityType.CONTACT
 TITLE = [FieldMapping(marketo="title", lead="jobtitle", contact="jobtitle")]
@@ -122,7 +122,7 @@ MAPPINGS = [
 
 
 def _plan(marketo: dict[str, Any], dynamics: dict[str, Any], baseline: dict[str, Any]) -> Any:
-    from sync_core.fieldmap import FieldMap
+    from sync_core.core.fieldmap import FieldMap
 
     field_map = FieldMap(fields=tuple(MAPPINGS))
     values = merge_record(field_map.for_entity(LEAD), LEAD, marketo=marketo, dynamics=dynamics, baseline=baseline)

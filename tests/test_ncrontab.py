@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from croniter import croniter
 
-from sync_core._ncrontab import Schedule
+from sync_core.core.schedule import Schedule
 
 START = datetime(2026, 11, 22, 4, 59, 58, tzinfo=UTC)
 

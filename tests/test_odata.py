@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from sync_core import _odata
+from sync_core.dataverse import odata as _odata
 
 CRAFTED_EMAIL = "x' or 1 eq 1 or 'a"
 _LITERAL = re.compile(r"'(?:[^']|'')*'")

@@ -10,9 +10,10 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from sync_core._counters import ApiCounters
-from sync_core._ratebudget import RateBudget
-from sync_core._retry import (
+from sync_core.core.errors import ApiError, QuotaExceededError, RateLimitedError, TransientError
+from sync_core.http.counters import ApiCounters
+from sync_core.http.ratebudget import RateBudget
+from sync_core.http.retry import (
     Failure,
     RetryableFailure,
     RetryPolicy,
@@ -22,7 +23,6 @@ from sync_core._retry import (
     should_retry,
     transport_failure,
 )
-from sync_core.errors import ApiError, QuotaExceededError, RateLimitedError, TransientError
 
 POLICY = RetryPolicy(
     max_attempts=4, initial_delay=1.0, max_delay=5.0, jitter=0.5, max_retry_after=30.0, max_total_wait=60.0

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sync_core.errors import ConfigError
+from sync_core.core.errors import ConfigError
 from sync_core.settings import ENV_NAMES, DynamicsDeletePolicy, Settings
 
 MINIMAL = {

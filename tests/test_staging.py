@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from sync_core._staging import Stage
+from sync_core.cycle.staging import Stage
 
 
 def test_the_later_value_of_a_field_wins_and_each_person_is_taken_once() -> None:

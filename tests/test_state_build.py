@@ -14,9 +14,11 @@ from azure.core.credentials import AccessToken, AzureNamedKeyCredential
 from azure.data.tables import TableServiceClient
 
 from sandbox.azurite import DEV_ACCOUNT, DEV_KEY, connection_string, free_port
-from sync_core.errors import ConfigError, TransientError
+from sync_core.core.errors import ConfigError, TransientError
+from sync_core.core.models import Cursor
 from sync_core.settings import Settings
-from sync_core.state import Cursor, TableStateStore, build_state_store
+from sync_core.state import TableStateStore
+from sync_core.wiring.state import build_state_store
 
 BASE = {
     "MARKETO_BASE_URL": "https://123-ABC-456.mktorest.com",

@@ -20,8 +20,8 @@ from azure.core.pipeline import PipelineRequest
 from azure.data.tables import TableServiceClient, TableTransactionError
 from pydantic import ValidationError
 
-from sync_core.errors import ApiError, LeaseHeldError, RecordError, StateConflictError, TransientError
-from sync_core.state import (
+from sync_core.core.errors import ApiError, LeaseHeldError, RecordError, StateConflictError, TransientError
+from sync_core.core.models import (
     Claim,
     Collision,
     Cursor,
@@ -29,13 +29,11 @@ from sync_core.state import (
     EntityType,
     Lease,
     Link,
-    MemoryStateStore,
     RecordFailure,
     RunReport,
-    StateStore,
     StoreCounters,
-    TableStateStore,
 )
+from sync_core.state import MemoryStateStore, StateStore, TableStateStore
 from sync_core.state._keys import RowOp
 from sync_core.state._memory import MemoryRows
 from sync_core.state._rows import Rows, StoredRow

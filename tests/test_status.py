@@ -15,13 +15,13 @@ import azure.functions as func
 import pytest
 
 import function_app
-from sync_core import status as status_module
-from sync_core._status_html import DASH, _nice_ceiling
-from sync_core.errors import TransientError
-from sync_core.state import EntityType, Link, MemoryStateStore, RunReport, TableStateStore
-from sync_core.status import (
-    DriftItem,
-    HealthLevel,
+from sync_core.core.errors import TransientError
+from sync_core.core.models import EntityType, Link, RunReport
+from sync_core.state import MemoryStateStore, TableStateStore
+from sync_core.status import view as status_module
+from sync_core.status.html import DASH, _nice_ceiling
+from sync_core.status.models import DriftItem, HealthLevel
+from sync_core.status.view import (
     build_status,
     choose_format,
     get_status_page,

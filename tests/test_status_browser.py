@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_core.host import LocalHost, load_app
+from sync_core.host.server import LocalHost, load_app
 from sync_core.state import TableStateStore
 from tests import status_data
 

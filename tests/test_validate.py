@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from sync_core.fieldmap import load_field_map
-from sync_core.schema import AttributeMeta, EntityMeta, MarketoFieldMeta, RequiredLevel
-from sync_core.state import EntityType
-from sync_core.validate import dataverse_problems, drift, marketo_problems
+from sync_core.core.fieldmap import load_field_map
+from sync_core.core.models import EntityType
+from sync_core.core.schema import AttributeMeta, EntityMeta, MarketoFieldMeta, RequiredLevel
+from sync_core.core.validate import dataverse_problems, drift, marketo_problems
 
 META = EntityMeta(
     logical_name="lead",

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from sync_core._webhook_request import MAX_BODY_BYTES, Refusal, SyncPersonRequest, read_request
+from sync_core.webhook.request import MAX_BODY_BYTES, Refusal, SyncPersonRequest, read_request
 
 SECRET = "hook-secret"
 GOOD_HEADERS = {"Content-Type": "application/json", "X-Sync-Secret": SECRET}

@@ -1,10 +1,11 @@
 """The state store: everything the sync remembers between runs (design §4).
 
 ``StateStore`` is the Protocol; ``MemoryStateStore`` serves fast tests and ``TableStateStore``
-is Azure Table Storage (Azurite locally); ``build_state_store(settings)`` makes the one the
-settings describe. One contract test suite runs against both. The store does no clock reads:
-callers pass ``now``. Conditional writes raise ``StateConflictError`` (``LeaseHeldError`` for the
-lease) and never overwrite. Layout and batching: ``_store``; keys and service limits: ``_keys``.
+is Azure Table Storage (Azurite locally); ``wiring.build_state_store(settings)`` makes the one
+the settings describe. The records it keeps are the core's models (``core.models``). One
+contract test suite runs against both. The store does no clock reads: callers pass ``now``.
+Conditional writes raise ``StateConflictError`` (``LeaseHeldError`` for the lease) and never
+overwrite. Layout and batching: ``_store``; keys and service limits: ``_keys``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sync_core.state._memory import MemoryStateStore
-from sync_core.state._models import (
+from sync_core.core.models import (
     Claim,
     Collision,
     Cursor,
-    Direction,
     EntityType,
     Lease,
     Link,
@@ -26,25 +25,10 @@ from sync_core.state._models import (
     RunReport,
     StoreCounters,
 )
-from sync_core.state._table import TableStateStore, build_state_store
+from sync_core.state._memory import MemoryStateStore
+from sync_core.state._table import TableStateStore
 
-__all__ = [
-    "Claim",
-    "Collision",
-    "Cursor",
-    "Direction",
-    "EntityType",
-    "Lease",
-    "Link",
-    "MemoryStateStore",
-    "RecordFailure",
-    "RunReport",
-    "StateStore",
-    "StoreCounters",
-    "TableStateStore",
-    "build_state_store",
-    "retry_delay",
-]
+__all__ = ["MemoryStateStore", "StateStore", "TableStateStore"]
 
 
 class StateStore(Protocol):
@@ -133,9 +117,3 @@ class StateStore(Protocol):
     def release_claim(self, claim: Claim) -> None:
         """Give a claim back (the work failed and may be retried)."""
         ...
-
-
-def retry_delay(attempts: int) -> timedelta:
-    """When a failed record is tried again: 5 min, 15 min, 1 h, 4 h, then daily."""
-    schedule = [timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1), timedelta(hours=4)]
-    return schedule[attempts - 1] if 1 <= attempts <= len(schedule) else timedelta(days=1)

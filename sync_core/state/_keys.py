@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 from urllib.parse import quote
 
-from sync_core.errors import RecordError
+from sync_core.core.errors import RecordError
 
 MAX_TRANSACTION_OPS = 100
 MAX_TRANSACTION_BYTES = 3_500_000  # the service takes 4 MiB per transaction body; keep headroom for framing

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sync_core.errors import ApiError, StateConflictError
+from sync_core.core.errors import ApiError, StateConflictError
 from sync_core.state._keys import MAX_TRANSACTION_OPS, RowOp, as_utc, check_key_count
 from sync_core.state._rows import CountingRows, StoredRow
 from sync_core.state._store import RowStateStore

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from sync_core.core.models import StoreCounters
 from sync_core.state._keys import RowOp
-from sync_core.state._models import StoreCounters
 
 __all__ = ["CountingRows", "RowOp", "Rows", "StoredRow"]
 

@@ -31,7 +31,18 @@ from typing import Any
 
 from azure.data.tables import EdmType, EntityProperty
 
-from sync_core.errors import ConfigError, LeaseHeldError, StateConflictError
+from sync_core.core.errors import ConfigError, LeaseHeldError, StateConflictError
+from sync_core.core.models import (
+    Claim,
+    Collision,
+    Cursor,
+    EntityType,
+    Lease,
+    Link,
+    RecordFailure,
+    RunReport,
+    StoreCounters,
+)
 from sync_core.state._keys import (
     MAX_KEYS_PER_QUERY,
     RowOp,
@@ -45,17 +56,6 @@ from sync_core.state._keys import (
     newest_first_key,
     pack_transactions,
     to_json,
-)
-from sync_core.state._models import (
-    Claim,
-    Collision,
-    Cursor,
-    EntityType,
-    Lease,
-    Link,
-    RecordFailure,
-    RunReport,
-    StoreCounters,
 )
 from sync_core.state._rows import Rows, StoredRow
 

@@ -6,17 +6,17 @@ for batches, ``query_entities`` with ``parameters=`` (the SDK escapes every valu
 Tables are created on first use. Service answers become the project's errors: a lost condition
 is ``StateConflictError`` (chained from the SDK's error), throttling, 5xx and dropped
 connections are ``TransientError``, anything else is ``ApiError(service="tables")``.
-``TableStateStore`` is ``RowStateStore`` over it; ``build_state_store`` picks connection string
+``TableStateStore`` is ``RowStateStore`` over it; ``wiring.build_state_store`` picks connection string
 or endpoint + managed identity from the settings. Nothing here logs entity contents.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential, TokenCredential
@@ -30,15 +30,12 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
-from sync_core.errors import ApiError, ConfigError, StateConflictError, TransientError
+from sync_core.core.errors import ApiError, StateConflictError, TransientError
 from sync_core.state._keys import RowOp, check_key_count
 from sync_core.state._rows import CountingRows, StoredRow
 from sync_core.state._store import RowStateStore
 
-if TYPE_CHECKING:
-    from sync_core.settings import Settings
-
-__all__ = ["AzureRows", "TableStateStore", "build_state_store"]
+__all__ = ["AzureRows", "TableStateStore"]
 
 TableCredential = TokenCredential | AzureNamedKeyCredential | AzureSasCredential
 
@@ -244,29 +241,3 @@ class TableStateStore(RowStateStore):
     def from_endpoint(cls, endpoint: str, credential: TableCredential, *, prefix: str) -> TableStateStore:
         """``https://<account>.table.core.windows.net`` with an Entra credential (managed identity)."""
         return cls(TableServiceClient(endpoint=endpoint, credential=credential), prefix=prefix)
-
-
-def _default_credential() -> TokenCredential:
-    # Imported here: azure-identity is only needed when there is no connection string, and it is
-    # slow to import. DefaultAzureCredential picks up a user-assigned identity from AZURE_CLIENT_ID.
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential()
-
-
-def build_state_store(
-    settings: Settings, *, credential_factory: Callable[[], TokenCredential] = _default_credential
-) -> TableStateStore:
-    """The Table store the settings describe: a connection string if there is one, else the
-    endpoint with ``credential_factory()`` (``DefaultAzureCredential`` unless a test injects one)."""
-    connection_string = settings.tables_connection_string
-    if connection_string is not None:
-        return TableStateStore.from_connection_string(connection_string, prefix=settings.table_prefix)
-    if settings.tables_endpoint is not None:
-        try:
-            return TableStateStore.from_endpoint(
-                settings.tables_endpoint, credential_factory(), prefix=settings.table_prefix
-            )
-        except ValueError as err:  # e.g. the SDK refuses a token over plain http
-            raise ConfigError([f"SYNC_TABLES_ENDPOINT: {err}"]) from err
-    raise ConfigError(["SYNC_TABLES_CONNECTION / SYNC_TABLES_ENDPOINT: missing"])

@@ -18,9 +18,10 @@ from azure.functions.timer import TimerRequest
 import function_app
 from demo.sandbox_env import sandbox_settings
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
-from sync_core.services import close_services
+from sync_core.core.models import EntityType, Link, RunReport
 from sync_core.settings import Settings
-from sync_core.state import EntityType, Link, RunReport, TableStateStore
+from sync_core.state import TableStateStore
+from sync_core.wiring.services import close_services
 
 LEAD, CONTACT = EntityType.LEAD, EntityType.CONTACT
 SECRET = "e2e-webhook-secret"
@@ -131,7 +132,7 @@ def world(world_factory: Any) -> World:
 
 def field_map_json(*extra: dict[str, Any], drop: tuple[str, ...] = ()) -> str:
     """The default field map minus ``drop`` plus ``extra`` mappings, as inline JSON."""
-    from sync_core.fieldmap import DEFAULT_PATH
+    from sync_core.core.fieldmap import DEFAULT_PATH
 
     spec = json.loads(DEFAULT_PATH.read_text(encoding="utf-8"))
     spec["fields"] = [f for f in spec["fields"] if f["marketo"] not in drop] + list(extra)

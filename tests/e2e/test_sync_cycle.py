@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from sync_core.engine import MARKETO_CHANGES, dataverse_cursor
-from sync_core.services import close_services
-from sync_core.state import Direction, EntityType
-from sync_core.status import build_status
+from sync_core.core.models import Direction, EntityType
+from sync_core.cycle.engine import MARKETO_CHANGES, dataverse_cursor
+from sync_core.status.view import build_status
+from sync_core.wiring.services import close_services
 from tests.e2e.conftest import CONTACT, LEAD, World, field_map_json
 
 
@@ -558,7 +558,7 @@ def test_a_fresh_instance_reads_the_schema_from_the_state_store_not_the_services
 def test_run_once_prints_progress_per_stage_and_the_json_report(world: World) -> None:
     import io
 
-    from sync_core.engine import run_once_main
+    from sync_core.cycle.engine import run_once_main
 
     for i in range(3):
         world.dynamics_lead(i)

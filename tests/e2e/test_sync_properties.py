@@ -31,10 +31,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
-from sync_core.engine import MARKETO_CHANGES, SyncEngine, dataverse_cursor
-from sync_core.services import build_services
+from sync_core.core.models import EntityType, RunReport
+from sync_core.cycle.engine import MARKETO_CHANGES, SyncEngine, dataverse_cursor
 from sync_core.settings import Settings
-from sync_core.state import EntityType, RunReport, TableStateStore
+from sync_core.state import TableStateStore
+from sync_core.wiring.services import build_services
 from tests.e2e.conftest import environment
 
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]

@@ -19,9 +19,9 @@ import pytest
 
 import function_app
 from sandbox import DataverseOptions
-from sync_core.host import LocalHost
-from sync_core.services import services_for
-from sync_core.state import Claim
+from sync_core.core.models import Claim
+from sync_core.host.server import LocalHost
+from sync_core.wiring.services import services_for
 from tests.e2e.conftest import CONTACT, LEAD, SECRET, World
 
 ROUTE = "/api/marketo/sync-person"

@@ -17,11 +17,11 @@ import pytest
 from azure.identity import ClientSecretCredential
 
 from sandbox import DataverseOptions, SandboxServers
-from sync_core._counters import ApiCounters
-from sync_core.credentials import StaticTokenCredential
-from sync_core.dataverse import DataverseClient
-from sync_core.errors import DeltaTokenExpiredError, TransientError
-from sync_core.marketo import CustomActivity, LeadOutcome, MarketoClient, WriteStatus
+from sync_core.core.errors import DeltaTokenExpiredError, TransientError
+from sync_core.dataverse.client import DataverseClient
+from sync_core.http.counters import ApiCounters
+from sync_core.marketo.client import CustomActivity, LeadOutcome, MarketoClient, WriteStatus
+from sync_core.wiring.credentials import StaticTokenCredential
 from tests.integration.conftest import api_writes, fault_rules_left
 
 CRAFTED_EMAIL = "x' or 1 eq 1 or 'a"

@@ -26,11 +26,20 @@ from urllib.parse import quote, urlencode
 import httpx
 from azure.core.credentials import TokenCredential
 
-from sync_core import _odata
-from sync_core._counters import ApiCounters
-from sync_core._dataverse_auth import OPERATION_KEY, CredentialAuth
-from sync_core._dataverse_batch import BatchPart, PartResponse, build_batch, read_batch
-from sync_core._retry import (
+from sync_core.core.errors import (
+    ApiError,
+    ConfigError,
+    DeltaTokenExpiredError,
+    RateLimitedError,
+    RecordError,
+    TransientError,
+)
+from sync_core.core.schema import AttributeMeta, EntityMeta, RequiredLevel
+from sync_core.dataverse import odata as _odata
+from sync_core.dataverse._auth import OPERATION_KEY, CredentialAuth
+from sync_core.dataverse._batch import BatchPart, PartResponse, build_batch, read_batch
+from sync_core.http.counters import ApiCounters
+from sync_core.http.retry import (
     DATAVERSE_RETRY,
     Failure,
     RetryableFailure,
@@ -39,15 +48,6 @@ from sync_core._retry import (
     parse_retry_after,
     transport_failure,
 )
-from sync_core.errors import (
-    ApiError,
-    ConfigError,
-    DeltaTokenExpiredError,
-    RateLimitedError,
-    RecordError,
-    TransientError,
-)
-from sync_core.schema import AttributeMeta, EntityMeta, RequiredLevel
 
 log = logging.getLogger(__name__)
 

@@ -32,25 +32,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sync_core import _schema_cache as schema_cache
-from sync_core.activity import SyncFailure, log_sync_failures
-from sync_core.dataverse import DataverseClient, WriteOutcome
-from sync_core.errors import ApiError
-from sync_core.fieldmap import FieldMap, FieldMapping, FieldValueError, Unreadable, canonical_values
-from sync_core.marketo import LeadOutcome, LeadWriteResult, MarketoClient
-from sync_core.merge import Merge, Plan, merge_record, plan, settle
-from sync_core.schema import EntityMeta, MarketoFieldMeta
+from sync_core.core.errors import ApiError
+from sync_core.core.fieldmap import FieldMap, FieldMapping, FieldValueError, Unreadable, canonical_values
+from sync_core.core.merge import Merge, Plan, merge_record, plan, settle
+from sync_core.core.models import Collision, Direction, EntityType, Link, RecordFailure, retry_delay
+from sync_core.core.schema import EntityMeta, MarketoFieldMeta
+from sync_core.core.validate import DriftItem, marketo_problems
+from sync_core.cycle import schema_cache
+from sync_core.dataverse.client import DataverseClient, WriteOutcome
+from sync_core.marketo.activity import SyncFailure, log_sync_failures
+from sync_core.marketo.client import LeadOutcome, LeadWriteResult, MarketoClient
 from sync_core.settings import DynamicsDeletePolicy
-from sync_core.state import (
-    Collision,
-    Direction,
-    EntityType,
-    Link,
-    RecordFailure,
-    StateStore,
-    retry_delay,
-)
-from sync_core.validate import DriftItem, marketo_problems
+from sync_core.state import StateStore
 
 log = logging.getLogger(__name__)
 

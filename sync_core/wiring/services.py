@@ -17,13 +17,14 @@ from dataclasses import dataclass
 
 import httpx
 
-from sync_core._counters import ApiCounters
-from sync_core.credentials import build_dataverse_credential
-from sync_core.dataverse import DataverseClient
-from sync_core.fieldmap import FieldMap, load_field_map
-from sync_core.marketo import MarketoClient
+from sync_core.core.fieldmap import FieldMap, load_field_map
+from sync_core.dataverse.client import DataverseClient
+from sync_core.http.counters import ApiCounters
+from sync_core.marketo.client import MarketoClient
 from sync_core.settings import Settings
-from sync_core.state import StateStore, build_state_store
+from sync_core.state import StateStore
+from sync_core.wiring.credentials import build_dataverse_credential
+from sync_core.wiring.state import build_state_store
 
 # Connections per API: Marketo allows 10 in flight per instance (we use a share of it),
 # Dataverse 52 per user; keep-alive connections are reused across invocations.

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sync_core.fieldmap import FieldMap, FieldValueError
-from sync_core.schema import AttributeMeta, EntityMeta, MarketoFieldMeta, RequiredLevel
-from sync_core.state import EntityType
+from sync_core.core.fieldmap import FieldMap, FieldValueError
+from sync_core.core.models import EntityType
+from sync_core.core.schema import AttributeMeta, EntityMeta, MarketoFieldMeta, RequiredLevel
 
 # local@domain.tld, ASCII, no spaces: what Dataverse's Email format and the usual plug-ins accept.
 EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$")

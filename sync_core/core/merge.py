@@ -23,10 +23,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sync_core.fieldmap import FieldMap, FieldMapping, FieldValueError, Unreadable, Winner
-from sync_core.schema import EntityMeta, MarketoFieldMeta
-from sync_core.state import EntityType
-from sync_core.validate import dataverse_problems, marketo_problems
+from sync_core.core.fieldmap import FieldMap, FieldMapping, FieldValueError, Unreadable, Winner
+from sync_core.core.models import EntityType
+from sync_core.core.schema import EntityMeta, MarketoFieldMeta
+from sync_core.core.validate import dataverse_problems, marketo_problems
 
 ENTITY_WINNER: dict[EntityType, Winner] = {EntityType.LEAD: "marketo", EntityType.CONTACT: "dynamics"}
 

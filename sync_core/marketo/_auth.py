@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from sync_core._counters import ApiCounters
-from sync_core.errors import ApiError, ConfigError, TransientError
+from sync_core.core.errors import ApiError, ConfigError, TransientError
+from sync_core.http.counters import ApiCounters
 
 SERVICE = "marketo"
 OPERATION_KEY = "sync_core.operation"  # request extension naming the operation, for the counters

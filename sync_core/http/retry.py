@@ -28,8 +28,8 @@ from typing import TypeVar
 
 import httpx
 
-from sync_core._counters import ApiCounters
-from sync_core.errors import RateLimitedError, TransientError
+from sync_core.core.errors import RateLimitedError, TransientError
+from sync_core.http.counters import ApiCounters
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sync_core.status import Cycle, Status, Total
+    from sync_core.status.models import Cycle, Status, Total
 
 DASH = "\u2013"  # an en dash: "not known" in a cell
 # One colour per system everywhere on the page, so "purple = Marketo" is learnt once.

@@ -2,7 +2,7 @@
 
 Owns the typed ``Status`` built from a ``StateStore`` (last cycles, backlog estimate, open
 failures, recent collisions, field-map drift, a health headline), its JSON and plain-text
-renderings (HTML lives in ``_status_html``), the choice between JSON and HTML for an HTTP
+renderings (the models are ``status.models``, HTML is ``status.html``), the choice between JSON and HTML for an HTTP
 request, and the ``python -m sync_core status`` command. ``build_status`` only reads the store:
 no clock reads (``now`` is passed in), no writes, no API calls. Run reports are written by the
 engine and read here defensively: a missing or malformed key shows as a dash, never a crash.
@@ -25,18 +25,32 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any, Literal, TextIO
 
 from azure.core.exceptions import AzureError
-from pydantic import BaseModel, ConfigDict
 
-from sync_core._ncrontab import Schedule
-from sync_core._status_html import DASH, fmt_count, fmt_total, fmt_when, render_error_html, render_html
-from sync_core.errors import ConfigError, SyncError
-from sync_core.services import services_for
+from sync_core.core.errors import ConfigError, SyncError
+from sync_core.core.models import Collision, RecordFailure, RunReport
+from sync_core.core.schedule import Schedule
 from sync_core.settings import DEFAULT_SCHEDULE, Settings
-from sync_core.state import Collision, RecordFailure, RunReport, StateStore
+from sync_core.state import StateStore
+from sync_core.status.html import DASH, fmt_count, fmt_total, fmt_when, render_error_html, render_html
+from sync_core.status.models import (
+    ApiCalls,
+    Backlog,
+    CollisionView,
+    Cycle,
+    Drift,
+    DriftItem,
+    FailureView,
+    Health,
+    HealthLevel,
+    PerSide,
+    Status,
+    Total,
+    Totals,
+)
+from sync_core.wiring.services import services_for
 
 log = logging.getLogger(__name__)
 
@@ -51,165 +65,6 @@ _COMPLETED_OUTCOMES = frozenset({"ok", "partial", "lease_held"})
 _DID_ITS_WORK = frozenset({"ok", "partial"})  # what "the last completed cycle" means
 
 Format = Literal["json", "html"]
-
-
-class HealthLevel(StrEnum):
-    OK = "ok"
-    WARNING = "warning"
-    FAILING = "failing"
-
-
-class Health(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    level: HealthLevel
-    headline: str  # "OK", "Failures open", "Last cycle failed", "No cycle for …", …
-    details: list[str]
-
-
-class PerSide(BaseModel):
-    """Counts per system. For ``written`` the key is the side written to: ``dynamics`` is the
-    records that went Marketo → Dynamics. ``None``: the report did not say."""
-
-    model_config = ConfigDict(frozen=True)
-
-    marketo: int | None = None
-    dynamics: int | None = None
-
-
-class ApiCalls(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    marketo: int | None = None
-    dataverse: int | None = None
-    by_operation: dict[str, int] = {}
-
-
-class Cycle(BaseModel):
-    """One sync cycle, from its run report."""
-
-    model_config = ConfigDict(frozen=True)
-
-    run_id: str
-    started_at: datetime
-    finished_at: datetime | None
-    outcome: str
-    failed: bool
-    seconds: float | None
-    pulled: PerSide
-    written: PerSide
-    api_calls: ApiCalls
-    token_calls: int | None
-    table_transactions: int | None
-    created: int | None
-    linked: int | None
-    unlinked: int | None
-    flagged_deleted: int | None
-    qualified: int | None
-    collisions: int | None
-    failures: int | None
-
-
-class Backlog(BaseModel):
-    """Changes not yet synced, as estimated by the latest cycle that reported one."""
-
-    model_config = ConfigDict(frozen=True)
-
-    known: bool
-    total: int | None = None
-    parts: dict[str, int] = {}  # e.g. per side or per table, as the engine reported it
-    run_id: str | None = None
-    as_of: datetime | None = None
-
-
-class Total(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    count: int
-    at_least: bool = False  # the count hit TOTAL_CAP: there are at least this many
-
-
-class Totals(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    failures_open: Total
-    failures_due: Total
-    collisions_24h: Total
-    links: dict[str, int] | None = None  # linked records per entity, when asked for (a full scan)
-
-
-class CollisionView(BaseModel):
-    """A collision without its values (see the module docstring)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    at: datetime
-    run_id: str
-    entity: str
-    field: str
-    winner: str
-    rule: str
-    marketo_id: int
-    dataverse_id: str
-
-
-class FailureView(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    key: str
-    direction: str
-    entity: str
-    marketo_id: int | None
-    dataverse_id: str | None
-    reasons: list[str]
-    code: str | None
-    fields: list[str]
-    attempts: int
-    first_failed_at: datetime
-    last_failed_at: datetime
-    next_retry_at: datetime
-    due: bool
-
-
-class DriftItem(BaseModel):
-    """A mapped field one side does not have (any more): the cycle skips it and syncs the rest."""
-
-    model_config = ConfigDict(frozen=True)
-
-    side: str | None = None  # "marketo" | "dynamics": where the field is missing
-    entity: str | None = None  # None on the Marketo side: the person field serves both
-    field: str | None = None  # the field's name on that side
-    keys: list[str] = []  # the field-map keys skipped because of it
-    detail: str | None = None
-
-
-class Drift(BaseModel):
-    """Field-map drift as seen by the latest cycle that checked for it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    known: bool
-    run_id: str | None = None
-    items: list[DriftItem] = []
-
-
-class Status(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    generated_at: datetime
-    schedule: str
-    health: Health
-    last_cycle_at: datetime | None
-    last_completed_at: datetime | None  # the newest cycle with outcome ok or partial
-    cycles: list[Cycle]  # newest first
-    backlog: Backlog
-    totals: Totals
-    failures: list[FailureView]  # newest first
-    collisions: list[CollisionView]  # newest first
-    drift: Drift
-
-
-# -- reading run reports defensively ---------------------------------------------------------
 
 
 def _dig(report: Mapping[str, Any], *path: str) -> Any:

@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sync_core.errors import ConfigError
-from sync_core.state import EntityType
+from sync_core.core.errors import ConfigError
+from sync_core.core.models import EntityType
 
 DEFAULT_PATH = Path(__file__).with_name("fieldmap.default.json")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")

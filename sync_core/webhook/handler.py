@@ -40,14 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sync_core import _odata
-from sync_core._apply import CREATED_ON, ENTITY_SETS, LEAD_QUALIFIED, LEAD_STATE, PRIMARY_IDS, microsoft_fields
-from sync_core._retry import RetryPolicy
-from sync_core._schema_cache import ActiveSchema, active_schema
-from sync_core._webhook_request import Refusal, SyncPersonRequest, check_size, read_request
-from sync_core.activity import SyncFailure, log_sync_failures
-from sync_core.dataverse import DataverseClient
-from sync_core.errors import (
+from sync_core.core.errors import (
     ConfigError,
     QuotaExceededError,
     RateLimitedError,
@@ -56,11 +49,19 @@ from sync_core.errors import (
     SyncError,
     TransientError,
 )
-from sync_core.fieldmap import FieldValueError, Unreadable, canonical_values
-from sync_core.marketo import MarketoClient
-from sync_core.services import Services, services_from_env
-from sync_core.state import Claim, Direction, EntityType, Link, StateStore
-from sync_core.validate import dataverse_problems
+from sync_core.core.fieldmap import FieldValueError, Unreadable, canonical_values
+from sync_core.core.models import Claim, Direction, EntityType, Link
+from sync_core.core.validate import dataverse_problems
+from sync_core.cycle.apply import CREATED_ON, ENTITY_SETS, LEAD_QUALIFIED, LEAD_STATE, PRIMARY_IDS, microsoft_fields
+from sync_core.cycle.schema_cache import ActiveSchema, active_schema
+from sync_core.dataverse import odata as _odata
+from sync_core.dataverse.client import DataverseClient
+from sync_core.http.retry import RetryPolicy
+from sync_core.marketo.activity import SyncFailure, log_sync_failures
+from sync_core.marketo.client import MarketoClient
+from sync_core.state import StateStore
+from sync_core.webhook.request import Refusal, SyncPersonRequest, check_size, read_request
+from sync_core.wiring.services import Services, services_from_env
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from sync_core._retry import Failure, RetryableFailure, parse_retry_after
-from sync_core.errors import ApiError, QuotaExceededError, RateLimitedError, TransientError
+from sync_core.core.errors import ApiError, QuotaExceededError, RateLimitedError, TransientError
+from sync_core.http.retry import Failure, RetryableFailure, parse_retry_after
 
 SERVICE = "marketo"
 RATE_WINDOW_SECONDS = 20.0

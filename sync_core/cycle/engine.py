@@ -38,11 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from sync_core._apply import ENTITY_SETS, PRIMARY_IDS, Applier, Pending, Tally
-from sync_core._counters import ApiCounters
-from sync_core._staging import Stage
-from sync_core.dataverse import SCHEMA_ERROR_CODES, DataverseClient, DeltaPage
-from sync_core.errors import (
+from sync_core.core.errors import (
     ApiError,
     ConfigError,
     DeltaTokenExpiredError,
@@ -52,11 +48,16 @@ from sync_core.errors import (
     SyncError,
     TransientError,
 )
-from sync_core.fieldmap import FieldMap
-from sync_core.marketo import MarketoClient
-from sync_core.services import Services, services_for
+from sync_core.core.fieldmap import FieldMap
+from sync_core.core.models import Cursor, EntityType, Lease, RecordFailure, RunReport, StoreCounters
+from sync_core.cycle.apply import ENTITY_SETS, PRIMARY_IDS, Applier, Pending, Tally
+from sync_core.cycle.staging import Stage
+from sync_core.dataverse.client import SCHEMA_ERROR_CODES, DataverseClient, DeltaPage
+from sync_core.http.counters import ApiCounters
+from sync_core.marketo.client import MarketoClient
 from sync_core.settings import DynamicsDeletePolicy, MarketoDeletePolicy, Settings
-from sync_core.state import Cursor, EntityType, Lease, RecordFailure, RunReport, StateStore, StoreCounters
+from sync_core.state import StateStore
+from sync_core.wiring.services import Services, services_for
 
 log = logging.getLogger(__name__)
 

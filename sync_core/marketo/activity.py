@@ -13,8 +13,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sync_core.marketo import ActivityResult, CustomActivity, MarketoClient
-from sync_core.state import Direction, EntityType
+from sync_core.core.models import Direction, EntityType
+from sync_core.marketo.client import ActivityResult, CustomActivity, MarketoClient
 
 log = logging.getLogger(__name__)
 

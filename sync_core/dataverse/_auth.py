@@ -15,8 +15,8 @@ import httpx
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import ClientAuthenticationError
 
-from sync_core._counters import ApiCounters
-from sync_core.errors import ConfigError, TransientError
+from sync_core.core.errors import ConfigError, TransientError
+from sync_core.http.counters import ApiCounters
 
 SERVICE = "dataverse"
 OPERATION_KEY = "sync_core.operation"

@@ -7,6 +7,7 @@ JSON-compatible canonical values the field map produces, so equality means "both
 
 from __future__ import annotations
 
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -126,3 +127,9 @@ class StoreCounters(BaseModel):
     writes: int = 0  # single-entity writes (insert, conditional replace, delete)
     transactions: int = 0  # batched writes; each ≤ 100 operations in one partition
     operations: int = 0  # entity operations inside those transactions
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """When a failed record is tried again: 5 min, 15 min, 1 h, 4 h, then daily."""
+    schedule = [timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1), timedelta(hours=4)]
+    return schedule[attempts - 1] if 1 <= attempts <= len(schedule) else timedelta(days=1)

@@ -33,9 +33,9 @@ from urllib.parse import parse_qsl, urlsplit
 import azure.functions as func
 from azure.functions.timer import TimerRequest
 
-from sync_core._ncrontab import Schedule
-from sync_core.services import close_services
+from sync_core.core.schedule import Schedule
 from sync_core.settings import DEFAULT_SCHEDULE
+from sync_core.wiring.services import close_services
 
 log = logging.getLogger(__name__)
 

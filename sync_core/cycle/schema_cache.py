@@ -18,13 +18,14 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sync_core.dataverse import DataverseClient
-from sync_core.errors import RecordError, StateConflictError
-from sync_core.fieldmap import FieldMap
-from sync_core.marketo import MarketoClient
-from sync_core.schema import EntityMeta, MarketoFieldMeta, RequiredLevel
-from sync_core.state import Cursor, EntityType, StateStore
-from sync_core.validate import DriftItem, drift
+from sync_core.core.errors import RecordError, StateConflictError
+from sync_core.core.fieldmap import FieldMap
+from sync_core.core.models import Cursor, EntityType
+from sync_core.core.schema import EntityMeta, MarketoFieldMeta, RequiredLevel
+from sync_core.core.validate import DriftItem, drift
+from sync_core.dataverse.client import DataverseClient
+from sync_core.marketo.client import MarketoClient
+from sync_core.state import StateStore
 
 log = logging.getLogger(__name__)
 

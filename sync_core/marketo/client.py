@@ -24,13 +24,20 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from sync_core._counters import ApiCounters
-from sync_core._marketo_auth import OPERATION_KEY, MarketoTokenAuth
-from sync_core._marketo_envelope import Envelope, read_envelope
-from sync_core._ratebudget import RateBudget
-from sync_core._retry import MARKETO_RETRY, Failure, RetryableFailure, RetryPolicy, call_with_retries, transport_failure
-from sync_core.errors import ApiError, ConfigError, RecordError, TransientError
-from sync_core.schema import MarketoFieldMeta
+from sync_core.core.errors import ApiError, ConfigError, RecordError, TransientError
+from sync_core.core.schema import MarketoFieldMeta
+from sync_core.http.counters import ApiCounters
+from sync_core.http.ratebudget import RateBudget
+from sync_core.http.retry import (
+    MARKETO_RETRY,
+    Failure,
+    RetryableFailure,
+    RetryPolicy,
+    call_with_retries,
+    transport_failure,
+)
+from sync_core.marketo._auth import OPERATION_KEY, MarketoTokenAuth
+from sync_core.marketo._envelope import Envelope, read_envelope
 
 log = logging.getLogger(__name__)
 

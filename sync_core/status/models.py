@@ -1,0 +1,168 @@
+"""The status view's typed model: what ``status.view`` builds from the state store and what the
+JSON, text and HTML renderings read. Data only: no I/O, no rendering."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+
+class HealthLevel(StrEnum):
+    OK = "ok"
+    WARNING = "warning"
+    FAILING = "failing"
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    level: HealthLevel
+    headline: str  # "OK", "Failures open", "Last cycle failed", "No cycle for …", …
+    details: list[str]
+
+
+class PerSide(BaseModel):
+    """Counts per system. For ``written`` the key is the side written to: ``dynamics`` is the
+    records that went Marketo → Dynamics. ``None``: the report did not say."""
+
+    model_config = ConfigDict(frozen=True)
+
+    marketo: int | None = None
+    dynamics: int | None = None
+
+
+class ApiCalls(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    marketo: int | None = None
+    dataverse: int | None = None
+    by_operation: dict[str, int] = {}
+
+
+class Cycle(BaseModel):
+    """One sync cycle, from its run report."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+    failed: bool
+    seconds: float | None
+    pulled: PerSide
+    written: PerSide
+    api_calls: ApiCalls
+    token_calls: int | None
+    table_transactions: int | None
+    created: int | None
+    linked: int | None
+    unlinked: int | None
+    flagged_deleted: int | None
+    qualified: int | None
+    collisions: int | None
+    failures: int | None
+
+
+class Backlog(BaseModel):
+    """Changes not yet synced, as estimated by the latest cycle that reported one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    known: bool
+    total: int | None = None
+    parts: dict[str, int] = {}  # e.g. per side or per table, as the engine reported it
+    run_id: str | None = None
+    as_of: datetime | None = None
+
+
+class Total(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    count: int
+    at_least: bool = False  # the count hit TOTAL_CAP: there are at least this many
+
+
+class Totals(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    failures_open: Total
+    failures_due: Total
+    collisions_24h: Total
+    links: dict[str, int] | None = None  # linked records per entity, when asked for (a full scan)
+
+
+class CollisionView(BaseModel):
+    """A collision without its values (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    run_id: str
+    entity: str
+    field: str
+    winner: str
+    rule: str
+    marketo_id: int
+    dataverse_id: str
+
+
+class FailureView(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    direction: str
+    entity: str
+    marketo_id: int | None
+    dataverse_id: str | None
+    reasons: list[str]
+    code: str | None
+    fields: list[str]
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    next_retry_at: datetime
+    due: bool
+
+
+class DriftItem(BaseModel):
+    """A mapped field one side does not have (any more): the cycle skips it and syncs the rest."""
+
+    model_config = ConfigDict(frozen=True)
+
+    side: str | None = None  # "marketo" | "dynamics": where the field is missing
+    entity: str | None = None  # None on the Marketo side: the person field serves both
+    field: str | None = None  # the field's name on that side
+    keys: list[str] = []  # the field-map keys skipped because of it
+    detail: str | None = None
+
+
+class Drift(BaseModel):
+    """Field-map drift as seen by the latest cycle that checked for it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    known: bool
+    run_id: str | None = None
+    items: list[DriftItem] = []
+
+
+class Status(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    generated_at: datetime
+    schedule: str
+    health: Health
+    last_cycle_at: datetime | None
+    last_completed_at: datetime | None  # the newest cycle with outcome ok or partial
+    cycles: list[Cycle]  # newest first
+    backlog: Backlog
+    totals: Totals
+    failures: list[FailureView]  # newest first
+    collisions: list[CollisionView]  # newest first
+    drift: Drift
+
+
+# -- reading run reports defensively ---------------------------------------------------------
