@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from sandbox import SandboxServers, dataverse, marketo
+from sandbox import SandboxServers, _profile, dataverse, marketo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,14 +22,24 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--seed-contacts", type=int, default=0, help="contacts seeded in Dataverse")
     serve.add_argument("--no-limits", action="store_true", help="turn off rate, concurrency and quota limits")
     serve.add_argument("--tls", action="store_true", help="serve https with a locally generated CA")
+    serve.add_argument(
+        "--profile", choices=_profile.NAMES, default="instant", help="latency and capacity model (README)"
+    )
+    serve.add_argument("--profile-file", metavar="FILE", help="JSON overriding any figure of the --profile")
     marketo.add_arguments(serve)
     dataverse.add_arguments(serve)
     args = parser.parse_args(argv)
 
+    marketo_options, dataverse_options = marketo.options_from_args(args), dataverse.options_from_args(args)
+    try:
+        profile = _profile.load(args.profile, args.profile_file)
+    except (OSError, ValueError) as exc:
+        parser.error(f"--profile-file: {exc}")
+    _profile.apply(profile, marketo=marketo_options, dataverse=dataverse_options)
     log = open(args.request_log, "a", encoding="utf-8") if args.request_log else None  # noqa: SIM115
     servers = SandboxServers(
-        marketo=marketo.options_from_args(args),
-        dataverse=dataverse.options_from_args(args),
+        marketo=marketo_options,
+        dataverse=dataverse_options,
         marketo_port=args.marketo_port,
         dataverse_port=args.dataverse_port,
         request_log=log,

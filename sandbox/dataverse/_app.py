@@ -25,6 +25,7 @@ from sandbox.dataverse import _errors as err
 from sandbox.dataverse._auth import Tokens
 from sandbox.dataverse._batch import ChangeSet, Operation, build_response, parse_batch, resolve_references, to_request
 from sandbox.dataverse._errors import DataverseError
+from sandbox.dataverse._latency import Meter
 from sandbox.dataverse._limits import ServiceProtection, throttled
 from sandbox.dataverse._metadata import Metadata
 from sandbox.dataverse._odata import parse_key, parse_prefer, parse_select, quote_literal, split_path, split_segment
@@ -105,6 +106,7 @@ class DataverseSandbox(FaultControls):
             max_execution_ms=self.options.max_execution_ms,
             clock=self.options.clock,
         )
+        self.meter = Meter(self.options.profile, sleep)
         self._faults = FaultBook(self.options.faults)
         self._order_cache = OrderCache()
         self._seed()
@@ -127,21 +129,33 @@ class DataverseSandbox(FaultControls):
             if response.status == 200:
                 self.stats.count("tokens_issued")
             return response
-        if not (request.path + "/").startswith(API_PATH):
+        if (request.path + "/").startswith(API_PATH):
+            response = self._org(request)
+        else:
             first = split_path(unquote(request.path))
-            return _error(err.no_segment(first[0] if first else "/"))
+            response = _error(err.no_segment(first[0] if first else "/"))
+        # Every answer of the org says how many requests to send in parallel (send-parallel-requests).
+        response.headers.append(("x-ms-dop-hint", str(self.options.profile.dop_hint)))
+        return response
+
+    def _org(self, request: Request) -> Response:
         principal = self.tokens.principal(request)
         if principal is None:
             self.stats.count("unauthorized")
             return _decorate(self.tokens.challenge(request, had_token=request.header("Authorization") is not None))
         # Faults act on authenticated calls; a delay runs inside the limits, so it holds a
-        # concurrency slot and adds to execution time like a slow request would.
+        # concurrency slot and adds to execution time like a slow request would. So does the
+        # profile's simulated service time (meter.wait).
         action = self._take_fault(request)
+        self.meter.start()
         if not self.options.limits:
-            return self._serve(request, action)
+            response = self._serve(request, action)
+            self.meter.wait()
+            return response
         try:
             with self.limits.admit(principal) as limit_headers:
                 response = self._serve(request, action)
+                self.meter.wait()
         except DataverseError as exc:
             self.stats.count("throttled")
             return _error(exc)
@@ -200,19 +214,19 @@ class DataverseSandbox(FaultControls):
             self._only(method, ("POST",), path)
             if in_batch:
                 raise err.bad_argument("A $batch request cannot contain another $batch request.")
-            self.stats.call("$batch", "POST")
+            self._op("$batch", "POST")
             return self._batch(request)
         if name == "EntityDefinitions":
             self._only(method, ("GET",), path)
-            self.stats.call("EntityDefinitions", "GET", in_batch=in_batch)
+            self._op("EntityDefinitions", "GET", in_batch=in_batch)
             return _json(Metadata(api).entity_definitions(segments, request.query))
         if name == "sdkmessagefilters" and key_text is None and len(segments) == 1:
             self._only(method, ("GET",), path)
-            self.stats.call("sdkmessagefilters", "GET", in_batch=in_batch)
+            self._op("sdkmessagefilters", "GET", in_batch=in_batch)
             return _json(Metadata(api).message_filters(request.query))
         if name == "WhoAmI" and len(segments) == 1 and key_text in (None, ""):
             self._only(method, ("GET",), path)
-            self.stats.call("WhoAmI", "GET", in_batch=in_batch)
+            self._op("WhoAmI", "GET", in_batch=in_batch)
             return _json(
                 {
                     "@odata.context": f"{api}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
@@ -230,33 +244,36 @@ class DataverseSandbox(FaultControls):
             if len(segments) == 1:
                 self._only(method, ("GET", "POST"), path)
                 if method == "GET":
-                    self.stats.call(
-                        table.entity_set, "query" if request.arg("$deltatoken") is None else "delta", in_batch=in_batch
+                    self._op(
+                        table.entity_set,
+                        "query" if request.arg("$deltatoken") is None else "delta",
+                        in_batch=in_batch,
+                        records=0,  # charged by the rows of the page, in _query
                     )
                     return self._query(table, request, api)
-                self.stats.call(table.entity_set, "create", in_batch=in_batch)
+                self._op(table.entity_set, "create", in_batch=in_batch)
                 return self._create(table, request, api, user, bypass)
             message = _MULTIPLE.get(segments[1])
             if message is None or len(segments) > 2:
                 raise err.no_segment(segments[1])
             self._only(method, ("POST",), path)
-            self.stats.call(table.entity_set, message, in_batch=in_batch)
+            self._op(table.entity_set, message, in_batch=in_batch, records=0)  # charged per target
             return self._multiple(table, message, request, api, user, bypass)
         key = self._key(table, key_text)
         if len(segments) == 1:
             self._only(method, ("GET", "PATCH", "DELETE"), path)
             if method == "GET":
-                self.stats.call(table.entity_set, "retrieve", in_batch=in_batch)
+                self._op(table.entity_set, "retrieve", in_batch=in_batch)
                 return self._retrieve(table, key, request, api)
             if method == "PATCH":
                 operation = "update" if request.header("If-Match") else "upsert"
-                self.stats.call(table.entity_set, operation, in_batch=in_batch)
+                self._op(table.entity_set, operation, in_batch=in_batch)
                 return self._patch(table, key, request, api, user, bypass)
-            self.stats.call(table.entity_set, "delete", in_batch=in_batch)
+            self._op(table.entity_set, "delete", in_batch=in_batch)
             return self._delete(table, key, request, user)
         if len(segments) == 2 and segments[1] == _QUALIFY and table is LEAD:
             self._only(method, ("POST",), path)
-            self.stats.call(table.entity_set, "QualifyLead", in_batch=in_batch)
+            self._op(table.entity_set, "QualifyLead", in_batch=in_batch)
             return self._qualify(key, request, api, user)
         column = table.by_prop.get(segments[1]) if len(segments) == 2 else None
         if column is None:
@@ -264,7 +281,7 @@ class DataverseSandbox(FaultControls):
         self._only(method, ("GET", "DELETE"), path)
         row = self.records.get_or_raise(table, key)
         if method == "GET":
-            self.stats.call(table.entity_set, "retrieve", in_batch=in_batch)
+            self._op(table.entity_set, "retrieve", in_batch=in_batch)
             value = render(table, row, [column.prop])[column.prop]
             if value is None:
                 return Response(status=204)
@@ -273,9 +290,14 @@ class DataverseSandbox(FaultControls):
             )
         if column.kind == "lookup" or not column.update:
             raise err.bad_argument(f"The column '{column.prop}' cannot be cleared.")
-        self.stats.call(table.entity_set, "update", in_batch=in_batch)
+        self._op(table.entity_set, "update", in_batch=in_batch)
         self.records.update(table, row, {column.name: None}, user=user, bypass_plugins=bypass)
         return Response(status=204)
+
+    def _op(self, resource: str, operation: str, *, in_batch: bool = False, records: int = 1) -> None:
+        """Count an operation and charge its simulated service time."""
+        self.stats.call(resource, operation, in_batch=in_batch)
+        self.meter.charge(operation, records)
 
     @staticmethod
     def _only(method: str, allowed: tuple[str, ...], path: str) -> None:
@@ -340,6 +362,7 @@ class DataverseSandbox(FaultControls):
             cache=self._order_cache,
         )
         payload = query.run()
+        self.meter.charge("query", len(payload.get("value", ())))
         headers = [("Preference-Applied", ",".join(query.applied))] if query.applied else []
         return _json(payload, headers=headers)
 
@@ -408,6 +431,7 @@ class DataverseSandbox(FaultControls):
         targets = data.get("Targets") if isinstance(data, dict) else None
         if not isinstance(targets, list) or not targets or not all(isinstance(t, dict) for t in targets):
             raise err.bad_argument(f"{message} needs 'Targets': a non-empty list of {table.logical} records.")
+        self.meter.charge(message, len(targets))
         ids: list[str] = []
         with self.store.atomic():  # standard tables: one bad target and nothing is written
             for target in targets:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox._faults import FaultRule, add_fault_argument, parse_spec
+from sandbox._profile import DataverseProfile
 from sandbox.dataverse._schema import INTEGRATION_USER_ID, UI_USER_ID
 from sandbox.dataverse._validate import PluginRule, default_plugin_rules
 
@@ -43,6 +44,7 @@ class DataverseOptions:
     integration_user_id: str = INTEGRATION_USER_ID  # who API tokens act as (_modifiedby_value)
     ui_user_id: str = UI_USER_ID  # who the admin and Python APIs act as
     clock: Callable[[], float] = time.time  # wall clock for timestamps, token and change expiry, windows
+    profile: DataverseProfile = field(default_factory=DataverseProfile)  # latency model (sandbox._profile)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

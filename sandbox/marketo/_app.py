@@ -145,6 +145,7 @@ class MarketoSandbox(FaultControls):
             if request.method not in ("GET", "POST"):
                 return failure(self._ids.next(), "605", message_for("605", method=request.method))
             self._stats.served(f"{request.method} {IDENTITY_PATH}")
+            self._pause(f"{request.method} {IDENTITY_PATH}")
             return self._identity(request)
         request_id = self._ids.next()
         route, match = self._find_route(request.path)
@@ -182,10 +183,12 @@ class MarketoSandbox(FaultControls):
                 self._rate.refund(receipt)
             self._stats.rejected("607")
             return failure(request_id, "607", self._message("607"))
-        self._stats.served(f"{method} {route.template}")
+        endpoint = f"{method} {route.template}"
+        self._stats.served(endpoint)
         if route.template == PROGRAMS_PATH:
             # The Asset API keeps empty lists and uses plain-string warnings.
             body = {"success": True, "errors": [], "requestId": request_id, "warnings": [_NO_ASSETS]}
+            self._pause(endpoint)
             return Response.json(body)
         handler = route.handler or _LEADS_BY_METHOD[method]
         try:
@@ -196,7 +199,15 @@ class MarketoSandbox(FaultControls):
                     self._rate.refund(receipt)
                 self._usage.refund(day)
             return failure(request_id, err.code, err.message)
+        self._pause(endpoint, len(payload.get("result") or ()))
         return success(request_id, payload)
+
+    def _pause(self, endpoint: str, records: int = 0) -> None:
+        """The profile's service time for a served call, slept on this thread: the call stays in
+        flight (the 615 gate is held by ``handle``) and holds no lock meanwhile."""
+        seconds = self.options.profile.call_seconds(endpoint, records)
+        if seconds > 0:
+            self._sleep(seconds)
 
     @staticmethod
     def _find_route(path: str) -> tuple[Route | None, re.Match[str] | None]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox._faults import FaultRule, add_fault_argument, parse_spec
+from sandbox._profile import MarketoProfile
 
 # Marketo's own fault answer: an HTTP 200 ``success: false`` envelope with this error code.
 FAULT_ACTIONS = frozenset({"marketo_error"})
@@ -31,6 +32,7 @@ class MarketoOptions:
     daily_quota: int = 50_000
     allow_query_token: bool = False  # accept the retired ``?access_token=`` parameter
     faults: list[FaultRule | dict[str, Any]] = field(default_factory=list)  # rules armed at start
+    profile: MarketoProfile = field(default_factory=MarketoProfile)  # latency model (sandbox._profile)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
