@@ -297,7 +297,7 @@ def _range(header: str | None, size: int) -> tuple[int, int] | None:
         return max(0, size - suffix), size - 1
     first = int(match[1])
     last = int(match[2]) if match[2] else size - 1
-    if last < first:
+    if match[2] and last < first:
         return None  # syntactically invalid: ignored
     if first >= size:
         return _UNSATISFIABLE
