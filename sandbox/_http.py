@@ -64,6 +64,7 @@ class Response:
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
     content_type: str | None = None
+    compress: bool = True  # False: never gzip (a file whose bytes, ranges and length must stay exact)
 
     @classmethod
     def json(
@@ -133,7 +134,12 @@ class _Handler(BaseHTTPRequestHandler):
         body = response.body
         headers = list(response.headers)
         accept = (request.header("Accept-Encoding") or "").lower()
-        if self.server.gzip_min is not None and "gzip" in accept and len(body) >= self.server.gzip_min:
+        if (
+            response.compress
+            and self.server.gzip_min is not None
+            and "gzip" in accept
+            and len(body) >= self.server.gzip_min
+        ):
             body = gzip.compress(body, compresslevel=1)
             headers.append(("Content-Encoding", "gzip"))
         self.send_response(response.status)

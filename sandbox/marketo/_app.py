@@ -6,7 +6,8 @@ routing (610/605); the bearer check (601/602); the rate window (606) and daily q
 then its handler. Calls refused with a 6xx/7xx code give back their rate and quota slot, since
 the real service does not charge them. Tests and demos act as a Marketo user through the Python
 methods (``create_lead``, ``update_lead`` …) or the admin endpoints; both log activities with
-the given source instead of "Web service API".
+the given source instead of "Web service API". Bulk extract jobs (``_bulk``) advance in
+simulated time before each request and each in-process write.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import IO, Any
 
 from sandbox._faults import FaultAction, FaultBook, FaultControls, admin_faults, status_response
 from sandbox._http import DropConnection, HttpServer, Request, Response
-from sandbox.marketo import _activities, _leads
+from sandbox.marketo import _activities, _bulk, _leads
 from sandbox.marketo import _schema as schema
+from sandbox.marketo._bulk_jobs import ExportJob, ExportQueue
 from sandbox.marketo._call import Call, Params
 from sandbox.marketo._db import LeadDatabase
 from sandbox.marketo._envelope import MarketoError, RequestIds, failure, message_for, success
@@ -41,7 +43,7 @@ MAX_URI = 8 * 1024
 UI_SOURCE = "Marketo UI"
 SEED_SOURCE = "List import"
 
-Handler = Callable[[Call], dict[str, Any]]
+Handler = Callable[[Call], dict[str, Any] | Response]  # a Response is sent as is (file.json)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Route:
 
 def _route(methods: str, template: str, handler: Handler | None) -> Route:
     regex = re.escape(template).replace(r"\{id\}", r"(?P<id>\d+)").replace(r"\{apiName\}", r"(?P<api_name>[^/]+)")
+    regex = regex.replace(r"\{exportId\}", r"(?P<export_id>[^/]+)")
     return Route(tuple(methods.split()), re.compile(regex), template, handler)
 
 
@@ -76,6 +79,19 @@ ROUTES: tuple[Route, ...] = (
     _route("GET", "/rest/v1/stats/usage.json", _activities.usage_today),
     _route("GET", "/rest/v1/stats/usage/last7days.json", _activities.usage_last7days),
     _route("GET", PROGRAMS_PATH, None),
+    _route("POST", "/bulk/v1/leads/export/create.json", _bulk.create_leads),
+    _route("POST", "/bulk/v1/activities/export/create.json", _bulk.create_activities),
+    *(
+        route
+        for kind in ("leads", "activities")
+        for route in (
+            _route("GET", f"/bulk/v1/{kind}/export.json", _bulk.jobs),
+            _route("POST", f"/bulk/v1/{kind}/export/{{exportId}}/enqueue.json", _bulk.enqueue),
+            _route("GET", f"/bulk/v1/{kind}/export/{{exportId}}/status.json", _bulk.status),
+            _route("POST", f"/bulk/v1/{kind}/export/{{exportId}}/cancel.json", _bulk.cancel),
+            _route("GET", f"/bulk/v1/{kind}/export/{{exportId}}/file.json", _bulk.file),
+        )
+    ),
 )
 _LEADS_BY_METHOD: dict[str, Handler] = {
     "GET": _leads.query_leads,
@@ -99,7 +115,10 @@ class MarketoSandbox(FaultControls):
         self._sleep = sleep
         self.db = LeadDatabase(clock)
         self._ids = RequestIds(clock)
-        self._tokens = AccessTokens(self.options.token_ttl, clock)
+        users = {self.options.client_id: self.options.client_secret, **self.options.extra_api_users}
+        self._secrets = users
+        self._tokens = {client: AccessTokens(self.options.token_ttl, clock) for client in users}
+        self.bulk = ExportQueue(self.options, clock)
         self._rate = RateLimiter(self.options.rate_limit_calls, self.options.rate_limit_window, clock)
         self._gate = ConcurrencyGate(self.options.max_concurrent)
         self._usage = DailyUsage(self.options.daily_quota, clock)
@@ -135,6 +154,7 @@ class MarketoSandbox(FaultControls):
                 self._gate.leave()
 
     def _serve(self, request: Request) -> Response:
+        self.bulk.advance()
         action = self._faults.take(request.method, request.path)
         if action is not None:
             self._stats.fault()
@@ -163,11 +183,11 @@ class MarketoSandbox(FaultControls):
         if method not in route.methods:
             return failure(request_id, "605", message_for("605", method=request.method))
         try:
-            self._authenticate(request)
+            user = self._authenticate(request)
         except MarketoError as err:
             self._stats.rejected(err.code)
             return failure(request_id, err.code, err.message)
-        call = Call(request, params, match, self.db, self._usage, self.options, self.clock)
+        call = Call(request, params, match, self.db, self._usage, self.options, self.clock, self.bulk, user)
         return self._charged(request_id, route, method, call)
 
     def _charged(self, request_id: str, route: Route, method: str, call: Call) -> Response:
@@ -199,6 +219,9 @@ class MarketoSandbox(FaultControls):
                     self._rate.refund(receipt)
                 self._usage.refund(day)
             return failure(request_id, err.code, err.message)
+        if isinstance(payload, Response):
+            self._pause(endpoint)
+            return payload
         self._pause(endpoint, len(payload.get("result") or ()))
         return success(request_id, payload)
 
@@ -229,17 +252,17 @@ class MarketoSandbox(FaultControls):
         if grant != "client_credentials":
             body = {"error": "unsupported_grant_type", "error_description": f"Unsupported grant type: {grant}"}
             return Response.json(body, 400, headers=headers)
-        if (
-            params.first("client_id") != self.options.client_id
-            or params.first("client_secret") != self.options.client_secret
-        ):
+        client = params.first("client_id") or ""
+        if client not in self._secrets or params.first("client_secret") != self._secrets[client]:
             body = {"error": "invalid_client", "error_description": "Bad client credentials"}
             return Response.json(body, 401, headers=headers)
-        token, expires_in = self._tokens.issue()
-        granted = {"access_token": token, "token_type": "bearer", "expires_in": expires_in, "scope": self.options.scope}
+        token, expires_in = self._tokens[client].issue()
+        scope = self.options.scope if client == self.options.client_id else f"{client}@example.com"
+        granted = {"access_token": token, "token_type": "bearer", "expires_in": expires_in, "scope": scope}
         return Response.json(granted, headers=headers)
 
-    def _authenticate(self, request: Request) -> None:
+    def _authenticate(self, request: Request) -> str:
+        """The API user (client id) whose token the request carries; MarketoError otherwise."""
         header = request.header("Authorization")
         if header is not None:
             scheme, _, token = header.strip().partition(" ")
@@ -251,9 +274,13 @@ class MarketoSandbox(FaultControls):
                 raise MarketoError("601", "Access token not specified")
             if not self.options.allow_query_token:
                 raise MarketoError("601")  # the query parameter has been retired
-        problem = self._tokens.check(token.strip())
-        if problem is not None:
-            raise MarketoError(problem)
+        for client, tokens in self._tokens.items():
+            problem = tokens.check(token.strip())
+            if problem is None:
+                return client
+            if problem != "601":  # issued to this user, but expired
+                raise MarketoError(problem)
+        raise MarketoError("601")
 
     def _apply_fault(self, action: FaultAction) -> Response | None:
         if action.delay is not None:
@@ -328,6 +355,7 @@ class MarketoSandbox(FaultControls):
 
     def create_lead(self, values: Mapping[str, Any], *, source: str = UI_SOURCE) -> int:
         """A new person, validated like an API write (ValueError); logs New Lead with ``source``."""
+        self.bulk.advance()
         return self.db.create(schema.clean_values(dict(values)), source=source)
 
     def update_lead(self, lead_id: int, values: Mapping[str, Any], *, source: str = UI_SOURCE) -> list[str]:
@@ -336,12 +364,14 @@ class MarketoSandbox(FaultControls):
         Returns the changed field names; KeyError if there is no such lead, ValueError on bad values.
         """
         clean = schema.clean_values(dict(values))
+        self.bulk.advance()
         with self.db.lock:
             if not self.db.exists(lead_id):
                 raise KeyError(lead_id)
             return self.db.update(lead_id, clean, source=source)
 
     def delete_lead(self, lead_id: int) -> bool:
+        self.bulk.advance()
         return self.db.delete(lead_id)
 
     def get_lead(self, lead_id: int) -> dict[str, Any] | None:
@@ -392,11 +422,16 @@ class MarketoSandbox(FaultControls):
     def reset(self, *, seed: bool = False) -> None:
         """Empty database and counters; options, armed faults and issued tokens stay."""
         self.db.clear()
+        self.bulk.clear()
         self._rate.reset()
         self._usage.reset()
         self._stats.reset()
         if seed:
             self.seed(self.options.seed_leads)
+
+    def fail_export(self, export_id: str, message: str = "Export failed") -> ExportJob:
+        """Make a Queued or Processing bulk export job Failed (ValueError if it is neither)."""
+        return self.bulk.fail(export_id, message)
 
     def stats(self) -> dict[str, Any]:
         out = self._stats.as_json()

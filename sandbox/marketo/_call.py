@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox._http import Request
+from sandbox.marketo._bulk_jobs import ExportQueue
 from sandbox.marketo._db import LeadDatabase
 from sandbox.marketo._envelope import MarketoError
 from sandbox.marketo._limits import DailyUsage
@@ -70,6 +71,8 @@ class Call:
     usage: DailyUsage
     options: MarketoOptions
     clock: Callable[[], float]
+    bulk: ExportQueue
+    user: str  # the API user (client id) whose token the call carries
 
     def json_body(self) -> Any:
         """The JSON body, or None if there is none."""

@@ -1,7 +1,8 @@
 """How the Marketo simulator is configured: the options dataclass and its command-line flags.
 
 Owns the defaults (those of a typical real subscription: 100 calls / 20 s, 10 in flight,
-50,000 calls a day, 3600 s tokens) and the ``--marketo-*`` flags of ``python -m sandbox serve``.
+50,000 calls a day, 3600 s tokens, bulk extract's 2 processing / 10 queued jobs and 500 MB of
+export files a day) and the ``--marketo-*`` flags of ``python -m sandbox serve``.
 It must honour the shared ``--no-limits`` and ``--seed-leads`` flags parsed by ``__main__``.
 """
 
@@ -33,6 +34,14 @@ class MarketoOptions:
     allow_query_token: bool = False  # accept the retired ``?access_token=`` parameter
     faults: list[FaultRule | dict[str, Any]] = field(default_factory=list)  # rules armed at start
     profile: MarketoProfile = field(default_factory=MarketoProfile)  # latency model (sandbox._profile)
+    # More API users (client id -> secret) of the same instance: bulk export jobs are per user.
+    extra_api_users: dict[str, str] = field(default_factory=dict)
+    # Bulk extract: simulated seconds a job spends Processing (minutes on the real service).
+    bulk_processing_seconds: float = 2.0
+    bulk_max_processing: int = 2
+    bulk_max_queued: int = 10  # queued and processing jobs together, all users and kinds
+    bulk_daily_quota_mb: int = 500  # export file bytes a day (US Central), shared by all kinds
+    bulk_unsupported_filters: list[str] = field(default_factory=list)  # e.g. updatedAt -> 1035
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +57,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--marketo-daily-quota", type=int, default=defaults.daily_quota, metavar="N")
     group.add_argument(
         "--marketo-allow-query-token", action="store_true", help="still accept the retired ?access_token= parameter"
+    )
+    group.add_argument(
+        "--marketo-bulk-processing-seconds",
+        type=float,
+        default=defaults.bulk_processing_seconds,
+        metavar="SECONDS",
+        help="how long a bulk export job stays Processing",
+    )
+    group.add_argument("--marketo-bulk-daily-quota-mb", type=int, default=defaults.bulk_daily_quota_mb, metavar="MB")
+    group.add_argument(
+        "--marketo-bulk-unsupported-filter",
+        action="append",
+        default=[],
+        choices=("updatedAt", "smartListId", "smartListName"),
+        help="a bulk lead filter this subscription lacks (answered with 1035); repeatable",
     )
     add_fault_argument(group, "--marketo-fault", parse=parse_fault_spec, example="path=leadchanges;error=606;times=2")
 
@@ -70,4 +94,7 @@ def options_from_args(args: argparse.Namespace) -> MarketoOptions:
         daily_quota=args.marketo_daily_quota,
         allow_query_token=args.marketo_allow_query_token,
         faults=list(args.marketo_fault),
+        bulk_processing_seconds=args.marketo_bulk_processing_seconds,
+        bulk_daily_quota_mb=args.marketo_bulk_daily_quota_mb,
+        bulk_unsupported_filters=list(args.marketo_bulk_unsupported_filter),
     )
