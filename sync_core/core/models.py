@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from sync_core.core.report import CycleReport, Outcome
+
 
 class EntityType(StrEnum):
     LEAD = "lead"
@@ -104,8 +106,18 @@ class RunReport(BaseModel):
     run_id: str
     started_at: AwareDatetime
     finished_at: AwareDatetime | None = None
-    outcome: str = "ok"  # ok | partial | quota | transient | lease_held | error
-    report: dict[str, Any] = Field(default_factory=dict)
+    outcome: Outcome = Outcome.OK
+    report: CycleReport = Field(default_factory=CycleReport)
+
+    def as_json(self) -> dict[str, Any]:
+        """``run-once``'s JSON: the run's identity and outcome, then the counts."""
+        return {
+            "run_id": self.run_id,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "outcome": self.outcome.value,
+            **self.report.as_json(),
+        }
 
 
 class Claim(BaseModel):
