@@ -2,15 +2,17 @@
 
 ``MemoryRows`` plays the Table service under ``Rows`` (which maps, filters and counts rows for
 both backends): a fresh ETag on every write, insert-if-absent, conditional replace/delete,
-all-or-nothing transactions of ≤ 100 operations, scans in (PartitionKey, RowKey) order a page at a
-time, and the same refusals (duplicate row or > 100 operations in one transaction). Every
-operation holds one lock, so concurrent callers (webhooks) see the same atomicity the service
-gives. ``MemoryStateStore`` is ``RowStateStore`` over it, so the memory store keys, batches and
-counts exactly as the Table store does. Nothing here is persisted.
+all-or-nothing transactions of ≤ 100 operations, scans in (PartitionKey, RowKey) order a page at
+a time (each page continuing after the last key read, like a continuation token), and the same
+refusals (duplicate row or > 100 operations in one transaction). Every operation holds one lock,
+so concurrent callers (webhooks) see the same atomicity the service gives. ``MemoryStateStore``
+is ``RowStateStore`` over it, so the memory store keys, batches and counts exactly as the Table
+store does. Nothing here is persisted.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import threading
 import uuid
@@ -86,15 +88,22 @@ class MemoryRows(Rows):
         yield page  # one $filter, one page
 
     def _scan_pages(self, table: str, where: RowFilter, page_size: int) -> Iterator[list[StoredRow]]:
-        with self._lock:  # a snapshot, taken at the first page, like a consistent first page
-            matches = [
-                StoredRow(key[0], key[1], dict(props), etag)
-                for key, (props, etag) in sorted(self._table(table).items())
-                if where.keeps(key[0], key[1], props)
-            ]
-        yield matches[:page_size]
-        for start in range(page_size, len(matches), page_size):
-            yield matches[start : start + page_size]
+        # Each page is read when asked for and continues after the last key read, as the
+        # service's continuation token does: rows written meanwhile behind it are not seen.
+        after: _Key | None = None
+        while True:
+            with self._lock:
+                ahead = (
+                    (key, props, etag)
+                    for key, (props, etag) in self._table(table).items()
+                    if (after is None or key > after) and where.keeps(key[0], key[1], props)
+                )
+                found = heapq.nsmallest(page_size + 1, ahead, key=lambda item: item[0])
+            page = [StoredRow(key[0], key[1], dict(props), etag) for key, props, etag in found[:page_size]]
+            yield page
+            if len(found) <= page_size:
+                return
+            after = found[page_size - 1][0]
 
     def _transact(self, table: str, partition: str, ops: list[RowOp]) -> None:
         with self._lock:
