@@ -16,6 +16,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sync_core.core.report import CycleReport, Outcome
 
 
+class _Record(BaseModel):
+    """What every stored record shares: immutable once built (a change is a ``model_copy``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+
 class EntityType(StrEnum):
     LEAD = "lead"
     CONTACT = "contact"
@@ -26,30 +32,24 @@ class Direction(StrEnum):
     TO_MARKETO = "to_marketo"
 
 
-class Cursor(BaseModel):
+class Cursor(_Record):
     """A named position in a change feed (Marketo paging token, Dataverse delta link)."""
-
-    model_config = ConfigDict(frozen=True)
 
     name: str
     value: str
     etag: str | None = None  # None until stored; the ETag to send on the next conditional write
 
 
-class Lease(BaseModel):
+class Lease(_Record):
     """The cycle lease: at most one cycle runs at a time."""
-
-    model_config = ConfigDict(frozen=True)
 
     owner: str
     expires_at: AwareDatetime
     etag: str | None = None
 
 
-class Link(BaseModel):
+class Link(_Record):
     """A Marketo person linked to one Dataverse lead or contact, with the values both last agreed on."""
-
-    model_config = ConfigDict(frozen=True)
 
     marketo_id: int
     entity: EntityType
@@ -59,10 +59,8 @@ class Link(BaseModel):
     updated_at: AwareDatetime | None = None
 
 
-class Collision(BaseModel):
+class Collision(_Record):
     """The same field changed on both sides since the last sync, to different values."""
-
-    model_config = ConfigDict(frozen=True)
 
     id: str
     at: AwareDatetime
@@ -78,10 +76,8 @@ class Collision(BaseModel):
     rule: str  # why that side won, e.g. "lead: Marketo wins" or "override: phone"
 
 
-class RecordFailure(BaseModel):
+class RecordFailure(_Record):
     """A record that could not be written; retried on later cycles on ``next_retry_at``."""
-
-    model_config = ConfigDict(frozen=True)
 
     key: str  # stable per record and direction, e.g. "to_dynamics:lead:1234"
     direction: Direction
@@ -98,10 +94,8 @@ class RecordFailure(BaseModel):
     run_id: str | None = None
 
 
-class RunReport(BaseModel):
+class RunReport(_Record):
     """What one cycle did; stored as JSON, listed newest first by the status view."""
-
-    model_config = ConfigDict(frozen=True)
 
     run_id: str
     started_at: AwareDatetime
@@ -120,10 +114,8 @@ class RunReport(BaseModel):
         }
 
 
-class Claim(BaseModel):
+class Claim(_Record):
     """An insert-if-absent marker: the first caller to take a key does the work."""
-
-    model_config = ConfigDict(frozen=True)
 
     key: str
     owner: str
