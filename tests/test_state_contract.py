@@ -33,6 +33,7 @@ from sync_core.core.models import (
     RunReport,
     StoreCounters,
 )
+from sync_core.core.report import CycleReport, PerSide
 from sync_core.state import MemoryStateStore, StateStore, TableStateStore
 from sync_core.state._keys import RowOp
 from sync_core.state._memory import MemoryRows
@@ -424,7 +425,9 @@ def test_run_reports_are_listed_newest_first_and_a_rewrite_replaces(store: State
     reports = [RunReport(run_id=f"run-{index}", started_at=NOW + index * MINUTE) for index in range(3)]
     for report in reports:
         store.add_run_report(report)
-    finished = reports[1].model_copy(update={"finished_at": NOW + 2 * MINUTE, "report": {"pulled": {"marketo": 3}}})
+    finished = reports[1].model_copy(
+        update={"finished_at": NOW + 2 * MINUTE, "report": CycleReport(pulled=PerSide(marketo=3))}
+    )
     store.add_run_report(finished)
     assert store.list_run_reports() == [reports[2], finished, reports[0]]
     assert store.list_run_reports(limit=1) == [reports[2]]

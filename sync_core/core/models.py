@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -100,7 +100,8 @@ class RunReport(_Record):
     run_id: str
     started_at: AwareDatetime
     finished_at: AwareDatetime | None = None
-    outcome: Outcome = Outcome.OK
+    # An outcome this version does not know (a newer one wrote it) is kept as its text.
+    outcome: Annotated[Outcome | str, Field(union_mode="left_to_right")] = Outcome.OK
     report: CycleReport = Field(default_factory=CycleReport)
 
     def as_json(self) -> dict[str, Any]:
@@ -109,7 +110,7 @@ class RunReport(_Record):
             "run_id": self.run_id,
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "outcome": self.outcome.value,
+            "outcome": str(self.outcome),
             **self.report.as_json(),
         }
 
