@@ -5,7 +5,8 @@ is Azure Table Storage (Azurite locally); ``wiring.build_state_store(settings)``
 the settings describe. The records it keeps are the core's models (``core.models``). One
 contract test suite runs against both. The store does no clock reads: callers pass ``now``.
 Conditional writes raise ``StateConflictError`` (``LeaseHeldError`` for the lease) and never
-overwrite. Layout and batching: ``_store``; keys and service limits: ``_keys``.
+overwrite. Layout and batching: ``_store``; row mapping, paging and counting: ``_rows``; keys and
+service limits: ``_keys``.
 """
 
 from __future__ import annotations
