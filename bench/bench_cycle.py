@@ -186,7 +186,7 @@ def run_size(n: int, connection: str, *, memory: bool = False) -> dict[str, Any]
         setup = []
         for _ in range(6):  # link/create everything, then let the echoes settle
             report = engine.run_cycle()
-            setup.append(report.report["seconds"])
+            setup.append(report.report.seconds)
             body = report.report
             if not (body["written"]["marketo"] or body["written"]["dynamics"] or body["pulled"]["marketo"]):
                 break

@@ -2,7 +2,8 @@
 
 Starts its own in-memory Azurite on a free loopback port, writes the same entities one request
 at a time and then in transactions of 100, and does the same through the state store (links: two
-rows each, batched lookups). Prints one JSON object; stops Azurite. Run from the repository root:
+rows each, batched lookups; failures read back a page at a time). Prints one JSON object; stops
+Azurite. Run from the repository root:
 
     .venv/bin/python bench/bench_tables.py [--entities 2000] [--payload 100]
 """
@@ -14,6 +15,7 @@ import json
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from azure.data.tables import TableServiceClient, UpdateMode
 
 from sandbox.azurite import run_azurite
-from sync_core.core.models import EntityType, Link, StoreCounters
+from sync_core.core.models import Direction, EntityType, Link, RecordFailure, StoreCounters
 from sync_core.state import TableStateStore
 
 
@@ -90,7 +92,35 @@ def bench_store(connection_string: str, links: int) -> dict[str, Any]:
     lookup_dv = _rate(len(found_by_dv), time.perf_counter() - start) | {"queries": store.counters.reads}
     if len(found) != links or len(found_by_dv) != links:
         raise SystemExit(f"lookups found {len(found)} / {len(found_by_dv)} of {links} links")
-    return {"upsert_links": write, "get_links_by_marketo_ids": lookup, "get_links_by_dataverse_ids": lookup_dv}
+
+    now = datetime.now(UTC)
+    store.upsert_failures(
+        [
+            RecordFailure(
+                key=f"to_dynamics:lead:{marketo_id}",
+                direction=Direction.TO_DYNAMICS,
+                entity=EntityType.LEAD,
+                marketo_id=marketo_id,
+                reasons=["emailaddress1: not a valid email"],
+                first_failed_at=now,
+                last_failed_at=now,
+                next_retry_at=now,
+            )
+            for marketo_id in range(1, links + 1)
+        ]
+    )
+    store.counters = StoreCounters()
+    start = time.perf_counter()
+    read = sum(1 for _ in store.iter_failures())
+    failures = _rate(read, time.perf_counter() - start) | {"pages": store.counters.reads}
+    if read != links:
+        raise SystemExit(f"iter_failures read {read} of {links} failures")
+    return {
+        "upsert_links": write,
+        "get_links_by_marketo_ids": lookup,
+        "get_links_by_dataverse_ids": lookup_dv,
+        "iter_failures": failures,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,7 +66,7 @@ class Demo:
 
         function_app.sync_cycle.build().get_user_function()(TimerRequest(past_due=False))
         report = self.store.list_run_reports(limit=1)[0]
-        return {"outcome": report.outcome, **report.report}
+        return report.as_json()
 
     def person_of(self, dataverse_id: str) -> dict[str, Any] | None:
         found = self.marketo.find_leads("microsoftId", dataverse_id)

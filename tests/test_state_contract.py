@@ -33,6 +33,7 @@ from sync_core.core.models import (
     RunReport,
     StoreCounters,
 )
+from sync_core.core.report import CycleReport, PerSide
 from sync_core.state import MemoryStateStore, StateStore, TableStateStore
 from sync_core.state._keys import RowOp
 from sync_core.state._memory import MemoryRows
@@ -424,7 +425,9 @@ def test_run_reports_are_listed_newest_first_and_a_rewrite_replaces(store: State
     reports = [RunReport(run_id=f"run-{index}", started_at=NOW + index * MINUTE) for index in range(3)]
     for report in reports:
         store.add_run_report(report)
-    finished = reports[1].model_copy(update={"finished_at": NOW + 2 * MINUTE, "report": {"pulled": {"marketo": 3}}})
+    finished = reports[1].model_copy(
+        update={"finished_at": NOW + 2 * MINUTE, "report": CycleReport(pulled=PerSide(marketo=3))}
+    )
     store.add_run_report(finished)
     assert store.list_run_reports() == [reports[2], finished, reports[0]]
     assert store.list_run_reports(limit=1) == [reports[2]]
@@ -457,6 +460,55 @@ def test_upserting_a_failure_again_replaces_it(store: StateStore) -> None:
     store.upsert_failures([again])
     assert store.list_failures() == [again]
     assert store.due_failures(now=NOW + 10 * MINUTE) == []
+
+
+def _by_key(failures: Iterator[RecordFailure] | list[RecordFailure]) -> list[RecordFailure]:
+    return sorted(failures, key=lambda failure: failure.key)
+
+
+def test_failures_are_read_a_page_at_a_time_as_the_caller_iterates(store: StateStore) -> None:
+    failures = [_failure(f"to_dynamics:lead:{n}", last=NOW - n * MINUTE, next_at=NOW) for n in range(7)]
+    store.upsert_failures(failures)
+    store.counters = StoreCounters()
+    read = store.iter_failures(page_size=3)
+    assert store.counters.reads == 0  # nothing fetched before the first failure is asked for
+    first_page = list(itertools.islice(read, 3))
+    assert store.counters.reads == 1
+    fourth = next(read)
+    assert store.counters.reads == 2
+    rest = list(read)
+    assert store.counters.reads == 3  # pages of 3, 3 and 1
+    assert [*first_page, fourth, *rest] == failures  # in key order, all of them, each once
+
+    store.counters = StoreCounters()
+    assert _by_key(store.iter_failures()) == failures  # the default page holds them all
+    assert store.counters.reads == 1
+
+
+def test_pages_are_read_live_after_the_last_key_read(store: StateStore) -> None:
+    failures = [_failure(f"to_dynamics:lead:{n}", last=NOW, next_at=NOW) for n in range(7)]
+    store.upsert_failures(failures)
+    read = store.iter_failures(page_size=3)
+    assert [next(read).key for _ in range(3)] == [failure.key for failure in failures[:3]]
+    added = _failure("to_dynamics:lead:9", last=NOW, next_at=NOW)
+    store.resolve_failures([failures[1].key, failures[5].key])  # one already read, one ahead
+    store.upsert_failures([added])
+    assert list(read) == [failures[3], failures[4], failures[6], added]
+
+
+def test_more_failures_than_one_service_page_are_all_read(store: StateStore) -> None:
+    failures = [_failure(f"to_dynamics:lead:{n:04d}", last=NOW + n * MINUTE, next_at=NOW) for n in range(1001)]
+    store.upsert_failures(failures)
+    store.counters = StoreCounters()
+    assert list(store.iter_failures()) == failures
+    assert store.counters.reads == 2  # the service's 1000 a page, then 1
+    assert store.list_failures(limit=3) == failures[:-4:-1]
+
+
+@pytest.mark.parametrize("page_size", [0, 1001])
+def test_a_failure_page_holds_1_to_1000(store: StateStore, page_size: int) -> None:
+    with pytest.raises(ValueError, match="page_size"):
+        store.iter_failures(page_size=page_size)
 
 
 # -- webhook claims -----------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_cycles_show_records_each_way_api_calls_and_duration_newest_first() -> N
 
     assert [cycle.run_id for cycle in status.cycles] == [f"run-{i:02d}" for i in range(status_data.CYCLES)]
     newest = status.cycles[0]
-    expected = status_data.cycle_report(0).report
+    expected = status_data.cycle_report(0).as_json()
     assert newest.written.dynamics == expected["written"]["dynamics"]
     assert newest.written.marketo == expected["written"]["marketo"]
     assert newest.pulled.marketo == expected["pulled"]["marketo"]

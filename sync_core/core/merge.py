@@ -23,10 +23,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sync_core.core.fieldmap import FieldMap, FieldMapping, FieldValueError, Unreadable, Winner
+from sync_core.core.convert import to_dataverse, to_marketo
+from sync_core.core.fieldmap import FieldMap, FieldMapping, Unreadable, Winner
 from sync_core.core.models import EntityType
 from sync_core.core.schema import EntityMeta, MarketoFieldMeta
-from sync_core.core.validate import dataverse_problems, marketo_problems
 
 ENTITY_WINNER: dict[EntityType, Winner] = {EntityType.LEAD: "marketo", EntityType.CONTACT: "dynamics"}
 
@@ -151,36 +151,10 @@ def plan(
     described: Mapping[str, MarketoFieldMeta] | None,
     creating: bool = False,
 ) -> Plan:
-    """Payloads for ``merge``'s writes, converted to each side's form and validated.
+    """Payloads for ``merge``'s writes, converted to each side's form and validated (``convert``).
 
     ``metadata``/``described`` None: that side is not validated here (nothing goes to it, or
     the caller validates elsewhere)."""
-    by_key = {m.key: m for m in field_map.for_entity(entity)}
-    dynamics: dict[str, Any] = {}
-    d_problems: list[str] = []
-    for key, value in merge.to_dynamics.items():
-        mapping = by_key[key]
-        column = mapping.column(entity)
-        assert column is not None
-        try:
-            dynamics[column] = mapping.to_dataverse(value)
-        except FieldValueError as err:
-            d_problems.append(f"{column}: {_why(err, key)}")
-    if metadata is not None and dynamics:
-        d_problems += dataverse_problems(metadata, dynamics, creating=creating)
-    marketo: dict[str, Any] = {}
-    m_problems: list[str] = []
-    for key, value in merge.to_marketo.items():
-        mapping = by_key[key]
-        try:
-            marketo[mapping.marketo] = mapping.to_marketo(value)
-        except FieldValueError as err:
-            m_problems.append(f"{mapping.marketo}: {_why(err, key)}")
-    if described is not None and marketo:
-        m_problems += marketo_problems(described, marketo)
-    return Plan(dynamics, marketo, d_problems, m_problems)
-
-
-def _why(err: FieldValueError, key: str) -> str:
-    text = str(err)
-    return text[len(key) + 2 :] if text.startswith(f"{key}: ") else text
+    dynamics = to_dataverse(field_map, entity, merge.to_dynamics, metadata=metadata, creating=creating)
+    marketo = to_marketo(field_map, entity, merge.to_marketo, described=described)
+    return Plan(dynamics.payload, marketo.payload, dynamics.problems, marketo.problems)

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from sync_core.core.report import CycleReport, Outcome
+
+
+class _Record(BaseModel):
+    """What every stored record shares: immutable once built (a change is a ``model_copy``)."""
+
+    model_config = ConfigDict(frozen=True)
 
 
 class EntityType(StrEnum):
@@ -24,30 +32,24 @@ class Direction(StrEnum):
     TO_MARKETO = "to_marketo"
 
 
-class Cursor(BaseModel):
+class Cursor(_Record):
     """A named position in a change feed (Marketo paging token, Dataverse delta link)."""
-
-    model_config = ConfigDict(frozen=True)
 
     name: str
     value: str
     etag: str | None = None  # None until stored; the ETag to send on the next conditional write
 
 
-class Lease(BaseModel):
+class Lease(_Record):
     """The cycle lease: at most one cycle runs at a time."""
-
-    model_config = ConfigDict(frozen=True)
 
     owner: str
     expires_at: AwareDatetime
     etag: str | None = None
 
 
-class Link(BaseModel):
+class Link(_Record):
     """A Marketo person linked to one Dataverse lead or contact, with the values both last agreed on."""
-
-    model_config = ConfigDict(frozen=True)
 
     marketo_id: int
     entity: EntityType
@@ -57,10 +59,8 @@ class Link(BaseModel):
     updated_at: AwareDatetime | None = None
 
 
-class Collision(BaseModel):
+class Collision(_Record):
     """The same field changed on both sides since the last sync, to different values."""
-
-    model_config = ConfigDict(frozen=True)
 
     id: str
     at: AwareDatetime
@@ -76,10 +76,8 @@ class Collision(BaseModel):
     rule: str  # why that side won, e.g. "lead: Marketo wins" or "override: phone"
 
 
-class RecordFailure(BaseModel):
+class RecordFailure(_Record):
     """A record that could not be written; retried on later cycles on ``next_retry_at``."""
-
-    model_config = ConfigDict(frozen=True)
 
     key: str  # stable per record and direction, e.g. "to_dynamics:lead:1234"
     direction: Direction
@@ -96,22 +94,29 @@ class RecordFailure(BaseModel):
     run_id: str | None = None
 
 
-class RunReport(BaseModel):
+class RunReport(_Record):
     """What one cycle did; stored as JSON, listed newest first by the status view."""
-
-    model_config = ConfigDict(frozen=True)
 
     run_id: str
     started_at: AwareDatetime
     finished_at: AwareDatetime | None = None
-    outcome: str = "ok"  # ok | partial | quota | transient | lease_held | error
-    report: dict[str, Any] = Field(default_factory=dict)
+    # An outcome this version does not know (a newer one wrote it) is kept as its text.
+    outcome: Annotated[Outcome | str, Field(union_mode="left_to_right")] = Outcome.OK
+    report: CycleReport = Field(default_factory=CycleReport)
+
+    def as_json(self) -> dict[str, Any]:
+        """``run-once``'s JSON: the run's identity and outcome, then the counts."""
+        return {
+            "run_id": self.run_id,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "outcome": str(self.outcome),
+            **self.report.as_json(),
+        }
 
 
-class Claim(BaseModel):
+class Claim(_Record):
     """An insert-if-absent marker: the first caller to take a key does the work."""
-
-    model_config = ConfigDict(frozen=True)
 
     key: str
     owner: str

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
+from sync_core.core.entities import ENTITY_SETS, row_id
 from sync_core.core.errors import (
     ApiError,
     ConfigError,
@@ -49,8 +50,19 @@ from sync_core.core.errors import (
     TransientError,
 )
 from sync_core.core.fieldmap import FieldMap
-from sync_core.core.models import Cursor, EntityType, Lease, RecordFailure, RunReport, StoreCounters
-from sync_core.cycle.apply import ENTITY_SETS, PRIMARY_IDS, Applier, Pending, Tally
+from sync_core.core.models import Cursor, EntityType, Lease, RunReport, StoreCounters
+from sync_core.core.report import (
+    DID_ITS_WORK,
+    ApiCalls,
+    CycleReport,
+    DriftEntry,
+    Outcome,
+    PerSide,
+    ServiceCalls,
+    TableOps,
+)
+from sync_core.cycle.apply import Applier
+from sync_core.cycle.ledger import OpenFailures, Pending, Tally
 from sync_core.cycle.staging import Stage
 from sync_core.dataverse.client import SCHEMA_ERROR_CODES, DataverseClient, DeltaPage
 from sync_core.http.counters import ApiCounters
@@ -68,7 +80,6 @@ LEASE_DURATION = timedelta(minutes=10)
 DATAVERSE_PAGE = 5000  # rows per delta page: the service's maximum
 MAX_RETRIES_PER_CYCLE = 1000
 MARKETO_UNKNOWN_FIELD = "1006"
-OUTCOMES_OK = frozenset({"ok", "partial"})
 
 Progress = Callable[[str, int, int | None], None]  # (stage, done, total or None)
 
@@ -146,32 +157,33 @@ class SyncEngine:
         store_before = self._store.counters.model_copy()
         tally = Tally()
         cycle: _Cycle | None = None
-        outcome, error = "ok", None
+        outcome: Outcome = Outcome.OK
+        error: str | None = None
         try:
             lease = self._store.acquire_lease(run_id, now=started, duration=self._options.lease_duration)
         except LeaseHeldError as err:
             log.info("cycle %s: another cycle holds the lease; nothing to do", run_id)
-            outcome, error = "lease_held", str(err)
+            outcome, error = Outcome.LEASE_HELD, str(err)
         else:
             cycle = _Cycle(self, run_id, started, lease, tally)
             try:
                 cycle.run()
             except QuotaExceededError:
                 log.warning("cycle %s: Marketo's daily API quota is spent; cursors kept", run_id)
-                outcome, error = "quota", "Marketo daily API quota exceeded (607)"
+                outcome, error = Outcome.QUOTA, "Marketo daily API quota exceeded (607)"
             except _LeaseLost as err:
                 log.error("cycle %s: %s", run_id, err)
-                outcome, error = "lease_lost", str(err)
+                outcome, error = Outcome.LEASE_LOST, str(err)
             except TransientError as err:
                 log.warning("cycle %s ended early: %s; cursors kept", run_id, err)
-                outcome, error = "transient", str(err)
+                outcome, error = Outcome.TRANSIENT, str(err)
             except (SyncError, OSError) as err:
                 log.exception("cycle %s failed", run_id)
-                outcome, error = "error", f"{type(err).__name__}: {err}"
+                outcome, error = Outcome.ERROR, f"{type(err).__name__}: {err}"
             finally:
                 cycle.release()
-        if outcome == "ok" and tally.failures:
-            outcome = "partial"
+        if outcome is Outcome.OK and tally.failures:
+            outcome = Outcome.PARTIAL
         finished = self._clock()
         report = RunReport(
             run_id=run_id,
@@ -196,7 +208,7 @@ class SyncEngine:
             "cycle %s %s in %.1fs: %d/%d pulled, %d/%d written (marketo/dynamics), %d collision(s), %d failure(s)",
             run_id,
             outcome,
-            report.report["seconds"],
+            report.report.seconds or 0.0,
             tally.pulled_marketo,
             tally.pulled_dynamics,
             tally.written_marketo,
@@ -217,7 +229,18 @@ class _Cycle:
         self.lease = lease
         self.lease_renewed = started
         self.tally = tally
-        self.applier: Applier | None = None
+        self.open_failures = OpenFailures(engine._store)
+        self.applier = Applier(
+            marketo=engine._marketo,
+            dataverse=engine._dataverse,
+            store=engine._store,
+            field_map=engine._field_map,
+            dynamics_delete_policy=engine._options.dynamics_delete_policy,
+            run_id=run_id,
+            now=started,
+            open_failures=self.open_failures,
+            tally=tally,
+        )
         self.backlog: dict[str, int] = {}
 
     # -- lease ------------------------------------------------------------------------------------
@@ -243,33 +266,18 @@ class _Cycle:
     # -- the steps ----------------------------------------------------------------------------------
 
     def run(self) -> None:
-        engine = self.engine
-        store = engine._store
-        open_failures = {failure.key: failure for failure in _all_failures(store)}
-        self.applier = Applier(
-            marketo=engine._marketo,
-            dataverse=engine._dataverse,
-            store=store,
-            field_map=engine._field_map,
-            dynamics_delete_policy=engine._options.dynamics_delete_policy,
-            run_id=self.run_id,
-            now=self.started,
-            open_failures=open_failures,
-            tally=self.tally,
-        )
-        with Stage(engine._stage_dir) as stage:
+        with Stage(self.engine._stage_dir) as stage:
             try:
                 self._steps(stage)
             finally:
                 # What is left for later: staged changes not applied (the cycle ended early) and
                 # the failures waiting for their retry.
-                self.backlog = {"marketo": stage.pending_count(), "retries": len(open_failures)}
+                self.backlog = {"marketo": stage.pending_count(), "retries": len(self.open_failures)}
 
     def _steps(self, stage: Stage) -> None:
         engine = self.engine
         store = engine._store
         applier = self.applier
-        assert applier is not None
         changes_cursor = store.get_cursor(MARKETO_CHANGES)
         changes_start = changes_cursor.value if changes_cursor else engine._marketo.get_paging_token(self.started)
         changes_token = self._stage_marketo_changes(stage, changes_start)
@@ -309,16 +317,14 @@ class _Cycle:
 
     def _stage_marketo_changes(self, stage: Stage, token: str) -> str:
         applier = self.applier
-        assert applier is not None
-        for attempt in (1, 2):
-            try:
-                return self._read_changes(stage, token, applier.marketo_fields())
-            except ApiError as err:
-                if err.code != MARKETO_UNKNOWN_FIELD or attempt == 2:
-                    raise
-                log.warning("cycle %s: Marketo refused a mapped field; checking the field map for drift", self.run_id)
-                applier.prepare(refresh=True)
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return self._read_changes(stage, token, applier.marketo_fields())
+        except ApiError as err:
+            if err.code != MARKETO_UNKNOWN_FIELD:
+                raise
+            log.warning("cycle %s: Marketo refused a mapped field; checking the field map for drift", self.run_id)
+            applier.prepare(refresh=True)
+        return self._read_changes(stage, token, applier.marketo_fields())
 
     def _read_changes(self, stage: Stage, token: str, fields: Sequence[str]) -> str:
         engine = self.engine
@@ -349,7 +355,6 @@ class _Cycle:
     def _sync_table(self, entity: EntityType, cursor: Cursor | None, stage: Stage) -> str | None:
         """Every page of one table's delta (or a full read); the new delta link."""
         applier = self.applier
-        assert applier is not None
         delta_link = cursor.value if cursor else None
         # A read without a delta token (the first, or after an expired one) reports no deletions:
         # links it does not see are to records deleted meanwhile (e.g. after a crashed first cycle).
@@ -362,7 +367,7 @@ class _Cycle:
                 for page in self._pages(entity, delta_link):
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
                     if full_reread:
-                        stage.add_seen(entity.value, (str(row[PRIMARY_IDS[entity]]) for row in page.rows))
+                        stage.add_seen(entity.value, (row_id(entity, row) for row in page.rows))
                     applier.dynamics_page(entity, page.rows, page.deleted_ids, stage.take)
                     done += len(page.rows) + len(page.deleted_ids)
                     self.engine._progress(f"dataverse {ENTITY_SETS[entity]}", done, None)
@@ -386,7 +391,6 @@ class _Cycle:
 
     def _pages(self, entity: EntityType, delta_link: str | None) -> Iterator[DeltaPage]:
         applier = self.applier
-        assert applier is not None
         return self.engine._dataverse.iter_changes(
             ENTITY_SETS[entity],
             select=applier.dataverse_columns(entity),
@@ -398,8 +402,6 @@ class _Cycle:
         """After a full read: linked records it did not return were deleted while no token covered them.
 
         Links made after the read began (the webhook's) are not expected in it and are left alone."""
-        applier = self.applier
-        assert applier is not None
         batch = []
         for link in self.engine._store.iter_links():
             if link.entity is entity and (link.updated_at is None or link.updated_at <= self.started):
@@ -411,7 +413,6 @@ class _Cycle:
 
     def _flag_unseen(self, entity: EntityType, stage: Stage, links: list[Any]) -> None:
         applier = self.applier
-        assert applier is not None
         if not links:
             return
         unseen = stage.unseen(entity.value, [link.dataverse_id for link in links])
@@ -422,7 +423,6 @@ class _Cycle:
         """Persons with Marketo changes that no Dataverse page took: the Dynamics side is at its baseline."""
         engine = self.engine
         applier = self.applier
-        assert applier is not None
         total = stage.pending_count()
         if not total:
             return
@@ -445,87 +445,81 @@ class _Cycle:
             applier.sync_linked(items)
 
 
-def _all_failures(store: StateStore) -> list[RecordFailure]:
-    return store.list_failures(limit=1_000_000)
-
-
-def _api_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+def _api_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[ApiCalls, dict[str, ServiceCalls], int]:
     calls: dict[str, int] = {}
     tokens = 0
     by_operation: dict[str, int] = {}
-    extra: dict[str, dict[str, int]] = {}
+    per_service: dict[str, ServiceCalls] = {}
     for service, now in after.items():
         then = before.get(service, {})
         calls[service] = now["calls"] - then.get("calls", 0)
         tokens += now["token_calls"] - then.get("token_calls", 0)
-        extra[service] = {
-            "retries": now["retries"] - then.get("retries", 0),
-            "throttled": now["throttled"] - then.get("throttled", 0),
-            "token_calls": now["token_calls"] - then.get("token_calls", 0),
-        }
+        per_service[service] = ServiceCalls(
+            retries=now["retries"] - then.get("retries", 0),
+            throttled=now["throttled"] - then.get("throttled", 0),
+            token_calls=now["token_calls"] - then.get("token_calls", 0),
+        )
         for operation, count in now["by_operation"].items():
             delta = count - then.get("by_operation", {}).get(operation, 0)
             if delta:
                 by_operation[f"{service}.{operation}"] = delta
-    return {
-        "marketo": calls.get("marketo", 0),
-        "dataverse": calls.get("dataverse", 0),
-        "by_operation": dict(sorted(by_operation.items())),
-        "token_calls": tokens,
-        "per_service": extra,
-    }
+    api_calls = ApiCalls(
+        marketo=calls.get("marketo", 0),
+        dataverse=calls.get("dataverse", 0),
+        by_operation=dict(sorted(by_operation.items())),
+    )
+    return api_calls, per_service, tokens
 
 
-def _store_delta(before: StoreCounters, after: StoreCounters) -> dict[str, int]:
-    return {
-        "reads": after.reads - before.reads,
-        "writes": after.writes - before.writes,
-        "transactions": after.transactions - before.transactions,
-        "operations": after.operations - before.operations,
-    }
+def _store_delta(before: StoreCounters, after: StoreCounters) -> TableOps:
+    return TableOps(
+        reads=after.reads - before.reads,
+        writes=after.writes - before.writes,
+        transactions=after.transactions - before.transactions,
+        operations=after.operations - before.operations,
+    )
 
 
 def _report(
     tally: Tally,
     cycle: _Cycle | None,
     *,
-    api: dict[str, Any],
-    table: dict[str, int],
+    api: tuple[ApiCalls, dict[str, ServiceCalls], int],
+    table: TableOps,
     seconds: float,
     cpu_seconds: float,
     error: str | None,
-) -> dict[str, Any]:
+) -> CycleReport:
     applier = cycle.applier if cycle is not None else None
-    report: dict[str, Any] = {
-        "pulled": {"marketo": tally.pulled_marketo, "dynamics": tally.pulled_dynamics},
-        "written": {"marketo": tally.written_marketo, "dynamics": tally.written_dynamics},
-        "created": tally.created,
-        "linked": tally.linked,
-        "unlinked": tally.unlinked,
-        "flagged_deleted": tally.flagged_deleted,
-        "deleted_in_dynamics": tally.deleted_in_dynamics,
-        "qualified": tally.qualified,
-        "collisions": tally.collisions,
-        "failures": tally.failures,
-        "resolved": tally.resolved,
-        "retried": tally.retried,
-        "activities": tally.activities,
-        "full_reads": tally.full_reads,
-        "api_calls": {key: api[key] for key in ("marketo", "dataverse", "by_operation")},
-        "api": api["per_service"],
-        "token_calls": api["token_calls"],
-        "table_transactions": table["transactions"] + table["writes"],
-        "table": table,
-        "seconds": round(seconds, 3),
-        "cpu_seconds": round(cpu_seconds, 3),
-    }
-    if cycle is not None and cycle.backlog:
-        report["backlog"] = cycle.backlog
-    if applier is not None and applier.drift is not None:
-        report["drift"] = [item.as_report() for item in applier.drift]
-    if error is not None:
-        report["error"] = error
-    return report
+    api_calls, per_service, token_calls = api
+    return CycleReport(
+        pulled=PerSide(marketo=tally.pulled_marketo, dynamics=tally.pulled_dynamics),
+        written=PerSide(marketo=tally.written_marketo, dynamics=tally.written_dynamics),
+        created=tally.created,
+        linked=tally.linked,
+        unlinked=tally.unlinked,
+        flagged_deleted=tally.flagged_deleted,
+        deleted_in_dynamics=tally.deleted_in_dynamics,
+        qualified=tally.qualified,
+        collisions=tally.collisions,
+        failures=tally.failures,
+        resolved=tally.resolved,
+        retried=tally.retried,
+        activities=tally.activities,
+        full_reads=tally.full_reads,
+        api_calls=api_calls,
+        api=per_service,
+        token_calls=token_calls,
+        table_transactions=(table.transactions or 0) + (table.writes or 0),
+        table=table,
+        seconds=round(seconds, 3),
+        cpu_seconds=round(cpu_seconds, 3),
+        backlog=cycle.backlog if cycle is not None and cycle.backlog else None,
+        drift=[DriftEntry.model_validate(item.as_report()) for item in applier.drift]
+        if applier is not None and applier.drift is not None
+        else None,
+        error=error,
+    )
 
 
 # -- entry points: the timer function and ``python -m sync_core run-once`` ---------------------
@@ -534,16 +528,6 @@ def _report(
 def run_cycle_from_env(environ: Mapping[str, str]) -> RunReport:
     """One cycle with the process's wiring for the settings in ``environ`` (the timer function's call)."""
     return SyncEngine.from_services(services_for(Settings.from_env(environ))).run_cycle()
-
-
-def report_json(report: RunReport) -> dict[str, Any]:
-    return {
-        "run_id": report.run_id,
-        "started_at": report.started_at.isoformat(),
-        "finished_at": report.finished_at.isoformat() if report.finished_at else None,
-        "outcome": report.outcome,
-        **report.report,
-    }
 
 
 class _ProgressPrinter:
@@ -589,7 +573,7 @@ def run_once_main(
         return 2
     engine = SyncEngine.from_services(services, progress=None if args.quiet else _ProgressPrinter(err))
     report = engine.run_cycle()
-    out.write(json.dumps(report_json(report), indent=2) + "\n")
-    if report.outcome in OUTCOMES_OK:
+    out.write(json.dumps(report.as_json(), indent=2) + "\n")
+    if report.outcome in DID_ITS_WORK:
         return 0
-    return 3 if report.outcome == "lease_held" else 1
+    return 3 if report.outcome is Outcome.LEASE_HELD else 1

@@ -5,12 +5,13 @@ is Azure Table Storage (Azurite locally); ``wiring.build_state_store(settings)``
 the settings describe. The records it keeps are the core's models (``core.models``). One
 contract test suite runs against both. The store does no clock reads: callers pass ``now``.
 Conditional writes raise ``StateConflictError`` (``LeaseHeldError`` for the lease) and never
-overwrite. Layout and batching: ``_store``; keys and service limits: ``_keys``.
+overwrite. Layout and batching: ``_store``; row mapping, paging and counting: ``_rows``; keys and
+service limits: ``_keys``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -93,8 +94,13 @@ class StateStore(Protocol):
         """Delete failures that have since succeeded (missing keys are ignored)."""
         ...
 
+    def iter_failures(self, *, page_size: int = 1000) -> Iterator[RecordFailure]:
+        """Every open failure, read ``page_size`` (1 to 1000) at a time as the caller iterates, so
+        a backlog of any size never sits in memory at once. In the store's key order, not by time."""
+        ...
+
     def list_failures(self, *, limit: int = 100) -> list[RecordFailure]:
-        """Open failures, newest ``last_failed_at`` first."""
+        """Open failures, newest ``last_failed_at`` first (the ``limit`` newest of a full read)."""
         ...
 
     def due_failures(self, *, now: datetime, limit: int = 1000) -> list[RecordFailure]:

@@ -3,8 +3,13 @@
 ``RowStateStore`` (``_store``) turns cursors, links, failures and the rest into rows and calls
 these verbs; ``MemoryRows`` and ``AzureRows`` implement them with the same semantics: ETags on
 every write, insert-if-absent, conditional replace/delete, atomic single-partition transactions
-of ≤ 100 operations, rows ordered by (PartitionKey, RowKey). Both count what they send into one
-``StoreCounters``. This layer knows nothing about what a row means.
+of ≤ 100 operations, rows ordered by (PartitionKey, RowKey). This layer knows nothing about what
+a row means.
+
+``Rows`` is written once for both backends: it maps the properties that are sent (``row_props``),
+says which rows a scan keeps (``RowFilter``), checks a lookup's size and counts what is sent into
+one ``StoreCounters`` (one read per page fetched, however it was fetched). A backend implements
+only the ``_``-verbs underneath: where rows live and how a page is fetched.
 
 A lost condition (row exists on insert, ETag mismatch, row gone on replace) raises
 ``StateConflictError``; nothing is overwritten.
@@ -13,15 +18,16 @@ A lost condition (row exists on insert, ETag mismatch, row gone on replace) rais
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sync_core.core.models import StoreCounters
-from sync_core.state._keys import RowOp
+from sync_core.state._keys import RowOp, as_utc, check_key_count
 
-__all__ = ["CountingRows", "RowOp", "Rows", "StoredRow"]
+__all__ = ["RowFilter", "RowOp", "Rows", "StoredRow", "row_props"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,49 +38,42 @@ class StoredRow:
     etag: str
 
 
-class Rows(Protocol):
-    counters: StoreCounters
+@dataclass(frozen=True, slots=True)
+class RowFilter:
+    """Which rows a scan keeps: all of them, or those of one partition, with a RowKey prefix, or
+    whose datetime property ``at_most[0]`` is not after ``at_most[1]``. ``AzureRows`` sends it as
+    a ``$filter``; ``keeps`` is the same test in Python."""
 
-    def get_row(self, table: str, partition: str, row: str) -> StoredRow | None: ...
+    partition: str | None = None
+    row_prefix: str | None = None
+    at_most: tuple[str, datetime] | None = None
 
-    def insert_row(self, table: str, partition: str, row: str, props: Mapping[str, Any]) -> str:
-        """Create the row; ``StateConflictError`` if it exists. Returns the new ETag."""
-        ...
-
-    def replace_row(self, table: str, partition: str, row: str, props: Mapping[str, Any], *, etag: str) -> str:
-        """Replace the row if its ETag is still ``etag``; ``StateConflictError`` otherwise (or if gone)."""
-        ...
-
-    def delete_row(self, table: str, partition: str, row: str, *, etag: str | None = None) -> None:
-        """Delete the row (only if its ETag is ``etag``, when given). A missing row is not an error."""
-        ...
-
-    def query_rows(self, table: str, partition: str, rows: Sequence[str]) -> list[StoredRow]:
-        """The rows among ``rows`` (≤ 14 keys: one ``$filter``) that exist, in key order."""
-        ...
-
-    def scan_rows(
-        self,
-        table: str,
-        *,
-        partition: str | None = None,
-        row_prefix: str | None = None,
-        at_most: tuple[str, datetime] | None = None,
-        page_size: int = 1000,
-    ) -> Iterator[StoredRow]:
-        """Rows in (PartitionKey, RowKey) order, fetched a page at a time as the caller iterates.
-
-        ``at_most=(name, when)`` keeps rows whose datetime property ``name`` is not after ``when``.
-        """
-        ...
-
-    def transact(self, table: str, partition: str, ops: Sequence[RowOp]) -> None:
-        """Apply ``ops`` atomically: all of them or none. ≤ 100 ops, each on a different row."""
-        ...
+    def keeps(self, partition: str, row: str, props: Mapping[str, Any]) -> bool:
+        if self.partition is not None and partition != self.partition:
+            return False
+        if self.row_prefix and not row.startswith(self.row_prefix):
+            return False
+        if self.at_most is None:
+            return True
+        value = props.get(self.at_most[0])
+        return isinstance(value, datetime) and value <= self.at_most[1]
 
 
-class CountingRows:
-    """What both row stores share: the counters, updated under a lock (webhooks run concurrently)."""
+def row_props(props: Mapping[str, Any]) -> dict[str, Any]:
+    """The properties as the service stores them: a None-valued one is dropped, datetimes are UTC."""
+    return {
+        name: as_utc(value) if isinstance(value, datetime) else value
+        for name, value in props.items()
+        if value is not None
+    }
+
+
+def _mapped(ops: Sequence[RowOp]) -> list[RowOp]:
+    return [op if op.kind == "delete" else op._replace(props=row_props(op.props)) for op in ops]
+
+
+class Rows(ABC):
+    """The row verbs, counted under a lock (webhooks run concurrently), over a backend's ``_``-verbs."""
 
     def __init__(self) -> None:
         self.counters = StoreCounters()
@@ -86,3 +85,86 @@ class CountingRows:
             self.counters.writes += writes
             self.counters.transactions += transactions
             self.counters.operations += operations
+
+    # -- the verbs RowStateStore calls ---------------------------------------------------------
+    def get_row(self, table: str, partition: str, row: str) -> StoredRow | None:
+        self._count(reads=1)
+        return self._get(table, partition, row)
+
+    def insert_row(self, table: str, partition: str, row: str, props: Mapping[str, Any]) -> str:
+        """Create the row; ``StateConflictError`` if it exists. Returns the new ETag."""
+        self._count(writes=1)
+        return self._insert(table, partition, row, row_props(props))
+
+    def replace_row(self, table: str, partition: str, row: str, props: Mapping[str, Any], *, etag: str) -> str:
+        """Replace the row if its ETag is still ``etag``; ``StateConflictError`` otherwise (or if gone)."""
+        self._count(writes=1)
+        return self._replace(table, partition, row, row_props(props), etag=etag)
+
+    def delete_row(self, table: str, partition: str, row: str, *, etag: str | None = None) -> None:
+        """Delete the row (only if its ETag is ``etag``, when given). A missing row is not an error."""
+        self._count(writes=1)
+        self._delete(table, partition, row, etag=etag)
+
+    def query_rows(self, table: str, partition: str, rows: Sequence[str]) -> list[StoredRow]:
+        """The rows among ``rows`` (≤ 14 keys: one ``$filter``) that exist, in key order."""
+        check_key_count(rows)
+        return list(self._counted(self._query_pages(table, partition, sorted(set(rows)))))
+
+    def scan_rows(
+        self,
+        table: str,
+        *,
+        partition: str | None = None,
+        row_prefix: str | None = None,
+        at_most: tuple[str, datetime] | None = None,
+        page_size: int = 1000,
+    ) -> Iterator[StoredRow]:
+        """The rows a ``RowFilter`` of these keeps, in (PartitionKey, RowKey) order, fetched a page
+        at a time as the caller iterates: no page is fetched before the first row is asked for."""
+        where = RowFilter(partition, row_prefix, at_most)
+        return self._counted(self._scan_pages(table, where, page_size))
+
+    def transact(self, table: str, partition: str, ops: Sequence[RowOp]) -> None:
+        """Apply ``ops`` atomically: all of them or none. ≤ 100 ops, each on a different row."""
+        self._count(transactions=1, operations=len(ops))
+        self._transact(table, partition, _mapped(ops))
+
+    def _counted(self, pages: Iterator[Iterable[StoredRow]]) -> Iterator[StoredRow]:
+        """The rows of ``pages``, counting one read per page fetched (a failed fetch too)."""
+        while True:
+            try:
+                page = next(pages)
+            except StopIteration:  # nothing left to fetch: nothing was sent
+                return
+            except BaseException:
+                self._count(reads=1)
+                raise
+            self._count(reads=1)
+            yield from page
+
+    # -- what a backend implements (props already mapped by ``row_props``) --------------------------
+    @abstractmethod
+    def _get(self, table: str, partition: str, row: str) -> StoredRow | None: ...
+
+    @abstractmethod
+    def _insert(self, table: str, partition: str, row: str, props: dict[str, Any]) -> str: ...
+
+    @abstractmethod
+    def _replace(self, table: str, partition: str, row: str, props: dict[str, Any], *, etag: str) -> str: ...
+
+    @abstractmethod
+    def _delete(self, table: str, partition: str, row: str, *, etag: str | None) -> None: ...
+
+    @abstractmethod
+    def _query_pages(self, table: str, partition: str, rows: list[str]) -> Iterator[Iterable[StoredRow]]:
+        """The pages answering one lookup of ``rows`` (sorted, distinct) in ``partition``."""
+
+    @abstractmethod
+    def _scan_pages(self, table: str, where: RowFilter, page_size: int) -> Iterator[Iterable[StoredRow]]:
+        """Pages of at most ``page_size`` rows, each fetched when asked for; at least one page
+        (maybe empty), as the service answers even an empty scan."""
+
+    @abstractmethod
+    def _transact(self, table: str, partition: str, ops: list[RowOp]) -> None:
+        """Apply ``ops``; if the backend sends them again (``AzureRows``), it counts the resend."""

@@ -11,7 +11,8 @@ Tables (``{prefix}`` + name), keys and why:
                 RK d:{entity}:{dataverse id}                    written in one transaction
     collisions  PK inverted day / RK inverted µs:id            a plain scan lists newest first
     runs        PK inverted day / RK inverted µs:run id        ditto
-    failures    PK failure / RK key                            upsert replaces; point reads by key
+    failures    PK failure / RK key                            upsert replaces; point reads by key;
+                                                               all of them read a page at a time
     claims      PK claim / RK key                              insert-if-absent
 
 Every batched write is packed into single-partition transactions of ≤ 100 operations; the rows
@@ -20,6 +21,7 @@ of one link never straddle two transactions.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import logging
@@ -275,27 +277,28 @@ class RowStateStore:
 
     def get_failures(self, keys: Iterable[str]) -> dict[str, RecordFailure]:
         rows = self._query(self.tables.failures, _FAILURE, {encode_key(key) for key in keys})
-        failures = (RecordFailure.model_validate_json(row.props["data"]) for row in rows)
-        return {failure.key: failure for failure in failures}
+        return {failure.key: failure for failure in _failures(rows)}
 
     def resolve_failures(self, keys: Sequence[str]) -> None:
         rows = {encode_key(key) for key in keys}
         self._transact(self.tables.failures, _FAILURE, [[RowOp("delete", row)] for row in sorted(rows)])
 
+    def iter_failures(self, *, page_size: int = _PAGE) -> Iterator[RecordFailure]:
+        if not 1 <= page_size <= _PAGE:
+            raise ValueError(f"page_size must be from 1 to {_PAGE}, got {page_size}")
+        rows = self._rows.scan_rows(self.tables.failures, partition=_FAILURE, page_size=page_size)
+        return _failures(rows)
+
     def list_failures(self, *, limit: int = 100) -> list[RecordFailure]:
-        rows = self._rows.scan_rows(self.tables.failures, partition=_FAILURE, page_size=_PAGE)
-        failures = [RecordFailure.model_validate_json(row.props["data"]) for row in rows]
-        failures.sort(key=lambda failure: (failure.last_failed_at, failure.key), reverse=True)
-        return failures[:limit]
+        # Holds at most ``limit`` failures, whatever the number of open ones.
+        return heapq.nlargest(limit, self.iter_failures(), key=lambda failure: (failure.last_failed_at, failure.key))
 
     def due_failures(self, *, now: datetime, limit: int = 1000) -> list[RecordFailure]:
         now = aware(now, what="now")
         rows = self._rows.scan_rows(
             self.tables.failures, partition=_FAILURE, at_most=("next_retry_at", now), page_size=_PAGE
         )
-        failures = [RecordFailure.model_validate_json(row.props["data"]) for row in rows]
-        failures.sort(key=lambda failure: (failure.next_retry_at, failure.key))
-        return failures[:limit]
+        return heapq.nsmallest(limit, _failures(rows), key=lambda failure: (failure.next_retry_at, failure.key))
 
     # -- webhook claims ----------------------------------------------------------------------------
     def try_claim(self, key: str, *, owner: str, now: datetime) -> Claim | None:
@@ -350,6 +353,10 @@ class RowStateStore:
     def _transact(self, table: str, partition: str, groups: Iterable[Sequence[RowOp]]) -> None:
         for ops in pack_transactions(groups):
             self._rows.transact(table, partition, ops)
+
+
+def _failures(rows: Iterable[StoredRow]) -> Iterator[RecordFailure]:
+    return (RecordFailure.model_validate_json(row.props["data"]) for row in rows)
 
 
 def _need_etag(etag: str | None, what: str) -> str:

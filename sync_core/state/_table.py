@@ -1,8 +1,10 @@
 """The state store on Azure Table Storage (Azurite locally), with ``azure-data-tables`` 12.7.
 
-``AzureRows`` maps the row verbs of ``_rows`` onto the SDK: ETag-conditional
-``update_entity``/``delete_entity``, ``create_entity`` for insert-if-absent, ``submit_transaction``
-for batches, ``query_entities`` with ``parameters=`` (the SDK escapes every value) for lookups.
+``AzureRows`` maps the backend verbs of ``_rows.Rows`` (which maps, filters and counts rows for
+both backends) onto the SDK: ETag-conditional ``update_entity``/``delete_entity``,
+``create_entity`` for insert-if-absent, ``submit_transaction`` for batches, ``query_entities``
+with ``parameters=`` (the SDK escapes every value) for lookups and filtered scans, fetched a page
+(``results_per_page``) at a time as the caller iterates.
 Tables are created on first use. Service answers become the project's errors: a lost condition
 is ``StateConflictError`` (chained from the SDK's error), throttling, 5xx and dropped
 connections are ``TransientError``, anything else is ``ApiError(service="tables")``.
@@ -13,9 +15,8 @@ or endpoint + managed identity from the settings. Nothing here logs entity conte
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from datetime import datetime
 from typing import Any
 
 from azure.core import MatchConditions
@@ -31,8 +32,8 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
 from sync_core.core.errors import ApiError, StateConflictError, TransientError
-from sync_core.state._keys import RowOp, check_key_count
-from sync_core.state._rows import CountingRows, StoredRow
+from sync_core.state._keys import RowOp
+from sync_core.state._rows import RowFilter, Rows, StoredRow
 from sync_core.state._store import RowStateStore
 
 __all__ = ["AzureRows", "TableStateStore"]
@@ -58,7 +59,7 @@ def _service_errors(what: str) -> Iterator[None]:
 
 
 def _entity(partition: str, row: str, props: Mapping[str, Any]) -> dict[str, Any]:
-    return {"PartitionKey": partition, "RowKey": row, **{k: v for k, v in props.items() if v is not None}}
+    return {"PartitionKey": partition, "RowKey": row, **props}
 
 
 def _stored(entity: Any) -> StoredRow:
@@ -66,7 +67,37 @@ def _stored(entity: Any) -> StoredRow:
     return StoredRow(entity["PartitionKey"], entity["RowKey"], props, entity.metadata["etag"])
 
 
-class AzureRows(CountingRows):
+def _odata(where: RowFilter) -> tuple[str, dict[str, Any]]:
+    """``where`` as a ``$filter`` with ``@`` parameters (the SDK escapes every value); "" keeps all."""
+    conditions: list[str] = []
+    parameters: dict[str, Any] = {}
+    if where.partition is not None:
+        conditions.append("PartitionKey eq @pk")
+        parameters["pk"] = where.partition
+    if where.row_prefix:
+        # Every key starting with the prefix sorts in [prefix, prefix with its last char + 1).
+        conditions.append("RowKey ge @lo and RowKey lt @hi")
+        parameters["lo"] = where.row_prefix
+        parameters["hi"] = where.row_prefix[:-1] + chr(ord(where.row_prefix[-1]) + 1)
+    if where.at_most is not None:
+        name, cutoff = where.at_most
+        conditions.append(f"{name} le @cutoff")  # name is one of ours, never input
+        parameters["cutoff"] = cutoff
+    return " and ".join(conditions), parameters
+
+
+def _pages(pages: Iterator[Iterator[Any]], *, what: str) -> Iterator[list[StoredRow]]:
+    """The SDK's pages as rows, one request per page, its errors turned into the project's."""
+    while True:
+        with _service_errors(what):
+            try:
+                page = list(next(pages))
+            except StopIteration:  # no continuation token left: nothing was sent
+                return
+        yield [_stored(entity) for entity in page]
+
+
+class AzureRows(Rows):
     def __init__(self, service: TableServiceClient) -> None:
         super().__init__()
         self.service = service
@@ -83,27 +114,24 @@ class AzureRows(CountingRows):
                 client = self._clients[name] = self.service.get_table_client(name)
             return client
 
-    def get_row(self, table: str, partition: str, row: str) -> StoredRow | None:
+    def _get(self, table: str, partition: str, row: str) -> StoredRow | None:
         client = self._table(table)
-        self._count(reads=1)
         with _service_errors(f"reading a row of {table}"):
             try:
                 return _stored(client.get_entity(partition, row))
             except ResourceNotFoundError:
                 return None
 
-    def insert_row(self, table: str, partition: str, row: str, props: Mapping[str, Any]) -> str:
+    def _insert(self, table: str, partition: str, row: str, props: dict[str, Any]) -> str:
         client = self._table(table)
-        self._count(writes=1)
         with _service_errors(f"inserting a row of {table}"):
             try:
                 return str(client.create_entity(_entity(partition, row, props))["etag"])
             except ResourceExistsError as err:
                 raise StateConflictError(f"{table}/{partition}/{row}: already exists") from err
 
-    def replace_row(self, table: str, partition: str, row: str, props: Mapping[str, Any], *, etag: str) -> str:
+    def _replace(self, table: str, partition: str, row: str, props: dict[str, Any], *, etag: str) -> str:
         client = self._table(table)
-        self._count(writes=1)
         with _service_errors(f"replacing a row of {table}"):
             try:
                 answer = client.update_entity(
@@ -120,9 +148,8 @@ class AzureRows(CountingRows):
                 raise StateConflictError(f"{table}/{partition}/{row}: gone since it was read") from err
             return str(answer["etag"])
 
-    def delete_row(self, table: str, partition: str, row: str, *, etag: str | None = None) -> None:
+    def _delete(self, table: str, partition: str, row: str, *, etag: str | None) -> None:
         client = self._table(table)
-        self._count(writes=1)
         with _service_errors(f"removing a row of {table}"):
             try:
                 if etag is None:
@@ -134,65 +161,27 @@ class AzureRows(CountingRows):
                     f"{table}/{partition}/{row}: changed since it was read (ETag mismatch)"
                 ) from err
 
-    def query_rows(self, table: str, partition: str, rows: Sequence[str]) -> list[StoredRow]:
-        check_key_count(rows)
+    def _query_pages(self, table: str, partition: str, rows: list[str]) -> Iterator[list[StoredRow]]:
         client = self._table(table)
         # The SDK substitutes @names word by word, so every parameter stands between spaces.
         either = " or ".join(f"RowKey eq @k{index}" for index in range(len(rows)))
         parameters = {"pk": partition, **{f"k{index}": row for index, row in enumerate(rows)}}
         query = client.query_entities(f"PartitionKey eq @pk and ( {either} )", parameters=parameters)
-        return list(self._paged(query.by_page(), what=f"query {table}"))
+        return _pages(query.by_page(), what=f"query {table}")
 
-    def scan_rows(
-        self,
-        table: str,
-        *,
-        partition: str | None = None,
-        row_prefix: str | None = None,
-        at_most: tuple[str, datetime] | None = None,
-        page_size: int = 1000,
-    ) -> Iterator[StoredRow]:
+    def _scan_pages(self, table: str, where: RowFilter, page_size: int) -> Iterator[list[StoredRow]]:
         client = self._table(table)
-        conditions: list[str] = []
-        parameters: dict[str, Any] = {}
-        if partition is not None:
-            conditions.append("PartitionKey eq @pk")
-            parameters["pk"] = partition
-        if row_prefix:
-            # Every key starting with the prefix sorts in [prefix, prefix with its last char + 1).
-            conditions.append("RowKey ge @lo and RowKey lt @hi")
-            parameters["lo"] = row_prefix
-            parameters["hi"] = row_prefix[:-1] + chr(ord(row_prefix[-1]) + 1)
-        if at_most is not None:
-            name, cutoff = at_most
-            conditions.append(f"{name} le @cutoff")  # name is one of ours, never input
-            parameters["cutoff"] = cutoff
-        if conditions:
-            pages = client.query_entities(
-                " and ".join(conditions), parameters=parameters, results_per_page=page_size
-            ).by_page()
+        odata, parameters = _odata(where)
+        if odata:
+            query = client.query_entities(odata, parameters=parameters, results_per_page=page_size)
         else:
-            pages = client.list_entities(results_per_page=page_size).by_page()
-        return self._paged(pages, what=f"scan {table}")
+            query = client.list_entities(results_per_page=page_size)
+        return _pages(query.by_page(), what=f"scan {table}")
 
-    def _paged(self, pages: Iterator[Iterator[Any]], *, what: str) -> Iterator[StoredRow]:
-        while True:
-            with _service_errors(what):
-                try:
-                    page = list(next(pages))  # one request per page
-                except StopIteration:  # no continuation token left: nothing was sent
-                    return
-                except BaseException:
-                    self._count(reads=1)
-                    raise
-            self._count(reads=1)
-            yield from (_stored(entity) for entity in page)
-
-    def transact(self, table: str, partition: str, ops: Sequence[RowOp]) -> None:
+    def _transact(self, table: str, partition: str, ops: list[RowOp]) -> None:
         client = self._table(table)
         pending = list(ops)
         while pending:
-            self._count(transactions=1, operations=len(pending))
             with _service_errors(f"transaction on {table}"):
                 try:
                     client.submit_transaction([_sdk_operation(partition, op) for op in pending])
@@ -201,8 +190,10 @@ class AzureRows(CountingRows):
                     failed = pending[err.index] if 0 <= err.index < len(pending) else None
                     if err.status_code == 404 and failed is not None and failed.kind == "delete":
                         # Deleting a missing row fails the whole batch on the service; the row
-                        # is gone either way, so send the rest again without it.
+                        # is gone either way, so send the rest again without it (another transaction).
                         pending.remove(failed)
+                        if pending:
+                            self._count(transactions=1, operations=len(pending))
                         continue
                     if err.status_code in (409, 412):
                         raise StateConflictError(

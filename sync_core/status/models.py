@@ -8,6 +8,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
+from sync_core.core.report import ApiCalls, PerSide
+
 
 class HealthLevel(StrEnum):
     OK = "ok"
@@ -23,26 +25,9 @@ class Health(BaseModel):
     details: list[str]
 
 
-class PerSide(BaseModel):
-    """Counts per system. For ``written`` the key is the side written to: ``dynamics`` is the
-    records that went Marketo → Dynamics. ``None``: the report did not say."""
-
-    model_config = ConfigDict(frozen=True)
-
-    marketo: int | None = None
-    dynamics: int | None = None
-
-
-class ApiCalls(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    marketo: int | None = None
-    dataverse: int | None = None
-    by_operation: dict[str, int] = {}
-
-
 class Cycle(BaseModel):
-    """One sync cycle, from its run report."""
+    """One sync cycle, from its run report. For ``written`` the key is the side written to:
+    ``dynamics`` is the records that went Marketo → Dynamics. ``None``: the report did not say."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -163,6 +148,3 @@ class Status(BaseModel):
     failures: list[FailureView]  # newest first
     collisions: list[CollisionView]  # newest first
     drift: Drift
-
-
-# -- reading run reports defensively ---------------------------------------------------------

@@ -25,18 +25,18 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TextIO
+from typing import Literal, TextIO
 
 from azure.core.exceptions import AzureError
 
 from sync_core.core.errors import ConfigError, SyncError
 from sync_core.core.models import Collision, RecordFailure, RunReport
+from sync_core.core.report import DID_ITS_WORK, Outcome
 from sync_core.core.schedule import Schedule
 from sync_core.settings import DEFAULT_SCHEDULE, Settings
 from sync_core.state import StateStore
 from sync_core.status.html import DASH, fmt_count, fmt_total, fmt_when, render_error_html, render_html
 from sync_core.status.models import (
-    ApiCalls,
     Backlog,
     CollisionView,
     Cycle,
@@ -45,7 +45,6 @@ from sync_core.status.models import (
     FailureView,
     Health,
     HealthLevel,
-    PerSide,
     Status,
     Total,
     Totals,
@@ -61,47 +60,14 @@ STALE_INTERVALS = 3  # no cycle for more than this many schedule intervals: the 
 # Outcomes (``RunReport.outcome``) of a cycle that did its work; anything else counts as failed.
 # ``partial``: some records failed (they are in the failures table); ``lease_held``: another
 # cycle was running, which shows the timer is alive.
-_COMPLETED_OUTCOMES = frozenset({"ok", "partial", "lease_held"})
-_DID_ITS_WORK = frozenset({"ok", "partial"})  # what "the last completed cycle" means
+_COMPLETED_OUTCOMES = frozenset({*DID_ITS_WORK, Outcome.LEASE_HELD})
 
 Format = Literal["json", "html"]
 
 
-def _dig(report: Mapping[str, Any], *path: str) -> Any:
-    value: Any = report
-    for key in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(key)
-    return value
-
-
-def _count(report: Mapping[str, Any], *path: str) -> int | None:
-    """A non-negative whole number at ``path``, else None (bools and junk are not counts)."""
-    value = _dig(report, *path)
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int) and value >= 0:
-        return value
-    if isinstance(value, float) and value >= 0 and value.is_integer():
-        return int(value)
-    return None
-
-
-def _counts(value: Any) -> dict[str, int]:
-    if not isinstance(value, Mapping):
-        return {}
-    return {str(key): n for key in value if (n := _count(value, key)) is not None}
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None or isinstance(value, (Mapping, list)) else str(value)
-
-
 def _seconds(run: RunReport) -> float | None:
-    value = run.report.get("seconds")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
+    if run.report.seconds is not None:
+        return run.report.seconds
     if run.finished_at is not None and run.finished_at >= run.started_at:
         return (run.finished_at - run.started_at).total_seconds()
     return None
@@ -116,61 +82,40 @@ def cycle_from_report(run: RunReport) -> Cycle:
         outcome=run.outcome,
         failed=run.outcome not in _COMPLETED_OUTCOMES,
         seconds=_seconds(run),
-        pulled=PerSide(marketo=_count(report, "pulled", "marketo"), dynamics=_count(report, "pulled", "dynamics")),
-        written=PerSide(marketo=_count(report, "written", "marketo"), dynamics=_count(report, "written", "dynamics")),
-        api_calls=ApiCalls(
-            marketo=_count(report, "api_calls", "marketo"),
-            dataverse=_count(report, "api_calls", "dataverse"),
-            by_operation=_counts(_dig(report, "api_calls", "by_operation")),
-        ),
-        token_calls=_count(report, "token_calls"),
-        table_transactions=_count(report, "table_transactions"),
-        created=_count(report, "created"),
-        linked=_count(report, "linked"),
-        unlinked=_count(report, "unlinked"),
-        flagged_deleted=_count(report, "flagged_deleted"),
-        qualified=_count(report, "qualified"),
-        collisions=_count(report, "collisions"),
-        failures=_count(report, "failures"),
+        pulled=report.pulled,
+        written=report.written,
+        api_calls=report.api_calls,
+        token_calls=report.token_calls,
+        table_transactions=report.table_transactions,
+        created=report.created,
+        linked=report.linked,
+        unlinked=report.unlinked,
+        flagged_deleted=report.flagged_deleted,
+        qualified=report.qualified,
+        collisions=report.collisions,
+        failures=report.failures,
     )
 
 
 def _backlog(runs: Sequence[RunReport]) -> Backlog:
-    """From the newest report with a usable ``backlog``: a number, or numbers per side/table."""
+    """From the newest report with a ``backlog``: numbers per part (``total``, when given, wins)."""
     for run in runs:
-        value = run.report.get("backlog")
-        if isinstance(value, Mapping):
-            parts = _counts(value)
-            total = _count(value, "total")
-            parts.pop("total", None)
-            if parts or total is not None:
-                total = total if total is not None else sum(parts.values())
-                return Backlog(known=True, total=total, parts=parts, run_id=run.run_id, as_of=run.started_at)
-        elif (total := _count(run.report, "backlog")) is not None:
-            return Backlog(known=True, total=total, run_id=run.run_id, as_of=run.started_at)
+        parts = dict(run.report.backlog or {})
+        if parts:
+            total = parts.pop("total", None)
+            total = total if total is not None else sum(parts.values())
+            return Backlog(known=True, total=total, parts=parts, run_id=run.run_id, as_of=run.started_at)
     return Backlog(known=False)
-
-
-def _drift_item(item: Any) -> DriftItem:
-    """``{side, entity, name|field, fields|keys, detail}``, any part missing; a bare string is a detail."""
-    if not isinstance(item, Mapping):
-        return DriftItem(detail=_text(item))
-    keys = item.get("fields", item.get("keys"))
-    return DriftItem(
-        side=_text(item.get("side")),
-        entity=_text(item.get("entity")),
-        field=_text(item.get("name", item.get("field"))),
-        keys=[str(key) for key in keys if _text(key) is not None] if isinstance(keys, list) else [],
-        detail=_text(item.get("detail")),
-    )
 
 
 def _drift(runs: Sequence[RunReport]) -> Drift:
     """From the newest report that has a ``drift`` list (a lease-held cycle checks nothing)."""
     for run in runs:
-        value = run.report.get("drift")
-        if isinstance(value, list):
-            items = [_drift_item(item) for item in value]
+        if run.report.drift is not None:
+            items = [
+                DriftItem(side=item.side, entity=item.entity, field=item.name, keys=item.fields, detail=item.detail)
+                for item in run.report.drift
+            ]
             return Drift(known=True, run_id=run.run_id, items=items)
     return Drift(known=False)
 
@@ -253,7 +198,7 @@ def _health(
     latest = cycles[0]
     if latest.failed:
         headline, level = "Last cycle failed", HealthLevel.FAILING
-        completed = next((cycle for cycle in cycles if cycle.outcome in _DID_ITS_WORK), None)
+        completed = next((cycle for cycle in cycles if cycle.outcome in DID_ITS_WORK), None)
         since = (
             f"last completed cycle {fmt_when(completed.started_at)}"
             if completed
@@ -316,7 +261,7 @@ def build_status(
     )
     backlog = _backlog(runs)
     drift = _drift(runs)
-    completed = [cycle for cycle in cycle_rows if cycle.outcome in _DID_ITS_WORK]
+    completed = [cycle for cycle in cycle_rows if cycle.outcome in DID_ITS_WORK]
     return Status(
         generated_at=now,
         schedule=schedule,

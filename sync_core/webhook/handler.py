@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sync_core.core.convert import to_dataverse
+from sync_core.core.entities import ENTITY_SETS, LEAD_STATE, PRIMARY_IDS, microsoft_fields
 from sync_core.core.errors import (
     ConfigError,
     QuotaExceededError,
@@ -49,10 +51,9 @@ from sync_core.core.errors import (
     SyncError,
     TransientError,
 )
-from sync_core.core.fieldmap import FieldValueError, Unreadable, canonical_values
+from sync_core.core.fieldmap import canonical_values
+from sync_core.core.matching import RECORD_ORDER, best_record, email_key, known_record
 from sync_core.core.models import Claim, Direction, EntityType, Link
-from sync_core.core.validate import dataverse_problems
-from sync_core.cycle.apply import CREATED_ON, ENTITY_SETS, LEAD_QUALIFIED, LEAD_STATE, PRIMARY_IDS, microsoft_fields
 from sync_core.cycle.schema_cache import ActiveSchema, active_schema
 from sync_core.dataverse import odata as _odata
 from sync_core.dataverse.client import DataverseClient
@@ -273,20 +274,20 @@ class _SyncPerson:
         return Answer(200, body)
 
     def _find_existing(self, schema: ActiveSchema, person: Mapping[str, Any]) -> tuple[EntityType, str] | None:
-        """A contact, else a lead, with the person's email or the id in its ``microsoftId``: one $batch."""
+        """A record the person already is (``core.matching``): by email or by the id in its
+        ``microsoftId``, contacts and leads in one $batch."""
         queries: list[tuple[EntityType, tuple[str, dict[str, str]]]] = []
-        known_id = str(person.get("microsoftId") or "").strip().lower()
-        known_type = str(person.get("microsoftType") or "").strip().lower()
-        for entity in (EntityType.CONTACT, EntityType.LEAD):
+        for entity in RECORD_ORDER:
             primary = PRIMARY_IDS[entity]
             select = _odata.select_clause([primary, LEAD_STATE] if entity is EntityType.LEAD else [primary])
             conditions: list[str] = []
             mapping = schema.field_map.email_field(entity)
             column = mapping.column(entity) if mapping else None
             email = person.get(mapping.marketo) if mapping else None
-            if column and isinstance(email, str) and email.strip():
+            if column and email_key(email) is not None and isinstance(email, str):
                 conditions.append(f"{_odata.identifier(column)} eq {_odata.quote_literal(email.strip())}")
-            if known_id and known_type == entity.value:
+            known_id = known_record(person, entity)
+            if known_id is not None:
                 with contextlib.suppress(ValueError):  # not a GUID: it cannot name a record
                     conditions.append(f"{primary} eq {_odata.guid_literal(known_id)}")
             if conditions:
@@ -295,34 +296,15 @@ class _SyncPerson:
         if not queries:
             return None
         answers = self.dataverse.query_batch([query for _, query in queries])
-        for (entity, _), rows in zip(queries, answers, strict=True):
-            if not rows:
-                continue
-            # An open lead rather than one already qualified; any contact.
-            rows = sorted(rows, key=lambda row: row.get(LEAD_STATE) == LEAD_QUALIFIED)
-            return entity, str(rows[0][PRIMARY_IDS[entity]]).lower()
-        return None
+        found = {entity: rows for (entity, _), rows in zip(queries, answers, strict=True)}
+        return best_record(found, PRIMARY_IDS)
 
     def _payload(
         self, schema: ActiveSchema, entity: EntityType, values: Mapping[str, Any]
     ) -> tuple[dict[str, Any], list[str]]:
         """The create body for ``entity`` and what Dataverse would refuse in it."""
-        payload: dict[str, Any] = dict(schema.field_map.create_defaults.get(entity, {}))
-        problems: list[str] = []
-        for mapping in schema.field_map.for_entity(entity):
-            value = values.get(mapping.key)
-            column = mapping.column(entity)
-            if column is None or value is None:
-                continue
-            if isinstance(value, Unreadable):
-                problems.append(f"{mapping.marketo}: {value.reason}")
-                continue
-            try:
-                payload[column] = mapping.to_dataverse(value)
-            except FieldValueError as err:
-                problems.append(str(err))
-        problems += dataverse_problems(schema.metadata[entity], payload, creating=True)
-        return payload, problems
+        created = to_dataverse(schema.field_map, entity, values, metadata=schema.metadata[entity], creating=True)
+        return created.payload, created.problems
 
     def _reject(self, entity: EntityType, problems: list[str]) -> Answer:
         self._log_failures([SyncFailure(self.request.lead_id, entity, Direction.TO_DYNAMICS, tuple(problems))])
@@ -338,7 +320,7 @@ class _SyncPerson:
 
     def _mark_person(self, link: Link, created_at: datetime) -> list[str]:
         """The sync-owned person fields; a failure here leaves the record and link standing."""
-        created = {CREATED_ON: created_at.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        created = created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
         values = {"id": link.marketo_id, **microsoft_fields(link.entity, link.dataverse_id, created)}
         try:
             results = self.marketo.sync_leads([values], action="updateOnly", lookup_field="id")

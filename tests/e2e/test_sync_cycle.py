@@ -46,7 +46,7 @@ def test_new_dynamics_lead_creates_a_marketo_person_with_the_microsoft_fields(wo
     assert link is not None
     assert (link.entity, link.dataverse_id) == (LEAD, lead_id)
     assert link.baseline["email"] == "lead1@example.com"
-    assert report.report["created"] == 1
+    assert report.report.created == 1
 
 
 def test_new_dynamics_contact_links_the_person_with_its_email_instead_of_creating_a_duplicate(world: World) -> None:
@@ -60,8 +60,8 @@ def test_new_dynamics_contact_links_the_person_with_its_email_instead_of_creatin
     # contact Dynamics wins.
     assert world.dynamics_row(CONTACT, contact_id)["jobtitle"] == "VP"  # type: ignore[index]
     assert person["firstName"] == "Contact1"
-    assert report.report["linked"] == 1
-    assert report.report["created"] == 0
+    assert report.report.linked == 1
+    assert report.report.created == 0
     [collision] = world.store.list_collisions()
     assert (collision.field, collision.winner, collision.marketo_value, collision.dynamics_value) == (
         "firstName",
@@ -91,7 +91,7 @@ def test_marketo_edit_reaches_the_linked_dynamics_lead(world: World) -> None:
     row = world.dynamics_row(LEAD, lead_id)
     assert row is not None
     assert (row["jobtitle"], row["telephone1"]) == ("CFO", "+1 555 0199")
-    assert report.report["written"]["dynamics"] == 1
+    assert report.report.written.dynamics == 1
 
 
 def test_dynamics_edit_reaches_the_linked_marketo_person(world: World) -> None:
@@ -102,7 +102,7 @@ def test_dynamics_edit_reaches_the_linked_marketo_person(world: World) -> None:
         "Head of IT",
         "Renamed",
     )
-    assert report.report["written"]["marketo"] == 1
+    assert report.report.written.marketo == 1
 
 
 # -- B2: collisions ------------------------------------------------------------------------------------------
@@ -125,7 +125,7 @@ def test_collision_on_lead_keeps_marketo_value(world: World) -> None:
     assert (collision.winner, collision.rule, collision.field) == ("marketo", "lead: Marketo wins", "title")
     assert collision.at >= before - timedelta(seconds=5)
     assert collision.run_id == report.run_id
-    assert report.report["collisions"] == 1
+    assert report.report.collisions == 1
 
 
 def test_collision_on_contact_keeps_dynamics_value(world: World) -> None:
@@ -168,7 +168,7 @@ def test_dynamics_delete_flags_the_person_and_unlinks(world: World) -> None:
     report = world.cycle()
     assert world.marketo.get_lead(person)["microsoftIsDeleted"] is True
     assert world.link_of(person) is None
-    assert (report.report["flagged_deleted"], report.report["unlinked"]) == (1, 1)
+    assert (report.report.flagged_deleted, report.report.unlinked) == (1, 1)
 
 
 def test_dynamics_delete_with_ignore_policy_unlinks_without_flagging(world_factory: Any) -> None:
@@ -187,7 +187,7 @@ def test_marketo_delete_is_not_sent_to_dynamics_and_the_link_is_dropped(world: W
     report = world.cycle()
     assert world.dynamics_row(LEAD, lead_id) is not None
     assert world.link_of(person) is None
-    assert report.report["unlinked"] == 1
+    assert report.report.unlinked == 1
 
 
 def test_marketo_delete_with_delete_policy_deletes_the_dynamics_record(world_factory: Any) -> None:
@@ -197,7 +197,7 @@ def test_marketo_delete_with_delete_policy_deletes_the_dynamics_record(world_fac
     report = world.cycle()
     assert world.dynamics_row(LEAD, lead_id) is None
     assert world.link_of(person) is None
-    assert report.report["deleted_in_dynamics"] == 1
+    assert report.report.deleted_in_dynamics == 1
 
 
 def test_turning_the_delete_policy_on_reads_deletions_from_the_start_of_the_pending_window(
@@ -208,7 +208,7 @@ def test_turning_the_delete_policy_on_reads_deletions_from_the_start_of_the_pend
     monkeypatch.setenv("SYNC_MARKETO_DELETES", "delete")
     world.marketo.delete_lead(person)  # inside the window the next cycle reads
     report = world.cycle()
-    assert report.report["deleted_in_dynamics"] == 1
+    assert report.report.deleted_in_dynamics == 1
     assert world.dynamics_row(LEAD, lead_id) is None
 
 
@@ -266,11 +266,11 @@ def test_invalid_value_is_not_written_and_goes_to_the_person_activity_log(world:
         "direction": "to_dynamics",
     }
     assert report.outcome == "partial"
-    assert report.report["failures"] == 1
+    assert report.report.failures == 1
     # The cursor moved on: the next cycle does not pull the change again, and logs nothing twice.
     again = world.cycle()
-    assert again.report["pulled"]["marketo"] == 0
-    assert again.report["failures"] == 0
+    assert again.report.pulled.marketo == 0
+    assert again.report.failures == 0
     assert len(world.failure_activities(person)) == 1
     # Fixed in Marketo: the held-back fields go through and the failure is resolved.
     world.marketo.update_lead(person, {"firstName": "Short"})
@@ -279,7 +279,7 @@ def test_invalid_value_is_not_written_and_goes_to_the_person_activity_log(world:
     assert row is not None
     assert (row["firstname"], row["jobtitle"]) == ("Short", "Also held back")
     assert world.store.list_failures() == []
-    assert fixed.report["resolved"] == 1
+    assert fixed.report.resolved == 1
 
 
 def test_record_rejected_by_dynamics_is_isolated_recorded_and_retried_on_schedule(world: World) -> None:
@@ -297,15 +297,15 @@ def test_record_rejected_by_dynamics_is_isolated_recorded_and_retried_on_schedul
     assert len(world.failure_activities(person)) == 1
     assert report.outcome == "partial"
     # Not due yet: a cycle leaves it alone.
-    assert world.cycle().report["retried"] == 0
+    assert world.cycle().report.retried == 0
     # The Dynamics admin relaxes the plug-in; once the retry is due, the cycle writes the record.
     world.dataverse.options.plugin_rules.clear()
     world.store.upsert_failures(
         [failure.model_copy(update={"next_retry_at": datetime.now(UTC) - timedelta(seconds=1)})]
     )
     retried = world.cycle()
-    assert retried.report["retried"] == 1
-    assert retried.report["resolved"] == 1
+    assert retried.report.retried == 1
+    assert retried.report.resolved == 1
     assert world.dynamics_row(LEAD, lead_id)["companyname"] is None  # type: ignore[index]
     assert world.store.list_failures() == []
 
@@ -317,8 +317,8 @@ def test_qualified_lead_moves_the_link_to_its_contact_and_dynamics_wins_from_the
     lead_id, person = linked_lead(world, 1, jobtitle="Lead title")
     contact_id = world.dataverse.qualify_lead(lead_id)
     report = world.cycle()
-    assert report.report["qualified"] == 1
-    assert report.report["created"] == 0
+    assert report.report.qualified == 1
+    assert report.report.created == 0
     assert [p["id"] for p in world.marketo.find_leads("email", "lead1@example.com")] == [person]
     assert (world.marketo.get_lead(person)["microsoftType"], world.marketo.get_lead(person)["microsoftId"]) == (
         "Contact",
@@ -349,10 +349,10 @@ def test_the_echo_of_our_own_writes_is_not_written_back(world: World) -> None:
     world.cycle()
     dataverse_writes = world.dataverse.stats.to_json()["writes"]
     echo = world.cycle()  # sees both writes coming back through the change feeds
-    assert echo.report["pulled"]["marketo"] >= 1
-    assert echo.report["pulled"]["dynamics"] >= 1
-    assert echo.report["written"] == {"marketo": 0, "dynamics": 0}
-    assert echo.report["collisions"] == 0
+    assert echo.report.pulled.marketo >= 1
+    assert echo.report.pulled.dynamics >= 1
+    assert echo.report.written.model_dump() == {"marketo": 0, "dynamics": 0}
+    assert echo.report.collisions == 0
     assert world.dataverse.stats.to_json()["writes"] == dataverse_writes
 
 
@@ -360,15 +360,15 @@ def test_an_idle_cycle_costs_at_most_three_api_calls_and_no_token(world: World) 
     linked_lead(world, 1)
     world.cycle()  # the echo of the creation
     idle = world.cycle()
-    assert idle.report["api_calls"]["marketo"] + idle.report["api_calls"]["dataverse"] <= 3
-    assert idle.report["token_calls"] == 0
-    assert idle.report["written"] == {"marketo": 0, "dynamics": 0}
+    assert idle.report.api_calls.marketo + idle.report.api_calls.dataverse <= 3
+    assert idle.report.token_calls == 0
+    assert idle.report.written.model_dump() == {"marketo": 0, "dynamics": 0}
 
 
 def test_the_run_report_says_what_the_cycle_did(world: World) -> None:
     world.dynamics_lead(1)
     report = world.cycle()
-    body = report.report
+    body = report.as_json()  # what run-once prints
     assert body["pulled"] == {"marketo": 0, "dynamics": 1}
     assert body["written"] == {"marketo": 1, "dynamics": 0}
     assert body["api_calls"]["marketo"] >= 2
@@ -400,7 +400,7 @@ def test_field_map_drift_is_reported_and_the_other_fields_keep_syncing(world_fac
     report = world.cycle()
     assert report.outcome == "ok"
     assert world.dynamics_row(LEAD, lead_id)["telephone1"] == "+1 555 0177"  # type: ignore[index]
-    drift = {(item["side"], item["entity"], item["name"]) for item in report.report["drift"]}
+    drift = {(item.side, item.entity, item.name) for item in report.report.drift or []}
     assert drift == {
         ("dynamics", "lead", "address1_city"),
         ("dynamics", "contact", "address1_city"),
@@ -425,14 +425,14 @@ def test_expired_delta_token_rereads_the_table_without_losing_or_duplicating_cha
     world.marketo.update_lead(marketo_edited, {"title": "From Marketo"})
     report = world.cycle()
     assert report.outcome == "ok"
-    assert report.report["full_reads"] == ["contact", "lead"]
+    assert report.report.full_reads == ["contact", "lead"]
     assert world.marketo.get_lead(world.person_of(edited)["id"])["title"] == "While expired"
     assert world.marketo.get_lead(deleted_person)["microsoftIsDeleted"] is True
     assert world.link_of(deleted_person) is None
     assert world.dynamics_row(LEAD, world.marketo.get_lead(marketo_edited)["microsoftId"])["jobtitle"] == "From Marketo"  # type: ignore[index]
     assert len(world.marketo.db.lead_ids()) == persons_before
     assert world.api_creates() == 0
-    assert world.cycle().report["full_reads"] == []
+    assert world.cycle().report.full_reads == []
 
 
 def test_daily_quota_ends_the_cycle_cleanly_with_the_cursors_unchanged(world: World) -> None:
@@ -494,8 +494,8 @@ def test_a_crash_before_the_cursor_commit_repeats_the_window_without_writing_twi
     assert world.dynamics_row(LEAD, lead_id)["jobtitle"] == "Written once"  # type: ignore[index]
     repeat = world.cycle()
     assert repeat.outcome == "ok"
-    assert repeat.report["pulled"]["marketo"] >= 1
-    assert repeat.report["written"] == {"marketo": 0, "dynamics": 0}
+    assert repeat.report.pulled.marketo >= 1
+    assert repeat.report.written.model_dump() == {"marketo": 0, "dynamics": 0}
     assert json.dumps(world.dataverse.stats.to_json()["writes"], sort_keys=True) == writes
 
 
@@ -506,16 +506,16 @@ def test_a_person_deleted_in_marketo_after_an_edit_is_unlinked_and_every_write_i
     world.dataverse.update("contacts", contact_id, {"jobtitle": "Changed after"})
     report = world.cycle()
     assert world.link_of(person) is None
-    assert report.report["unlinked"] == 1
+    assert report.report.unlinked == 1
     # The person's last edit reached Dynamics before the person was found gone, and says so.
     assert world.dynamics_row(CONTACT, contact_id)["firstname"] == "Edited"  # type: ignore[index]
-    assert report.report["written"]["dynamics"] == 1
+    assert report.report.written.dynamics == 1
     # That write is a change to a record no person has any more: the contact gets a new person.
     again = world.cycle()
-    assert again.report["created"] == 1
+    assert again.report.created == 1
     [new_person] = world.marketo.find_leads("email", "contact1@example.com")
     assert (new_person["microsoftId"], new_person["title"]) == (contact_id, "Changed after")
-    assert world.cycle().report["written"] == {"marketo": 0, "dynamics": 0}
+    assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
 
 
 def test_a_record_deleted_after_a_crashed_first_cycle_linked_it_is_flagged_not_left_linked(
@@ -541,7 +541,7 @@ def test_a_record_deleted_after_a_crashed_first_cycle_linked_it_is_flagged_not_l
     assert report.outcome == "ok"
     assert world.link_of(person) is None
     assert world.marketo.get_lead(person)["microsoftIsDeleted"] is True
-    assert report.report["flagged_deleted"] == 1
+    assert report.report.flagged_deleted == 1
 
 
 def test_a_fresh_instance_reads_the_schema_from_the_state_store_not_the_services(world: World) -> None:
@@ -549,7 +549,7 @@ def test_a_fresh_instance_reads_the_schema_from_the_state_store_not_the_services
     close_services()  # the Functions instance goes away; the next cycle runs in a new one
     world.marketo.update_lead(person, {"title": "Cold start"})
     report = world.cycle()
-    operations = report.report["api_calls"]["by_operation"]
+    operations = report.report.api_calls.by_operation
     assert "dataverse.get_entity_metadata" not in operations
     assert "marketo.describe" not in operations
     assert world.dynamics_row(LEAD, lead_id)["jobtitle"] == "Cold start"  # type: ignore[index]

@@ -263,10 +263,10 @@ class SyncMachine(RuleBasedStateMachine):
                 self.table_store.upsert_failures(due)
             report = self.run_cycle()
             assert report is not None
-            assert report.outcome in ("ok", "partial"), report.report.get("error")
+            assert report.outcome in ("ok", "partial"), report.report.error
             self.cycles.append(Cycle(self.tick(), True))
-            moved = report.report["written"]["marketo"] + report.report["written"]["dynamics"]
-            if not moved and not report.report["failures"]:
+            moved = report.report.written.marketo + report.report.written.dynamics
+            if not moved and not report.report.failures:
                 break
         else:
             raise AssertionError("the sync did not settle in 6 cycles")
@@ -284,7 +284,7 @@ class SyncMachine(RuleBasedStateMachine):
         writes = self.sandbox.dataverse.stats.to_json()["writes"]
         echo = self.run_cycle()
         assert echo is not None
-        assert echo.report["written"] == {"marketo": 0, "dynamics": 0}, "a quiet cycle wrote something"
+        assert echo.report.written.model_dump() == {"marketo": 0, "dynamics": 0}, "a quiet cycle wrote something"
         assert self.sandbox.dataverse.stats.to_json()["writes"] == writes
         self.cycles.append(Cycle(self.tick(), True))
 

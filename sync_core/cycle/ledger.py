@@ -1,0 +1,253 @@
+"""A cycle's bookkeeping: what it counted, what each batch produced, and the open failures.
+
+``Tally`` counts as the cycle goes (the run report is built from it). ``Batch`` collects one
+batch's results for the state store; ``Ledger.record`` writes them (links, collisions, failures,
+resolutions) and then the person's activity log. ``OpenFailures`` knows which failures are open
+without holding them all: the keys are read in pages at the start of the cycle, a failure's
+details only when a record fails again. Failure keys: ``to_dynamics:m<marketo id>`` /
+``to_marketo:m<marketo id>`` for a linked person, ``to_marketo:<entity>:<dataverse id>`` for a
+Dynamics record no person could be made for. Nothing here reads a feed or calls Dynamics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sync_core.core.models import Collision, Direction, EntityType, Link, RecordFailure, retry_delay
+from sync_core.marketo.activity import SyncFailure, log_sync_failures
+from sync_core.marketo.client import MarketoClient
+from sync_core.state import StateStore
+
+FAILURE_PAGE = 1000
+
+
+def person_key(direction: Direction, marketo_id: int) -> str:
+    return f"{direction.value}:m{marketo_id}"
+
+
+def record_key(entity: EntityType, dataverse_id: str) -> str:
+    return f"{Direction.TO_MARKETO.value}:{entity.value}:{dataverse_id.lower()}"
+
+
+@dataclass
+class Tally:
+    """What a cycle did, counted as it goes; the run report is built from it."""
+
+    pulled_marketo: int = 0  # change activities read
+    pulled_dynamics: int = 0  # rows and deletions read
+    written_marketo: int = 0  # persons written (created or updated)
+    written_dynamics: int = 0  # Dynamics records updated or deleted
+    created: int = 0  # Marketo persons created for new Dynamics records
+    linked: int = 0  # new Dynamics records linked to an existing person
+    unlinked: int = 0
+    flagged_deleted: int = 0  # persons marked microsoftIsDeleted
+    deleted_in_dynamics: int = 0  # Dynamics records deleted after their person was (policy "delete")
+    qualified: int = 0  # links moved from a lead to its contact
+    collisions: int = 0
+    failures: int = 0  # records that failed this cycle (new or again)
+    resolved: int = 0  # open failures that succeeded this cycle
+    retried: int = 0  # due failures tried again
+    activities: int = 0  # microsoftSyncFailed entries written
+    full_reads: list[str] = field(default_factory=list)  # tables re-read after an expired delta token
+
+
+@dataclass
+class Pending:
+    """A linked record to merge, with what is known of each side."""
+
+    link: Link
+    marketo: Mapping[str, Any] | None = None  # raw values by Marketo field (only the changed ones, unless full)
+    marketo_full: bool = False
+    dynamics: Mapping[str, Any] | None = None  # the Dataverse row (every selected column), or unknown
+    replaces: Link | None = None  # the link this one takes the place of (qualification)
+    marketo_extra: Mapping[str, Any] = field(default_factory=dict)  # sync-owned person fields to write
+    event: str | None = None  # "linked" | "qualified": counted once the link is written
+
+
+@dataclass
+class Batch:
+    """What one batch produced for the state store."""
+
+    links: list[Link] = field(default_factory=list)
+    replaced: list[Link] = field(default_factory=list)
+    unlinked: list[Link] = field(default_factory=list)
+    collisions: list[Collision] = field(default_factory=list)
+    failures: list[RecordFailure] = field(default_factory=list)
+    resolved: set[str] = field(default_factory=set)
+    activities: list[SyncFailure] = field(default_factory=list)
+
+
+class OpenFailures:
+    """The keys of the open failures (read in pages), and their details on demand."""
+
+    def __init__(self, store: StateStore, *, page_size: int = FAILURE_PAGE) -> None:
+        self._store = store
+        self._keys = {failure.key for failure in store.iter_failures(page_size=page_size)}
+        self._details: dict[str, RecordFailure] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def keys(self) -> set[str]:
+        return set(self._keys)
+
+    def get(self, key: str) -> RecordFailure | None:
+        if key not in self._keys:
+            return None
+        if key not in self._details:
+            self._details.update(self._store.get_failures([key]))
+        return self._details.get(key)
+
+    def update(self, failures: Mapping[str, RecordFailure]) -> None:
+        self._keys.update(failures)
+        self._details.update(failures)
+
+    def pop(self, key: str) -> bool:
+        """Forget a key; True if it was open."""
+        self._details.pop(key, None)
+        if key in self._keys:
+            self._keys.discard(key)
+            return True
+        return False
+
+
+class Ledger:
+    """Failures, resolutions and the batch's writes to the state store (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        marketo: MarketoClient,
+        tally: Tally,
+        open_failures: OpenFailures,
+        run_id: str,
+        now: datetime,
+    ) -> None:
+        self._store = store
+        self._marketo = marketo
+        self.tally = tally
+        self.open = open_failures
+        self._run_id = run_id
+        self._now = now
+
+    def has_open_failure(self, marketo_id: int) -> bool:
+        return any(person_key(direction, marketo_id) in self.open for direction in Direction)
+
+    def unlink(self, batch: Batch, link: Link) -> None:
+        batch.unlinked.append(link)
+        for direction in Direction:
+            self.resolve(batch, person_key(direction, link.marketo_id))
+        self.tally.unlinked += 1
+
+    def resolve(self, batch: Batch, key: str) -> None:
+        if key in self.open:
+            batch.resolved.add(key)
+
+    def resolve_now(self, keys: Iterable[str]) -> None:
+        """Failures whose record is gone or linked meanwhile: nothing left to retry."""
+        stale = sorted(key for key in keys if key in self.open)
+        if stale:
+            self._store.resolve_failures(stale)
+            self._forget(stale)
+
+    def fail_person(
+        self,
+        batch: Batch,
+        link: Link,
+        direction: Direction,
+        reasons: list[str],
+        *,
+        code: str | None,
+        keys: list[str],
+        transient: bool = False,
+    ) -> None:
+        failure = self._failure(
+            person_key(direction, link.marketo_id),
+            direction,
+            link.entity,
+            reasons,
+            code,
+            keys,
+            link.marketo_id,
+            link.dataverse_id,
+        )
+        batch.failures.append(failure)
+        if not transient and _is_news(self.open.get(failure.key), failure):
+            batch.activities.append(SyncFailure(link.marketo_id, link.entity, direction, tuple(reasons)))
+
+    def fail_record(
+        self, batch: Batch, entity: EntityType, dataverse_id: str, reasons: list[str], *, code: str | None = None
+    ) -> None:
+        key = record_key(entity, dataverse_id)
+        batch.failures.append(self._failure(key, Direction.TO_MARKETO, entity, reasons, code, [], None, dataverse_id))
+
+    def _failure(
+        self,
+        key: str,
+        direction: Direction,
+        entity: EntityType,
+        reasons: list[str],
+        code: str | None,
+        keys: list[str],
+        marketo_id: int | None,
+        dataverse_id: str | None,
+    ) -> RecordFailure:
+        previous = self.open.get(key)
+        attempts = previous.attempts + 1 if previous is not None else 1
+        return RecordFailure(
+            key=key,
+            direction=direction,
+            entity=entity,
+            marketo_id=marketo_id,
+            dataverse_id=dataverse_id,
+            reasons=reasons,
+            code=code,
+            fields=keys,
+            attempts=attempts,
+            first_failed_at=previous.first_failed_at if previous is not None else self._now,
+            last_failed_at=self._now,
+            next_retry_at=self._now + retry_delay(attempts),
+            run_id=self._run_id,
+        )
+
+    def _forget(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            if self.open.pop(key):
+                self.tally.resolved += 1
+
+    def record(self, batch: Batch) -> None:
+        """The batch's Table writes: links, collisions, failures; then the activity log."""
+        if batch.links or batch.replaced:
+            self._store.upsert_links(batch.links, replaces=batch.replaced)
+        # A link re-written in the same batch (e.g. qualified, then deleted) is not deleted twice.
+        written = {link.marketo_id for link in batch.links}
+        gone = [link for link in batch.unlinked if link.marketo_id not in written]
+        if gone:
+            self._store.delete_links(gone)
+        if batch.collisions:
+            self._store.add_collisions(batch.collisions)
+            self.tally.collisions += len(batch.collisions)
+        failed = {failure.key: failure for failure in batch.failures}  # the last verdict per key wins
+        resolved = sorted(batch.resolved - failed.keys())
+        if failed:
+            self._store.upsert_failures(list(failed.values()))
+            self.open.update(failed)
+            self.tally.failures += len(failed)
+        if resolved:
+            self._store.resolve_failures(resolved)
+            self._forget(resolved)
+        if batch.activities:
+            results = log_sync_failures(self._marketo, batch.activities)
+            self.tally.activities += sum(1 for result in results if result.ok)
+
+
+def _is_news(previous: RecordFailure | None, failure: RecordFailure) -> bool:
+    """Worth a line on the activity log: a new failure, or one whose reasons changed."""
+    return previous is None or previous.reasons != failure.reasons
