@@ -36,9 +36,9 @@ from sync_core.core.errors import (
 )
 from sync_core.core.schema import AttributeMeta, EntityMeta, RequiredLevel
 from sync_core.dataverse import odata as _odata
-from sync_core.dataverse._auth import OPERATION_KEY, CredentialAuth
+from sync_core.dataverse._auth import CredentialAuth
 from sync_core.dataverse._batch import BatchPart, PartResponse, build_batch, read_batch
-from sync_core.http.counters import ApiCounters
+from sync_core.http.counters import OPERATION_KEY, ApiCounters
 from sync_core.http.retry import (
     DATAVERSE_RETRY,
     Failure,

@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from sync_core.core.errors import ApiError, ConfigError, RecordError, TransientError
 from sync_core.core.schema import MarketoFieldMeta
-from sync_core.http.counters import ApiCounters
+from sync_core.http.counters import OPERATION_KEY, ApiCounters
 from sync_core.http.ratebudget import RateBudget
 from sync_core.http.retry import (
     MARKETO_RETRY,
@@ -36,7 +36,7 @@ from sync_core.http.retry import (
     call_with_retries,
     transport_failure,
 )
-from sync_core.marketo._auth import OPERATION_KEY, MarketoTokenAuth
+from sync_core.marketo._auth import MarketoTokenAuth
 from sync_core.marketo._envelope import Envelope, read_envelope
 
 log = logging.getLogger(__name__)
