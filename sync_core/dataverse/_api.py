@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import httpx
 
 from sync_core.core.errors import ApiError, RateLimitedError, RecordError, TransientError
 from sync_core.dataverse._batch import BatchPart, PartResponse, build_batch, read_batch
 from sync_core.http.retry import Failure, RetryableFailure, RetryPolicy, parse_retry_after
-from sync_core.http.transport import RetryingSender
+from sync_core.http.transport import RequestBody, RetryingSender
 
 SERVICE = "dataverse"
 API_PATH = "/api/data/v9.2"
@@ -126,28 +126,21 @@ class WebApi:
         url: str,
         *,
         idempotent: bool,
-        params: Mapping[str, str] | None = None,
-        json_body: Any = None,
-        content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: httpx.Timeout = TIMEOUT_READ,
+        **body: Unpack[RequestBody],
     ) -> httpx.Response:
         """Send with the standard headers and retries; a 2xx answer, or a typed error."""
         all_headers = dict(BASE_HEADERS)
         if method == "GET":
             all_headers["If-None-Match"] = "null"  # never a cached expansion
         all_headers.update(headers or {})
+
+        def read(response: httpx.Response) -> httpx.Response:
+            return _checked(response, operation)
+
         return self._sender.send(
-            operation,
-            method,
-            url,
-            lambda response: _checked(response, operation),
-            idempotent=idempotent,
-            timeout=timeout,
-            params=params,
-            json_body=json_body,
-            content=content,
-            headers=all_headers,
+            operation, method, url, read, idempotent=idempotent, timeout=timeout, headers=all_headers, **body
         )
 
     def pages(

@@ -133,7 +133,7 @@ def _write_chunk(api: WebApi, kind: Write, ref: EntityRef, chunk: Sequence[_Targ
             kind.value.lower(),
             "POST",
             api.url(f"{ref.entity_set}/Microsoft.Dynamics.CRM.{kind.value}"),
-            json_body={"Targets": [target.message_body(kind, ref) for target in chunk]},
+            json={"Targets": [target.message_body(kind, ref) for target in chunk]},
             idempotent=kind is not Write.CREATE,
             timeout=TIMEOUT_WRITE,
         )

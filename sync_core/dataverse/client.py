@@ -250,19 +250,8 @@ class DataverseClient:
 
         A row the service rejects (validation, duplicate key) raises ``RecordError``.
         """
-        try:
-            response = self._api.send(
-                "create",
-                "POST",
-                self._api.url(_odata.identifier(entity_set)),
-                json_body=dict(values),
-                idempotent=False,
-                timeout=TIMEOUT_WRITE,
-            )
-        except ApiError as err:
-            if is_record_level(err):
-                raise record_error(err) from err
-            raise
+        url = self._api.url(_odata.identifier(entity_set))
+        response = self._write_one("create", "POST", url, dict(values), idempotent=False)
         entity_id = response.headers.get("OData-EntityId", "")
         match = ENTITY_ID.search(entity_id)
         if match is None:
@@ -280,15 +269,22 @@ class DataverseClient:
         """Update one existing row (``If-Match: *``: never an accidental create). A missing row raises
         ``RecordError`` with code 0x80040217."""
         url = self._api.url(_odata.key_segment(entity_set, {"": row_id}))
+        self._write_one("update", "PATCH", url, dict(values), idempotent=True, headers={"If-Match": "*"})
+
+    def _write_one(
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        body: Mapping[str, Any],
+        *,
+        idempotent: bool,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """One single-record write; the service refusing this record raises ``RecordError``."""
         try:
-            self._api.send(
-                "update",
-                "PATCH",
-                url,
-                json_body=dict(values),
-                headers={"If-Match": "*"},
-                idempotent=True,
-                timeout=TIMEOUT_WRITE,
+            return self._api.send(
+                operation, method, url, json=body, idempotent=idempotent, headers=headers, timeout=TIMEOUT_WRITE
             )
         except ApiError as err:
             if is_record_level(err):
@@ -313,14 +309,7 @@ class DataverseClient:
         A lead the service refuses to qualify raises ``RecordError``."""
         url = self._api.url(f"{_odata.key_segment('leads', {'': lead_id})}/Microsoft.Dynamics.CRM.QualifyLead")
         body = {"CreateAccount": False, "CreateContact": True, "CreateOpportunity": False, "Status": status}
-        try:
-            response = self._api.send(
-                "qualify_lead", "POST", url, json_body=body, idempotent=False, timeout=TIMEOUT_WRITE
-            )
-        except ApiError as err:
-            if is_record_level(err):
-                raise record_error(err) from err
-            raise
+        response = self._write_one("qualify_lead", "POST", url, body, idempotent=False)
         for item in (response.json() or {}).get("value") or []:
             if str(item.get("@odata.type", "")).endswith("contact") and item.get("contactid"):
                 return str(item["contactid"]).lower()

@@ -11,10 +11,10 @@ service's envelope or error format and never logs a payload.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from typing import Any, TypeVar
+from dataclasses import KW_ONLY, dataclass, replace
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import httpx
 
@@ -26,35 +26,32 @@ from sync_core.http.retry import Failure, RetryableFailure, RetryPolicy, call_wi
 T = TypeVar("T")
 
 
+class RequestBody(TypedDict, total=False):
+    """What a request carries besides method, URL, headers and timeout (``httpx`` argument names)."""
+
+    params: Mapping[str, str | int] | None
+    json: Any
+    data: Mapping[str, str] | None  # a form
+    content: bytes | None
+
+
+@dataclass(frozen=True)
 class RetryingSender:
     """Sends requests of one service with retries; thread-safe when its ``http`` client is."""
 
-    def __init__(
-        self,
-        http: httpx.Client,
-        auth: httpx.Auth,
-        *,
-        service: str,
-        policy: RetryPolicy,
-        sleep: Callable[[float], None],
-        clock: Callable[[], float],
-        counters: ApiCounters | None = None,
-        budget: RateBudget | None = None,
-    ) -> None:
-        self._http = http
-        self._auth = auth
-        self._service = service
-        self._policy = policy
-        self._sleep = sleep
-        self._clock = clock
-        self._counters = counters
-        self._budget = budget
+    http: httpx.Client
+    auth: httpx.Auth
+    _: KW_ONLY
+    service: str
+    policy: RetryPolicy
+    sleep: Callable[[float], None]
+    clock: Callable[[], float]
+    counters: ApiCounters | None = None
+    budget: RateBudget | None = None
 
     def with_policy(self, policy: RetryPolicy) -> RetryingSender:
         """This sender with other retry rules, sharing its client, auth, budget and counters."""
-        other = copy.copy(self)
-        other._policy = policy
-        return other
+        return replace(self, policy=policy)
 
     def send(
         self,
@@ -65,42 +62,31 @@ class RetryingSender:
         *,
         idempotent: bool,
         timeout: httpx.Timeout,
-        params: Mapping[str, str | int] | None = None,
-        json_body: Any = None,
-        form: Mapping[str, str] | None = None,
-        content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        **body: Unpack[RequestBody],
     ) -> T:
         """``read(response)`` of the first attempt that neither fails retryably nor exhausts the policy."""
 
         def attempt() -> T:
-            request = self._http.build_request(
-                method,
-                url,
-                params=params,
-                json=json_body,
-                data=form,
-                content=content,
-                headers=headers,
-                timeout=timeout,
-                extensions={OPERATION_KEY: operation},
+            request = self.http.build_request(
+                method, url, headers=headers, timeout=timeout, extensions={OPERATION_KEY: operation}, **body
             )
-            with self._budget.slot() if self._budget is not None else nullcontext():
+            with self.budget.slot() if self.budget is not None else nullcontext():
                 try:
-                    response = self._http.send(request, auth=self._auth)
+                    response = self.http.send(request, auth=self.auth)
                 except httpx.TransportError as err:
-                    raise transport_failure(err, service=self._service, operation=operation) from err
+                    raise transport_failure(err, service=self.service, operation=operation) from err
                 except TransientError as err:  # the token fetch failed: the request was never sent
                     raise RetryableFailure(err, failure=Failure.REFUSED) from err
             return read(response)
 
         return call_with_retries(
             attempt,
-            service=self._service,
+            service=self.service,
             operation=operation,
             idempotent=idempotent,
-            policy=self._policy,
-            sleep=self._sleep,
-            clock=self._clock,
-            counters=self._counters,
+            policy=self.policy,
+            sleep=self.sleep,
+            clock=self.clock,
+            counters=self.counters,
         )

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import httpx
 from pydantic import SecretStr
@@ -27,7 +27,7 @@ from sync_core.core.schema import MarketoFieldMeta
 from sync_core.http.counters import ApiCounters
 from sync_core.http.ratebudget import RateBudget
 from sync_core.http.retry import MARKETO_RETRY, RetryPolicy
-from sync_core.http.transport import RetryingSender
+from sync_core.http.transport import RequestBody, RetryingSender
 from sync_core.marketo import _records
 from sync_core.marketo._auth import MarketoTokenAuth
 from sync_core.marketo._envelope import Envelope, read_envelope
@@ -154,11 +154,9 @@ class MarketoClient:
         method: str,
         path: str,
         *,
-        params: Mapping[str, str | int] | None = None,
-        json_body: Any = None,
-        form: Mapping[str, str] | None = None,
-        timeout: httpx.Timeout = TIMEOUT_DEFAULT,
         idempotent: bool,
+        timeout: httpx.Timeout = TIMEOUT_DEFAULT,
+        **body: Unpack[RequestBody],
     ) -> Envelope:
         def read(response: httpx.Response) -> Envelope:
             envelope = read_envelope(response, operation=operation)
@@ -167,15 +165,7 @@ class MarketoClient:
             return envelope
 
         return self._sender.send(
-            operation,
-            method,
-            self._base + path,
-            read,
-            idempotent=idempotent,
-            timeout=timeout,
-            params=params,
-            json_body=json_body,
-            form=form,
+            operation, method, self._base + path, read, idempotent=idempotent, timeout=timeout, **body
         )
 
     def _pages(
@@ -198,7 +188,7 @@ class MarketoClient:
                     "POST",
                     path,
                     params={"_method": "GET"},
-                    form=page_params,
+                    data=page_params,
                     timeout=timeout,
                     idempotent=True,
                 )
@@ -338,7 +328,7 @@ class MarketoClient:
                 "sync_leads",
                 "POST",
                 "/rest/v1/leads.json",
-                json_body={"action": action, "lookupField": lookup_field, "input": [dict(r) for _, r in chunk]},
+                json={"action": action, "lookupField": lookup_field, "input": [dict(r) for _, r in chunk]},
                 timeout=TIMEOUT_SYNC_LEADS,
                 idempotent=action in IDEMPOTENT_ACTIONS,
             )
@@ -354,7 +344,7 @@ class MarketoClient:
                 "delete_leads",
                 "POST",
                 "/rest/v1/leads/delete.json",
-                json_body={"input": [{"id": value} for value in chunk]},
+                json={"input": [{"id": value} for value in chunk]},
                 idempotent=True,  # deleting twice only earns "not found" the second time
             )
             for item in _per_record(envelope, len(chunk), "delete_leads"):
@@ -385,7 +375,7 @@ class MarketoClient:
                 "add_activities",
                 "POST",
                 "/rest/v1/activities/external.json",
-                json_body={"input": body},
+                json={"input": body},
                 timeout=TIMEOUT_ADD_ACTIVITIES,
                 idempotent=False,
             )
