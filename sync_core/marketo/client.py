@@ -25,7 +25,7 @@ from pydantic import SecretStr
 from sync_core.core.errors import ApiError, ConfigError, RecordError
 from sync_core.core.schema import MarketoFieldMeta
 from sync_core.http.counters import ApiCounters
-from sync_core.http.ratebudget import RateBudget
+from sync_core.http.ratebudget import RateBudget, RateLimit
 from sync_core.http.retry import MARKETO_RETRY, RetryPolicy
 from sync_core.http.transport import RequestBody, RetryingSender
 from sync_core.marketo import _records
@@ -70,9 +70,8 @@ T = TypeVar("T")
 
 SERVICE = "marketo"
 BATCH_SIZE = 300  # records per Lead-DB call, filterValues per query, activities per add
-RATE_LIMIT_CALLS = 100  # per instance, per 20 s, shared with every other integration
-RATE_LIMIT_WINDOW = 20.0
-CONCURRENCY_LIMIT = 10
+# Per instance, shared with every other integration: 100 calls per 20 s, 10 in flight.
+RATE_LIMIT = RateLimit(max_calls=100, per_seconds=20.0, max_concurrent=10)
 MAX_URL_CHARS = 7000  # the gateway refuses URIs over 8 KB; past this a query goes as a form POST
 SYNC_ACTIONS = frozenset({"createOrUpdate", "createOnly", "updateOnly", "createDuplicate"})
 IDEMPOTENT_ACTIONS = frozenset({"createOrUpdate", "updateOnly"})  # the others may create twice
@@ -110,14 +109,7 @@ class MarketoClient:
             raise ConfigError(["MARKETO_CLIENT_ID: missing"])
         secret = client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret)
         self._base = base
-        self._budget = RateBudget.share_of(
-            rate_share,
-            max_calls=RATE_LIMIT_CALLS,
-            per_seconds=RATE_LIMIT_WINDOW,
-            max_concurrent=CONCURRENCY_LIMIT,
-            sleep=sleep,
-            clock=clock,
-        )
+        self._budget = RateBudget(RATE_LIMIT.share(rate_share), sleep=sleep, clock=clock)
         auth = MarketoTokenAuth(
             base_url=base, client_id=client_id, client_secret=secret, clock=clock, counters=counters
         )
