@@ -405,6 +405,35 @@ def test_a_long_query_goes_as_a_form_post_with_method_get(client: MarketoClient,
     assert _form_or_query(request)["filterValues"].split(",") == emails
 
 
+def test_lead_queries_follow_pages_through_the_one_paging_loop(client: MarketoClient, fake: FakeMarketo) -> None:
+    fake.script(
+        LEADS,
+        ok([{"id": 1, "email": "a@example.com"}], nextPageToken="P1", moreResult=True),
+        ok([{"id": 2, "email": "b@example.com"}], moreResult=False),
+    )
+    assert [lead["id"] for lead in client.get_leads([1, 2], fields=["email"])] == [1, 2]
+    sent = [_form_or_query(r) for r in fake.api_requests(LEADS)]
+    assert ["nextPageToken" in params for params in sent] == [False, True]
+    assert sent[1]["nextPageToken"] == "P1"
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (ok([{"id": 1, "email": "a@example.com"}], nextPageToken="P1", moreResult=True), "pagination loop"),
+        (ok([{"id": 2, "email": "b@example.com"}], moreResult=True), "moreResult without nextPageToken"),
+    ],
+    ids=["token-repeats-with-nothing-new", "more-without-token"],
+)
+def test_lead_queries_refuse_a_paging_loop_or_a_missing_token(
+    client: MarketoClient, fake: FakeMarketo, second: dict[str, Any], message: str
+) -> None:
+    fake.script(LEADS, ok([{"id": 1, "email": "a@example.com"}], nextPageToken="P1", moreResult=True), second)
+    with pytest.raises(ApiError, match=message):
+        client.find_leads("email", ["a@example.com"], fields=["email"])
+    assert len(fake.api_requests(LEADS)) == 2
+
+
 @pytest.mark.parametrize(
     "values",
     [["a@b.c", "x,y@evil.com"], ["a@b.c", ""], ["  "], ["ok@example.com", 5]],
@@ -563,6 +592,16 @@ def test_activity_type_id_is_read_once_and_cached(client: MarketoClient, fake: F
     assert client.get_activity_type_id("microsoftSyncFailed") == 100001
     assert client.get_activity_type_id("microsoftSyncFailed") == 100001
     assert len(fake.api_requests(TYPES)) == 1
+
+
+def test_activity_types_follow_pages(client: MarketoClient, fake: FakeMarketo) -> None:
+    fake.script(
+        TYPES,
+        ok([{"id": 100000, "apiName": "other", "status": "approved"}], nextPageToken="A1", moreResult=True),
+        ok([{"id": 100001, "apiName": "microsoftSyncFailed", "status": "approved"}], moreResult=False),
+    )
+    assert client.get_activity_type_id("microsoftSyncFailed") == 100001
+    assert [r.url.params.get("nextPageToken") for r in fake.api_requests(TYPES)] == [None, "A1"]
 
 
 @pytest.mark.parametrize(

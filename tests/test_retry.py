@@ -12,7 +12,7 @@ import pytest
 
 from sync_core.core.errors import ApiError, QuotaExceededError, RateLimitedError, TransientError
 from sync_core.http.counters import ApiCounters
-from sync_core.http.ratebudget import RateBudget
+from sync_core.http.ratebudget import RateBudget, RateLimit
 from sync_core.http.retry import (
     Failure,
     RetryableFailure,
@@ -264,21 +264,21 @@ def test_loop_passes_permanent_errors_straight_through(error: Exception) -> None
 )
 def test_rate_budget_share_rounds_down_never_below_one(share: float, calls: int, concurrent: int) -> None:
     clock = FakeClock()
-    budget = RateBudget.share_of(
-        share, max_calls=100, per_seconds=20, max_concurrent=10, sleep=clock.sleep, clock=clock
+    budget = RateBudget(
+        RateLimit(max_calls=100, per_seconds=20, max_concurrent=10).share(share), sleep=clock.sleep, clock=clock
     )
-    assert (budget.max_calls, budget.max_concurrent) == (calls, concurrent)
+    assert (budget.limit.max_calls, budget.limit.max_concurrent, budget.limit.per_seconds) == (calls, concurrent, 20)
 
 
 @pytest.mark.parametrize("share", [0.0, -0.1, 1.5])
 def test_rate_budget_refuses_a_share_outside_zero_one(share: float) -> None:
     with pytest.raises(ValueError, match="share"):
-        RateBudget.share_of(share, max_calls=100, per_seconds=20, max_concurrent=10, sleep=time.sleep, clock=time.time)
+        RateLimit(max_calls=100, per_seconds=20, max_concurrent=10).share(share)
 
 
 def test_rate_budget_waits_for_the_oldest_call_to_leave_the_window() -> None:
     clock = FakeClock(start=0.0)
-    budget = RateBudget(max_calls=3, per_seconds=20, max_concurrent=3, sleep=clock.sleep, clock=clock)
+    budget = RateBudget(RateLimit(max_calls=3, per_seconds=20, max_concurrent=3), sleep=clock.sleep, clock=clock)
     for _ in range(3):
         with budget.slot():
             clock.now += 1.0  # each call takes a second
@@ -291,7 +291,9 @@ def test_rate_budget_waits_for_the_oldest_call_to_leave_the_window() -> None:
 
 
 def test_rate_budget_caps_calls_in_flight() -> None:
-    budget = RateBudget(max_calls=1000, per_seconds=20, max_concurrent=2, sleep=time.sleep, clock=time.monotonic)
+    budget = RateBudget(
+        RateLimit(max_calls=1000, per_seconds=20, max_concurrent=2), sleep=time.sleep, clock=time.monotonic
+    )
     in_flight = 0
     peak = 0
     lock = threading.Lock()

@@ -12,6 +12,8 @@ import threading
 from collections import Counter, defaultdict
 from typing import Any
 
+OPERATION_KEY = "sync_core.operation"  # request extension naming the operation, for the counters
+
 
 class ApiCounters:
     """Counts what the API clients send; one instance per run (or per process)."""

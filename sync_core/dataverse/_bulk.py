@@ -1,0 +1,186 @@
+"""Bulk writes: ``CreateMultiple`` / ``UpdateMultiple`` / ``UpsertMultiple``, one outcome per input row.
+
+Rows go ``batch_size`` to a message. A message the service rejects as a whole for one record's
+fault is re-sent as a ``$batch`` of single-row operations with continue-on-error, so one bad
+record cannot stop the others (a message too large is halved first); a schema error or an
+outage is raised, never hidden in outcomes. Creates are never resent blindly. It sends through
+``WebApi``, decides nothing about syncing, and logs only counts and table names.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sync_core.core.errors import ApiError
+from sync_core.dataverse import odata as _odata
+from sync_core.dataverse._api import SERVICE, TIMEOUT_WRITE, WebApi, is_record_level, request_id
+from sync_core.dataverse._batch import BatchPart, PartResponse
+from sync_core.dataverse._metadata import EntityRef
+from sync_core.dataverse._types import WriteOutcome
+
+log = logging.getLogger(__name__)
+
+ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")  # the GUID at the end of an OData-EntityId
+
+
+class Write(StrEnum):
+    CREATE = "CreateMultiple"
+    UPDATE = "UpdateMultiple"
+    UPSERT = "UpsertMultiple"
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One input row of a bulk write: its values, how to address it alone, and its position."""
+
+    index: int
+    values: dict[str, Any]  # columns to write (key columns of an upsert left to the address)
+    segment: str | None  # leads(<guid>) or leads(emailaddress1='…'); None for a create
+    row_id: str | None  # primary key when known
+
+    @classmethod
+    def of(
+        cls, kind: Write, ref: EntityRef, index: int, row: Mapping[str, Any], key: tuple[str, ...] | None
+    ) -> _Target:
+        values = {name: value for name, value in row.items() if not name.startswith("@")}
+        if kind is Write.CREATE:
+            return cls(index, values, None, None)
+        row_id: str | None
+        if key is None:
+            if not row.get(ref.primary_id):
+                raise ValueError(f"row has no {ref.primary_id}")
+            row_id = _odata.guid_literal(str(row[ref.primary_id]))
+            segment = _odata.key_segment(ref.entity_set, {"": row_id})
+            key_columns: tuple[str, ...] = (ref.primary_id,)
+        else:
+            missing = [column for column in key if row.get(column) in (None, "")]
+            if missing:
+                raise ValueError(f"row has no value for key column(s) {', '.join(missing)}")
+            segment = _odata.key_segment(ref.entity_set, {column: row[column] for column in key})
+            row_id = _odata.guid_literal(str(row[ref.primary_id])) if row.get(ref.primary_id) else None
+            key_columns = key
+        # The address carries the key; the service refuses (or ignores) it repeated in the record.
+        values = {name: value for name, value in values.items() if name not in key_columns}
+        return cls(index, values, segment, row_id)
+
+    def message_body(self, kind: Write, ref: EntityRef) -> dict[str, Any]:
+        """This row as a target of CreateMultiple / UpdateMultiple / UpsertMultiple."""
+        body: dict[str, Any] = {"@odata.type": f"Microsoft.Dynamics.CRM.{ref.logical_name}", **self.values}
+        if kind is Write.UPDATE:
+            body[ref.primary_id] = self.row_id
+        elif kind is Write.UPSERT:
+            body["@odata.id"] = self.segment
+        return body
+
+    def batch_part(self, kind: Write, ref: EntityRef, api_path: str) -> BatchPart:
+        """This row alone, as one operation of a ``$batch``."""
+        if kind is Write.CREATE:
+            return BatchPart("POST", f"{api_path}/{ref.entity_set}", self.values)
+        if kind is Write.UPDATE:
+            return BatchPart("PATCH", f"{api_path}/{self.segment}", self.values, {"If-Match": "*"})
+        # upsert: a PATCH without If-Match creates the row when the key finds none
+        return BatchPart("PATCH", f"{api_path}/{self.segment}", self.values)
+
+    def failed(self, status: int | None, code: str | None, message: str) -> WriteOutcome:
+        return WriteOutcome(self.index, False, id=self.row_id, status=status, code=code, message=message)
+
+    def answered(self, answer: PartResponse) -> WriteOutcome:
+        """The outcome from this row's own answer inside a $batch."""
+        if answer.status < 300:
+            match = ENTITY_ID.search(answer.headers.get("odata-entityid", ""))
+            new_id = match.group(1).lower() if match else self.row_id
+            return WriteOutcome(self.index, True, id=new_id, status=answer.status)
+        error = answer.body.get("error") if isinstance(answer.body, dict) else None
+        code = str(error.get("code")) if isinstance(error, dict) and error.get("code") else None
+        message = str(error.get("message", ""))[:500] if isinstance(error, dict) else f"HTTP {answer.status}"
+        return self.failed(answer.status, code, message)
+
+
+def write_multiple(
+    api: WebApi,
+    kind: Write,
+    ref: EntityRef,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    key: tuple[str, ...] | None,
+    batch_size: int,
+) -> list[WriteOutcome]:
+    """One outcome per row, in input order; rows that cannot be addressed are refused unsent."""
+    outcomes: dict[int, WriteOutcome] = {}
+    ready: list[_Target] = []
+    for index, row in enumerate(rows):
+        try:
+            ready.append(_Target.of(kind, ref, index, row, key))
+        except ValueError as err:
+            outcomes[index] = WriteOutcome(index, False, code="invalid_input", message=str(err))
+    for start in range(0, len(ready), batch_size):
+        for outcome in _write_chunk(api, kind, ref, ready[start : start + batch_size]):
+            outcomes[outcome.index] = outcome
+    failed = sum(1 for outcome in outcomes.values() if not outcome.ok)
+    if failed:
+        log.warning("dataverse %s %s: %d of %d row(s) failed", kind.value, ref.entity_set, failed, len(rows))
+    return [outcomes[index] for index in range(len(rows))]
+
+
+def _write_chunk(api: WebApi, kind: Write, ref: EntityRef, chunk: Sequence[_Target]) -> list[WriteOutcome]:
+    try:
+        response = api.send(
+            kind.value.lower(),
+            "POST",
+            api.url(f"{ref.entity_set}/Microsoft.Dynamics.CRM.{kind.value}"),
+            json={"Targets": [target.message_body(kind, ref) for target in chunk]},
+            idempotent=kind is not Write.CREATE,
+            timeout=TIMEOUT_WRITE,
+        )
+    except ApiError as err:
+        if not is_record_level(err):
+            raise
+        if len(chunk) == 1:
+            return [chunk[0].failed(err.status, err.code, str(err.args[0]))]
+        if err.status == 413:  # too large as a whole: halve it
+            middle = len(chunk) // 2
+            return _write_chunk(api, kind, ref, chunk[:middle]) + _write_chunk(api, kind, ref, chunk[middle:])
+        # Standard tables roll the whole message back on one bad record, so nothing landed:
+        # send the rows again one by one in a $batch that carries on past failures.
+        log.info(
+            "dataverse %s %s: batch of %d rejected (%s); isolating with $batch",
+            kind.value,
+            ref.entity_set,
+            len(chunk),
+            err.code or err.status,
+        )
+        return _isolate(api, kind, ref, chunk)
+    if kind is Write.CREATE:
+        ids = (response.json() or {}).get("Ids") or []
+        if len(ids) != len(chunk):
+            raise ApiError(
+                f"dataverse CreateMultiple: {len(ids)} ids for {len(chunk)} rows",
+                service=SERVICE,
+                status=response.status_code,
+                request_id=request_id(response),
+            )
+        return [WriteOutcome(t.index, True, id=str(new_id)) for t, new_id in zip(chunk, ids, strict=True)]
+    return [WriteOutcome(t.index, True, id=t.row_id) for t in chunk]
+
+
+def _isolate(api: WebApi, kind: Write, ref: EntityRef, chunk: Sequence[_Target]) -> list[WriteOutcome]:
+    parts = [target.batch_part(kind, ref, api.root_url.path) for target in chunk]
+    try:
+        answers = api.send_batch("batch", parts, idempotent=kind is not Write.CREATE, timeout=TIMEOUT_WRITE)
+    except ApiError as err:
+        # Without continue-on-error honoured the service stops at the first failure and says 400
+        # with that one answer; what follows it was not attempted.
+        if err.status != 400:
+            raise
+        answers = []
+    return [
+        target.answered(answers[position])
+        if position < len(answers)
+        else target.failed(None, "not_attempted", "the $batch stopped before this record")
+        for position, target in enumerate(chunk)
+    ]
