@@ -58,6 +58,7 @@ ENV_NAMES: dict[str, str] = {
     "MARKETO_RATE_SHARE": "marketo_rate_share",
     "MARKETO_DAILY_QUOTA": "marketo_daily_quota",
     "DATAVERSE_BATCH_SIZE": "dataverse_batch_size",
+    "SYNC_LEASE_SECONDS": "lease_seconds",
 }
 FIELD_TO_ENV = {field: env for env, field in ENV_NAMES.items()}
 
@@ -90,6 +91,9 @@ class Settings(BaseModel):
     marketo_rate_share: float = Field(default=0.5, gt=0, le=1)
     marketo_daily_quota: int = Field(default=50_000, gt=0)
     dataverse_batch_size: int = Field(default=1000, ge=1, le=1000)
+    # The cycle lease: renewed every third of this while a cycle runs, so a crashed cycle blocks
+    # the next one for at most this long (well inside one schedule period).
+    lease_seconds: int = Field(default=90, ge=3, le=3600)
 
     @field_validator("marketo_base_url", "dataverse_url", "tables_endpoint")
     @classmethod

@@ -137,7 +137,25 @@ def test_failed_last_cycle_names_its_outcome_and_the_last_completed_one() -> Non
 
     details = build_status(store, now=NOW, schedule=SCHEDULE).health.details
 
-    assert details[0] == "the last cycle ended with outcome 'transient'; last completed cycle 2025-03-14 11:56:30 UTC"
+    assert details[0] == (
+        "the last cycle ended with outcome 'transient' — it retries by itself on the next tick; "
+        "last completed cycle 2025-03-14 11:56:30 UTC"
+    )
+
+
+def test_a_failed_cycle_shows_its_reason_and_whether_a_person_must_act() -> None:
+    store = MemoryStateStore()
+    store.add_run_report(_report(6))
+    store.add_run_report(_report(1, outcome="error", error="configuration: MARKETO_CLIENT_SECRET refused"))
+
+    status = build_status(store, now=NOW, schedule=SCHEDULE)
+
+    assert status.health.details[0].startswith(
+        "the last cycle ended with outcome 'error' (configuration: MARKETO_CLIENT_SECRET refused); last completed"
+    )
+    assert status.cycles[0].reason == "configuration: MARKETO_CLIENT_SECRET refused"
+    assert status.cycles[1].reason is None
+    assert 'title="configuration: MARKETO_CLIENT_SECRET refused"' in render_html(status)
 
 
 def test_unreadable_schedule_skips_the_staleness_check_and_says_so() -> None:

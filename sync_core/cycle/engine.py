@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -76,7 +77,7 @@ log = logging.getLogger(__name__)
 MARKETO_CHANGES = "marketo.leadchanges"
 MARKETO_DELETES = "marketo.deletedleads"
 ENTITY_ORDER = (EntityType.CONTACT, EntityType.LEAD)  # contacts first: qualifications move links (B9)
-LEASE_DURATION = timedelta(minutes=10)
+LEASE_DURATION = timedelta(seconds=90)  # renewed every third of it by the heartbeat
 DATAVERSE_PAGE = 5000  # rows per delta page: the service's maximum
 MAX_RETRIES_PER_CYCLE = 1000
 MARKETO_UNKNOWN_FIELD = "1006"
@@ -102,11 +103,82 @@ class CycleOptions:
             dynamics_delete_policy=settings.dynamics_delete_policy,
             marketo_delete_policy=settings.marketo_delete_policy,
             dataverse_batch_size=settings.dataverse_batch_size,
+            lease_duration=timedelta(seconds=settings.lease_seconds),
         )
+
+
+def failure_outcome(err: SyncError | OSError) -> tuple[Outcome, str]:
+    """How a cycle that ended on ``err`` reports it: ``transient`` when the next tick will likely
+    succeed by itself (a service error that outlived the retries: 5xx, a dropped connection, a
+    token endpoint down), ``error`` when a person must act (credentials, permissions, the field
+    map, a request the service refuses), with a reason that says which."""
+    if isinstance(err, ConfigError):
+        return Outcome.ERROR, f"configuration: {err}"
+    if isinstance(err, TransientError):
+        return Outcome.TRANSIENT, str(err)
+    if isinstance(err, ApiError):
+        if err.status is not None and err.status >= 500:
+            return Outcome.TRANSIENT, f"{err.service} server error: {err}"
+        if err.status in (401, 403):
+            return Outcome.ERROR, f"{err.service} refused the credentials or a permission is missing: {err}"
+        return Outcome.ERROR, f"{err.service} refused a request: {err}"
+    if isinstance(err, OSError):
+        return Outcome.TRANSIENT, f"{type(err).__name__}: {err}"
+    return Outcome.ERROR, f"{type(err).__name__}: {err}"
 
 
 class _LeaseLost(SyncError):
     """Our lease expired and another cycle took it: stop without committing anything more."""
+
+
+class _Heartbeat:
+    """Renews the cycle lease on its own thread every third of its duration while the cycle runs,
+    whatever the cycle is waiting for (a slow page, a throttled write). A live cycle keeps its
+    lease; a dead one (``kill -9``) stops renewing and the lease expires within its duration, so
+    the next tick runs. A renewal that loses the lease marks it lost; the cycle stops at its next
+    step. A renewal that fails for another reason is tried again at the next beat."""
+
+    def __init__(
+        self, store: StateStore, lease: Lease, *, duration: timedelta, clock: Callable[[], datetime], run_id: str
+    ) -> None:
+        self._store = store
+        self._duration = duration
+        self._clock = clock
+        self._run_id = run_id
+        self._lock = threading.Lock()
+        self._lease = lease
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{run_id}", daemon=True)
+
+    @property
+    def lease(self) -> Lease:
+        with self._lock:
+            return self._lease
+
+    def start(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._duration.total_seconds() / 3):
+            try:
+                renewed = self._store.renew_lease(self.lease, now=self._clock(), duration=self._duration)
+            except StateConflictError:
+                log.error("cycle %s: the lease was lost (it expired and another cycle took it)", self._run_id)
+                self.lost = True
+                return
+            except (SyncError, OSError) as err:
+                log.warning(
+                    "cycle %s: the lease could not be renewed (%s); trying again", self._run_id, type(err).__name__
+                )
+                continue
+            with self._lock:
+                self._lease = renewed
 
 
 class SyncEngine:
@@ -178,8 +250,11 @@ class SyncEngine:
                 log.warning("cycle %s ended early: %s; cursors kept", run_id, err)
                 outcome, error = Outcome.TRANSIENT, str(err)
             except (SyncError, OSError) as err:
-                log.exception("cycle %s failed", run_id)
-                outcome, error = Outcome.ERROR, f"{type(err).__name__}: {err}"
+                outcome, error = failure_outcome(err)
+                if outcome is Outcome.TRANSIENT:
+                    log.warning("cycle %s ended early: %s; cursors kept", run_id, error)
+                else:
+                    log.error("cycle %s failed: %s", run_id, error)
             finally:
                 cycle.release()
         if outcome is Outcome.OK and tally.failures:
@@ -226,8 +301,9 @@ class _Cycle:
         self.engine = engine
         self.run_id = run_id
         self.started = started
-        self.lease = lease
-        self.lease_renewed = started
+        self.heartbeat = _Heartbeat(
+            engine._store, lease, duration=engine._options.lease_duration, clock=engine._clock, run_id=run_id
+        )
         self.tally = tally
         self.open_failures = OpenFailures(engine._store)
         self.applier = Applier(
@@ -246,26 +322,22 @@ class _Cycle:
     # -- lease ------------------------------------------------------------------------------------
 
     def keep_lease(self) -> None:
-        """Renew the lease once a third of it has gone; losing it stops the cycle."""
-        engine = self.engine
-        now = engine._clock()
-        if now - self.lease_renewed < engine._options.lease_duration / 3:
-            return
-        try:
-            self.lease = engine._store.renew_lease(self.lease, now=now, duration=engine._options.lease_duration)
-        except StateConflictError as err:
-            raise _LeaseLost("the cycle lease was lost (it expired and another cycle took it)") from err
-        self.lease_renewed = now
+        """Stop here if the heartbeat lost the lease (another cycle has it now)."""
+        if self.heartbeat.lost:
+            raise _LeaseLost("the cycle lease was lost (it expired and another cycle took it)")
 
     def release(self) -> None:
+        self.heartbeat.stop()
         try:
-            self.engine._store.release_lease(self.lease)
+            self.engine._store.release_lease(self.heartbeat.lease)
         except (StateConflictError, SyncError, OSError):
             log.warning("cycle %s: the lease could not be released; it expires by itself", self.run_id)
 
     # -- the steps ----------------------------------------------------------------------------------
 
     def run(self) -> None:
+        self.heartbeat.start()
+        self.open_failures.load()
         with Stage(self.engine._stage_dir) as stage:
             try:
                 self._steps(stage)

@@ -85,8 +85,13 @@ class OpenFailures:
 
     def __init__(self, store: StateStore, *, page_size: int = FAILURE_PAGE) -> None:
         self._store = store
-        self._keys = {failure.key for failure in store.iter_failures(page_size=page_size)}
+        self._page_size = page_size
+        self._keys: set[str] = set()
         self._details: dict[str, RecordFailure] = {}
+
+    def load(self) -> None:
+        """Read the open failures' keys, a page at a time (the details stay in the store)."""
+        self._keys = {failure.key for failure in self._store.iter_failures(page_size=self._page_size)}
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys

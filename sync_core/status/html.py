@@ -245,7 +245,7 @@ def _cycles_table(status: Status) -> str:
             fmt_count(cycle.api_calls.dataverse),
         ]
         tds = "".join(
-            f'<td><span class="pill {tone}">{_e(cycle.outcome)}</span></td>'
+            f'<td><span class="pill {tone}"{_reason_title(cycle.reason)}>{_e(cycle.outcome)}</span></td>'
             if cell is None
             else f'<td class="{"num" if index > 1 else ""}">{_e(cell)}</td>'
             for index, cell in enumerate(cells)
@@ -415,3 +415,8 @@ def render_error_html(message: str, problems: Sequence[str]) -> str:
         f"<ul><li>{_e(message)}</li>{items}</ul></section>"
     )
     return _page("Sync status: unavailable", body)
+
+
+def _reason_title(reason: str | None) -> str:
+    """Why a cycle failed, as the outcome pill's tooltip (the health box says it in words)."""
+    return f' title="{_e(reason)}"' if reason else ""

@@ -36,6 +36,7 @@ class Cycle(BaseModel):
     finished_at: datetime | None
     outcome: str
     failed: bool
+    reason: str | None = None  # why a cycle did not complete: transient (retries by itself) or error
     seconds: float | None
     pulled: PerSide
     written: PerSide

@@ -61,6 +61,7 @@ STALE_INTERVALS = 3  # no cycle for more than this many schedule intervals: the 
 # ``partial``: some records failed (they are in the failures table); ``lease_held``: another
 # cycle was running, which shows the timer is alive.
 _COMPLETED_OUTCOMES = frozenset({*DID_ITS_WORK, Outcome.LEASE_HELD})
+_RETRIES_BY_ITSELF = frozenset({Outcome.TRANSIENT, Outcome.QUOTA, Outcome.LEASE_LOST})
 
 Format = Literal["json", "html"]
 
@@ -81,6 +82,7 @@ def cycle_from_report(run: RunReport) -> Cycle:
         finished_at=run.finished_at,
         outcome=run.outcome,
         failed=run.outcome not in _COMPLETED_OUTCOMES,
+        reason=report.error if run.outcome not in _COMPLETED_OUTCOMES else None,
         seconds=_seconds(run),
         pulled=report.pulled,
         written=report.written,
@@ -204,7 +206,9 @@ def _health(
             if completed
             else "none of the recent ones completed"
         )
-        details.insert(0, f"the last cycle ended with outcome '{latest.outcome}'; {since}")
+        why = f" ({latest.reason})" if latest.reason else ""
+        retries = " — it retries by itself on the next tick" if latest.outcome in _RETRIES_BY_ITSELF else ""
+        details.insert(0, f"the last cycle ended with outcome '{latest.outcome}'{why}{retries}; {since}")
     deadline = stale_after(latest.started_at, schedule)
     if deadline is None:
         details.append(f"schedule {schedule!r} could not be read; staleness not checked")
