@@ -108,6 +108,11 @@ param marketoDailyQuota int = 50000
 @maxValue(1000)
 param dataverseBatchSize int = 1000
 
+@description('SYNC_LEASE_SECONDS: the cycle lease, renewed every third of it; a crashed cycle blocks the next for at most this long.')
+@minValue(3)
+@maxValue(3600)
+param syncLeaseSeconds int = 90
+
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -220,6 +225,7 @@ module api 'app/api.bicep' = {
     marketoRateShare: marketoRateShare
     marketoDailyQuota: marketoDailyQuota
     dataverseBatchSize: dataverseBatchSize
+    syncLeaseSeconds: syncLeaseSeconds
   }
 }
 
