@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from sync_core.cycle.engine import run_once_main
+from sync_core.cycle.cli import run_once_main
 from sync_core.host.server import host_main
 from sync_core.status.view import status_main
 

@@ -1,1 +1,4 @@
-"""(see module docstrings)"""
+"""The bidirectional sync cycle (design §3): ``engine`` orders it (lease and heartbeat, feeds,
+cursors), ``apply``/``newrecords`` do the record-level work, ``ledger`` keeps its books,
+``accounting`` turns them into the run report, ``cli`` is ``python -m sync_core run-once``.
+"""

@@ -26,18 +26,13 @@ unchanged. The record-level work is ``_apply.Applier``; this module only orders 
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TextIO
+from typing import Any
 
 from sync_core.core.entities import ENTITY_SETS, row_id
 from sync_core.core.errors import (
@@ -51,18 +46,13 @@ from sync_core.core.errors import (
     TransientError,
 )
 from sync_core.core.fieldmap import FieldMap
-from sync_core.core.models import Cursor, EntityType, Lease, RunReport, StoreCounters
+from sync_core.core.models import Cursor, EntityType, Lease, RunReport
 from sync_core.core.report import (
-    DID_ITS_WORK,
-    ApiCalls,
-    CycleReport,
-    DriftEntry,
     Outcome,
-    PerSide,
-    ServiceCalls,
-    TableOps,
 )
+from sync_core.cycle.accounting import api_delta, build_report, store_delta
 from sync_core.cycle.apply import Applier
+from sync_core.cycle.lease import Heartbeat, LeaseLost
 from sync_core.cycle.ledger import OpenFailures, Pending, Tally
 from sync_core.cycle.staging import Stage
 from sync_core.dataverse.client import SCHEMA_ERROR_CODES, DataverseClient, DeltaPage
@@ -127,60 +117,6 @@ def failure_outcome(err: SyncError | OSError) -> tuple[Outcome, str]:
     return Outcome.ERROR, f"{type(err).__name__}: {err}"
 
 
-class _LeaseLost(SyncError):
-    """Our lease expired and another cycle took it: stop without committing anything more."""
-
-
-class _Heartbeat:
-    """Renews the cycle lease on its own thread every third of its duration while the cycle runs,
-    whatever the cycle is waiting for (a slow page, a throttled write). A live cycle keeps its
-    lease; a dead one (``kill -9``) stops renewing and the lease expires within its duration, so
-    the next tick runs. A renewal that loses the lease marks it lost; the cycle stops at its next
-    step. A renewal that fails for another reason is tried again at the next beat."""
-
-    def __init__(
-        self, store: StateStore, lease: Lease, *, duration: timedelta, clock: Callable[[], datetime], run_id: str
-    ) -> None:
-        self._store = store
-        self._duration = duration
-        self._clock = clock
-        self._run_id = run_id
-        self._lock = threading.Lock()
-        self._lease = lease
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{run_id}", daemon=True)
-
-    @property
-    def lease(self) -> Lease:
-        with self._lock:
-            return self._lease
-
-    def start(self) -> _Heartbeat:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self._duration.total_seconds() / 3):
-            try:
-                renewed = self._store.renew_lease(self.lease, now=self._clock(), duration=self._duration)
-            except StateConflictError:
-                log.error("cycle %s: the lease was lost (it expired and another cycle took it)", self._run_id)
-                self.lost = True
-                return
-            except (SyncError, OSError) as err:
-                log.warning(
-                    "cycle %s: the lease could not be renewed (%s); trying again", self._run_id, type(err).__name__
-                )
-                continue
-            with self._lock:
-                self._lease = renewed
-
-
 class SyncEngine:
     """Runs sync cycles over injected clients and store (see the module docstring)."""
 
@@ -243,7 +179,7 @@ class SyncEngine:
             except QuotaExceededError:
                 log.warning("cycle %s: Marketo's daily API quota is spent; cursors kept", run_id)
                 outcome, error = Outcome.QUOTA, "Marketo daily API quota exceeded (607)"
-            except _LeaseLost as err:
+            except LeaseLost as err:
                 log.error("cycle %s: %s", run_id, err)
                 outcome, error = Outcome.LEASE_LOST, str(err)
             except TransientError as err:
@@ -265,11 +201,12 @@ class SyncEngine:
             started_at=started,
             finished_at=finished,
             outcome=outcome,
-            report=_report(
+            report=build_report(
                 tally,
-                cycle,
-                api=_api_delta(api_before, self._counters.snapshot()),
-                table=_store_delta(store_before, self._store.counters),
+                backlog=cycle.backlog if cycle is not None else None,
+                drift=cycle.applier.drift if cycle is not None else None,
+                api=api_delta(api_before, self._counters.snapshot()),
+                table=store_delta(store_before, self._store.counters),
                 seconds=time.perf_counter() - wall,
                 cpu_seconds=time.process_time() - cpu,
                 error=error,
@@ -301,7 +238,7 @@ class _Cycle:
         self.engine = engine
         self.run_id = run_id
         self.started = started
-        self.heartbeat = _Heartbeat(
+        self.heartbeat = Heartbeat(
             engine._store, lease, duration=engine._options.lease_duration, clock=engine._clock, run_id=run_id
         )
         self.tally = tally
@@ -324,7 +261,7 @@ class _Cycle:
     def keep_lease(self) -> None:
         """Stop here if the heartbeat lost the lease (another cycle has it now)."""
         if self.heartbeat.lost:
-            raise _LeaseLost("the cycle lease was lost (it expired and another cycle took it)")
+            raise LeaseLost("the cycle lease was lost (it expired and another cycle took it)")
 
     def release(self) -> None:
         self.heartbeat.stop()
@@ -385,7 +322,7 @@ class _Cycle:
         try:
             store.put_cursor(Cursor(name=name, value=value, etag=cursor.etag if cursor else None))
         except StateConflictError as err:
-            raise _LeaseLost(f"cursor {name} was written by someone else meanwhile") from err
+            raise LeaseLost(f"cursor {name} was written by someone else meanwhile") from err
 
     def _stage_marketo_changes(self, stage: Stage, token: str) -> str:
         applier = self.applier
@@ -517,135 +454,9 @@ class _Cycle:
             applier.sync_linked(items)
 
 
-def _api_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[ApiCalls, dict[str, ServiceCalls], int]:
-    calls: dict[str, int] = {}
-    tokens = 0
-    by_operation: dict[str, int] = {}
-    per_service: dict[str, ServiceCalls] = {}
-    for service, now in after.items():
-        then = before.get(service, {})
-        calls[service] = now["calls"] - then.get("calls", 0)
-        tokens += now["token_calls"] - then.get("token_calls", 0)
-        per_service[service] = ServiceCalls(
-            retries=now["retries"] - then.get("retries", 0),
-            throttled=now["throttled"] - then.get("throttled", 0),
-            token_calls=now["token_calls"] - then.get("token_calls", 0),
-        )
-        for operation, count in now["by_operation"].items():
-            delta = count - then.get("by_operation", {}).get(operation, 0)
-            if delta:
-                by_operation[f"{service}.{operation}"] = delta
-    api_calls = ApiCalls(
-        marketo=calls.get("marketo", 0),
-        dataverse=calls.get("dataverse", 0),
-        by_operation=dict(sorted(by_operation.items())),
-    )
-    return api_calls, per_service, tokens
-
-
-def _store_delta(before: StoreCounters, after: StoreCounters) -> TableOps:
-    return TableOps(
-        reads=after.reads - before.reads,
-        writes=after.writes - before.writes,
-        transactions=after.transactions - before.transactions,
-        operations=after.operations - before.operations,
-    )
-
-
-def _report(
-    tally: Tally,
-    cycle: _Cycle | None,
-    *,
-    api: tuple[ApiCalls, dict[str, ServiceCalls], int],
-    table: TableOps,
-    seconds: float,
-    cpu_seconds: float,
-    error: str | None,
-) -> CycleReport:
-    applier = cycle.applier if cycle is not None else None
-    api_calls, per_service, token_calls = api
-    return CycleReport(
-        pulled=PerSide(marketo=tally.pulled_marketo, dynamics=tally.pulled_dynamics),
-        written=PerSide(marketo=tally.written_marketo, dynamics=tally.written_dynamics),
-        created=tally.created,
-        linked=tally.linked,
-        unlinked=tally.unlinked,
-        flagged_deleted=tally.flagged_deleted,
-        deleted_in_dynamics=tally.deleted_in_dynamics,
-        qualified=tally.qualified,
-        collisions=tally.collisions,
-        failures=tally.failures,
-        resolved=tally.resolved,
-        retried=tally.retried,
-        activities=tally.activities,
-        full_reads=tally.full_reads,
-        api_calls=api_calls,
-        api=per_service,
-        token_calls=token_calls,
-        table_transactions=(table.transactions or 0) + (table.writes or 0),
-        table=table,
-        seconds=round(seconds, 3),
-        cpu_seconds=round(cpu_seconds, 3),
-        backlog=cycle.backlog if cycle is not None and cycle.backlog else None,
-        drift=[DriftEntry.model_validate(item.as_report()) for item in applier.drift]
-        if applier is not None and applier.drift is not None
-        else None,
-        error=error,
-    )
-
-
 # -- entry points: the timer function and ``python -m sync_core run-once`` ---------------------
 
 
 def run_cycle_from_env(environ: Mapping[str, str]) -> RunReport:
     """One cycle with the process's wiring for the settings in ``environ`` (the timer function's call)."""
     return SyncEngine.from_services(services_for(Settings.from_env(environ))).run_cycle()
-
-
-class _ProgressPrinter:
-    """Progress lines for long cycles on stderr, at most one per stage per second."""
-
-    def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._last: dict[str, float] = {}
-
-    def __call__(self, stage: str, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        final = total is not None and done >= total
-        if not final and now - self._last.get(stage, 0.0) < 1.0:
-            return
-        self._last[stage] = now
-        self._out.write(f"{stage}: {done}" + (f" / {total}" if total is not None else "") + "\n")
-        self._out.flush()
-
-
-def run_once_main(
-    argv: Sequence[str] | None = None,
-    *,
-    environ: Mapping[str, str] | None = None,
-    stdout: TextIO | None = None,
-    stderr: TextIO | None = None,
-) -> int:
-    """``python -m sync_core run-once``: one cycle from the settings in the environment; JSON report on stdout.
-
-    Exit code 0 when the cycle did its work (``ok`` or ``partial``: read ``failures``), 3 when
-    another cycle held the lease, 1 when it ended early (quota, transient, error), 2 for a
-    configuration error."""
-    parser = argparse.ArgumentParser(
-        prog="python -m sync_core run-once",
-        description="Run one sync cycle with the settings in the environment and print its run report (JSON).",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    args = parser.parse_args(argv)
-    out, err = stdout or sys.stdout, stderr or sys.stderr
-    try:
-        services = services_for(Settings.from_env(os.environ if environ is None else environ))
-    except ConfigError as error:
-        print(str(error), file=err)
-        return 2
-    engine = SyncEngine.from_services(services, progress=None if args.quiet else _ProgressPrinter(err))
-    report = engine.run_cycle()
-    out.write(json.dumps(report.as_json(), indent=2) + "\n")
-    if report.outcome in DID_ITS_WORK:
-        return 0
-    return 3 if report.outcome is Outcome.LEASE_HELD else 1

@@ -558,7 +558,7 @@ def test_a_fresh_instance_reads_the_schema_from_the_state_store_not_the_services
 def test_run_once_prints_progress_per_stage_and_the_json_report(world: World) -> None:
     import io
 
-    from sync_core.cycle.engine import run_once_main
+    from sync_core.cycle.cli import run_once_main
 
     for i in range(3):
         world.dynamics_lead(i)
