@@ -189,6 +189,7 @@ class FakeDataverse:
                 "ChangeTrackingEnabled": True,
             }
             return httpx.Response(200, json=body)
+        value: list[dict[str, Any]]
         if cast == "StringAttributeMetadata":
             value = [
                 {"LogicalName": c, "MaxLength": n, "Format": "Email" if c == "emailaddress1" else "Text"}
