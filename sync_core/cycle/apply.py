@@ -324,7 +324,7 @@ class Applier:
         out = Batch()
         for link in links.values():
             try:
-                self.dataverse.delete(ENTITY_SETS[link.entity], link.dataverse_id)
+                deleted = self.dataverse.delete(ENTITY_SETS[link.entity], link.dataverse_id)
             except ApiError as err:
                 self.ledger.fail_person(
                     out,
@@ -335,8 +335,9 @@ class Applier:
                     keys=[],
                 )
                 continue
-            self.tally.deleted_in_dynamics += 1
-            self.tally.written_dynamics += 1
+            if deleted:  # False: it was gone already (deleted in Dynamics meanwhile); only the link goes
+                self.tally.deleted_in_dynamics += 1
+                self.tally.written_dynamics += 1
             self.ledger.unlink(out, link)
         self.ledger.record(out)
 

@@ -81,17 +81,26 @@ class Batch:
 
 
 class OpenFailures:
-    """The keys of the open failures (read in pages), and their details on demand."""
+    """The keys of the open failures (read in pages, on first use), and their details on demand."""
 
     def __init__(self, store: StateStore, *, page_size: int = FAILURE_PAGE) -> None:
         self._store = store
         self._page_size = page_size
-        self._keys: set[str] = set()
+        self._loaded: set[str] | None = None
         self._details: dict[str, RecordFailure] = {}
 
     def load(self) -> None:
         """Read the open failures' keys, a page at a time (the details stay in the store)."""
-        self._keys = {failure.key for failure in self._store.iter_failures(page_size=self._page_size)}
+        self._loaded = self._read()
+
+    def _read(self) -> set[str]:
+        return {failure.key for failure in self._store.iter_failures(page_size=self._page_size)}
+
+    @property
+    def _keys(self) -> set[str]:
+        if self._loaded is None:
+            self._loaded = self._read()
+        return self._loaded
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys
