@@ -108,6 +108,11 @@ param marketoDailyQuota int = 50000
 @maxValue(1000)
 param dataverseBatchSize int = 1000
 
+@description('WEBHOOK_DEADLINE_SECONDS: the webhook answers 503 + Retry-After rather than run past this (Marketo waits 30 s).')
+@minValue(1)
+@maxValue(25)
+param webhookDeadlineSeconds int = 20
+
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -220,6 +225,7 @@ module api 'app/api.bicep' = {
     marketoRateShare: marketoRateShare
     marketoDailyQuota: marketoDailyQuota
     dataverseBatchSize: dataverseBatchSize
+    webhookDeadlineSeconds: webhookDeadlineSeconds
   }
 }
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import azure.functions as func
 import httpx
@@ -164,3 +167,14 @@ def test_fifty_concurrent_connections_are_all_answered(served: tuple[str, int]) 
     ):
         statuses = list(pool.map(lambda i: client.post(f"/api/items/{i}", content=b"x").status_code, range(50)))
     assert statuses == [201] * 50
+
+
+def test_the_shipped_code_never_imports_the_local_host() -> None:
+    """``sync_core/host/`` and uvicorn are dev-only (.funcignore, requirements-dev.txt)."""
+    code = (
+        "import sys, function_app, sync_core.__main__; "
+        "bad = sorted(m for m in sys.modules if m.startswith(('sync_core.host', 'uvicorn'))); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert "sync_core/host/" in (Path(__file__).resolve().parents[1] / ".funcignore").read_text().split()

@@ -110,6 +110,9 @@ param marketoDailyQuota int
 @description('DATAVERSE_BATCH_SIZE')
 param dataverseBatchSize int
 
+@description('WEBHOOK_DEADLINE_SECONDS (whole seconds, 1-25)')
+param webhookDeadlineSeconds int
+
 // What the Functions host and the Azure SDKs read; the code itself reads none of these.
 var platformSettings = [
   { name: 'AzureWebJobsStorage__credential', value: 'managedidentity' }
@@ -141,6 +144,7 @@ var syncSettings = [
   { name: 'MARKETO_RATE_SHARE', value: marketoRateShare }
   { name: 'MARKETO_DAILY_QUOTA', value: string(marketoDailyQuota) }
   { name: 'DATAVERSE_BATCH_SIZE', value: string(dataverseBatchSize) }
+  { name: 'WEBHOOK_DEADLINE_SECONDS', value: string(webhookDeadlineSeconds) }
 ]
 
 // Only with an app registration secret: a reference to a secret that does not exist would leave
