@@ -135,7 +135,7 @@ READ_TIMEOUT = 10.0  # seconds for a request's head, and again for its body, to 
 MAX_REQUEST_BYTES = 1024 * 1024  # the local host's cap on a request body (the webhook caps far lower)
 BACKLOG = 1024
 KEEP_ALIVE = 5  # seconds an idle keep-alive connection is kept
-WORKERS = 100  # function calls run at once (each on a thread, as the Python worker does)
+WORKERS = 256  # function calls run at once, each on a thread (a burst must not queue before its function starts)
 _CLOSE = (b"connection", b"close")
 
 

@@ -148,7 +148,7 @@ def handle_sync_person(
 # or for another call's claim happens on the worker, so it never holds the answer past the deadline.
 
 DEADLINE_RETRY_AFTER = 20  # Marketo's rate window: by then the budget has room again
-_WORKERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sync-person")
+_WORKERS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="sync-person")  # mostly waiting threads
 
 
 class _DeadlinePassed(SyncError):
@@ -215,6 +215,7 @@ class _SyncPerson:
             raise _DeadlinePassed("the webhook deadline passed")
 
     def run(self) -> Answer:
+        self._before_writing()  # queued behind other calls until past the deadline: do nothing at all
         link = self._link()
         if link is not None:
             return _exists(link.entity, link.dataverse_id)
