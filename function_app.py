@@ -10,9 +10,12 @@ import os
 import azure.functions as func
 
 from sync_core import __version__
+from sync_core.core.errors import ConfigError, CycleFailedError
+from sync_core.core.report import Outcome
 from sync_core.cycle import engine
 from sync_core.status import view as sync_status
 from sync_core.webhook import handler as webhook
+from sync_core.wiring import preflight
 
 log = logging.getLogger("function_app")
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -49,5 +52,11 @@ def sync_cycle(timer: func.TimerRequest) -> None:
     """The background sync (design §3): one cycle per SYNC_SCHEDULE occurrence."""
     if timer.past_due:
         log.warning("sync cycle: the timer is past due")
-    report = engine.run_cycle_from_env(os.environ)
+    try:
+        report = engine.run_cycle_from_env(os.environ)
+    except ConfigError as err:  # the same JSON line the commands print; the execution fails
+        log.error("sync cycle: configuration error %s", preflight.config_error_line(err))
+        raise
     log.info("sync cycle %s: %s", report.run_id, report.outcome)
+    if report.outcome is Outcome.ERROR:  # a person must act: fail the execution so Azure Monitor sees it
+        raise CycleFailedError(f"sync cycle {report.run_id} failed: {report.report.error}")

@@ -113,6 +113,11 @@ param dataverseBatchSize int = 1000
 @maxValue(3600)
 param syncLeaseSeconds int = 90
 
+@description('WEBHOOK_DEADLINE_SECONDS: the webhook answers 503 + Retry-After rather than run past this (Marketo waits 30 s).')
+@minValue(1)
+@maxValue(25)
+param webhookDeadlineSeconds int = 20
+
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -226,6 +231,7 @@ module api 'app/api.bicep' = {
     marketoDailyQuota: marketoDailyQuota
     dataverseBatchSize: dataverseBatchSize
     syncLeaseSeconds: syncLeaseSeconds
+    webhookDeadlineSeconds: webhookDeadlineSeconds
   }
 }
 

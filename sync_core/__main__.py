@@ -1,39 +1,96 @@
 """``python -m sync_core <command> [options]``: the command-line entry points (design §7).
 
 Each command is a ``*_main(argv) -> int`` in the module that owns it, which parses its own
-options (so tests call it directly); this module only picks the command. Nothing here knows how
-a command does its work.
+options (so tests call it directly); this module picks the command and guards it: a
+configuration error, found before the command starts (``wiring.preflight``) or raised while it
+runs, is one JSON line ``{"error", "setting", "hint"}`` on stderr and exit 2, never a traceback.
+The local host (a dev tool, not shipped) is imported only when its command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TextIO
 
-from sync_core.cycle.cli import run_once_main
-from sync_core.host.server import host_main
-from sync_core.status.view import status_main
+from sync_core.core.errors import ConfigError
+from sync_core.wiring.preflight import check_config, check_reachable, config_error_line
 
-_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "run-once": (run_once_main, "one sync cycle with the settings in the environment; prints its JSON run report"),
-    "host": (host_main, "a local stand-in for the Functions host: serves /api/... and runs the sync timer"),
-    "status": (status_main, "the state an admin needs: last cycles, backlog, failures, collisions, drift"),
+
+def _run_once(argv: list[str]) -> int:
+    from sync_core.cycle.cli import run_once_main
+
+    return run_once_main(argv)
+
+
+def _host(argv: list[str]) -> int:
+    from sync_core.host.server import host_main
+
+    return host_main(argv)
+
+
+def _status(argv: list[str]) -> int:
+    from sync_core.status.view import status_main
+
+    return status_main(argv)
+
+
+# name -> (run, services probed before it starts (tables, marketo, dataverse), help)
+_COMMANDS: dict[str, tuple[Callable[[list[str]], int], tuple[bool, bool, bool], str]] = {
+    "run-once": (
+        _run_once,
+        (True, True, True),
+        "one sync cycle with the settings in the environment; prints its JSON run report",
+    ),
+    "host": (
+        _host,
+        (True, True, True),
+        "a local stand-in for the Functions host: serves /api/... and runs the sync timer",
+    ),
+    "status": (
+        _status,
+        (True, False, False),
+        "the state an admin needs: last cycles, backlog, failures, collisions, drift",
+    ),
 }
+
+
+def guarded(
+    run: Callable[[list[str]], int],
+    argv: list[str],
+    *,
+    probe: tuple[bool, bool, bool] = (True, True, True),
+    environ: Mapping[str, str] | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """``run(argv)`` after the configuration checks; a ``ConfigError`` → one JSON line, exit 2."""
+    err = stderr or sys.stderr
+    try:
+        if not {"-h", "--help"} & set(argv):
+            tables, marketo, dataverse = probe
+            settings = check_config(os.environ if environ is None else environ)
+            check_reachable(settings, tables=tables, marketo=marketo, dataverse=dataverse)
+        return run(argv)
+    except ConfigError as error:
+        print(config_error_line(error), file=err, flush=True)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sync_core",
-        description="commands:\n" + "\n".join(f"  {name:<10} {text}" for name, (_, text) in _COMMANDS.items()),
-        epilog="`python -m sync_core <command> --help` lists a command's options.",
+        description="commands:\n" + "\n".join(f"  {name:<10} {text}" for name, (_, _, text) in _COMMANDS.items()),
+        epilog="`python -m sync_core <command> --help` lists a command's options. A configuration error is one "
+        'JSON line {"error", "setting", "hint"} on stderr and exit code 2.',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("command", choices=sorted(_COMMANDS), metavar="command")
     parser.add_argument("options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    run, _ = _COMMANDS[args.command]
-    return run(args.options)
+    run, probe, _ = _COMMANDS[args.command]
+    return guarded(run, list(args.options), probe=probe)
 
 
 if __name__ == "__main__":

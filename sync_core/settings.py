@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from sync_core.core.errors import ConfigError
 
 DEFAULT_SCHEDULE = "0 */5 * * * *"
+DEFAULT_WEBHOOK_DEADLINE = 20.0  # seconds; Marketo waits 30 s for a webhook
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 class DynamicsDeletePolicy(StrEnum):
@@ -59,6 +62,7 @@ ENV_NAMES: dict[str, str] = {
     "MARKETO_DAILY_QUOTA": "marketo_daily_quota",
     "DATAVERSE_BATCH_SIZE": "dataverse_batch_size",
     "SYNC_LEASE_SECONDS": "lease_seconds",
+    "WEBHOOK_DEADLINE_SECONDS": "webhook_deadline_seconds",
 }
 FIELD_TO_ENV = {field: env for env, field in ENV_NAMES.items()}
 
@@ -94,6 +98,8 @@ class Settings(BaseModel):
     # The cycle lease: renewed every third of this while a cycle runs, so a crashed cycle blocks
     # the next one for at most this long (well inside one schedule period).
     lease_seconds: int = Field(default=90, ge=3, le=3600)
+    # The webhook answers by then (503 + Retry-After if its work cannot finish); under Marketo's 30 s.
+    webhook_deadline_seconds: float = Field(default=DEFAULT_WEBHOOK_DEADLINE, ge=1, le=25)
 
     @field_validator("marketo_base_url", "dataverse_url", "tables_endpoint")
     @classmethod
@@ -103,6 +109,17 @@ class Settings(BaseModel):
         value = value.strip().rstrip("/")
         if not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("marketo_base_url", "dataverse_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        # Tokens and secrets travel to these: plain http only to this machine (the sandbox).
+        host = (urlsplit(value).hostname or "").lower()
+        if not value.startswith("https://") and host not in _LOOPBACK:
+            raise ValueError("must be an https:// URL (plain http only for a loopback sandbox)")
+        if not host:
+            raise ValueError("must be a URL with a host name")
         return value
 
     @field_validator("schedule")

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import azure.functions as func
 import httpx
 import pytest
 
+from sync_core.host import server
 from sync_core.host.server import LocalHost, discover
 
 
@@ -77,3 +85,96 @@ def test_timer_can_be_left_off() -> None:
 def test_missing_schedule_setting_is_a_clear_error() -> None:
     with pytest.raises(KeyError, match="TEST_SCHEDULE"):
         discover(_app(threading.Event()), {})
+
+
+# -- HTTP framing and timeouts (issue 16): what a hand-made server got wrong ----------------------
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, int]]:
+    monkeypatch.setattr(server, "READ_TIMEOUT", 1.0)
+    with LocalHost(_app(threading.Event()), environ={"TEST_SCHEDULE": "0 0 0 1 1 *"}, run_timers=False) as host:
+        yield "127.0.0.1", int(host.base_url.rsplit(":", 1)[1])
+
+
+def _exchange(address: tuple[str, int], raw: bytes, *, wait: float = 5.0) -> bytes:
+    """Send ``raw`` and read until the server closes the connection (or ``wait`` passes)."""
+    with socket.create_connection(address, timeout=wait) as sock:
+        sock.sendall(raw)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pass
+        return received
+
+
+def test_both_transfer_encoding_and_content_length_is_refused_and_nothing_is_smuggled(
+    served: tuple[str, int],
+) -> None:
+    smuggled = b"GET /api/items/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    raw = (
+        b"POST /api/items/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\n" + smuggled
+    )
+    received = _exchange(served, raw)
+    assert received.startswith(b"HTTP/1.1 400 ")
+    assert b"smuggled" not in received
+    assert received.count(b"HTTP/1.1 ") == 1
+
+
+def test_a_chunked_body_is_read_as_one_body(served: tuple[str, int]) -> None:
+    raw = (
+        b"POST /api/items/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n"
+    )
+    received = _exchange(served, raw)
+    assert received.startswith(b"HTTP/1.1 201 ")
+    assert b'"body": "hello"' in received
+
+
+def test_a_content_length_larger_than_the_body_times_out_with_408(served: tuple[str, int]) -> None:
+    started = time.monotonic()
+    received = _exchange(served, b"POST /api/items/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort")
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < 4
+
+
+def test_a_head_that_never_finishes_is_dropped(served: tuple[str, int]) -> None:
+    started = time.monotonic()
+    assert _exchange(served, b"POST /api/items/1 HTTP/1.1\r\nHost: x\r\n") == b""
+    assert time.monotonic() - started < 4
+
+
+def test_an_oversized_body_is_refused_by_its_length(served: tuple[str, int]) -> None:
+    length = server.MAX_REQUEST_BYTES + 1
+    received = _exchange(served, f"POST /api/items/1 HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode())
+    assert received.startswith(b"HTTP/1.1 413 ")
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(served: tuple[str, int]) -> None:
+    with httpx.Client(base_url=f"http://{served[0]}:{served[1]}", timeout=5) as client:
+        answers = [client.post("/api/items/1", content=f"n{i}".encode()) for i in range(3)]
+    assert [a.json()["body"] for a in answers] == ["n0", "n1", "n2"]
+
+
+def test_fifty_concurrent_connections_are_all_answered(served: tuple[str, int]) -> None:
+    limits = httpx.Limits(max_connections=50, max_keepalive_connections=0)
+    with (
+        httpx.Client(base_url=f"http://{served[0]}:{served[1]}", timeout=10, limits=limits) as client,
+        ThreadPoolExecutor(max_workers=50) as pool,
+    ):
+        statuses = list(pool.map(lambda i: client.post(f"/api/items/{i}", content=b"x").status_code, range(50)))
+    assert statuses == [201] * 50
+
+
+def test_the_shipped_code_never_imports_the_local_host() -> None:
+    """``sync_core/host/`` and uvicorn are dev-only (.funcignore, requirements-dev.txt)."""
+    code = (
+        "import sys, function_app, sync_core.__main__; "
+        "bad = sorted(m for m in sys.modules if m.startswith(('sync_core.host', 'uvicorn'))); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert "sync_core/host/" in (Path(__file__).resolve().parents[1] / ".funcignore").read_text().split()

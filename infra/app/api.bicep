@@ -113,6 +113,9 @@ param dataverseBatchSize int
 @description('SYNC_LEASE_SECONDS')
 param syncLeaseSeconds int
 
+@description('WEBHOOK_DEADLINE_SECONDS (whole seconds, 1-25)')
+param webhookDeadlineSeconds int
+
 // What the Functions host and the Azure SDKs read; the code itself reads none of these.
 var platformSettings = [
   { name: 'AzureWebJobsStorage__credential', value: 'managedidentity' }
@@ -145,6 +148,7 @@ var syncSettings = [
   { name: 'MARKETO_DAILY_QUOTA', value: string(marketoDailyQuota) }
   { name: 'DATAVERSE_BATCH_SIZE', value: string(dataverseBatchSize) }
   { name: 'SYNC_LEASE_SECONDS', value: string(syncLeaseSeconds) }
+  { name: 'WEBHOOK_DEADLINE_SECONDS', value: string(webhookDeadlineSeconds) }
 ]
 
 // Only with an app registration secret: a reference to a secret that does not exist would leave

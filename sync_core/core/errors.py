@@ -8,8 +8,9 @@
      ├── ApiError               permanent answer from a service: status, service code, request id
      │    └── DeltaTokenExpiredError  Dataverse change-tracking token too old: re-read the table
      ├── RecordError            one record cannot be written: recorded, skipped, never blocks others
-     └── StateConflictError     Table Storage ETag mismatch: someone else wrote first
-          └── LeaseHeldError    another cycle holds the lease
+     ├── StateConflictError     Table Storage ETag mismatch: someone else wrote first
+     │    └── LeaseHeldError    another cycle holds the lease
+     └── CycleFailedError       a cycle ended with outcome ``error``: the timer's execution fails
 
 Nothing here carries personal data: messages name ids, fields and codes, never emails or names.
 """
@@ -98,3 +99,8 @@ class StateConflictError(SyncError):
 
 class LeaseHeldError(StateConflictError):
     """Another cycle holds the lease and it has not expired."""
+
+
+class CycleFailedError(SyncError):
+    """A cycle ended with outcome ``error`` (a person must act); raised by the timer function so the
+    execution fails and Azure Monitor can alert. The run report holds the reason."""

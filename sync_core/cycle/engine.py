@@ -167,6 +167,7 @@ class SyncEngine:
         cycle: _Cycle | None = None
         outcome: Outcome = Outcome.OK
         error: str | None = None
+        config_error: ConfigError | None = None
         try:
             lease = self._store.acquire_lease(run_id, now=started, duration=self._options.lease_duration)
         except LeaseHeldError as err:
@@ -187,6 +188,8 @@ class SyncEngine:
                 outcome, error = Outcome.TRANSIENT, str(err)
             except (SyncError, OSError) as err:
                 outcome, error = failure_outcome(err)
+                if isinstance(err, ConfigError):
+                    config_error = err
                 if outcome is Outcome.TRANSIENT:
                     log.warning("cycle %s ended early: %s; cursors kept", run_id, error)
                 else:
@@ -228,6 +231,8 @@ class SyncEngine:
             tally.collisions,
             tally.failures,
         )
+        if config_error is not None:  # stored and logged; the caller says it the way it says config errors
+            raise config_error
         return report
 
 

@@ -20,18 +20,23 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 import azure.functions as func
+import h11
+import uvicorn
 from azure.functions.timer import TimerRequest
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sync_core.core.schedule import Schedule
 from sync_core.settings import DEFAULT_SCHEDULE
@@ -120,68 +125,174 @@ def discover(app: func.FunctionApp, environ: Mapping[str, str]) -> tuple[list[Ht
     return routes, timers
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body leave in two writes; with Nagle on, a keep-alive client's delayed ACK
-    # holds the body back ~40 ms on every answer.
-    disable_nagle_algorithm = True
-    server: _HostServer
+# -- HTTP: an ASGI app served by uvicorn (h11) -------------------------------------------------------
+#
+# uvicorn parses HTTP (h11: one framing per message, bounded heads, keep-alive, a listen backlog of
+# BACKLOG); what it leaves to the app or does not do is added here: a request whose framing is
+# ambiguous is refused, the head and the body must arrive within READ_TIMEOUT, and a body is capped.
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        return
+READ_TIMEOUT = 10.0  # seconds for a request's head, and again for its body, to arrive
+MAX_REQUEST_BYTES = 1024 * 1024  # the local host's cap on a request body (the webhook caps far lower)
+BACKLOG = 1024
+KEEP_ALIVE = 5  # seconds an idle keep-alive connection is kept
+WORKERS = 256  # function calls run at once, each on a thread (a burst must not queue before its function starts)
+_CLOSE = (b"connection", b"close")
 
-    def _dispatch(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        split = urlsplit(self.path)
+
+class _TimedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus a deadline for a request head: uvicorn times out idle keep-alive
+    connections but not a connection that sends part of a head and then nothing."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_since: float | None = self.loop.time()
+        self._head_check = self.loop.call_later(1.0, self._check_head)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_since is None and self.conn.their_state is h11.IDLE:
+            self._head_since = self.loop.time()
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._head_since = None  # the head is complete: the app times the body
+
+    def on_response_complete(self) -> None:
+        self._head_since = None  # between requests uvicorn's keep-alive timeout applies
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_check.cancel()
+        super().connection_lost(exc)
+
+    def _check_head(self) -> None:
+        if self.transport.is_closing():
+            return
+        if self._head_since is not None and self.loop.time() - self._head_since > READ_TIMEOUT:
+            self.transport.close()  # no answer is owed to a request that never arrived
+            return
+        self._head_check = self.loop.call_later(1.0, self._check_head)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes = b""
+
+
+def _plain(status: int, text: str, *, close: bool = False) -> _Answer:
+    headers = [(b"content-type", b"text/plain; charset=utf-8")] + ([_CLOSE] if close else [])
+    return _Answer(status, headers, text.encode())
+
+
+def _framing_problem(headers: list[tuple[bytes, bytes]]) -> _Answer | None:
+    """Both ``Transfer-Encoding`` and ``Content-Length``: two readers could split the stream
+    differently (request smuggling), so the request is refused and the connection closed."""
+    names = [name.lower() for name, _ in headers]
+    if b"transfer-encoding" in names and b"content-length" in names:
+        return _plain(400, "ambiguous framing: both Transfer-Encoding and Content-Length", close=True)
+    lengths = [value for name, value in headers if name.lower() == b"content-length"]
+    if lengths and int(lengths[0]) > MAX_REQUEST_BYTES:  # h11 has checked it is a number
+        return _plain(413, f"body larger than {MAX_REQUEST_BYTES} bytes", close=True)
+    return None
+
+
+async def _read_body(receive: Any) -> bytes | _Answer:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(READ_TIMEOUT):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return _plain(400, "the client went away", close=True)
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_REQUEST_BYTES:
+                    return _plain(413, f"body larger than {MAX_REQUEST_BYTES} bytes", close=True)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        return _plain(408, f"the request body did not arrive within {READ_TIMEOUT:g} s", close=True)
+
+
+def _to_answer(response: func.HttpResponse) -> _Answer:
+    headers = [(k.encode("latin-1"), str(v).encode("latin-1")) for k, v in response.headers.items()]
+    if response.mimetype and b"content-type" not in {k.lower() for k, _ in headers}:
+        content_type = f"{response.mimetype}; charset={response.charset or 'utf-8'}"
+        headers.append((b"content-type", content_type.encode("latin-1")))
+    body = response.get_body() or b""
+    return _Answer(response.status_code, [h for h in headers if h[0].lower() != b"content-length"], body)
+
+
+class _FunctionsApp:
+    """The ASGI app: routes a request to its function, called on a worker thread."""
+
+    def __init__(self, routes: list[HttpRoute], executor: ThreadPoolExecutor) -> None:
+        self.routes = routes
+        self.executor = executor
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return  # lifespan is off; websockets are not served
+        answer = await self._answer(scope, receive)
+        headers = [*answer.headers, (b"content-length", str(len(answer.body)).encode())]
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
+
+    async def _answer(self, scope: dict[str, Any], receive: Any) -> _Answer:
+        refused = _framing_problem(scope["headers"])
+        if refused is not None:
+            return refused
+        body = await _read_body(receive)
+        if isinstance(body, _Answer):
+            return body
+        method = scope["method"].upper()
+        path = scope["path"]
         path_matched = False
-        for route in self.server.routes:
-            match = route.pattern.match(split.path)
+        for route in self.routes:
+            match = route.pattern.match(path)
             if not match:
                 continue
             path_matched = True
-            if self.command.upper() not in route.methods:
+            if method not in route.methods:
                 continue
+            headers: dict[str, str] = {}
+            for name, value in scope["headers"]:
+                key = name.decode("latin-1")
+                headers[key] = (
+                    f"{headers[key]}, {value.decode('latin-1')}" if key in headers else value.decode("latin-1")
+                )
+            query = scope["query_string"].decode("latin-1")
             request = func.HttpRequest(
-                method=self.command.upper(),
-                url=f"http://{self.headers.get('Host', 'localhost')}{self.path}",
-                headers=dict(self.headers.items()),
-                params=dict(parse_qsl(split.query, keep_blank_values=True)),
+                method=method,
+                url=f"http://{headers.get('host', 'localhost')}{path}" + (f"?{query}" if query else ""),
+                headers=headers,
+                params=dict(parse_qsl(query, keep_blank_values=True)),
                 route_params={k: v for k, v in match.groupdict().items() if v is not None},
                 body=body,
             )
+            loop = asyncio.get_running_loop()
             try:
-                response = _call(route.function, request)
+                response = await loop.run_in_executor(self.executor, _call, route.function, request)
             except Exception:
                 log.exception("function %s failed", route.name)
-                response = func.HttpResponse(status_code=500)
-            self._write(response)
-            return
-        self._write(func.HttpResponse(status_code=405 if path_matched else 404))
-
-    def _write(self, response: func.HttpResponse) -> None:
-        body = response.get_body() or b""
-        self.send_response(response.status_code)
-        headers = dict(response.headers.items())
-        if response.mimetype and "content-type" not in {k.lower() for k in headers}:
-            headers["Content-Type"] = f"{response.mimetype}; charset={response.charset or 'utf-8'}"
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command.upper() != "HEAD":
-            self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
+                return _Answer(500, [])
+            return _to_answer(response)
+        return _Answer(405 if path_matched else 404, [])
 
 
-class _HostServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, port: int, routes: list[HttpRoute]) -> None:
-        super().__init__(("127.0.0.1", port), _Handler)
-        self.routes = routes
+def _listen(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 class LocalHost:
@@ -199,10 +310,26 @@ class LocalHost:
         # Settings with a documented default (design §7) resolve to it when unset, as Settings does.
         settings = {"SYNC_SCHEDULE": DEFAULT_SCHEDULE, **(os.environ if environ is None else environ)}
         self.routes, self.timers = discover(app, settings)
-        self._server = _HostServer(port, self.routes)
+        self._socket = _listen(port)  # bound now, so a busy port fails here and port 0 has its number
+        self._executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="host-function")
+        config = uvicorn.Config(
+            _FunctionsApp(self.routes, self._executor),
+            http=_TimedH11Protocol,
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            log_level="warning",
+            backlog=BACKLOG,
+            timeout_keep_alive=KEEP_ALIVE,
+            timeout_graceful_shutdown=10,
+            server_header=False,
+        )
+        self._server = uvicorn.Server(config)
         self._clock = clock
         self._stopping = threading.Event()
-        self._threads = [threading.Thread(target=self._server.serve_forever, name="host-http", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, name="host-http", daemon=True)
+        ]
         if run_timers:
             self._threads += [
                 threading.Thread(target=self._run_timer, args=(timer,), name=f"host-timer-{timer.name}", daemon=True)
@@ -211,7 +338,7 @@ class LocalHost:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self._socket.getsockname()[1]}"
 
     def _run_timer(self, timer: Timer) -> None:
         due = timer.schedule.next_after(self._clock())
@@ -227,14 +354,22 @@ class LocalHost:
     def start(self) -> LocalHost:
         for thread in self._threads:
             thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started and self._threads[0].is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self._server.started:
+            self.stop()
+            raise RuntimeError("the local host's HTTP server did not start")
         return self
 
     def stop(self) -> None:
         self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.should_exit = True
         for thread in self._threads:
-            thread.join(timeout=30)
+            if thread.is_alive():
+                thread.join(timeout=30)
+        self._socket.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> LocalHost:
         return self.start()

@@ -36,6 +36,8 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -124,20 +126,69 @@ def handle_sync_person(
     if isinstance(request, Refusal):
         log.info("sync-person: refused with %d", request.status)
         return _refused(request)
+    seconds = services.settings.webhook_deadline_seconds
+    deadline = time.monotonic() + seconds
+    answer = _by_deadline(
+        lambda: _work(services, request, clock=clock, sleep=sleep, deadline=deadline),
+        seconds,
+    )
+    if answer is None:
+        log.warning("sync-person %d: not finished within %g s; answered 503", request.lead_id, seconds)
+        answer = _unavailable(f"the call could not finish within {seconds:g} s; try again later", DEADLINE_RETRY_AFTER)
+    log.info("sync-person %d: %d %s", request.lead_id, answer.status, answer.body.get("status"))
+    return answer
+
+
+# -- the deadline (issue 16) -------------------------------------------------------------------------
+#
+# Marketo waits 30 s for a webhook. The work runs on a worker thread; the caller waits for it until
+# WEBHOOK_DEADLINE_SECONDS and then answers 503 + Retry-After. The work itself checks the deadline
+# before its one irreversible step (the create): past it, it gives its claim up having written
+# nothing; once the create is sent it finishes (link, claim, person fields), so Marketo's retry
+# finds the link and answers ``exists`` with the same record. Waiting for the Marketo rate budget
+# or for another call's claim happens on the worker, so it never holds the answer past the deadline.
+
+DEADLINE_RETRY_AFTER = 20  # Marketo's rate window: by then the budget has room again
+_WORKERS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="sync-person")  # mostly waiting threads
+
+
+class _DeadlinePassed(SyncError):
+    """The deadline passed before the create: stop, nothing written."""
+
+
+def _by_deadline(work: Callable[[], Answer], seconds: float) -> Answer | None:
+    """``work()`` on a worker thread; its answer, or None when it is not done within ``seconds``."""
+    future = _WORKERS.submit(work)
     try:
-        answer = _SyncPerson(services, request, clock=clock, sleep=sleep).run()
+        return future.result(timeout=seconds)
+    except FutureTimeout:
+        return None
+
+
+def _work(
+    services: Services,
+    request: SyncPersonRequest,
+    *,
+    clock: Callable[[], datetime],
+    sleep: Callable[[float], None],
+    deadline: float | None,
+) -> Answer:
+    """One call's work with its errors mapped to answers (runs on a worker thread)."""
+    try:
+        return _SyncPerson(services, request, clock=clock, sleep=sleep, deadline=deadline).run()
+    except _DeadlinePassed:
+        log.info("sync-person %d: the deadline passed before the create; nothing written", request.lead_id)
+        return _unavailable("the call could not finish in time; try again later", DEADLINE_RETRY_AFTER)
     except TransientError as err:  # throttled, down, or out of daily quota
         retry_after = err.retry_after if isinstance(err, RateLimitedError) else None
         if isinstance(err, QuotaExceededError):
             retry_after = RETRY_AFTER_QUOTA
         service = err.service or "a service"
         log.warning("sync-person %d: %s unavailable (%s)", request.lead_id, service, type(err).__name__)
-        answer = _unavailable(f"{service} is unavailable or throttled; try again later", retry_after)
+        return _unavailable(f"{service} is unavailable or throttled; try again later", retry_after)
     except SyncError as err:
         log.error("sync-person %d: failed: %s", request.lead_id, type(err).__name__)
-        answer = Answer(502, {"status": "error", "reasons": [f"{type(err).__name__}: the call could not be completed"]})
-    log.info("sync-person %d: %d %s", request.lead_id, answer.status, answer.body.get("status"))
-    return answer
+        return Answer(502, {"status": "error", "reasons": [f"{type(err).__name__}: the call could not be completed"]})
 
 
 class _SyncPerson:
@@ -148,8 +199,10 @@ class _SyncPerson:
         *,
         clock: Callable[[], datetime],
         sleep: Callable[[float], None],
+        deadline: float | None = None,
     ) -> None:
         self.request = request
+        self.deadline = deadline  # time.monotonic() by which to answer
         self.store: StateStore = services.store
         self.marketo: MarketoClient = services.marketo.with_retry_policy(WEBHOOK_RETRY)
         self.dataverse: DataverseClient = services.dataverse.with_retry_policy(WEBHOOK_RETRY)
@@ -158,7 +211,12 @@ class _SyncPerson:
         self.sleep = sleep
         self.key = f"sync-person:{request.lead_id}"
 
+    def _before_writing(self) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise _DeadlinePassed("the webhook deadline passed")
+
     def run(self) -> Answer:
+        self._before_writing()  # queued behind other calls until past the deadline: do nothing at all
         link = self._link()
         if link is not None:
             return _exists(link.entity, link.dataverse_id)
@@ -235,6 +293,7 @@ class _SyncPerson:
         if self.request.owner_id:
             lead_payload[OWNER_BIND] = f"/systemusers({self.request.owner_id})"
 
+        self._before_writing()
         try:
             dynamics_id = self.dataverse.create(ENTITY_SETS[EntityType.LEAD], lead_payload)
         except RecordError as err:

@@ -17,6 +17,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MAX_BODY_BYTES = 4096
+# Marketo ids are far below this; the state store keys links by 12 digits (``state._keys.MAX_MARKETO_ID``).
+MAX_LEAD_ID = 10**12 - 1
+MAX_NESTING = 32  # a body this deeply nested is refused before the JSON parser sees it
 SECRET_HEADER = "X-Sync-Secret"  # noqa: S105 - a header name, not a secret
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -26,21 +29,21 @@ class SyncPersonRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    lead_id: int = Field(alias="leadId", gt=0)
+    lead_id: int = Field(alias="leadId")
     sync_as: Literal["lead", "contact"] = Field(default="lead", alias="syncAs")
     owner_id: str | None = Field(default=None, alias="ownerId")
 
     @field_validator("lead_id", mode="before")
     @classmethod
     def _lead_id(cls, value: Any) -> Any:
-        # Marketo's {{lead.Id}} token arrives as a number, or as a string when quoted in a template.
-        if isinstance(value, bool):
-            raise ValueError("must be a Marketo lead id (a positive integer)")
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value.strip())
-        if isinstance(value, int):
-            return value
-        raise ValueError("must be a Marketo lead id (a positive integer)")
+        # Only a JSON integer: the webhook template sends {{lead.Id}} unquoted. A string, a float
+        # (1.0 or 1e3), a boolean or an id outside 1..MAX_LEAD_ID is refused with this reason.
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_LEAD_ID:
+            raise ValueError(
+                f"must be a Marketo lead id: a JSON integer from 1 to {MAX_LEAD_ID}, not quoted "
+                '(in the webhook template write "leadId": {{lead.Id}})'
+            )
+        return value
 
     @field_validator("sync_as", mode="before")
     @classmethod
@@ -80,11 +83,37 @@ def check_secret(headers: Mapping[str, str], expected: str | None) -> Refusal | 
     return None
 
 
+def _nesting(body: bytes) -> int:
+    """How deep ``[``/``{`` nest outside strings: counted without parsing, so no recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
 def parse_body(body: bytes) -> SyncPersonRequest | Refusal:
+    if _nesting(body) > MAX_NESTING:
+        return Refusal(400, [f"body nests JSON deeper than {MAX_NESTING} levels"])
     try:
         payload = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         return Refusal(400, [f"body is not valid JSON: {err.__class__.__name__} at position {getattr(err, 'pos', 0)}"])
+    except (RecursionError, ValueError) as err:  # e.g. an integer with too many digits
+        return Refusal(400, [f"body is not usable JSON: {err.__class__.__name__}"])
     if not isinstance(payload, dict):
         return Refusal(400, ["body must be a JSON object"])
     try:

@@ -29,7 +29,11 @@ def build_state_store(
     endpoint with ``credential_factory()`` (``DefaultAzureCredential`` unless a test injects one)."""
     connection_string = settings.tables_connection_string
     if connection_string is not None:
-        return TableStateStore.from_connection_string(connection_string, prefix=settings.table_prefix)
+        try:
+            return TableStateStore.from_connection_string(connection_string, prefix=settings.table_prefix)
+        except (ValueError, TypeError) as err:  # the SDK's "blank or malformed", a key that is not base64
+            name = "SYNC_TABLES_CONNECTION" if settings.tables_connection is not None else "AzureWebJobsStorage"
+            raise ConfigError([f"{name}: not a usable Table Storage connection string ({err})"]) from err
     if settings.tables_endpoint is not None:
         try:
             return TableStateStore.from_endpoint(
