@@ -10,12 +10,14 @@ Nothing else in ``sync_core`` reads the environment.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from sync_core.core.errors import ConfigError
+from sync_core.core.retention import DEFAULT_CLAIM_DAYS, DEFAULT_COLLISION_DAYS, DEFAULT_RUN_REPORT_DAYS, Retention
 
 DEFAULT_SCHEDULE = "0 */5 * * * *"
 
@@ -58,6 +60,10 @@ ENV_NAMES: dict[str, str] = {
     "MARKETO_RATE_SHARE": "marketo_rate_share",
     "MARKETO_DAILY_QUOTA": "marketo_daily_quota",
     "DATAVERSE_BATCH_SIZE": "dataverse_batch_size",
+    # retention (README "What the sync keeps"): days an append-style row is kept
+    "SYNC_RETENTION_RUN_REPORTS_DAYS": "retention_run_reports_days",
+    "SYNC_RETENTION_COLLISIONS_DAYS": "retention_collisions_days",
+    "SYNC_RETENTION_CLAIMS_DAYS": "retention_claims_days",
 }
 FIELD_TO_ENV = {field: env for env, field in ENV_NAMES.items()}
 
@@ -90,6 +96,18 @@ class Settings(BaseModel):
     marketo_rate_share: float = Field(default=0.5, gt=0, le=1)
     marketo_daily_quota: int = Field(default=50_000, gt=0)
     dataverse_batch_size: int = Field(default=1000, ge=1, le=1000)
+    # retention, in days (README "What the sync keeps")
+    retention_run_reports_days: int = Field(default=DEFAULT_RUN_REPORT_DAYS, ge=1, le=3650)
+    retention_collisions_days: int = Field(default=DEFAULT_COLLISION_DAYS, ge=1, le=3650)
+    retention_claims_days: int = Field(default=DEFAULT_CLAIM_DAYS, ge=1, le=3650)
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(
+            run_reports=timedelta(days=self.retention_run_reports_days),
+            collisions=timedelta(days=self.retention_collisions_days),
+            claims=timedelta(days=self.retention_claims_days),
+        )
 
     @field_validator("marketo_base_url", "dataverse_url", "tables_endpoint")
     @classmethod

@@ -29,11 +29,16 @@ def build_state_store(
     endpoint with ``credential_factory()`` (``DefaultAzureCredential`` unless a test injects one)."""
     connection_string = settings.tables_connection_string
     if connection_string is not None:
-        return TableStateStore.from_connection_string(connection_string, prefix=settings.table_prefix)
+        return TableStateStore.from_connection_string(
+            connection_string, prefix=settings.table_prefix, retention=settings.retention
+        )
     if settings.tables_endpoint is not None:
         try:
             return TableStateStore.from_endpoint(
-                settings.tables_endpoint, credential_factory(), prefix=settings.table_prefix
+                settings.tables_endpoint,
+                credential_factory(),
+                prefix=settings.table_prefix,
+                retention=settings.retention,
             )
         except ValueError as err:  # e.g. the SDK refuses a token over plain http
             raise ConfigError([f"SYNC_TABLES_ENDPOINT: {err}"]) from err
