@@ -108,6 +108,21 @@ param marketoDailyQuota int = 50000
 @maxValue(1000)
 param dataverseBatchSize int = 1000
 
+@description('SYNC_RETENTION_RUN_REPORTS_DAYS: days a run report is kept (README "What the sync keeps").')
+@minValue(1)
+@maxValue(3650)
+param syncRetentionRunReportsDays int = 30
+
+@description('SYNC_RETENTION_COLLISIONS_DAYS: days a collision (with both sides\' values) is kept.')
+@minValue(1)
+@maxValue(3650)
+param syncRetentionCollisionsDays int = 90
+
+@description('SYNC_RETENTION_CLAIMS_DAYS: days a webhook claim is kept.')
+@minValue(1)
+@maxValue(3650)
+param syncRetentionClaimsDays int = 1
+
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -220,6 +235,9 @@ module api 'app/api.bicep' = {
     marketoRateShare: marketoRateShare
     marketoDailyQuota: marketoDailyQuota
     dataverseBatchSize: dataverseBatchSize
+    syncRetentionRunReportsDays: syncRetentionRunReportsDays
+    syncRetentionCollisionsDays: syncRetentionCollisionsDays
+    syncRetentionClaimsDays: syncRetentionClaimsDays
   }
 }
 

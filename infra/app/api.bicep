@@ -110,6 +110,15 @@ param marketoDailyQuota int
 @description('DATAVERSE_BATCH_SIZE')
 param dataverseBatchSize int
 
+@description('SYNC_RETENTION_RUN_REPORTS_DAYS')
+param syncRetentionRunReportsDays int
+
+@description('SYNC_RETENTION_COLLISIONS_DAYS')
+param syncRetentionCollisionsDays int
+
+@description('SYNC_RETENTION_CLAIMS_DAYS')
+param syncRetentionClaimsDays int
+
 // What the Functions host and the Azure SDKs read; the code itself reads none of these.
 var platformSettings = [
   { name: 'AzureWebJobsStorage__credential', value: 'managedidentity' }
@@ -141,6 +150,9 @@ var syncSettings = [
   { name: 'MARKETO_RATE_SHARE', value: marketoRateShare }
   { name: 'MARKETO_DAILY_QUOTA', value: string(marketoDailyQuota) }
   { name: 'DATAVERSE_BATCH_SIZE', value: string(dataverseBatchSize) }
+  { name: 'SYNC_RETENTION_RUN_REPORTS_DAYS', value: string(syncRetentionRunReportsDays) }
+  { name: 'SYNC_RETENTION_COLLISIONS_DAYS', value: string(syncRetentionCollisionsDays) }
+  { name: 'SYNC_RETENTION_CLAIMS_DAYS', value: string(syncRetentionClaimsDays) }
 ]
 
 // Only with an app registration secret: a reference to a secret that does not exist would leave
