@@ -13,12 +13,14 @@ from collections.abc import Callable, Sequence
 
 from sync_core.cycle.engine import run_once_main
 from sync_core.host.server import host_main
+from sync_core.privacy.forget import forget_main
 from sync_core.status.view import status_main
 
 _COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run-once": (run_once_main, "one sync cycle with the settings in the environment; prints its JSON run report"),
     "host": (host_main, "a local stand-in for the Functions host: serves /api/... and runs the sync timer"),
     "status": (status_main, "the state an admin needs: last cycles, backlog, failures, collisions, drift"),
+    "forget": (forget_main, "erase one person's data from the sync's own state (--email, --marketo-id, --dynamics-id)"),
 }
 
 
