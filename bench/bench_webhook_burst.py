@@ -18,6 +18,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -30,15 +31,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import function_app
 from bench.bench_webhook import percentiles
 from demo.sandbox_env import sandbox_settings
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
 from sandbox.azurite import run_azurite
-from sync_core.host.server import LocalHost
 from sync_core.settings import Settings
 from sync_core.state import TableStateStore
-from sync_core.wiring.services import close_services
 
 SECRET = "bench-secret"  # noqa: S105 - the sandbox webhook secret of this run
 ROUTE = "/api/marketo/sync-person"
@@ -85,9 +83,21 @@ def run(calls: int, *, deadline: float, rate_share: float, max_rounds: int) -> d
             os.environ.update(env)
             Settings.from_env(env)
             limits = httpx.Limits(max_connections=calls + 10, max_keepalive_connections=calls + 10)
+            # The host in its own process, as the Functions host is: the 200 client threads here
+            # must not hold its interpreter lock (Marketo's callers are on other machines).
+            host = subprocess.Popen(
+                [sys.executable, "-m", "sync_core", "host", "--port", "0", "--no-timers"],
+                env={**os.environ, **env},
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                base_url = json.loads(host.stdout.readline() if host.stdout else "{}")["url"]
+            except (KeyError, ValueError):
+                host.kill()
+                raise
             with (
-                LocalHost(function_app.app, port=0, run_timers=False) as host,
-                httpx.Client(base_url=host.base_url, timeout=60, limits=limits) as client,
+                httpx.Client(base_url=base_url, timeout=60, limits=limits) as client,
                 ThreadPoolExecutor(max_workers=calls) as pool,
             ):
 
@@ -112,7 +122,8 @@ def run(calls: int, *, deadline: float, rate_share: float, max_rounds: int) -> d
                     retry_times += [seconds for _, seconds, _, _ in answers]
                     rounds.append({"calls": len(answers), "statuses": dict(Counter(a[2] for a in answers))})
                     pending = [(lead_id, retry_after) for lead_id, _, status, retry_after in answers if status != 200]
-            close_services()
+            host.terminate()
+            host.wait(timeout=30)
             store = TableStateStore.from_connection_string(connection, prefix=prefix)
             links = store.get_links_by_marketo_ids(list(range(1, calls + 1)))
             leads = dynamics_leads(dataverse_url)

@@ -118,6 +118,21 @@ param syncLeaseSeconds int = 90
 @maxValue(25)
 param webhookDeadlineSeconds int = 20
 
+@description('SYNC_RETENTION_RUN_REPORTS_DAYS: days a run report is kept (README "What the sync keeps").')
+@minValue(1)
+@maxValue(3650)
+param syncRetentionRunReportsDays int = 30
+
+@description('SYNC_RETENTION_COLLISIONS_DAYS: days a collision (with both sides\' values) is kept.')
+@minValue(1)
+@maxValue(3650)
+param syncRetentionCollisionsDays int = 90
+
+@description('SYNC_RETENTION_CLAIMS_DAYS: days a webhook claim is kept.')
+@minValue(1)
+@maxValue(3650)
+param syncRetentionClaimsDays int = 1
+
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -232,6 +247,10 @@ module api 'app/api.bicep' = {
     dataverseBatchSize: dataverseBatchSize
     syncLeaseSeconds: syncLeaseSeconds
     webhookDeadlineSeconds: webhookDeadlineSeconds
+
+    syncRetentionRunReportsDays: syncRetentionRunReportsDays
+    syncRetentionCollisionsDays: syncRetentionCollisionsDays
+    syncRetentionClaimsDays: syncRetentionClaimsDays
   }
 }
 

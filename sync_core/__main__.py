@@ -31,6 +31,12 @@ def _host(argv: list[str]) -> int:
     return host_main(argv)
 
 
+def _forget(argv: list[str]) -> int:
+    from sync_core.privacy.forget import forget_main
+
+    return forget_main(argv)
+
+
 def _status(argv: list[str]) -> int:
     from sync_core.status.view import status_main
 
@@ -53,6 +59,11 @@ _COMMANDS: dict[str, tuple[Callable[[list[str]], int], tuple[bool, bool, bool], 
         _status,
         (True, False, False),
         "the state an admin needs: last cycles, backlog, failures, collisions, drift",
+    ),
+    "forget": (
+        _forget,
+        (True, True, False),
+        "erase one person's data from the sync's own state (--email, --marketo-id, --dynamics-id)",
     ),
 }
 

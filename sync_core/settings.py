@@ -10,6 +10,7 @@ Nothing else in ``sync_core`` reads the environment.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from sync_core.core.errors import ConfigError
+from sync_core.core.retention import DEFAULT_CLAIM_DAYS, DEFAULT_COLLISION_DAYS, DEFAULT_RUN_REPORT_DAYS, Retention
 
 DEFAULT_SCHEDULE = "0 */5 * * * *"
 DEFAULT_WEBHOOK_DEADLINE = 20.0  # seconds; Marketo waits 30 s for a webhook
@@ -63,6 +65,10 @@ ENV_NAMES: dict[str, str] = {
     "DATAVERSE_BATCH_SIZE": "dataverse_batch_size",
     "SYNC_LEASE_SECONDS": "lease_seconds",
     "WEBHOOK_DEADLINE_SECONDS": "webhook_deadline_seconds",
+    # retention (README "What the sync keeps"): days an append-style row is kept
+    "SYNC_RETENTION_RUN_REPORTS_DAYS": "retention_run_reports_days",
+    "SYNC_RETENTION_COLLISIONS_DAYS": "retention_collisions_days",
+    "SYNC_RETENTION_CLAIMS_DAYS": "retention_claims_days",
 }
 FIELD_TO_ENV = {field: env for env, field in ENV_NAMES.items()}
 
@@ -100,6 +106,18 @@ class Settings(BaseModel):
     lease_seconds: int = Field(default=90, ge=3, le=3600)
     # The webhook answers by then (503 + Retry-After if its work cannot finish); under Marketo's 30 s.
     webhook_deadline_seconds: float = Field(default=DEFAULT_WEBHOOK_DEADLINE, ge=1, le=25)
+    # retention, in days (README "What the sync keeps")
+    retention_run_reports_days: int = Field(default=DEFAULT_RUN_REPORT_DAYS, ge=1, le=3650)
+    retention_collisions_days: int = Field(default=DEFAULT_COLLISION_DAYS, ge=1, le=3650)
+    retention_claims_days: int = Field(default=DEFAULT_CLAIM_DAYS, ge=1, le=3650)
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(
+            run_reports=timedelta(days=self.retention_run_reports_days),
+            collisions=timedelta(days=self.retention_collisions_days),
+            claims=timedelta(days=self.retention_claims_days),
+        )
 
     @field_validator("marketo_base_url", "dataverse_url", "tables_endpoint")
     @classmethod

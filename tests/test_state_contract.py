@@ -34,11 +34,12 @@ from sync_core.core.models import (
     StoreCounters,
 )
 from sync_core.core.report import CycleReport, PerSide
+from sync_core.core.retention import PruneReport, Retention
 from sync_core.state import MemoryStateStore, StateStore, TableStateStore
-from sync_core.state._keys import RowOp
+from sync_core.state._keys import RowOp, newest_first_key
 from sync_core.state._memory import MemoryRows
 from sync_core.state._rows import Rows, StoredRow
-from sync_core.state._store import RowStateStore
+from sync_core.state._store import PRUNE_PAGE, PRUNE_PARTITIONS, RowStateStore
 from sync_core.state._table import AzureRows
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -610,3 +611,121 @@ def _run_threads(target: Callable[[int], None], count: int) -> None:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
+
+
+# -- retention and erasure ---------------------------------------------------------------------------
+RETENTION = Retention()  # the documented defaults: runs 30 days, collisions 90, claims 1
+
+
+def _add_runs(store: StateStore, times: Sequence[datetime]) -> None:
+    """Many run reports at once: 100 per transaction per day, as a year of cycles would have left them."""
+    assert isinstance(store, RowStateStore)
+    by_day: dict[str, list[RowOp]] = {}
+    for index, at in enumerate(times):
+        partition, row = newest_first_key(at, f"run-{index}")
+        props = {"run_id": f"run-{index}", "started_at": at, "outcome": "ok", "data": "{}"}
+        by_day.setdefault(partition, []).append(RowOp("upsert", row, props))
+    for partition, ops in by_day.items():
+        for start in range(0, len(ops), 100):
+            store._rows.transact(store.tables.runs, partition, ops[start : start + 100])
+
+
+def _cost(store: StateStore, action: Callable[[], object]) -> StoreCounters:
+    store.counters = StoreCounters()
+    action()
+    return store.counters.model_copy()
+
+
+@pytest.mark.parametrize("kind", ["runs", "collisions", "claims"])
+def test_prune_removes_a_row_exactly_as_old_as_its_retention_and_keeps_a_younger_one(
+    store: StateStore, kind: str
+) -> None:
+    period = {"runs": RETENTION.run_reports, "collisions": RETENTION.collisions, "claims": RETENTION.claims}[kind]
+    # Runs and collisions are pruned by key (µs); claims by their created_at property, which
+    # Azurite compares to the millisecond.
+    step = timedelta(milliseconds=1) if kind == "claims" else timedelta(microseconds=1)
+    at_boundary, inside = NOW - period, NOW - period + step
+    if kind == "runs":
+        store.add_run_report(RunReport(run_id="expired", started_at=at_boundary))
+        store.add_run_report(RunReport(run_id="kept", started_at=inside))
+    elif kind == "collisions":
+        store.add_collisions([_collision("expired", at_boundary), _collision("kept", inside)])
+    else:
+        assert store.try_claim("expired", owner="w", now=at_boundary) is not None
+        assert store.try_claim("kept", owner="w", now=inside) is not None
+    report = store.prune_expired(now=NOW)
+    assert report.removed == {kind: 1}
+    assert not report.more
+    if kind == "runs":
+        assert [run.run_id for run in store.list_run_reports()] == ["kept"]
+    elif kind == "collisions":
+        assert [collision.id for collision in store.list_collisions()] == ["kept"]
+        assert store.delete_collisions_of([42]) == 1  # the expired one's index row went with it
+    else:
+        assert (store.get_claim("expired"), store.get_claim("kept") is not None) == (None, True)
+    assert store.prune_expired(now=NOW).removed == {}
+
+
+def _many(subject: Subject) -> int:
+    """10,000 rows in memory; 2,000 on Azurite, where writing them takes a while (the point is that
+    the cost does not depend on the number, which both show)."""
+    return 10_000 if subject.kind == "memory" else 2_000
+
+
+def test_a_prune_costs_the_same_whether_the_table_holds_no_run_reports_or_many_kept_ones(subject: Subject) -> None:
+    store = subject.store
+    empty = _cost(store, lambda: store.prune_expired(now=NOW))
+    _add_runs(store, [NOW - timedelta(minutes=4 * index + 1) for index in range(_many(subject))])  # ≤ 28 days old
+    full = _cost(store, lambda: store.prune_expired(now=NOW))
+    assert full == empty == StoreCounters(reads=3)  # one page read per pruned table, nothing written
+
+
+def test_a_prune_of_a_backlog_costs_a_fixed_budget_whatever_the_backlog(subject: Subject) -> None:
+    store = subject.store
+    old = NOW - RETENTION.run_reports
+    _add_runs(store, [old - timedelta(minutes=5 * index) for index in range(300)])
+    small = _cost(store, lambda: store.prune_expired(now=NOW))
+    assert small.reads == 3
+    assert 1 <= small.transactions <= PRUNE_PARTITIONS
+    assert small.operations == PRUNE_PAGE
+    _add_runs(store, [old - timedelta(minutes=5 * index) for index in range(_many(subject))])  # past due
+    big = _cost(store, lambda: store.prune_expired(now=NOW))
+    assert big == small
+
+
+def test_a_persons_collisions_are_erased_through_the_index_across_days_and_others_stay(store: StateStore) -> None:
+    persons = range(100, 109)  # more than one prefix query's worth (7)
+    collisions = [
+        _collision(f"c{person}-{day}", NOW - timedelta(days=day)).model_copy(update={"marketo_id": person})
+        for person in persons
+        for day in (0, 1, 40)
+    ]
+    store.add_collisions(collisions)
+    assert store.delete_collisions_of([*persons[:8], 999]) == 24
+    assert {collision.marketo_id for collision in store.list_collisions()} == {108}
+    assert store.delete_collisions_of(persons[:8]) == 0
+    assert store.count_rows(cap=1000)["collisions"] == 3
+
+
+def test_claims_can_be_deleted_whatever_their_state(store: StateStore) -> None:
+    claim = store.try_claim("sync-person:1", owner="w", now=NOW)
+    assert claim is not None
+    store.complete_claim(claim, {"entity": "lead"})
+    assert store.delete_claims(["sync-person:1", "sync-person:2"]) == 1
+    assert store.get_claim("sync-person:1") is None
+    assert store.delete_claims(["sync-person:1"]) == 0
+
+
+def test_row_counts_count_records_once_and_stop_at_the_cap(store: StateStore) -> None:
+    store.upsert_links([_link(1), _link(2)])
+    store.add_collisions([_collision("a", NOW), _collision("b", NOW - MINUTE)])
+    _add_runs(store, [NOW - MINUTE * index for index in range(5)])
+    counts = store.count_rows(cap=4)
+    assert counts == {"links": 2, "collisions": 2, "failures": 0, "runs": 4, "claims": 0, "state": 0}
+
+
+def test_the_last_prune_round_trips(store: StateStore) -> None:
+    assert store.get_last_prune() is None
+    report = PruneReport(at=NOW, removed={"runs": 3}, more=True)
+    store.put_last_prune(report)
+    assert store.get_last_prune() == report

@@ -17,10 +17,11 @@ import pytest
 import function_app
 from sync_core.core.errors import TransientError
 from sync_core.core.models import EntityType, Link, RunReport
+from sync_core.privacy.prune import prune_state
 from sync_core.state import MemoryStateStore, TableStateStore
 from sync_core.status import view as status_module
 from sync_core.status.html import DASH, _nice_ceiling
-from sync_core.status.models import DriftItem, HealthLevel
+from sync_core.status.models import DriftItem, HealthLevel, Total
 from sync_core.status.view import (
     build_status,
     choose_format,
@@ -541,3 +542,20 @@ def test_last_completed_cycle_skips_failed_and_lease_held_ones() -> None:
 
     assert status.last_cycle_at == NOW - timedelta(minutes=1)
     assert status.last_completed_at == NOW - timedelta(minutes=11)
+
+
+def test_the_state_size_per_table_and_the_last_prune_are_shown() -> None:
+    store = MemoryStateStore()
+    for index in range(3):
+        store.add_run_report(RunReport(run_id=f"r{index}", started_at=NOW - timedelta(minutes=5 * index)))
+    store.add_run_report(RunReport(run_id="old", started_at=NOW - timedelta(days=31)))
+    assert build_status(store, now=NOW, schedule=SCHEDULE).state.last_prune is None  # type: ignore[union-attr]
+    prune_state(store, now=NOW)
+    status = build_status(store, now=NOW, schedule=SCHEDULE)
+    assert status.state is not None
+    assert status.state.tables["runs"] == Total(count=3)
+    assert status.state.retention_days == {"runs": 30, "collisions": 90, "claims": 1}
+    assert status.state.last_prune is not None
+    assert (status.state.last_prune.at, status.state.last_prune.removed) == (NOW, {"runs": 1})
+    assert "What the sync keeps" in render_html(status)
+    assert "Last prune:" in render_text(status)

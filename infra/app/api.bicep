@@ -116,6 +116,15 @@ param syncLeaseSeconds int
 @description('WEBHOOK_DEADLINE_SECONDS (whole seconds, 1-25)')
 param webhookDeadlineSeconds int
 
+@description('SYNC_RETENTION_RUN_REPORTS_DAYS')
+param syncRetentionRunReportsDays int
+
+@description('SYNC_RETENTION_COLLISIONS_DAYS')
+param syncRetentionCollisionsDays int
+
+@description('SYNC_RETENTION_CLAIMS_DAYS')
+param syncRetentionClaimsDays int
+
 // What the Functions host and the Azure SDKs read; the code itself reads none of these.
 var platformSettings = [
   { name: 'AzureWebJobsStorage__credential', value: 'managedidentity' }
@@ -149,6 +158,9 @@ var syncSettings = [
   { name: 'DATAVERSE_BATCH_SIZE', value: string(dataverseBatchSize) }
   { name: 'SYNC_LEASE_SECONDS', value: string(syncLeaseSeconds) }
   { name: 'WEBHOOK_DEADLINE_SECONDS', value: string(webhookDeadlineSeconds) }
+  { name: 'SYNC_RETENTION_RUN_REPORTS_DAYS', value: string(syncRetentionRunReportsDays) }
+  { name: 'SYNC_RETENTION_COLLISIONS_DAYS', value: string(syncRetentionCollisionsDays) }
+  { name: 'SYNC_RETENTION_CLAIMS_DAYS', value: string(syncRetentionClaimsDays) }
 ]
 
 // Only with an app registration secret: a reference to a secret that does not exist would leave

@@ -94,6 +94,16 @@ class RecordFailure(_Record):
     run_id: str | None = None
 
 
+def person_failure_key(direction: Direction, marketo_id: int) -> str:
+    """The failure key of a linked person's record, per direction."""
+    return f"{direction.value}:m{marketo_id}"
+
+
+def record_failure_key(entity: EntityType, dataverse_id: str) -> str:
+    """The failure key of a Dynamics record no person could be made for."""
+    return f"{Direction.TO_MARKETO.value}:{entity.value}:{dataverse_id.lower()}"
+
+
 class RunReport(_Record):
     """What one cycle did; stored as JSON, listed newest first by the status view."""
 

@@ -58,6 +58,7 @@ from sync_core.cycle.staging import Stage
 from sync_core.dataverse.client import SCHEMA_ERROR_CODES, DataverseClient, DeltaPage
 from sync_core.http.counters import ApiCounters
 from sync_core.marketo.client import MarketoClient
+from sync_core.privacy.prune import prune_state
 from sync_core.settings import DynamicsDeletePolicy, MarketoDeletePolicy, Settings
 from sync_core.state import StateStore
 from sync_core.wiring.services import Services, services_for
@@ -317,6 +318,7 @@ class _Cycle:
         self._commit(changes_cursor, MARKETO_CHANGES, changes_token)
         if deletes_token is not None:
             self._commit(deletes_cursor, MARKETO_DELETES, deletes_token)
+        prune_state(store, now=self.started)  # retention, in bounded work (privacy.prune)
 
     def _commit(self, cursor: Cursor | None, name: str, value: str | None) -> None:
         """Store a cursor (ETag-conditional: a concurrent writer makes this cycle stop)."""

@@ -2,7 +2,9 @@
 
 ``Tally`` counts as the cycle goes (the run report is built from it). ``Batch`` collects one
 batch's results for the state store; ``Ledger.record`` writes them (links, collisions, failures,
-resolutions) and then the person's activity log. ``OpenFailures`` knows which failures are open
+resolutions) and then the person's activity log. An unlinked person's rows leave the state in
+that same write: the link and its baseline, its collisions, its open failures (erasure follows
+the source; ``privacy`` has the on-request erasure). ``OpenFailures`` knows which failures are open
 without holding them all: the keys are read in pages at the start of the cycle, a failure's
 details only when a record fails again. Failure keys: ``to_dynamics:m<marketo id>`` /
 ``to_marketo:m<marketo id>`` for a linked person, ``to_marketo:<entity>:<dataverse id>`` for a
@@ -17,6 +19,8 @@ from datetime import datetime
 from typing import Any
 
 from sync_core.core.models import Collision, Direction, EntityType, Link, RecordFailure, retry_delay
+from sync_core.core.models import person_failure_key as person_key
+from sync_core.core.models import record_failure_key as record_key
 from sync_core.marketo.activity import SyncFailure, log_sync_failures
 from sync_core.marketo.client import MarketoClient
 from sync_core.state import StateStore
@@ -24,12 +28,7 @@ from sync_core.state import StateStore
 FAILURE_PAGE = 1000
 
 
-def person_key(direction: Direction, marketo_id: int) -> str:
-    return f"{direction.value}:m{marketo_id}"
-
-
-def record_key(entity: EntityType, dataverse_id: str) -> str:
-    return f"{Direction.TO_MARKETO.value}:{entity.value}:{dataverse_id.lower()}"
+__all__ = ["Batch", "Ledger", "OpenFailures", "Pending", "Tally", "person_key", "record_key"]
 
 
 @dataclass
@@ -244,6 +243,9 @@ class Ledger:
         written = {link.marketo_id for link in batch.links}
         gone = [link for link in batch.unlinked if link.marketo_id not in written]
         if gone:
+            # Erasure follows the source: with the link and its baseline go the collisions (both
+            # sides' values) of the pair; its failures are resolved below (``unlink``).
+            self._store.delete_collisions_of(link.marketo_id for link in gone)
             self._store.delete_links(gone)
         if batch.collisions:
             self._store.add_collisions(batch.collisions)

@@ -26,6 +26,7 @@ from sync_core.core.models import (
     RunReport,
     StoreCounters,
 )
+from sync_core.core.retention import PruneReport, Retention
 from sync_core.state._memory import MemoryStateStore
 from sync_core.state._table import TableStateStore
 
@@ -34,6 +35,7 @@ __all__ = ["MemoryStateStore", "StateStore", "TableStateStore"]
 
 class StateStore(Protocol):
     counters: StoreCounters  # what was sent to Table Storage so far; replace it to start afresh
+    retention: Retention  # how long the append-style rows are kept (``prune_expired``)
 
     # -- cursors and the cycle lease (ETag optimistic concurrency) -------------------------
     def get_cursor(self, name: str) -> Cursor | None: ...
@@ -86,6 +88,11 @@ class StateStore(Protocol):
 
     def list_collisions(self, *, limit: int = 50) -> list[Collision]: ...
 
+    def delete_collisions_of(self, marketo_ids: Iterable[int]) -> int:
+        """Remove every collision of these persons, found through the person index (no scan);
+        the number removed. Missing ones are ignored."""
+        ...
+
     def upsert_failures(self, failures: Sequence[RecordFailure]) -> None: ...
 
     def get_failures(self, keys: Iterable[str]) -> dict[str, RecordFailure]: ...
@@ -111,6 +118,20 @@ class StateStore(Protocol):
 
     def list_run_reports(self, *, limit: int = 20) -> list[RunReport]: ...
 
+    # -- retention and erasure ---------------------------------------------------------------------
+    def prune_expired(self, *, now: datetime) -> PruneReport:
+        """Remove run reports, collisions and claims past ``retention`` as of ``now``, in bounded
+        work (a page of rows per table, a few transactions); ``more`` if some were left for later."""
+        ...
+
+    def get_last_prune(self) -> PruneReport | None: ...
+
+    def put_last_prune(self, report: PruneReport) -> None: ...
+
+    def count_rows(self, *, cap: int) -> dict[str, int]:
+        """Records per table (links, collisions, failures, runs, claims, state), each counted up to ``cap``."""
+        ...
+
     # -- webhook claims ----------------------------------------------------------------------
     def try_claim(self, key: str, *, owner: str, now: datetime) -> Claim | None:
         """Insert-if-absent. The new claim if this caller took it, None if it was already taken."""
@@ -122,4 +143,8 @@ class StateStore(Protocol):
 
     def release_claim(self, claim: Claim) -> None:
         """Give a claim back (the work failed and may be retried)."""
+        ...
+
+    def delete_claims(self, keys: Iterable[str]) -> int:
+        """Remove these claims whatever their state (erasure); how many were there."""
         ...

@@ -37,12 +37,14 @@ class RowOp(NamedTuple):
     """One operation in a single-partition transaction.
 
     ``upsert`` replaces the row whatever it held; ``insert`` fails the whole transaction if the row
-    exists; ``delete`` removes the row if it is there (a missing row is not an error).
+    exists; ``delete`` removes the row if it is there (a missing row is not an error) and, with an
+    ``etag``, only if it is still that version (else the whole transaction fails with a conflict).
     """
 
     kind: Literal["upsert", "insert", "delete"]
     row: str
     props: Mapping[str, Any] = {}
+    etag: str | None = None
 
 
 def encode_key(value: str) -> str:
@@ -88,6 +90,14 @@ def as_utc(value: datetime) -> datetime:
     )
 
 
+def _inverted_day(at: datetime) -> str:
+    return f"{99_999_999 - (at.year * 10_000 + at.month * 100 + at.day):08d}"
+
+
+def _inverted_micros(at: datetime) -> str:
+    return f"{10**19 - (at - _DAY_ZERO) // timedelta(microseconds=1):019d}"
+
+
 def newest_first_key(at: datetime, unique: str) -> tuple[str, str]:
     """(PartitionKey, RowKey) that sort newest first: one partition per day, inverted.
 
@@ -96,9 +106,19 @@ def newest_first_key(at: datetime, unique: str) -> tuple[str, str]:
     microsecond apart (and makes re-adding the same row idempotent).
     """
     at = aware(at, what="timestamp")
-    day = at.year * 10_000 + at.month * 100 + at.day
-    micros = (at - _DAY_ZERO) // timedelta(microseconds=1)
-    return f"{99_999_999 - day:08d}", f"{10**19 - micros:019d}:{encode_key(unique)}"
+    return _inverted_day(at), f"{_inverted_micros(at)}:{encode_key(unique)}"
+
+
+def expired_range(cutoff: datetime) -> tuple[str, str]:
+    """(first PartitionKey, RowKey floor) of the ``newest_first_key`` rows at or before ``cutoff``.
+
+    The inverted microseconds count from day zero, not from the day, so every row at or before
+    ``cutoff`` has PartitionKey ≥ the first and RowKey > the floor (a row exactly at ``cutoff``
+    has the floor followed by ``:``), and no later row does: the expired rows are one range query
+    that starts at the cutoff's day and runs to the oldest row, whatever the table's size.
+    """
+    cutoff = aware(cutoff, what="cutoff")
+    return _inverted_day(cutoff), _inverted_micros(cutoff)
 
 
 def to_json(value: Any, *, what: str) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from sync_core.core.errors import ApiError, StateConflictError
+from sync_core.core.retention import Retention
 from sync_core.state._keys import MAX_TRANSACTION_OPS, RowOp
 from sync_core.state._rows import RowFilter, Rows, StoredRow
 from sync_core.state._store import RowStateStore
@@ -128,6 +129,12 @@ class MemoryRows(Rows):
                         f"{table}/{partition}/{op.row}: already exists (operation {index} of the transaction; "
                         "nothing was written)"
                     )
+                found = rows.get((partition, op.row))
+                if op.kind == "delete" and op.etag is not None and found is not None and found[1] != op.etag:
+                    raise StateConflictError(
+                        f"{table}/{partition}/{op.row}: changed since it was read (operation {index} of the "
+                        "transaction; nothing was written)"
+                    )
             for op in ops:
                 if op.kind == "delete":
                     rows.pop((partition, op.row), None)
@@ -138,5 +145,5 @@ class MemoryRows(Rows):
 class MemoryStateStore(RowStateStore):
     """The state store in memory: same keys, limits, ETags, batching and counters as the Table store."""
 
-    def __init__(self, *, prefix: str = "sync") -> None:
-        super().__init__(MemoryRows(), prefix=prefix)
+    def __init__(self, *, prefix: str = "sync", retention: Retention | None = None) -> None:
+        super().__init__(MemoryRows(), prefix=prefix, retention=retention)

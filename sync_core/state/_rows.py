@@ -38,20 +38,37 @@ class StoredRow:
     etag: str
 
 
+MAX_PREFIXES = 7  # two comparisons each, and the PartitionKey one: 15 per $filter
+
+
 @dataclass(frozen=True, slots=True)
 class RowFilter:
-    """Which rows a scan keeps: all of them, or those of one partition, with a RowKey prefix, or
-    whose datetime property ``at_most[0]`` is not after ``at_most[1]``. ``AzureRows`` sends it as
-    a ``$filter``; ``keeps`` is the same test in Python."""
+    """Which rows a scan keeps: all of them, or those of one partition or a PartitionKey range
+    (``partition_from`` ≤ PK < ``partition_to``), with a RowKey prefix (or any of up to 7
+    ``row_prefixes``), a RowKey after ``row_after``, or whose datetime property ``at_most[0]`` is
+    not after ``at_most[1]``. ``AzureRows`` sends it as a ``$filter`` (key ranges, which the
+    service answers from its index); ``keeps`` is the same test in Python."""
 
     partition: str | None = None
     row_prefix: str | None = None
     at_most: tuple[str, datetime] | None = None
+    partition_from: str | None = None
+    partition_to: str | None = None
+    row_after: str | None = None
+    row_prefixes: tuple[str, ...] = ()
 
     def keeps(self, partition: str, row: str, props: Mapping[str, Any]) -> bool:
         if self.partition is not None and partition != self.partition:
             return False
+        if self.partition_from is not None and partition < self.partition_from:
+            return False
+        if self.partition_to is not None and partition >= self.partition_to:
+            return False
         if self.row_prefix and not row.startswith(self.row_prefix):
+            return False
+        if self.row_prefixes and not row.startswith(self.row_prefixes):
+            return False
+        if self.row_after is not None and row <= self.row_after:
             return False
         if self.at_most is None:
             return True
@@ -119,20 +136,28 @@ class Rows(ABC):
         row_prefix: str | None = None,
         at_most: tuple[str, datetime] | None = None,
         page_size: int = 1000,
+        where: RowFilter | None = None,
+        max_pages: int | None = None,
     ) -> Iterator[StoredRow]:
-        """The rows a ``RowFilter`` of these keeps, in (PartitionKey, RowKey) order, fetched a page
-        at a time as the caller iterates: no page is fetched before the first row is asked for."""
-        where = RowFilter(partition, row_prefix, at_most)
-        return self._counted(self._scan_pages(table, where, page_size))
+        """The rows a ``RowFilter`` of these (or ``where``) keeps, in (PartitionKey, RowKey) order,
+        fetched a page at a time as the caller iterates: no page is fetched before the first row is
+        asked for, and none after ``max_pages`` (so a caller can bound what one call costs)."""
+        if where is None:
+            where = RowFilter(partition, row_prefix, at_most)
+        if len(where.row_prefixes) > MAX_PREFIXES:
+            raise ValueError(f"a scan takes at most {MAX_PREFIXES} row prefixes, got {len(where.row_prefixes)}")
+        return self._counted(self._scan_pages(table, where, page_size), max_pages=max_pages)
 
     def transact(self, table: str, partition: str, ops: Sequence[RowOp]) -> None:
         """Apply ``ops`` atomically: all of them or none. ≤ 100 ops, each on a different row."""
         self._count(transactions=1, operations=len(ops))
         self._transact(table, partition, _mapped(ops))
 
-    def _counted(self, pages: Iterator[Iterable[StoredRow]]) -> Iterator[StoredRow]:
+    def _counted(self, pages: Iterator[Iterable[StoredRow]], *, max_pages: int | None = None) -> Iterator[StoredRow]:
         """The rows of ``pages``, counting one read per page fetched (a failed fetch too)."""
-        while True:
+        fetched = 0
+        while max_pages is None or fetched < max_pages:
+            fetched += 1
             try:
                 page = next(pages)
             except StopIteration:  # nothing left to fetch: nothing was sent

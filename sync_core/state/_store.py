@@ -9,14 +9,27 @@ Tables (``{prefix}`` + name), keys and why:
     state       PK cursor / RK name, PK lease / RK cycle      ETag-conditional point rows
     links       PK link / RK m:{marketo id:012d} and           two rows per link, same partition,
                 RK d:{entity}:{dataverse id}                    written in one transaction
-    collisions  PK inverted day / RK inverted µs:id            a plain scan lists newest first
-    runs        PK inverted day / RK inverted µs:run id        ditto
+    collisions  PK inverted day / RK inverted µs:id            a scan of the day partitions lists
+                                                               newest first; the values live here
+                PK person / RK {marketo id:012d}:{day}:{row}   the person index: a pointer per
+                                                               collision, no values
+    runs        PK inverted day / RK inverted µs:run id        a plain scan lists newest first
     failures    PK failure / RK key                            upsert replaces; point reads by key;
                                                                all of them read a page at a time
     claims      PK claim / RK key                              insert-if-absent
+    state       PK prune / RK last                             the last prune that removed rows
 
 Every batched write is packed into single-partition transactions of ≤ 100 operations; the rows
 of one link never straddle two transactions.
+
+Retention and erasure (``core.retention``, ``privacy``). The date-keyed tables are pruned by key
+range: the rows at or before a cutoff are one query from the cutoff's day to the oldest row
+(``expired_range``), so finding them costs one page read however many rows the table holds, and
+``prune_expired`` deletes at most a fixed number of pages per table per call. A person's
+collisions are found through the person index (one partition, so a prefix query per 7 persons),
+never by a scan; because every index row is in that one partition, the index rows of a pruned
+page of collisions go in one transaction whatever persons they belong to. Index rows are written
+before their collision and deleted after it, so a collision is never unreachable by its person.
 """
 
 from __future__ import annotations
@@ -45,6 +58,7 @@ from sync_core.core.models import (
     RunReport,
     StoreCounters,
 )
+from sync_core.core.retention import PruneReport, Retention
 from sync_core.state._keys import (
     MAX_KEYS_PER_QUERY,
     RowOp,
@@ -54,12 +68,13 @@ from sync_core.state._keys import (
     chunks,
     dataverse_link_key,
     encode_key,
+    expired_range,
     marketo_link_key,
     newest_first_key,
     pack_transactions,
     to_json,
 )
-from sync_core.state._rows import Rows, StoredRow
+from sync_core.state._rows import MAX_PREFIXES, RowFilter, Rows, StoredRow
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +85,13 @@ _LEASE_ROW = "cycle"
 _LINK = "link"
 _FAILURE = "failure"
 _CLAIM = "claim"
+_PERSON = "person"  # the collisions' person index; sorts after every (all-digit) day partition
+_DAYS_END = ":"  # the character after "9": day partitions are the PartitionKeys below it
+_PRUNE = "prune"
+_PRUNE_ROW = "last"
 _PAGE = 1000  # the most the service returns per page
+PRUNE_PAGE = 100  # rows read per table per prune: one transaction's worth
+PRUNE_PARTITIONS = 3  # day partitions deleted from per table per prune (one transaction each)
 
 
 class TableNames:
@@ -94,10 +115,11 @@ class RowStateStore:
     are independent reads, so a backend over the network (each query a round trip) sends them
     side by side; in memory there is nothing to overlap."""
 
-    def __init__(self, rows: Rows, *, prefix: str, query_workers: int = 1) -> None:
+    def __init__(self, rows: Rows, *, prefix: str, query_workers: int = 1, retention: Retention | None = None) -> None:
         if query_workers < 1:
             raise ValueError("query_workers must be at least 1")
         self.tables = TableNames(prefix)
+        self.retention = retention or Retention()
         self._rows = rows
         self._query_workers = query_workers
 
@@ -221,8 +243,10 @@ class RowStateStore:
     # -- collisions and run reports (newest first) ------------------------------------------------
     def add_collisions(self, collisions: Sequence[Collision]) -> None:
         by_day: dict[str, list[list[RowOp]]] = {}
+        index: list[list[RowOp]] = []
         for collision in collisions:
             partition, row = newest_first_key(collision.at, collision.id)
+            index.append([RowOp("upsert", _person_key(collision.marketo_id, partition, row), _pointer(partition, row))])
             props = {
                 "at": collision.at,
                 "run_id": collision.run_id,
@@ -234,11 +258,18 @@ class RowStateStore:
             }
             check_entity(partition, row, props, what=f"collision {collision.id!r}")
             by_day.setdefault(partition, []).append([RowOp("upsert", row, props)])
+        for groups in by_day.values():
+            _unique_rows(groups, what="collision")
+        # The index first: a crash between the two leaves a pointer to nothing, never a collision
+        # (with values) its person cannot be found by.
+        self._transact(self.tables.collisions, _PERSON, index)
         for partition, groups in by_day.items():
-            self._transact(self.tables.collisions, partition, _unique_rows(groups, what="collision"))
+            self._transact(self.tables.collisions, partition, groups)
 
     def list_collisions(self, *, limit: int = 50) -> list[Collision]:
-        rows = self._rows.scan_rows(self.tables.collisions, page_size=_page(limit))
+        rows = self._rows.scan_rows(
+            self.tables.collisions, where=RowFilter(partition_to=_DAYS_END), page_size=_page(limit)
+        )
         return [Collision.model_validate_json(row.props["data"]) for row in itertools.islice(rows, limit)]
 
     def add_run_report(self, report: RunReport) -> None:
@@ -256,6 +287,119 @@ class RowStateStore:
     def list_run_reports(self, *, limit: int = 20) -> list[RunReport]:
         rows = self._rows.scan_rows(self.tables.runs, page_size=_page(limit))
         return [RunReport.model_validate_json(row.props["data"]) for row in itertools.islice(rows, limit)]
+
+    def delete_collisions_of(self, marketo_ids: Iterable[int]) -> int:
+        """Remove every collision of these persons (and its index row); the number removed.
+
+        One prefix query of the person index per 7 persons, then one transaction per day the
+        collisions fell on and one per 100 index rows. Missing ones are ignored."""
+        prefixes = sorted({f"{marketo_link_key(marketo_id)[2:]}:" for marketo_id in marketo_ids})
+        pointers: list[StoredRow] = []
+        for start in range(0, len(prefixes), MAX_PREFIXES):
+            where = RowFilter(partition=_PERSON, row_prefixes=tuple(prefixes[start : start + MAX_PREFIXES]))
+            pointers += self._rows.scan_rows(self.tables.collisions, where=where, page_size=_PAGE)
+        self._delete_collisions(pointers)
+        return len(pointers)
+
+    def _delete_collisions(self, pointers: Sequence[StoredRow]) -> None:
+        """The collisions these index rows point to, then the index rows (see the module docstring)."""
+        by_day: dict[str, list[list[RowOp]]] = {}
+        for pointer in pointers:
+            by_day.setdefault(str(pointer.props["day"]), []).append([RowOp("delete", str(pointer.props["row"]))])
+        for partition, groups in sorted(by_day.items()):
+            self._transact(self.tables.collisions, partition, groups)
+        self._transact(self.tables.collisions, _PERSON, [[RowOp("delete", pointer.row)] for pointer in pointers])
+
+    # -- retention ----------------------------------------------------------------------------------
+    def prune_expired(self, *, now: datetime) -> PruneReport:
+        """Remove rows past ``self.retention`` as of ``now``, in bounded work: per table one page of
+        at most ``PRUNE_PAGE`` expired rows, deleted from at most ``PRUNE_PARTITIONS`` day partitions
+        (plus one transaction for the collisions' index rows). What is left goes next time
+        (``more``). A table with nothing expired costs one read, whatever its size."""
+        now = aware(now, what="now")
+        cutoffs = self.retention.cutoffs(now)
+        removed: dict[str, int] = {}
+        runs, runs_more = self._expired(self.tables.runs, cutoffs["runs"])
+        if runs:
+            self._delete_by_partition(self.tables.runs, runs)
+            removed["runs"] = len(runs)
+        collisions, collisions_more = self._expired(self.tables.collisions, cutoffs["collisions"])
+        if collisions:
+            pointers = [
+                StoredRow(_PERSON, _person_key(_int(row.props["marketo_id"]), row.partition, row.row), {}, "")
+                for row in collisions
+            ]
+            self._delete_by_partition(self.tables.collisions, collisions)
+            self._transact(self.tables.collisions, _PERSON, [[RowOp("delete", pointer.row)] for pointer in pointers])
+            removed["collisions"] = len(collisions)
+        claims = list(
+            self._rows.scan_rows(
+                self.tables.claims,
+                partition=_CLAIM,
+                at_most=("created_at", cutoffs["claims"]),
+                page_size=PRUNE_PAGE,
+                max_pages=1,
+            )
+        )
+        claims_more = len(claims) >= PRUNE_PAGE
+        if claims:
+            # ETag-conditional: a claim a webhook took over meanwhile is not removed (the whole
+            # transaction fails with a conflict and the claims wait for the next prune).
+            try:
+                self._transact(
+                    self.tables.claims, _CLAIM, [[RowOp("delete", row.row, etag=row.etag)] for row in claims]
+                )
+                removed["claims"] = len(claims)
+            except StateConflictError:
+                claims_more = True
+        more = runs_more or collisions_more or claims_more
+        return PruneReport(at=now, removed=removed, more=more)
+
+    def _expired(self, table: str, cutoff: datetime) -> tuple[list[StoredRow], bool]:
+        """Up to ``PRUNE_PAGE`` rows of ``table``'s day partitions at or before ``cutoff`` (one page),
+        from at most ``PRUNE_PARTITIONS`` partitions; and whether more may be left."""
+        first_day, floor = expired_range(cutoff)
+        where = RowFilter(partition_from=first_day, partition_to=_DAYS_END, row_after=floor)
+        page = list(self._rows.scan_rows(table, where=where, page_size=PRUNE_PAGE, max_pages=1))
+        partitions = sorted({row.partition for row in page})[:PRUNE_PARTITIONS]
+        kept = [row for row in page if row.partition in partitions]
+        return kept, len(page) >= PRUNE_PAGE or len(kept) < len(page)
+
+    def _delete_by_partition(self, table: str, rows: Sequence[StoredRow]) -> None:
+        by_partition: dict[str, list[list[RowOp]]] = {}
+        for row in rows:
+            by_partition.setdefault(row.partition, []).append([RowOp("delete", row.row)])
+        for partition, groups in sorted(by_partition.items()):
+            self._transact(table, partition, groups)
+
+    def get_last_prune(self) -> PruneReport | None:
+        row = self._rows.get_row(self.tables.state, _PRUNE, _PRUNE_ROW)
+        return None if row is None else PruneReport.model_validate_json(row.props["data"])
+
+    def put_last_prune(self, report: PruneReport) -> None:
+        self._transact(
+            self.tables.state,
+            _PRUNE,
+            [[RowOp("upsert", _PRUNE_ROW, {"at": report.at, "data": report.model_dump_json()})]],
+        )
+
+    def count_rows(self, *, cap: int) -> dict[str, int]:
+        """Per table, how many records it holds, counted up to ``cap`` (a link or a collision once,
+        not its index rows): ``cap`` means "at least". About ``cap`` / 1000 reads per table."""
+        if cap < 1:
+            raise ValueError("cap must be at least 1")
+        wheres = {
+            "links": (self.tables.links, RowFilter(partition=_LINK, row_prefix="m:")),
+            "collisions": (self.tables.collisions, RowFilter(partition_to=_DAYS_END)),
+            "failures": (self.tables.failures, RowFilter(partition=_FAILURE)),
+            "runs": (self.tables.runs, RowFilter()),
+            "claims": (self.tables.claims, RowFilter(partition=_CLAIM)),
+            "state": (self.tables.state, RowFilter()),
+        }
+        return {
+            name: sum(1 for _ in itertools.islice(self._rows.scan_rows(table, where=where, page_size=_page(cap)), cap))
+            for name, (table, where) in wheres.items()
+        }
 
     # -- record failures ----------------------------------------------------------------------------
     def upsert_failures(self, failures: Sequence[RecordFailure]) -> None:
@@ -338,6 +482,12 @@ class RowStateStore:
     def release_claim(self, claim: Claim) -> None:
         self._rows.delete_row(self.tables.claims, _CLAIM, encode_key(claim.key), etag=_need_etag(claim.etag, "claim"))
 
+    def delete_claims(self, keys: Iterable[str]) -> int:
+        """Remove these claims whatever state they are in (erasure); the number that were there."""
+        found = self._query(self.tables.claims, _CLAIM, {encode_key(key) for key in keys})
+        self._transact(self.tables.claims, _CLAIM, [[RowOp("delete", row.row)] for row in found])
+        return len(found)
+
     # -- shared plumbing ----------------------------------------------------------------------------
     def _query(self, table: str, partition: str, keys: Iterable[str]) -> list[StoredRow]:
         """Point-read many rows of one partition: one ``$filter`` per 14 keys, not one call per key,
@@ -374,6 +524,14 @@ def _unique_rows(groups: list[list[RowOp]], *, what: str) -> list[list[RowOp]]:
     if len(set(rows)) != len(rows):
         raise ValueError(f"two {what}s with the same key in one call; pass each once")
     return groups
+
+
+def _person_key(marketo_id: int, partition: str, row: str) -> str:
+    return f"{marketo_link_key(marketo_id)[2:]}:{partition}:{row}"
+
+
+def _pointer(partition: str, row: str) -> dict[str, Any]:
+    return {"day": partition, "row": row}
 
 
 def _link_props(link: Link) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from azure.core.exceptions import (
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
 from sync_core.core.errors import ApiError, StateConflictError, TransientError
+from sync_core.core.retention import Retention
 from sync_core.state._keys import RowOp
 from sync_core.state._rows import RowFilter, Rows, StoredRow
 from sync_core.state._store import RowStateStore
@@ -74,16 +75,36 @@ def _odata(where: RowFilter) -> tuple[str, dict[str, Any]]:
     if where.partition is not None:
         conditions.append("PartitionKey eq @pk")
         parameters["pk"] = where.partition
+    if where.partition_from is not None:
+        conditions.append("PartitionKey ge @pkfrom")
+        parameters["pkfrom"] = where.partition_from
+    if where.partition_to is not None:
+        conditions.append("PartitionKey lt @pkto")
+        parameters["pkto"] = where.partition_to
     if where.row_prefix:
         # Every key starting with the prefix sorts in [prefix, prefix with its last char + 1).
         conditions.append("RowKey ge @lo and RowKey lt @hi")
         parameters["lo"] = where.row_prefix
-        parameters["hi"] = where.row_prefix[:-1] + chr(ord(where.row_prefix[-1]) + 1)
+        parameters["hi"] = _after_prefix(where.row_prefix)
+    if where.row_prefixes:
+        ranges = []
+        for index, prefix in enumerate(where.row_prefixes):
+            ranges.append(f"( RowKey ge @lo{index} and RowKey lt @hi{index} )")
+            parameters[f"lo{index}"] = prefix
+            parameters[f"hi{index}"] = _after_prefix(prefix)
+        conditions.append("( " + " or ".join(ranges) + " )")
+    if where.row_after is not None:
+        conditions.append("RowKey gt @rkafter")
+        parameters["rkafter"] = where.row_after
     if where.at_most is not None:
         name, cutoff = where.at_most
         conditions.append(f"{name} le @cutoff")  # name is one of ours, never input
         parameters["cutoff"] = cutoff
     return " and ".join(conditions), parameters
+
+
+def _after_prefix(prefix: str) -> str:
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def _pages(pages: Iterator[Iterator[Any]], *, what: str) -> Iterator[list[StoredRow]]:
@@ -204,6 +225,12 @@ class AzureRows(Rows):
 
 
 def _sdk_operation(partition: str, op: RowOp) -> tuple[Any, ...]:
+    if op.kind == "delete" and op.etag is not None:
+        return (
+            "delete",
+            {"PartitionKey": partition, "RowKey": op.row},
+            {"etag": op.etag, "match_condition": MatchConditions.IfNotModified},
+        )
     if op.kind == "delete":
         return ("delete", {"PartitionKey": partition, "RowKey": op.row})
     if op.kind == "insert":
@@ -219,16 +246,20 @@ QUERY_WORKERS = 8
 class TableStateStore(RowStateStore):
     """The state store on Azure Table Storage; tables ``{prefix}state``, ``{prefix}links``, … ."""
 
-    def __init__(self, service: TableServiceClient, *, prefix: str) -> None:
+    def __init__(self, service: TableServiceClient, *, prefix: str, retention: Retention | None = None) -> None:
         self.service = service
-        super().__init__(AzureRows(service), prefix=prefix, query_workers=QUERY_WORKERS)
+        super().__init__(AzureRows(service), prefix=prefix, query_workers=QUERY_WORKERS, retention=retention)
 
     @classmethod
-    def from_connection_string(cls, connection_string: str, *, prefix: str) -> TableStateStore:
+    def from_connection_string(
+        cls, connection_string: str, *, prefix: str, retention: Retention | None = None
+    ) -> TableStateStore:
         """Shared-key access: Azurite locally, or a storage account that still allows keys."""
-        return cls(TableServiceClient.from_connection_string(connection_string), prefix=prefix)
+        return cls(TableServiceClient.from_connection_string(connection_string), prefix=prefix, retention=retention)
 
     @classmethod
-    def from_endpoint(cls, endpoint: str, credential: TableCredential, *, prefix: str) -> TableStateStore:
+    def from_endpoint(
+        cls, endpoint: str, credential: TableCredential, *, prefix: str, retention: Retention | None = None
+    ) -> TableStateStore:
         """``https://<account>.table.core.windows.net`` with an Entra credential (managed identity)."""
-        return cls(TableServiceClient(endpoint=endpoint, credential=credential), prefix=prefix)
+        return cls(TableServiceClient(endpoint=endpoint, credential=credential), prefix=prefix, retention=retention)

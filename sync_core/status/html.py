@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sync_core.status.models import Cycle, Status, Total
+    from sync_core.status.models import Cycle, LastPrune, Status, Total
 
 DASH = "\u2013"  # an en dash: "not known" in a cell
 # One colour per system everywhere on the page, so "purple = Marketo" is learnt once.
@@ -32,6 +32,13 @@ def fmt_count(value: int | None) -> str:
 
 def fmt_total(total: Total) -> str:
     return f"{total.count:,}+" if total.at_least else f"{total.count:,}"
+
+
+def fmt_prune(prune: LastPrune | None) -> str:
+    if prune is None:
+        return "none yet (nothing has expired)"
+    removed = ", ".join(f"{count:,} {name}" for name, count in prune.removed.items() if count) or "nothing"
+    return f"{fmt_when(prune.at)}, removed {removed}" + ("; more to follow" if prune.more else "")
 
 
 def fmt_when(value: datetime | None) -> str:
@@ -211,6 +218,31 @@ def _tiles(status: Status) -> str:
             _tile("Linked", f"{sum(totals.links.values()):,}", ", ".join(f"{k} {v:,}" for k, v in totals.links.items()))
         )
     return f'<section class="tiles">{"".join(tiles)}</section>'
+
+
+def _state_table(status: Status) -> str:
+    state = status.state
+    if state is None:
+        return ""
+    head = "<tr><th>Table</th><th>Records</th><th>Kept for</th></tr>"
+
+    def kept(name: str) -> str:
+        days = state.retention_days.get(name)
+        return f"{days} days" if days is not None else _KEPT.get(name, DASH)
+
+    rows = [
+        f'<tr class="state-row"><td>{_e(name)}</td><td>{_e(fmt_total(total))}</td><td>{_e(kept(name))}</td></tr>'
+        for name, total in state.tables.items()
+    ]
+    table = _table("state", head, rows, 3, "No tables.")
+    return f'<h2>What the sync keeps</h2>{table}<p class="more">Last prune: {_e(fmt_prune(state.last_prune))}.</p>'
+
+
+_KEPT = {
+    "links": "while linked",
+    "failures": "until resolved",
+    "state": "cursors, lease",
+}
 
 
 def _table(table_id: str, head: str, rows: Sequence[str], columns: int, empty: str) -> str:
@@ -401,6 +433,7 @@ def render_html(status: Status) -> str:
         f"<h2>Open failures</h2>{_failures_table(status)}"
         f"<h2>Recent collisions</h2>{_collisions_table(status)}"
         f"<h2>Field-map drift</h2>{_drift_table(status)}"
+        f"{_state_table(status)}"
         "<footer>Records are identified by their Marketo and Dataverse ids; field values (names, emails) are "
         "never shown here. The same data as JSON: <code>?format=json</code>.</footer>"
     )

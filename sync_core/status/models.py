@@ -80,6 +80,27 @@ class Totals(BaseModel):
     links: dict[str, int] | None = None  # linked records per entity, when asked for (a full scan)
 
 
+class LastPrune(BaseModel):
+    """The last prune that removed rows (``more``: it left expired rows for the next cycles)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    removed: dict[str, int]
+    more: bool
+
+
+class StateSize(BaseModel):
+    """What the state store holds: records per table (a link or collision once, counted up to
+    ``TOTAL_CAP``), the retention per kind in days, and the last prune."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tables: dict[str, Total]
+    retention_days: dict[str, int]
+    last_prune: LastPrune | None = None
+
+
 class CollisionView(BaseModel):
     """A collision without its values (see the module docstring)."""
 
@@ -149,3 +170,4 @@ class Status(BaseModel):
     failures: list[FailureView]  # newest first
     collisions: list[CollisionView]  # newest first
     drift: Drift
+    state: StateSize | None = None

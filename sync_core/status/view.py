@@ -35,7 +35,15 @@ from sync_core.core.report import DID_ITS_WORK, Outcome
 from sync_core.core.schedule import Schedule
 from sync_core.settings import DEFAULT_SCHEDULE, Settings
 from sync_core.state import StateStore
-from sync_core.status.html import DASH, fmt_count, fmt_total, fmt_when, render_error_html, render_html
+from sync_core.status.html import (
+    DASH,
+    fmt_count,
+    fmt_prune,
+    fmt_total,
+    fmt_when,
+    render_error_html,
+    render_html,
+)
 from sync_core.status.models import (
     Backlog,
     CollisionView,
@@ -45,6 +53,8 @@ from sync_core.status.models import (
     FailureView,
     Health,
     HealthLevel,
+    LastPrune,
+    StateSize,
     Status,
     Total,
     Totals,
@@ -256,6 +266,8 @@ def build_status(
         tally = Counter(str(link.entity) for link in store.iter_links())
         links = {entity: tally.get(entity, 0) for entity in ("lead", "contact")} | dict(tally)
 
+    state = _state_size(store)
+
     cycle_rows = [cycle_from_report(run) for run in runs]
     totals = Totals(
         failures_open=_total(len(open_failures)),
@@ -278,6 +290,23 @@ def build_status(
         failures=[_failure_view(failure, now) for failure in open_failures[:failures]],
         collisions=[_collision_view(collision) for collision in recent_collisions[:collisions]],
         drift=drift,
+        state=state,
+    )
+
+
+def _state_size(store: StateStore) -> StateSize:
+    """Records per table, each counted up to ``TOTAL_CAP`` (a page or two per table, whatever its size)."""
+    counts = store.count_rows(cap=TOTAL_CAP + 1)
+    last = store.get_last_prune()
+    retention = store.retention
+    return StateSize(
+        tables={name: _total(count) for name, count in counts.items()},
+        retention_days={
+            "runs": retention.run_reports.days,
+            "collisions": retention.collisions.days,
+            "claims": retention.claims.days,
+        },
+        last_prune=None if last is None else LastPrune(at=last.at, removed=dict(last.removed), more=last.more),
     )
 
 
@@ -311,6 +340,9 @@ def render_text(status: Status) -> str:
     lines.append(f"Field-map drift: {drift}")
     if totals.links is not None:
         lines.append("Links: " + ", ".join(f"{entity} {count:,}" for entity, count in totals.links.items()))
+    if status.state is not None:
+        lines.append("State: " + ", ".join(f"{name} {fmt_total(total)}" for name, total in status.state.tables.items()))
+        lines.append(f"Last prune: {fmt_prune(status.state.last_prune)}")
     return "\n".join(lines) + "\n"
 
 

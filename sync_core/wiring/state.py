@@ -30,14 +30,19 @@ def build_state_store(
     connection_string = settings.tables_connection_string
     if connection_string is not None:
         try:
-            return TableStateStore.from_connection_string(connection_string, prefix=settings.table_prefix)
+            return TableStateStore.from_connection_string(
+                connection_string, prefix=settings.table_prefix, retention=settings.retention
+            )
         except (ValueError, TypeError) as err:  # the SDK's "blank or malformed", a key that is not base64
             name = "SYNC_TABLES_CONNECTION" if settings.tables_connection is not None else "AzureWebJobsStorage"
             raise ConfigError([f"{name}: not a usable Table Storage connection string ({err})"]) from err
     if settings.tables_endpoint is not None:
         try:
             return TableStateStore.from_endpoint(
-                settings.tables_endpoint, credential_factory(), prefix=settings.table_prefix
+                settings.tables_endpoint,
+                credential_factory(),
+                prefix=settings.table_prefix,
+                retention=settings.retention,
             )
         except ValueError as err:  # e.g. the SDK refuses a token over plain http
             raise ConfigError([f"SYNC_TABLES_ENDPOINT: {err}"]) from err
