@@ -37,9 +37,10 @@ from sync_core.core.report import CycleReport, PerSide
 from sync_core.core.retention import PruneReport, Retention
 from sync_core.state import MemoryStateStore, StateStore, TableStateStore
 from sync_core.state._keys import RowOp, newest_first_key
+from sync_core.state._layout import PRUNE_PAGE, PRUNE_PARTITIONS
 from sync_core.state._memory import MemoryRows
 from sync_core.state._rows import Rows, StoredRow
-from sync_core.state._store import PRUNE_PAGE, PRUNE_PARTITIONS, RowStateStore
+from sync_core.state._store import RowStateStore
 from sync_core.state._table import AzureRows
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

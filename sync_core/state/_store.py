@@ -38,15 +38,13 @@ import heapq
 import itertools
 import json
 import logging
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
 from azure.data.tables import EdmType, EntityProperty
 
-from sync_core.core.errors import ConfigError, LeaseHeldError, StateConflictError
+from sync_core.core.errors import LeaseHeldError, StateConflictError
 from sync_core.core.models import (
     Claim,
     Collision,
@@ -56,116 +54,81 @@ from sync_core.core.models import (
     Link,
     RecordFailure,
     RunReport,
-    StoreCounters,
 )
-from sync_core.core.retention import PruneReport, Retention
 from sync_core.state._keys import (
-    MAX_KEYS_PER_QUERY,
     RowOp,
     as_utc,
     aware,
     check_entity,
-    chunks,
     dataverse_link_key,
     encode_key,
-    expired_range,
     marketo_link_key,
     newest_first_key,
-    pack_transactions,
     to_json,
 )
-from sync_core.state._rows import MAX_PREFIXES, RowFilter, Rows, StoredRow
+from sync_core.state._layout import (
+    CLAIM,
+    CURSOR,
+    DAYS_END,
+    FAILURE,
+    LEASE,
+    LEASE_ROW,
+    LINK,
+    PAGE,
+    PERSON,
+    as_int,
+    page_size,
+    person_key,
+    pointer,
+)
+from sync_core.state._retention import RetentionRows
+from sync_core.state._rows import RowFilter, StoredRow
 
 logger = logging.getLogger(__name__)
 
-_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,52}$")  # + the longest suffix ("collisions") stays ≤ 63
-_CURSOR = "cursor"
-_LEASE = "lease"
-_LEASE_ROW = "cycle"
-_LINK = "link"
-_FAILURE = "failure"
-_CLAIM = "claim"
-_PERSON = "person"  # the collisions' person index; sorts after every (all-digit) day partition
-_DAYS_END = ":"  # the character after "9": day partitions are the PartitionKeys below it
-_PRUNE = "prune"
-_PRUNE_ROW = "last"
-_PAGE = 1000  # the most the service returns per page
-PRUNE_PAGE = 100  # rows read per table per prune: one transaction's worth
-PRUNE_PARTITIONS = 3  # day partitions deleted from per table per prune (one transaction each)
 
-
-class TableNames:
-    """The six table names for a prefix (alphanumeric, starts with a letter, 3 to 63 characters)."""
-
-    def __init__(self, prefix: str) -> None:
-        if not _PREFIX.match(prefix):
-            raise ConfigError([f"table prefix {prefix!r}: must be a letter followed by up to 52 letters or digits"])
-        self.state = f"{prefix}state"
-        self.links = f"{prefix}links"
-        self.collisions = f"{prefix}collisions"
-        self.failures = f"{prefix}failures"
-        self.runs = f"{prefix}runs"
-        self.claims = f"{prefix}claims"
-
-
-class RowStateStore:
+class RowStateStore(RetentionRows):
     """``StateStore`` over a ``Rows`` backend; see the module docstring for the layout.
 
     ``query_workers``: how many of one lookup's ``$filter`` queries may be in flight at once. They
     are independent reads, so a backend over the network (each query a round trip) sends them
     side by side; in memory there is nothing to overlap."""
 
-    def __init__(self, rows: Rows, *, prefix: str, query_workers: int = 1, retention: Retention | None = None) -> None:
-        if query_workers < 1:
-            raise ValueError("query_workers must be at least 1")
-        self.tables = TableNames(prefix)
-        self.retention = retention or Retention()
-        self._rows = rows
-        self._query_workers = query_workers
-
-    @property
-    def counters(self) -> StoreCounters:
-        return self._rows.counters
-
-    @counters.setter
-    def counters(self, value: StoreCounters) -> None:
-        self._rows.counters = value
-
     # -- cursors --------------------------------------------------------------------------------
     def get_cursor(self, name: str) -> Cursor | None:
-        row = self._rows.get_row(self.tables.state, _CURSOR, encode_key(name))
+        row = self._rows.get_row(self.tables.state, CURSOR, encode_key(name))
         return None if row is None else Cursor(name=name, value=str(row.props["value"]), etag=row.etag)
 
     def put_cursor(self, cursor: Cursor) -> Cursor:
         row = encode_key(cursor.name)
         props = {"name": cursor.name, "value": cursor.value}
-        check_entity(_CURSOR, row, props, what=f"cursor {cursor.name!r}")
+        check_entity(CURSOR, row, props, what=f"cursor {cursor.name!r}")
         if cursor.etag is None:
-            etag = self._rows.insert_row(self.tables.state, _CURSOR, row, props)
+            etag = self._rows.insert_row(self.tables.state, CURSOR, row, props)
         else:
-            etag = self._rows.replace_row(self.tables.state, _CURSOR, row, props, etag=cursor.etag)
+            etag = self._rows.replace_row(self.tables.state, CURSOR, row, props, etag=cursor.etag)
         return cursor.model_copy(update={"etag": etag})
 
     def delete_cursor(self, cursor: Cursor) -> None:
         # etag None deletes whatever is there; with an ETag, only the version the caller read.
-        self._rows.delete_row(self.tables.state, _CURSOR, encode_key(cursor.name), etag=cursor.etag)
+        self._rows.delete_row(self.tables.state, CURSOR, encode_key(cursor.name), etag=cursor.etag)
 
     # -- the cycle lease ------------------------------------------------------------------------
     def acquire_lease(self, owner: str, *, now: datetime, duration: timedelta) -> Lease:
         now = aware(now, what="now")
         expires_at = now + duration
         props = {"owner": owner, "expires_at": expires_at}
-        current = self._rows.get_row(self.tables.state, _LEASE, _LEASE_ROW)
+        current = self._rows.get_row(self.tables.state, LEASE, LEASE_ROW)
         try:
             if current is None:
-                etag = self._rows.insert_row(self.tables.state, _LEASE, _LEASE_ROW, props)
+                etag = self._rows.insert_row(self.tables.state, LEASE, LEASE_ROW, props)
             else:
                 held_until = as_utc(current.props["expires_at"])
                 if held_until > now:
                     raise LeaseHeldError(
                         f"the cycle lease is held by {current.props.get('owner')!r} until {held_until.isoformat()}"
                     )
-                etag = self._rows.replace_row(self.tables.state, _LEASE, _LEASE_ROW, props, etag=current.etag)
+                etag = self._rows.replace_row(self.tables.state, LEASE, LEASE_ROW, props, etag=current.etag)
         except LeaseHeldError:
             raise
         except StateConflictError as err:
@@ -177,17 +140,17 @@ class RowStateStore:
         etag = _need_etag(lease.etag, "lease")
         expires_at = aware(now, what="now") + duration
         props = {"owner": lease.owner, "expires_at": expires_at}
-        new_etag = self._rows.replace_row(self.tables.state, _LEASE, _LEASE_ROW, props, etag=etag)
+        new_etag = self._rows.replace_row(self.tables.state, LEASE, LEASE_ROW, props, etag=etag)
         return Lease(owner=lease.owner, expires_at=expires_at, etag=new_etag)
 
     def release_lease(self, lease: Lease) -> None:
-        self._rows.delete_row(self.tables.state, _LEASE, _LEASE_ROW, etag=_need_etag(lease.etag, "lease"))
+        self._rows.delete_row(self.tables.state, LEASE, LEASE_ROW, etag=_need_etag(lease.etag, "lease"))
         logger.info("lease released by %s", lease.owner)
 
     # -- links and baselines ----------------------------------------------------------------------
     def get_links_by_marketo_ids(self, marketo_ids: Iterable[int]) -> dict[int, Link]:
         keys = {marketo_link_key(marketo_id) for marketo_id in marketo_ids}
-        links = (_link_from(row) for row in self._query(self.tables.links, _LINK, keys))
+        links = (_link_from(row) for row in self._query(self.tables.links, LINK, keys))
         return {link.marketo_id: link for link in links}
 
     def get_links_by_dataverse_ids(self, entity: EntityType, dataverse_ids: Iterable[str]) -> dict[str, Link]:
@@ -195,7 +158,7 @@ class RowStateStore:
         for dataverse_id in dataverse_ids:
             asked.setdefault(dataverse_link_key(entity, dataverse_id), []).append(dataverse_id)
         found: dict[str, Link] = {}
-        for row in self._query(self.tables.links, _LINK, asked):
+        for row in self._query(self.tables.links, LINK, asked):
             link = _link_from(row)
             for dataverse_id in asked[row.row]:
                 found[dataverse_id] = link
@@ -213,7 +176,7 @@ class RowStateStore:
                     f"{link.entity.value} {link.dataverse_id}; pass one link per record"
                 )
             props = _link_props(link)
-            check_entity(_LINK, m_key, props, what=f"link for marketo id {link.marketo_id}")
+            check_entity(LINK, m_key, props, what=f"link for marketo id {link.marketo_id}")
             groups[link.marketo_id] = [RowOp("upsert", m_key, props), RowOp("upsert", d_key, props)]
             written[m_key] = written[d_key] = link.marketo_id
         # A previous version's rows that the new rows do not overwrite must go: the d: row of a
@@ -227,17 +190,17 @@ class RowStateStore:
                 if key not in written and key not in deleted:
                     groups.setdefault(home, []).append(RowOp("delete", key))
                     deleted.add(key)
-        self._transact(self.tables.links, _LINK, groups.values())
+        self._transact(self.tables.links, LINK, groups.values())
 
     def delete_links(self, links: Sequence[Link]) -> None:
         groups: dict[str, list[RowOp]] = {}
         for link in links:
             for key in (marketo_link_key(link.marketo_id), dataverse_link_key(link.entity, link.dataverse_id)):
                 groups.setdefault(key, [RowOp("delete", key)])
-        self._transact(self.tables.links, _LINK, groups.values())
+        self._transact(self.tables.links, LINK, groups.values())
 
     def iter_links(self) -> Iterator[Link]:
-        for row in self._rows.scan_rows(self.tables.links, partition=_LINK, row_prefix="m:", page_size=_PAGE):
+        for row in self._rows.scan_rows(self.tables.links, partition=LINK, row_prefix="m:", page_size=PAGE):
             yield _link_from(row)
 
     # -- collisions and run reports (newest first) ------------------------------------------------
@@ -246,7 +209,7 @@ class RowStateStore:
         index: list[list[RowOp]] = []
         for collision in collisions:
             partition, row = newest_first_key(collision.at, collision.id)
-            index.append([RowOp("upsert", _person_key(collision.marketo_id, partition, row), _pointer(partition, row))])
+            index.append([RowOp("upsert", person_key(collision.marketo_id, partition, row), pointer(partition, row))])
             props = {
                 "at": collision.at,
                 "run_id": collision.run_id,
@@ -262,13 +225,13 @@ class RowStateStore:
             _unique_rows(groups, what="collision")
         # The index first: a crash between the two leaves a pointer to nothing, never a collision
         # (with values) its person cannot be found by.
-        self._transact(self.tables.collisions, _PERSON, index)
+        self._transact(self.tables.collisions, PERSON, index)
         for partition, groups in by_day.items():
             self._transact(self.tables.collisions, partition, groups)
 
     def list_collisions(self, *, limit: int = 50) -> list[Collision]:
         rows = self._rows.scan_rows(
-            self.tables.collisions, where=RowFilter(partition_to=_DAYS_END), page_size=_page(limit)
+            self.tables.collisions, where=RowFilter(partition_to=DAYS_END), page_size=page_size(limit)
         )
         return [Collision.model_validate_json(row.props["data"]) for row in itertools.islice(rows, limit)]
 
@@ -285,121 +248,8 @@ class RowStateStore:
         self._transact(self.tables.runs, partition, [[RowOp("upsert", row, props)]])
 
     def list_run_reports(self, *, limit: int = 20) -> list[RunReport]:
-        rows = self._rows.scan_rows(self.tables.runs, page_size=_page(limit))
+        rows = self._rows.scan_rows(self.tables.runs, page_size=page_size(limit))
         return [RunReport.model_validate_json(row.props["data"]) for row in itertools.islice(rows, limit)]
-
-    def delete_collisions_of(self, marketo_ids: Iterable[int]) -> int:
-        """Remove every collision of these persons (and its index row); the number removed.
-
-        One prefix query of the person index per 7 persons, then one transaction per day the
-        collisions fell on and one per 100 index rows. Missing ones are ignored."""
-        prefixes = sorted({f"{marketo_link_key(marketo_id)[2:]}:" for marketo_id in marketo_ids})
-        pointers: list[StoredRow] = []
-        for start in range(0, len(prefixes), MAX_PREFIXES):
-            where = RowFilter(partition=_PERSON, row_prefixes=tuple(prefixes[start : start + MAX_PREFIXES]))
-            pointers += self._rows.scan_rows(self.tables.collisions, where=where, page_size=_PAGE)
-        self._delete_collisions(pointers)
-        return len(pointers)
-
-    def _delete_collisions(self, pointers: Sequence[StoredRow]) -> None:
-        """The collisions these index rows point to, then the index rows (see the module docstring)."""
-        by_day: dict[str, list[list[RowOp]]] = {}
-        for pointer in pointers:
-            by_day.setdefault(str(pointer.props["day"]), []).append([RowOp("delete", str(pointer.props["row"]))])
-        for partition, groups in sorted(by_day.items()):
-            self._transact(self.tables.collisions, partition, groups)
-        self._transact(self.tables.collisions, _PERSON, [[RowOp("delete", pointer.row)] for pointer in pointers])
-
-    # -- retention ----------------------------------------------------------------------------------
-    def prune_expired(self, *, now: datetime) -> PruneReport:
-        """Remove rows past ``self.retention`` as of ``now``, in bounded work: per table one page of
-        at most ``PRUNE_PAGE`` expired rows, deleted from at most ``PRUNE_PARTITIONS`` day partitions
-        (plus one transaction for the collisions' index rows). What is left goes next time
-        (``more``). A table with nothing expired costs one read, whatever its size."""
-        now = aware(now, what="now")
-        cutoffs = self.retention.cutoffs(now)
-        removed: dict[str, int] = {}
-        runs, runs_more = self._expired(self.tables.runs, cutoffs["runs"])
-        if runs:
-            self._delete_by_partition(self.tables.runs, runs)
-            removed["runs"] = len(runs)
-        collisions, collisions_more = self._expired(self.tables.collisions, cutoffs["collisions"])
-        if collisions:
-            pointers = [
-                StoredRow(_PERSON, _person_key(_int(row.props["marketo_id"]), row.partition, row.row), {}, "")
-                for row in collisions
-            ]
-            self._delete_by_partition(self.tables.collisions, collisions)
-            self._transact(self.tables.collisions, _PERSON, [[RowOp("delete", pointer.row)] for pointer in pointers])
-            removed["collisions"] = len(collisions)
-        claims = list(
-            self._rows.scan_rows(
-                self.tables.claims,
-                partition=_CLAIM,
-                at_most=("created_at", cutoffs["claims"]),
-                page_size=PRUNE_PAGE,
-                max_pages=1,
-            )
-        )
-        claims_more = len(claims) >= PRUNE_PAGE
-        if claims:
-            # ETag-conditional: a claim a webhook took over meanwhile is not removed (the whole
-            # transaction fails with a conflict and the claims wait for the next prune).
-            try:
-                self._transact(
-                    self.tables.claims, _CLAIM, [[RowOp("delete", row.row, etag=row.etag)] for row in claims]
-                )
-                removed["claims"] = len(claims)
-            except StateConflictError:
-                claims_more = True
-        more = runs_more or collisions_more or claims_more
-        return PruneReport(at=now, removed=removed, more=more)
-
-    def _expired(self, table: str, cutoff: datetime) -> tuple[list[StoredRow], bool]:
-        """Up to ``PRUNE_PAGE`` rows of ``table``'s day partitions at or before ``cutoff`` (one page),
-        from at most ``PRUNE_PARTITIONS`` partitions; and whether more may be left."""
-        first_day, floor = expired_range(cutoff)
-        where = RowFilter(partition_from=first_day, partition_to=_DAYS_END, row_after=floor)
-        page = list(self._rows.scan_rows(table, where=where, page_size=PRUNE_PAGE, max_pages=1))
-        partitions = sorted({row.partition for row in page})[:PRUNE_PARTITIONS]
-        kept = [row for row in page if row.partition in partitions]
-        return kept, len(page) >= PRUNE_PAGE or len(kept) < len(page)
-
-    def _delete_by_partition(self, table: str, rows: Sequence[StoredRow]) -> None:
-        by_partition: dict[str, list[list[RowOp]]] = {}
-        for row in rows:
-            by_partition.setdefault(row.partition, []).append([RowOp("delete", row.row)])
-        for partition, groups in sorted(by_partition.items()):
-            self._transact(table, partition, groups)
-
-    def get_last_prune(self) -> PruneReport | None:
-        row = self._rows.get_row(self.tables.state, _PRUNE, _PRUNE_ROW)
-        return None if row is None else PruneReport.model_validate_json(row.props["data"])
-
-    def put_last_prune(self, report: PruneReport) -> None:
-        self._transact(
-            self.tables.state,
-            _PRUNE,
-            [[RowOp("upsert", _PRUNE_ROW, {"at": report.at, "data": report.model_dump_json()})]],
-        )
-
-    def count_rows(self, *, cap: int) -> dict[str, int]:
-        """Per table, how many records it holds, counted up to ``cap`` (a link or a collision once,
-        not its index rows): ``cap`` means "at least". About ``cap`` / 1000 reads per table."""
-        if cap < 1:
-            raise ValueError("cap must be at least 1")
-        wheres = {
-            "links": (self.tables.links, RowFilter(partition=_LINK, row_prefix="m:")),
-            "collisions": (self.tables.collisions, RowFilter(partition_to=_DAYS_END)),
-            "failures": (self.tables.failures, RowFilter(partition=_FAILURE)),
-            "runs": (self.tables.runs, RowFilter()),
-            "claims": (self.tables.claims, RowFilter(partition=_CLAIM)),
-            "state": (self.tables.state, RowFilter()),
-        }
-        return {
-            name: sum(1 for _ in itertools.islice(self._rows.scan_rows(table, where=where, page_size=_page(cap)), cap))
-            for name, (table, where) in wheres.items()
-        }
 
     # -- record failures ----------------------------------------------------------------------------
     def upsert_failures(self, failures: Sequence[RecordFailure]) -> None:
@@ -415,22 +265,22 @@ class RowStateStore:
                 "next_retry_at": failure.next_retry_at,
                 "data": failure.model_dump_json(),
             }
-            check_entity(_FAILURE, row, props, what=f"failure {failure.key!r}")
+            check_entity(FAILURE, row, props, what=f"failure {failure.key!r}")
             groups.append([RowOp("upsert", row, props)])
-        self._transact(self.tables.failures, _FAILURE, _unique_rows(groups, what="failure"))
+        self._transact(self.tables.failures, FAILURE, _unique_rows(groups, what="failure"))
 
     def get_failures(self, keys: Iterable[str]) -> dict[str, RecordFailure]:
-        rows = self._query(self.tables.failures, _FAILURE, {encode_key(key) for key in keys})
+        rows = self._query(self.tables.failures, FAILURE, {encode_key(key) for key in keys})
         return {failure.key: failure for failure in _failures(rows)}
 
     def resolve_failures(self, keys: Sequence[str]) -> None:
         rows = {encode_key(key) for key in keys}
-        self._transact(self.tables.failures, _FAILURE, [[RowOp("delete", row)] for row in sorted(rows)])
+        self._transact(self.tables.failures, FAILURE, [[RowOp("delete", row)] for row in sorted(rows)])
 
-    def iter_failures(self, *, page_size: int = _PAGE) -> Iterator[RecordFailure]:
-        if not 1 <= page_size <= _PAGE:
-            raise ValueError(f"page_size must be from 1 to {_PAGE}, got {page_size}")
-        rows = self._rows.scan_rows(self.tables.failures, partition=_FAILURE, page_size=page_size)
+    def iter_failures(self, *, page_size: int = PAGE) -> Iterator[RecordFailure]:
+        if not 1 <= page_size <= PAGE:
+            raise ValueError(f"page_size must be from 1 to {PAGE}, got {page_size}")
+        rows = self._rows.scan_rows(self.tables.failures, partition=FAILURE, page_size=page_size)
         return _failures(rows)
 
     def list_failures(self, *, limit: int = 100) -> list[RecordFailure]:
@@ -440,7 +290,7 @@ class RowStateStore:
     def due_failures(self, *, now: datetime, limit: int = 1000) -> list[RecordFailure]:
         now = aware(now, what="now")
         rows = self._rows.scan_rows(
-            self.tables.failures, partition=_FAILURE, at_most=("next_retry_at", now), page_size=_PAGE
+            self.tables.failures, partition=FAILURE, at_most=("next_retry_at", now), page_size=PAGE
         )
         return heapq.nsmallest(limit, _failures(rows), key=lambda failure: (failure.next_retry_at, failure.key))
 
@@ -449,13 +299,13 @@ class RowStateStore:
         created_at = aware(now, what="now")
         props = {"key": key, "owner": owner, "created_at": created_at}
         try:
-            etag = self._rows.insert_row(self.tables.claims, _CLAIM, encode_key(key), props)
+            etag = self._rows.insert_row(self.tables.claims, CLAIM, encode_key(key), props)
         except StateConflictError:
             return None
         return Claim(key=key, owner=owner, created_at=created_at, etag=etag)
 
     def get_claim(self, key: str) -> Claim | None:
-        row = self._rows.get_row(self.tables.claims, _CLAIM, encode_key(key))
+        row = self._rows.get_row(self.tables.claims, CLAIM, encode_key(key))
         if row is None:
             return None
         result = row.props.get("result")
@@ -475,34 +325,18 @@ class RowStateStore:
             "created_at": claim.created_at,
             "result": to_json(result, what=f"result of claim {claim.key!r}"),
         }
-        check_entity(_CLAIM, row, props, what=f"claim {claim.key!r}")
-        etag = self._rows.replace_row(self.tables.claims, _CLAIM, row, props, etag=_need_etag(claim.etag, "claim"))
+        check_entity(CLAIM, row, props, what=f"claim {claim.key!r}")
+        etag = self._rows.replace_row(self.tables.claims, CLAIM, row, props, etag=_need_etag(claim.etag, "claim"))
         return claim.model_copy(update={"result": dict(result), "etag": etag})
 
     def release_claim(self, claim: Claim) -> None:
-        self._rows.delete_row(self.tables.claims, _CLAIM, encode_key(claim.key), etag=_need_etag(claim.etag, "claim"))
+        self._rows.delete_row(self.tables.claims, CLAIM, encode_key(claim.key), etag=_need_etag(claim.etag, "claim"))
 
     def delete_claims(self, keys: Iterable[str]) -> int:
         """Remove these claims whatever state they are in (erasure); the number that were there."""
-        found = self._query(self.tables.claims, _CLAIM, {encode_key(key) for key in keys})
-        self._transact(self.tables.claims, _CLAIM, [[RowOp("delete", row.row)] for row in found])
+        found = self._query(self.tables.claims, CLAIM, {encode_key(key) for key in keys})
+        self._transact(self.tables.claims, CLAIM, [[RowOp("delete", row.row)] for row in found])
         return len(found)
-
-    # -- shared plumbing ----------------------------------------------------------------------------
-    def _query(self, table: str, partition: str, keys: Iterable[str]) -> list[StoredRow]:
-        """Point-read many rows of one partition: one ``$filter`` per 14 keys, not one call per key,
-        up to ``query_workers`` of them at once; rows come back in key order either way."""
-        batches = list(chunks(sorted(set(keys)), MAX_KEYS_PER_QUERY))
-        workers = min(self._query_workers, len(batches))
-        if workers <= 1:
-            return [row for batch in batches for row in self._rows.query_rows(table, partition, batch)]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="state-query") as pool:
-            pages = list(pool.map(lambda batch: self._rows.query_rows(table, partition, batch), batches))
-        return [row for page in pages for row in page]
-
-    def _transact(self, table: str, partition: str, groups: Iterable[Sequence[RowOp]]) -> None:
-        for ops in pack_transactions(groups):
-            self._rows.transact(table, partition, ops)
 
 
 def _failures(rows: Iterable[StoredRow]) -> Iterator[RecordFailure]:
@@ -515,23 +349,11 @@ def _need_etag(etag: str | None, what: str) -> str:
     return etag
 
 
-def _page(limit: int) -> int:
-    return max(1, min(limit, _PAGE))
-
-
 def _unique_rows(groups: list[list[RowOp]], *, what: str) -> list[list[RowOp]]:
     rows = [op.row for group in groups for op in group]
     if len(set(rows)) != len(rows):
         raise ValueError(f"two {what}s with the same key in one call; pass each once")
     return groups
-
-
-def _person_key(marketo_id: int, partition: str, row: str) -> str:
-    return f"{marketo_link_key(marketo_id)[2:]}:{partition}:{row}"
-
-
-def _pointer(partition: str, row: str) -> dict[str, Any]:
-    return {"day": partition, "row": row}
 
 
 def _link_props(link: Link) -> dict[str, Any]:
@@ -549,15 +371,10 @@ def _link_from(row: StoredRow) -> Link:
     props: Mapping[str, Any] = row.props
     updated_at = props.get("updated_at")
     return Link(
-        marketo_id=_int(props["marketo_id"]),
+        marketo_id=as_int(props["marketo_id"]),
         entity=EntityType(props["entity"]),
         dataverse_id=str(props["dataverse_id"]),
         baseline=json.loads(props["baseline"]),
         originating_lead_id=props.get("originating_lead_id"),
         updated_at=None if updated_at is None else as_utc(updated_at),
     )
-
-
-def _int(value: Any) -> int:
-    # The SDK hands an Int64 back as EntityProperty(value, Edm.Int64).
-    return int(value.value if isinstance(value, EntityProperty) else value)

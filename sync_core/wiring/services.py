@@ -10,6 +10,7 @@ while wiring: the first token, metadata read or table creation happens on first 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +26,11 @@ from sync_core.settings import Settings
 from sync_core.state import StateStore
 from sync_core.wiring.credentials import build_dataverse_credential
 from sync_core.wiring.state import build_state_store
+
+# httpx logs every request's URL at INFO, and our URLs carry person data (Marketo filterValues,
+# Dataverse $filter on email): whatever level the host logs at, those lines never leave the process.
+for _noisy in ("httpx", "httpcore"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 # Connections per API: Marketo allows 10 in flight per instance (we use a share of it),
 # Dataverse 52 per user; keep-alive connections are reused across invocations.

@@ -19,7 +19,7 @@ from sync_core.core.report import TableOps
 from sync_core.core.retention import Retention
 from sync_core.privacy.forget import forget_main
 from sync_core.state._keys import RowOp, newest_first_key
-from sync_core.state._store import PRUNE_PAGE, PRUNE_PARTITIONS
+from sync_core.state._layout import PRUNE_PAGE, PRUNE_PARTITIONS
 from tests.e2e.conftest import LEAD, World
 from tests.e2e.test_sync_cycle import linked_lead
 

@@ -4,6 +4,7 @@ real HTTP, both simulators, the state store on Azurite (issue 7)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -276,3 +277,16 @@ def test_the_host_command_serves_until_it_is_stopped(world: World) -> None:
             process.send_signal(signal.SIGTERM)
             _, errors = process.communicate(timeout=30)
         assert process.returncode == 0, errors
+
+
+def test_no_request_url_with_person_data_reaches_the_logs_at_any_level(
+    world: World, host: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The lookup by email goes into a Dataverse $filter (a URL) and Marketo reads into filterValues;
+    # httpx logs URLs at INFO, so the wiring keeps httpx at WARNING whatever the host's level.
+    lead_id = person(world, 77, email="private.person@example.com")
+    with caplog.at_level(logging.DEBUG):
+        assert call(host, {"leadId": lead_id}).status_code == 200
+        assert call(host, {"leadId": lead_id}).json()["status"] == "exists"
+    assert "private.person" not in caplog.text
+    assert not [record for record in caplog.records if record.name.startswith(("httpx", "httpcore"))]
