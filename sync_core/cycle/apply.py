@@ -41,7 +41,7 @@ from sync_core.cycle.ledger import Batch, Ledger, OpenFailures, Pending, Tally, 
 from sync_core.cycle.newrecords import NewRecords
 from sync_core.dataverse.client import DataverseClient, WriteOutcome
 from sync_core.marketo.client import LeadOutcome, LeadWriteResult, MarketoClient
-from sync_core.settings import DynamicsDeletePolicy
+from sync_core.settings import DynamicsDeletePolicy, MarketoDeletePolicy
 from sync_core.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class Applier:
         store: StateStore,
         field_map: FieldMap,
         dynamics_delete_policy: DynamicsDeletePolicy,
+        marketo_delete_policy: MarketoDeletePolicy = MarketoDeletePolicy.IGNORE,
         run_id: str,
         now: datetime,
         open_failures: OpenFailures,
@@ -73,6 +74,7 @@ class Applier:
         self._configured = field_map
         self.field_map = field_map  # the map in force: the configured one minus drifted fields
         self._dynamics_delete_policy = dynamics_delete_policy
+        self._marketo_delete_policy = marketo_delete_policy
         self._run_id = run_id
         self.now = now
         self.tally = tally
@@ -182,8 +184,8 @@ class Applier:
             link = item.link
             if link.marketo_id in need_marketo:
                 current = persons.get(link.marketo_id)
-                if current is None:  # deleted in Marketo: not sent to Dynamics, the link goes (B3)
-                    self.ledger.unlink(out, link)
+                if current is None:  # deleted in Marketo (B3)
+                    self._person_gone(out, link)
                     continue
                 item.marketo, item.marketo_full = current, True
             wanted = (link.entity, link.dataverse_id.lower())
@@ -234,11 +236,11 @@ class Applier:
     ) -> None:
         link = item.link
         if m_result is not None and m_result.outcome is LeadOutcome.NOT_FOUND:
-            # The person was deleted in Marketo: not sent across, link dropped. The Dynamics half of
-            # the merge (the person's last edits) may have gone already: it counts as written.
+            # The person was deleted in Marketo (B3). The Dynamics half of the merge (the person's
+            # last edits) may have gone already: it counts as written.
             if merge.to_dynamics and d_outcome is not None and d_outcome.ok:
                 self.tally.written_dynamics += 1
-            self.ledger.unlink(out, link)
+            self._person_gone(out, link)
             return
         if (
             d_outcome is not None
@@ -323,23 +325,29 @@ class Applier:
             return
         out = Batch()
         for link in links.values():
-            try:
-                deleted = self.dataverse.delete(ENTITY_SETS[link.entity], link.dataverse_id)
-            except ApiError as err:
-                self.ledger.fail_person(
-                    out,
-                    link,
-                    Direction.TO_DYNAMICS,
-                    [f"delete refused: {err.code or err.status}"],
-                    code="delete",
-                    keys=[],
-                )
-                continue
-            if deleted:  # False: it was gone already (deleted in Dynamics meanwhile); only the link goes
-                self.tally.deleted_in_dynamics += 1
-                self.tally.written_dynamics += 1
-            self.ledger.unlink(out, link)
+            self._delete_in_dynamics(out, link)
         self.ledger.record(out)
+
+    def _person_gone(self, out: Batch, link: Link) -> None:
+        """A linked person found missing in Marketo (on a read or a write): it was deleted there. The
+        link goes; with policy ``delete`` the Dynamics record goes too, as when the deletions feed
+        reports it (a record seen changed in the same cycle must not escape the policy)."""
+        if self._marketo_delete_policy is MarketoDeletePolicy.DELETE:
+            self._delete_in_dynamics(out, link)
+        else:
+            self.ledger.unlink(out, link)
+
+    def _delete_in_dynamics(self, out: Batch, link: Link) -> None:
+        try:
+            deleted = self.dataverse.delete(ENTITY_SETS[link.entity], link.dataverse_id)
+        except ApiError as err:
+            reasons = [f"delete refused: {err.code or err.status}"]
+            self.ledger.fail_person(out, link, Direction.TO_DYNAMICS, reasons, code="delete", keys=[])
+            return
+        if deleted:  # False: it was gone already (deleted in Dynamics meanwhile); only the link goes
+            self.tally.deleted_in_dynamics += 1
+            self.tally.written_dynamics += 1
+        self.ledger.unlink(out, link)
 
     # -- retries ----------------------------------------------------------------------------------
 

@@ -255,6 +255,7 @@ class _Cycle:
             store=engine._store,
             field_map=engine._field_map,
             dynamics_delete_policy=engine._options.dynamics_delete_policy,
+            marketo_delete_policy=engine._options.marketo_delete_policy,
             run_id=run_id,
             now=started,
             open_failures=self.open_failures,

@@ -139,6 +139,19 @@ def test_marketo_delete_with_the_delete_policy_deletes_the_dynamics_record() -> 
     assert report.report.deleted_in_dynamics == 1
 
 
+def test_marketo_delete_with_the_delete_policy_also_deletes_a_record_changed_in_the_same_window() -> None:
+    # Found by the property test: the Dynamics pass wrote to the missing person first and only unlinked,
+    # so the deletions feed found no link and the record stayed.
+    world = make_world(options=CycleOptions(marketo_delete_policy=MarketoDeletePolicy.DELETE))
+    lead_id, person = world.linked_lead(1)
+    world.dataverse.update("leads", lead_id, jobtitle="Edited in Dynamics")
+    world.marketo.delete(person)
+    report = world.cycle()
+    assert world.dataverse.row("leads", lead_id) is None
+    assert world.link_of(person) is None
+    assert report.report.deleted_in_dynamics == 1
+
+
 # -- B5: the cycle's own writes come back as echoes and are not written again --------------------------------
 
 
