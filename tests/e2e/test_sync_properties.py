@@ -31,6 +31,7 @@ After every ``quiesce`` (outages over, retries due, cycles until nothing moves) 
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
