@@ -113,8 +113,8 @@ def measured_cycle(conn: Any, env: dict[str, str], store_file: str | None) -> No
     peak = _proc_status_mb("VmHWM") if store is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     conn.send(
         {
-            "outcome": report.outcome,
-            "report": report.report,
+            "outcome": str(report.outcome),
+            "report": report.report.as_json(),
             "wall_seconds": round(time.perf_counter() - started, 2),
             "cpu_seconds": round(time.process_time() - cpu, 2),
             "peak_rss_mb": round(peak, 1),
@@ -187,7 +187,7 @@ def run_size(n: int, connection: str, *, memory: bool = False) -> dict[str, Any]
         for _ in range(6):  # link/create everything, then let the echoes settle
             report = engine.run_cycle()
             setup.append(report.report.seconds)
-            body = report.report
+            body = report.as_json()
             if not (body["written"]["marketo"] or body["written"]["dynamics"] or body["pulled"]["marketo"]):
                 break
         setup_seconds = time.perf_counter() - setup_started
@@ -203,7 +203,7 @@ def run_size(n: int, connection: str, *, memory: bool = False) -> dict[str, Any]
         idle_cold = in_fresh_process(env, store_file)
         if store is not None and store_file is not None:
             store._rows._tables = pickle.loads(Path(store_file).read_bytes())  # noqa: S301 - this run's own temp file
-        idle_warm = engine.run_cycle().report
+        idle_warm = engine.run_cycle().as_json()
         table = result["report"]["table"]
         return {
             "n": sum(changes.values()),
