@@ -210,6 +210,7 @@ class SyncEngine:
                 seconds=time.perf_counter() - wall,
                 cpu_seconds=time.process_time() - cpu,
                 error=error,
+                bulk_fallbacks=self._dataverse.bulk_fallbacks,
             ),
         )
         try:

@@ -39,7 +39,7 @@ from sync_core.dataverse._api import (
 )
 from sync_core.dataverse._auth import CredentialAuth
 from sync_core.dataverse._batch import BatchPart
-from sync_core.dataverse._bulk import ENTITY_ID, Write, write_multiple
+from sync_core.dataverse._bulk import ENTITY_ID, BulkSupport, Write, write_multiple
 from sync_core.dataverse._metadata import Catalog, EntityRef
 from sync_core.dataverse._types import DeltaPage, WriteOutcome
 from sync_core.http.counters import ApiCounters
@@ -135,6 +135,7 @@ class DataverseClient:
         )
         self._api = WebApi(org, sender)
         self._catalog = Catalog()
+        self._bulk_support = BulkSupport()
 
     def with_retry_policy(self, policy: RetryPolicy) -> DataverseClient:
         """This client with other retry rules (e.g. a webhook's short patience), sharing its
@@ -361,7 +362,15 @@ class DataverseClient:
         self, kind: Write, entity: EntityMeta | str, rows: Sequence[Mapping[str, Any]], *, key: tuple[str, ...] | None
     ) -> list[WriteOutcome]:
         ref = self._ref(entity)
-        return write_multiple(self._api, kind, ref, rows, key=key, batch_size=self.batch_size)
+        return write_multiple(
+            self._api, kind, ref, rows, key=key, batch_size=self.batch_size, support=self._bulk_support
+        )
+
+    @property
+    def bulk_fallbacks(self) -> dict[str, str]:
+        """Bulk messages the service said are not enabled on a table, which this client therefore
+        sends as ``$batch``: ``{"<entity set>/<message>": reason}`` (remembered for the process)."""
+        return self._bulk_support.fallbacks()
 
     # -- metadata ----------------------------------------------------------------------------------
 
