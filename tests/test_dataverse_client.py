@@ -27,6 +27,7 @@ from sync_core.core.schema import AttributeMeta, EntityMeta, RequiredLevel
 from sync_core.dataverse._batch import BatchPart, build_batch, read_batch
 from sync_core.dataverse.client import DataverseClient, WriteOutcome
 from sync_core.http.counters import ApiCounters
+from sync_core.http.retry import RetryPolicy
 from sync_core.settings import Settings
 from sync_core.wiring.credentials import StaticTokenCredential, build_dataverse_credential
 from tests.test_retry import FakeClock
@@ -523,6 +524,41 @@ def test_a_table_without_change_tracking_fails_loudly(client: DataverseClient, f
         list(client.iter_changes("leads", select=["lastname"], delta_link=None))
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(200),
+        httpx.Response(204),
+        httpx.Response(200, json={"@odata.context": f"{API}/$metadata#leads/$delta", "value": []}),
+    ],
+    ids=["empty-body", "no-content", "no-delta-link"],
+)
+def test_a_delta_read_answered_without_a_new_link_keeps_the_old_one(
+    client: DataverseClient, fake: FakeDataverse, answer: httpx.Response
+) -> None:
+    old = f"{API}/leads?$deltatoken=100"
+    fake.script("GET", "/api/data/v9.2/leads", answer)
+    [page] = client.iter_changes("leads", select=["lastname"], delta_link=old)
+    assert (page.rows, page.deleted_ids, page.delta_link) == ([], [], old)
+    assert len(fake.sent("GET")) == 1
+
+
+def test_delta_rows_without_a_new_link_are_handed_out_and_the_old_link_kept(
+    client: DataverseClient, fake: FakeDataverse
+) -> None:
+    old = f"{API}/leads?$deltatoken=100"
+    fake.script("GET", "/api/data/v9.2/leads", _page([{"leadid": ROW, "lastname": "Changed"}]))
+    [page] = client.iter_changes("leads", select=["lastname"], delta_link=old)
+    assert page.rows == [{"leadid": ROW, "lastname": "Changed"}]
+    assert page.delta_link == old  # the window is read again next time; the merge makes that harmless
+
+
+def test_an_initial_read_with_an_empty_body_is_still_an_error(client: DataverseClient, fake: FakeDataverse) -> None:
+    fake.script("GET", "/api/data/v9.2/leads", httpx.Response(200))
+    with pytest.raises(ApiError, match="not JSON"):
+        list(client.iter_changes("leads", select=["lastname"], delta_link=None))
+
+
 def test_a_repeated_next_link_is_a_paging_loop(client: DataverseClient, fake: FakeDataverse) -> None:
     loop = f"{API}/leads?$skiptoken=same"
     fake.script("GET", "/api/data/v9.2/leads", *[_page([], next_link=loop)] * 3)
@@ -699,6 +735,64 @@ def test_a_payload_too_large_is_split_in_halves(client: DataverseClient, fake: F
     outcomes = client.update_multiple(LEAD, [{"leadid": i, "lastname": "S"} for i in ids])
     assert all(o.ok for o in outcomes)
     assert [len(json.loads(r.content)["Targets"]) for r in fake.sent("POST", path)] == [4, 2, 2]
+
+
+def _not_supported(message: str) -> httpx.Response:
+    return error(400, "0x80040800", f"The '{message}' method does not support entities of type 'lead'.")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        _not_supported("UpdateMultiple"),
+        error(400, "0x80040216", "UpdateMultiple is not enabled on the entity lead"),
+    ],
+    ids=["does-not-support", "not-enabled"],
+)
+def test_update_multiple_not_enabled_on_the_table_falls_back_to_batch_and_remembers(
+    fake: FakeDataverse, credential: FakeCredential, clock: FakeClock, counters: ApiCounters, answer: httpx.Response
+) -> None:
+    ids = fake.seed(5)
+    path = "/api/data/v9.2/leads/Microsoft.Dynamics.CRM.UpdateMultiple"
+    fake.script("POST", path, answer)
+    with make_client(fake, credential, clock, counters, batch_size=2) as client:
+        first = client.update_multiple(LEAD, [{"leadid": i, "lastname": "S"} for i in ids])
+        again = client.update_multiple(LEAD, [{"leadid": ids[0], "lastname": "T"}])
+        fallbacks = client.bulk_fallbacks
+    assert all(o.ok for o in first + again)
+    assert [o.id for o in first] == ids
+    assert fake.rows[ids[0]]["lastname"] == "T"
+    assert fake.writes == Counter({ids[0]: 2, **dict.fromkeys(ids[1:], 1)})  # nothing written twice
+    # One refused message, then every chunk (3 + 1) as a $batch: the message is not tried again.
+    assert len(fake.sent("POST", path)) == 1
+    assert counters.calls("dataverse", "batch") == 4
+    assert list(fallbacks) == ["leads/UpdateMultiple"]
+    assert "0x80040" in fallbacks["leads/UpdateMultiple"]
+
+
+def test_a_fallback_is_per_message_and_shared_by_a_client_with_other_retry_rules(
+    client: DataverseClient, fake: FakeDataverse
+) -> None:
+    fake.script("POST", "/api/data/v9.2/leads/Microsoft.Dynamics.CRM.CreateMultiple", _not_supported("CreateMultiple"))
+    created = client.create_multiple(LEAD, [{"lastname": "A"}, {"lastname": "B"}])
+    assert [fake.rows[o.id or ""]["lastname"] for o in created] == ["A", "B"]
+    other = client.with_retry_policy(RetryPolicy(max_attempts=1))
+    other.create_multiple(LEAD, [{"lastname": "C"}])
+    assert len(fake.sent("POST", "/api/data/v9.2/leads/Microsoft.Dynamics.CRM.CreateMultiple")) == 1
+    [updated] = client.update_multiple(LEAD, [{"leadid": created[0].id, "lastname": "A2"}])
+    assert updated.ok
+    assert len(fake.sent("POST", "/api/data/v9.2/leads/Microsoft.Dynamics.CRM.UpdateMultiple")) == 1
+    assert list(other.bulk_fallbacks) == ["leads/CreateMultiple"]
+
+
+def test_a_record_rejected_in_the_fallback_fails_alone(client: DataverseClient, fake: FakeDataverse) -> None:
+    ids = fake.seed(3)
+    fake.script("POST", "/api/data/v9.2/leads/Microsoft.Dynamics.CRM.UpdateMultiple", _not_supported("UpdateMultiple"))
+    outcomes = client.update_multiple(
+        LEAD, [{"leadid": i, "lastname": "z" * 51 if n == 1 else "ok"} for n, i in enumerate(ids)]
+    )
+    assert [o.ok for o in outcomes] == [True, False, True]
+    assert outcomes[1].code == "0x80044331"
 
 
 # -- metadata ---------------------------------------------------------------------------------------------

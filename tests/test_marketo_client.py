@@ -264,6 +264,32 @@ def test_rate_limited_error_surfaces_after_the_attempts_are_spent(client: Market
     assert len(fake.api_requests(USAGE)) == 5
 
 
+# The documented Get Daily Usage answer (Marketo "Usage" endpoint reference): a total per day and
+# a per-user breakdown whose figure is ``count``.
+DOCUMENTED_USAGE = [
+    {
+        "date": "2015-10-17",
+        "total": 1120,
+        "users": [
+            {"userId": "some.body@yahoo.com", "count": 200},
+            {"userId": "some.body@marketo.com", "count": 200},
+            {"userId": "some.body@gmail.com", "count": 720},
+        ],
+    }
+]
+
+
+def test_usage_today_reads_the_documented_total(client: MarketoClient, fake: FakeMarketo) -> None:
+    fake.script(USAGE, ok(DOCUMENTED_USAGE))
+    assert client.get_usage_today() == 1120
+
+
+def test_usage_today_without_a_total_sums_the_users_count(client: MarketoClient, fake: FakeMarketo) -> None:
+    day = {key: value for key, value in DOCUMENTED_USAGE[0].items() if key != "total"}
+    fake.script(USAGE, ok([day]))
+    assert client.get_usage_today() == 1120  # 200 + 200 + 720, from each user's "count"
+
+
 def test_warnings_as_strings_and_a_missing_result_are_tolerated(client: MarketoClient, fake: FakeMarketo) -> None:
     fake.script(USAGE, {"requestId": "x#y", "success": True, "warnings": ["No assets found", {"code": "1"}]})
     assert client.get_usage_today() == 0

@@ -11,6 +11,7 @@ or the admin HTTP API, so their writes show up in change tracking like a person'
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -29,7 +30,7 @@ from sandbox.dataverse._latency import Meter
 from sandbox.dataverse._limits import ServiceProtection, throttled
 from sandbox.dataverse._metadata import Metadata
 from sandbox.dataverse._odata import parse_key, parse_prefer, parse_select, quote_literal, split_path, split_segment
-from sandbox.dataverse._options import DataverseOptions
+from sandbox.dataverse._options import DELTA_ANSWERS, FAULT_ACTIONS, DataverseOptions, bulk_disabled
 from sandbox.dataverse._query import OrderCache, Query, resolver
 from sandbox.dataverse._records import Records, render
 from sandbox.dataverse._schema import (
@@ -107,7 +108,7 @@ class DataverseSandbox(FaultControls):
             clock=self.options.clock,
         )
         self.meter = Meter(self.options.profile, sleep)
-        self._faults = FaultBook(self.options.faults)
+        self._faults = FaultBook(self.options.faults, extra_actions=FAULT_ACTIONS)
         self._order_cache = OrderCache()
         self._seed()
 
@@ -182,10 +183,31 @@ class DataverseSandbox(FaultControls):
         return _decorate(status_response(action, _status_error))
 
     def _serve(self, request: Request, action: FaultAction | None) -> Response:
+        if action is not None and action.kind == "delta_answer":
+            return self._delta_answer(request, action)
         fault = self._apply_fault(action)
         if fault is not None:
             return fault
         return self._call(request, in_batch=False)
+
+    def _delta_answer(self, request: Request, action: FaultAction) -> Response:
+        """A delta read answered with an empty body (``empty``) or without its new delta link
+        (``no_link``); any other request is served normally."""
+        if action.value not in DELTA_ANSWERS:
+            return _error(err.bad_argument(f"fault delta_answer must be one of {', '.join(DELTA_ANSWERS)}"))
+        if action.delay is not None:
+            self._sleep(action.delay)
+        response = self._call(request, in_batch=False)
+        if request.method != "GET" or request.arg("$deltatoken") is None or response.status != 200:
+            return response
+        if action.value == "empty":
+            response.body = b""
+            response.content_type = None
+            return response
+        payload = json.loads(response.body)
+        payload.pop("@odata.deltaLink", None)
+        response.body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        return response
 
     def _call(self, request: Request, *, in_batch: bool) -> Response:
         try:
@@ -223,7 +245,7 @@ class DataverseSandbox(FaultControls):
         if name == "sdkmessagefilters" and key_text is None and len(segments) == 1:
             self._only(method, ("GET",), path)
             self._op("sdkmessagefilters", "GET", in_batch=in_batch)
-            return _json(Metadata(api).message_filters(request.query))
+            return _json(Metadata(api).message_filters(request.query, self._bulk_enabled))
         if name == "WhoAmI" and len(segments) == 1 and key_text in (None, ""):
             self._only(method, ("GET",), path)
             self._op("WhoAmI", "GET", in_batch=in_batch)
@@ -426,7 +448,12 @@ class DataverseSandbox(FaultControls):
         self.records.delete(table, row, user=user)
         return Response(status=204)
 
+    def _bulk_enabled(self, logical: str, message: str) -> bool:
+        return not bulk_disabled(self.options.bulk_disabled, logical, message)
+
     def _multiple(self, table: Table, message: str, request: Request, api: str, user: str, bypass: bool) -> Response:
+        if not self._bulk_enabled(table.logical, message):
+            raise err.message_not_supported(message, table.logical)
         data = self._body(request, table)
         targets = data.get("Targets") if isinstance(data, dict) else None
         if not isinstance(targets, list) or not targets or not all(isinstance(t, dict) for t in targets):

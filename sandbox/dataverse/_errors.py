@@ -27,6 +27,8 @@ EXPIRED_VERSION_STAMP = "0x80044352"
 REQUESTS_LIMIT = "0x80072322"
 EXECUTION_TIME_LIMIT = "0x80072321"
 CONCURRENCY_LIMIT = "0x80072326"
+# SdkEntityDoesNotSupportMessage, as public reports of the fault show it; the HTTP status (400) is assumed.
+MESSAGE_NOT_SUPPORTED = "0x80040800"
 
 PAYLOAD_HELP = (
     "Error identified in Payload provided by the user for Entity :'{entity}', For more information on this "
@@ -113,6 +115,16 @@ def no_body_property(name: str, logical: str) -> DataverseError:
         ODATA_URI_ERROR,
         f"The property '{name}' does not exist on type 'Microsoft.Dynamics.CRM.{logical}'. Make sure to only use "
         "property names that are defined by the type.",
+    )
+
+
+def message_not_supported(message: str, logical: str) -> DataverseError:
+    """A bulk message not (yet) enabled on a table ("some tables may not support them yet")."""
+    return DataverseError(
+        400,
+        MESSAGE_NOT_SUPPORTED,
+        f"The '{message}' method does not support entities of type '{logical}'. "
+        "MessageProcessorCache returned MessageProcessor.Empty.",
     )
 
 

@@ -13,6 +13,7 @@ as on the real service, so those need the cast. Read-only; no state.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -324,8 +325,11 @@ class Metadata:
             out.append(extra)
         return out
 
-    def message_filters(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        """``sdkmessagefilters``: which bulk messages each table supports (all three, on both)."""
+    def message_filters(
+        self, query: dict[str, list[str]], supported: Callable[[str, str], bool] = lambda table, message: True
+    ) -> dict[str, Any]:
+        """``sdkmessagefilters``: which bulk messages each table supports (all three on both, unless
+        ``supported(table, message)`` says otherwise)."""
         items = [
             {
                 "sdkmessagefilterid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-dataverse/filter/{t.logical}/{m}")),
@@ -335,6 +339,7 @@ class Metadata:
             }
             for t in TABLES
             for m in _MESSAGES
+            if supported(t.logical, m)
         ]
         hidden = {"sdkmessageid"}  # a navigation property: filterable by path, not returned
         result = self._collection(items, query, "sdkmessagefilters", "sdkmessagefilter", hidden=hidden)

@@ -21,6 +21,12 @@ from sandbox.dataverse._schema import INTEGRATION_USER_ID, UI_USER_ID
 from sandbox.dataverse._validate import PluginRule, default_plugin_rules
 
 SEVEN_DAYS = 7 * 24 * 3600.0
+# The Dataverse fault kind: {"delta_answer": "empty"} answers a delta read (a GET with $deltatoken)
+# with an empty body, {"delta_answer": "no_link"} with its rows but without a new @odata.deltaLink.
+# Other requests matching the rule are served normally (and use up one of its times).
+FAULT_ACTIONS = frozenset({"delta_answer"})
+DELTA_ANSWERS = ("empty", "no_link")
+BULK_MESSAGES = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
 
 
 @dataclass
@@ -41,6 +47,9 @@ class DataverseOptions:
     max_batch_requests: int = 1000
     plugin_rules: list[PluginRule] = field(default_factory=default_plugin_rules)
     faults: list[FaultRule | dict[str, Any]] = field(default_factory=list)  # rules armed at start
+    # Bulk messages not enabled, as "<table logical name>" (all three) or "<table>/<message>": the
+    # message is refused with 0x80040800 and missing from sdkmessagefilters.
+    bulk_disabled: list[str] = field(default_factory=list)
     integration_user_id: str = INTEGRATION_USER_ID  # who API tokens act as (_modifiedby_value)
     ui_user_id: str = UI_USER_ID  # who the admin and Python APIs act as
     clock: Callable[[], float] = time.time  # wall clock for timestamps, token and change expiry, windows
@@ -62,7 +71,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dataverse-window", type=float, default=300.0, metavar="SECONDS")
     group.add_argument("--dataverse-max-concurrent", type=int, default=52)
     group.add_argument("--dataverse-max-execution-ms", type=float, default=1_200_000.0)
-    add_fault_argument(group, "--dataverse-fault", parse=parse_spec, example="path=/leads;status=429;retry_after=2")
+    group.add_argument(
+        "--dataverse-bulk-disabled",
+        action="append",
+        default=[],
+        metavar="TABLE[/MESSAGE]",
+        help="a table (or one of its CreateMultiple/UpdateMultiple/UpsertMultiple) without the bulk message",
+    )
+    add_fault_argument(group, "--dataverse-fault", parse=parse_fault, example="path=/leads;status=429;retry_after=2")
+
+
+def parse_fault(spec: str) -> FaultRule:
+    return parse_spec(spec, extra_actions=FAULT_ACTIONS)
+
+
+def bulk_disabled(entries: list[str], logical: str, message: str) -> bool:
+    """Whether ``message`` is not enabled on table ``logical`` under the ``bulk_disabled`` option."""
+    return logical in entries or f"{logical}/{message}" in entries
 
 
 def plugin_rules_from(spec: str) -> list[PluginRule]:
@@ -89,4 +114,5 @@ def options_from_args(args: argparse.Namespace) -> DataverseOptions:
         max_execution_ms=getattr(args, "dataverse_max_execution_ms", 1_200_000.0),
         plugin_rules=plugin_rules_from(getattr(args, "dataverse_plugin_rules", "default")),
         faults=list(getattr(args, "dataverse_fault", [])),
+        bulk_disabled=list(getattr(args, "dataverse_bulk_disabled", [])),
     )

@@ -358,17 +358,21 @@ class MarketoSandbox(FaultControls):
         self.bulk.advance()
         return self.db.create(schema.clean_values(dict(values)), source=source)
 
-    def update_lead(self, lead_id: int, values: Mapping[str, Any], *, source: str = UI_SOURCE) -> list[str]:
+    def update_lead(
+        self, lead_id: int, values: Mapping[str, Any], *, source: str = UI_SOURCE, visible_after: float = 0.0
+    ) -> list[str]:
         """Edit a person; one Change Data Value per changed field with Source/Reason ``source``.
 
-        Returns the changed field names; KeyError if there is no such lead, ValueError on bad values.
+        ``visible_after`` seconds makes the activities show up that late in reads (committed late:
+        a paging token issued meanwhile is already past them). Returns the changed field names;
+        KeyError if there is no such lead, ValueError on bad values.
         """
         clean = schema.clean_values(dict(values))
         self.bulk.advance()
         with self.db.lock:
             if not self.db.exists(lead_id):
                 raise KeyError(lead_id)
-            return self.db.update(lead_id, clean, source=source)
+            return self.db.update(lead_id, clean, source=source, visible_after=visible_after)
 
     def delete_lead(self, lead_id: int) -> bool:
         self.bulk.advance()

@@ -126,6 +126,13 @@ class DriftEntry(_Part):
         return value if isinstance(value, BaseModel) else {"detail": value}
 
 
+def _as_text_map(value: Any) -> dict[str, str] | None:
+    """``{name: text}`` (e.g. bulk messages written as ``$batch`` and why); anything else is unknown."""
+    if not isinstance(value, Mapping):
+        return None
+    return {str(key): text for key, raw in value.items() if (text := _as_text(raw)) is not None} or None
+
+
 def _as_backlog(value: Any) -> dict[str, int] | None:
     """Changes left for later, per part (``marketo``, ``retries``…); an old report's bare number is a total."""
     if isinstance(value, Mapping):
@@ -164,6 +171,8 @@ class CycleReport(_Part):
     cpu_seconds: Seconds = None
     backlog: Annotated[dict[str, int] | None, BeforeValidator(_as_backlog)] = None
     drift: Annotated[list[DriftEntry] | None, BeforeValidator(_as_drift)] = None  # None: not checked
+    # "<entity set>/<message>" -> why: bulk messages not enabled on a table, written as $batch instead
+    bulk_fallbacks: Annotated[dict[str, str] | None, BeforeValidator(_as_text_map)] = None
     error: Text = None
 
     @model_validator(mode="before")

@@ -56,6 +56,7 @@ def build_report(
     seconds: float,
     cpu_seconds: float,
     error: str | None,
+    bulk_fallbacks: Mapping[str, str] | None = None,
 ) -> CycleReport:
     api_calls, per_service, token_calls = api
     return CycleReport(
@@ -82,5 +83,6 @@ def build_report(
         cpu_seconds=round(cpu_seconds, 3),
         backlog=backlog or None,
         drift=None if drift is None else [DriftEntry.model_validate(item.as_report()) for item in drift],
+        bulk_fallbacks=dict(bulk_fallbacks or {}) or None,
         error=error,
     )

@@ -54,6 +54,7 @@ from sync_core.cycle.accounting import api_delta, build_report, store_delta
 from sync_core.cycle.apply import Applier
 from sync_core.cycle.lease import Heartbeat, LeaseLost
 from sync_core.cycle.ledger import OpenFailures, Pending, Tally
+from sync_core.cycle.overlap import MARKETO_CHANGES_TAIL, ReadTail, TailTracker
 from sync_core.cycle.staging import Stage
 from sync_core.dataverse.client import SCHEMA_ERROR_CODES, DataverseClient, DeltaPage
 from sync_core.http.counters import ApiCounters
@@ -214,6 +215,7 @@ class SyncEngine:
                 seconds=time.perf_counter() - wall,
                 cpu_seconds=time.process_time() - cpu,
                 error=error,
+                bulk_fallbacks=self._dataverse.bulk_fallbacks,
             ),
         )
         try:
@@ -296,7 +298,11 @@ class _Cycle:
         applier = self.applier
         changes_cursor = store.get_cursor(MARKETO_CHANGES)
         changes_start = changes_cursor.value if changes_cursor else engine._marketo.get_paging_token(self.started)
-        changes_token = self._stage_marketo_changes(stage, changes_start)
+        # Read again from the last page of activities seen, for those that became visible late (overlap).
+        tail_cursor = store.get_cursor(MARKETO_CHANGES_TAIL)
+        tail = ReadTail.parse(tail_cursor.value if tail_cursor and changes_cursor else None)
+        tracker = TailTracker(tail.token if tail else changes_start, tail)
+        changes_token = self._stage_marketo_changes(stage, tracker)
         deletes_cursor: Cursor | None = None
         deletes_token: str | None = None
         if engine._options.marketo_delete_policy is MarketoDeletePolicy.DELETE:
@@ -317,6 +323,7 @@ class _Cycle:
             applier.retry(due, stage.take)
             engine._progress("retries", len(due), len(due))
         self._commit(changes_cursor, MARKETO_CHANGES, changes_token)
+        self._commit(tail_cursor, MARKETO_CHANGES_TAIL, tracker.tail().value())
         if deletes_token is not None:
             self._commit(deletes_cursor, MARKETO_DELETES, deletes_token)
         prune_state(store, now=self.started)  # retention, in bounded work (privacy.prune)
@@ -332,25 +339,26 @@ class _Cycle:
         except StateConflictError as err:
             raise LeaseLost(f"cursor {name} was written by someone else meanwhile") from err
 
-    def _stage_marketo_changes(self, stage: Stage, token: str) -> str:
+    def _stage_marketo_changes(self, stage: Stage, tracker: TailTracker) -> str:
         applier = self.applier
         try:
-            return self._read_changes(stage, token, applier.marketo_fields())
+            return self._read_changes(stage, tracker, applier.marketo_fields())
         except ApiError as err:
             if err.code != MARKETO_UNKNOWN_FIELD:
                 raise
             log.warning("cycle %s: Marketo refused a mapped field; checking the field map for drift", self.run_id)
             applier.prepare(refresh=True)
-        return self._read_changes(stage, token, applier.marketo_fields())
+        return self._read_changes(stage, tracker, applier.marketo_fields())
 
-    def _read_changes(self, stage: Stage, token: str, fields: Sequence[str]) -> str:
+    def _read_changes(self, stage: Stage, tracker: TailTracker, fields: Sequence[str]) -> str:
         engine = self.engine
         wanted = set(fields)
-        last = token
-        for page in engine._marketo.iter_lead_changes(token, fields=fields):
+        tracker.restart()
+        last = tracker.start
+        for page in engine._marketo.iter_lead_changes(last, fields=fields):
             changes = [
                 (activity.lead_id, change.name, change.new_value)
-                for activity in page.activities
+                for activity in tracker.page(page.activities, page.next_page_token)
                 for change in activity.fields
                 if change.name in wanted
             ]

@@ -92,6 +92,24 @@ def _checked(response: httpx.Response, operation: str) -> httpx.Response:
     )
 
 
+def _page_body(response: httpx.Response, operation: str, *, empty_ok: bool) -> dict[str, Any]:
+    """The JSON object of a page; an empty answer is ``{}`` when ``empty_ok``, else unreadable."""
+    if empty_ok and not response.content.strip():
+        return {}
+    try:
+        body = response.json()
+    except ValueError as err:
+        raise ApiError(
+            f"dataverse {operation}: the answer is not JSON",
+            service=SERVICE,
+            status=response.status_code,
+            request_id=request_id(response),
+        ) from err
+    if not isinstance(body, dict):
+        raise ApiError(f"dataverse {operation}: the answer is not a JSON object", service=SERVICE)
+    return body
+
+
 class WebApi:
     """One organisation's Web API behind one ``RetryingSender``; thread-safe."""
 
@@ -144,15 +162,16 @@ class WebApi:
         )
 
     def pages(
-        self, operation: str, url: str, params: Mapping[str, str] | None, *, prefer: str
+        self, operation: str, url: str, params: Mapping[str, str] | None, *, prefer: str, empty_ok: bool = False
     ) -> Iterator[tuple[httpx.Response, dict[str, Any]]]:
         """Every page of a GET, following ``@odata.nextLink`` (checked to stay on this API); a link
-        that comes back is a paging loop and raises before its page is handed out."""
+        that comes back is a paging loop and raises before its page is handed out. With
+        ``empty_ok`` an answer without a body is a page of nothing (``{}``) instead of an error."""
         headers = {"Prefer": prefer}
         seen_links: set[str] = set()
         while True:
             response = self.send(operation, "GET", url, params=params, headers=headers, idempotent=True)
-            body = response.json()
+            body = _page_body(response, operation, empty_ok=empty_ok)
             next_link = body.get("@odata.nextLink")
             if next_link:
                 if next_link in seen_links:

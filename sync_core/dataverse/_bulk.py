@@ -3,14 +3,23 @@
 Rows go ``batch_size`` to a message. A message the service rejects as a whole for one record's
 fault is re-sent as a ``$batch`` of single-row operations with continue-on-error, so one bad
 record cannot stop the others (a message too large is halved first); a schema error or an
-outage is raised, never hidden in outcomes. Creates are never resent blindly. It sends through
-``WebApi``, decides nothing about syncing, and logs only counts and table names.
+outage is raised, never hidden in outcomes. Creates are never resent blindly.
+
+The bulk messages are not enabled on every table yet ("All tables that support Create and Update
+will eventually support CreateMultiple and UpdateMultiple, but some tables may not support them
+yet", Microsoft's bulk-operation pages). The service then refuses the message itself (SDK fault
+0x80040800, "The 'UpdateMultiple' method does not support entities of type '…'", or "… is not
+enabled on the entity"): nothing was written, so the rows go as a ``$batch`` instead, and
+``BulkSupport`` remembers the table and message so later writes go straight to ``$batch``.
+
+It sends through ``WebApi``, decides nothing about syncing, and logs only counts and table names.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,12 +35,49 @@ from sync_core.dataverse._types import WriteOutcome
 log = logging.getLogger(__name__)
 
 ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")  # the GUID at the end of an OData-EntityId
+MESSAGE_NOT_SUPPORTED = "0x80040800"  # SdkEntityDoesNotSupportMessage: the table has no such message
+_NOT_SUPPORTED_TEXT = re.compile(r"does not support entities of type|is not enabled on the entity", re.IGNORECASE)
 
 
 class Write(StrEnum):
     CREATE = "CreateMultiple"
     UPDATE = "UpdateMultiple"
     UPSERT = "UpsertMultiple"
+
+
+def is_not_supported(err: ApiError) -> bool:
+    """The service refused the bulk message itself for this table (nothing was written)."""
+    if err.status is None or err.status == 429 or not 400 <= err.status < 600:
+        return False
+    if (err.code or "").lower() == MESSAGE_NOT_SUPPORTED:
+        return True
+    return bool(_NOT_SUPPORTED_TEXT.search(str(err.args[0]) if err.args else ""))
+
+
+class BulkSupport:
+    """The bulk messages this process found not enabled, per table; thread-safe, shared by copies
+    of a client. ``fallbacks()`` is ``{"<entity set>/<message>": reason}`` for the run report."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refused: dict[str, str] = {}
+
+    @staticmethod
+    def _key(kind: Write, ref: EntityRef) -> str:
+        return f"{ref.entity_set}/{kind.value}"
+
+    def refused(self, kind: Write, ref: EntityRef) -> bool:
+        with self._lock:
+            return self._key(kind, ref) in self._refused
+
+    def refuse(self, kind: Write, ref: EntityRef, err: ApiError) -> None:
+        reason = f"{err.code or err.status}: {str(err.args[0]) if err.args else 'not supported'}"[:300]
+        with self._lock:
+            self._refused.setdefault(self._key(kind, ref), reason)
+
+    def fallbacks(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._refused)
 
 
 @dataclass(frozen=True)
@@ -109,8 +155,11 @@ def write_multiple(
     *,
     key: tuple[str, ...] | None,
     batch_size: int,
+    support: BulkSupport,
 ) -> list[WriteOutcome]:
-    """One outcome per row, in input order; rows that cannot be addressed are refused unsent."""
+    """One outcome per row, in input order; rows that cannot be addressed are refused unsent.
+
+    Where ``support`` knows the message is not enabled on the table, each chunk goes as a ``$batch``."""
     outcomes: dict[int, WriteOutcome] = {}
     ready: list[_Target] = []
     for index, row in enumerate(rows):
@@ -119,7 +168,12 @@ def write_multiple(
         except ValueError as err:
             outcomes[index] = WriteOutcome(index, False, code="invalid_input", message=str(err))
     for start in range(0, len(ready), batch_size):
-        for outcome in _write_chunk(api, kind, ref, ready[start : start + batch_size]):
+        chunk = ready[start : start + batch_size]
+        if support.refused(kind, ref):
+            written = _isolate(api, kind, ref, chunk)
+        else:
+            written = _write_chunk(api, kind, ref, chunk, support)
+        for outcome in written:
             outcomes[outcome.index] = outcome
     failed = sum(1 for outcome in outcomes.values() if not outcome.ok)
     if failed:
@@ -127,7 +181,9 @@ def write_multiple(
     return [outcomes[index] for index in range(len(rows))]
 
 
-def _write_chunk(api: WebApi, kind: Write, ref: EntityRef, chunk: Sequence[_Target]) -> list[WriteOutcome]:
+def _write_chunk(
+    api: WebApi, kind: Write, ref: EntityRef, chunk: Sequence[_Target], support: BulkSupport
+) -> list[WriteOutcome]:
     try:
         response = api.send(
             kind.value.lower(),
@@ -138,13 +194,24 @@ def _write_chunk(api: WebApi, kind: Write, ref: EntityRef, chunk: Sequence[_Targ
             timeout=TIMEOUT_WRITE,
         )
     except ApiError as err:
+        if is_not_supported(err):
+            log.warning(
+                "dataverse %s %s: the message is not enabled on this table (%s); writing with $batch from now on",
+                kind.value,
+                ref.entity_set,
+                err.code or err.status,
+            )
+            support.refuse(kind, ref, err)
+            return _isolate(api, kind, ref, chunk)
         if not is_record_level(err):
             raise
         if len(chunk) == 1:
             return [chunk[0].failed(err.status, err.code, str(err.args[0]))]
         if err.status == 413:  # too large as a whole: halve it
             middle = len(chunk) // 2
-            return _write_chunk(api, kind, ref, chunk[:middle]) + _write_chunk(api, kind, ref, chunk[middle:])
+            return _write_chunk(api, kind, ref, chunk[:middle], support) + _write_chunk(
+                api, kind, ref, chunk[middle:], support
+            )
         # Standard tables roll the whole message back on one bad record, so nothing landed:
         # send the rows again one by one in a $batch that carries on past failures.
         log.info(

@@ -39,7 +39,7 @@ from sync_core.dataverse._api import (
 )
 from sync_core.dataverse._auth import CredentialAuth
 from sync_core.dataverse._batch import BatchPart
-from sync_core.dataverse._bulk import ENTITY_ID, Write, write_multiple
+from sync_core.dataverse._bulk import ENTITY_ID, BulkSupport, Write, write_multiple
 from sync_core.dataverse._metadata import Catalog, EntityRef
 from sync_core.dataverse._types import DeltaPage, WriteOutcome
 from sync_core.http.counters import ApiCounters
@@ -71,13 +71,25 @@ def _is_expired_token(err: ApiError) -> bool:
 
 
 def _delta_page(
-    entity_set: str, response: httpx.Response, body: Mapping[str, Any], *, check_tracking: bool
+    entity_set: str,
+    response: httpx.Response,
+    body: Mapping[str, Any],
+    *,
+    check_tracking: bool,
+    kept_link: str | None,
 ) -> DeltaPage:
-    """One page of a change-tracking read, refused when the answer shows change tracking is off."""
+    """One page of a change-tracking read, refused when the answer shows change tracking is off.
+
+    A read from a delta link (``kept_link``) whose last answer has no new delta link (an empty
+    body, or rows without one) keeps that link: the next read repeats the window, which the merge
+    makes harmless, instead of failing the table or losing its place."""
     next_link = body.get("@odata.nextLink")
     new_delta = body.get("@odata.deltaLink")
     applied = response.headers.get("Preference-Applied", "").lower()
     tracking = new_delta is not None or "odata.track-changes" in applied
+    if not next_link and new_delta is None and kept_link is not None:
+        log.warning("dataverse get_changes %s: no new delta link in the answer; keeping the old one", entity_set)
+        new_delta = kept_link
     if (check_tracking and not tracking) or (not next_link and new_delta is None):
         raise ApiError(
             f"dataverse: {entity_set} answered without change tracking; enable change tracking on the table",
@@ -123,6 +135,7 @@ class DataverseClient:
         )
         self._api = WebApi(org, sender)
         self._catalog = Catalog()
+        self._bulk_support = BulkSupport()
 
     def with_retry_policy(self, policy: RetryPolicy) -> DataverseClient:
         """This client with other retry rules (e.g. a webhook's short patience), sharing its
@@ -138,9 +151,11 @@ class DataverseClient:
     ) -> Iterator[DeltaPage]:
         """Rows changed since ``delta_link`` (or every row, when it is ``None``), page by page.
 
-        The last page carries the new delta link; store it only after the pages are processed.
-        An expired link raises ``DeltaTokenExpiredError`` (re-read with ``delta_link=None``); a
-        table without change tracking raises ``ApiError`` saying so.
+        The last page carries the new delta link; store it only after the pages are processed. A
+        delta read answered without a new link (an empty body, or rows without one) ends with
+        ``delta_link`` itself, so the stored link is kept. An expired link raises
+        ``DeltaTokenExpiredError`` (re-read with ``delta_link=None``); a table without change
+        tracking raises ``ApiError`` saying so.
         """
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}")
@@ -150,10 +165,17 @@ class DataverseClient:
         else:
             url = self._api.url(_odata.identifier(entity_set))
             params = {"$select": _odata.select_clause(select)}
-        pages = self._api.pages("get_changes", url, params, prefer=f"odata.track-changes,odata.maxpagesize={page_size}")
+        prefer = f"odata.track-changes,odata.maxpagesize={page_size}"
+        pages = self._api.pages("get_changes", url, params, prefer=prefer, empty_ok=bool(delta_link))
         try:
             for number, (response, body) in enumerate(pages):
-                yield _delta_page(entity_set, response, body, check_tracking=number == 0 and not delta_link)
+                yield _delta_page(
+                    entity_set,
+                    response,
+                    body,
+                    check_tracking=number == 0 and not delta_link,
+                    kept_link=delta_link or None,
+                )
         except ApiError as err:
             if delta_link and _is_expired_token(err):  # only a sent request's error can say so
                 raise DeltaTokenExpiredError(
@@ -340,7 +362,15 @@ class DataverseClient:
         self, kind: Write, entity: EntityMeta | str, rows: Sequence[Mapping[str, Any]], *, key: tuple[str, ...] | None
     ) -> list[WriteOutcome]:
         ref = self._ref(entity)
-        return write_multiple(self._api, kind, ref, rows, key=key, batch_size=self.batch_size)
+        return write_multiple(
+            self._api, kind, ref, rows, key=key, batch_size=self.batch_size, support=self._bulk_support
+        )
+
+    @property
+    def bulk_fallbacks(self) -> dict[str, str]:
+        """Bulk messages the service said are not enabled on a table, which this client therefore
+        sends as ``$batch``: ``{"<entity set>/<message>": reason}`` (remembered for the process)."""
+        return self._bulk_support.fallbacks()
 
     # -- metadata ----------------------------------------------------------------------------------
 

@@ -420,14 +420,17 @@ class MarketoClient:
         return described
 
     def get_usage_today(self) -> int:
-        """API calls the whole instance has used today (all integrations), from stats/usage."""
+        """API calls the whole instance has used today (all integrations), from stats/usage.
+
+        Each day of the answer has ``total`` and ``users: [{"userId", "count"}]`` (Marketo's
+        Get Daily Usage); without a ``total`` the users' ``count`` values are summed."""
         envelope = self._call("get_usage", "GET", "/rest/v1/stats/usage.json", idempotent=True)
         total = 0
         for day in envelope.result:
             if day.get("total") is not None:
                 total += int(day["total"])
             else:
-                total += sum(int(user.get("numCalls", 0)) for user in day.get("users") or [])
+                total += sum(int(user.get("count") or 0) for user in day.get("users") or [])
         return total
 
 

@@ -30,6 +30,7 @@ UNKNOWN_COLUMN = "0x80060888"
 TOO_LONG = "0x80044331"
 PLUGIN_ABORT = "0x80040265"
 EXPIRED = "0x80044352"
+MESSAGE_NOT_SUPPORTED = "0x80040800"
 
 _STRINGS = {
     "emailaddress1": 100,
@@ -90,6 +91,8 @@ class FakeDataverse:
     api_writes: list[tuple[str, str, str]] = field(default_factory=list)  # (operation, set, id) by the sync
     requests: list[httpx.Request] = field(default_factory=list)
     expired_below: int = 0  # delta tokens older than this version are refused as expired
+    bulk_disabled: set[str] = field(default_factory=set)  # entity sets where UpdateMultiple is not enabled
+    delta_answers: dict[str, str] = field(default_factory=dict)  # entity set -> next delta read: "empty" | "no_link"
     _version: int = 0
 
     # -- acting as a Dynamics user ---------------------------------------------------------------
@@ -147,6 +150,10 @@ class FakeDataverse:
                 return self._batch(request)
             entity_set, _, action = path.partition("/")
             if request.method == "POST" and action == "Microsoft.Dynamics.CRM.UpdateMultiple":
+                if entity_set in self.bulk_disabled:
+                    logical = TABLES[entity_set][0]
+                    message = f"The 'UpdateMultiple' method does not support entities of type '{logical}'."
+                    raise _Refused(400, MESSAGE_NOT_SUPPORTED, message)
                 return self._update_multiple(entity_set, json.loads(request.content)["Targets"])
             if request.method == "GET":
                 return self._read(entity_set, params, request.headers.get("Prefer", ""))
@@ -232,6 +239,11 @@ class FakeDataverse:
         ]
         link = f"{API}/{entity_set}?$select={','.join(select)}&$deltatoken={self._version}"
         body = {"value": [_selected(r, select) for r in changed] + deleted, "@odata.deltaLink": link}
+        quirk = self.delta_answers.pop(entity_set, None) if "$deltatoken" in params else None
+        if quirk == "empty":
+            return httpx.Response(200)
+        if quirk == "no_link":
+            del body["@odata.deltaLink"]
         return httpx.Response(200, json=body, headers={"Preference-Applied": "odata.track-changes"})
 
     def _write(self, entity_set: str, row_id: str, values: Mapping[str, Any]) -> None:

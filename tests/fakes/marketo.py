@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -52,6 +52,7 @@ class Activity:
     field: str | None = None
     old: Any = None
     new: Any = None
+    visible_at: datetime | None = None  # committed late: readers pass its place without seeing it until then
 
 
 @dataclass
@@ -83,6 +84,14 @@ class FakeMarketo:
             else:
                 lead[name] = new
             self._append(CHANGE_DATA_VALUE, lead_id, name, old, new)
+
+    def edit_late(self, lead_id: int, seconds: float, **values: Any) -> None:
+        """An edit whose activities become visible ``seconds`` after their date (Marketo commits some
+        activities late): a read in between passes their place in the log without returning them."""
+        first = len(self.log)
+        self.edit(lead_id, **values)
+        for activity in self.log[first:]:
+            activity.visible_at = activity.at + timedelta(seconds=seconds)
 
     def delete(self, lead_id: int) -> None:
         del self.leads[lead_id]
@@ -147,9 +156,12 @@ class FakeMarketo:
         position = int(params["nextPageToken"].removeprefix("p"))
         size = int(params.get("batchSize", 300))
         found: list[Activity] = []
+        now = self.clock()
         while position < len(self.log) and len(found) < size:
-            if accept(self.log[position]):
-                found.append(self.log[position])
+            activity = self.log[position]
+            visible = activity.visible_at is None or activity.visible_at <= now
+            if visible and accept(activity):
+                found.append(activity)
             position += 1
         more = position < len(self.log)
         return _ok([_render(a) for a in found] or None, nextPageToken=f"p{position}", moreResult=more)

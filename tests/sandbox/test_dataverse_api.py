@@ -442,6 +442,35 @@ def test_create_multiple_returns_ids_in_input_order(org: Org) -> None:
     assert [org.sandbox.get("lead", i)["lastname"] for i in body["Ids"]] == ["Bulk0", "Bulk1", "Bulk2"]  # type: ignore[index]
 
 
+def test_a_bulk_message_not_enabled_on_a_table_is_refused_and_missing_from_the_probe() -> None:
+    with running(seed_leads=1, bulk_disabled=["lead/UpdateMultiple", "contact"]) as org:
+        [lead] = org.sandbox.rows("lead")
+        target = {"@odata.type": LEAD_TYPE, "leadid": lead["leadid"], "lastname": "Changed"}
+        refused = org.http.post("leads/Microsoft.Dynamics.CRM.UpdateMultiple", json={"Targets": [target]})
+        assert error_of(refused) == (
+            400,
+            "0x80040800",
+            "The 'UpdateMultiple' method does not support entities of type 'lead'. "
+            "MessageProcessorCache returned MessageProcessor.Empty.",
+        )
+        assert org.sandbox.get("lead", lead["leadid"])["lastname"] != "Changed"  # type: ignore[index]
+        created = org.http.post(
+            "leads/Microsoft.Dynamics.CRM.CreateMultiple",
+            json={"Targets": [{"@odata.type": LEAD_TYPE, "lastname": "New", "companyname": "c"}]},
+        )
+        assert created.status_code == 200  # only UpdateMultiple is off on lead
+        contact = org.http.post(
+            "contacts/Microsoft.Dynamics.CRM.CreateMultiple",
+            json={"Targets": [{"@odata.type": "Microsoft.Dynamics.CRM.contact", "lastname": "C"}]},
+        )
+        assert error_of(contact)[:2] == (400, "0x80040800")
+        probe = org.http.get("sdkmessagefilters", params={"$select": "primaryobjecttypecode"}).json()["value"]
+        listed = sorted(row["primaryobjecttypecode"] for row in probe)
+        assert listed == ["lead", "lead"]  # CreateMultiple and UpsertMultiple on lead; nothing on contact
+        patched = org.http.patch(f"leads({lead['leadid']})", json={"lastname": "One"}, headers={"If-Match": "*"})
+        assert patched.status_code == 204  # the single-record path ($batch parts too) still works
+
+
 @pytest.mark.parametrize(
     ("bad", "status", "code"),
     [

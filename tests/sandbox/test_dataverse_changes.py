@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from sandbox.dataverse import INTEGRATION_USER_ID, UI_USER_ID
+from sandbox.dataverse._options import parse_fault
 from tests.sandbox.test_dataverse_api import Org, error_of, running
 
 TRACK = {"Prefer": "odata.track-changes"}
@@ -159,3 +160,31 @@ def test_contacts_are_tracked_too() -> None:
         org.sandbox.create("contact", {"lastname": "Added", "emailaddress1": "added@example.com"})
         body = org.http.get(delta, headers=TRACK).json()
         assert [row["emailaddress1"] for row in body["value"]] == ["added@example.com"]
+
+
+@pytest.mark.parametrize("answer", ["empty", "no_link"])
+def test_a_delta_answer_fault_drops_the_body_or_the_new_delta_link(org: Org, answer: str) -> None:
+    delta = initial(org)
+    [first, *_] = [row["leadid"] for row in org.sandbox.rows("lead")]
+    org.sandbox.update("lead", first, {"firstname": "Late"})
+    org.sandbox.set_faults([{"method": "GET", "path": "/leads$", "times": 2, "action": {"delta_answer": answer}}])
+    plain = org.http.get("leads", params={"$select": "firstname"})
+    assert plain.status_code == 200  # not a delta read: served normally
+    assert "value" in plain.json()
+    response = org.http.get(delta, headers=TRACK)
+    assert response.status_code == 200
+    if answer == "empty":
+        assert response.content == b""
+    else:
+        body = response.json()
+        assert [row["firstname"] for row in body["value"]] == ["Late"]
+        assert "@odata.deltaLink" not in body
+        assert "@odata.nextLink" not in body
+    again = org.http.get(delta, headers=TRACK).json()  # the old link still reads the same window
+    assert [row["firstname"] for row in again["value"]] == ["Late"]
+    assert "@odata.deltaLink" in again
+
+
+def test_the_dataverse_fault_flag_knows_delta_answer() -> None:
+    rule = parse_fault("path=/leads;delta_answer=no_link;times=3")
+    assert (rule.action.kind, rule.action.value, rule.times) == ("delta_answer", "no_link", 3)

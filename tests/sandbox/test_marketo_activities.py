@@ -146,6 +146,29 @@ def test_lead_changes_page_through_new_leads_and_changes_and_the_last_token_is_a
     assert [i["fields"][0]["newValue"] for page in later for i in page] == ["Later"]
 
 
+def test_an_activity_committed_late_is_passed_by_a_read_and_seen_only_from_an_earlier_token(
+    marketo: Marketo, clock: FakeClock
+) -> None:
+    lead_id = marketo.sandbox.create_lead({"email": "late@example.com"})
+    start = _token(marketo)
+    clock.advance(1)
+    marketo.sandbox.update_lead(lead_id, {"title": "Late"}, visible_after=90)
+    clock.advance(1)
+    marketo.sandbox.update_lead(lead_id, {"firstName": "Visible"})
+    path = "/rest/v1/activities/leadchanges.json"
+
+    pages, watermark = _read_all(marketo, path, start, fields="title,firstName")
+    seen = [item["fields"][0]["name"] for page in pages for item in page if item["activityTypeId"] == 13]
+    assert seen == ["firstName"]  # the late one is not visible yet, and the watermark is past it
+
+    clock.advance(90)
+    after, _ = _read_all(marketo, path, watermark, fields="title,firstName")
+    assert [item for page in after for item in page] == []  # lost to a reader that only moves on
+    again, _ = _read_all(marketo, path, start, fields="title,firstName")
+    changes = [item["fields"][0]["newValue"] for page in again for item in page if item["activityTypeId"] == 13]
+    assert changes == ["Late", "Visible"]  # a reader that reads an overlap again finds it
+
+
 def test_lead_changes_filter_by_lead_ids(marketo: Marketo) -> None:
     first, second = marketo.sandbox.create_lead({"email": "a@x.io"}), marketo.sandbox.create_lead({"email": "b@x.io"})
     marketo.sandbox.update_lead(second, {"firstName": "B"})
