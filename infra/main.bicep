@@ -108,6 +108,11 @@ param marketoDailyQuota int = 50000
 @maxValue(1000)
 param dataverseBatchSize int = 1000
 
+@description('DATAVERSE_MAX_PARALLEL: bulk messages in flight at once (x-ms-dop-hint, capped by this).')
+@minValue(1)
+@maxValue(52)
+param dataverseMaxParallel int = 8
+
 @description('SYNC_LEASE_SECONDS: the cycle lease, renewed every third of it; a crashed cycle blocks the next for at most this long.')
 @minValue(3)
 @maxValue(3600)
@@ -245,6 +250,7 @@ module api 'app/api.bicep' = {
     marketoRateShare: marketoRateShare
     marketoDailyQuota: marketoDailyQuota
     dataverseBatchSize: dataverseBatchSize
+    dataverseMaxParallel: dataverseMaxParallel
     syncLeaseSeconds: syncLeaseSeconds
     webhookDeadlineSeconds: webhookDeadlineSeconds
 

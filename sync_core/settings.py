@@ -63,6 +63,7 @@ ENV_NAMES: dict[str, str] = {
     "MARKETO_RATE_SHARE": "marketo_rate_share",
     "MARKETO_DAILY_QUOTA": "marketo_daily_quota",
     "DATAVERSE_BATCH_SIZE": "dataverse_batch_size",
+    "DATAVERSE_MAX_PARALLEL": "dataverse_max_parallel",
     "SYNC_LEASE_SECONDS": "lease_seconds",
     "WEBHOOK_DEADLINE_SECONDS": "webhook_deadline_seconds",
     # retention (README "What the sync keeps"): days an append-style row is kept
@@ -101,6 +102,9 @@ class Settings(BaseModel):
     marketo_rate_share: float = Field(default=0.5, gt=0, le=1)
     marketo_daily_quota: int = Field(default=50_000, gt=0)
     dataverse_batch_size: int = Field(default=1000, ge=1, le=1000)
+    # Bulk messages in flight at once: Dataverse's x-ms-dop-hint, capped by this (52 per user is the
+    # service's concurrency limit, shared with the webhook and anything else using the same user).
+    dataverse_max_parallel: int = Field(default=8, ge=1, le=52)
     # The cycle lease: renewed every third of this while a cycle runs, so a crashed cycle blocks
     # the next one for at most this long (well inside one schedule period).
     lease_seconds: int = Field(default=90, ge=3, le=3600)

@@ -110,6 +110,9 @@ param marketoDailyQuota int
 @description('DATAVERSE_BATCH_SIZE')
 param dataverseBatchSize int
 
+@description('DATAVERSE_MAX_PARALLEL')
+param dataverseMaxParallel int
+
 @description('SYNC_LEASE_SECONDS')
 param syncLeaseSeconds int
 
@@ -156,6 +159,7 @@ var syncSettings = [
   { name: 'MARKETO_RATE_SHARE', value: marketoRateShare }
   { name: 'MARKETO_DAILY_QUOTA', value: string(marketoDailyQuota) }
   { name: 'DATAVERSE_BATCH_SIZE', value: string(dataverseBatchSize) }
+  { name: 'DATAVERSE_MAX_PARALLEL', value: string(dataverseMaxParallel) }
   { name: 'SYNC_LEASE_SECONDS', value: string(syncLeaseSeconds) }
   { name: 'WEBHOOK_DEADLINE_SECONDS', value: string(webhookDeadlineSeconds) }
   { name: 'SYNC_RETENTION_RUN_REPORTS_DAYS', value: string(syncRetentionRunReportsDays) }

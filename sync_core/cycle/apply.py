@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -152,8 +153,12 @@ class Applier:
                 self.field_map, entity, merge, metadata=self.metadata.get(entity), described=self.described
             )
             planned.append((item, merge, record_plan))
-        d_outcomes = self._write_dynamics(planned)
-        m_results = self._write_marketo(planned)
+        # The two sides' writes are independent: both go at once (a failure of either ends the
+        # batch unrecorded, and the repeat merges to the same values, writing nothing twice).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="marketo-write") as pool:
+            marketo_writes = pool.submit(self._write_marketo, planned)
+            d_outcomes = self._write_dynamics(planned)
+            m_results = marketo_writes.result()
         for position, (item, merge, record_plan) in enumerate(planned):
             self._settle(item, merge, record_plan, d_outcomes.get(position), m_results.get(position), out)
         self.ledger.record(out)

@@ -452,6 +452,8 @@ class _Cycle:
         if not total:
             return
         size = engine._options.dataverse_batch_size
+        # Enough records per write for every bulk message the service lets us send at once.
+        flush_at = size * engine._dataverse.parallelism
         buffers: dict[EntityType, list[Pending]] = {entity: [] for entity in EntityType}
         done = 0
         for ids in stage.pending_ids(size):
@@ -460,7 +462,7 @@ class _Cycle:
             for marketo_id, link in links.items():
                 buffers[link.entity].append(Pending(link, marketo=staged.get(marketo_id)))
             for entity, items in buffers.items():
-                if len(items) >= size:
+                if len(items) >= flush_at:
                     applier.sync_linked(items)
                     buffers[entity] = []
             done += len(ids)

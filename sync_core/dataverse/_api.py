@@ -23,6 +23,7 @@ from sync_core.http.retry import Failure, RetryableFailure, RetryPolicy, parse_r
 from sync_core.http.transport import RequestBody, RetryingSender
 
 SERVICE = "dataverse"
+DOP_HINT_HEADER = "x-ms-dop-hint"
 API_PATH = "/api/data/v9.2"
 MAX_PAGE_SIZE = 5000  # odata.maxpagesize ceiling
 RETRYABLE_STATUS = frozenset({502, 503, 504})
@@ -110,6 +111,19 @@ def _page_body(response: httpx.Response, operation: str, *, empty_ok: bool) -> d
     return body
 
 
+class _DopHint:
+    """``x-ms-dop-hint``: the number of requests in parallel Dataverse recommends for this
+    organisation (Microsoft's "send parallel requests" guidance); shared by copies of a client."""
+
+    def __init__(self) -> None:
+        self.value: int | None = None
+
+    def note(self, response: httpx.Response) -> None:
+        raw = response.headers.get(DOP_HINT_HEADER, "")
+        if raw.strip().isdigit() and int(raw) >= 1:
+            self.value = int(raw)
+
+
 class WebApi:
     """One organisation's Web API behind one ``RetryingSender``; thread-safe."""
 
@@ -117,6 +131,12 @@ class WebApi:
         self.root = org + API_PATH
         self.root_url = httpx.URL(self.root)
         self._sender = sender
+        self._dop = _DopHint()
+
+    @property
+    def dop_hint(self) -> int | None:
+        """The degree of parallelism the service last suggested (``x-ms-dop-hint``), if any."""
+        return self._dop.value
 
     def with_policy(self, policy: RetryPolicy) -> WebApi:
         """This API with other retry rules, sharing its client, credential and counters."""
@@ -155,6 +175,7 @@ class WebApi:
         all_headers.update(headers or {})
 
         def read(response: httpx.Response) -> httpx.Response:
+            self._dop.note(response)
             return _checked(response, operation)
 
         return self._sender.send(

@@ -31,6 +31,7 @@ from sync_core.dataverse._api import SERVICE, TIMEOUT_WRITE, WebApi, is_record_l
 from sync_core.dataverse._batch import BatchPart, PartResponse
 from sync_core.dataverse._metadata import EntityRef
 from sync_core.dataverse._types import WriteOutcome
+from sync_core.http.parallel import in_parallel
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +157,13 @@ def write_multiple(
     key: tuple[str, ...] | None,
     batch_size: int,
     support: BulkSupport,
+    parallel: int = 1,
 ) -> list[WriteOutcome]:
     """One outcome per row, in input order; rows that cannot be addressed are refused unsent.
 
-    Where ``support`` knows the message is not enabled on the table, each chunk goes as a ``$batch``."""
+    Chunks of ``batch_size`` go up to ``parallel`` at a time (each is independent: the service
+    applies or rolls back one message as a whole). Where ``support`` knows the message is not
+    enabled on the table, each chunk goes as a ``$batch``."""
     outcomes: dict[int, WriteOutcome] = {}
     ready: list[_Target] = []
     for index, row in enumerate(rows):
@@ -167,12 +171,14 @@ def write_multiple(
             ready.append(_Target.of(kind, ref, index, row, key))
         except ValueError as err:
             outcomes[index] = WriteOutcome(index, False, code="invalid_input", message=str(err))
-    for start in range(0, len(ready), batch_size):
-        chunk = ready[start : start + batch_size]
+
+    def write(chunk: Sequence[_Target]) -> list[WriteOutcome]:
         if support.refused(kind, ref):
-            written = _isolate(api, kind, ref, chunk)
-        else:
-            written = _write_chunk(api, kind, ref, chunk, support)
+            return _isolate(api, kind, ref, chunk)
+        return _write_chunk(api, kind, ref, chunk, support)
+
+    chunks = [ready[start : start + batch_size] for start in range(0, len(ready), batch_size)]
+    for written in in_parallel(write, chunks, workers=parallel, name="dataverse-write"):
         for outcome in written:
             outcomes[outcome.index] = outcome
     failed = sum(1 for outcome in outcomes.values() if not outcome.ok)

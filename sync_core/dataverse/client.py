@@ -117,6 +117,7 @@ class DataverseClient:
         base_url: str,
         credential: TokenCredential,
         batch_size: int = MAX_BATCH_SIZE,
+        max_parallel: int = 1,
         counters: ApiCounters | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -128,7 +129,10 @@ class DataverseClient:
             raise ConfigError(["DATAVERSE_URL: must be an http(s) URL"])
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ConfigError([f"DATAVERSE_BATCH_SIZE: must be 1..{MAX_BATCH_SIZE}"])
+        if max_parallel < 1:
+            raise ConfigError(["DATAVERSE_MAX_PARALLEL: must be at least 1"])
         self.batch_size = batch_size
+        self.max_parallel = max_parallel
         auth = CredentialAuth(credential, scope=f"{org}/.default", wall_clock=wall_clock, counters=counters)
         sender = RetryingSender(
             http, auth, service=SERVICE, policy=retry_policy, sleep=sleep, clock=clock, counters=counters
@@ -363,8 +367,21 @@ class DataverseClient:
     ) -> list[WriteOutcome]:
         ref = self._ref(entity)
         return write_multiple(
-            self._api, kind, ref, rows, key=key, batch_size=self.batch_size, support=self._bulk_support
+            self._api,
+            kind,
+            ref,
+            rows,
+            key=key,
+            batch_size=self.batch_size,
+            support=self._bulk_support,
+            parallel=self.parallelism,
         )
+
+    @property
+    def parallelism(self) -> int:
+        """How many bulk messages may be in flight at once: the service's ``x-ms-dop-hint``, capped by
+        ``max_parallel`` (``DATAVERSE_MAX_PARALLEL``); one until the service has suggested a number."""
+        return max(1, min(self.max_parallel, self._api.dop_hint or 1))
 
     @property
     def bulk_fallbacks(self) -> dict[str, str]:

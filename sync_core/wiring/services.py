@@ -84,6 +84,7 @@ def build_services(
         base_url=settings.dataverse_url,
         credential=build_dataverse_credential(settings),
         batch_size=settings.dataverse_batch_size,
+        max_parallel=settings.dataverse_max_parallel,
         counters=counters,
         sleep=sleep or time.sleep,
     )

@@ -174,7 +174,10 @@ class SyncMachine(RuleBasedStateMachine):
         assert ENV is not None
         self.policy = policy
         prefix = "p" + uuid.uuid4().hex[:10]
-        env = environment(self.sandbox, ENV.connection, prefix, SYNC_MARKETO_DELETES=policy)
+        # Bulk messages of 3 records: a cycle's few writes split into several messages, sent side by
+        # side (the simulator hints a degree of parallelism of 4), so the rules are checked with
+        # concurrent writes on.
+        env = environment(self.sandbox, ENV.connection, prefix, SYNC_MARKETO_DELETES=policy, DATAVERSE_BATCH_SIZE="3")
         settings_ = Settings.from_env(env)
         self.table_store = TableStateStore.from_connection_string(ENV.connection, prefix=prefix)
         self.store = CrashingStore(self.table_store)

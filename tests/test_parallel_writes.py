@@ -1,0 +1,136 @@
+"""Concurrent writes (issue 17): Dataverse bulk messages go side by side up to ``x-ms-dop-hint``
+capped by ``DATAVERSE_MAX_PARALLEL``; Marketo's Sync Leads chunks up to the app's in-flight share.
+The number of calls is unchanged (the same chunks, sent at once), and outcomes keep input order.
+Fakes are ``httpx.MockTransport`` handlers that hold each request a little and record how many
+were in flight at once."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from sync_core.dataverse.client import DataverseClient
+from sync_core.marketo.client import MarketoClient
+from sync_core.wiring.credentials import StaticTokenCredential
+
+ORG = "https://contoso.crm.dynamics.com"
+MARKETO = "https://123-ABC-456.mktorest.com"
+
+
+class InFlight:
+    """Counts requests in flight in a handler that holds each one for ``hold`` seconds."""
+
+    def __init__(self, answer: Callable[[httpx.Request], httpx.Response], hold: float = 0.05) -> None:
+        self._answer = answer
+        self._hold = hold
+        self._lock = threading.Lock()
+        self._now = 0
+        self.peak = 0
+        self.calls: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:
+            self._now += 1
+            self.peak = max(self.peak, self._now)
+            self.calls.append(request)
+        try:
+            time.sleep(self._hold)
+            return self._answer(request)
+        finally:
+            with self._lock:
+                self._now -= 1
+
+
+def _dataverse(dop: str | None) -> Callable[[httpx.Request], httpx.Response]:
+    headers = {"x-ms-dop-hint": dop} if dop else {}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("EntityDefinitions"):  # the first call: the hint comes with it
+            table = {"LogicalName": "lead", "EntitySetName": "leads", "PrimaryIdAttribute": "leadid"}
+            return httpx.Response(200, json={"value": [table]}, headers=headers)
+        if request.url.path.endswith("$batch"):  # the isolation of a refused chunk: this fake fails it
+            return httpx.Response(500, json={"error": {"code": "0x80040216", "message": "unexpected"}}, headers=headers)
+        targets = json.loads(request.content)["Targets"]
+        if any(target.get("firstname") == "refused" for target in targets):
+            body = {"error": {"code": "0x80040265", "message": "a plug-in refused one record"}}
+            return httpx.Response(400, json=body, headers=headers)
+        return httpx.Response(204, headers=headers)
+
+    return answer
+
+
+def _rows(n: int) -> list[dict[str, Any]]:
+    return [{"leadid": f"00000000-0000-0000-0000-{i:012d}", "firstname": f"F{i}"} for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("dop", "max_parallel", "peak"),
+    [(None, 8, 1), ("4", 8, 3), ("2", 8, 2), ("4", 1, 1)],
+    ids=["no hint: one at a time", "hint 4: all three", "hint 2", "capped by the setting"],
+)
+def test_bulk_messages_go_side_by_side_up_to_the_dop_hint_capped_by_the_setting(
+    dop: str | None, max_parallel: int, peak: int
+) -> None:
+    fake = InFlight(_dataverse(dop))
+    with httpx.Client(transport=httpx.MockTransport(fake)) as http:
+        client = DataverseClient(
+            http,
+            base_url=ORG,
+            credential=StaticTokenCredential("t"),
+            batch_size=1000,
+            max_parallel=max_parallel,
+            sleep=lambda _: None,
+        )
+        outcomes = client.update_multiple("leads", _rows(2500))
+
+    assert [outcome.index for outcome in outcomes] == list(range(2500))
+    assert all(outcome.ok for outcome in outcomes)
+    posts = [call for call in fake.calls if call.method == "POST"]
+    assert len(posts) == 3  # ⌈2500 / 1000⌉: parallel, not more calls
+    assert fake.peak == peak
+
+
+def test_a_failing_chunk_is_raised_only_after_the_other_chunks_were_sent() -> None:
+    fake = InFlight(_dataverse("4"), hold=0.01)
+    with httpx.Client(transport=httpx.MockTransport(fake)) as http:
+        client = DataverseClient(
+            http,
+            base_url=ORG,
+            credential=StaticTokenCredential("t"),
+            batch_size=10,
+            max_parallel=4,
+            sleep=lambda _: None,
+        )
+        rows = _rows(40)
+        rows[25]["firstname"] = "refused"
+        with pytest.raises(Exception):  # noqa: B017, PT011 - the fake has no $batch: the isolation itself fails
+            client.update_multiple("leads", rows)
+    # Every other chunk was sent before the failure surfaced (a failure never abandons the rest).
+    bodies = [json.loads(call.content)["Targets"] for call in fake.calls if call.url.path.endswith("UpdateMultiple")]
+    assert sorted(len(targets) for targets in bodies) == [10, 10, 10, 10]
+
+
+def test_sync_leads_chunks_go_side_by_side_up_to_the_in_flight_share() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/identity/oauth/token":
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600, "token_type": "bearer"})
+        records = json.loads(request.content)["input"]
+        result = [{"id": int(record["id"]), "status": "updated"} for record in records]
+        return httpx.Response(200, json={"requestId": "r", "success": True, "result": result})
+
+    fake = InFlight(answer)
+    with httpx.Client(transport=httpx.MockTransport(fake)) as http:
+        client = MarketoClient(
+            http, base_url=MARKETO + "/", client_id="c", client_secret="s", rate_share=0.5, sleep=time.sleep
+        )
+        results = client.sync_leads([{"id": i, "title": "x"} for i in range(1, 1201)])
+
+    assert [result.id for result in results] == list(range(1, 1201))
+    assert len([call for call in fake.calls if call.url.path == "/rest/v1/leads.json"]) == 4  # ⌈1200 / 300⌉
+    assert fake.peak == 4  # four chunks at once: within half of Marketo's 10 in flight
