@@ -31,24 +31,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_webhook import percentiles
+from bench.bench_webhook import ROUTE, SECRET, percentiles, sandbox_process
 from demo.sandbox_env import sandbox_settings
-from sandbox import DataverseOptions, MarketoOptions, SandboxServers
 from sandbox.azurite import run_azurite
 from sync_core.settings import Settings
 from sync_core.state import TableStateStore
-
-SECRET = "bench-secret"  # noqa: S105 - the sandbox webhook secret of this run
-ROUTE = "/api/marketo/sync-person"
-
-
-def sandbox_process(conn: Any, persons: int) -> None:
-    servers = SandboxServers(
-        marketo=MarketoOptions(limits=True, seed_leads=persons), dataverse=DataverseOptions(limits=True)
-    ).start()
-    conn.send((servers.marketo_url, servers.dataverse_url))
-    conn.recv()  # until told to stop
-    servers.stop()
 
 
 def dynamics_leads(dataverse_url: str) -> list[dict[str, Any]]:
