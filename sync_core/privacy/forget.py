@@ -35,6 +35,7 @@ from sync_core.core.models import Direction, EntityType, Link, person_failure_ke
 from sync_core.marketo.client import MarketoClient
 from sync_core.settings import Settings
 from sync_core.state import StateStore
+from sync_core.wiring.preflight import config_error_line
 from sync_core.wiring.services import services_for
 
 log = logging.getLogger(__name__)
@@ -117,13 +118,6 @@ def _linked_with_email(store: StateStore, email: str, field_map: FieldMap) -> li
     )
 
 
-def _config_error_line(err: ConfigError) -> str:
-    """Design §7: a configuration error is one JSON line ``{"error", "setting", "hint"}``."""
-    first = err.problems[0] if err.problems else ""
-    setting = first.split(":", 1)[0].strip() if ":" in first else None
-    return json.dumps({"error": "invalid configuration", "setting": setting, "hint": "; ".join(err.problems)})
-
-
 def forget_main(
     argv: Sequence[str] | None = None,
     *,
@@ -150,7 +144,7 @@ def forget_main(
     try:
         services = services_for(Settings.from_env(os.environ if environ is None else environ))
     except ConfigError as error:
-        print(_config_error_line(error), file=err)
+        print(config_error_line(error), file=err)
         return 2
     store = services.store
     try:
