@@ -3,6 +3,8 @@
 #   make test   venv + pip installs + Azurite (npm) + ruff + mypy + checkov (infra/) + pytest
 #   make demo   the end-to-end demo on the embedded sandbox and Azurite
 #   make bench  the benchmarks; BENCH_SIZES=1000,10000,100000 for a longer sync-cycle run
+#   make bench-realworld  cycles against the simulators' realistic latency model, next to the
+#               services' floor (REALWORLD_SIZES=10000,100000, REALWORLD_TIME_SCALE=0.1 for a quick run)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -14,8 +16,11 @@ CHECKOV_VENV    := .venv-checkov
 CHECKOV_STAMP   := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 # Changes per measured sync cycle in bench/bench_cycle.py.
 BENCH_SIZES ?= 1000,10000
+# Changes and latency scale in bench/bench_realworld.py (1 = the profile's real latencies).
+REALWORLD_SIZES ?= 10000
+REALWORLD_TIME_SCALE ?= 1
 
-.PHONY: setup lint fmt browser infra-check test demo bench clean
+.PHONY: setup lint fmt browser infra-check test demo bench bench-realworld clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
@@ -68,6 +73,9 @@ bench: setup
 	$(BIN)/python bench/bench_clients.py
 	$(BIN)/python bench/bench_cycle.py --sizes $(BENCH_SIZES)
 	$(BIN)/python bench/bench_webhook.py --calls 100
+
+bench-realworld: setup
+	$(BIN)/python bench/bench_realworld.py --sizes $(REALWORLD_SIZES) --time-scale $(REALWORLD_TIME_SCALE)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -128,6 +128,18 @@ def measured_cycle(conn: Any, env: dict[str, str], store_file: str | None) -> No
         Path(store_file).write_bytes(pickle.dumps(store._rows._tables))
 
 
+def settle(engine: SyncEngine, max_cycles: int = 6) -> list[float | None]:
+    """Cycles until one writes and pulls nothing (everything linked or created, the echoes
+    read back); each cycle's seconds."""
+    seconds = []
+    for _ in range(max_cycles):
+        body = engine.run_cycle().report
+        seconds.append(body.seconds)
+        if not (body.written.marketo or body.written.dynamics or body.pulled.marketo):
+            break
+    return seconds
+
+
 def in_fresh_process(env: dict[str, str], store_file: str | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -183,13 +195,7 @@ def run_size(n: int, connection: str, *, memory: bool = False) -> dict[str, Any]
         services = build_services(Settings.from_env(env), store=store)
         engine = SyncEngine.from_services(services)
         setup_started = time.perf_counter()
-        setup = []
-        for _ in range(6):  # link/create everything, then let the echoes settle
-            report = engine.run_cycle()
-            setup.append(report.report.seconds)
-            body = report.as_json()
-            if not (body["written"]["marketo"] or body["written"]["dynamics"] or body["pulled"]["marketo"]):
-                break
+        setup = settle(engine)
         setup_seconds = time.perf_counter() - setup_started
         parent.send(("edit", 2 * n))
         changes = parent.recv()
@@ -203,7 +209,7 @@ def run_size(n: int, connection: str, *, memory: bool = False) -> dict[str, Any]
         idle_cold = in_fresh_process(env, store_file)
         if store is not None and store_file is not None:
             store._rows._tables = pickle.loads(Path(store_file).read_bytes())  # noqa: S301 - this run's own temp file
-        idle_warm = engine.run_cycle().as_json()
+        idle_warm = engine.run_cycle().report.as_json()
         table = result["report"]["table"]
         return {
             "n": sum(changes.values()),
