@@ -37,14 +37,27 @@ def _forget(argv: list[str]) -> int:
     return forget_main(argv)
 
 
+def _check(argv: list[str]) -> int:
+    from sync_core.check.run import check_main
+
+    return check_main(argv)
+
+
 def _status(argv: list[str]) -> int:
     from sync_core.status.view import status_main
 
     return status_main(argv)
 
 
-# name -> (run, services probed before it starts (tables, marketo, dataverse), help)
-_COMMANDS: dict[str, tuple[Callable[[list[str]], int], tuple[bool, bool, bool], str]] = {
+# name -> (run, services probed before it starts (tables, marketo, dataverse), help); ``check``
+# probes nothing first: checking the settings and the services is what it does, line by line.
+_COMMANDS: dict[str, tuple[Callable[[list[str]], int], tuple[bool, bool, bool] | None, str]] = {
+    "check": (
+        _check,
+        None,
+        "validate the setup (credentials, custom fields and activity type, permissions, change tracking, "
+        "field map against both sides, state store); exit 0 when all pass, 1 when any fails",
+    ),
     "run-once": (
         _run_once,
         (True, True, True),
@@ -72,14 +85,15 @@ def guarded(
     run: Callable[[list[str]], int],
     argv: list[str],
     *,
-    probe: tuple[bool, bool, bool] = (True, True, True),
+    probe: tuple[bool, bool, bool] | None = (True, True, True),
     environ: Mapping[str, str] | None = None,
     stderr: TextIO | None = None,
 ) -> int:
-    """``run(argv)`` after the configuration checks; a ``ConfigError`` → one JSON line, exit 2."""
+    """``run(argv)`` after the configuration checks (none when ``probe`` is None: the command makes
+    its own); a ``ConfigError`` → one JSON line, exit 2."""
     err = stderr or sys.stderr
     try:
-        if not {"-h", "--help"} & set(argv):
+        if probe is not None and not {"-h", "--help"} & set(argv):
             tables, marketo, dataverse = probe
             settings = check_config(os.environ if environ is None else environ)
             check_reachable(settings, tables=tables, marketo=marketo, dataverse=dataverse)

@@ -52,6 +52,9 @@ _TOKEN_PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token")
 _DISCOVERY_PATH = re.compile(r"/([^/]+)/v2\.0/\.well-known/openid-configuration")
 _MULTIPLE = {f"Microsoft.Dynamics.CRM.{m}": m for m in ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")}
 _QUALIFY = "Microsoft.Dynamics.CRM.QualifyLead"
+_PRIVILEGES = "Microsoft.Dynamics.CRM.RetrieveUserPrivileges"
+_ACTIONS = ("Create", "Read", "Write", "Delete", "Append", "AppendTo")
+_MULTIPLE_NEEDS = {"CreateMultiple": ("Create",), "UpdateMultiple": ("Write",), "UpsertMultiple": ("Create", "Write")}
 _HEADER_SAFE = "/:@!$&'()*+,;=-._~?"
 Key = str | dict[str, Any]
 
@@ -241,7 +244,8 @@ class DataverseSandbox(FaultControls):
         if name == "EntityDefinitions":
             self._only(method, ("GET",), path)
             self._op("EntityDefinitions", "GET", in_batch=in_batch)
-            return _json(Metadata(api).entity_definitions(segments, request.query))
+            untracked = frozenset(self.options.change_tracking_off)
+            return _json(Metadata(api, untracked=untracked).entity_definitions(segments, request.query))
         if name == "sdkmessagefilters" and key_text is None and len(segments) == 1:
             self._only(method, ("GET",), path)
             self._op("sdkmessagefilters", "GET", in_batch=in_batch)
@@ -257,6 +261,10 @@ class DataverseSandbox(FaultControls):
                     "OrganizationId": ORGANIZATION_ID,
                 }
             )
+        if name == "systemusers" and len(segments) == 2 and segments[1].removesuffix("()") == _PRIVILEGES:
+            self._only(method, ("GET",), path)
+            self._op("systemusers", _PRIVILEGES, in_batch=in_batch)
+            return self._user_privileges(key_text, api)
         table = BY_SET.get(name)
         if table is None:
             raise err.no_segment(name)
@@ -265,6 +273,7 @@ class DataverseSandbox(FaultControls):
         if key_text is None:
             if len(segments) == 1:
                 self._only(method, ("GET", "POST"), path)
+                self._need(table, "Read" if method == "GET" else "Create")
                 if method == "GET":
                     self._op(
                         table.entity_set,
@@ -279,11 +288,14 @@ class DataverseSandbox(FaultControls):
             if message is None or len(segments) > 2:
                 raise err.no_segment(segments[1])
             self._only(method, ("POST",), path)
+            for action in _MULTIPLE_NEEDS[message]:
+                self._need(table, action)
             self._op(table.entity_set, message, in_batch=in_batch, records=0)  # charged per target
             return self._multiple(table, message, request, api, user, bypass)
         key = self._key(table, key_text)
         if len(segments) == 1:
             self._only(method, ("GET", "PATCH", "DELETE"), path)
+            self._need(table, {"GET": "Read", "PATCH": "Write", "DELETE": "Delete"}[method])
             if method == "GET":
                 self._op(table.entity_set, "retrieve", in_batch=in_batch)
                 return self._retrieve(table, key, request, api)
@@ -295,12 +307,15 @@ class DataverseSandbox(FaultControls):
             return self._delete(table, key, request, user)
         if len(segments) == 2 and segments[1] == _QUALIFY and table is LEAD:
             self._only(method, ("POST",), path)
+            self._need(table, "Write")
+            self._need(CONTACT, "Create")
             self._op(table.entity_set, "QualifyLead", in_batch=in_batch)
             return self._qualify(key, request, api, user)
         column = table.by_prop.get(segments[1]) if len(segments) == 2 else None
         if column is None:
             raise err.no_segment(segments[-1] if len(segments) > 2 else segments[1])
         self._only(method, ("GET", "DELETE"), path)
+        self._need(table, "Read" if method == "GET" else "Write")
         row = self.records.get_or_raise(table, key)
         if method == "GET":
             self._op(table.entity_set, "retrieve", in_batch=in_batch)
@@ -315,6 +330,41 @@ class DataverseSandbox(FaultControls):
         self._op(table.entity_set, "update", in_batch=in_batch)
         self.records.update(table, row, {column.name: None}, user=user, bypass_plugins=bypass)
         return Response(status=204)
+
+    def _privileges(self) -> list[str]:
+        """What the integration user's role grants: every table privilege on lead and contact (at
+        organisation depth) but those ``denied_privileges`` takes away."""
+        denied = set(self.options.denied_privileges)
+        names = [f"prv{action}{table.schema_name}" for table in TABLES for action in _ACTIONS]
+        return [name for name in names if name not in denied]
+
+    def _need(self, table: Table, action: str) -> None:
+        """Refuse (403 PrivilegeDenied) a request the user's role has no privilege for."""
+        privilege = f"prv{action}{table.schema_name}"
+        if privilege in self.options.denied_privileges:
+            raise err.privilege_denied(privilege, self.options.integration_user_id)
+
+    def _user_privileges(self, key_text: str | None, api: str) -> Response:
+        """``systemusers(<id>)/Microsoft.Dynamics.CRM.RetrieveUserPrivileges()``: the privileges the
+        user holds through their roles (RetrieveUserPrivilegesResponse.RolePrivileges)."""
+        user_id = str(parse_key(key_text or "")).strip("{}").lower()
+        if user_id != self.options.integration_user_id.lower():
+            raise err.not_found("systemuser", user_id)
+        privileges = [
+            {
+                "Depth": "Global",
+                "PrivilegeId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-dataverse/privilege/{name}")),
+                "BusinessUnitId": BUSINESS_UNIT_ID,
+                "PrivilegeName": name,
+            }
+            for name in self._privileges()
+        ]
+        return _json(
+            {
+                "@odata.context": f"{api}/$metadata#Microsoft.Dynamics.CRM.RetrieveUserPrivilegesResponse",
+                "RolePrivileges": privileges,
+            }
+        )
 
     def _op(self, resource: str, operation: str, *, in_batch: bool = False, records: int = 1) -> None:
         """Count an operation and charge its simulated service time."""
@@ -373,6 +423,9 @@ class DataverseSandbox(FaultControls):
 
     def _query(self, table: Table, request: Request, api: str) -> Response:
         prefs = parse_prefer(request.header("Prefer"))
+        delta = request.arg("$deltatoken") is not None or "odata.track-changes" in prefs
+        if delta and table.logical in self.options.change_tracking_off:
+            raise err.change_tracking_off(table.logical)
         query = Query(
             self.store,
             table,

@@ -29,6 +29,8 @@ EXECUTION_TIME_LIMIT = "0x80072321"
 CONCURRENCY_LIMIT = "0x80072326"
 # SdkEntityDoesNotSupportMessage, as public reports of the fault show it; the HTTP status (400) is assumed.
 MESSAGE_NOT_SUPPORTED = "0x80040800"
+PRIVILEGE_DENIED = "0x80040220"  # PrivilegeDenied, 403 (api-protocols.md B8)
+CHANGE_TRACKING_NOT_ENABLED = "0x80072491"  # a delta read on a table without change tracking; code assumed
 
 PAYLOAD_HELP = (
     "Error identified in Payload provided by the user for Entity :'{entity}', For more information on this "
@@ -151,6 +153,21 @@ def plugin_abort(message: str) -> DataverseError:
 def expired_version_stamp() -> DataverseError:
     return DataverseError(
         400, EXPIRED_VERSION_STAMP, "Version stamp associated with the client has expired. Please perform a full sync."
+    )
+
+
+def privilege_denied(privilege: str, user_id: str) -> DataverseError:
+    return DataverseError(
+        403,
+        PRIVILEGE_DENIED,
+        f"Principal user (Id={user_id}, type=8) is missing {privilege} privilege. "
+        "The user does not hold the necessary privileges.",
+    )
+
+
+def change_tracking_off(logical: str) -> DataverseError:
+    return DataverseError(
+        400, CHANGE_TRACKING_NOT_ENABLED, f"Change tracking is not enabled for the entity '{logical}'."
     )
 
 

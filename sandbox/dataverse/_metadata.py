@@ -58,7 +58,7 @@ def _label(text: str) -> dict[str, Any]:
     return {"LocalizedLabels": [localized], "UserLocalizedLabel": localized}
 
 
-def entity_metadata(table: Table) -> dict[str, Any]:
+def entity_metadata(table: Table, *, change_tracking: bool = True) -> dict[str, Any]:
     return {
         "MetadataId": table.metadata_id,
         "LogicalName": table.logical,
@@ -70,7 +70,7 @@ def entity_metadata(table: Table) -> dict[str, Any]:
         "PrimaryNameAttribute": table.primary_name,
         "ObjectTypeCode": table.object_type_code,
         "OwnershipType": "UserOwned",
-        "ChangeTrackingEnabled": True,
+        "ChangeTrackingEnabled": change_tracking,
         "IsPrivate": False,
         "IsCustomEntity": False,
         "IsActivity": False,
@@ -177,8 +177,9 @@ def _derived_of(text: str) -> str | None:
 
 
 class Metadata:
-    def __init__(self, api: str) -> None:
+    def __init__(self, api: str, *, untracked: frozenset[str] = frozenset()) -> None:
         self.api = api
+        self.untracked = untracked  # tables with change tracking off
 
     def entity_definitions(self, segments: list[str], query: dict[str, list[str]]) -> dict[str, Any]:
         """``segments[0]`` is ``EntityDefinitions`` or ``EntityDefinitions(<key>)``."""
@@ -211,10 +212,9 @@ class Metadata:
             raise err.no_segment(segments[1])
         return self._attributes(table, attr_key, segments[2:], query)
 
-    @staticmethod
-    def _entities(tables: list[Table], query: dict[str, list[str]]) -> list[dict[str, Any]]:
+    def _entities(self, tables: list[Table], query: dict[str, list[str]]) -> list[dict[str, Any]]:
         """Entity metadata, with ``Attributes`` when ``$expand=Attributes[($select=…)]`` asks for them."""
-        items = [entity_metadata(t) for t in tables]
+        items = [entity_metadata(t, change_tracking=t.logical not in self.untracked) for t in tables]
         for name, selected in _expand_parts((query.get("$expand") or [""])[0]):
             if name != "Attributes":
                 raise err.bad_query(f"Could not find a property named '{name}' on type '{NS}EntityMetadata'.")

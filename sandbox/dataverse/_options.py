@@ -50,6 +50,11 @@ class DataverseOptions:
     # Bulk messages not enabled, as "<table logical name>" (all three) or "<table>/<message>": the
     # message is refused with 0x80040800 and missing from sdkmessagefilters.
     bulk_disabled: list[str] = field(default_factory=list)
+    # A broken setup, piece by piece (`python -m sync_core check` shows each): tables whose change
+    # tracking is off ("lead", "contact"), and privileges the integration user's role lacks
+    # ("prvWriteLead", "prvCreateContact", ...; a request needing one is refused 403 PrivilegeDenied).
+    change_tracking_off: list[str] = field(default_factory=list)
+    denied_privileges: list[str] = field(default_factory=list)
     integration_user_id: str = INTEGRATION_USER_ID  # who API tokens act as (_modifiedby_value)
     ui_user_id: str = UI_USER_ID  # who the admin and Python APIs act as
     clock: Callable[[], float] = time.time  # wall clock for timestamps, token and change expiry, windows
@@ -77,6 +82,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="TABLE[/MESSAGE]",
         help="a table (or one of its CreateMultiple/UpdateMultiple/UpsertMultiple) without the bulk message",
+    )
+    group.add_argument(
+        "--dataverse-change-tracking-off",
+        action="append",
+        default=[],
+        metavar="TABLE",
+        help="a table (lead, contact) whose change tracking is off",
+    )
+    group.add_argument(
+        "--dataverse-deny-privilege",
+        action="append",
+        default=[],
+        metavar="PRIVILEGE",
+        help="a privilege the integration user's role lacks, e.g. prvWriteLead (requests needing it get 403)",
     )
     add_fault_argument(group, "--dataverse-fault", parse=parse_fault, example="path=/leads;status=429;retry_after=2")
 
@@ -115,4 +134,6 @@ def options_from_args(args: argparse.Namespace) -> DataverseOptions:
         plugin_rules=plugin_rules_from(getattr(args, "dataverse_plugin_rules", "default")),
         faults=list(getattr(args, "dataverse_fault", [])),
         bulk_disabled=list(getattr(args, "dataverse_bulk_disabled", [])),
+        change_tracking_off=list(getattr(args, "dataverse_change_tracking_off", [])),
+        denied_privileges=list(getattr(args, "dataverse_deny_privilege", [])),
     )

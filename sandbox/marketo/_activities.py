@@ -151,17 +151,24 @@ def render_change(a: Activity) -> dict[str, Any]:
     }
 
 
+def _missing_type_ids(call: Call) -> set[int]:
+    """Custom activity types this instance is told not to have (``missing_activity_types``)."""
+    return {t.id for t in schema.CUSTOM_ACTIVITY_TYPES if t.api_name in call.options.missing_activity_types}
+
+
 def activity_types(call: Call) -> dict[str, Any]:
-    return {"result": schema.activity_types()}
+    missing = _missing_type_ids(call)
+    return {"result": [item for item in schema.activity_types() if item["id"] not in missing]}
 
 
 def custom_types(call: Call) -> dict[str, Any]:
-    return {"result": [t.as_json() for t in schema.CUSTOM_ACTIVITY_TYPES]}
+    missing = _missing_type_ids(call)
+    return {"result": [t.as_json() for t in schema.CUSTOM_ACTIVITY_TYPES if t.id not in missing]}
 
 
 def describe_custom_type(call: Call) -> dict[str, Any]:
     ctype = schema.CUSTOM_BY_API_NAME.get(call.match["api_name"])
-    if ctype is None:
+    if ctype is None or ctype.id in _missing_type_ids(call):
         raise MarketoError("1013", f"Activity type '{call.match['api_name']}' not found")
     return {"result": [ctype.as_json()]}
 
@@ -189,7 +196,7 @@ def _add_one(call: Call, item: Any) -> dict[str, Any]:
         if item.get(name) in (None, ""):
             return _custom_skipped("1003", f"{name} cannot be blank")
     ctype = schema.CUSTOM_BY_ID.get(item["activityTypeId"]) if isinstance(item["activityTypeId"], int) else None
-    if ctype is None or ctype.status != "approved":
+    if ctype is None or ctype.status != "approved" or ctype.id in _missing_type_ids(call):
         return _custom_skipped("1003", f"Invalid activityTypeId '{item['activityTypeId']}'")
     lead_id = item["leadId"]
     if isinstance(lead_id, bool) or not isinstance(lead_id, int) or not call.db.exists(lead_id):

@@ -181,11 +181,18 @@ def merge_leads(call: Call) -> dict[str, Any]:
 
 
 def describe(call: Call) -> dict[str, Any]:
-    return {"result": schema.describe()}
+    missing = set(call.options.missing_fields)
+    return {"result": [item for item in schema.describe() if item["rest"]["name"] not in missing]}
 
 
 def describe2(call: Call) -> dict[str, Any]:
-    return {"result": schema.describe2()}
+    missing = set(call.options.missing_fields)
+    return {
+        "result": [
+            {**group, "fields": [item for item in group["fields"] if item["name"] not in missing]}
+            for group in schema.describe2()
+        ]
+    }
 
 
 def schema_fields(call: Call) -> dict[str, Any]:

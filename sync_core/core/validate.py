@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sync_core.core.fieldmap import FieldMap, FieldValueError
+from sync_core.core.fieldmap import FieldMap, FieldType, FieldValueError
 from sync_core.core.models import EntityType
 from sync_core.core.schema import AttributeMeta, EntityMeta, MarketoFieldMeta, RequiredLevel
 
@@ -171,3 +171,53 @@ def drift(
                     )
                 )
     return items
+
+
+# Per field-map type: the Dataverse attribute types and Marketo data types that can hold it.
+_COMPATIBLE: dict[FieldType, tuple[frozenset[str], frozenset[str]]] = {
+    FieldType.STRING: (_TEXT, MARKETO_TEXT_TYPES | {"textarea", "reference"}),
+    FieldType.EMAIL: (_TEXT, frozenset({"email", "string"})),
+    FieldType.PHONE: (_TEXT, frozenset({"phone", "string"})),
+    FieldType.BOOLEAN: (frozenset({"Boolean"}), frozenset({"boolean"})),
+    FieldType.INTEGER: (_WHOLE, frozenset({"integer", "score"})),
+    FieldType.DECIMAL: (_NUMBER | _WHOLE, frozenset({"float", "currency", "integer", "percent"})),
+    FieldType.DATE: (frozenset({"DateTime"}), frozenset({"date", "datetime"})),
+    FieldType.DATETIME: (frozenset({"DateTime"}), frozenset({"datetime"})),
+    FieldType.OPTIONSET: (_OPTIONS, frozenset({"string", "text"})),
+}
+
+
+def type_problems(
+    field_map: FieldMap,
+    *,
+    described: Mapping[str, MarketoFieldMeta],
+    metadata: Mapping[EntityType, EntityMeta],
+) -> tuple[list[str], list[str]]:
+    """Mapped fields present on both sides: (types that cannot hold the mapped type, text lengths
+    that differ so values over the shorter one fail record by record). Missing fields are ``drift``."""
+    wrong: list[str] = []
+    shorter: list[str] = []
+    for mapping in field_map.fields:
+        columns, marketo_types = _COMPATIBLE[mapping.type]
+        field = described.get(mapping.marketo)
+        if field is not None and field.data_type not in marketo_types:
+            wrong.append(f"{mapping.marketo}: Marketo type {field.data_type} cannot hold a {mapping.type.value}")
+        for entity, meta in metadata.items():
+            column = mapping.column(entity)
+            attribute = meta.attributes.get(column) if column else None
+            if attribute is None:
+                continue
+            if attribute.attribute_type not in columns:
+                wrong.append(
+                    f"{mapping.marketo}: {entity.value}.{column} is {attribute.attribute_type}, "
+                    f"which cannot hold a {mapping.type.value}"
+                )
+            elif (
+                field is not None
+                and field.length is not None
+                and attribute.max_length is not None
+                and field.length != attribute.max_length
+                and attribute.attribute_type in _TEXT
+            ):
+                shorter.append(f"{mapping.marketo} ({field.length}) / {entity.value}.{column} ({attribute.max_length})")
+    return wrong, shorter

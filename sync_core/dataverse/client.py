@@ -24,6 +24,7 @@ from azure.core.credentials import TokenCredential
 
 from sync_core.core.errors import ApiError, ConfigError, DeltaTokenExpiredError, RateLimitedError
 from sync_core.core.schema import EntityMeta
+from sync_core.dataverse import _setup
 from sync_core.dataverse import odata as _odata
 from sync_core.dataverse._api import (
     MAX_PAGE_SIZE,
@@ -398,3 +399,17 @@ class DataverseClient:
         """Columns of a table with their types, required levels, lengths, formats and options
         (cached; ``refresh`` reads them again, e.g. after the service refused a column)."""
         return self._catalog.entity(self._api, logical_name, refresh=refresh)
+
+    # -- setup facts (``python -m sync_core check``; reads only) -------------------------------------
+
+    def who_am_i(self) -> str:
+        """The calling user's ``systemuserid`` (``WhoAmI``)."""
+        return _setup.who_am_i(self._api)
+
+    def user_privileges(self, user_id: str) -> dict[str, str]:
+        """The privileges ``user_id`` holds through roles and teams, name -> depth (``RetrieveUserPrivileges``)."""
+        return _setup.user_privileges(self._api, user_id)
+
+    def change_tracking_enabled(self, logical_name: str) -> bool:
+        """Whether the table has change tracking on (``EntityMetadata.ChangeTrackingEnabled``)."""
+        return _setup.change_tracking_enabled(self._api, logical_name)

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from sync_core.core.errors import ConfigError, RateLimitedError, SyncError, TransientError
+from sync_core.core.errors import ApiError, ConfigError, RateLimitedError, SyncError, TransientError
 from sync_core.core.fieldmap import load_field_map
 from sync_core.http.retry import RetryPolicy
 from sync_core.settings import ENV_NAMES, Settings
@@ -46,6 +46,14 @@ _HINTS: dict[str, str] = {
     "SYNC_FIELD_MAP": "a path to, or inline JSON of, a field map; see sync_core/fieldmap.default.json",
     "SYNC_SCHEDULE": 'six NCRONTAB fields, e.g. "0 */5 * * * *"',
 }
+KEY_VAULT_PREFIX = "@Microsoft.KeyVault("
+KEY_VAULT_HINT = (
+    "the app setting is still a Key Vault reference, so the platform could not resolve it: grant the function "
+    "app's identity 'Key Vault Secrets User' on the vault, check the secret URI (SecretUri=... or "
+    "VaultName=...;SecretName=...) and the vault's network access; the portal's Environment variables page "
+    "shows each reference's status"
+)
+_KEY_VAULT_PROBLEM = "an unresolved Key Vault reference"
 _PROBE_RETRY = RetryPolicy(max_attempts=2, initial_delay=0.25, max_delay=1.0, max_retry_after=2.0, max_total_wait=3.0)
 _DEFAULT_HINT = "fix the setting named and run the command again; `python -m sync_core check` tests the whole setup"
 _NAMES = sorted(ENV_NAMES, key=len, reverse=True)  # longest first: DATAVERSE_CLIENT_ID before ..._ID
@@ -60,21 +68,39 @@ def _settings_named(problem: str) -> list[str]:
     return sorted(found, key=lambda name: head.find(name) if name in head else 0)
 
 
-def config_error_line(err: ConfigError) -> str:
-    """The one JSON line for ``err``: every problem in ``error``, the settings they name in ``setting``."""
+def config_error_payload(err: ConfigError) -> dict[str, Any]:
+    """``{"error", "setting", "hint"}`` for ``err``: every problem, the settings they name, a fix."""
     names: list[str] = []
     for problem in err.problems:
         names += [name for name in _settings_named(problem) if name not in names]
-    payload: dict[str, Any] = {
+    if any(_KEY_VAULT_PROBLEM in problem for problem in err.problems):
+        hint = KEY_VAULT_HINT
+    else:
+        hint = _HINTS.get(names[0], _DEFAULT_HINT) if names else _DEFAULT_HINT
+    return {
         "error": "; ".join(err.problems) or "invalid configuration",
         "setting": ", ".join(names) if names else None,
-        "hint": _HINTS.get(names[0], _DEFAULT_HINT) if names else _DEFAULT_HINT,
+        "hint": hint,
     }
-    return json.dumps(payload, ensure_ascii=False)
+
+
+def config_error_line(err: ConfigError) -> str:
+    """The one JSON line for ``err``: every problem in ``error``, the settings they name in ``setting``."""
+    return json.dumps(config_error_payload(err), ensure_ascii=False)
+
+
+def unresolved_references(environ: Mapping[str, str]) -> list[str]:
+    """App settings whose value is still ``@Microsoft.KeyVault(...)``: in Azure the platform swaps a
+    resolved reference for the secret before the process starts, so one seen here did not resolve."""
+    return sorted(name for name, value in environ.items() if value.strip().startswith(KEY_VAULT_PREFIX))
 
 
 def check_config(environ: Mapping[str, str]) -> Settings:
-    """What the settings alone show (no I/O): ``ConfigError`` naming each problem."""
+    """What the settings alone show (no I/O): ``ConfigError`` naming each problem. A setting that
+    is an unresolved Key Vault reference is told as such, not as a wrong value."""
+    unresolved = unresolved_references(environ)
+    if unresolved:
+        raise ConfigError([f"{name}: {_KEY_VAULT_PROBLEM} (the value is not the secret)" for name in unresolved])
     settings = Settings.from_env(environ)
     load_field_map(settings.field_map)
     build_state_store(settings)  # a malformed connection string fails here
@@ -135,6 +161,17 @@ def check_reachable(settings: Settings, *, tables: bool = True, marketo: bool = 
                 if not _unreachable(err):
                     raise
                 raise ConfigError([f"DATAVERSE_URL: {settings.dataverse_url} cannot be reached"]) from err
+            except ApiError as err:
+                if err.status not in (401, 403):
+                    raise ConfigError(
+                        [f"DATAVERSE_URL: {settings.dataverse_url} does not answer as a Dataverse organisation ({err})"]
+                    ) from err
+                raise ConfigError(
+                    [
+                        f"Dataverse credential refused by {settings.dataverse_url} ({err.status}): check DATAVERSE_* "
+                        "settings and that the application user exists in this environment"
+                    ]
+                ) from err
             except Exception as err:  # an answer that is not the Dataverse Web API's
                 raise ConfigError(
                     [
