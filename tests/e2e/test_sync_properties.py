@@ -60,9 +60,9 @@ from tests.e2e.conftest import environment
 
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]
 
-# 30 examples x 20 steps is the CI share (each example now also draws the Marketo delete policy and has the
+# 20 examples x 20 steps is the CI share (each example now also draws the Marketo delete policy and has the
 # B3/B7 rules); a longer hunt: SYNC_PROPERTY_EXAMPLES=100 (and pytest --timeout=0).
-EXAMPLES = int(os.environ.get("SYNC_PROPERTY_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("SYNC_PROPERTY_EXAMPLES", "20"))
 STEPS = 20
 # Synced fields the test edits: (Marketo field, Dataverse column); valid on both sides, not keys.
 FIELDS = (("firstName", "firstname"), ("title", "jobtitle"), ("phone", "telephone1"))
