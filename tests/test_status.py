@@ -346,6 +346,19 @@ def test_text_summary_names_the_headline_last_cycle_and_totals() -> None:
     assert "Collisions: 4 in the last 24 h" in text
 
 
+def test_text_lists_each_failure_with_its_reason_direction_and_next_retry() -> None:
+    text = render_text(build_status(_filled_store(), now=NOW, schedule=SCHEDULE))
+
+    assert (
+        "  - to marketo Marketo 2002, contact 6f1c2d4e-0000-4000-8000-000000000002 [1003]: "
+        "Marketo 1003: email field is invalid (1 attempt, due now)"
+    ) in text
+    assert (
+        f"  - to dynamics Marketo 1001 [length]: {status_data.HOSTILE_REASON} (2 attempts, next retry 2025-03-14 "
+        in text
+    )
+
+
 def test_totals_beyond_the_cap_read_as_at_least() -> None:
     store = MemoryStateStore()
     template = status_data.failures()[1]

@@ -36,9 +36,6 @@ from sync_core.core.schedule import Schedule
 from sync_core.settings import DEFAULT_SCHEDULE, Settings
 from sync_core.state import StateStore
 from sync_core.status.html import (
-    DASH,
-    fmt_count,
-    fmt_prune,
     fmt_total,
     fmt_when,
     render_error_html,
@@ -59,6 +56,7 @@ from sync_core.status.models import (
     Total,
     Totals,
 )
+from sync_core.status.text import render_text
 from sync_core.wiring.services import services_for
 
 log = logging.getLogger(__name__)
@@ -315,35 +313,6 @@ def _state_size(store: StateStore) -> StateSize:
 
 def render_json(status: Status) -> str:
     return status.model_dump_json(indent=2)
-
-
-def render_text(status: Status) -> str:
-    """A few lines for a terminal."""
-    lines = [f"Sync status: {status.health.headline}  (as of {fmt_when(status.generated_at)})"]
-    lines += [f"  - {detail}" for detail in status.health.details]
-    if status.cycles:
-        last = status.cycles[0]
-        seconds = DASH if last.seconds is None else f"{last.seconds:.1f} s"
-        lines.append(
-            f"Last cycle: {fmt_when(last.started_at)}, {last.outcome}, {seconds}; "
-            f"records Marketo→Dynamics {fmt_count(last.written.dynamics)}, "
-            f"Dynamics→Marketo {fmt_count(last.written.marketo)}; "
-            f"API calls Marketo {fmt_count(last.api_calls.marketo)}, Dataverse {fmt_count(last.api_calls.dataverse)}"
-        )
-    else:
-        lines.append("Last cycle: none yet")
-    lines.append(f"Backlog: {fmt_count(status.backlog.total) if status.backlog.known else 'unknown'}")
-    totals = status.totals
-    lines.append(f"Failures: {fmt_total(totals.failures_open)} open, {fmt_total(totals.failures_due)} due for retry")
-    lines.append(f"Collisions: {fmt_total(totals.collisions_24h)} in the last 24 h")
-    drift = f"{len(status.drift.items)} item(s)" if status.drift.known else "not checked yet"
-    lines.append(f"Field-map drift: {drift}")
-    if totals.links is not None:
-        lines.append("Links: " + ", ".join(f"{entity} {count:,}" for entity, count in totals.links.items()))
-    if status.state is not None:
-        lines.append("State: " + ", ".join(f"{name} {fmt_total(total)}" for name, total in status.state.tables.items()))
-        lines.append(f"Last prune: {fmt_prune(status.state.last_prune)}")
-    return "\n".join(lines) + "\n"
 
 
 def choose_format(accept: str | None, requested: str | None = None) -> Format:
