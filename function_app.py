@@ -14,10 +14,12 @@ from sync_core.core.errors import ConfigError, CycleFailedError
 from sync_core.core.report import Outcome
 from sync_core.cycle import engine
 from sync_core.status import view as sync_status
+from sync_core.telemetry import configure_telemetry, flush_telemetry
 from sync_core.webhook import handler as webhook
 from sync_core.wiring import preflight
 
 log = logging.getLogger("function_app")
+configure_telemetry(os.environ)  # once per worker process: Application Insights in Azure (README "Telemetry")
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
@@ -57,6 +59,8 @@ def sync_cycle(timer: func.TimerRequest) -> None:
     except ConfigError as err:  # the same JSON line the commands print; the execution fails
         log.error("sync cycle: configuration error %s", preflight.config_error_line(err))
         raise
+    finally:
+        flush_telemetry()  # the instance may be stopped before the next periodic export
     log.info("sync cycle %s: %s", report.run_id, report.outcome)
     if report.outcome is Outcome.ERROR:  # a person must act: fail the execution so Azure Monitor sees it
         raise CycleFailedError(f"sync cycle {report.run_id} failed: {report.report.error}")

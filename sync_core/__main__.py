@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
 from sync_core.core.errors import ConfigError
+from sync_core.telemetry import configure_telemetry
 from sync_core.wiring.preflight import check_config, check_reachable, config_error_line
 
 
@@ -93,6 +94,7 @@ def guarded(
     its own); a ``ConfigError`` → one JSON line, exit 2."""
     err = stderr or sys.stderr
     try:
+        configure_telemetry(os.environ if environ is None else environ)
         if probe is not None and not {"-h", "--help"} & set(argv):
             tables, marketo, dataverse = probe
             settings = check_config(os.environ if environ is None else environ)

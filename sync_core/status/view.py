@@ -31,7 +31,7 @@ from azure.core.exceptions import AzureError
 
 from sync_core.core.errors import ConfigError, SyncError
 from sync_core.core.models import Collision, RecordFailure, RunReport
-from sync_core.core.report import DID_ITS_WORK, Outcome
+from sync_core.core.report import COMPLETED_OUTCOMES, DID_ITS_WORK, Outcome
 from sync_core.core.schedule import Schedule
 from sync_core.settings import DEFAULT_SCHEDULE, Settings
 from sync_core.state import StateStore
@@ -65,10 +65,7 @@ log = logging.getLogger(__name__)
 # page slow; beyond it a total reads "1000+".
 TOTAL_CAP = 1000
 STALE_INTERVALS = 3  # no cycle for more than this many schedule intervals: the sync is down
-# Outcomes (``RunReport.outcome``) of a cycle that did its work; anything else counts as failed.
-# ``partial``: some records failed (they are in the failures table); ``lease_held``: another
-# cycle was running, which shows the timer is alive.
-_COMPLETED_OUTCOMES = frozenset({*DID_ITS_WORK, Outcome.LEASE_HELD})
+# A failed cycle is one whose outcome is not in ``core.report.COMPLETED_OUTCOMES``; these retry by themselves.
 _RETRIES_BY_ITSELF = frozenset({Outcome.TRANSIENT, Outcome.QUOTA, Outcome.LEASE_LOST})
 
 Format = Literal["json", "html"]
@@ -89,8 +86,8 @@ def cycle_from_report(run: RunReport) -> Cycle:
         started_at=run.started_at,
         finished_at=run.finished_at,
         outcome=run.outcome,
-        failed=run.outcome not in _COMPLETED_OUTCOMES,
-        reason=report.error if run.outcome not in _COMPLETED_OUTCOMES else None,
+        failed=run.outcome not in COMPLETED_OUTCOMES,
+        reason=report.error if run.outcome not in COMPLETED_OUTCOMES else None,
         seconds=_seconds(run),
         pulled=report.pulled,
         written=report.written,
