@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from sync_core.core.models import EntityType, Link, RunReport
 from sync_core.privacy.prune import prune_state
 from sync_core.state import MemoryStateStore, TableStateStore
 from sync_core.status import view as status_module
-from sync_core.status.html import DASH, _nice_ceiling
+from sync_core.status.html import DASH, SERIES_COLOURS, _nice_ceiling
 from sync_core.status.models import DriftItem, HealthLevel, Total
 from sync_core.status.view import (
     build_status,
@@ -335,6 +336,27 @@ def test_html_page_has_headline_tiles_charts_and_tables() -> None:
     assert page.count('<circle class="failed"') == 2  # the failed cycle, marked on both charts
     assert "<script" not in page.replace("&lt;script", "")
     assert "http://" not in page.replace("http://www.w3.org", "")
+
+
+def test_each_series_keeps_its_colour_place_and_legend_entry_on_every_chart() -> None:
+    page = render_html(build_status(_filled_store(), now=NOW, schedule=SCHEDULE))
+    charts = page.split('<figure class="chart-box">')[1:]
+    assert len(charts) == 2
+    colours: dict[str, set[str]] = {}
+    stacks: set[tuple[str, ...]] = set()
+    for chart in charts:
+        for group in chart.split('<g class="cycle"')[1:]:
+            bars = re.findall(r'<rect class="bar" data-series="(\w+)"[^>]* fill="(#[0-9a-f]{6})"', group)
+            stacks.add(tuple(series for series, _ in bars))  # bottom to top
+            for series, colour in bars:
+                colours.setdefault(series, set()).add(colour)
+        legend = re.findall(r'<span data-series="(\w+)"><i style="background:(#[0-9a-f]{6})">', chart)
+        assert [series for series, _ in legend] == list(SERIES_COLOURS)  # the same order as the stack
+        for series, colour in legend:
+            colours.setdefault(series, set()).add(colour)
+    assert colours == {series: {colour} for series, colour in SERIES_COLOURS.items()}  # one colour per series
+    assert len(set(SERIES_COLOURS.values())) == len(SERIES_COLOURS)
+    assert stacks == {tuple(SERIES_COLOURS)}  # same place in every bar of every chart
 
 
 def test_text_summary_names_the_headline_last_cycle_and_totals() -> None:

@@ -12,7 +12,7 @@ everything comes from the ``Status`` it is given.
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -20,9 +20,10 @@ if TYPE_CHECKING:
     from sync_core.status.models import Cycle, LastPrune, Status, Total
 
 DASH = "\u2013"  # an en dash: "not known" in a cell
-# One colour per system everywhere on the page, so "purple = Marketo" is learnt once.
-_MARKETO = "#6d4fc2"
-_DYNAMICS = "#0f6cbd"
+# One colour per system on every chart, so "purple = Marketo" is learnt once: a chart's series is
+# the system it is about (records written to it, calls made to it) and takes its colour from here,
+# never its own; every chart stacks and lists the systems in this order too.
+SERIES_COLOURS = {"marketo": "#6d4fc2", "dynamics": "#0f6cbd"}
 _FAILED = "#c4314b"
 
 
@@ -97,14 +98,21 @@ def _bar_chart(
     chart_id: str,
     title: str,
     cycles: Sequence[Cycle],
-    series: Sequence[tuple[str, str, Callable[[Cycle], int | None]]],
+    series_by_system: Mapping[str, tuple[str, Callable[[Cycle], int | None]]],
 ) -> str:
-    """Stacked bars, one per cycle, oldest on the left; each segment carries a ``<title>``
-    tooltip. A cycle that failed gets a red mark under its bar."""
+    """Stacked bars, one per cycle, oldest on the left, one segment per system (``SERIES_COLOURS``:
+    its colour and place); each segment carries a ``<title>`` tooltip. A cycle that failed gets a
+    red mark under its bar."""
+    series = [
+        (system, label, SERIES_COLOURS[system], get)
+        for system in SERIES_COLOURS
+        if system in series_by_system
+        for label, get in [series_by_system[system]]
+    ]
     ordered = list(reversed(cycles))
     plot_w = _CHART_W - _PAD_L - _PAD_R
     plot_h = _CHART_H - _PAD_T - _PAD_B
-    totals = [sum(get(cycle) or 0 for _, _, get in series) for cycle in ordered]
+    totals = [sum(get(cycle) or 0 for _, _, _, get in series) for cycle in ordered]
     top = _nice_ceiling(max(totals, default=0))
     slot = plot_w / max(len(ordered), 1)
     bar_w = max(2.0, min(28.0, slot * 0.7))
@@ -129,14 +137,14 @@ def _bar_chart(
         x = _PAD_L + slot * index + (slot - bar_w) / 2
         parts.append(f'<g class="cycle" data-run="{_e(cycle.run_id)}">')
         base = float(_PAD_T + plot_h)
-        for label, colour, get in series:
+        for system, label, colour, get in series:
             value = get(cycle)
             height = plot_h * (value or 0) / top
             base -= height
             tip = f"{_short_time(cycle.started_at)} UTC · {label}: {fmt_count(value)}"
             parts.append(
-                f'<rect class="bar" x="{x:.1f}" y="{base:.1f}" width="{bar_w:.1f}" height="{height:.1f}" '
-                f'fill="{colour}"><title>{_e(tip)}</title></rect>'
+                f'<rect class="bar" data-series="{system}" x="{x:.1f}" y="{base:.1f}" width="{bar_w:.1f}" '
+                f'height="{height:.1f}" fill="{colour}"><title>{_e(tip)}</title></rect>'
             )
         if cycle.failed:
             parts.append(
@@ -158,7 +166,10 @@ def _bar_chart(
         f'y1="{_PAD_T + plot_h}" y2="{_PAD_T + plot_h}"/></svg>'
     )
     legend = (
-        "".join(f'<span><i style="background:{colour}"></i>{_e(label)}</span>' for label, colour, _ in series)
+        "".join(
+            f'<span data-series="{system}"><i style="background:{colour}"></i>{_e(label)}</span>'
+            for system, label, colour, _ in series
+        )
         + f'<span><i class="dot" style="background:{_FAILED}"></i>failed cycle</span>'
     )
     return (
@@ -407,19 +418,19 @@ def render_html(status: Status) -> str:
         "chart-records",
         "Records written per cycle",
         cycles,
-        [
-            ("Marketo → Dynamics", _DYNAMICS, lambda c: c.written.dynamics),
-            ("Dynamics → Marketo", _MARKETO, lambda c: c.written.marketo),
-        ],
+        {
+            "marketo": ("written to Marketo", lambda c: c.written.marketo),
+            "dynamics": ("written to Dynamics", lambda c: c.written.dynamics),
+        },
     )
     calls = _bar_chart(
         "chart-api-calls",
         "API calls per cycle",
         cycles,
-        [
-            ("Marketo", _MARKETO, lambda c: c.api_calls.marketo),
-            ("Dataverse", _DYNAMICS, lambda c: c.api_calls.dataverse),
-        ],
+        {
+            "marketo": ("Marketo API", lambda c: c.api_calls.marketo),
+            "dynamics": ("Dataverse API", lambda c: c.api_calls.dataverse),
+        },
     )
     body = (
         "<header><h1>Marketo ⇄ Dynamics sync</h1>"
