@@ -126,7 +126,7 @@ var rules = [
     lookbackMinutes: 1440
     autoMitigate: false
     measure: 'new_failures'
-    query: '${cycleEvents} | where timestamp > ago(1d) | extend new = toint(customDimensions["sync.failures.new"]), open = toint(customDimensions["sync.backlog.retries"]) | summarize new_failures = sum(new), cycles_with_new_failures = countif(new > 0), arg_max(timestamp, open) | where new_failures > 0 | project new_failures, cycles_with_new_failures, open_failures = open'
+    query: '${cycleEvents} | where timestamp > ago(1d) | extend new_in_cycle = toint(customDimensions["sync.failures.new"]), open_after = toint(customDimensions["sync.backlog.retries"]) | summarize new_failures = sum(new_in_cycle), cycles_with_new_failures = countif(new_in_cycle > 0), arg_max(timestamp, open_after) | where new_failures > 0 | project new_failures, cycles_with_new_failures, open_failures = open_after'
   }
 ]
 

@@ -64,10 +64,10 @@ def configure_telemetry(environ: Mapping[str, str]) -> Destination:
             _configured = "console"
         else:
             _configured = "none"
-        if _configured != "none":
-            events = logging.getLogger(EVENTS_LOGGER)
-            events.setLevel(logging.INFO)
-            events.propagate = False
+        # The events go to telemetry only: not a second time into the process's own log lines.
+        events = logging.getLogger(EVENTS_LOGGER)
+        events.setLevel(logging.INFO)
+        events.propagate = False
         log.info("telemetry: %s", _configured)
         return _configured
 
