@@ -3,9 +3,10 @@
 No Bicep compiler can be installed here (reference/tooling.md §3), so these tests stand in for
 it: tree-sitter-bicep for syntax, pycep-parser for structure (modules and their parameters and
 outputs resolve, the Flex Consumption app and its resources, identity-based storage, role ids,
-no secret in plain text), and the app settings the Bicep sets against the ones
-`sync_core/settings.py` reads, both ways. checkov is not run from here: it pins an older
-pycep-parser and has its own venv (`make infra-check`, part of `make test`).
+no secret in plain text, alert rules that read the telemetry the app exports), and the app
+settings the Bicep sets against the ones `sync_core/settings.py` reads, both ways. checkov is not
+run from here: it pins an older pycep-parser and has its own venv (`make infra-check`, part of
+`make test`).
 """
 
 from __future__ import annotations
@@ -286,6 +287,7 @@ def test_infra_has_the_expected_bicep_files() -> None:
         "app/keyvault.bicep",
         "app/identity.bicep",
         "app/rbac.bicep",
+        "app/alerts.bicep",
     } <= names
 
 
