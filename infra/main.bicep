@@ -205,6 +205,7 @@ module alerts 'app/alerts.bicep' = {
     location: location
     tags: tags
     namePrefix: '${abbrs.insightsScheduledQueryRules}sync-${resourceToken}'
+    actionGroupName: '${abbrs.insightsActionGroups}sync-${resourceToken}'
     alertEmail: alertEmail
     schedulePeriodMinutes: syncSchedulePeriodMinutes
     failedCyclesInARow: alertFailedCyclesInARow

@@ -14,8 +14,11 @@ param location string
 @description('Tags for the resources.')
 param tags object
 
-@description('Prefix of the rule and action group names.')
+@description('Prefix of the alert rules\' names.')
 param namePrefix string
+
+@description('Name of the action group.')
+param actionGroupName string
 
 @description('Where alerts are e-mailed; empty: the action group has no receiver (alerts show in the portal only).')
 param alertEmail string = ''
@@ -48,7 +51,7 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 }
 
 resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
-  name: '${namePrefix}-ag'
+  name: actionGroupName
   location: 'global'
   tags: tags
   properties: {
