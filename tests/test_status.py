@@ -567,7 +567,7 @@ def test_the_state_size_per_table_and_the_last_prune_are_shown() -> None:
     status = build_status(store, now=NOW, schedule=SCHEDULE)
     assert status.state is not None
     assert status.state.tables["runs"] == Total(count=3)
-    assert status.state.retention_days == {"runs": 30, "collisions": 90, "claims": 1}
+    assert status.state.retention_days == {"runs": 30, "actions": 30, "collisions": 90, "claims": 1}
     assert status.state.last_prune is not None
     assert (status.state.last_prune.at, status.state.last_prune.removed) == (NOW, {"runs": 1})
     assert "What the sync keeps" in render_html(status)

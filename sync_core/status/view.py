@@ -301,6 +301,7 @@ def _state_size(store: StateStore) -> StateSize:
         tables={name: _total(count) for name, count in counts.items()},
         retention_days={
             "runs": retention.run_reports.days,
+            "actions": retention.run_reports.days,
             "collisions": retention.collisions.days,
             "claims": retention.claims.days,
         },
