@@ -43,7 +43,7 @@ _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
 }
 
 
@@ -58,12 +58,16 @@ def _lower(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def _cross_site(headers: Mapping[str, str]) -> bool:
-    if headers.get("sec-fetch-site", "").lower() == "cross-site":
-        return True
+    """The browser says the request comes from another site: by ``Sec-Fetch-Site`` (every current
+    browser sends it), else by an ``Origin`` naming another host. No such header: not a browser's
+    cross-site request (a script with the key)."""
+    fetch_site = headers.get("sec-fetch-site", "").lower()
+    if fetch_site:
+        return fetch_site == "cross-site"
     origin, host = headers.get("origin"), headers.get("host")
     if origin and origin != "null" and host:
         return urlsplit(origin).netloc.lower() != host.lower()
-    return bool(origin == "null")
+    return False
 
 
 def _form(body: bytes, content_type: str) -> dict[str, str]:

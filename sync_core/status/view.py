@@ -391,12 +391,13 @@ class StatusPage:
 
 # The page has no script and loads nothing: say so to the browser, so that even a value that
 # escaped escaping could not run.
-# The forms post to this host only; the page's URL may carry the key (``?code=``): no referrer.
+# The forms post to this host only; the page's URL may carry the key (``?code=``): no referrer to
+# other sites.
 _HTML_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
 }
 _JSON_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
