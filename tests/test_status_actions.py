@@ -164,6 +164,8 @@ def test_bad_requests_are_refused_with_a_reason_and_nothing_written(env: tuple) 
         ("retry", {}),
         ("resync", {"marketo_id": "12a"}),
         ("resync", {}),
+        ("resync", {"dynamics_id": "someone@example.com"}),
+        ("dismiss", {"key": "someone@example.com", "reason": "typed in the wrong box"}),
         ("reset-cursor", {"feed": "accounts"}),
         ("export", {"kind": "links"}),
     ]
@@ -172,6 +174,21 @@ def test_bad_requests_are_refused_with_a_reason_and_nothing_written(env: tuple) 
         assert 400 <= answer.status_code < 500, (action, form)
         assert json.loads(answer.get_body())["error"]
     assert store.list_actions() == []
+
+
+def test_a_script_may_post_json_and_gets_json(env: tuple) -> None:
+    _, store = env
+    request = func.HttpRequest(
+        method="POST",
+        url="/api/status/actions/dismiss",
+        params={},
+        route_params={"action": "dismiss"},
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+        body=json.dumps({"key": OTHER, "reason": "scripted"}).encode(),
+    )
+    answer = function_app.status_action.build().get_user_function()(request)
+    assert (answer.status_code, json.loads(answer.get_body())["outcome"]) == (200, "done")
+    assert store.list_actions(limit=1)[0].reason == "scripted"
 
 
 def test_the_page_shows_the_buttons_with_the_key_and_runs_the_checks_on_demand(env: tuple) -> None:
@@ -206,6 +223,9 @@ def test_failures_commands_retry_and_dismiss_are_idempotent(env: tuple) -> None:
     assert store.list_failures() == []
     with pytest.raises(SystemExit):
         failures_main(["retry"], environ=values)  # keys or --all
+    err = io.StringIO()
+    assert failures_main(["retry", "ana@example.com"], environ=values, stderr=err) == 2
+    assert "is not a failure key" in json.loads(err.getvalue())["error"]
     actions = store.list_actions()
     assert [(a.action, a.via) for a in actions] == [("dismiss", "cli"), ("retry", "cli"), ("retry", "cli")]
     assert actions[-1].by == "ops"

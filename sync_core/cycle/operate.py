@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,6 +52,12 @@ EXPORT_KINDS = ("failures", "collisions")
 EXPORT_MAX_ROWS = 50_000  # an export holds at most this many rows (the newest collisions)
 MAX_REASON = 500
 MAX_BY = 100
+# What a failure key (``ledger``) and a Dataverse id look like: anything else is refused before it is
+# looked up, audited or logged (an email typed into the wrong box must not reach a log line).
+FAILURE_KEY = re.compile(
+    r"^to_(dynamics|marketo):(m[0-9]{1,12}|(lead|contact):[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12})$"
+)
+GUID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 # Cells a spreadsheet would read as a formula (CSV injection): such a cell gets a leading quote.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -131,6 +138,8 @@ class Operator:
     def retry(self, keys: Sequence[str] | None) -> ActionResult:
         """Retry these open failures now (``None``: every open one, up to the cycle's retry limit),
         as a cycle retries a due failure. Keys that are not open are reported, not an error."""
+        if keys is not None:
+            _check_keys(keys)
         target = "all" if keys is None else ",".join(keys)
         with self._acting("retry", target) as act:
             if act.busy:
@@ -171,6 +180,7 @@ class Operator:
     def dismiss(self, key: str, reason: str) -> ActionResult:
         """Close an open failure without retrying it, with the admin's reason (audited). The record
         is merged again when it next changes; if it fails then, that is a new failure."""
+        _check_keys([key])
         reason = reason.strip()
         if not reason:
             raise ValueError("a reason is required to dismiss a failure")
@@ -198,6 +208,8 @@ class Operator:
         both are looked in when not given)."""
         if (marketo_id is None) == (dataverse_id is None):
             raise ValueError("give a Marketo id or a Dataverse id")
+        if dataverse_id is not None and not GUID.match(dataverse_id):
+            raise ValueError("a Dataverse id is a GUID, e.g. 6f1c2d4e-0000-4000-8000-000000000002")
         target = f"marketo:{marketo_id}" if marketo_id is not None else f"{entity or 'dynamics'}:{dataverse_id}"
         with self._acting("resync", target) as act:
             if act.busy:
@@ -430,6 +442,16 @@ class _Act:
         record = self._operator._audit(self, outcome, message)
         self._result = ActionResult(record, message, details or {})
         return self._result
+
+
+def _check_keys(keys: Sequence[str]) -> None:
+    if not keys:
+        raise ValueError("no failure key given")
+    for key in keys:
+        if not FAILURE_KEY.match(key):
+            raise ValueError(
+                f"{key[:60]!r} is not a failure key (to_dynamics:m<id>, to_marketo:m<id> or to_marketo:<entity>:<guid>)"
+            )
 
 
 def _first(failures: Iterator[RecordFailure], limit: int) -> list[RecordFailure]:

@@ -64,6 +64,9 @@ def _run(
         result = act(operator)
     except ConfigError:
         raise  # the command guard prints it (one JSON line, exit 2)
+    except ValueError as error:  # an option the action refuses (e.g. not a failure key): nothing done
+        print(json.dumps({"error": str(error)}), file=err)
+        return 2
     except (SyncError, OSError) as error:
         print(json.dumps({"error": f"the action failed: {type(error).__name__}: {error}"[:500]}), file=err)
         return 1
