@@ -349,7 +349,8 @@ def _failures_table(status: Status, controls: Controls | None = None) -> str:
         direction = "Marketo → Dynamics" if failure.direction == "to_dynamics" else "Dynamics → Marketo"
         retry = fmt_when(failure.next_retry_at).removesuffix(" UTC") + (" · due" if failure.due else "")
         rows.append(
-            f'<tr class="failure-row"><td class="id">{ids}</td><td>{_e(direction)}</td>'
+            f'<tr class="failure-row"><td class="id">{ids}<div class="key">{_e(failure.key)}</div></td>'
+            f"<td>{_e(direction)}</td>"
             f'<td><ul class="reasons">{reasons}</ul></td><td>{_e(", ".join(failure.fields) or DASH)}</td>'
             f"<td>{_e(failure.code or DASH)}</td><td class='num'>{_e(failure.attempts)}</td>"
             f"<td>{_e(fmt_when(failure.last_failed_at).removesuffix(' UTC'))}</td>"
@@ -501,6 +502,7 @@ th.group{text-align:center;border-bottom:1px solid #d9dce1}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.id{font:12px ui-monospace,"DejaVu Sans Mono",monospace;color:#3c4043;word-break:break-all}
 td.empty{color:#5f6368;font-style:italic}
+td.id .key{color:#5f6368;font-size:11px}
 td.due{color:#b7590b;font-weight:600}
 tr.failed td{background:#fff5f6}
 .pill{display:inline-block;padding:0 8px;border-radius:10px;font-size:12px;font-weight:600}
