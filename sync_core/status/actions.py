@@ -30,7 +30,7 @@ from sync_core.core.models import EntityType
 from sync_core.cycle.operate import FEEDS, ActionResult, Operator, Outcome
 from sync_core.settings import Settings
 from sync_core.status.html import Controls, render_action_form, render_action_result
-from sync_core.status.view import StatusPage, choose_format
+from sync_core.status.view import HTML_HEADERS, StatusPage, choose_format
 from sync_core.wiring.services import services_for
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,7 @@ ACTIONS = ("retry", "dismiss", "resync", "reset-cursor", "export")
 MAX_BODY = 8 * 1024
 PRINCIPAL_HEADER = "x-ms-client-principal-name"
 HTTP_STATUS = {Outcome.DONE: 200, Outcome.NOTHING: 200, Outcome.REFUSED: 404, Outcome.BUSY: 409, Outcome.FAILED: 502}
-_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "same-origin",
-}
+_HEADERS = HTML_HEADERS  # the status page's: no script, forms to this host only, no referrer to other sites
 
 
 class _BadRequest(Exception):

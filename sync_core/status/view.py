@@ -393,7 +393,7 @@ class StatusPage:
 # escaped escaping could not run.
 # The forms post to this host only; the page's URL may carry the key (``?code=``): no referrer to
 # other sites.
-_HTML_HEADERS = {
+HTML_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
@@ -404,7 +404,7 @@ _JSON_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store
 
 def _error_page(status_code: int, fmt: Format, message: str, problems: Sequence[str] = ()) -> StatusPage:
     if fmt == "html":
-        return StatusPage(status_code, "text/html", render_error_html(message, problems), _HTML_HEADERS)
+        return StatusPage(status_code, "text/html", render_error_html(message, problems), HTML_HEADERS)
     body = json.dumps({"error": message, "problems": list(problems)}, indent=2)
     return StatusPage(status_code, "application/json", body, _JSON_HEADERS)
 
@@ -442,7 +442,7 @@ def get_status_page(
         status = status.model_copy(update={"checks": setup_checks(environ, now=now or datetime.now(UTC))})
     if fmt == "html":
         page = render_html(status, Controls(code=query.get("code") or None))
-        return StatusPage(200, "text/html", page, _HTML_HEADERS)
+        return StatusPage(200, "text/html", page, HTML_HEADERS)
     return StatusPage(200, "application/json", render_json(status), _JSON_HEADERS)
 
 
