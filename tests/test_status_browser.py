@@ -193,7 +193,7 @@ def served_actions(
     close_services()
 
 
-def test_operators_click_retry_dismiss_reset_and_export_in_a_real_browser(
+def test_operators_click_retry_resync_dismiss_reset_and_export_in_a_real_browser(
     served_actions: tuple[str, TableStateStore], tmp_path: Path
 ) -> None:
     url, store = served_actions
@@ -203,15 +203,21 @@ def test_operators_click_retry_dismiss_reset_and_export_in_a_real_browser(
         assert browser.count("tr.failure-row") == 2
 
         # Retry one failure now: its person is not linked any more, so it is resolved.
-        browser.click(f'tr.failure-row form:has(input[value="{ORPHAN}"]) button.retry')
+        browser.click(f'tr.failure-row:has(input[value="{ORPHAN}"]) button.retry')
         assert browser.evaluate("document.getElementById('result').dataset.outcome") == "done"
         assert "1 resolved" in (browser.text("#result") or "")
         browser.click("#back")
         assert browser.evaluate("location.search") == "?code=admin-key"
         assert browser.count("tr.failure-row") == 1
 
-        # Dismiss the other: the page asks for a reason first.
-        browser.click(f'tr.failure-row form:has(input[value="{STUBBORN}"]) button.dismiss')
+        # Resync the other's person: not linked, so refused, and nothing changes.
+        browser.click(f'tr.failure-row:has(input[value="{STUBBORN}"]) button.resync')
+        assert browser.evaluate("document.getElementById('result').dataset.outcome") == "refused"
+        assert "not linked" in (browser.text("#result") or "")
+        browser.click("#back")
+
+        # Dismiss it: the page asks for a reason first.
+        browser.click(f'tr.failure-row:has(input[value="{STUBBORN}"]) button.dismiss')
         assert store.get_failures([STUBBORN])  # nothing done before the reason
         browser.type("#reason", "known test record")
         browser.click("#confirm-button")
@@ -228,10 +234,11 @@ def test_operators_click_retry_dismiss_reset_and_export_in_a_real_browser(
         browser.click("#back")
         assert "cursor lead reset by admin key at" in (browser.text("#health") or "")
         assert store.get_cursor(dataverse_cursor(EntityType.LEAD)) is None
-        actions = [browser.evaluate(f"document.querySelectorAll('tr.action-row')[{i}].innerText") for i in range(3)]
+        actions = [browser.evaluate(f"document.querySelectorAll('tr.action-row')[{i}].innerText") for i in range(4)]
         assert [row.split("\t")[1:4] for row in actions] == [
             ["reset-cursor", "lead", "done"],
             ["dismiss", STUBBORN, "done"],
+            ["resync", "marketo:3004", "refused"],
             ["retry", ORPHAN, "done"],
         ]
 
@@ -245,4 +252,4 @@ def test_operators_click_retry_dismiss_reset_and_export_in_a_real_browser(
         assert browser.count("tr.check-row") >= 9
         assert browser.count("tr.check-row.fail") >= 1  # nothing listens where Marketo should be
         assert "check(s) failed" in (browser.text("#checks-verdict") or "")
-    assert [action.via for action in store.list_actions()] == ["page"] * 4
+    assert [action.via for action in store.list_actions()] == ["page"] * 5
