@@ -226,7 +226,11 @@ def _answer(action: str, result: ActionResult, fmt: str, controls: Controls) -> 
 
 
 def _shown(details: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: json.dumps(value) if isinstance(value, (list, dict)) else value for name, value in details.items()}
+    return {
+        name: json.dumps(value) if isinstance(value, (list, dict)) else value
+        for name, value in details.items()
+        if value not in (None, [], {})
+    }
 
 
 def _json(status: int, body: Mapping[str, Any]) -> StatusPage:
