@@ -18,6 +18,7 @@ import azure.functions as func
 import pytest
 
 import function_app
+from sync_core.__main__ import main
 from sync_core.core.models import Cursor, Direction, EntityType, RecordFailure, person_failure_key
 from sync_core.cycle.engine import dataverse_cursor
 from sync_core.cycle.operate_cli import export_main, failures_main, reset_cursor_main, resync_main
@@ -272,3 +273,23 @@ def test_python_dash_m_sync_core_failures_runs_as_a_command(env: tuple) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["details"]["resolved"] == [ORPHAN, OTHER]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", "failures"],
+        ["failures", "dismiss", OTHER, "--reason", "x"],
+        ["reset-cursor", "lead", "--yes"],
+    ],
+)
+def test_the_commands_answer_a_configuration_error_with_one_json_line(
+    env: tuple, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    monkeypatch.setenv("SYNC_TABLES_CONNECTION", "AccountName=x;garbage")
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.startswith("{")]
+    assert json.loads(line)["setting"] == "SYNC_TABLES_CONNECTION"
