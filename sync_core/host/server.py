@@ -111,6 +111,11 @@ def _index(app: func.FunctionApp) -> list[tuple[str, dict[str, Any], Callable[..
         return _INDEX[app]
 
 
+def function_names(app: func.FunctionApp) -> set[str]:
+    """The app's function names as the host indexes them (safe to call more than once)."""
+    return {name for name, _trigger, _function in _index(app)}
+
+
 def discover(app: func.FunctionApp, environ: Mapping[str, str]) -> tuple[list[HttpRoute], list[Timer]]:
     """Routes and timers from the functions' binding metadata, as the host indexes them."""
     routes: list[HttpRoute] = []

@@ -183,7 +183,10 @@ def test_a_cycle_after_10000_old_run_reports_costs_what_one_without_costs(world:
     _add_runs(world, [now - timedelta(minutes=4 * index + 10) for index in range(10_000)])  # within 30 days
     assert _idle_cost(world) == fresh
     expired = now - Retention().run_reports
-    _add_runs(world, [expired - timedelta(minutes=5 * index + 10) for index in range(10_000)])  # past due
+    # Past due, 100 in each of 100 days: every prune page is one day partition, so consecutive cycles
+    # cost the same whatever the time of day (pages straddling two days cost one transaction more).
+    day = (expired - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    _add_runs(world, [day - timedelta(days=back, minutes=-minute) for back in range(100) for minute in range(100)])
     backlog = _idle_cost(world)
     assert _idle_cost(world) == backlog  # 9,900 left: the same cost
     # The prune's price while a backlog lasts, whatever its size: no more reads (the prune's page
