@@ -5,8 +5,11 @@ An unlinked contact qualified from a linked lead takes over the lead's link (the
 linked to the Marketo person the matching rule names (``core.matching``: its id in
 ``microsoftId``, or its email) when that person is free, recorded as a duplicate when it is not,
 and otherwise created in Marketo (``createOnly``, converted and validated by ``core.convert``).
-Marketo-only persons are never sent to Dynamics here. Called by ``Applier``, which owns the
-merge of what is linked; this module only decides and creates.
+Marketo-only persons are never sent to Dynamics here. The sync filter (issue 19) comes first: a
+record the Dynamics filter excludes, a matching person the Marketo filter excludes, or a person
+to be created whose values the Marketo filter would exclude, is left alone (counted, not linked,
+not created, not a failure); when the filter admits it later, its change brings it back here.
+Called by ``Applier``, which owns the merge of what is linked; this module only decides and creates.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from sync_core.core.entities import (
 from sync_core.core.fieldmap import FieldValueError, canonical_values
 from sync_core.core.matching import PersonIndex, email_key
 from sync_core.core.models import EntityType, Link
+from sync_core.core.syncfilter import Side
 from sync_core.cycle.ledger import Batch, Pending, record_key
 
 if TYPE_CHECKING:
@@ -43,6 +47,15 @@ class NewRecords:
         """Move a qualified lead's link, link a match, or create a person."""
         applier = self._applier
         applier.prepare()
+        admitted = [row for row in rows if applier.admits_row(row)]
+        if len(admitted) < len(rows):
+            applier.tally.filtered_dynamics += len(rows) - len(admitted)
+            # Kept out is not a failure: an old failure of such a record is closed.
+            admitted_ids = {row_id(entity, row) for row in admitted}
+            applier.ledger.resolve_now(
+                record_key(entity, row_id(entity, row)) for row in rows if row_id(entity, row) not in admitted_ids
+            )
+            rows = admitted
         batch = Batch()
         pending: list[Pending] = []
         rest: list[Mapping[str, Any]] = []
@@ -74,7 +87,10 @@ class NewRecords:
         rows_by_id = {row_id(entity, row): row for row in rows}
         return {
             contact_id: Pending(
-                qualified_link(old, contact_id, keys, now=applier.now),
+                # The person's Marketo verdict moves with it (the contact's own is read from its row).
+                qualified_link(old, contact_id, keys, now=applier.now).model_copy(
+                    update={"filtered_out": tuple(side for side in old.filtered_out if side is Side.MARKETO)}
+                ),
                 marketo=staged.get(old.marketo_id),
                 dynamics=rows_by_id[contact_id],
                 replaces=old,
@@ -122,6 +138,11 @@ class NewRecords:
                 continue
             candidates = index.candidates(record, email)
             free = [p for p in candidates if p not in taken and p not in claimed]
+            if free and not applier.admits_person(persons[free[0]]):
+                # The person is kept out by the Marketo filter: not linked, and no second person made.
+                applier.tally.filtered_marketo += 1
+                ledger.resolve(batch, record_key(entity, record))
+                continue
             if free:
                 claimed[free[0]] = record
                 link = Link(marketo_id=free[0], entity=entity, dataverse_id=record, baseline={}, updated_at=applier.now)
@@ -175,6 +196,10 @@ class NewRecords:
                 ledger.fail_record(batch, entity, record, person.problems, code="validation")
                 continue
             payload = {**person.payload, **microsoft_fields(entity, record, row.get(CREATED_ON))}
+            if not applier.admits_person(payload):  # the person it would make is kept out in Marketo
+                applier.tally.filtered_marketo += 1
+                ledger.resolve(batch, record_key(entity, record))
+                continue
             has_email = email_mapping is not None and payload.get(email_mapping.marketo)
             lookup = email_mapping.marketo if email_mapping is not None and has_email else "microsoftId"
             by_lookup.setdefault(lookup, []).append((record, payload, values))
