@@ -50,6 +50,7 @@ TABLES: dict[str, tuple[str, str, dict[str, tuple[str, str, int | None]]]] = {
             "leadid": ("Uniqueidentifier", "SystemRequired", None),
             "createdon": ("DateTime", "None", None),
             "statecode": ("State", "SystemRequired", None),
+            "new_synctomkto": ("Boolean", "None", None),
             **{c: ("String", "ApplicationRequired" if c == "lastname" else "None", n) for c, n in _STRINGS.items()},
         },
     ),
@@ -60,6 +61,7 @@ TABLES: dict[str, tuple[str, str, dict[str, tuple[str, str, int | None]]]] = {
             "contactid": ("Uniqueidentifier", "SystemRequired", None),
             "createdon": ("DateTime", "None", None),
             "_originatingleadid_value": ("Lookup", "None", None),
+            "new_synctomkto": ("Boolean", "None", None),
             **{
                 c: ("String", "ApplicationRequired" if c == "lastname" else "None", n)
                 for c, n in _STRINGS.items()
