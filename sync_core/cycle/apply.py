@@ -88,6 +88,7 @@ class Applier:
         self.now = now
         self.tally = tally
         self.sync_filter = sync_filter
+        self._cached_columns: dict[EntityType, set[str]] | None = None  # see ``_known_columns``
         self.ledger = Ledger(
             store=store, marketo=marketo, tally=tally, open_failures=open_failures, run_id=run_id, now=now
         )
@@ -104,7 +105,13 @@ class Applier:
         if self.drift is not None and not refresh:
             return
         schema = schema_cache.active_schema(
-            self.store, self.marketo, self.dataverse, self._configured, now=self.now, refresh=refresh
+            self.store,
+            self.marketo,
+            self.dataverse,
+            self._configured,
+            now=self.now,
+            refresh=refresh,
+            extra_columns=self.sync_filter.dynamics.fields,
         )
         self.metadata = schema.metadata
         self.described = schema.described
@@ -117,8 +124,31 @@ class Applier:
 
     def dataverse_columns(self, entity: EntityType) -> list[str]:
         """The columns the cycle reads of ``entity``: its own, the mapped ones and the Dynamics filter's."""
-        mapped = [*self.field_map.columns(entity), *self.sync_filter.dynamics.fields]
+        mapped = [*self.field_map.columns(entity), *self._filter_columns(entity)]
         return list(dict.fromkeys(read_columns(entity, mapped)))
+
+    def _filter_columns(self, entity: EntityType) -> list[str]:
+        """The Dynamics filter's columns on ``entity``. Its boolean field is left out where the table
+        is known not to have it: as in the native sync, a missing filter field means "sync" (so the
+        default ``new_synctomkto`` costs nothing on an org that never added it). A condition's
+        columns are always read: one the table lacks is refused by Dataverse, loudly."""
+        flt = self.sync_filter.dynamics
+        known = self._known_columns(entity) if flt.field is not None else None
+        return [name for name in flt.fields if known is None or name != flt.field or name in known]
+
+    def _known_columns(self, entity: EntityType) -> set[str] | None:
+        """The columns ``entity`` is known to have: from this cycle's schema, else from the state
+        store's schema cache (one Table read, no API call); None when neither knows."""
+        if entity in self.metadata:
+            return set(self.metadata[entity].attributes)
+        if self._cached_columns is None:
+            cached = schema_cache.load(
+                self.store, self._configured, now=self.now, extra_columns=self.sync_filter.dynamics.fields
+            )
+            self._cached_columns = (
+                {} if cached is None else {e: set(meta.attributes) for e, meta in cached.metadata.items()}
+            )
+        return self._cached_columns.get(entity)
 
     # -- the sync filter (issue 19) ---------------------------------------------------------------
 

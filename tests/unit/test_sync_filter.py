@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from sync_core.core.syncfilter import Side, SyncFilter
 from sync_core.cycle.engine import CycleOptions
 from sync_core.settings import DynamicsDeletePolicy
+from tests.fakes import dataverse as fake_dataverse
 from tests.unit.conftest import World, make_world
 
 NATIVE = SyncFilter.of(dynamics_field="new_synctomkto")
@@ -171,3 +174,28 @@ def jobtitle(world: World, lead_id: str) -> Any:
     row = world.dataverse.row("leads", lead_id)
     assert row is not None
     return row.get("jobtitle")
+
+
+def test_an_org_without_the_default_filter_column_syncs_everything_and_pays_for_it_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for entity_set in ("leads", "contacts"):  # an org that never added the native sync's column
+        monkeypatch.delitem(fake_dataverse.TABLES[entity_set][2], "new_synctomkto")
+    world = world_with(NATIVE)
+    lead_id = world.dynamics_lead(1)
+    first = world.cycle()
+    assert (first.outcome, first.report.created, first.report.filtered.dynamics) == ("ok", 1, 0)
+    assert world.person_of(lead_id)
+    idle = world.cycle()  # the schema cache says the column is missing: it is not asked for again
+    assert idle.outcome == "ok"
+    assert idle.report.api_calls.dataverse == 2
+    assert world.dataverse.requests[-1].url.params["$select"].count("new_synctomkto") == 0
+
+
+def test_a_condition_on_a_column_the_table_lacks_fails_the_cycle_loudly() -> None:
+    world = world_with(SyncFilter.of(dynamics_condition="cr123_segment ne 'test'"))
+    world.dynamics_lead(1)
+    report = world.cycle()
+    assert report.outcome == "error"
+    assert "cr123_segment" in (report.report.error or "")
+    assert world.marketo.leads == {}
