@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 
+from sync_core.check.run import sync_filter_check
 from sync_core.core.errors import ConfigError
+from sync_core.core.models import EntityType
+from sync_core.core.schema import AttributeMeta, EntityMeta, MarketoFieldMeta
 from sync_core.core.syncfilter import FilterSyntaxError, SideFilter, SyncFilter, parse_condition
 from sync_core.settings import Settings
 from sync_core.wiring.preflight import config_error_payload
@@ -151,3 +154,63 @@ def test_a_bad_filter_is_a_configuration_error_naming_the_setting_with_a_hint() 
     payload = config_error_payload(caught.value)
     assert payload["setting"] == "DATAVERSE_SYNC_FILTER, MARKETO_SYNC_FILTER, MARKETO_SYNC_FILTER_FIELD"
     assert "Which records sync" in payload["hint"]
+
+
+# -- the setup check -------------------------------------------------------------------------
+
+
+def _metadata(*columns: tuple[str, str]) -> dict[EntityType, EntityMeta]:
+    attributes = {name: AttributeMeta(logical_name=name, attribute_type=kind) for name, kind in columns}
+    return {
+        entity: EntityMeta(
+            logical_name=entity.value, entity_set=f"{entity.value}s", primary_id="id", attributes=attributes
+        )
+        for entity in EntityType
+    }
+
+
+DESCRIBED = {
+    "syncToMicrosoft": MarketoFieldMeta(name="syncToMicrosoft", data_type="boolean"),
+    "leadSource": MarketoFieldMeta(name="leadSource", data_type="string"),
+}
+
+
+@pytest.mark.parametrize(
+    ("flt", "columns", "status", "detail"),
+    [
+        (SyncFilter(), (), "pass", "no filter: every record syncs"),
+        (
+            SyncFilter.of(dynamics_field="new_synctomkto"),
+            (),
+            "pass",
+            "Dynamics new_synctomkto; new_synctomkto not on lead and contact: every record there syncs "
+            "(as the native sync)",
+        ),
+        (SyncFilter.of(dynamics_field="cr123_sync"), (), "fail", "cr123_sync missing on lead and contact"),
+        (
+            SyncFilter.of(dynamics_field="new_synctomkto"),
+            (("new_synctomkto", "String"),),
+            "fail",
+            "new_synctomkto on lead is String, expected Boolean (Two Options); new_synctomkto on contact is String, "
+            "expected Boolean (Two Options)",
+        ),
+        (
+            SyncFilter.of(dynamics_condition="statecode eq 0", marketo_condition="leadSource ne 'Partner'"),
+            (("statecode", "State"),),
+            "pass",
+            "Dynamics statecode, Marketo leadSource",
+        ),
+        (
+            SyncFilter.of(marketo_field="leadSource", marketo_condition="partnerTier eq 1"),
+            (),
+            "fail",
+            "leadSource is string in Marketo, expected boolean; partnerTier (MARKETO_SYNC_FILTER) missing in Marketo",
+        ),
+    ],
+)
+def test_the_setup_check_finds_each_filter_field_where_the_cycle_reads_it(
+    flt: SyncFilter, columns: tuple[tuple[str, str], ...], status: str, detail: str
+) -> None:
+    result = sync_filter_check(flt, DESCRIBED, _metadata(*columns))
+    assert (result.status, result.detail) == (status, detail)
+    assert (result.hint is not None) is (status == "fail")
