@@ -474,6 +474,11 @@ class Applier:
             self.tally.written_dynamics += 1
         self.ledger.unlink(out, link)
 
+    def unlinked_persons(self, staged: Mapping[int, Mapping[str, Any]]) -> None:
+        """Staged changes of persons with no link: only a Marketo filter's No → Yes matters here."""
+        if self.sync_filter.marketo.active and staged:
+            self._new.link_admitted_persons(staged)
+
     # -- retries ----------------------------------------------------------------------------------
 
     def retry(self, failures: Sequence[RecordFailure], take: Take) -> None:

@@ -465,6 +465,7 @@ class _Cycle:
             staged = stage.take(ids)
             for marketo_id, link in links.items():
                 buffers[link.entity].append(Pending(link, marketo=staged.get(marketo_id)))
+            applier.unlinked_persons({i: values for i, values in staged.items() if i not in links})
             for entity, items in buffers.items():
                 if len(items) >= flush_at:
                     applier.sync_linked(items)

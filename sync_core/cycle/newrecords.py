@@ -8,7 +8,10 @@ and otherwise created in Marketo (``createOnly``, converted and validated by ``c
 Marketo-only persons are never sent to Dynamics here. The sync filter (issue 19) comes first: a
 record the Dynamics filter excludes, a matching person the Marketo filter excludes, or a person
 to be created whose values the Marketo filter would exclude, is left alone (counted, not linked,
-not created, not a failure); when the filter admits it later, its change brings it back here.
+not created, not a failure); when the filter admits it later, its change brings it back here: a
+Dynamics record's through its delta, a person's through ``link_admitted_persons`` (an unlinked person
+whose Marketo filter fields changed and who is admitted now is linked to a free Dynamics record with
+their email, as that record would have been linked when new; nothing is created in Dynamics, B8).
 Called by ``Applier``, which owns the merge of what is linked; this module only decides and creates.
 """
 
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sync_core.core.convert import to_marketo
 from sync_core.core.entities import (
     CREATED_ON,
+    ENTITY_SETS,
     MICROSOFT_TYPES,
     is_qualified_lead,
     microsoft_fields,
@@ -28,7 +32,7 @@ from sync_core.core.entities import (
     row_id,
 )
 from sync_core.core.fieldmap import FieldValueError, canonical_values
-from sync_core.core.matching import PersonIndex, email_key
+from sync_core.core.matching import RECORD_ORDER, PersonIndex, email_key
 from sync_core.core.models import EntityType, Link
 from sync_core.core.syncfilter import Side
 from sync_core.cycle.ledger import Batch, Pending, record_key
@@ -71,6 +75,36 @@ class NewRecords:
         applier.sync_linked(pending)
         if to_create:
             self._create_persons(entity, to_create)
+
+    def link_admitted_persons(self, staged: Mapping[int, Mapping[str, Any]]) -> None:
+        """Unlinked persons whose Marketo filter fields changed (``staged``: their staged changes):
+        those admitted now are linked to the free Dynamics records with their email, contacts first."""
+        applier = self._applier
+        flt = applier.sync_filter.marketo
+        changed = sorted(i for i, values in staged.items() if any(name in values for name in flt.fields))
+        if not changed:
+            return
+        applier.prepare()
+        fields = ["id", *applier.marketo_fields()]
+        persons = [p for p in applier.marketo.get_leads(changed, fields=fields) if applier.admits_person(p)]
+        for entity in RECORD_ORDER:
+            mapping = applier.field_map.email_field(entity)
+            column = mapping.column(entity) if mapping is not None else None
+            if not persons or mapping is None or column is None:
+                continue
+            emails = sorted({str(p[mapping.marketo]).strip() for p in persons if email_key(p.get(mapping.marketo))})
+            if not emails:
+                continue
+            rows = applier.dataverse.find_by_emails(
+                ENTITY_SETS[entity], emails, select=applier.dataverse_columns(entity), attribute=column
+            )
+            linked = applier.store.get_links_by_dataverse_ids(entity, sorted({row_id(entity, row) for row in rows}))
+            free = [row for row in rows if row_id(entity, row) not in linked]
+            if free:
+                self.link_new(entity, free, lambda ids: {})
+            # A person now linked (to a contact) is not offered to a lead with the same email as well.
+            now_linked = applier.store.get_links_by_marketo_ids([int(p["id"]) for p in persons])
+            persons = [p for p in persons if int(p["id"]) not in now_linked]
 
     def _qualifications(self, entity: EntityType, rows: Sequence[Mapping[str, Any]], take: Take) -> dict[str, Pending]:
         """Contacts qualified from a linked lead (B9): the person's link moves to the contact."""

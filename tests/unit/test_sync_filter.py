@@ -199,3 +199,20 @@ def test_a_condition_on_a_column_the_table_lacks_fails_the_cycle_loudly() -> Non
     assert report.outcome == "error"
     assert "cr123_segment" in (report.report.error or "")
     assert world.marketo.leads == {}
+
+
+def test_a_person_admitted_again_in_marketo_is_linked_to_the_free_record_with_their_email() -> None:
+    world = world_with(BOTH)
+    partner = world.marketo.create_person(email="lead1@example.com", leadSource="Partner", lastName="P")
+    lead_id = world.dynamics_lead(1)
+    world.dynamics_contact(2)
+    world.cycle()
+    assert world.link_of(partner) is None
+    world.marketo.edit(partner, leadSource="Web")  # No → Yes: linked as a new record would have been
+    report = world.cycle().report
+    assert (report.linked, report.created, report.failures, report.filtered.marketo) == (1, 0, 0, 0)
+    link = world.link_of(partner)
+    assert link is not None
+    assert link.dataverse_id == lead_id
+    assert world.marketo.person(partner)["microsoftId"] == lead_id
+    assert all(op != "create" for op, _, _ in world.dataverse.api_writes)  # nothing created in Dynamics (B8)
