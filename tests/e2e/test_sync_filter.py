@@ -75,6 +75,24 @@ def test_marketo_false_keeps_a_person_out_and_true_resumes_it(filtered: World) -
     assert world.marketo.get_lead(person)["firstName"] == "Dynamics edit"
 
 
+def test_a_partner_person_admitted_later_links_to_the_lead_with_their_email(filtered: World) -> None:
+    world = filtered
+    partner = world.marketo.create_lead({"email": "o'brien@example.com", "lastName": "OBrien", "leadSource": "Partner"})
+    lead_id = world.dynamics_lead(1, emailaddress1="o'brien@example.com")
+    report = world.cycle().report
+    assert (report.filtered.marketo, report.linked, report.created) == (1, 0, 0)
+    assert world.link_of(partner) is None
+
+    world.marketo.update_lead(partner, {"leadSource": "Web"})  # No → Yes
+    report = world.cycle().report
+    assert (report.linked, report.created, report.failures) == (1, 0, 0)
+    link = world.link_of(partner)
+    assert link is not None
+    assert link.dataverse_id == lead_id
+    assert world.marketo.get_lead(partner)["microsoftId"] == lead_id
+    assert world.api_creates() == 0
+
+
 @pytest.fixture
 def host(filtered: World) -> Iterator[httpx.Client]:
     with (
