@@ -71,6 +71,7 @@ def build_report(
         filtered=PerSide(marketo=tally.filtered_marketo, dynamics=tally.filtered_dynamics),
         collisions=tally.collisions,
         failures=tally.failures,
+        new_failures=tally.new_failures,
         resolved=tally.resolved,
         retried=tally.retried,
         activities=tally.activities,
