@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from sync_core.core.models import EntityType
 from sync_core.core.syncfilter import Side, SyncFilter
 from sync_core.cycle.engine import CycleOptions
+from sync_core.cycle.operate import Operator, Outcome
 from sync_core.settings import DynamicsDeletePolicy
 from tests.fakes import dataverse as fake_dataverse
 from tests.unit.conftest import World, make_world
@@ -216,3 +218,36 @@ def test_a_person_admitted_again_in_marketo_is_linked_to_the_free_record_with_th
     assert link.dataverse_id == lead_id
     assert world.marketo.person(partner)["microsoftId"] == lead_id
     assert all(op != "create" for op, _, _ in world.dataverse.api_writes)  # nothing created in Dynamics (B8)
+
+
+def test_a_resync_re_applies_each_sides_filter_on_fresh_reads() -> None:
+    world = world_with(NATIVE)
+    lead_id, marketo_id = world.linked_lead(1)
+    world.dataverse.update("leads", lead_id, new_synctomkto=False)
+    world.cycle()
+    world.marketo.leads[marketo_id]["title"] = "CMO"  # drifted apart while kept out, no feed says so
+    operator = Operator(
+        store=world.store,
+        marketo=world.marketo_client,
+        dataverse=world.dataverse_client,
+        field_map=world.field_map,
+        by="ops@contoso",
+        via="cli",
+        clock=world.clock,
+        options=CycleOptions(sync_filter=NATIVE),
+    )
+
+    kept = operator.resync(marketo_id=marketo_id)
+    assert kept.details["filtered_out"] == ["dynamics"]
+    assert kept.details["written"] == {"dynamics": 0, "marketo": 0}
+    assert "kept out by the Dynamics sync filter" in kept.message
+    assert jobtitle(world, lead_id) is None  # nothing written
+    assert operator.resync(marketo_id=marketo_id).outcome is Outcome.NOTHING  # a second time: the same
+
+    world.dataverse.rows["leads"][lead_id]["new_synctomkto"] = True  # admitted, no feed says so yet
+    resumed = operator.resync(dataverse_id=lead_id, entity=EntityType.LEAD)
+    assert (resumed.outcome, resumed.details["filtered_out"]) == (Outcome.DONE, [])
+    assert jobtitle(world, lead_id) == "CMO"  # merged without the baseline: the empty side takes the value
+    link = world.link_of(marketo_id)
+    assert link is not None
+    assert (link.filtered_out, link.baseline["title"]) == ((), "CMO")
