@@ -138,6 +138,18 @@ param syncRetentionCollisionsDays int = 90
 @maxValue(3650)
 param syncRetentionClaimsDays int = 1
 
+@description('DATAVERSE_SYNC_FILTER_FIELD: a Two Options column on lead and contact; only No keeps a record out (README "Which records sync"). Empty: none.')
+param dataverseSyncFilterField string = 'new_synctomkto'
+
+@description('DATAVERSE_SYNC_FILTER: a condition on Dataverse columns a record must meet to sync, e.g. statecode eq 0 (empty: none).')
+param dataverseSyncFilter string = ''
+
+@description('MARKETO_SYNC_FILTER_FIELD: a Boolean person field; only false keeps a person out (empty: none).')
+param marketoSyncFilterField string = ''
+
+@description('MARKETO_SYNC_FILTER: a condition on person fields a person must meet to sync, e.g. leadSource ne \'Partner\' (empty: none).')
+param marketoSyncFilter string = ''
+
 @description('E-mail address the alerts go to (README "Operating > Alerts"); empty: alerts show in the portal only.')
 param alertEmail string = ''
 
@@ -296,6 +308,10 @@ module api 'app/api.bicep' = {
     syncRetentionRunReportsDays: syncRetentionRunReportsDays
     syncRetentionCollisionsDays: syncRetentionCollisionsDays
     syncRetentionClaimsDays: syncRetentionClaimsDays
+    dataverseSyncFilterField: dataverseSyncFilterField
+    dataverseSyncFilter: dataverseSyncFilter
+    marketoSyncFilterField: marketoSyncFilterField
+    marketoSyncFilter: marketoSyncFilter
   }
 }
 

@@ -19,6 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from sync_core.core.errors import ConfigError
 from sync_core.core.retention import DEFAULT_CLAIM_DAYS, DEFAULT_COLLISION_DAYS, DEFAULT_RUN_REPORT_DAYS, Retention
+from sync_core.core.syncfilter import (
+    DEFAULT_DATAVERSE_FIELD,
+    FilterSyntaxError,
+    SyncFilter,
+    check_field_name,
+    parse_condition,
+)
 
 DEFAULT_SCHEDULE = "0 */5 * * * *"
 DEFAULT_WEBHOOK_DEADLINE = 20.0  # seconds; Marketo waits 30 s for a webhook
@@ -70,7 +77,14 @@ ENV_NAMES: dict[str, str] = {
     "SYNC_RETENTION_RUN_REPORTS_DAYS": "retention_run_reports_days",
     "SYNC_RETENTION_COLLISIONS_DAYS": "retention_collisions_days",
     "SYNC_RETENTION_CLAIMS_DAYS": "retention_claims_days",
+    # which records sync (README "Which records sync"): a filter per side
+    "DATAVERSE_SYNC_FILTER_FIELD": "dataverse_sync_filter_field",
+    "DATAVERSE_SYNC_FILTER": "dataverse_sync_filter",
+    "MARKETO_SYNC_FILTER_FIELD": "marketo_sync_filter_field",
+    "MARKETO_SYNC_FILTER": "marketo_sync_filter",
 }
+# Settings where an empty value means "off" rather than "the default".
+_EMPTY_IS_OFF = frozenset({"DATAVERSE_SYNC_FILTER_FIELD"})
 FIELD_TO_ENV = {field: env for env, field in ENV_NAMES.items()}
 
 
@@ -114,6 +128,11 @@ class Settings(BaseModel):
     retention_run_reports_days: int = Field(default=DEFAULT_RUN_REPORT_DAYS, ge=1, le=3650)
     retention_collisions_days: int = Field(default=DEFAULT_COLLISION_DAYS, ge=1, le=3650)
     retention_claims_days: int = Field(default=DEFAULT_CLAIM_DAYS, ge=1, le=3650)
+    # which records sync: a boolean field per side (only an explicit No excludes) and a condition
+    dataverse_sync_filter_field: str | None = DEFAULT_DATAVERSE_FIELD  # "" (set empty): off
+    dataverse_sync_filter: str | None = None
+    marketo_sync_filter_field: str | None = None
+    marketo_sync_filter: str | None = None
 
     @property
     def retention(self) -> Retention:
@@ -122,6 +141,52 @@ class Settings(BaseModel):
             collisions=timedelta(days=self.retention_collisions_days),
             claims=timedelta(days=self.retention_claims_days),
         )
+
+    @property
+    def sync_filter(self) -> SyncFilter:
+        """Both sides' record filters, parsed (they were checked when these settings were read)."""
+        return SyncFilter.of(
+            dynamics_field=self.dataverse_sync_filter_field or None,
+            dynamics_condition=self.dataverse_sync_filter,
+            marketo_field=self.marketo_sync_filter_field,
+            marketo_condition=self.marketo_sync_filter,
+        )
+
+    @field_validator("dataverse_sync_filter_field", "marketo_sync_filter_field")
+    @classmethod
+    def _filter_field(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return value
+        try:
+            return check_field_name(value)
+        except FilterSyntaxError as err:
+            raise ValueError(str(err)) from None
+
+    @field_validator("dataverse_sync_filter_field")
+    @classmethod
+    def _dataverse_logical_name(cls, value: str | None) -> str | None:
+        if value and value != value.lower():
+            raise ValueError("must be the column's logical name, which is lower case (e.g. new_synctomkto)")
+        return value
+
+    @field_validator("dataverse_sync_filter", "marketo_sync_filter")
+    @classmethod
+    def _condition(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parse_condition(value)
+        except FilterSyntaxError as err:
+            raise ValueError(f"not a filter condition: {err}") from None
+        return value
+
+    @field_validator("dataverse_sync_filter")
+    @classmethod
+    def _condition_columns(cls, value: str | None) -> str | None:
+        upper = [name for name in parse_condition(value).fields if name != name.lower()] if value else []
+        if upper:
+            raise ValueError(f"{upper[0]}: a column's logical name is lower case")
+        return value
 
     @field_validator("marketo_base_url", "dataverse_url", "tables_endpoint")
     @classmethod
@@ -173,6 +238,8 @@ class Settings(BaseModel):
             raw = environ.get(env)
             if raw is not None and raw.strip() != "":
                 values[field] = raw.strip()
+            elif raw is not None and env in _EMPTY_IS_OFF:
+                values[field] = ""
         problems: list[str] = []
         settings: Settings | None = None
         try:

@@ -36,6 +36,7 @@ from sync_core.core.models import (
 )
 from sync_core.core.report import CycleReport, PerSide
 from sync_core.core.retention import PruneReport, Retention
+from sync_core.core.syncfilter import Side
 from sync_core.state import MemoryStateStore, StateStore, TableStateStore
 from sync_core.state._keys import RowOp, newest_first_key
 from sync_core.state._layout import PRUNE_PAGE, PRUNE_PARTITIONS
@@ -291,6 +292,16 @@ def test_links_are_found_by_either_id_with_their_baseline(store: StateStore) -> 
     assert store.get_links_by_dataverse_ids(EntityType.CONTACT, [links[3].dataverse_id]) == {
         links[3].dataverse_id: links[3]
     }
+
+
+def test_a_link_remembers_which_sides_filter_keeps_it_out(store: StateStore) -> None:
+    kept_out = _link(1).model_copy(update={"filtered_out": (Side.DYNAMICS, Side.MARKETO)})
+    store.upsert_links([kept_out, _link(2)])
+    found = store.get_links_by_marketo_ids([1, 2])
+    assert found[1].filtered_out == (Side.DYNAMICS, Side.MARKETO)
+    assert found[2].filtered_out == ()
+    store.upsert_links([found[1].model_copy(update={"filtered_out": ()})])  # admitted again
+    assert store.get_links_by_marketo_ids([1])[1].filtered_out == ()
 
 
 def test_qualified_lead_moves_the_link_to_the_contact(store: StateStore) -> None:

@@ -596,6 +596,21 @@ def test_the_state_size_per_table_and_the_last_prune_are_shown() -> None:
     assert "Last prune:" in render_text(status)
 
 
+def test_records_kept_out_by_each_sides_filter_are_shown_in_every_view() -> None:
+    store = MemoryStateStore()
+    store.add_run_report(_report(1, filtered={"dynamics": 7, "marketo": 3}, failures=0))
+    status = build_status(store, now=NOW, schedule=SCHEDULE)
+
+    assert json.loads(render_json(status))["cycles"][0]["filtered"] == {"dynamics": 7, "marketo": 3}
+    assert "Filtered out (last cycle, not synced, not failures): by the Dynamics filter 7, by the Marketo filter 3" in (
+        render_text(status)
+    )
+    page = render_html(status)
+    assert '<th colspan="2" class="group">Filtered out by</th>' in page
+    assert '<td class="num">7</td><td class="num">3</td>' in page
+    assert status.health.headline == "OK"  # kept out is not a failure
+
+
 def test_operator_actions_are_listed_and_a_recent_cursor_reset_is_named_in_the_headline() -> None:
     store = _filled_store()
     store.add_action(

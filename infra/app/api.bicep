@@ -128,6 +128,18 @@ param syncRetentionCollisionsDays int
 @description('SYNC_RETENTION_CLAIMS_DAYS')
 param syncRetentionClaimsDays int
 
+@description('DATAVERSE_SYNC_FILTER_FIELD (empty: no filter column)')
+param dataverseSyncFilterField string
+
+@description('DATAVERSE_SYNC_FILTER')
+param dataverseSyncFilter string
+
+@description('MARKETO_SYNC_FILTER_FIELD')
+param marketoSyncFilterField string
+
+@description('MARKETO_SYNC_FILTER')
+param marketoSyncFilter string
+
 // What the Functions host and the Azure SDKs read; the code itself reads none of these.
 var platformSettings = [
   { name: 'AzureWebJobsStorage__credential', value: 'managedidentity' }
@@ -165,6 +177,10 @@ var syncSettings = [
   { name: 'SYNC_RETENTION_RUN_REPORTS_DAYS', value: string(syncRetentionRunReportsDays) }
   { name: 'SYNC_RETENTION_COLLISIONS_DAYS', value: string(syncRetentionCollisionsDays) }
   { name: 'SYNC_RETENTION_CLAIMS_DAYS', value: string(syncRetentionClaimsDays) }
+  { name: 'DATAVERSE_SYNC_FILTER_FIELD', value: dataverseSyncFilterField }
+  { name: 'DATAVERSE_SYNC_FILTER', value: dataverseSyncFilter }
+  { name: 'MARKETO_SYNC_FILTER_FIELD', value: marketoSyncFilterField }
+  { name: 'MARKETO_SYNC_FILTER', value: marketoSyncFilter }
 ]
 
 // Only with an app registration secret: a reference to a secret that does not exist would leave

@@ -32,6 +32,7 @@ _DERIVED = {
     "lookup": "LookupAttributeMetadata",
     "datetime": "DateTimeAttributeMetadata",
     "bigint": "BigIntAttributeMetadata",
+    "boolean": "BooleanAttributeMetadata",
 }
 _TYPE_NAMES = {
     "guid": "UniqueidentifierType",
@@ -42,6 +43,7 @@ _TYPE_NAMES = {
     "lookup": "LookupType",
     "datetime": "DateTimeType",
     "bigint": "BigIntType",
+    "boolean": "BooleanType",
 }
 _EXPANDABLE = ("OptionSet", "GlobalOptionSet")
 _MESSAGES = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
@@ -93,6 +95,7 @@ def _attribute_type(column: Column) -> str:
         "lookup": "Lookup",
         "datetime": "DateTime",
         "bigint": "BigInt",
+        "boolean": "Boolean",
     }[column.kind]
 
 
@@ -115,7 +118,7 @@ def _base_attribute(table: Table, column: Column) -> dict[str, Any]:
         "IsValidForRead": True,
         "IsPrimaryId": column.name == table.primary_id,
         "IsPrimaryName": column.name == table.primary_name,
-        "IsCustomAttribute": False,
+        "IsCustomAttribute": column.name.startswith("new_"),
         "IsLogical": False,
         "AttributeOf": None,
         "DisplayName": _label(column.display),
@@ -140,10 +143,38 @@ def _derived_properties(column: Column) -> dict[str, Any]:
         return {"Format": "DateAndTime", "DateTimeBehavior": {"Value": "UserLocal"}}
     if column.kind == "bigint":
         return {"MaxValue": 9223372036854775807, "MinValue": -9223372036854775808}
+    if column.kind == "boolean":
+        return {"DefaultValue": bool(column.default), "FormulaDefinition": None}
     return {}
 
 
+def _boolean_option_set(table: Table, column: Column) -> dict[str, Any]:
+    """A Two Options column's ``BooleanOptionSetMetadata``: its false and true options."""
+
+    def option(value: int) -> dict[str, Any]:
+        return {
+            "Value": value,
+            "Color": None,
+            "IsManaged": False,
+            "ExternalValue": None,
+            "ParentValues": [],
+            "Label": _label(column.label_of(value) or ""),
+            "Description": _label(""),
+        }
+
+    return {
+        "MetadataId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-dataverse/optionset/{table.logical}/{column.name}")),
+        "Name": f"{table.logical}_{column.name}",
+        "IsGlobal": False,
+        "OptionSetType": "Boolean",
+        "FalseOption": option(0),
+        "TrueOption": option(1),
+    }
+
+
 def _option_set(table: Table, column: Column) -> dict[str, Any]:
+    if column.kind == "boolean":
+        return _boolean_option_set(table, column)
     options = []
     for option in column.options:
         item: dict[str, Any] = {
@@ -299,7 +330,12 @@ class Metadata:
         if not text:
             return [{} for _ in columns]
         wanted: dict[str, list[str] | None] = {}
-        picklists = ("PicklistAttributeMetadata", "StateAttributeMetadata", "StatusAttributeMetadata")
+        picklists = (
+            "PicklistAttributeMetadata",
+            "StateAttributeMetadata",
+            "StatusAttributeMetadata",
+            "BooleanAttributeMetadata",
+        )
         for name, selected in _expand_parts(text):
             if name not in _EXPANDABLE or cast not in picklists:
                 raise err.bad_query(

@@ -114,7 +114,7 @@ class Records:
         tables = self.table_store(table)
         if tables.get(record_id) is not None:
             raise err.duplicate_record()
-        values: dict[str, Any] = {c.name: None for c in table.columns}
+        values: dict[str, Any] = {c.name: c.default for c in table.columns}
         values.update(changed)
         self._settle_state(table, values, changed, record_id, creating=True)
         if values.get("ownerid") is None:

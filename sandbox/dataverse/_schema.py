@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 # Fixed ids so a restart keeps the same metadata and users (clients cache both).
 ORGANIZATION_ID = "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c0001"
@@ -27,6 +28,7 @@ EDM_TYPES = {
     "status": "Edm.Int32",
     "datetime": "Edm.DateTimeOffset",
     "bigint": "Edm.Int64",
+    "boolean": "Edm.Boolean",
 }
 ATTRIBUTE_TYPES = {
     "guid": "Uniqueidentifier",
@@ -37,6 +39,7 @@ ATTRIBUTE_TYPES = {
     "status": "Status",
     "datetime": "DateTime",
     "bigint": "BigInt",
+    "boolean": "Boolean",
 }
 
 
@@ -60,6 +63,7 @@ class Column:
     create: bool = True  # IsValidForCreate
     update: bool = True  # IsValidForUpdate
     targets: tuple[str, ...] = ()  # lookup targets (logical names)
+    default: Any = None  # the value a create without the column gets (Two Options: DefaultValue)
 
     @property
     def prop(self) -> str:
@@ -119,6 +123,13 @@ class Table:
         return [c for _, cols in self.alternate_keys for c in cols]
 
 
+# The native Marketo sync's filter column (a Two Options custom column an admin adds to lead and
+# contact): only No keeps a record out. New records get its default, Yes.
+SYNC_TO_MARKETO = Column(
+    "new_synctomkto", "boolean", "Sync to Marketo", options=(Option(0, "No"), Option(1, "Yes")), default=True
+)
+
+
 def _system_columns(state: Column, status: Column) -> tuple[Column, ...]:
     return (
         Column("fullname", "string", "Full Name", max_length=160, create=False, update=False),
@@ -168,6 +179,7 @@ LEAD = Table(
             "Lead Source",
             options=tuple(Option(i + 1, label) for i, label in enumerate(_LEAD_SOURCES)),
         ),
+        SYNC_TO_MARKETO,
         *_system_columns(
             Column(
                 "statecode",
@@ -214,6 +226,7 @@ CONTACT = Table(
         Column("telephone1", "string", "Business Phone", max_length=50, fmt="Phone"),
         Column("jobtitle", "string", "Job Title", max_length=100, fmt="Text"),
         Column("originatingleadid", "lookup", "Originating Lead", targets=("lead",)),
+        SYNC_TO_MARKETO,
         *_system_columns(
             Column(
                 "statecode",

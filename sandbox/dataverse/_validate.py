@@ -124,6 +124,12 @@ def coerce_value(table: Table, column: Column, raw: Any) -> Any:
         if column.kind == "picklist" and raw not in column.option_values():
             raise err.out_of_range(raw, column.name, table.logical, column.option_values())
         return raw
+    if column.kind == "boolean":
+        if not isinstance(raw, bool):
+            raise err.bad_payload(
+                table.entity_set, f"Cannot convert the literal '{_literal(raw)}' to the expected type 'Edm.Boolean'."
+            )
+        return raw
     if column.kind == "guid":
         if not isinstance(raw, str) or not GUID_RE.fullmatch(raw):
             raise err.bad_payload(

@@ -75,6 +75,8 @@ FIELDS: tuple[FieldDef, ...] = (
     _f(4002, "microsoftId", "Microsoft Id", "string", custom=True, searchable=True),
     _f(4003, "microsoftIsDeleted", "Microsoft Is Deleted", "boolean", custom=True),
     _f(4004, "microsoftCreatedDate", "Microsoft Created Date", "datetime", custom=True),
+    # Not part of the sync's set-up: a person field an admin may add to keep persons out (sync filter tests).
+    _f(4005, "syncToMicrosoft", "Sync to Microsoft", "boolean", custom=True),
 )
 BY_NAME: dict[str, FieldDef] = {f.name: f for f in FIELDS}
 SEARCHABLE: tuple[str, ...] = tuple(f.name for f in FIELDS if f.searchable)

@@ -5,7 +5,9 @@ Marketo reachable with these credentials; the sync's custom person fields and it
 ``microsoftSyncFailed`` activity type (with ``reason`` and ``direction``); Dataverse reachable;
 the identity's role can read and write lead and contact (``WhoAmI`` + ``RetrieveUserPrivileges``);
 change tracking on for both tables; every mapped field on both sides with compatible types (text
-lengths that differ are counted, not failed: a longer value fails for its record, as a failure); the Table
+lengths that differ are counted, not failed: a longer value fails for its record, as a failure); the
+sync filter's fields on both sides (a Dynamics filter column a table lacks is noted: there it means
+"sync", as in the native sync; a condition's column, or a Marketo filter field, that is missing fails); the Table
 endpoint reachable and writable (a probe row written and deleted). A check that needs a service
 found unreachable is skipped. Nothing is written to Marketo or Dataverse.
 
@@ -33,6 +35,7 @@ from sync_core.core.errors import ConfigError
 from sync_core.core.fieldmap import MICROSOFT_FIELDS
 from sync_core.core.models import Cursor, EntityType
 from sync_core.core.schema import EntityMeta, MarketoFieldMeta
+from sync_core.core.syncfilter import DEFAULT_DATAVERSE_FIELD, SyncFilter
 from sync_core.core.validate import drift, type_problems
 from sync_core.dataverse.client import DataverseClient
 from sync_core.marketo._setup import describe_activity_type
@@ -76,6 +79,9 @@ HINTS = {
     "Properties > Advanced options), or set ChangeTrackingEnabled on its EntityMetadata; it cannot be turned off",
     "fieldmap": "fix SYNC_FIELD_MAP (or the field in Marketo/Dynamics) so each mapped field exists on both sides "
     "with a type that holds the mapping's type; until then those fields are not synced",
+    "syncfilter": "fix DATAVERSE_SYNC_FILTER_FIELD / DATAVERSE_SYNC_FILTER / MARKETO_SYNC_FILTER_FIELD / "
+    "MARKETO_SYNC_FILTER (or add the field: a Two Options column on lead and contact, a Boolean person field in "
+    "Marketo); until then a cycle that reads the field fails",
 }
 
 
@@ -113,6 +119,7 @@ TITLES = {
     "dataverse.privileges": "Dataverse role can read and write lead and contact",
     "dataverse.change_tracking": "Dataverse change tracking on for lead and contact",
     "fieldmap": "Mapped fields exist on both sides with compatible types",
+    "syncfilter": "Sync filter fields exist on both sides",
     "tables": "Table Storage reachable and writable",
 }
 
@@ -220,6 +227,56 @@ def _field_map(
     return _result(name, "pass", detail)
 
 
+def sync_filter_check(
+    flt: SyncFilter, described: Mapping[str, MarketoFieldMeta], metadata: Mapping[EntityType, EntityMeta]
+) -> CheckResult:
+    """Each filter field where the cycle reads it, with the type it is read as."""
+    name = "syncfilter"
+    problems: list[str] = []
+    notes: list[str] = []
+    field = flt.dynamics.field
+    if field is not None:
+        lacking = [entity.value for entity in EntityType if field not in metadata[entity].attributes]
+        wrong = [
+            f"{field} on {entity.value} is {attribute.attribute_type}, expected Boolean (Two Options)"
+            for entity in EntityType
+            if (attribute := metadata[entity].attributes.get(field)) is not None
+            and attribute.attribute_type != "Boolean"
+        ]
+        problems += wrong
+        if len(lacking) == len(EntityType) and field != DEFAULT_DATAVERSE_FIELD:
+            problems.append(f"{field} missing on lead and contact")
+        elif lacking:
+            notes.append(f"{field} not on {' and '.join(lacking)}: every record there syncs (as the native sync)")
+    condition = flt.dynamics.condition
+    for column in condition.fields if condition else ():
+        problems += [
+            f"{column} (DATAVERSE_SYNC_FILTER) missing on {entity.value}"
+            for entity in EntityType
+            if column not in metadata[entity].attributes
+        ]
+    marketo_field = flt.marketo.field
+    if marketo_field is not None:
+        meta = described.get(marketo_field)
+        if meta is None:
+            problems.append(f"{marketo_field} missing in Marketo")
+        elif meta.data_type != "boolean":
+            problems.append(f"{marketo_field} is {meta.data_type} in Marketo, expected boolean")
+    marketo_condition = flt.marketo.condition
+    problems += [
+        f"{person_field} (MARKETO_SYNC_FILTER) missing in Marketo"
+        for person_field in (marketo_condition.fields if marketo_condition else ())
+        if person_field not in described
+    ]
+    if problems:
+        return _result(name, "fail", "; ".join(problems), HINTS[name])
+    if not flt.dynamics.active and not flt.marketo.active:
+        return _result(name, "pass", "no filter: every record syncs")
+    found = [f"Dynamics {', '.join(flt.dynamics.fields)}" if flt.dynamics.active else ""]
+    found += [f"Marketo {', '.join(flt.marketo.fields)}" if flt.marketo.active else ""]
+    return _result(name, "pass", "; ".join([", ".join(part for part in found if part), *notes]))
+
+
 def _tables(services: Services) -> CheckResult:
     name = "tables"
     reachable = _reachable(name, services.settings, tables=True, marketo=False, dataverse=False)
@@ -310,8 +367,11 @@ def _run(services: Services) -> list[CheckResult]:
             checks.append(_result("fieldmap", "fail", f"table metadata unreadable ({_error_text(err)})"))
     if described is not None and metadata is not None:
         checks.append(_guard("fieldmap", lambda: _field_map(services, described, metadata)))
-    elif not any(check.name == "fieldmap" for check in checks):
-        checks.append(_skipped("fieldmap", "a side is unreachable"))
+        checks.append(_guard("syncfilter", lambda: sync_filter_check(settings.sync_filter, described, metadata)))
+    else:
+        if not any(check.name == "fieldmap" for check in checks):
+            checks.append(_skipped("fieldmap", "a side is unreachable"))
+        checks.append(_skipped("syncfilter", "a side is unreachable"))
     checks.append(_guard("tables", lambda: _tables(services)))
     return checks
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from sync_core.core.report import CycleReport, Outcome
+from sync_core.core.syncfilter import Side
 
 
 class _Record(BaseModel):
@@ -57,6 +58,9 @@ class Link(_Record):
     baseline: dict[str, Any] = Field(default_factory=dict)  # field-map key -> canonical value
     originating_lead_id: str | None = None  # set when a lead was qualified into this contact
     updated_at: AwareDatetime | None = None
+    # The sides whose sync filter excluded the pair when last seen (empty: it syncs). While set,
+    # nothing is written either way; the link stays, so that the pair resumes when admitted again.
+    filtered_out: tuple[Side, ...] = ()
 
 
 class Collision(_Record):

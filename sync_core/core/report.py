@@ -158,6 +158,8 @@ class CycleReport(_Part):
     flagged_deleted: Count = None  # persons marked microsoftIsDeleted
     deleted_in_dynamics: Count = None  # Dynamics records deleted after their person was (policy "delete")
     qualified: Count = None  # links moved from a lead to its contact
+    # records a side's sync filter kept out this cycle (nothing written, not failures), by that side
+    filtered: PerSide = Field(default_factory=PerSide)
     collisions: Count = None
     failures: Count = None  # records that failed this cycle (new or again)
     new_failures: Count = None  # of those, records that had no open failure before this cycle

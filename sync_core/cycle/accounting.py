@@ -68,6 +68,7 @@ def build_report(
         flagged_deleted=tally.flagged_deleted,
         deleted_in_dynamics=tally.deleted_in_dynamics,
         qualified=tally.qualified,
+        filtered=PerSide(marketo=tally.filtered_marketo, dynamics=tally.filtered_dynamics),
         collisions=tally.collisions,
         failures=tally.failures,
         new_failures=tally.new_failures,

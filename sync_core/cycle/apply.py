@@ -11,6 +11,12 @@ cursor once the batches of a window are done. What it knows about a record:
   at the baseline, except when that could be wrong (a field without a baseline yet, an open
   failure on the record), when the record is read from that side first;
 - an unlinked Dynamics record goes to ``newrecords`` (qualification, match or a new person);
+- the sync filter (``core.syncfilter``, issue 19): a linked pair either side's filter excludes
+  is not merged nor written; the link stays and remembers which side excluded it
+  (``Link.filtered_out``), so the pair resumes when admitted again, merged from fresh reads of
+  both sides (what changed meanwhile was not applied). A side's verdict is taken from its feed
+  when the feed carries the filter's fields (the Dataverse row always does; the Marketo feed when
+  a filter field changed), else from the link. Kept out: counted per side, never a failure;
 - deletes, in one place (B3): a Dynamics record found gone (its delta, a read, a 404 on write)
   flags its person per the policy and unlinks; a person found gone in Marketo unlinks and is not
   sent across; with policy ``delete`` a Marketo delete deletes the Dynamics record;
@@ -36,6 +42,7 @@ from sync_core.core.fieldmap import FieldMap, FieldValueError, Unreadable, canon
 from sync_core.core.merge import Merge, Plan, merge_record, plan, settle
 from sync_core.core.models import Collision, Direction, EntityType, Link, RecordFailure
 from sync_core.core.schema import EntityMeta, MarketoFieldMeta
+from sync_core.core.syncfilter import NO_FILTER, Side, SyncFilter
 from sync_core.core.validate import DriftItem
 from sync_core.cycle import schema_cache
 from sync_core.cycle.ledger import Batch, Ledger, OpenFailures, Pending, Tally, person_key, record_key
@@ -68,6 +75,7 @@ class Applier:
         now: datetime,
         open_failures: OpenFailures,
         tally: Tally,
+        sync_filter: SyncFilter = NO_FILTER,
     ) -> None:
         self.marketo = marketo
         self.dataverse = dataverse
@@ -79,6 +87,8 @@ class Applier:
         self._run_id = run_id
         self.now = now
         self.tally = tally
+        self.sync_filter = sync_filter
+        self._cached_columns: dict[EntityType, set[str]] | None = None  # see ``_known_columns``
         self.ledger = Ledger(
             store=store, marketo=marketo, tally=tally, open_failures=open_failures, run_id=run_id, now=now
         )
@@ -95,7 +105,13 @@ class Applier:
         if self.drift is not None and not refresh:
             return
         schema = schema_cache.active_schema(
-            self.store, self.marketo, self.dataverse, self._configured, now=self.now, refresh=refresh
+            self.store,
+            self.marketo,
+            self.dataverse,
+            self._configured,
+            now=self.now,
+            refresh=refresh,
+            extra_columns=self.sync_filter.dynamics.fields,
         )
         self.metadata = schema.metadata
         self.described = schema.described
@@ -103,10 +119,88 @@ class Applier:
         self.field_map = schema.field_map
 
     def marketo_fields(self) -> list[str]:
-        return self.field_map.marketo_fields
+        """The person fields the cycle reads: the mapped ones and the Marketo filter's."""
+        return list(dict.fromkeys([*self.field_map.marketo_fields, *self.sync_filter.marketo.fields]))
 
     def dataverse_columns(self, entity: EntityType) -> list[str]:
-        return read_columns(entity, self.field_map.columns(entity))
+        """The columns the cycle reads of ``entity``: its own, the mapped ones and the Dynamics filter's."""
+        mapped = [*self.field_map.columns(entity), *self._filter_columns(entity)]
+        return list(dict.fromkeys(read_columns(entity, mapped)))
+
+    def _filter_columns(self, entity: EntityType) -> list[str]:
+        """The Dynamics filter's columns on ``entity``. Its boolean field is left out where the table
+        is known not to have it: as in the native sync, a missing filter field means "sync" (so the
+        default ``new_synctomkto`` costs nothing on an org that never added it). A condition's
+        columns are always read: one the table lacks is refused by Dataverse, loudly."""
+        flt = self.sync_filter.dynamics
+        known = self._known_columns(entity) if flt.field is not None else None
+        return [name for name in flt.fields if known is None or name != flt.field or name in known]
+
+    def _known_columns(self, entity: EntityType) -> set[str] | None:
+        """The columns ``entity`` is known to have: from this cycle's schema, else from the state
+        store's schema cache (one Table read, no API call); None when neither knows."""
+        if entity in self.metadata:
+            return set(self.metadata[entity].attributes)
+        if self._cached_columns is None:
+            cached = schema_cache.load(
+                self.store, self._configured, now=self.now, extra_columns=self.sync_filter.dynamics.fields
+            )
+            self._cached_columns = (
+                {} if cached is None else {e: set(meta.attributes) for e, meta in cached.metadata.items()}
+            )
+        return self._cached_columns.get(entity)
+
+    # -- the sync filter (issue 19) ---------------------------------------------------------------
+
+    def admits_row(self, row: Mapping[str, Any]) -> bool:
+        """Whether the Dynamics filter lets this Dataverse row sync."""
+        return self.sync_filter.dynamics.admits(row)
+
+    def admits_person(self, person: Mapping[str, Any]) -> bool:
+        """Whether the Marketo filter lets this person (all its filter fields known) sync."""
+        return self.sync_filter.marketo.admits(person)
+
+    def _dynamics_excludes(self, item: Pending) -> bool:
+        """The Dynamics verdict: from the row when the feed brought it, else as the link remembers."""
+        if not self.sync_filter.dynamics.active:
+            return False
+        if item.dynamics is not None:
+            return not self.admits_row(item.dynamics)
+        return Side.DYNAMICS in item.link.filtered_out
+
+    def _marketo_excludes(self, item: Pending) -> bool | None:
+        """The Marketo verdict: from the person when every filter field is known (a full read, or
+        the feed changed them all), as the link remembers when the feed changed none; None: unknown."""
+        flt = self.sync_filter.marketo
+        if not flt.active:
+            return False
+        staged = item.marketo or {}
+        if item.marketo_full or all(name in staged for name in flt.fields):
+            return not flt.admits(staged)
+        if any(name in staged for name in flt.fields):
+            return None
+        return Side.MARKETO in item.link.filtered_out
+
+    def _exclusions(self, item: Pending) -> tuple[Side, ...]:
+        """The sides that keep this pair out now (an unknown Marketo verdict keeps the old one)."""
+        marketo = self._marketo_excludes(item)
+        if marketo is None:
+            marketo = Side.MARKETO in item.link.filtered_out
+        sides = [Side.DYNAMICS] if self._dynamics_excludes(item) else []
+        return (*sides, Side.MARKETO) if marketo else tuple(sides)
+
+    def _keep_out(self, item: Pending, sides: tuple[Side, ...], out: Batch) -> None:
+        """A pair the filter excludes: nothing written to either side, counted, not a failure. An
+        existing link remembers the sides (a new or moving link is simply not made)."""
+        link = item.link
+        self.tally.filtered_dynamics += Side.DYNAMICS in sides
+        self.tally.filtered_marketo += Side.MARKETO in sides
+        if item.event is not None or item.replaces is not None:
+            return
+        for direction in Direction:
+            self.ledger.resolve(out, person_key(direction, link.marketo_id))
+        if sides != link.filtered_out:
+            out.links.append(link.model_copy(update={"filtered_out": sides, "updated_at": self.now}))
 
     # -- a page of the Dataverse delta ----------------------------------------------------------
 
@@ -140,6 +234,10 @@ class Applier:
         items = self._complete(items, out)
         planned: list[tuple[Pending, Merge, Plan]] = []
         for item in items:
+            excluded = self._exclusions(item)
+            if excluded:
+                self._keep_out(item, excluded, out)
+                continue
             entity = item.link.entity
             mappings = self.field_map.for_entity(entity)
             m_values = canonical_values(mappings, item.marketo or {}, side="marketo")
@@ -164,27 +262,23 @@ class Applier:
         self.ledger.record(out)
 
     def _complete(self, items: Sequence[Pending], out: Batch) -> list[Pending]:
-        """Read a side where the feed's view may be wrong; drop records that turned out to be gone."""
+        """Read a side where the feed's view may be wrong; drop records that turned out to be gone.
+
+        A pair the filter keeps out is not read (nothing will be written); one resuming (its link
+        says it was kept out, and it is admitted now) is read in full on both sides."""
         need_marketo: set[int] = set()
-        need_dynamics: dict[EntityType, set[str]] = {}
         for item in items:
             link = item.link
-            keys = [m.key for m in self.field_map.for_entity(link.entity)]
-            doubtful = any(key not in link.baseline for key in keys) or self.ledger.has_open_failure(link.marketo_id)
-            if doubtful and not item.marketo_full:
+            if item.marketo_full or self._dynamics_excludes(item):
+                continue
+            marketo = self._marketo_excludes(item)
+            if marketo is None or (not marketo and (self._doubtful(link) or link.filtered_out)):
                 need_marketo.add(link.marketo_id)
-            if doubtful and item.dynamics is None:
-                need_dynamics.setdefault(link.entity, set()).add(link.dataverse_id.lower())
         persons: dict[int, dict[str, Any]] = {}
         if need_marketo:
             for person in self.marketo.get_leads(sorted(need_marketo), fields=["id", *self.marketo_fields()]):
                 persons[int(person["id"])] = person
-        rows: dict[tuple[EntityType, str], dict[str, Any]] = {}
-        for entity, ids in need_dynamics.items():
-            for row in self.dataverse.get_rows(ENTITY_SETS[entity], sorted(ids), select=self.dataverse_columns(entity)):
-                rows[(entity, row_id(entity, row))] = row
-        kept: list[Pending] = []
-        gone_in_dynamics: list[Link] = []
+        read: list[Pending] = []
         for item in items:
             link = item.link
             if link.marketo_id in need_marketo:
@@ -193,6 +287,20 @@ class Applier:
                     self._person_gone(out, link)
                     continue
                 item.marketo, item.marketo_full = current, True
+            read.append(item)
+        need_dynamics: dict[EntityType, set[str]] = {}
+        for item in read:
+            link = item.link
+            if item.dynamics is None and not self._exclusions(item) and (self._doubtful(link) or link.filtered_out):
+                need_dynamics.setdefault(link.entity, set()).add(link.dataverse_id.lower())
+        rows: dict[tuple[EntityType, str], dict[str, Any]] = {}
+        for entity, ids in need_dynamics.items():
+            for row in self.dataverse.get_rows(ENTITY_SETS[entity], sorted(ids), select=self.dataverse_columns(entity)):
+                rows[(entity, row_id(entity, row))] = row
+        kept: list[Pending] = []
+        gone_in_dynamics: list[Link] = []
+        for item in read:
+            link = item.link
             wanted = (link.entity, link.dataverse_id.lower())
             if link.entity in need_dynamics and wanted[1] in need_dynamics[link.entity]:
                 current_row = rows.get(wanted)
@@ -204,6 +312,12 @@ class Applier:
         if gone_in_dynamics:
             self.dynamics_deleted(gone_in_dynamics)
         return kept
+
+    def _doubtful(self, link: Link) -> bool:
+        """Whether the feeds' view of a linked pair may be wrong: a mapped field without a baseline
+        yet, or an open failure (a side not in its feed is then read rather than assumed)."""
+        keys = [m.key for m in self.field_map.for_entity(link.entity)]
+        return any(key not in link.baseline for key in keys) or self.ledger.has_open_failure(link.marketo_id)
 
     def _write_dynamics(self, planned: Sequence[tuple[Pending, Merge, Plan]]) -> dict[int, WriteOutcome]:
         by_entity: dict[EntityType, list[tuple[int, dict[str, Any]]]] = {}
@@ -294,8 +408,9 @@ class Applier:
         else:
             self.ledger.resolve(out, person_key(Direction.TO_MARKETO, link.marketo_id))
         new_baseline = settle(link.baseline, merge, dynamics_written=d_ok, marketo_written=m_ok)
-        if new_baseline != link.baseline or item.replaces is not None or item.event is not None:
-            out.links.append(link.model_copy(update={"baseline": new_baseline, "updated_at": self.now}))
+        if new_baseline != link.baseline or item.replaces is not None or item.event is not None or link.filtered_out:
+            update = {"baseline": new_baseline, "updated_at": self.now, "filtered_out": ()}
+            out.links.append(link.model_copy(update=update))
             if item.replaces is not None:
                 out.replaced.append(item.replaces)
             if item.event == "linked":
@@ -310,9 +425,11 @@ class Applier:
         if not links:
             return
         out = Batch()
-        if self._dynamics_delete_policy is DynamicsDeletePolicy.FLAG:
+        # A pair the filter keeps out is not written: its person is not flagged, only unlinked.
+        flag = [link for link in links if not link.filtered_out]
+        if self._dynamics_delete_policy is DynamicsDeletePolicy.FLAG and flag:
             results = self.marketo.sync_leads(
-                [{"id": link.marketo_id, "microsoftIsDeleted": True} for link in links],
+                [{"id": link.marketo_id, "microsoftIsDeleted": True} for link in flag],
                 action="updateOnly",
                 lookup_field="id",
             )
@@ -330,14 +447,17 @@ class Applier:
             return
         out = Batch()
         for link in links.values():
-            self._delete_in_dynamics(out, link)
+            if link.filtered_out:  # kept out by the filter: not written, only unlinked
+                self.ledger.unlink(out, link)
+            else:
+                self._delete_in_dynamics(out, link)
         self.ledger.record(out)
 
     def _person_gone(self, out: Batch, link: Link) -> None:
         """A linked person found missing in Marketo (on a read or a write): it was deleted there. The
         link goes; with policy ``delete`` the Dynamics record goes too, as when the deletions feed
         reports it (a record seen changed in the same cycle must not escape the policy)."""
-        if self._marketo_delete_policy is MarketoDeletePolicy.DELETE:
+        if self._marketo_delete_policy is MarketoDeletePolicy.DELETE and not link.filtered_out:
             self._delete_in_dynamics(out, link)
         else:
             self.ledger.unlink(out, link)
@@ -353,6 +473,11 @@ class Applier:
             self.tally.deleted_in_dynamics += 1
             self.tally.written_dynamics += 1
         self.ledger.unlink(out, link)
+
+    def unlinked_persons(self, staged: Mapping[int, Mapping[str, Any]]) -> None:
+        """Staged changes of persons with no link: only a Marketo filter's No → Yes matters here."""
+        if self.sync_filter.marketo.active and staged:
+            self._new.link_admitted_persons(staged)
 
     # -- retries ----------------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from sync_core.core.models import Cursor, EntityType, Lease, RunReport
 from sync_core.core.report import (
     Outcome,
 )
+from sync_core.core.syncfilter import NO_FILTER, SyncFilter
 from sync_core.cycle.accounting import api_delta, build_report, store_delta
 from sync_core.cycle.apply import Applier
 from sync_core.cycle.lease import Heartbeat, LeaseLost
@@ -89,6 +90,7 @@ class CycleOptions:
     dataverse_batch_size: int = 1000
     lease_duration: timedelta = LEASE_DURATION
     max_retries: int = MAX_RETRIES_PER_CYCLE
+    sync_filter: SyncFilter = NO_FILTER
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CycleOptions:
@@ -97,6 +99,7 @@ class CycleOptions:
             marketo_delete_policy=settings.marketo_delete_policy,
             dataverse_batch_size=settings.dataverse_batch_size,
             lease_duration=timedelta(seconds=settings.lease_seconds),
+            sync_filter=settings.sync_filter,
         )
 
 
@@ -266,6 +269,7 @@ class _Cycle:
             now=started,
             open_failures=self.open_failures,
             tally=tally,
+            sync_filter=engine._options.sync_filter,
         )
         self.backlog: dict[str, int] = {}
 
@@ -465,6 +469,7 @@ class _Cycle:
             staged = stage.take(ids)
             for marketo_id, link in links.items():
                 buffers[link.entity].append(Pending(link, marketo=staged.get(marketo_id)))
+            applier.unlinked_persons({i: values for i, values in staged.items() if i not in links})
             for entity, items in buffers.items():
                 if len(items) >= flush_at:
                     applier.sync_linked(items)

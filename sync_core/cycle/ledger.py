@@ -45,6 +45,8 @@ class Tally:
     flagged_deleted: int = 0  # persons marked microsoftIsDeleted
     deleted_in_dynamics: int = 0  # Dynamics records deleted after their person was (policy "delete")
     qualified: int = 0  # links moved from a lead to its contact
+    filtered_dynamics: int = 0  # records the Dynamics sync filter kept out (nothing written)
+    filtered_marketo: int = 0  # records the Marketo sync filter kept out (nothing written)
     collisions: int = 0
     failures: int = 0  # records that failed this cycle (new or again)
     new_failures: int = 0  # of those, records with no open failure before

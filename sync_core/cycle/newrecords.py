@@ -5,8 +5,14 @@ An unlinked contact qualified from a linked lead takes over the lead's link (the
 linked to the Marketo person the matching rule names (``core.matching``: its id in
 ``microsoftId``, or its email) when that person is free, recorded as a duplicate when it is not,
 and otherwise created in Marketo (``createOnly``, converted and validated by ``core.convert``).
-Marketo-only persons are never sent to Dynamics here. Called by ``Applier``, which owns the
-merge of what is linked; this module only decides and creates.
+Marketo-only persons are never sent to Dynamics here. The sync filter (issue 19) comes first: a
+record the Dynamics filter excludes, a matching person the Marketo filter excludes, or a person
+to be created whose values the Marketo filter would exclude, is left alone (counted, not linked,
+not created, not a failure); when the filter admits it later, its change brings it back here: a
+Dynamics record's through its delta, a person's through ``link_admitted_persons`` (an unlinked person
+whose Marketo filter fields changed and who is admitted now is linked to a free Dynamics record with
+their email, as that record would have been linked when new; nothing is created in Dynamics, B8).
+Called by ``Applier``, which owns the merge of what is linked; this module only decides and creates.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sync_core.core.convert import to_marketo
 from sync_core.core.entities import (
     CREATED_ON,
+    ENTITY_SETS,
     MICROSOFT_TYPES,
     is_qualified_lead,
     microsoft_fields,
@@ -25,8 +32,9 @@ from sync_core.core.entities import (
     row_id,
 )
 from sync_core.core.fieldmap import FieldValueError, canonical_values
-from sync_core.core.matching import PersonIndex, email_key
+from sync_core.core.matching import RECORD_ORDER, PersonIndex, email_key
 from sync_core.core.models import EntityType, Link
+from sync_core.core.syncfilter import Side
 from sync_core.cycle.ledger import Batch, Pending, record_key
 
 if TYPE_CHECKING:
@@ -43,6 +51,15 @@ class NewRecords:
         """Move a qualified lead's link, link a match, or create a person."""
         applier = self._applier
         applier.prepare()
+        admitted = [row for row in rows if applier.admits_row(row)]
+        if len(admitted) < len(rows):
+            applier.tally.filtered_dynamics += len(rows) - len(admitted)
+            # Kept out is not a failure: an old failure of such a record is closed.
+            admitted_ids = {row_id(entity, row) for row in admitted}
+            applier.ledger.resolve_now(
+                record_key(entity, row_id(entity, row)) for row in rows if row_id(entity, row) not in admitted_ids
+            )
+            rows = admitted
         batch = Batch()
         pending: list[Pending] = []
         rest: list[Mapping[str, Any]] = []
@@ -59,6 +76,36 @@ class NewRecords:
         if to_create:
             self._create_persons(entity, to_create)
 
+    def link_admitted_persons(self, staged: Mapping[int, Mapping[str, Any]]) -> None:
+        """Unlinked persons whose Marketo filter fields changed (``staged``: their staged changes):
+        those admitted now are linked to the free Dynamics records with their email, contacts first."""
+        applier = self._applier
+        flt = applier.sync_filter.marketo
+        changed = sorted(i for i, values in staged.items() if any(name in values for name in flt.fields))
+        if not changed:
+            return
+        applier.prepare()
+        fields = ["id", *applier.marketo_fields()]
+        persons = [p for p in applier.marketo.get_leads(changed, fields=fields) if applier.admits_person(p)]
+        for entity in RECORD_ORDER:
+            mapping = applier.field_map.email_field(entity)
+            column = mapping.column(entity) if mapping is not None else None
+            if not persons or mapping is None or column is None:
+                continue
+            emails = sorted({str(p[mapping.marketo]).strip() for p in persons if email_key(p.get(mapping.marketo))})
+            if not emails:
+                continue
+            rows = applier.dataverse.find_by_emails(
+                ENTITY_SETS[entity], emails, select=applier.dataverse_columns(entity), attribute=column
+            )
+            linked = applier.store.get_links_by_dataverse_ids(entity, sorted({row_id(entity, row) for row in rows}))
+            free = [row for row in rows if row_id(entity, row) not in linked]
+            if free:
+                self.link_new(entity, free, lambda ids: {})
+            # A person now linked (to a contact) is not offered to a lead with the same email as well.
+            now_linked = applier.store.get_links_by_marketo_ids([int(p["id"]) for p in persons])
+            persons = [p for p in persons if int(p["id"]) not in now_linked]
+
     def _qualifications(self, entity: EntityType, rows: Sequence[Mapping[str, Any]], take: Take) -> dict[str, Pending]:
         """Contacts qualified from a linked lead (B9): the person's link moves to the contact."""
         origins = {row_id(entity, row): lead for row in rows if (lead := originating_lead(entity, row))}
@@ -74,7 +121,10 @@ class NewRecords:
         rows_by_id = {row_id(entity, row): row for row in rows}
         return {
             contact_id: Pending(
-                qualified_link(old, contact_id, keys, now=applier.now),
+                # The person's Marketo verdict moves with it (the contact's own is read from its row).
+                qualified_link(old, contact_id, keys, now=applier.now).model_copy(
+                    update={"filtered_out": tuple(side for side in old.filtered_out if side is Side.MARKETO)}
+                ),
                 marketo=staged.get(old.marketo_id),
                 dynamics=rows_by_id[contact_id],
                 replaces=old,
@@ -122,6 +172,11 @@ class NewRecords:
                 continue
             candidates = index.candidates(record, email)
             free = [p for p in candidates if p not in taken and p not in claimed]
+            if free and not applier.admits_person(persons[free[0]]):
+                # The person is kept out by the Marketo filter: not linked, and no second person made.
+                applier.tally.filtered_marketo += 1
+                ledger.resolve(batch, record_key(entity, record))
+                continue
             if free:
                 claimed[free[0]] = record
                 link = Link(marketo_id=free[0], entity=entity, dataverse_id=record, baseline={}, updated_at=applier.now)
@@ -175,6 +230,10 @@ class NewRecords:
                 ledger.fail_record(batch, entity, record, person.problems, code="validation")
                 continue
             payload = {**person.payload, **microsoft_fields(entity, record, row.get(CREATED_ON))}
+            if not applier.admits_person(payload):  # the person it would make is kept out in Marketo
+                applier.tally.filtered_marketo += 1
+                ledger.resolve(batch, record_key(entity, record))
+                continue
             has_email = email_mapping is not None and payload.get(email_mapping.marketo)
             lookup = email_mapping.marketo if email_mapping is not None and has_email else "microsoftId"
             by_lookup.setdefault(lookup, []).append((record, payload, values))

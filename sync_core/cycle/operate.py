@@ -6,7 +6,9 @@ page's buttons (``status.actions``). It reuses the cycle's own parts and writes 
 own: a retry is ``Applier.retry`` on the chosen failures, a resync is ``Applier.sync_linked`` on
 the person's link with the baseline left out (so both sides are re-read and merged as on the
 first link: equal values stay, an empty side takes the other's value, different values are a
-collision settled by the entity rule or the field's override), a reset deletes or re-points the
+collision settled by the entity rule or the field's override; each side's sync filter decides
+afresh on the values read, and a pair it keeps out is left as a cycle leaves it, to be merged
+without the baseline once admitted), a reset deletes or re-points the
 cursors the engine reads (``engine``), and an export reads the store.
 
 Every action is audited (``StateStore.add_action``: who, when, what, to what, why, the outcome)
@@ -221,10 +223,13 @@ class Operator:
                     f"{target} is not linked: nothing to resync (the cycle links new Dynamics records; "
                     "the webhook creates a record for a person)",
                 )
+            kept_out_before = (link.filtered_out, link.baseline)
             tally = Tally()
             open_failures = OpenFailures(self._store)
             applier = self._applier(act.id, tally, open_failures)
-            applier.sync_linked([Pending(link.model_copy(update={"baseline": {}}))])
+            # Without the baseline and the remembered filter verdicts: both sides are read afresh and
+            # each side's sync filter decides on their current values, as for a new link.
+            applier.sync_linked([Pending(link.model_copy(update={"baseline": {}, "filtered_out": ()}))])
             after = self._store.get_links_by_marketo_ids([link.marketo_id]).get(link.marketo_id)
             still_open = open_failures.keys()
             failures = sorted(key for key in still_open if key.endswith(f":m{link.marketo_id}"))
@@ -236,16 +241,31 @@ class Operator:
                 "collisions": tally.collisions,
                 "unlinked": tally.unlinked,
                 "open_failures": failures,
+                "filtered_out": [side.value for side in after.filtered_out] if after is not None else [],
             }
             if after is None:
                 message = "the record is gone on one side: unlinked (as a cycle does)"
+            elif after.filtered_out:
+                sides = " and the ".join(side.value.capitalize() for side in after.filtered_out)
+                message = (
+                    f"kept out by the {sides} sync filter: nothing written; "
+                    "merged without the baseline once the filter admits it"
+                )
             elif tally.written_dynamics or tally.written_marketo:
                 message = f"resynced: {tally.written_dynamics} written to Dynamics, {tally.written_marketo} to Marketo"
             else:
                 message = "resynced: both sides already agree, nothing written"
             if failures:
                 message += f"; open failures: {', '.join(failures)}"
-            changed = bool(tally.written_dynamics or tally.written_marketo or tally.unlinked or tally.failures)
+            # A pair kept out changed when its remembered verdict or baseline did (nothing is written).
+            kept_out_changed = (
+                after is not None
+                and bool(after.filtered_out)
+                and ((after.filtered_out, after.baseline) != kept_out_before)
+            )
+            changed = bool(
+                tally.written_dynamics or tally.written_marketo or tally.unlinked or tally.failures or kept_out_changed
+            )
             return act.finish(Outcome.DONE if changed else Outcome.NOTHING, message, details)
 
     def _find_link(self, marketo_id: int | None, dataverse_id: str | None, entity: EntityType | None) -> Link | None:
@@ -360,6 +380,7 @@ class Operator:
             now=self._clock(),
             open_failures=open_failures or OpenFailures(self._store),
             tally=tally,
+            sync_filter=self._options.sync_filter,
         )
 
     @contextmanager

@@ -3,7 +3,7 @@
 Validation and drift need Dataverse metadata (4 calls per table) and Marketo's describe (1 call).
 The API clients cache them per process, but a Functions instance is often new (Flex Consumption
 scales to zero), so every busy cycle of a fresh instance would pay 9 calls again. This keeps the
-part the sync uses (mapped and required columns, mapped Marketo fields) in one state row, good
+part the sync uses (mapped, required and sync-filter columns, mapped Marketo fields) in one state row, good
 for ``TTL``; an older or incomplete row is read again from the services. A service refusing a
 column or field makes the engine refresh at once, so a deleted field is never trusted for long.
 It must not decide anything about drift or validity: it only remembers what the services said.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -42,10 +43,12 @@ class Schema(BaseModel):
     asked_marketo: tuple[str, ...] = ()  # the fields and columns this answers for
     asked_columns: dict[EntityType, tuple[str, ...]] = {}
 
-    def covers(self, field_map: FieldMap) -> bool:
-        """Whether every mapped field was asked about when this was read (present or found missing)."""
+    def covers(self, field_map: FieldMap, extra_columns: Sequence[str] = ()) -> bool:
+        """Whether every mapped field (and extra column) was asked about when this was read (present or
+        found missing)."""
         return set(field_map.marketo_fields) <= set(self.asked_marketo) and all(
-            set(field_map.columns(entity)) <= set(self.asked_columns.get(entity, ())) for entity in EntityType
+            {*field_map.columns(entity), *extra_columns} <= set(self.asked_columns.get(entity, ()))
+            for entity in EntityType
         )
 
 
@@ -55,11 +58,13 @@ def trimmed(
     described: dict[str, MarketoFieldMeta],
     *,
     now: datetime,
+    extra_columns: Sequence[str] = (),
 ) -> Schema:
-    """What the sync uses of the full schema: mapped or required columns, mapped Marketo fields."""
+    """What the sync uses of the full schema: mapped, required or ``extra`` columns (the sync
+    filter's), mapped Marketo fields."""
     kept: dict[EntityType, EntityMeta] = {}
     for entity, meta in metadata.items():
-        wanted = set(field_map.columns(entity)) | {meta.primary_id}
+        wanted = set(field_map.columns(entity)) | set(extra_columns) | {meta.primary_id}
         attributes = {
             name: attribute
             for name, attribute in meta.attributes.items()
@@ -71,12 +76,14 @@ def trimmed(
         metadata=kept,
         described={name: described[name] for name in field_map.marketo_fields if name in described},
         asked_marketo=tuple(field_map.marketo_fields),
-        asked_columns={entity: tuple(field_map.columns(entity)) for entity in EntityType},
+        asked_columns={
+            entity: tuple(dict.fromkeys([*field_map.columns(entity), *extra_columns])) for entity in EntityType
+        },
     )
 
 
-def load(store: StateStore, field_map: FieldMap, *, now: datetime) -> Schema | None:
-    """The stored schema if it is fresh and covers the map, else None."""
+def load(store: StateStore, field_map: FieldMap, *, now: datetime, extra_columns: Sequence[str] = ()) -> Schema | None:
+    """The stored schema if it is fresh and covers the map (and ``extra_columns``), else None."""
     cursor = store.get_cursor(ROW)
     if cursor is None:
         return None
@@ -84,7 +91,7 @@ def load(store: StateStore, field_map: FieldMap, *, now: datetime) -> Schema | N
         schema = Schema.model_validate_json(cursor.value)
     except ValidationError:
         return None
-    if now - schema.fetched_at > TTL or not schema.covers(field_map):
+    if now - schema.fetched_at > TTL or not schema.covers(field_map, extra_columns):
         return None
     return schema
 
@@ -117,13 +124,15 @@ def active_schema(
     *,
     now: datetime,
     refresh: bool = False,
+    extra_columns: Sequence[str] = (),
 ) -> ActiveSchema:
     """The schema from the hour-long cache, else from the services (and cached); ``refresh``: a
-    service refused a field, so read both again."""
-    cached = None if refresh else load(store, configured, now=now)
+    service refused a field, so read both again. ``extra_columns``: columns kept beside the mapped
+    ones (the sync filter's), so that whether a table has them is known."""
+    cached = None if refresh else load(store, configured, now=now, extra_columns=extra_columns)
     if cached is None:
         metadata = {entity: dataverse.get_entity_metadata(entity.value, refresh=refresh) for entity in EntityType}
-        cached = trimmed(configured, metadata, marketo.describe(refresh=refresh), now=now)
+        cached = trimmed(configured, metadata, marketo.describe(refresh=refresh), now=now, extra_columns=extra_columns)
         save(store, cached)
     metadata = dict(cached.metadata)
     described = dict(cached.described)

@@ -57,6 +57,7 @@ from sync_core.core.models import (
     RecordFailure,
     RunReport,
 )
+from sync_core.core.syncfilter import Side
 from sync_core.state._keys import (
     RowOp,
     as_utc,
@@ -376,6 +377,7 @@ def _link_props(link: Link) -> dict[str, Any]:
         "dataverse_id": link.dataverse_id,
         "originating_lead_id": link.originating_lead_id,
         "updated_at": link.updated_at,
+        "filtered_out": ",".join(side.value for side in link.filtered_out) or None,
         "baseline": to_json(link.baseline, what=f"baseline of the link for marketo id {link.marketo_id}"),
     }
 
@@ -390,4 +392,13 @@ def _link_from(row: StoredRow) -> Link:
         baseline=json.loads(props["baseline"]),
         originating_lead_id=props.get("originating_lead_id"),
         updated_at=None if updated_at is None else as_utc(updated_at),
+        filtered_out=_sides(props.get("filtered_out")),
     )
+
+
+def _sides(value: Any) -> tuple[Side, ...]:
+    """A link's ``filtered_out`` as stored ("dynamics,marketo"); an unknown side is dropped."""
+    if not isinstance(value, str):
+        return ()
+    known = {side.value for side in Side}
+    return tuple(Side(part) for part in value.split(",") if part in known)

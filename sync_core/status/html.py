@@ -288,9 +288,10 @@ def _cycles_table(status: Status) -> str:
         '<tr><th rowspan="2">Started (UTC)</th><th rowspan="2">Outcome</th><th rowspan="2">Duration</th>'
         '<th colspan="2" class="group">Pulled from</th><th colspan="2" class="group">Written</th>'
         '<th rowspan="2">Created</th><th rowspan="2">Collisions</th><th rowspan="2">Failures</th>'
+        '<th colspan="2" class="group">Filtered out by</th>'
         '<th colspan="2" class="group">API calls</th><th rowspan="2">Run id</th></tr>'
         "<tr><th>Marketo</th><th>Dynamics</th><th>Marketo→Dyn.</th><th>Dyn.→Marketo</th>"
-        "<th>Marketo</th><th>Dataverse</th></tr>"
+        "<th>Dynamics</th><th>Marketo</th><th>Marketo</th><th>Dataverse</th></tr>"
     )
     rows = []
     for cycle in status.cycles:
@@ -306,6 +307,8 @@ def _cycles_table(status: Status) -> str:
             fmt_count(cycle.created),
             fmt_count(cycle.collisions),
             fmt_count(cycle.failures),
+            fmt_count(cycle.filtered.dynamics),
+            fmt_count(cycle.filtered.marketo),
             fmt_count(cycle.api_calls.marketo),
             fmt_count(cycle.api_calls.dataverse),
         ]
@@ -318,7 +321,7 @@ def _cycles_table(status: Status) -> str:
         rows.append(
             f'<tr class="cycle-row{" failed" if cycle.failed else ""}">{tds}<td class="id">{_e(cycle.run_id)}</td></tr>'
         )
-    return _table("cycles", head, rows, 13, "No cycle has run yet.")
+    return _table("cycles", head, rows, 15, "No cycle has run yet.")
 
 
 def _button_form(controls: Controls, action: str, label: str, fields: Mapping[str, object], css: str) -> str:

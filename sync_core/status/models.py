@@ -50,6 +50,7 @@ class Cycle(BaseModel):
     qualified: int | None
     collisions: int | None
     failures: int | None
+    filtered: PerSide = PerSide()  # records each side's sync filter kept out (not failures)
 
 
 class Backlog(BaseModel):

@@ -25,6 +25,10 @@ def render_text(status: Status) -> str:
             f"Dynamics→Marketo {fmt_count(last.written.marketo)}; "
             f"API calls Marketo {fmt_count(last.api_calls.marketo)}, Dataverse {fmt_count(last.api_calls.dataverse)}"
         )
+        lines.append(
+            f"Filtered out (last cycle, not synced, not failures): by the Dynamics filter "
+            f"{fmt_count(last.filtered.dynamics)}, by the Marketo filter {fmt_count(last.filtered.marketo)}"
+        )
     else:
         lines.append("Last cycle: none yet")
     lines.append(f"Backlog: {fmt_count(status.backlog.total) if status.backlog.known else 'unknown'}")

@@ -107,6 +107,7 @@ def cycle_from_report(run: RunReport) -> Cycle:
         qualified=report.qualified,
         collisions=report.collisions,
         failures=report.failures,
+        filtered=report.filtered,
     )
 
 

@@ -91,6 +91,8 @@ def cycle_attributes(report: RunReport) -> dict[str, AttributeValue]:
         "sync.collisions": counts.collisions,
         "sync.failures": counts.failures,
         "sync.failures.new": counts.new_failures,
+        "sync.filtered.marketo": counts.filtered.marketo,  # kept out by each side's sync filter
+        "sync.filtered.dynamics": counts.filtered.dynamics,
         "sync.api_calls.marketo": counts.api_calls.marketo,
         "sync.api_calls.dataverse": counts.api_calls.dataverse,
         "sync.duration_s": counts.seconds,

@@ -10,7 +10,9 @@ One call, in order:
    one person one does the work; the others wait for its answer (up to ``CLAIM_WAIT``) and answer
    ``exists`` with the same record. An unfinished claim older than ``CLAIM_STALE`` (its owner
    died) and a finished one older than ``CLAIM_KEEP`` are taken over, so an old claim never blocks;
-4. the person read from Marketo by id (the body is never trusted for values); one Dataverse
+4. the person read from Marketo by id (the body is never trusted for values); a person the
+   Marketo sync filter keeps out (``MARKETO_SYNC_FILTER_FIELD`` / ``MARKETO_SYNC_FILTER``) →
+   ``filtered``, nothing written (issue 19: a person kept out is not created in Dynamics); one Dataverse
    ``$batch`` looks for a lead or contact with the person's email, or with the id the person's
    ``microsoftId`` names → ``exists``, nothing written;
 5. the lead payload (mapped fields, ``createDefaults``, the owner) validated against Dataverse
@@ -97,6 +99,15 @@ def _refused(refusal: Refusal) -> Answer:
 
 def _exists(entity: EntityType, dynamics_id: str) -> Answer:
     return Answer(200, {"status": "exists", "entity": entity.value, "dynamicsId": dynamics_id})
+
+
+FILTERED = Answer(
+    200,
+    {
+        "status": "filtered",
+        "reasons": ["the Marketo sync filter keeps this person out (MARKETO_SYNC_FILTER_FIELD / MARKETO_SYNC_FILTER)"],
+    },
+)
 
 
 def _unavailable(reason: str, retry_after: float | None) -> Answer:
@@ -229,6 +240,7 @@ class _SyncPerson:
         self.marketo: MarketoClient = services.marketo.with_retry_policy(WEBHOOK_RETRY)
         self.dataverse: DataverseClient = services.dataverse.with_retry_policy(WEBHOOK_RETRY)
         self.configured = services.field_map
+        self.marketo_filter = services.settings.sync_filter.marketo
         self.clock = clock
         self.sleep = sleep
         self.key = f"sync-person:{request.lead_id}"
@@ -249,7 +261,7 @@ class _SyncPerson:
         try:
             link = self._link()  # a call that finished between our first look and our claim
             answer = _exists(link.entity, link.dataverse_id) if link is not None else self._create()
-            if answer.status == 200:
+            if answer.status == 200 and answer.body.get("status") in ("created", "exists"):
                 self.store.complete_claim(taken, {k: answer.body[k] for k in ("entity", "dynamicsId")})
                 finished = True
             return answer
@@ -295,11 +307,13 @@ class _SyncPerson:
     def _create(self) -> Answer:
         lead_id = self.request.lead_id
         schema = active_schema(self.store, self.marketo, self.dataverse, self.configured, now=self.clock())
-        fields = sorted({*schema.field_map.marketo_fields, *SYNC_FIELDS})
+        fields = sorted({*schema.field_map.marketo_fields, *SYNC_FIELDS, *self.marketo_filter.fields})
         people = self.marketo.get_leads([lead_id], fields=fields)
         if not people:
             return Answer(404, {"status": "refused", "reasons": [f"no Marketo person has id {lead_id}"]})
         person = people[0]
+        if not self.marketo_filter.admits(person):
+            return FILTERED
         found = self._find_existing(schema, person)
         if found is not None:
             return _exists(*found)

@@ -45,6 +45,14 @@ _HINTS: dict[str, str] = {
     "AzureWebJobsStorage": "a Table Storage connection string that this machine can reach",
     "SYNC_FIELD_MAP": "a path to, or inline JSON of, a field map; see sync_core/fieldmap.default.json",
     "SYNC_SCHEDULE": 'six NCRONTAB fields, e.g. "0 */5 * * * *"',
+    "DATAVERSE_SYNC_FILTER_FIELD": "the logical name of a Two Options column on lead and contact (only No "
+    "excludes a record), or empty to filter on no column; see README 'Which records sync'",
+    "MARKETO_SYNC_FILTER_FIELD": "the REST API name of a boolean person field (only false excludes a person); "
+    "see README 'Which records sync'",
+    "DATAVERSE_SYNC_FILTER": "a condition such as statecode eq 0 and not endswith(emailaddress1,'@test.example.com'): "
+    "name op value joined by and/or/not; see README 'Which records sync'",
+    "MARKETO_SYNC_FILTER": "a condition such as leadSource ne 'Partner' and not contains(email,'+test'): "
+    "name op value joined by and/or/not; see README 'Which records sync'",
 }
 KEY_VAULT_PREFIX = "@Microsoft.KeyVault("
 KEY_VAULT_HINT = (

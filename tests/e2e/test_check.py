@@ -25,6 +25,7 @@ NAMES = [
     "dataverse.privileges",
     "dataverse.change_tracking",
     "fieldmap",
+    "syncfilter",
     "tables",
 ]
 
@@ -105,11 +106,16 @@ BROKEN: dict[str, tuple[dict[str, Any], str, str]] = {
         "no_such_column",
         "SYNC_FIELD_MAP",
     ),
+    "syncfilter": (
+        {"MARKETO_SYNC_FILTER_FIELD": "noSuchField", "DATAVERSE_SYNC_FILTER": "cr123_segment ne 'test'"},
+        "noSuchField missing in Marketo",
+        "MARKETO_SYNC_FILTER_FIELD",
+    ),
     "tables": ({"SYNC_TABLES_CONNECTION": "<azurite on a closed port>"}, "SYNC_TABLES_CONNECTION", "Table Storage"),
 }
 SKIPPED = {
-    "marketo.reachable": {"marketo.fields", "marketo.activity_type", "fieldmap"},
-    "dataverse.reachable": {"dataverse.privileges", "dataverse.change_tracking", "fieldmap"},
+    "marketo.reachable": {"marketo.fields", "marketo.activity_type", "fieldmap", "syncfilter"},
+    "dataverse.reachable": {"dataverse.privileges", "dataverse.change_tracking", "fieldmap", "syncfilter"},
 }
 
 

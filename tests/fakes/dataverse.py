@@ -50,6 +50,7 @@ TABLES: dict[str, tuple[str, str, dict[str, tuple[str, str, int | None]]]] = {
             "leadid": ("Uniqueidentifier", "SystemRequired", None),
             "createdon": ("DateTime", "None", None),
             "statecode": ("State", "SystemRequired", None),
+            "new_synctomkto": ("Boolean", "None", None),
             **{c: ("String", "ApplicationRequired" if c == "lastname" else "None", n) for c, n in _STRINGS.items()},
         },
     ),
@@ -60,6 +61,7 @@ TABLES: dict[str, tuple[str, str, dict[str, tuple[str, str, int | None]]]] = {
             "contactid": ("Uniqueidentifier", "SystemRequired", None),
             "createdon": ("DateTime", "None", None),
             "_originatingleadid_value": ("Lookup", "None", None),
+            "new_synctomkto": ("Boolean", "None", None),
             **{
                 c: ("String", "ApplicationRequired" if c == "lastname" else "None", n)
                 for c, n in _STRINGS.items()
@@ -220,6 +222,14 @@ class FakeDataverse:
 
     def _read(self, entity_set: str, params: Mapping[str, str], prefer: str) -> httpx.Response:
         select = params["$select"].split(",")
+        logical, _, columns = TABLES[entity_set]
+        unknown = [column for column in select if column not in columns]
+        if unknown:
+            raise _Refused(
+                400,
+                UNKNOWN_COLUMN,
+                f"Could not find a property named '{unknown[0]}' on type 'Microsoft.Dynamics.CRM.{logical}'.",
+            )
         table = self.rows[entity_set]
         if "$filter" in params:
             conditions = [(c, _literal(v)) for c, v in _EQ.findall(params["$filter"])]

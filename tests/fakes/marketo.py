@@ -36,6 +36,8 @@ FIELDS: dict[str, tuple[str, int | None, bool]] = {
     "phone": ("phone", 255, True),
     "company": ("string", 255, True),
     "city": ("string", 255, True),
+    "leadSource": ("string", 255, True),
+    "syncToMicrosoft": ("boolean", None, True),  # a custom field for the sync filter's tests
     "microsoftType": ("string", 255, True),
     "microsoftId": ("string", 255, True),
     "microsoftIsDeleted": ("boolean", None, True),

@@ -32,7 +32,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from sync_core.core.models import RunReport
-from sync_core.core.report import CycleReport, Outcome
+from sync_core.core.report import CycleReport, Outcome, PerSide
+from sync_core.core.syncfilter import SyncFilter
+from sync_core.cycle.engine import CycleOptions
 from sync_core.settings import Settings
 from sync_core.telemetry import CYCLE_EVENT, INSTRUMENTS, WEBHOOK_EVENT, Telemetry
 from sync_core.webhook.handler import handle_sync_person
@@ -373,3 +375,15 @@ os._exit(0)  # no export at exit: the ingestion endpoint below does not exist
         "[False, False, False] None",  # no auto-instrumentation: URLs carry filter values
         "False ['LoggingHandler'] []",  # only the events logger is exported, and it does not propagate
     ]
+
+
+def test_a_cycle_reports_the_records_each_sides_sync_filter_kept_out(collected: Collected) -> None:
+    world = make_world(
+        options=CycleOptions(sync_filter=SyncFilter.of(dynamics_field="new_synctomkto")), telemetry=collected.telemetry
+    )
+    world.dynamics_lead(1, new_synctomkto=False)
+    world.dynamics_lead(2)
+    assert world.cycle().report.filtered == PerSide(marketo=0, dynamics=1)
+    [span] = collected.finished_spans()
+    attributes = span.attributes or {}
+    assert (attributes["sync.filtered.dynamics"], attributes["sync.filtered.marketo"]) == (1, 0)
