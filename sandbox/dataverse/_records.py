@@ -18,9 +18,15 @@ from sandbox.dataverse import _errors as err
 from sandbox.dataverse._schema import BY_LOGICAL, CONTACT, LEAD, USER_NAMES, Column, Table
 from sandbox.dataverse._stats import Stats
 from sandbox.dataverse._store import Row, Store, TableStore
-from sandbox.dataverse._validate import PluginRule, check_plugins, coerce_body
+from sandbox.dataverse._validate import PluginRule, check_plugins, coerce_body, type_code_column
 
-_STATE_NAMES = {"lead": "LeadState", "contact": "ContactState"}
+_STATE_NAMES = {
+    "lead": "LeadState",
+    "contact": "ContactState",
+    "task": "TaskState",
+    "campaign": "CampaignState",
+    "list": "ListState",
+}
 
 
 def render(table: Table, row: Row, select: list[str] | None = None, *, annotations: bool = False) -> dict[str, Any]:
@@ -212,7 +218,8 @@ class Records:
     ) -> Row:
         for column in table.columns:
             if column.kind == "lookup" and column.name in changed and changed[column.name] is not None:
-                target = BY_LOGICAL.get(column.targets[0])
+                bound = changed.get(type_code_column(column.name))  # a polymorphic lookup bound through one navigation
+                target = BY_LOGICAL.get(bound if isinstance(bound, str) else column.targets[0])
                 if target is not None and self.table_store(target).get(changed[column.name]) is None:
                     raise err.not_found(target.logical, changed[column.name])
         if not bypass_plugins:

@@ -95,6 +95,12 @@ class Table:
     primary_name: str
     columns: tuple[Column, ...]
     alternate_keys: tuple[tuple[str, tuple[str, ...]], ...]  # (key schema name, column names)
+    primary_key: str | None = None  # the primary id column when it is not ``<logical>id`` (activities: activityid)
+    # Single-valued navigation properties of a polymorphic lookup: (navigation name, column, target
+    # logical name), e.g. ("regardingobjectid_lead_task", "regardingobjectid", "lead"). A bind through
+    # one also sets its ``…typecode`` companion (regardingobjecttypecode) when the table has one.
+    navigations: tuple[tuple[str, str, str], ...] = ()
+    read_only: bool = False  # written only through actions (listmember: AddMemberList/RemoveMemberList)
     by_prop: dict[str, Column] = field(init=False, compare=False)
     by_name: dict[str, Column] = field(init=False, compare=False)
 
@@ -104,7 +110,7 @@ class Table:
 
     @property
     def primary_id(self) -> str:
-        return f"{self.logical}id"
+        return self.primary_key or f"{self.logical}id"
 
     @property
     def odata_type(self) -> str:
@@ -228,7 +234,160 @@ CONTACT = Table(
     alternate_keys=(("contact_emailaddress1_key", ("emailaddress1",)),),
 )
 
-TABLES: tuple[Table, ...] = (LEAD, CONTACT)
+# -- marketing: what the flow-step webhooks write (tasks, campaigns, marketing lists) ---------------
+# Columns and option sets as a default org has them (Dataverse table reference: task, campaign,
+# list, listmember). Lists are static only here (no dynamic-list queries).
+
+
+def _owned_columns(state: Column, status: Column) -> tuple[Column, ...]:
+    """The system columns of a user-owned table without a person's full name."""
+    return tuple(c for c in _system_columns(state, status) if c.name != "fullname")
+
+
+TASK = Table(
+    logical="task",
+    entity_set="tasks",
+    schema_name="Task",
+    display="Task",
+    object_type_code=4212,
+    primary_name="subject",
+    primary_key="activityid",
+    columns=(
+        Column("activityid", "guid", "Activity", required="SystemRequired", update=False),
+        Column("subject", "string", "Subject", max_length=200, required="ApplicationRequired", fmt="Text"),
+        Column("description", "string", "Description", max_length=2000, fmt="TextArea"),
+        Column("scheduledend", "datetime", "Due Date"),
+        Column("regardingobjectid", "lookup", "Regarding", targets=("lead", "contact", "account")),
+        Column("regardingobjecttypecode", "string", "Regarding Type", max_length=64, create=False, update=False),
+        *_owned_columns(
+            Column(
+                "statecode",
+                "state",
+                "Activity Status",
+                required="SystemRequired",
+                options=(
+                    Option(0, "Open", default_status=2),
+                    Option(1, "Completed", default_status=5),
+                    Option(2, "Canceled", default_status=6),
+                ),
+            ),
+            Column(
+                "statuscode",
+                "status",
+                "Status Reason",
+                options=(
+                    Option(2, "Not Started", state=0),
+                    Option(3, "In Progress", state=0),
+                    Option(4, "Waiting on someone else", state=0),
+                    Option(7, "Deferred", state=0),
+                    Option(5, "Completed", state=1),
+                    Option(6, "Canceled", state=2),
+                ),
+            ),
+        ),
+    ),
+    alternate_keys=(),
+    navigations=(
+        ("regardingobjectid_lead_task", "regardingobjectid", "lead"),
+        ("regardingobjectid_contact_task", "regardingobjectid", "contact"),
+        ("regardingobjectid_account_task", "regardingobjectid", "account"),
+    ),
+)
+
+CAMPAIGN = Table(
+    logical="campaign",
+    entity_set="campaigns",
+    schema_name="Campaign",
+    display="Campaign",
+    object_type_code=4400,
+    primary_name="name",
+    columns=(
+        Column("campaignid", "guid", "Campaign", required="SystemRequired", update=False),
+        Column("name", "string", "Name", max_length=128, required="ApplicationRequired", fmt="Text"),
+        *_owned_columns(
+            Column(
+                "statecode",
+                "state",
+                "Status",
+                required="SystemRequired",
+                options=(Option(0, "Active", default_status=0), Option(1, "Inactive", default_status=6)),
+            ),
+            Column(
+                "statuscode",
+                "status",
+                "Status Reason",
+                options=(
+                    Option(0, "Proposed", state=0),
+                    Option(1, "Ready To Launch", state=0),
+                    Option(2, "Launched", state=0),
+                    Option(3, "Completed", state=0),
+                    Option(4, "Canceled", state=0),
+                    Option(5, "Suspended", state=0),
+                    Option(6, "Inactive", state=1),
+                ),
+            ),
+        ),
+    ),
+    alternate_keys=(),
+)
+
+MARKETING_LIST = Table(
+    logical="list",
+    entity_set="lists",
+    schema_name="List",
+    display="Marketing List",
+    object_type_code=4300,
+    primary_name="listname",
+    columns=(
+        Column("listid", "guid", "List", required="SystemRequired", update=False),
+        Column("listname", "string", "Name", max_length=128, required="ApplicationRequired", fmt="Text"),
+        Column(
+            "createdfromcode",
+            "picklist",
+            "Targeted At",
+            required="ApplicationRequired",
+            options=(Option(1, "Account"), Option(2, "Contact"), Option(4, "Lead")),
+            update=False,
+        ),
+        Column("description", "string", "Description", max_length=2000, fmt="TextArea"),
+        *_owned_columns(
+            Column(
+                "statecode",
+                "state",
+                "Status",
+                required="SystemRequired",
+                options=(Option(0, "Active", default_status=0), Option(1, "Inactive", default_status=1)),
+            ),
+            Column("statuscode", "status", "Status Reason", options=(Option(0, "Active", 0), Option(1, "Inactive", 1))),
+        ),
+    ),
+    alternate_keys=(),
+)
+
+LIST_MEMBER = Table(
+    logical="listmember",
+    entity_set="listmembers",
+    schema_name="ListMember",
+    display="Marketing List Member",
+    object_type_code=4301,
+    primary_name="listmemberid",
+    columns=(
+        Column("listmemberid", "guid", "List Member", required="SystemRequired", create=False, update=False),
+        Column("listid", "lookup", "List", required="SystemRequired", targets=("list",), update=False),
+        Column("entityid", "lookup", "Member", required="SystemRequired", targets=("lead", "contact"), update=False),
+        Column("entitytype", "string", "Member Type", max_length=64, create=False, update=False),
+        Column("createdon", "datetime", "Created On", create=False, update=False),
+        Column("versionnumber", "bigint", "Version Number", create=False, update=False),
+    ),
+    alternate_keys=(),
+    read_only=True,
+)
+
+MARKETING_TABLES: tuple[Table, ...] = (TASK, CAMPAIGN, MARKETING_LIST, LIST_MEMBER)
+# The lists' member types (``createdfromcode``) by the member's table.
+LIST_MEMBER_TYPES = {"account": 1, "contact": 2, "lead": 4}
+
+TABLES: tuple[Table, ...] = (LEAD, CONTACT, *MARKETING_TABLES)
 BY_SET = {t.entity_set: t for t in TABLES}
 BY_LOGICAL = {t.logical: t for t in TABLES}
 

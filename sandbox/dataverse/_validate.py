@@ -80,6 +80,11 @@ def check_plugins(
             raise err.plugin_abort(rule.text(table.logical))
 
 
+def type_code_column(lookup: str) -> str:
+    """The column naming the table a polymorphic lookup points at: regardingobjectid -> regardingobjecttypecode."""
+    return f"{lookup.removesuffix('id')}typecode"
+
+
 def coerce_body(table: Table, body: Any, *, creating: bool) -> dict[str, Any]:
     """A JSON write body as {logical column: typed value}; the first problem raises."""
     if not isinstance(body, dict):
@@ -89,9 +94,23 @@ def coerce_body(table: Table, body: Any, *, creating: bool) -> dict[str, Any]:
         if name in _IGNORED_ANNOTATIONS or (name.startswith("@") and not name.endswith("@odata.bind")):
             continue
         if name.endswith("@odata.bind"):
-            column = table.by_name.get(name[: -len("@odata.bind")])
-            if column is None or column.kind != "lookup" or not column.writable:
-                raise err.no_body_property(name[: -len("@odata.bind")], table.logical)
+            navigation = name[: -len("@odata.bind")]
+            polymorphic = {nav: (col, target) for nav, col, target in table.navigations}
+            if navigation in polymorphic:  # e.g. regardingobjectid_lead_task: one target of a polymorphic lookup
+                column_name, target = polymorphic[navigation]
+                values[column_name] = _bind(table, table.by_name[column_name], raw, only=target)
+                companion = type_code_column(column_name)
+                if companion in table.by_name:
+                    values[companion] = target if values[column_name] is not None else None
+                continue
+            column = table.by_name.get(navigation)
+            if (
+                column is None
+                or column.kind != "lookup"
+                or not column.writable
+                or any(col == column.name for _, col, _ in table.navigations)  # bound through its navigations only
+            ):
+                raise err.no_body_property(navigation, table.logical)
             values[column.name] = _bind(table, column, raw)
             continue
         if "@" in name:
@@ -133,8 +152,9 @@ def coerce_value(table: Table, column: Column, raw: Any) -> Any:
     return raw
 
 
-def _bind(table: Table, column: Column, raw: Any) -> str | None:
-    """``"/leads(<guid>)"`` (or an absolute URL ending so) -> the GUID; the target table must fit."""
+def _bind(table: Table, column: Column, raw: Any, *, only: str | None = None) -> str | None:
+    """``"/leads(<guid>)"`` (or an absolute URL ending so) -> the GUID; the target table must fit
+    (``only``: the one target a polymorphic lookup's navigation property allows)."""
     if raw is None:
         return None
     text = str(raw).rstrip("/")
@@ -142,10 +162,11 @@ def _bind(table: Table, column: Column, raw: Any) -> str | None:
     entity_set, key = split_segment(segment)
     target = BY_SET.get(entity_set)
     logical = target.logical if target else {"systemusers": "systemuser", "teams": "team"}.get(entity_set)
-    if logical is None or logical not in column.targets or key is None or not GUID_RE.fullmatch(key):
+    allowed = (only,) if only else column.targets
+    if logical is None or logical not in allowed or key is None or not GUID_RE.fullmatch(key):
         raise err.bad_payload(
             table.entity_set,
-            f"The value '{text}' of '{column.name}@odata.bind' is not a URL of a {' or '.join(column.targets)} record.",
+            f"The value '{text}' of '{column.name}@odata.bind' is not a URL of a {' or '.join(allowed)} record.",
         )
     return key.lower()
 
