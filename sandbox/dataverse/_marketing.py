@@ -57,7 +57,8 @@ class MarketingLists:
         return sorted(r.values["entityid"] for r in self._members().values() if r.values["listid"] == list_id)
 
     def _member_table(self, marketing_list: Row) -> str:
-        logical = _MEMBER_TABLES.get(marketing_list.values.get("createdfromcode"))
+        code = marketing_list.values.get("createdfromcode")
+        logical = _MEMBER_TABLES.get(code) if isinstance(code, int) else None
         if logical is None:
             raise err.bad_argument(f"The list {marketing_list.id} has no member type (createdfromcode).")
         return logical
