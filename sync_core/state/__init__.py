@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from sync_core.core.models import (
+    CampaignMember,
     Claim,
     Collision,
     Cursor,
@@ -25,6 +26,7 @@ from sync_core.core.models import (
     RecordFailure,
     RunReport,
     StoreCounters,
+    WebhookCalls,
 )
 from sync_core.core.retention import PruneReport, Retention
 from sync_core.state._memory import MemoryStateStore
@@ -147,4 +149,24 @@ class StateStore(Protocol):
 
     def delete_claims(self, keys: Iterable[str]) -> int:
         """Remove these claims whatever their state (erasure); how many were there."""
+        ...
+
+    # -- campaign-list members this sync added (flow steps) -------------------------------------
+    def add_campaign_member(self, member: CampaignMember) -> None:
+        """Record that this sync put the record on the list (a second record of it is ignored)."""
+        ...
+
+    def get_campaign_member(self, list_id: str, dataverse_id: str) -> CampaignMember | None: ...
+
+    def remove_campaign_member(self, member: CampaignMember) -> None:
+        """Forget the membership (missing: no error)."""
+        ...
+
+    # -- webhook call statistics ---------------------------------------------------------------
+    def record_webhook_call(self, name: str, *, outcome: str, ms: float, now: datetime) -> bool:
+        """Count one call of webhook ``name`` in ``now``'s hour (best effort: False if dropped)."""
+        ...
+
+    def webhook_calls(self, *, now: datetime, hours: int = 24) -> dict[str, WebhookCalls]:
+        """Each webhook's calls in the last ``hours`` (at most 24), by name."""
         ...

@@ -17,6 +17,10 @@ Tables (``{prefix}`` + name), keys and why:
     failures    PK failure / RK key                            upsert replaces; point reads by key;
                                                                all of them read a page at a time
     claims      PK claim / RK key                              insert-if-absent
+    members     PK member / RK {list id}:{dataverse id}        campaign-list members this sync added
+    webhooks    PK calls / RK {webhook}:{hour of day}:{shard}  a ring of hourly call statistics:
+                                                               a row is reset when its hour comes
+                                                               round again, so it never grows
     state       PK prune / RK last                             the last prune that removed rows
 
 Every batched write is packed into single-partition transactions of ≤ 100 operations; the rows
@@ -38,6 +42,7 @@ import heapq
 import itertools
 import json
 import logging
+import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,6 +51,7 @@ from azure.data.tables import EdmType, EntityProperty
 
 from sync_core.core.errors import LeaseHeldError, StateConflictError
 from sync_core.core.models import (
+    CampaignMember,
     Claim,
     Collision,
     Cursor,
@@ -54,6 +60,7 @@ from sync_core.core.models import (
     Link,
     RecordFailure,
     RunReport,
+    WebhookCalls,
 )
 from sync_core.state._keys import (
     RowOp,
@@ -74,7 +81,9 @@ from sync_core.state._layout import (
     LEASE,
     LEASE_ROW,
     LINK,
+    MEMBER,
     PAGE,
+    WEBHOOK_CALLS,
     PERSON,
     as_int,
     page_size,
@@ -337,6 +346,58 @@ class RowStateStore(RetentionRows):
         found = self._query(self.tables.claims, CLAIM, {encode_key(key) for key in keys})
         self._transact(self.tables.claims, CLAIM, [[RowOp("delete", row.row)] for row in found])
         return len(found)
+
+    # -- campaign-list members this sync added ---------------------------------------------------
+    def add_campaign_member(self, member: CampaignMember) -> None:
+        row = encode_key(f"{member.list_id}:{member.dataverse_id}")
+        try:
+            self._rows.insert_row(self.tables.members, MEMBER, row, {"data": member.model_dump_json()})
+        except StateConflictError:
+            pass  # already recorded: the first record stands
+
+    def get_campaign_member(self, list_id: str, dataverse_id: str) -> CampaignMember | None:
+        row = self._rows.get_row(self.tables.members, MEMBER, encode_key(f"{list_id}:{dataverse_id}"))
+        return None if row is None else CampaignMember.model_validate_json(row.props["data"])
+
+    def remove_campaign_member(self, member: CampaignMember) -> None:
+        self._rows.delete_row(self.tables.members, MEMBER, encode_key(f"{member.list_id}:{member.dataverse_id}"))
+
+    # -- webhook call statistics (the status view's webhook rows) ----------------------------------
+    def record_webhook_call(self, name: str, *, outcome: str, ms: float, now: datetime) -> bool:
+        """Count one call in its hour. Concurrent calls spread over ``WEBHOOK_SHARDS`` rows and
+        retry on an ETag conflict; after ``WEBHOOK_ATTEMPTS`` the sample is dropped (False)."""
+        hour = aware(now, what="now").strftime("%Y%m%d%H")
+        for _ in range(WEBHOOK_ATTEMPTS):
+            row = f"{name}:{hour[-2:]}:{random.randrange(WEBHOOK_SHARDS)}"  # noqa: S311 - spreading load
+            current = self._rows.get_row(self.tables.webhooks, WEBHOOK_CALLS, row)
+            fresh = current is None or current.props.get("hour") != hour
+            calls = WebhookCalls() if fresh else WebhookCalls.model_validate_json(current.props["data"])  # type: ignore[union-attr]
+            props = {"name": name, "hour": hour, "data": calls.add(outcome, ms).model_dump_json()}
+            try:
+                if current is None:
+                    self._rows.insert_row(self.tables.webhooks, WEBHOOK_CALLS, row, props)
+                else:
+                    self._rows.replace_row(self.tables.webhooks, WEBHOOK_CALLS, row, props, etag=current.etag)
+            except StateConflictError:
+                continue
+            return True
+        return False
+
+    def webhook_calls(self, *, now: datetime, hours: int = 24) -> dict[str, WebhookCalls]:
+        """Each webhook's calls in the last ``hours`` (≤ 24: the ring holds one day), by name."""
+        since = (aware(now, what="now") - timedelta(hours=min(hours, 24) - 1)).strftime("%Y%m%d%H")
+        totals: dict[str, WebhookCalls] = {}
+        for row in self._rows.scan_rows(self.tables.webhooks, partition=WEBHOOK_CALLS):
+            if str(row.props.get("hour", "")) < since:
+                continue
+            name = str(row.props["name"])
+            calls = WebhookCalls.model_validate_json(row.props["data"])
+            totals[name] = totals[name].merge(calls) if name in totals else calls
+        return totals
+
+
+WEBHOOK_SHARDS = 8  # rows per webhook and hour, so a burst of calls rarely writes the same row
+WEBHOOK_ATTEMPTS = 4
 
 
 def _failures(rows: Iterable[StoredRow]) -> Iterator[RecordFailure]:
