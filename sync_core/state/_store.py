@@ -38,6 +38,7 @@ before their collision and deleted after it, so a collision is never unreachable
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import json
@@ -83,8 +84,8 @@ from sync_core.state._layout import (
     LINK,
     MEMBER,
     PAGE,
-    WEBHOOK_CALLS,
     PERSON,
+    WEBHOOK_CALLS,
     as_int,
     page_size,
     person_key,
@@ -350,10 +351,8 @@ class RowStateStore(RetentionRows):
     # -- campaign-list members this sync added ---------------------------------------------------
     def add_campaign_member(self, member: CampaignMember) -> None:
         row = encode_key(f"{member.list_id}:{member.dataverse_id}")
-        try:
+        with contextlib.suppress(StateConflictError):  # already recorded: the first record stands
             self._rows.insert_row(self.tables.members, MEMBER, row, {"data": member.model_dump_json()})
-        except StateConflictError:
-            pass  # already recorded: the first record stands
 
     def get_campaign_member(self, list_id: str, dataverse_id: str) -> CampaignMember | None:
         row = self._rows.get_row(self.tables.members, MEMBER, encode_key(f"{list_id}:{dataverse_id}"))
