@@ -804,6 +804,12 @@ class DataverseSandbox(FaultControls):
         with self.lock:
             return self.lists.members(list_id.lower())
 
+    def add_list_member(self, list_id: str, entity_id: str) -> str:
+        """AddMemberList as a Dynamics user; the list member's id."""
+        with self.lock:
+            marketing_list = self.records.get_or_raise(MARKETING_LIST, list_id.lower())
+            return self.lists.add_member(marketing_list, {"EntityId": entity_id})
+
     def campaign_lists(self, campaign_id: str) -> list[str]:
         """The ids of the marketing lists added to a campaign (AddItemCampaign)."""
         with self.lock:

@@ -18,6 +18,14 @@ from typing import Any
 
 from sync_core.core.models import EntityType
 
+# Every webhook, by the name of its route under /api/marketo/ (the status view has a row for each).
+SYNC_PERSON = "sync-person"
+CHANGE_OWNER = "change-owner"
+CREATE_TASK = "create-task"
+ADD_TO_CAMPAIGN = "add-to-campaign"
+REMOVE_FROM_CAMPAIGN = "remove-from-campaign"
+WEBHOOKS = (SYNC_PERSON, CHANGE_OWNER, CREATE_TASK, ADD_TO_CAMPAIGN, REMOVE_FROM_CAMPAIGN)
+
 # The namespace of every id this sync derives (a fixed, random UUID: ids never collide with others').
 ID_NAMESPACE = uuid.UUID("6f1d3c5e-0a44-4c1e-9a52-3b8e2f4d7c10")
 MAX_LIST_NAME = 128  # list.listname

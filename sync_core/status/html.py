@@ -330,6 +330,25 @@ def _collisions_table(status: Status) -> str:
     return _table("collisions", head, rows, 6, "No collisions recorded.")
 
 
+def _ms(value: float | None) -> str:
+    return DASH if value is None else f"{value:,.0f} ms"
+
+
+def _webhooks_table(status: Status) -> str:
+    head = (
+        "<tr><th>Webhook</th><th>Calls</th><th>Outcomes</th><th>p50</th><th>p90</th><th>p99</th>"
+        "<th>Mean</th><th>Slowest</th></tr>"
+    )
+    rows = [
+        f'<tr class="webhook-row"><td><code>/api/marketo/{_e(w.name)}</code></td><td class="num">{w.calls:,}</td>'
+        f"<td>{_e(', '.join(f'{k} {v:,}' for k, v in w.outcomes.items()) or DASH)}</td>"
+        + "".join(f'<td class="num">{_e(_ms(v))}</td>' for v in (w.p50_ms, w.p90_ms, w.p99_ms, w.mean_ms, w.max_ms))
+        + "</tr>"
+        for w in status.webhooks
+    ]
+    return _table("webhooks", head, rows, 8, "No webhook statistics.")
+
+
 def _drift_table(status: Status) -> str:
     head = "<tr><th>Missing on</th><th>Entity</th><th>Field</th><th>Field-map keys skipped</th><th>Detail</th></tr>"
     rows = [
@@ -433,6 +452,7 @@ def render_html(status: Status) -> str:
         f"<h2>Open failures</h2>{_failures_table(status)}"
         f"<h2>Recent collisions</h2>{_collisions_table(status)}"
         f"<h2>Field-map drift</h2>{_drift_table(status)}"
+        f"<h2>Webhooks (last 24 h; latency by bucket bound)</h2>{_webhooks_table(status)}"
         f"{_state_table(status)}"
         "<footer>Records are identified by their Marketo and Dataverse ids; field values (names, emails) are "
         "never shown here. The same data as JSON: <code>?format=json</code>.</footer>"

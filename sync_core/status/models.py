@@ -156,6 +156,21 @@ class Drift(BaseModel):
     items: list[DriftItem] = []
 
 
+class WebhookRow(BaseModel):
+    """One webhook over the last 24 hours: calls, outcomes (the answers' ``status``), latency."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    calls: int
+    outcomes: dict[str, int]
+    p50_ms: float | None  # the latency bucket's upper bound holding the median call
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    max_ms: float | None
+
+
 class Status(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -171,3 +186,4 @@ class Status(BaseModel):
     collisions: list[CollisionView]  # newest first
     drift: Drift
     state: StateSize | None = None
+    webhooks: list[WebhookRow] = []  # one row per webhook, called or not (last 24 hours)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
+from sync_core.core import flows as flow_names
 from sync_core.core.convert import to_dataverse
 from sync_core.core.entities import ENTITY_SETS, LEAD_STATE, PRIMARY_IDS, microsoft_fields
 from sync_core.core.errors import (
@@ -240,7 +241,7 @@ def _sync_person(request: SyncPersonRequest, call: Call) -> Answer:
     return _SyncPerson(request, call).run()
 
 
-SYNC_PERSON: Flow[SyncPersonRequest] = Flow("sync-person", SyncPersonRequest, _sync_person)
+SYNC_PERSON: Flow[SyncPersonRequest] = Flow(flow_names.SYNC_PERSON, SyncPersonRequest, _sync_person)
 
 
 def person_record(lead_id: int, call: Call) -> tuple[EntityType, str] | Answer:
