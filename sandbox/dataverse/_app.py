@@ -345,16 +345,20 @@ class DataverseSandbox(FaultControls):
         return Response(status=204)
 
     def _privileges(self) -> list[str]:
-        """What the integration user's role grants: every table privilege on lead and contact (at
-        organisation depth) but those ``denied_privileges`` takes away."""
+        """What the integration user's role grants (at organisation depth): every table privilege
+        on the tables it writes, Read on users and teams, but those ``denied_privileges`` takes away."""
         denied = set(self.options.denied_privileges)
-        names = [f"prv{action}{table.schema_name}" for table in TABLES for action in _ACTIONS]
+        names = [
+            f"prv{action}{table.privilege_name}"
+            for table in TABLES
+            for action in (_ACTIONS if table.api_writes else ("Read",))
+        ]
         return [name for name in names if name not in denied]
 
     def _need(self, table: Table, action: str) -> None:
         """Refuse (403 PrivilegeDenied) a request the user's role has no privilege for."""
-        privilege = f"prv{action}{table.schema_name}"
-        if privilege in self.options.denied_privileges:
+        privilege = f"prv{action}{table.privilege_name}"
+        if privilege in self.options.denied_privileges or (action != "Read" and not table.api_writes):
             raise err.privilege_denied(privilege, self.options.integration_user_id)
 
     def _user_privileges(self, key_text: str | None, api: str) -> Response:
@@ -466,7 +470,7 @@ class DataverseSandbox(FaultControls):
         shape = f"{table.entity_set}({','.join(select)})" if select else table.entity_set
         body = {
             "@odata.context": f"{api}/$metadata#{shape}/$entity",
-            **render(table, row, select, annotations=annotations),
+            **render(table, row, select, annotations=annotations, store=self.store),
         }
         return _json(body, headers=[("ETag", etag)])
 
@@ -862,5 +866,6 @@ class DataverseSandbox(FaultControls):
             }
 
         with self.lock:
+            self.records.seed_users(self.options.integration_user_id, user)
             self.records.seed(LEAD, self.options.seed_leads, lead, user)
             self.records.seed(CONTACT, self.options.seed_contacts, contact, user)

@@ -1,4 +1,5 @@
-"""The two tables the simulator holds, ``lead`` and ``contact``, as column definitions.
+"""The tables the simulator holds, as column definitions: ``lead`` and ``contact`` (synced),
+``systemuser`` and ``team`` (the owners a record's ``ownerid`` points at).
 
 Columns, types, lengths, required levels and option sets follow reference B2. Both the data
 API (validation, JSON rendering, query typing) and the metadata API (``EntityDefinitions``)
@@ -15,7 +16,11 @@ ORGANIZATION_ID = "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c0001"
 BUSINESS_UNIT_ID = "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c0002"
 INTEGRATION_USER_ID = "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c0003"  # the application user behind API tokens
 UI_USER_ID = "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c0004"  # "a person in Dynamics": admin API and Python API
-USER_NAMES = {INTEGRATION_USER_ID: "# Sandbox Integration", UI_USER_ID: "Sandbox User"}
+# The users every org has from the start (systemuser rows, re-created by a reset).
+SEEDED_USERS = (
+    (INTEGRATION_USER_ID, "#", "Sandbox Integration", "sandbox-integration@sandbox.example"),
+    (UI_USER_ID, "Sandbox", "User", "sandbox.user@sandbox.example"),
+)
 
 # Column kinds, with the Edm type a $filter literal must match and the metadata AttributeType.
 EDM_TYPES = {
@@ -60,6 +65,22 @@ class Column:
     create: bool = True  # IsValidForCreate
     update: bool = True  # IsValidForUpdate
     targets: tuple[str, ...] = ()  # lookup targets (logical names)
+    # A customer lookup (parentcustomerid) has one navigation property per target
+    # (parentcustomerid_account, parentcustomerid_contact); an owner lookup has one (ownerid).
+    nav_per_target: bool = False
+    nav_suffix: str = ""  # after the target in a per-target navigation: regardingobjectid_lead_task
+
+    @property
+    def navigations(self) -> dict[str, tuple[str, ...]]:
+        """Navigation property (the name before ``@odata.bind``) -> the targets it can bind to."""
+        if self.nav_per_target:
+            return {f"{self.name}_{t}{self.nav_suffix}": (t,) for t in self.targets}
+        return {self.name: self.targets}
+
+    @property
+    def type_key(self) -> str:
+        """Where a row keeps the logical name of the record a lookup points at (like ``owneridtype``)."""
+        return f"{self.name}type"
 
     @property
     def prop(self) -> str:
@@ -96,11 +117,12 @@ class Table:
     columns: tuple[Column, ...]
     alternate_keys: tuple[tuple[str, tuple[str, ...]], ...]  # (key schema name, column names)
     primary_key: str | None = None  # the primary id column when it is not ``<logical>id`` (activities: activityid)
-    # Single-valued navigation properties of a polymorphic lookup: (navigation name, column, target
-    # logical name), e.g. ("regardingobjectid_lead_task", "regardingobjectid", "lead"). A bind through
-    # one also sets its ``…typecode`` companion (regardingobjecttypecode) when the table has one.
-    navigations: tuple[tuple[str, str, str], ...] = ()
     read_only: bool = False  # written only through actions (listmember: AddMemberList/RemoveMemberList)
+    privilege: str = ""  # the privilege names' suffix (prvReadUser), when it is not the schema name
+    ownership: str = "UserOwned"  # EntityMetadata.OwnershipType
+    # Written over the Web API by the integration user's role (users and teams are read-only to it:
+    # a write is refused 403 PrivilegeDenied) and offered the bulk messages.
+    api_writes: bool = True
     by_prop: dict[str, Column] = field(init=False, compare=False)
     by_name: dict[str, Column] = field(init=False, compare=False)
 
@@ -119,6 +141,15 @@ class Table:
     @property
     def metadata_id(self) -> str:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-dataverse/entity/{self.logical}"))
+
+    @property
+    def privilege_name(self) -> str:
+        return self.privilege or self.schema_name
+
+    @property
+    def navigations(self) -> dict[str, Column]:
+        """Every lookup's navigation properties -> the lookup column."""
+        return {nav: c for c in self.columns if c.kind == "lookup" for nav in c.navigations}
 
     @property
     def key_columns(self) -> list[str]:
@@ -234,6 +265,64 @@ CONTACT = Table(
     alternate_keys=(("contact_emailaddress1_key", ("emailaddress1",)),),
 )
 
+SYSTEMUSER = Table(
+    logical="systemuser",
+    entity_set="systemusers",
+    schema_name="SystemUser",
+    display="User",
+    object_type_code=8,
+    primary_name="fullname",
+    columns=(
+        Column("systemuserid", "guid", "User", required="SystemRequired", update=False),
+        Column("firstname", "string", "First Name", max_length=64, required="Recommended", fmt="Text"),
+        Column("lastname", "string", "Last Name", max_length=64, required="ApplicationRequired", fmt="Text"),
+        Column("fullname", "string", "Full Name", max_length=200, create=False, update=False),
+        Column("internalemailaddress", "string", "Primary Email", max_length=100, fmt="Email"),
+        Column("domainname", "string", "User Name", max_length=1024, required="SystemRequired", fmt="Text"),
+        Column("title", "string", "Title", max_length=128, fmt="Text"),
+        Column("createdon", "datetime", "Created On", create=False, update=False),
+        Column("modifiedon", "datetime", "Modified On", create=False, update=False),
+        Column("versionnumber", "bigint", "Version Number", create=False, update=False),
+    ),
+    alternate_keys=(),
+    privilege="User",
+    ownership="BusinessOwned",
+    api_writes=False,
+)
+
+TEAM = Table(
+    logical="team",
+    entity_set="teams",
+    schema_name="Team",
+    display="Team",
+    object_type_code=9,
+    primary_name="name",
+    columns=(
+        Column("teamid", "guid", "Team", required="SystemRequired", update=False),
+        Column("name", "string", "Team Name", max_length=160, required="SystemRequired", fmt="Text"),
+        Column(
+            "teamtype",
+            "picklist",
+            "Team Type",
+            required="SystemRequired",
+            options=(
+                Option(0, "Owner"),
+                Option(1, "Access"),
+                Option(2, "Microsoft Entra ID Security Group"),
+                Option(3, "Microsoft Entra ID Office Group"),
+            ),
+        ),
+        Column("emailaddress", "string", "Email", max_length=100, fmt="Email"),
+        Column("createdon", "datetime", "Created On", create=False, update=False),
+        Column("modifiedon", "datetime", "Modified On", create=False, update=False),
+        Column("versionnumber", "bigint", "Version Number", create=False, update=False),
+    ),
+    alternate_keys=(),
+    ownership="BusinessOwned",
+    api_writes=False,
+)
+
+
 # -- marketing: what the flow-step webhooks write (tasks, campaigns, marketing lists) ---------------
 # Columns and option sets as a default org has them (Dataverse table reference: task, campaign,
 # list, listmember). Lists are static only here (no dynamic-list queries).
@@ -257,8 +346,14 @@ TASK = Table(
         Column("subject", "string", "Subject", max_length=200, required="ApplicationRequired", fmt="Text"),
         Column("description", "string", "Description", max_length=2000, fmt="TextArea"),
         Column("scheduledend", "datetime", "Due Date"),
-        Column("regardingobjectid", "lookup", "Regarding", targets=("lead", "contact", "account")),
-        Column("regardingobjecttypecode", "string", "Regarding Type", max_length=64, create=False, update=False),
+        Column(
+            "regardingobjectid",
+            "lookup",
+            "Regarding",
+            targets=("lead", "contact", "account"),
+            nav_per_target=True,
+            nav_suffix="_task",
+        ),
         *_owned_columns(
             Column(
                 "statecode",
@@ -287,11 +382,6 @@ TASK = Table(
         ),
     ),
     alternate_keys=(),
-    navigations=(
-        ("regardingobjectid_lead_task", "regardingobjectid", "lead"),
-        ("regardingobjectid_contact_task", "regardingobjectid", "contact"),
-        ("regardingobjectid_account_task", "regardingobjectid", "account"),
-    ),
 )
 
 CAMPAIGN = Table(
@@ -387,7 +477,7 @@ MARKETING_TABLES: tuple[Table, ...] = (TASK, CAMPAIGN, MARKETING_LIST, LIST_MEMB
 # The lists' member types (``createdfromcode``) by the member's table.
 LIST_MEMBER_TYPES = {"account": 1, "contact": 2, "lead": 4}
 
-TABLES: tuple[Table, ...] = (LEAD, CONTACT, *MARKETING_TABLES)
+TABLES: tuple[Table, ...] = (LEAD, CONTACT, SYSTEMUSER, TEAM, *MARKETING_TABLES)
 BY_SET = {t.entity_set: t for t in TABLES}
 BY_LOGICAL = {t.logical: t for t in TABLES}
 

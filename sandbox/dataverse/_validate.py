@@ -80,11 +80,6 @@ def check_plugins(
             raise err.plugin_abort(rule.text(table.logical))
 
 
-def type_code_column(lookup: str) -> str:
-    """The column naming the table a polymorphic lookup points at: regardingobjectid -> regardingobjecttypecode."""
-    return f"{lookup.removesuffix('id')}typecode"
-
-
 def coerce_body(table: Table, body: Any, *, creating: bool) -> dict[str, Any]:
     """A JSON write body as {logical column: typed value}; the first problem raises."""
     if not isinstance(body, dict):
@@ -94,24 +89,11 @@ def coerce_body(table: Table, body: Any, *, creating: bool) -> dict[str, Any]:
         if name in _IGNORED_ANNOTATIONS or (name.startswith("@") and not name.endswith("@odata.bind")):
             continue
         if name.endswith("@odata.bind"):
-            navigation = name[: -len("@odata.bind")]
-            polymorphic = {nav: (col, target) for nav, col, target in table.navigations}
-            if navigation in polymorphic:  # e.g. regardingobjectid_lead_task: one target of a polymorphic lookup
-                column_name, target = polymorphic[navigation]
-                values[column_name] = _bind(table, table.by_name[column_name], raw, only=target)
-                companion = type_code_column(column_name)
-                if companion in table.by_name:
-                    values[companion] = target if values[column_name] is not None else None
-                continue
-            column = table.by_name.get(navigation)
-            if (
-                column is None
-                or column.kind != "lookup"
-                or not column.writable
-                or any(col == column.name for _, col, _ in table.navigations)  # bound through its navigations only
-            ):
-                raise err.no_body_property(navigation, table.logical)
-            values[column.name] = _bind(table, column, raw)
+            nav = name[: -len("@odata.bind")]
+            column = table.navigations.get(nav)
+            if column is None or not column.writable:
+                raise err.no_body_property(nav, table.logical)
+            values[column.name], values[column.type_key] = _bind(table, column, nav, raw)
             continue
         if "@" in name:
             continue  # instance annotations on a property (e.g. FormattedValue) are ignored on write
@@ -152,23 +134,22 @@ def coerce_value(table: Table, column: Column, raw: Any) -> Any:
     return raw
 
 
-def _bind(table: Table, column: Column, raw: Any, *, only: str | None = None) -> str | None:
-    """``"/leads(<guid>)"`` (or an absolute URL ending so) -> the GUID; the target table must fit
-    (``only``: the one target a polymorphic lookup's navigation property allows)."""
+def _bind(table: Table, column: Column, nav: str, raw: Any) -> tuple[str | None, str | None]:
+    """``"/leads(<guid>)"`` (or an absolute URL ending so) -> (the GUID, the target's logical name);
+    the entity set must be one the navigation property ``nav`` can point at."""
     if raw is None:
-        return None
+        return None, None
+    allowed = column.navigations[nav]
     text = str(raw).rstrip("/")
     segment = text.rsplit("/", 1)[-1]
     entity_set, key = split_segment(segment)
     target = BY_SET.get(entity_set)
-    logical = target.logical if target else {"systemusers": "systemuser", "teams": "team"}.get(entity_set)
-    allowed = (only,) if only else column.targets
-    if logical is None or logical not in allowed or key is None or not GUID_RE.fullmatch(key):
+    if target is None or target.logical not in allowed or key is None or not GUID_RE.fullmatch(key):
         raise err.bad_payload(
             table.entity_set,
-            f"The value '{text}' of '{column.name}@odata.bind' is not a URL of a {' or '.join(allowed)} record.",
+            f"The value '{text}' of '{nav}@odata.bind' is not a URL of a {' or '.join(allowed)} record.",
         )
-    return key.lower()
+    return key.lower(), target.logical
 
 
 def _literal(raw: Any) -> str:
