@@ -19,7 +19,9 @@ claim). What each adds:
   the list (put there by a Dynamics user) is answered ``exists`` and not recorded as ours.
 - **Remove from Campaign**: only a membership this sync recorded is removed (``RemoveMemberList``).
 
-Add and remove for one record and list run one at a time (a claim ``campaign-member:<list>:<record>``).
+Calls on one record run one at a time (a claim ``change-owner:<record>`` or
+``campaign-member:<list>:<record>``), so concurrent retries give one result: one ``changed`` or
+``added``, the others ``unchanged`` or ``exists``.
 A refusal (422) also goes to the person's activity log as ``microsoftSyncFailed``. Logs carry ids
 and outcomes, never person values.
 """
@@ -27,6 +29,7 @@ and outcomes, never person values.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sync_core.core import flows as names
@@ -85,28 +88,27 @@ def change_owner(request: ChangeOwnerRequest, call: Call) -> Answer:
     if isinstance(found, Answer):
         return found
     entity, record_id = found
-    dataverse = _dataverse(call)
-    rows = dataverse.get_rows(ENTITY_SETS[entity], [record_id], select=["_ownerid_value"])
-    if not rows:
-        return _reject(
-            call,
-            request.lead_id,
-            entity,
-            "Change Owner",
-            [f"the person's {entity.value} {record_id} is not in Dynamics"],
-        )
-    current = str(rows[0].get("_ownerid_value") or "").lower() or None
     body = _record_body(entity, record_id, ownerId=request.owner_id)
-    if current == request.owner_id:
-        return Answer(200, {"status": "unchanged", **body})
-    call.before_writing()
-    bind = f"/{OWNER_SETS[request.owner_type]}({request.owner_id})"
-    try:
-        dataverse.update(ENTITY_SETS[entity], record_id, {"ownerid@odata.bind": bind})
-    except RecordError as err:
-        reasons = [f"Dynamics refused the owner {request.owner_type} {request.owner_id}: {r}" for r in err.reasons]
-        return _reject(call, request.lead_id, entity, "Change Owner", reasons)
-    return Answer(200, {"status": "changed", **body, "previousOwnerId": current})
+
+    def assign() -> Answer:
+        dataverse = _dataverse(call)
+        rows = dataverse.get_rows(ENTITY_SETS[entity], [record_id], select=["_ownerid_value"])
+        if not rows:
+            reasons = [f"the person's {entity.value} {record_id} is not in Dynamics"]
+            return _reject(call, request.lead_id, entity, "Change Owner", reasons)
+        current = str(rows[0].get("_ownerid_value") or "").lower() or None
+        if current == request.owner_id:
+            return Answer(200, {"status": "unchanged", **body})
+        call.before_writing()
+        bind = f"/{OWNER_SETS[request.owner_type]}({request.owner_id})"
+        try:
+            dataverse.update(ENTITY_SETS[entity], record_id, {"ownerid@odata.bind": bind})
+        except RecordError as err:
+            reasons = [f"Dynamics refused the owner {request.owner_type} {request.owner_id}: {r}" for r in err.reasons]
+            return _reject(call, request.lead_id, entity, "Change Owner", reasons)
+        return Answer(200, {"status": "changed", **body, "previousOwnerId": current})
+
+    return _one_at_a_time(call, f"change-owner:{record_id}", assign)
 
 
 # -- Create Task in Microsoft --------------------------------------------------------------------------
@@ -158,12 +160,12 @@ def _campaign(call: Call, request: CampaignRequest, entity: EntityType, step: st
     return rows[0]
 
 
-def _one_at_a_time(call: Call, list_id: str, record_id: str, work: Any) -> Answer:
-    """``work()`` holding the claim ``campaign-member:<list>:<record>`` (released after, always)."""
+def _one_at_a_time(call: Call, key: str, work: Callable[[], Answer]) -> Answer:
+    """``work()`` holding the claim ``key`` (released after, always): calls on one record run in turn."""
     store = call.services.store
-    taken = take_claim(store, f"campaign-member:{list_id}:{record_id}", clock=call.clock, sleep=call.sleep)
+    taken = take_claim(store, key, clock=call.clock, sleep=call.sleep)
     if taken is None or isinstance(taken, dict):
-        return unavailable("another call for this person and campaign is still in progress", 5)
+        return unavailable("another call for this record is still in progress", 5)
     try:
         result: Answer = work()
         return result
@@ -215,7 +217,7 @@ def add_to_campaign(request: CampaignRequest, call: Call) -> Answer:
             )
         return Answer(200, {"status": "added", **body})
 
-    return _one_at_a_time(call, list_id, record_id, add)
+    return _one_at_a_time(call, f"campaign-member:{list_id}:{record_id}", add)
 
 
 def remove_from_campaign(request: CampaignRequest, call: Call) -> Answer:
@@ -244,7 +246,7 @@ def remove_from_campaign(request: CampaignRequest, call: Call) -> Answer:
         store.remove_campaign_member(member)
         return Answer(200, {"status": "removed", **body})
 
-    return _one_at_a_time(call, list_id, record_id, remove)
+    return _one_at_a_time(call, f"campaign-member:{list_id}:{record_id}", remove)
 
 
 CHANGE_OWNER: Flow[ChangeOwnerRequest] = Flow(names.CHANGE_OWNER, ChangeOwnerRequest, change_owner)

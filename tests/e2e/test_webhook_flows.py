@@ -178,3 +178,36 @@ def test_every_flow_step_has_a_route_and_the_same_front_door(world: World, host:
         assert too_big.status_code == 413, step
         assert call(host, step, {"leadId": "7"}).status_code == 400, step
     assert world.api_creates() == 0
+
+
+def test_change_owner_syncs_first_assigns_a_user_or_team_and_refuses_an_unknown_owner(
+    world: World, host: httpx.Client
+) -> None:
+    ada = world.dataverse.create(
+        "systemuser", {"firstname": "Ada", "lastname": "Owner", "domainname": "ada@example.com"}
+    )
+    team = world.dataverse.create("team", {"name": "EMEA Sales"})
+    lead_id = person(world, 1)
+    # Marketo's call and its retries at once, before the person is in Dynamics: synced first, once.
+    answers = at_once(host, "change-owner", {"leadId": lead_id, "ownerId": ada})
+    assert {r.status_code for r in answers} == {200}, [r.text for r in answers]
+    assert sorted(r.json()["status"] for r in answers) == ["changed"] + ["unchanged"] * 7
+    assert len({r.json()["dynamicsId"] for r in answers}) == 1
+    record = answers[0].json()["dynamicsId"]
+    assert len(world.dataverse.rows("leads")) == 1
+    assert world.dataverse.get("leads", record)["_ownerid_value"] == ada
+    assert call(host, "change-owner", {"leadId": lead_id, "ownerId": ada}).json()["status"] == "unchanged"
+
+    to_team = call(host, "change-owner", {"leadId": lead_id, "ownerId": team, "ownerType": "team"}).json()
+    assert (to_team["status"], to_team["previousOwnerId"]) == ("changed", ada)
+    assert world.dataverse.get("leads", record)["_ownerid_value"] == team
+
+    unknown = call(host, "change-owner", {"leadId": lead_id, "ownerId": UNKNOWN})
+    assert unknown.status_code == 422
+    assert f"systemuser With Id = {UNKNOWN} Does Not Exist" in unknown.json()["reasons"][0]
+    assert any(UNKNOWN in reason for reason in failures(world, lead_id))
+    assert world.dataverse.get("leads", record)["_ownerid_value"] == team
+
+    assert call(host, "change-owner", {"leadId": lead_id}).status_code == 400  # ownerId is required
+    assert call(host, "change-owner", {"leadId": lead_id, "ownerId": "ada"}).status_code == 400
+    assert call(host, "change-owner", {"leadId": lead_id, "ownerId": ada}, secret="x").status_code == 401
