@@ -131,7 +131,7 @@ class StateStore(Protocol):
     def put_last_prune(self, report: PruneReport) -> None: ...
 
     def count_rows(self, *, cap: int) -> dict[str, int]:
-        """Records per table (links, collisions, failures, runs, claims, state), each counted up to ``cap``."""
+        """Records per table (links, collisions, failures, runs, claims, members, state), each counted up to ``cap``."""
         ...
 
     # -- webhook claims ----------------------------------------------------------------------

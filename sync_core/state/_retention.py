@@ -16,6 +16,7 @@ from sync_core.state._layout import (
     DAYS_END,
     FAILURE,
     LINK,
+    MEMBER,
     PAGE,
     PERSON,
     PRUNE,
@@ -137,6 +138,7 @@ class RetentionRows(RowPlumbing):
             "failures": (self.tables.failures, RowFilter(partition=FAILURE)),
             "runs": (self.tables.runs, RowFilter()),
             "claims": (self.tables.claims, RowFilter(partition=CLAIM)),
+            "members": (self.tables.members, RowFilter(partition=MEMBER)),
             "state": (self.tables.state, RowFilter()),
         }
         return {
