@@ -166,6 +166,26 @@ def test_a_campaign_member_is_recorded_once_and_removed(store: StateStore) -> No
     assert store.get_campaign_member("l1", "d1") is None
 
 
+def test_a_records_memberships_are_erased_together_and_no_one_elses(store: StateStore) -> None:
+    def member(list_id: str, record: str) -> CampaignMember:
+        return CampaignMember(
+            campaign_id=GUID.lower(),
+            list_id=list_id,
+            entity=EntityType.LEAD,
+            dataverse_id=record,
+            marketo_id=7,
+            added_at=NOW,
+        )
+
+    for list_id, record in [("l1", "d1"), ("l2", "d1"), ("l1", "d10"), ("l1", "d2")]:
+        store.add_campaign_member(member(list_id, record))
+    assert store.delete_campaign_members_of(["D1", "d3"]) == 2  # "d10" shares the prefix "d1", not the key
+    assert [store.get_campaign_member(lst, rec) is None for lst, rec in [("l1", "d1"), ("l2", "d1")]] == [True, True]
+    assert store.get_campaign_member("l1", "d10") == member("l1", "d10")
+    assert store.get_campaign_member("l1", "d2") == member("l1", "d2")
+    assert store.delete_campaign_members_of(["d1"]) == 0
+
+
 def test_webhook_calls_are_counted_per_hour_for_the_last_day(store: StateStore) -> None:
     store.record_webhook_call("create-task", outcome="created", ms=40, now=NOW - timedelta(hours=30))  # too old
     store.record_webhook_call("create-task", outcome="created", ms=40, now=NOW - timedelta(hours=2))

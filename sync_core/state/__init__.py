@@ -162,6 +162,10 @@ class StateStore(Protocol):
         """Forget the membership (missing: no error)."""
         ...
 
+    def delete_campaign_members_of(self, dataverse_ids: Iterable[str]) -> int:
+        """Forget every membership of these records (erasure); how many there were."""
+        ...
+
     # -- webhook call statistics ---------------------------------------------------------------
     def record_webhook_call(self, name: str, *, outcome: str, ms: float, now: datetime) -> bool:
         """Count one call of webhook ``name`` in ``now``'s hour (best effort: False if dropped)."""

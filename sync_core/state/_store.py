@@ -17,7 +17,7 @@ Tables (``{prefix}`` + name), keys and why:
     failures    PK failure / RK key                            upsert replaces; point reads by key;
                                                                all of them read a page at a time
     claims      PK claim / RK key                              insert-if-absent
-    members     PK member / RK {list id}:{dataverse id}        campaign-list members this sync added
+    members     PK member / RK {dataverse id}:{list id}        campaign-list members this sync added
     webhooks    PK calls / RK {webhook}:{hour of day}:{shard}  a ring of hourly call statistics:
                                                                a row is reset when its hour comes
                                                                round again, so it never grows
@@ -349,17 +349,30 @@ class RowStateStore(RetentionRows):
         return len(found)
 
     # -- campaign-list members this sync added ---------------------------------------------------
+    # Keyed record first, so a record's memberships are one prefix query (erasure).
     def add_campaign_member(self, member: CampaignMember) -> None:
-        row = encode_key(f"{member.list_id}:{member.dataverse_id}")
+        row = _member_key(member.dataverse_id, member.list_id)
         with contextlib.suppress(StateConflictError):  # already recorded: the first record stands
             self._rows.insert_row(self.tables.members, MEMBER, row, {"data": member.model_dump_json()})
 
     def get_campaign_member(self, list_id: str, dataverse_id: str) -> CampaignMember | None:
-        row = self._rows.get_row(self.tables.members, MEMBER, encode_key(f"{list_id}:{dataverse_id}"))
+        row = self._rows.get_row(self.tables.members, MEMBER, _member_key(dataverse_id, list_id))
         return None if row is None else CampaignMember.model_validate_json(row.props["data"])
 
     def remove_campaign_member(self, member: CampaignMember) -> None:
-        self._rows.delete_row(self.tables.members, MEMBER, encode_key(f"{member.list_id}:{member.dataverse_id}"))
+        self._rows.delete_row(self.tables.members, MEMBER, _member_key(member.dataverse_id, member.list_id))
+
+    def delete_campaign_members_of(self, dataverse_ids: Iterable[str]) -> int:
+        """Forget every membership of these records (erasure): a prefix query per record."""
+        found = [
+            row
+            for dataverse_id in sorted({d.lower() for d in dataverse_ids})
+            for row in self._rows.scan_rows(
+                self.tables.members, partition=MEMBER, row_prefix=_member_key(dataverse_id, ""), page_size=PAGE
+            )
+        ]
+        self._transact(self.tables.members, MEMBER, [[RowOp("delete", row.row)] for row in found])
+        return len(found)
 
     # -- webhook call statistics (the status view's webhook rows) ----------------------------------
     def record_webhook_call(self, name: str, *, outcome: str, ms: float, now: datetime) -> bool:
@@ -393,6 +406,10 @@ class RowStateStore(RetentionRows):
             calls = WebhookCalls.model_validate_json(row.props["data"])
             totals[name] = totals[name].merge(calls) if name in totals else calls
         return totals
+
+
+def _member_key(dataverse_id: str, list_id: str) -> str:
+    return encode_key(f"{dataverse_id.lower()}:{list_id.lower()}")
 
 
 WEBHOOK_SHARDS = 8  # rows per webhook and hour, so a burst of calls rarely writes the same row
