@@ -186,6 +186,18 @@ def test_a_records_memberships_are_erased_together_and_no_one_elses(store: State
     assert store.delete_campaign_members_of(["d1"]) == 0
 
 
+def test_a_campaign_list_is_marked_ready_once_and_forgotten_when_gone(store: StateStore) -> None:
+    assert not store.campaign_list_ready("L1")
+    store.mark_campaign_list_ready("L1", GUID)
+    store.mark_campaign_list_ready("l1", GUID)  # marked already: no error
+    assert store.campaign_list_ready("l1")
+    assert not store.campaign_list_ready("l2")
+    assert store.count_rows(cap=10)["members"] == 0  # a list is not a member
+    store.forget_campaign_list("l1")
+    store.forget_campaign_list("l1")  # missing: no error
+    assert not store.campaign_list_ready("l1")
+
+
 def test_webhook_calls_are_counted_per_hour_for_the_last_day(store: StateStore) -> None:
     store.record_webhook_call("create-task", outcome="created", ms=40, now=NOW - timedelta(hours=30))  # too old
     store.record_webhook_call("create-task", outcome="created", ms=40, now=NOW - timedelta(hours=2))

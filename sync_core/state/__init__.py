@@ -162,6 +162,16 @@ class StateStore(Protocol):
         """Forget the membership (missing: no error)."""
         ...
 
+    def campaign_list_ready(self, list_id: str) -> bool:
+        """Whether the campaign list exists in Dynamics and is one of its campaign's (as of the last use)."""
+        ...
+
+    def mark_campaign_list_ready(self, list_id: str, campaign_id: str) -> None: ...
+
+    def forget_campaign_list(self, list_id: str) -> None:
+        """The list is gone in Dynamics: the next add makes it again."""
+        ...
+
     def delete_campaign_members_of(self, dataverse_ids: Iterable[str]) -> int:
         """Forget every membership of these records (erasure); how many there were."""
         ...

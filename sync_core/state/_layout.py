@@ -25,6 +25,7 @@ LINK = "link"
 FAILURE = "failure"
 CLAIM = "claim"
 MEMBER = "member"
+CAMPAIGN_LIST = "list"  # in the members table: a campaign list made and added to its campaign
 WEBHOOK_CALLS = "calls"
 PERSON = "person"  # the collisions' person index; sorts after every (all-digit) day partition
 DAYS_END = ":"  # the character after "9": day partitions are the PartitionKeys below it

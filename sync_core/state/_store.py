@@ -18,6 +18,8 @@ Tables (``{prefix}`` + name), keys and why:
                                                                all of them read a page at a time
     claims      PK claim / RK key                              insert-if-absent
     members     PK member / RK {dataverse id}:{list id}        campaign-list members this sync added
+                PK list / RK {list id}                         a campaign list made and added to
+                                                               its campaign (done once, for good)
     webhooks    PK calls / RK {webhook}:{hour of day}:{shard}  a ring of hourly call statistics:
                                                                a row is reset when its hour comes
                                                                round again, so it never grows
@@ -75,6 +77,7 @@ from sync_core.state._keys import (
     to_json,
 )
 from sync_core.state._layout import (
+    CAMPAIGN_LIST,
     CLAIM,
     CURSOR,
     DAYS_END,
@@ -361,6 +364,17 @@ class RowStateStore(RetentionRows):
 
     def remove_campaign_member(self, member: CampaignMember) -> None:
         self._rows.delete_row(self.tables.members, MEMBER, _member_key(member.dataverse_id, member.list_id))
+
+    def campaign_list_ready(self, list_id: str) -> bool:
+        return self._rows.get_row(self.tables.members, CAMPAIGN_LIST, encode_key(list_id.lower())) is not None
+
+    def mark_campaign_list_ready(self, list_id: str, campaign_id: str) -> None:
+        props = {"campaign_id": campaign_id.lower()}
+        with contextlib.suppress(StateConflictError):  # marked already
+            self._rows.insert_row(self.tables.members, CAMPAIGN_LIST, encode_key(list_id.lower()), props)
+
+    def forget_campaign_list(self, list_id: str) -> None:
+        self._rows.delete_row(self.tables.members, CAMPAIGN_LIST, encode_key(list_id.lower()))
 
     def delete_campaign_members_of(self, dataverse_ids: Iterable[str]) -> int:
         """Forget every membership of these records (erasure): a prefix query per record."""

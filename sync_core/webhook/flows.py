@@ -13,10 +13,12 @@ claim). What each adds:
   so a retried or concurrent call makes one task and answers ``exists``.
 - **Add to Campaign**: the campaign must exist and be active (else 422); its marketing list for the
   record's type (one per campaign and type, a deterministic ``listid``, created on first use and
-  added to the campaign) gets the record (``AddMemberList``). The membership is recorded in the
-  state store *before* the add, so a crash in between leaves at worst a record of a member that
-  is not there (removing it does nothing), never a member we forgot we added. A record already on
-  the list (put there by a Dynamics user) is answered ``exists`` and not recorded as ours.
+  added to the campaign, then marked done in the state store, so a failure between the two steps
+  is made good by the next call) gets the record (``AddMemberList``). The membership is recorded in the
+  state store *before* the add and forgotten again when the add fails, so a crash in between leaves
+  at worst a record of a member that is not there (removing it does nothing), never a member we
+  forgot we added. A record already on the list (put there by a Dynamics user) is answered
+  ``exists`` and not recorded as ours.
 - **Remove from Campaign**: only a membership this sync recorded is removed (``RemoveMemberList``).
 
 Calls on one record run one at a time (a claim ``change-owner:<record>`` or
@@ -34,7 +36,7 @@ from typing import Any
 
 from sync_core.core import flows as names
 from sync_core.core.entities import ENTITY_SETS
-from sync_core.core.errors import RecordError
+from sync_core.core.errors import RecordError, SyncError
 from sync_core.core.flows import (
     CAMPAIGN_ACTIVE,
     campaign_list_id,
@@ -62,6 +64,7 @@ from sync_core.webhook.request import CampaignRequest, ChangeOwnerRequest, Creat
 log = logging.getLogger(__name__)
 
 OWNER_SETS = {"systemuser": "systemusers", "team": "teams"}
+NOT_FOUND = "0x80040217"  # Dataverse: the record (or list) with that id does not exist
 
 
 def _dataverse(call: Call) -> DataverseClient:
@@ -195,23 +198,33 @@ def add_to_campaign(request: CampaignRequest, call: Call) -> Answer:
             "createdfromcode": list_member_type(entity),
             "description": "Kept by the Marketo sync: Add to / Remove from Microsoft Campaign",
         }
+        created = False
+        member = CampaignMember(
+            campaign_id=request.campaign_id,
+            list_id=list_id,
+            entity=entity,
+            dataverse_id=record_id,
+            marketo_id=request.lead_id,
+            added_at=call.clock(),
+        )
         try:
-            if dataverse.create_if_absent("lists", list_id, marketing_list):
+            if not store.campaign_list_ready(list_id):
+                # Made and added to the campaign, then marked: a failure in between is made good
+                # by the next call (both steps are safe to repeat), never left half done.
+                created = dataverse.create_if_absent("lists", list_id, marketing_list)
                 dataverse.add_list_to_campaign(list_id, request.campaign_id)
-            elif dataverse.is_list_member(list_id, record_id):
+                store.mark_campaign_list_ready(list_id, request.campaign_id)
+            if not created and dataverse.is_list_member(list_id, record_id):
                 return Answer(200, {"status": "exists", **body, "addedBySync": False})
-            store.add_campaign_member(
-                CampaignMember(
-                    campaign_id=request.campaign_id,
-                    list_id=list_id,
-                    entity=entity,
-                    dataverse_id=record_id,
-                    marketo_id=request.lead_id,
-                    added_at=call.clock(),
-                )
-            )
-            dataverse.add_list_member(list_id, record_id)
+            store.add_campaign_member(member)  # before the add: a crash leaves no member we forgot
+            try:
+                dataverse.add_list_member(list_id, record_id)
+            except SyncError:
+                store.remove_campaign_member(member)  # refused or unavailable: not added, not ours
+                raise
         except RecordError as err:
+            if err.code == NOT_FOUND and not created:  # e.g. the list was deleted in Dynamics: made again
+                store.forget_campaign_list(list_id)
             return _reject(
                 call, request.lead_id, entity, "Add to Campaign", [f"Dynamics refused: {r}" for r in err.reasons]
             )
@@ -240,7 +253,7 @@ def remove_from_campaign(request: CampaignRequest, call: Call) -> Answer:
         try:
             _dataverse(call).remove_list_member(list_id, record_id)
         except RecordError as err:
-            if err.code != "0x80040217":  # the list or record is gone: so is the membership
+            if err.code != NOT_FOUND:  # the list or record is gone: so is the membership
                 reasons = [f"Dynamics refused: {r}" for r in err.reasons]
                 return _reject(call, request.lead_id, entity, "Remove from Campaign", reasons)
         store.remove_campaign_member(member)

@@ -211,3 +211,25 @@ def test_change_owner_syncs_first_assigns_a_user_or_team_and_refuses_an_unknown_
     assert call(host, "change-owner", {"leadId": lead_id}).status_code == 400  # ownerId is required
     assert call(host, "change-owner", {"leadId": lead_id, "ownerId": "ada"}).status_code == 400
     assert call(host, "change-owner", {"leadId": lead_id, "ownerId": ada}, secret="x").status_code == 401
+
+
+def test_add_to_campaign_makes_good_a_failure_between_its_steps(world: World, host: httpx.Client) -> None:
+    campaign = world.dataverse.create("campaigns", {"name": "Autumn"})
+    lead_id = person(world, 1)
+    body = {"leadId": lead_id, "campaignId": campaign}
+    # The list is made, then Dataverse is down when it is added to the campaign (both attempts).
+    world.dataverse.set_faults([{"method": "POST", "path": "AddItemCampaign", "times": 2, "action": {"status": 503}}])
+    assert call(host, "add-to-campaign", body).status_code == 503
+    assert len(world.dataverse.rows("lists")) == 1
+    assert world.dataverse.campaign_lists(campaign) == []
+    # Then AddMemberList is: the list joins the campaign, the person is not added, nor recorded as ours.
+    world.dataverse.set_faults([{"method": "POST", "path": "AddMemberList", "times": 2, "action": {"status": 503}}])
+    assert call(host, "add-to-campaign", body).status_code == 503
+    list_id = world.dataverse.rows("lists")[0]["listid"]
+    assert world.dataverse.campaign_lists(campaign) == [list_id]
+    assert world.dataverse.list_members(list_id) == []
+    # Marketo's next call adds them: "added", not "exists".
+    added = call(host, "add-to-campaign", body).json()
+    assert (added["status"], added["listId"]) == ("added", list_id)
+    assert len(world.dataverse.list_members(list_id)) == 1
+    assert len(world.dataverse.rows("lists")) == 1
