@@ -516,6 +516,7 @@ class DataverseSandbox(FaultControls):
         if if_match != "*" and if_match != f'W/"{row.version}"':
             raise err.version_mismatch()
         self.records.delete(table, row, user=user)
+        self.lists.record_deleted(row.id)
         return Response(status=204)
 
     def _bulk_enabled(self, logical: str, message: str) -> bool:
@@ -773,6 +774,7 @@ class DataverseSandbox(FaultControls):
         with self.lock:
             row = self.records.get_or_raise(table, record_id.lower())
             self.records.delete(table, row, user=self.options.ui_user_id)
+            self.lists.record_deleted(row.id)
 
     def get(self, entity: str, record_id: str) -> dict[str, Any] | None:
         """The record as the Web API renders it (all columns), or None."""

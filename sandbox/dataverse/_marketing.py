@@ -7,8 +7,9 @@
 A member must be a record of the list's type (``createdfromcode``: 4 lead, 2 contact, 1 account)
 that exists (else the Web API's 404 ``<table> With Id = … Does Not Exist``). Members are
 ``listmember`` rows in the store, so ``GET listmembers?$filter=_listid_value eq …`` reads them the
-way every other query does; the table refuses direct writes, as the platform does. Callers hold
-``Store.lock``. No HTTP here.
+way every other query does; the table refuses direct writes, as the platform does. Deleting a
+list, a lead or contact, or a campaign removes its memberships and campaign items with it (the
+platform's cascades). Callers hold ``Store.lock``. No HTTP here.
 """
 
 from __future__ import annotations
@@ -117,6 +118,15 @@ class MarketingLists:
         if key not in self.campaign_items:
             self.campaign_items[key] = str(uuid.uuid4())
         return self.campaign_items[key]
+
+    def record_deleted(self, record_id: str) -> None:
+        """What the platform's cascades remove with a record: a list's members and campaign items,
+        a lead's or contact's memberships, a campaign's items."""
+        for member in [r for r in self._members().values() if record_id in (r.values["listid"], r.values["entityid"])]:
+            self.store.tables[LIST_MEMBER.logical].remove(member, self.store.next_version())
+            self.stats.wrote(LIST_MEMBER.entity_set, "delete", by_user=False)
+        for key in [key for key in self.campaign_items if record_id in key]:
+            del self.campaign_items[key]
 
     def campaign_lists(self, campaign_id: str) -> list[str]:
         return sorted(list_id for (campaign, list_id) in self.campaign_items if campaign == campaign_id.lower())

@@ -198,7 +198,15 @@ def add_to_campaign(request: CampaignRequest, call: Call) -> Answer:
             "createdfromcode": list_member_type(entity),
             "description": "Kept by the Marketo sync: Add to / Remove from Microsoft Campaign",
         }
-        created = False
+
+        def make_list() -> bool:
+            """Make the list and add it to the campaign, then mark it so: a failure in between is
+            made good by the next call (both steps are safe to repeat). True when made now."""
+            made = dataverse.create_if_absent("lists", list_id, marketing_list)
+            dataverse.add_list_to_campaign(list_id, request.campaign_id)
+            store.mark_campaign_list_ready(list_id, request.campaign_id)
+            return made
+
         member = CampaignMember(
             campaign_id=request.campaign_id,
             list_id=list_id,
@@ -208,23 +216,24 @@ def add_to_campaign(request: CampaignRequest, call: Call) -> Answer:
             added_at=call.clock(),
         )
         try:
-            if not store.campaign_list_ready(list_id):
-                # Made and added to the campaign, then marked: a failure in between is made good
-                # by the next call (both steps are safe to repeat), never left half done.
-                created = dataverse.create_if_absent("lists", list_id, marketing_list)
-                dataverse.add_list_to_campaign(list_id, request.campaign_id)
-                store.mark_campaign_list_ready(list_id, request.campaign_id)
+            created = False if store.campaign_list_ready(list_id) else make_list()
             if not created and dataverse.is_list_member(list_id, record_id):
                 return Answer(200, {"status": "exists", **body, "addedBySync": False})
             store.add_campaign_member(member)  # before the add: a crash leaves no member we forgot
             try:
-                dataverse.add_list_member(list_id, record_id)
+                try:
+                    dataverse.add_list_member(list_id, record_id)
+                except RecordError as err:
+                    if err.code != NOT_FOUND or created:
+                        raise
+                    # Marked made, yet unknown to Dynamics: a user deleted the list. Made again.
+                    store.forget_campaign_list(list_id)
+                    make_list()
+                    dataverse.add_list_member(list_id, record_id)
             except SyncError:
                 store.remove_campaign_member(member)  # refused or unavailable: not added, not ours
                 raise
         except RecordError as err:
-            if err.code == NOT_FOUND and not created:  # e.g. the list was deleted in Dynamics: made again
-                store.forget_campaign_list(list_id)
             return _reject(
                 call, request.lead_id, entity, "Add to Campaign", [f"Dynamics refused: {r}" for r in err.reasons]
             )

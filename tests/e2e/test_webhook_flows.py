@@ -233,3 +233,16 @@ def test_add_to_campaign_makes_good_a_failure_between_its_steps(world: World, ho
     assert (added["status"], added["listId"]) == ("added", list_id)
     assert len(world.dataverse.list_members(list_id)) == 1
     assert len(world.dataverse.rows("lists")) == 1
+
+
+def test_add_to_campaign_makes_the_list_again_when_a_dynamics_user_deleted_it(world: World, host: httpx.Client) -> None:
+    campaign = world.dataverse.create("campaigns", {"name": "Winter"})
+    first, second = person(world, 1), person(world, 2)
+    list_id = call(host, "add-to-campaign", {"leadId": first, "campaignId": campaign}).json()["listId"]
+    world.dataverse.delete("lists", list_id)
+    added = call(host, "add-to-campaign", {"leadId": second, "campaignId": campaign})
+    assert added.status_code == 200, added.text
+    assert (added.json()["status"], added.json()["listId"]) == ("added", list_id)
+    assert world.dataverse.get("lists", list_id) is not None
+    assert world.dataverse.list_members(list_id) == [added.json()["dynamicsId"]]
+    assert list_id in world.dataverse.campaign_lists(campaign)
