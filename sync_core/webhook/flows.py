@@ -19,7 +19,9 @@ claim). What each adds:
   at worst a record of a member that is not there (removing it does nothing), never a member we
   forgot we added. A record already on the list (put there by a Dynamics user) is answered
   ``exists`` and not recorded as ours.
-- **Remove from Campaign**: only a membership this sync recorded is removed (``RemoveMemberList``).
+- **Remove from Campaign**: only a membership this sync recorded is removed (``RemoveMemberList``):
+  the record's, and for a contact the one of the lead it was qualified from (added as a lead, the
+  person may be a contact by now).
 
 Calls on one record run one at a time (a claim ``change-owner:<record>`` or
 ``campaign-member:<list>:<record>``), so concurrent retries give one result: one ``changed`` or
@@ -246,10 +248,20 @@ def remove_from_campaign(request: CampaignRequest, call: Call) -> Answer:
     link = call.services.store.get_links_by_marketo_ids([request.lead_id]).get(request.lead_id)
     if link is None:  # never synced: nothing of theirs can be on a list we keep
         return Answer(200, {"status": "not-added", "campaignId": request.campaign_id})
-    entity, record_id = link.entity, link.dataverse_id
-    campaign = _campaign(call, request, entity, "Remove from Campaign")
+    campaign = _campaign(call, request, link.entity, "Remove from Campaign")
     if isinstance(campaign, Answer):
         return campaign
+    # The person's record, and the lead it was qualified from: added as a lead, a person may be a
+    # contact by now, and what we put on the campaign's lead list is still ours to take off.
+    records = [(link.entity, link.dataverse_id.lower())]
+    if link.entity is EntityType.CONTACT and link.originating_lead_id:
+        records.append((EntityType.LEAD, link.originating_lead_id.lower()))
+    answers = [_remove_member(request, call, entity, record_id) for entity, record_id in records]
+    return next((a for a in answers if a.body["status"] != "not-added"), answers[0])
+
+
+def _remove_member(request: CampaignRequest, call: Call, entity: EntityType, record_id: str) -> Answer:
+    """Take ``record_id`` off the campaign's list for ``entity`` if this sync put it there."""
     list_id = campaign_list_id(request.campaign_id, entity)
     body = _record_body(entity, record_id, campaignId=request.campaign_id, listId=list_id)
 

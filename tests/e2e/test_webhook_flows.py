@@ -246,3 +246,28 @@ def test_add_to_campaign_makes_the_list_again_when_a_dynamics_user_deleted_it(wo
     assert world.dataverse.get("lists", list_id) is not None
     assert world.dataverse.list_members(list_id) == [added.json()["dynamicsId"]]
     assert list_id in world.dataverse.campaign_lists(campaign)
+
+
+def test_remove_from_campaign_takes_off_the_lead_a_contact_was_qualified_from(world: World, host: httpx.Client) -> None:
+    campaign = world.dataverse.create("campaigns", {"name": "Spring webinar"})
+    lead_id = person(world, 1)
+    added = call(host, "add-to-campaign", {"leadId": lead_id, "campaignId": campaign}).json()
+    lead_list = added["listId"]
+    # Qualified in Dynamics; the cycle moves the person's link to the contact.
+    contact_id = world.dataverse.qualify_lead(added["dynamicsId"])
+    assert world.cycle().report.qualified == 1
+    assert world.link_of(lead_id).dataverse_id == contact_id  # type: ignore[union-attr]
+    removed = call(host, "remove-from-campaign", {"leadId": lead_id, "campaignId": campaign})
+    assert removed.status_code == 200, removed.text
+    assert (removed.json()["status"], removed.json()["entity"], removed.json()["listId"]) == (
+        "removed",
+        "lead",
+        lead_list,
+    )
+    assert world.dataverse.list_members(lead_list) == []
+    again = call(host, "remove-from-campaign", {"leadId": lead_id, "campaignId": campaign}).json()
+    assert (again["status"], again["entity"]) == ("not-added", "contact")
+    world.dataverse.update("campaigns", campaign, {"statecode": 1})
+    inactive = call(host, "remove-from-campaign", {"leadId": lead_id, "campaignId": campaign})
+    assert inactive.status_code == 422
+    assert "inactive" in inactive.json()["reasons"][0]
