@@ -20,6 +20,7 @@ from sync_core.core.flows import (
 )
 from sync_core.core.models import LATENCY_BOUNDS_MS, CampaignMember, EntityType, WebhookCalls
 from sync_core.state import MemoryStateStore, StateStore, TableStateStore
+from sync_core.status.view import build_status, render_html, render_text
 from sync_core.webhook.request import (
     CampaignRequest,
     ChangeOwnerRequest,
@@ -142,6 +143,27 @@ def test_webhook_latency_percentiles_read_the_buckets() -> None:
     merged = calls.merge(WebhookCalls().add("exists", 5))
     assert (merged.calls, merged.outcomes["exists"], merged.max_ms) == (101, 1, 45000)
     assert WebhookCalls().percentile_ms(0.5) is None
+
+
+def test_the_status_view_has_a_row_per_webhook_in_json_text_and_html() -> None:
+    store = MemoryStateStore()
+    for outcome, ms in [("created", 40), ("exists", 8), ("rejected", 120)]:
+        store.record_webhook_call("create-task", outcome=outcome, ms=ms, now=NOW)
+    store.record_webhook_call("a-retired-hook", outcome="exists", ms=3, now=NOW)
+    status = build_status(store, now=NOW)
+    rows = {row.name: row for row in status.webhooks}
+    names = ["sync-person", "change-owner", "create-task", "add-to-campaign", "remove-from-campaign", "a-retired-hook"]
+    assert list(rows) == names  # every flow step, called or not, then any other name recorded
+    task = rows["create-task"]
+    assert (task.calls, task.outcomes, task.max_ms) == (3, {"created": 1, "exists": 1, "rejected": 1}, 120)
+    assert task.p50_ms is not None
+    assert (rows["change-owner"].calls, rows["change-owner"].p50_ms) == (0, None)
+    text = render_text(status)
+    assert "Webhook create-task: 3 call(s) in 24 h (created 1, exists 1, rejected 1)" in text
+    assert "Webhook change-owner" not in text  # the text lists the webhooks that were called
+    html = render_html(status)
+    assert html.count('class="webhook-row"') == len(names)
+    assert "<code>/api/marketo/remove-from-campaign</code>" in html
 
 
 @pytest.fixture(params=KINDS)
