@@ -251,13 +251,14 @@ def test_add_to_campaign_makes_the_list_again_when_a_dynamics_user_deleted_it(wo
 def test_remove_from_campaign_takes_off_the_lead_a_contact_was_qualified_from(world: World, host: httpx.Client) -> None:
     campaign = world.dataverse.create("campaigns", {"name": "Spring webinar"})
     lead_id = person(world, 1)
-    added = call(host, "add-to-campaign", {"leadId": lead_id, "campaignId": campaign}).json()
+    body = {"leadId": lead_id, "campaignId": campaign}
+    added = call(host, "add-to-campaign", body).json()
     lead_list = added["listId"]
     # Qualified in Dynamics; the cycle moves the person's link to the contact.
     contact_id = world.dataverse.qualify_lead(added["dynamicsId"])
     assert world.cycle().report.qualified == 1
     assert world.link_of(lead_id).dataverse_id == contact_id  # type: ignore[union-attr]
-    removed = call(host, "remove-from-campaign", {"leadId": lead_id, "campaignId": campaign})
+    removed = call(host, "remove-from-campaign", body)
     assert removed.status_code == 200, removed.text
     assert (removed.json()["status"], removed.json()["entity"], removed.json()["listId"]) == (
         "removed",
@@ -265,9 +266,18 @@ def test_remove_from_campaign_takes_off_the_lead_a_contact_was_qualified_from(wo
         lead_list,
     )
     assert world.dataverse.list_members(lead_list) == []
-    again = call(host, "remove-from-campaign", {"leadId": lead_id, "campaignId": campaign}).json()
+    again = call(host, "remove-from-campaign", body).json()
     assert (again["status"], again["entity"]) == ("not-added", "contact")
+    # As a contact the person goes on the campaign's second list: one per campaign and type.
+    as_contact = call(host, "add-to-campaign", body).json()
+    assert (as_contact["status"], as_contact["entity"], as_contact["dynamicsId"]) == ("added", "contact", contact_id)
+    contact_list = world.dataverse.get("lists", as_contact["listId"])
+    assert contact_list is not None
+    assert (contact_list["listname"], contact_list["createdfromcode"]) == ("Mkto-contacts-Spring webinar", 2)
+    assert sorted(world.dataverse.campaign_lists(campaign)) == sorted([lead_list, as_contact["listId"]])
+    assert call(host, "remove-from-campaign", body).json()["status"] == "removed"
+    assert world.dataverse.list_members(as_contact["listId"]) == []
     world.dataverse.update("campaigns", campaign, {"statecode": 1})
-    inactive = call(host, "remove-from-campaign", {"leadId": lead_id, "campaignId": campaign})
+    inactive = call(host, "remove-from-campaign", body)
     assert inactive.status_code == 422
     assert "inactive" in inactive.json()["reasons"][0]
