@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import Any
 
 import azure.functions as func
 
@@ -16,6 +17,7 @@ from sync_core.cycle import engine
 from sync_core.status import actions as status_actions
 from sync_core.status import view as sync_status
 from sync_core.telemetry import configure_telemetry, flush_telemetry
+from sync_core.webhook import flows
 from sync_core.webhook import handler as webhook
 from sync_core.wiring import preflight
 
@@ -56,13 +58,41 @@ def status_action(req: func.HttpRequest) -> func.HttpResponse:
     )
 
 
-@app.route(route="marketo/sync-person", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
-def sync_person(req: func.HttpRequest) -> func.HttpResponse:
-    """ "Sync Person to Microsoft" (design B4): create the person in Dynamics if no record exists."""
-    answer = webhook.handle_sync_person(os.environ, body=req.get_body(), headers=dict(req.headers))
+def _webhook(flow: webhook.Flow[Any], req: func.HttpRequest) -> func.HttpResponse:
+    answer = webhook.handle_webhook(flow, os.environ, body=req.get_body(), headers=dict(req.headers))
     return func.HttpResponse(
         answer.json(), status_code=answer.status, mimetype="application/json", headers=answer.headers
     )
+
+
+@app.route(route="marketo/sync-person", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def sync_person(req: func.HttpRequest) -> func.HttpResponse:
+    """ "Sync Person to Microsoft" (design B4): create the person in Dynamics if no record exists."""
+    return _webhook(webhook.SYNC_PERSON, req)
+
+
+@app.route(route="marketo/change-owner", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def change_owner(req: func.HttpRequest) -> func.HttpResponse:
+    """ "Change Owner in Microsoft": the owner of the person's lead/contact (synced first if need be)."""
+    return _webhook(flows.CHANGE_OWNER, req)
+
+
+@app.route(route="marketo/create-task", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def create_task(req: func.HttpRequest) -> func.HttpResponse:
+    """ "Create Task in Microsoft": a task regarding the person's lead/contact, once per request id."""
+    return _webhook(flows.CREATE_TASK, req)
+
+
+@app.route(route="marketo/add-to-campaign", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def add_to_campaign(req: func.HttpRequest) -> func.HttpResponse:
+    """ "Add to Microsoft Campaign": the person's lead/contact on the campaign's marketing list."""
+    return _webhook(flows.ADD_TO_CAMPAIGN, req)
+
+
+@app.route(route="marketo/remove-from-campaign", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def remove_from_campaign(req: func.HttpRequest) -> func.HttpResponse:
+    """ "Remove from Microsoft Campaign": off the campaign's list, only if this sync put them there."""
+    return _webhook(flows.REMOVE_FROM_CAMPAIGN, req)
 
 
 @app.timer_trigger(schedule="%SYNC_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)

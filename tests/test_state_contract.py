@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from sync_core.core.errors import ApiError, LeaseHeldError, RecordError, StateConflictError, TransientError
 from sync_core.core.models import (
     ActionRecord,
+    CampaignMember,
     Claim,
     Collision,
     Cursor,
@@ -758,8 +759,22 @@ def test_row_counts_count_records_once_and_stop_at_the_cap(store: StateStore) ->
     store.upsert_links([_link(1), _link(2)])
     store.add_collisions([_collision("a", NOW), _collision("b", NOW - MINUTE)])
     _add_runs(store, [NOW - MINUTE * index for index in range(5)])
+    store.add_campaign_member(
+        CampaignMember(
+            campaign_id="c1", list_id="l1", entity=EntityType.LEAD, dataverse_id="d1", marketo_id=1, added_at=NOW
+        )
+    )
     counts = store.count_rows(cap=4)
-    assert counts == {"links": 2, "collisions": 2, "failures": 0, "runs": 4, "claims": 0, "actions": 0, "state": 0}
+    assert counts == {
+        "links": 2,
+        "collisions": 2,
+        "failures": 0,
+        "runs": 4,
+        "claims": 0,
+        "actions": 0,
+        "members": 1,
+        "state": 0,
+    }
 
 
 def test_the_last_prune_round_trips(store: StateStore) -> None:

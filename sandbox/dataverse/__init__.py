@@ -1,4 +1,5 @@
-"""The Dataverse (Dynamics 365) Web API simulator: ``leads`` and ``contacts`` behind
+"""The Dataverse (Dynamics 365) Web API simulator: ``leads`` and ``contacts`` (owned by
+``systemusers`` and ``teams``) behind
 ``/api/data/v9.2/``, an Entra-shaped token endpoint, change tracking, bulk messages, ``$batch``,
 metadata, QualifyLead, service protection and fault injection (reference Part B).
 

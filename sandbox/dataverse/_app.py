@@ -28,6 +28,7 @@ from sandbox.dataverse._batch import ChangeSet, Operation, build_response, parse
 from sandbox.dataverse._errors import DataverseError
 from sandbox.dataverse._latency import Meter
 from sandbox.dataverse._limits import ServiceProtection, throttled
+from sandbox.dataverse._marketing import ADD_ITEM_CAMPAIGN, ADD_MEMBER, LIST_ACTIONS, MarketingLists
 from sandbox.dataverse._metadata import Metadata
 from sandbox.dataverse._odata import parse_key, parse_prefer, parse_select, quote_literal, split_path, split_segment
 from sandbox.dataverse._options import DELTA_ANSWERS, FAULT_ACTIONS, DataverseOptions, bulk_disabled
@@ -36,8 +37,10 @@ from sandbox.dataverse._records import Records, render
 from sandbox.dataverse._schema import (
     BUSINESS_UNIT_ID,
     BY_SET,
+    CAMPAIGN,
     CONTACT,
     LEAD,
+    MARKETING_LIST,
     ORGANIZATION_ID,
     TABLES,
     Table,
@@ -102,6 +105,7 @@ class DataverseSandbox(FaultControls):
         self.lock = self.store.lock
         self.stats = Stats(self.store)
         self.records = Records(self.store, self.stats, self.options.plugin_rules, self.options.ui_user_id)
+        self.lists = MarketingLists(self.store, self.stats)
         self.tokens = Tokens(self.options)
         self.limits = ServiceProtection(
             max_requests=self.options.max_requests,
@@ -270,6 +274,8 @@ class DataverseSandbox(FaultControls):
             raise err.no_segment(name)
         user = self.options.integration_user_id
         bypass = self._bypass_plugins(request)
+        if table.read_only and method != "GET":  # listmember: AddMemberList/RemoveMemberList only
+            raise err.message_not_supported({"POST": "Create", "PATCH": "Update"}.get(method, method), table.logical)
         if key_text is None:
             if len(segments) == 1:
                 self._only(method, ("GET", "POST"), path)
@@ -311,6 +317,13 @@ class DataverseSandbox(FaultControls):
             self._need(CONTACT, "Create")
             self._op(table.entity_set, "QualifyLead", in_batch=in_batch)
             return self._qualify(key, request, api, user)
+        if len(segments) == 2 and segments[1] in LIST_ACTIONS and table is MARKETING_LIST:
+            self._only(method, ("POST",), path)
+            self._need(table, "Write")
+            if segments[1] == ADD_ITEM_CAMPAIGN:
+                self._need(CAMPAIGN, "AppendTo")
+            self._op(table.entity_set, segments[1].rsplit(".", 1)[-1], in_batch=in_batch)
+            return self._list_action(key, segments[1], request, api)
         column = table.by_prop.get(segments[1]) if len(segments) == 2 else None
         if column is None:
             raise err.no_segment(segments[-1] if len(segments) > 2 else segments[1])
@@ -332,16 +345,20 @@ class DataverseSandbox(FaultControls):
         return Response(status=204)
 
     def _privileges(self) -> list[str]:
-        """What the integration user's role grants: every table privilege on lead and contact (at
-        organisation depth) but those ``denied_privileges`` takes away."""
+        """What the integration user's role grants (at organisation depth): every table privilege
+        on the tables it writes, Read on users and teams, but those ``denied_privileges`` takes away."""
         denied = set(self.options.denied_privileges)
-        names = [f"prv{action}{table.schema_name}" for table in TABLES for action in _ACTIONS]
+        names = [
+            f"prv{action}{table.privilege_name}"
+            for table in TABLES
+            for action in (_ACTIONS if table.api_writes else ("Read",))
+        ]
         return [name for name in names if name not in denied]
 
     def _need(self, table: Table, action: str) -> None:
         """Refuse (403 PrivilegeDenied) a request the user's role has no privilege for."""
-        privilege = f"prv{action}{table.schema_name}"
-        if privilege in self.options.denied_privileges:
+        privilege = f"prv{action}{table.privilege_name}"
+        if privilege in self.options.denied_privileges or (action != "Read" and not table.api_writes):
             raise err.privilege_denied(privilege, self.options.integration_user_id)
 
     def _user_privileges(self, key_text: str | None, api: str) -> Response:
@@ -453,7 +470,7 @@ class DataverseSandbox(FaultControls):
         shape = f"{table.entity_set}({','.join(select)})" if select else table.entity_set
         body = {
             "@odata.context": f"{api}/$metadata#{shape}/$entity",
-            **render(table, row, select, annotations=annotations),
+            **render(table, row, select, annotations=annotations, store=self.store),
         }
         return _json(body, headers=[("ETag", etag)])
 
@@ -499,10 +516,14 @@ class DataverseSandbox(FaultControls):
         if if_match != "*" and if_match != f'W/"{row.version}"':
             raise err.version_mismatch()
         self.records.delete(table, row, user=user)
+        self.lists.record_deleted(row.id)
         return Response(status=204)
 
     def _bulk_enabled(self, logical: str, message: str) -> bool:
-        return not bulk_disabled(self.options.bulk_disabled, logical, message)
+        # The bulk messages are simulated on the sync's two tables only (the flow steps' tables are written one by one).
+        return logical in (LEAD.logical, CONTACT.logical) and not bulk_disabled(
+            self.options.bulk_disabled, logical, message
+        )
 
     def _multiple(self, table: Table, message: str, request: Request, api: str, user: str, bypass: bool) -> Response:
         if not self._bulk_enabled(table.logical, message):
@@ -593,6 +614,20 @@ class DataverseSandbox(FaultControls):
         return _json(
             {"@odata.context": f"{api}/$metadata#Collection(Microsoft.Dynamics.CRM.crmbaseentity)", "value": value}
         )
+
+    def _list_action(self, key: Key, action: str, request: Request, api: str) -> Response:
+        marketing_list = self.records.get_or_raise(MARKETING_LIST, key)
+        data = self._body(request, MARKETING_LIST)
+        if action == ADD_MEMBER:
+            member_id = self.lists.add_member(marketing_list, data)
+            return _json(
+                {"@odata.context": f"{api}/$metadata#Microsoft.Dynamics.CRM.AddMemberListResponse", "Id": member_id}
+            )
+        if action == ADD_ITEM_CAMPAIGN:
+            item_id = self.lists.add_item_campaign(marketing_list, data)
+            return _json({"@odata.context": f"{api}/$metadata#campaignitems/$entity", "campaignitemid": item_id})
+        self.lists.remove_member(marketing_list, data)
+        return Response(status=204)
 
     # ================================================================== $batch
 
@@ -739,6 +774,7 @@ class DataverseSandbox(FaultControls):
         with self.lock:
             row = self.records.get_or_raise(table, record_id.lower())
             self.records.delete(table, row, user=self.options.ui_user_id)
+            self.lists.record_deleted(row.id)
 
     def get(self, entity: str, record_id: str) -> dict[str, Any] | None:
         """The record as the Web API renders it (all columns), or None."""
@@ -769,6 +805,22 @@ class DataverseSandbox(FaultControls):
         with self.lock:
             return [render(table, r) for r in self.records.table_store(table).rows.values()]
 
+    def list_members(self, list_id: str) -> list[str]:
+        """The ids of a marketing list's members."""
+        with self.lock:
+            return self.lists.members(list_id.lower())
+
+    def add_list_member(self, list_id: str, entity_id: str) -> str:
+        """AddMemberList as a Dynamics user; the list member's id."""
+        with self.lock:
+            marketing_list = self.records.get_or_raise(MARKETING_LIST, list_id.lower())
+            return self.lists.add_member(marketing_list, {"EntityId": entity_id})
+
+    def campaign_lists(self, campaign_id: str) -> list[str]:
+        """The ids of the marketing lists added to a campaign (AddItemCampaign)."""
+        with self.lock:
+            return self.lists.campaign_lists(campaign_id)
+
     def qualify_lead(self, lead_id: str, *, status: int = 3) -> str:
         """QualifyLead as a Dynamics user: a contact from the lead; returns the contact's GUID."""
         with self.lock:
@@ -787,6 +839,7 @@ class DataverseSandbox(FaultControls):
         with self.lock:
             for tables in self.store.tables.values():
                 tables.clear()
+            self.lists.clear()
             self.store.expire_tokens()
             self.stats.reset()
             self.limits.reset()
@@ -815,5 +868,6 @@ class DataverseSandbox(FaultControls):
             }
 
         with self.lock:
+            self.records.seed_users(self.options.integration_user_id, user)
             self.records.seed(LEAD, self.options.seed_leads, lead, user)
             self.records.seed(CONTACT, self.options.seed_contacts, contact, user)

@@ -34,17 +34,6 @@ _DERIVED = {
     "bigint": "BigIntAttributeMetadata",
     "boolean": "BooleanAttributeMetadata",
 }
-_TYPE_NAMES = {
-    "guid": "UniqueidentifierType",
-    "string": "StringType",
-    "picklist": "PicklistType",
-    "state": "StateType",
-    "status": "StatusType",
-    "lookup": "LookupType",
-    "datetime": "DateTimeType",
-    "bigint": "BigIntType",
-    "boolean": "BooleanType",
-}
 _EXPANDABLE = ("OptionSet", "GlobalOptionSet")
 _MESSAGES = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
 
@@ -71,7 +60,7 @@ def entity_metadata(table: Table, *, change_tracking: bool = True) -> dict[str, 
         "PrimaryIdAttribute": table.primary_id,
         "PrimaryNameAttribute": table.primary_name,
         "ObjectTypeCode": table.object_type_code,
-        "OwnershipType": "UserOwned",
+        "OwnershipType": table.ownership,
         "ChangeTrackingEnabled": change_tracking,
         "IsPrivate": False,
         "IsCustomEntity": False,
@@ -86,6 +75,8 @@ def entity_metadata(table: Table, *, change_tracking: bool = True) -> dict[str, 
 def _attribute_type(column: Column) -> str:
     if column.name == "ownerid":
         return "Owner"
+    if column.nav_per_target:
+        return "Customer"
     return {
         "guid": "Uniqueidentifier",
         "string": "String",
@@ -107,7 +98,7 @@ def _base_attribute(table: Table, column: Column) -> dict[str, Any]:
         "SchemaName": column.name,
         "EntityLogicalName": table.logical,
         "AttributeType": _attribute_type(column),
-        "AttributeTypeName": {"Value": "OwnerType" if column.name == "ownerid" else _TYPE_NAMES[column.kind]},
+        "AttributeTypeName": {"Value": _attribute_type(column) + "Type"},  # StringType, OwnerType, ...
         "RequiredLevel": {
             "Value": column.required,
             "CanBeChanged": column.required != "SystemRequired",

@@ -159,7 +159,9 @@ class Query:
         out: dict[str, Any] = {"@odata.context": self.context}
         if self.count:
             out["@odata.count"] = min(len(rows), 5000)
-        out["value"] = [render(self.table, r, self.select, annotations=self.annotations) for r in page]
+        out["value"] = [
+            render(self.table, r, self.select, annotations=self.annotations, store=self.store) for r in page
+        ]
         if start + limit < len(rows) and self.top is None:
             state = {"k": [_freeze(v) for v in self._cursor_values(page[-1])], "s": snapshot}
             number = int(cursor.get("p", 1)) + 1 if cursor else 2
@@ -187,7 +189,7 @@ class Query:
         value: list[dict[str, Any]] = []
         for (phase, _, record_id), item in page:
             if phase == 0:
-                value.append(render(self.table, item, self.select, annotations=self.annotations))
+                value.append(render(self.table, item, self.select, annotations=self.annotations, store=self.store))
             else:
                 value.append(
                     {

@@ -15,16 +15,32 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sandbox.dataverse import _errors as err
-from sandbox.dataverse._schema import BY_LOGICAL, CONTACT, LEAD, USER_NAMES, Column, Table
+from sandbox.dataverse._schema import BY_LOGICAL, CONTACT, LEAD, SEEDED_USERS, SYSTEMUSER, Column, Table
 from sandbox.dataverse._stats import Stats
 from sandbox.dataverse._store import Row, Store, TableStore
 from sandbox.dataverse._validate import PluginRule, check_plugins, coerce_body
 
-_STATE_NAMES = {"lead": "LeadState", "contact": "ContactState"}
+_STATE_NAMES = {
+    "lead": "LeadState",
+    "contact": "ContactState",
+    "task": "TaskState",
+    "campaign": "CampaignState",
+    "list": "ListState",
+}
 
 
-def render(table: Table, row: Row, select: list[str] | None = None, *, annotations: bool = False) -> dict[str, Any]:
-    """A row as JSON: ``@odata.etag``, the selected properties (all by default) and the primary key."""
+def render(
+    table: Table,
+    row: Row,
+    select: list[str] | None = None,
+    *,
+    annotations: bool = False,
+    store: Store | None = None,
+) -> dict[str, Any]:
+    """A row as JSON: ``@odata.etag``, the selected properties (all by default) and the primary key.
+
+    With ``annotations``, a lookup's formatted value is the primary name of the record it points
+    at, read from ``store`` (its id when no store is given or the record is gone)."""
     out: dict[str, Any] = {"@odata.etag": f'W/"{row.version}"'}
     props = list(select) if select else [c.prop for c in table.columns]
     if table.primary_id not in props:
@@ -33,19 +49,21 @@ def render(table: Table, row: Row, select: list[str] | None = None, *, annotatio
         column = table.by_prop[prop]
         value = row.values.get(column.name)
         if annotations and value is not None:
-            _annotate(out, column, value)
+            _annotate(out, column, value, row, store)
         out[prop] = value.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(value, datetime) else value
     return out
 
 
-def _annotate(out: dict[str, Any], column: Column, value: Any) -> None:
+def _annotate(out: dict[str, Any], column: Column, value: Any, row: Row, store: Store | None) -> None:
     prop = column.prop
     if column.options:
         out[f"{prop}@OData.Community.Display.V1.FormattedValue"] = column.label_of(value)
     elif column.kind == "lookup":
-        target = column.targets[0]
-        out[f"{prop}@OData.Community.Display.V1.FormattedValue"] = USER_NAMES.get(value, value)
-        out[f"{prop}@Microsoft.Dynamics.CRM.associatednavigationproperty"] = column.name
+        target = row.values.get(column.type_key) or column.targets[0]
+        name = store.primary_name(target, value) if store is not None else None
+        nav = f"{column.name}_{target}" if column.nav_per_target else column.name
+        out[f"{prop}@OData.Community.Display.V1.FormattedValue"] = name if name is not None else value
+        out[f"{prop}@Microsoft.Dynamics.CRM.associatednavigationproperty"] = nav
         out[f"{prop}@Microsoft.Dynamics.CRM.lookuplogicalname"] = target
     elif isinstance(value, datetime):
         out[f"{prop}@OData.Community.Display.V1.FormattedValue"] = f"{value.month}/{value.day}/{value.year} " + (
@@ -116,9 +134,12 @@ class Records:
             raise err.duplicate_record()
         values: dict[str, Any] = {c.name: c.default for c in table.columns}
         values.update(changed)
+        for column in table.columns:  # a system-required choice not given takes its default (team: Owner)
+            if column.kind == "picklist" and column.required == "SystemRequired" and values[column.name] is None:
+                values[column.name] = column.options[0].value
         self._settle_state(table, values, changed, record_id, creating=True)
-        if values.get("ownerid") is None:
-            values["ownerid"] = user
+        if "ownerid" in table.by_name and values.get("ownerid") is None:
+            values["ownerid"], values["owneridtype"] = user, SYSTEMUSER.logical
         return self._store_row(table, record_id, values, changed, user, creating=True, bypass_plugins=bypass_plugins)
 
     def update(
@@ -178,6 +199,8 @@ class Records:
         self, table: Table, values: dict[str, Any], changed: dict[str, Any], record_id: str, *, creating: bool
     ) -> None:
         """statecode/statuscode must pair up; a new state without a status takes its default status."""
+        if "statecode" not in table.by_name:
+            return  # users and teams have no state
         state_column = table.by_name["statecode"]
         status_column = table.by_name["statuscode"]
         if values.get("statecode") is None:
@@ -212,7 +235,7 @@ class Records:
     ) -> Row:
         for column in table.columns:
             if column.kind == "lookup" and column.name in changed and changed[column.name] is not None:
-                target = BY_LOGICAL.get(column.targets[0])
+                target = BY_LOGICAL.get(changed.get(column.type_key) or column.targets[0])
                 if target is not None and self.table_store(target).get(changed[column.name]) is None:
                     raise err.not_found(target.logical, changed[column.name])
         if not bypass_plugins:
@@ -223,14 +246,17 @@ class Records:
             raise err.duplicate_key(*conflict)
         now = self.now()
         version = self.store.next_version()
-        values["fullname"] = _fullname(values)
+        if "fullname" in table.by_name:
+            values["fullname"] = _fullname(values)
         values[table.primary_id] = record_id
         values["modifiedon"] = now
-        values["modifiedby"] = user
         values["versionnumber"] = version
         if creating:
             values["createdon"] = now
-            values["createdby"] = user
+        if "modifiedby" in table.by_name:
+            values["modifiedby"] = user
+            if creating:
+                values["createdby"] = user
         row = Row(record_id, values, version)
         tables.put(row)
         self.stats.wrote(table.entity_set, "create" if creating else "update", by_user=user == self.ui_user)
@@ -252,6 +278,7 @@ class Records:
                     "statecode": state.value,
                     "statuscode": state.default_status,
                     "ownerid": user,
+                    "owneridtype": SYSTEMUSER.logical,
                     "createdby": user,
                     "modifiedby": user,
                     "createdon": now,
@@ -261,3 +288,24 @@ class Records:
                 }
             )
             tables.put(Row(record_id, values, version))
+
+    def seed_users(self, integration_user: str, ui_user: str) -> None:
+        """The org's first users: the integration user and the person the admin API acts as."""
+        tables = self.table_store(SYSTEMUSER)
+        now = self.now()
+        for user_id, (_, first, last, email) in zip((integration_user, ui_user), SEEDED_USERS, strict=True):
+            version = self.store.next_version()
+            values: dict[str, Any] = {c.name: None for c in SYSTEMUSER.columns}
+            user_id = user_id.lower()
+            values.update(
+                systemuserid=user_id,
+                firstname=first,
+                lastname=last,
+                fullname=_fullname({"firstname": first, "lastname": last}),
+                internalemailaddress=email,
+                domainname=email,
+                createdon=now,
+                modifiedon=now,
+                versionnumber=version,
+            )
+            tables.put(Row(user_id, values, version))

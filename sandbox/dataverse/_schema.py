@@ -1,4 +1,5 @@
-"""The two tables the simulator holds, ``lead`` and ``contact``, as column definitions.
+"""The tables the simulator holds, as column definitions: ``lead`` and ``contact`` (synced),
+``systemuser`` and ``team`` (the owners a record's ``ownerid`` points at).
 
 Columns, types, lengths, required levels and option sets follow reference B2. Both the data
 API (validation, JSON rendering, query typing) and the metadata API (``EntityDefinitions``)
@@ -16,7 +17,11 @@ ORGANIZATION_ID = "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c0001"
 BUSINESS_UNIT_ID = "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c0002"
 INTEGRATION_USER_ID = "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c0003"  # the application user behind API tokens
 UI_USER_ID = "8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c0004"  # "a person in Dynamics": admin API and Python API
-USER_NAMES = {INTEGRATION_USER_ID: "# Sandbox Integration", UI_USER_ID: "Sandbox User"}
+# The users every org has from the start (systemuser rows, re-created by a reset).
+SEEDED_USERS = (
+    (INTEGRATION_USER_ID, "#", "Sandbox Integration", "sandbox-integration@sandbox.example"),
+    (UI_USER_ID, "Sandbox", "User", "sandbox.user@sandbox.example"),
+)
 
 # Column kinds, with the Edm type a $filter literal must match and the metadata AttributeType.
 EDM_TYPES = {
@@ -64,6 +69,22 @@ class Column:
     update: bool = True  # IsValidForUpdate
     targets: tuple[str, ...] = ()  # lookup targets (logical names)
     default: Any = None  # the value a create without the column gets (Two Options: DefaultValue)
+    # A customer lookup (parentcustomerid) has one navigation property per target
+    # (parentcustomerid_account, parentcustomerid_contact); an owner lookup has one (ownerid).
+    nav_per_target: bool = False
+    nav_suffix: str = ""  # after the target in a per-target navigation: regardingobjectid_lead_task
+
+    @property
+    def navigations(self) -> dict[str, tuple[str, ...]]:
+        """Navigation property (the name before ``@odata.bind``) -> the targets it can bind to."""
+        if self.nav_per_target:
+            return {f"{self.name}_{t}{self.nav_suffix}": (t,) for t in self.targets}
+        return {self.name: self.targets}
+
+    @property
+    def type_key(self) -> str:
+        """Where a row keeps the logical name of the record a lookup points at (like ``owneridtype``)."""
+        return f"{self.name}type"
 
     @property
     def prop(self) -> str:
@@ -99,6 +120,13 @@ class Table:
     primary_name: str
     columns: tuple[Column, ...]
     alternate_keys: tuple[tuple[str, tuple[str, ...]], ...]  # (key schema name, column names)
+    primary_key: str | None = None  # the primary id column when it is not ``<logical>id`` (activities: activityid)
+    read_only: bool = False  # written only through actions (listmember: AddMemberList/RemoveMemberList)
+    privilege: str = ""  # the privilege names' suffix (prvReadUser), when it is not the schema name
+    ownership: str = "UserOwned"  # EntityMetadata.OwnershipType
+    # Written over the Web API by the integration user's role (users and teams are read-only to it:
+    # a write is refused 403 PrivilegeDenied) and offered the bulk messages.
+    api_writes: bool = True
     by_prop: dict[str, Column] = field(init=False, compare=False)
     by_name: dict[str, Column] = field(init=False, compare=False)
 
@@ -108,7 +136,7 @@ class Table:
 
     @property
     def primary_id(self) -> str:
-        return f"{self.logical}id"
+        return self.primary_key or f"{self.logical}id"
 
     @property
     def odata_type(self) -> str:
@@ -117,6 +145,15 @@ class Table:
     @property
     def metadata_id(self) -> str:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-dataverse/entity/{self.logical}"))
+
+    @property
+    def privilege_name(self) -> str:
+        return self.privilege or self.schema_name
+
+    @property
+    def navigations(self) -> dict[str, Column]:
+        """Every lookup's navigation properties -> the lookup column."""
+        return {nav: c for c in self.columns if c.kind == "lookup" for nav in c.navigations}
 
     @property
     def key_columns(self) -> list[str]:
@@ -241,7 +278,219 @@ CONTACT = Table(
     alternate_keys=(("contact_emailaddress1_key", ("emailaddress1",)),),
 )
 
-TABLES: tuple[Table, ...] = (LEAD, CONTACT)
+SYSTEMUSER = Table(
+    logical="systemuser",
+    entity_set="systemusers",
+    schema_name="SystemUser",
+    display="User",
+    object_type_code=8,
+    primary_name="fullname",
+    columns=(
+        Column("systemuserid", "guid", "User", required="SystemRequired", update=False),
+        Column("firstname", "string", "First Name", max_length=64, required="Recommended", fmt="Text"),
+        Column("lastname", "string", "Last Name", max_length=64, required="ApplicationRequired", fmt="Text"),
+        Column("fullname", "string", "Full Name", max_length=200, create=False, update=False),
+        Column("internalemailaddress", "string", "Primary Email", max_length=100, fmt="Email"),
+        Column("domainname", "string", "User Name", max_length=1024, required="SystemRequired", fmt="Text"),
+        Column("title", "string", "Title", max_length=128, fmt="Text"),
+        Column("createdon", "datetime", "Created On", create=False, update=False),
+        Column("modifiedon", "datetime", "Modified On", create=False, update=False),
+        Column("versionnumber", "bigint", "Version Number", create=False, update=False),
+    ),
+    alternate_keys=(),
+    privilege="User",
+    ownership="BusinessOwned",
+    api_writes=False,
+)
+
+TEAM = Table(
+    logical="team",
+    entity_set="teams",
+    schema_name="Team",
+    display="Team",
+    object_type_code=9,
+    primary_name="name",
+    columns=(
+        Column("teamid", "guid", "Team", required="SystemRequired", update=False),
+        Column("name", "string", "Team Name", max_length=160, required="SystemRequired", fmt="Text"),
+        Column(
+            "teamtype",
+            "picklist",
+            "Team Type",
+            required="SystemRequired",
+            options=(
+                Option(0, "Owner"),
+                Option(1, "Access"),
+                Option(2, "Microsoft Entra ID Security Group"),
+                Option(3, "Microsoft Entra ID Office Group"),
+            ),
+        ),
+        Column("emailaddress", "string", "Email", max_length=100, fmt="Email"),
+        Column("createdon", "datetime", "Created On", create=False, update=False),
+        Column("modifiedon", "datetime", "Modified On", create=False, update=False),
+        Column("versionnumber", "bigint", "Version Number", create=False, update=False),
+    ),
+    alternate_keys=(),
+    ownership="BusinessOwned",
+    api_writes=False,
+)
+
+
+# -- marketing: what the flow-step webhooks write (tasks, campaigns, marketing lists) ---------------
+# Columns and option sets as a default org has them (Dataverse table reference: task, campaign,
+# list, listmember). Lists are static only here (no dynamic-list queries).
+
+
+def _owned_columns(state: Column, status: Column) -> tuple[Column, ...]:
+    """The system columns of a user-owned table without a person's full name."""
+    return tuple(c for c in _system_columns(state, status) if c.name != "fullname")
+
+
+TASK = Table(
+    logical="task",
+    entity_set="tasks",
+    schema_name="Task",
+    display="Task",
+    object_type_code=4212,
+    primary_name="subject",
+    primary_key="activityid",
+    columns=(
+        Column("activityid", "guid", "Activity", required="SystemRequired", update=False),
+        Column("subject", "string", "Subject", max_length=200, required="ApplicationRequired", fmt="Text"),
+        Column("description", "string", "Description", max_length=2000, fmt="TextArea"),
+        Column("scheduledend", "datetime", "Due Date"),
+        Column(
+            "regardingobjectid",
+            "lookup",
+            "Regarding",
+            targets=("lead", "contact", "account"),
+            nav_per_target=True,
+            nav_suffix="_task",
+        ),
+        *_owned_columns(
+            Column(
+                "statecode",
+                "state",
+                "Activity Status",
+                required="SystemRequired",
+                options=(
+                    Option(0, "Open", default_status=2),
+                    Option(1, "Completed", default_status=5),
+                    Option(2, "Canceled", default_status=6),
+                ),
+            ),
+            Column(
+                "statuscode",
+                "status",
+                "Status Reason",
+                options=(
+                    Option(2, "Not Started", state=0),
+                    Option(3, "In Progress", state=0),
+                    Option(4, "Waiting on someone else", state=0),
+                    Option(7, "Deferred", state=0),
+                    Option(5, "Completed", state=1),
+                    Option(6, "Canceled", state=2),
+                ),
+            ),
+        ),
+    ),
+    alternate_keys=(),
+)
+
+CAMPAIGN = Table(
+    logical="campaign",
+    entity_set="campaigns",
+    schema_name="Campaign",
+    display="Campaign",
+    object_type_code=4400,
+    primary_name="name",
+    columns=(
+        Column("campaignid", "guid", "Campaign", required="SystemRequired", update=False),
+        Column("name", "string", "Name", max_length=128, required="ApplicationRequired", fmt="Text"),
+        *_owned_columns(
+            Column(
+                "statecode",
+                "state",
+                "Status",
+                required="SystemRequired",
+                options=(Option(0, "Active", default_status=0), Option(1, "Inactive", default_status=6)),
+            ),
+            Column(
+                "statuscode",
+                "status",
+                "Status Reason",
+                options=(
+                    Option(0, "Proposed", state=0),
+                    Option(1, "Ready To Launch", state=0),
+                    Option(2, "Launched", state=0),
+                    Option(3, "Completed", state=0),
+                    Option(4, "Canceled", state=0),
+                    Option(5, "Suspended", state=0),
+                    Option(6, "Inactive", state=1),
+                ),
+            ),
+        ),
+    ),
+    alternate_keys=(),
+)
+
+MARKETING_LIST = Table(
+    logical="list",
+    entity_set="lists",
+    schema_name="List",
+    display="Marketing List",
+    object_type_code=4300,
+    primary_name="listname",
+    columns=(
+        Column("listid", "guid", "List", required="SystemRequired", update=False),
+        Column("listname", "string", "Name", max_length=128, required="ApplicationRequired", fmt="Text"),
+        Column(
+            "createdfromcode",
+            "picklist",
+            "Targeted At",
+            required="ApplicationRequired",
+            options=(Option(1, "Account"), Option(2, "Contact"), Option(4, "Lead")),
+            update=False,
+        ),
+        Column("description", "string", "Description", max_length=2000, fmt="TextArea"),
+        *_owned_columns(
+            Column(
+                "statecode",
+                "state",
+                "Status",
+                required="SystemRequired",
+                options=(Option(0, "Active", default_status=0), Option(1, "Inactive", default_status=1)),
+            ),
+            Column("statuscode", "status", "Status Reason", options=(Option(0, "Active", 0), Option(1, "Inactive", 1))),
+        ),
+    ),
+    alternate_keys=(),
+)
+
+LIST_MEMBER = Table(
+    logical="listmember",
+    entity_set="listmembers",
+    schema_name="ListMember",
+    display="Marketing List Member",
+    object_type_code=4301,
+    primary_name="listmemberid",
+    columns=(
+        Column("listmemberid", "guid", "List Member", required="SystemRequired", create=False, update=False),
+        Column("listid", "lookup", "List", required="SystemRequired", targets=("list",), update=False),
+        Column("entityid", "lookup", "Member", required="SystemRequired", targets=("lead", "contact"), update=False),
+        Column("entitytype", "string", "Member Type", max_length=64, create=False, update=False),
+        Column("createdon", "datetime", "Created On", create=False, update=False),
+        Column("versionnumber", "bigint", "Version Number", create=False, update=False),
+    ),
+    alternate_keys=(),
+    read_only=True,
+)
+
+MARKETING_TABLES: tuple[Table, ...] = (TASK, CAMPAIGN, MARKETING_LIST, LIST_MEMBER)
+# The lists' member types (``createdfromcode``) by the member's table.
+LIST_MEMBER_TYPES = {"account": 1, "contact": 2, "lead": 4}
+
+TABLES: tuple[Table, ...] = (LEAD, CONTACT, SYSTEMUSER, TEAM, *MARKETING_TABLES)
 BY_SET = {t.entity_set: t for t in TABLES}
 BY_LOGICAL = {t.logical: t for t in TABLES}
 

@@ -135,6 +135,15 @@ class Store:
         self._undo: list[Callable[[], None]] = []
         self._depth = 0
 
+    def primary_name(self, logical: str, record_id: str) -> str | None:
+        """The primary name of a record (a lookup's formatted value), or None if there is no such record."""
+        tables = self.tables.get(logical)
+        row = tables.get(record_id) if tables is not None else None
+        if row is None or tables is None:
+            return None
+        name = row.values.get(tables.table.primary_name)
+        return name if isinstance(name, str) else None
+
     def next_version(self) -> int:
         self.version += 1
         return self.version

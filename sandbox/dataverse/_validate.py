@@ -89,10 +89,11 @@ def coerce_body(table: Table, body: Any, *, creating: bool) -> dict[str, Any]:
         if name in _IGNORED_ANNOTATIONS or (name.startswith("@") and not name.endswith("@odata.bind")):
             continue
         if name.endswith("@odata.bind"):
-            column = table.by_name.get(name[: -len("@odata.bind")])
-            if column is None or column.kind != "lookup" or not column.writable:
-                raise err.no_body_property(name[: -len("@odata.bind")], table.logical)
-            values[column.name] = _bind(table, column, raw)
+            nav = name[: -len("@odata.bind")]
+            column = table.navigations.get(nav)
+            if column is None or not column.writable:
+                raise err.no_body_property(nav, table.logical)
+            values[column.name], values[column.type_key] = _bind(table, column, nav, raw)
             continue
         if "@" in name:
             continue  # instance annotations on a property (e.g. FormattedValue) are ignored on write
@@ -139,21 +140,22 @@ def coerce_value(table: Table, column: Column, raw: Any) -> Any:
     return raw
 
 
-def _bind(table: Table, column: Column, raw: Any) -> str | None:
-    """``"/leads(<guid>)"`` (or an absolute URL ending so) -> the GUID; the target table must fit."""
+def _bind(table: Table, column: Column, nav: str, raw: Any) -> tuple[str | None, str | None]:
+    """``"/leads(<guid>)"`` (or an absolute URL ending so) -> (the GUID, the target's logical name);
+    the entity set must be one the navigation property ``nav`` can point at."""
     if raw is None:
-        return None
+        return None, None
+    allowed = column.navigations[nav]
     text = str(raw).rstrip("/")
     segment = text.rsplit("/", 1)[-1]
     entity_set, key = split_segment(segment)
     target = BY_SET.get(entity_set)
-    logical = target.logical if target else {"systemusers": "systemuser", "teams": "team"}.get(entity_set)
-    if logical is None or logical not in column.targets or key is None or not GUID_RE.fullmatch(key):
+    if target is None or target.logical not in allowed or key is None or not GUID_RE.fullmatch(key):
         raise err.bad_payload(
             table.entity_set,
-            f"The value '{text}' of '{column.name}@odata.bind' is not a URL of a {' or '.join(column.targets)} record.",
+            f"The value '{text}' of '{nav}@odata.bind' is not a URL of a {' or '.join(allowed)} record.",
         )
-    return key.lower()
+    return key.lower(), target.logical
 
 
 def _literal(raw: Any) -> str:

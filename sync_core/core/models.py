@@ -154,6 +154,73 @@ class Claim(_Record):
     etag: str | None = None
 
 
+class CampaignMember(_Record):
+    """A lead or contact this sync put on a campaign's marketing list ("Add to Microsoft Campaign");
+    "Remove from Microsoft Campaign" takes off only records with one of these."""
+
+    campaign_id: str
+    list_id: str
+    entity: EntityType
+    dataverse_id: str
+    marketo_id: int
+    added_at: AwareDatetime
+
+
+# Upper bounds (ms) of the webhook latency buckets; the last bucket is everything slower.
+LATENCY_BOUNDS_MS = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 20000, 30000)
+
+
+class WebhookCalls(BaseModel):
+    """A webhook's calls over a window: how many, their outcomes (the answer's ``status``) and a
+    latency histogram (``LATENCY_BOUNDS_MS``), from which the status view reads percentiles."""
+
+    calls: int = 0
+    outcomes: dict[str, int] = Field(default_factory=dict)
+    buckets: list[int] = Field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_MS) + 1))
+    total_ms: float = 0.0
+    max_ms: float = 0.0
+
+    def add(self, outcome: str, ms: float) -> WebhookCalls:
+        buckets = list(self.buckets)
+        buckets[next((i for i, bound in enumerate(LATENCY_BOUNDS_MS) if ms <= bound), len(LATENCY_BOUNDS_MS))] += 1
+        return WebhookCalls(
+            calls=self.calls + 1,
+            outcomes={**self.outcomes, outcome: self.outcomes.get(outcome, 0) + 1},
+            buckets=buckets,
+            total_ms=self.total_ms + ms,
+            max_ms=max(self.max_ms, ms),
+        )
+
+    def merge(self, other: WebhookCalls) -> WebhookCalls:
+        outcomes = dict(self.outcomes)
+        for outcome, count in other.outcomes.items():
+            outcomes[outcome] = outcomes.get(outcome, 0) + count
+        return WebhookCalls(
+            calls=self.calls + other.calls,
+            outcomes=outcomes,
+            buckets=[a + b for a, b in zip(self.buckets, other.buckets, strict=True)],
+            total_ms=self.total_ms + other.total_ms,
+            max_ms=max(self.max_ms, other.max_ms),
+        )
+
+    def percentile_ms(self, q: float) -> float | None:
+        """The upper bound of the bucket holding the ``q`` quantile (the slowest call's time for the
+        last bucket); None without calls."""
+        if not self.calls:
+            return None
+        rank = q * self.calls
+        seen = 0
+        for i, count in enumerate(self.buckets):
+            seen += count
+            if seen >= rank and count:
+                return float(LATENCY_BOUNDS_MS[i]) if i < len(LATENCY_BOUNDS_MS) else self.max_ms
+        return self.max_ms
+
+    @property
+    def mean_ms(self) -> float | None:
+        return self.total_ms / self.calls if self.calls else None
+
+
 class StoreCounters(BaseModel):
     """Table operations actually sent, for the run report (a batch counts once)."""
 

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH_SIZE = 1000  # records per bulk message and requests per $batch
 FILTER_MAX_VALUES = 100  # values per "or" filter, and
 FILTER_MAX_CHARS = 6000  # characters per filter, to keep URLs well under the limits
+DUPLICATE_RECORD = "0x80040237"  # a row with this key exists (a create-only upsert found it)
 EXPIRED_VERSION_STAMP = "0x80044352"  # ExpiredVersionStamp: the delta token is too old
 _EXPIRED_TEXT = re.compile(r"version stamp|expired|full sync", re.IGNORECASE)
 
@@ -346,6 +347,61 @@ class DataverseClient:
             status=response.status_code,
             request_id=request_id(response),
         )
+
+    # -- the flow steps' writes (tasks, marketing lists, campaigns) --------------------------------
+
+    def create_if_absent(self, entity_set: str, row_id: str, values: Mapping[str, Any]) -> bool:
+        """Create the row with this primary key unless it exists: ``PATCH set(id)`` with
+        ``If-None-Match: *`` (the Web API's "create, never update" upsert). True when this call
+        created it, False when it was there already (412 DuplicateRecord). Safe to resend, so a
+        retried or concurrent call never makes a second row. Other refusals raise ``RecordError``."""
+        url = self._api.url(_odata.key_segment(entity_set, {"": row_id}))
+        try:
+            self._api.send(
+                "create_if_absent",
+                "PATCH",
+                url,
+                json=dict(values),
+                idempotent=True,
+                headers={"If-None-Match": "*"},
+                timeout=TIMEOUT_WRITE,
+            )
+        except ApiError as err:
+            if err.status == 412 and (err.code or "").lower() == DUPLICATE_RECORD:
+                return False
+            if is_record_level(err):
+                raise record_error(err) from err
+            raise
+        return True
+
+    def add_list_member(self, list_id: str, member_id: str) -> str:
+        """``lists(id)/AddMemberList``: the record joins the marketing list (once: a member already
+        there keeps its membership); the list member's id. An unknown list or record raises ``RecordError``."""
+        url = self._api.url(f"{_odata.key_segment('lists', {'': list_id})}/Microsoft.Dynamics.CRM.AddMemberList")
+        response = self._write_one("add_list_member", "POST", url, {"EntityId": member_id}, idempotent=True)
+        return str((response.json() or {}).get("Id") or "").lower()
+
+    def remove_list_member(self, list_id: str, member_id: str) -> None:
+        """``lists(id)/RemoveMemberList``: the record leaves the marketing list (not a member: nothing happens)."""
+        url = self._api.url(f"{_odata.key_segment('lists', {'': list_id})}/Microsoft.Dynamics.CRM.RemoveMemberList")
+        self._write_one("remove_list_member", "POST", url, {"EntityId": member_id}, idempotent=True)
+
+    def add_list_to_campaign(self, list_id: str, campaign_id: str) -> None:
+        """``lists(id)/AddItemCampaign``: the marketing list becomes one of the campaign's (once)."""
+        url = self._api.url(f"{_odata.key_segment('lists', {'': list_id})}/Microsoft.Dynamics.CRM.AddItemCampaign")
+        body = {"Campaign": {"@odata.type": "Microsoft.Dynamics.CRM.campaign", "campaignid": campaign_id}}
+        self._write_one("add_list_to_campaign", "POST", url, body, idempotent=True)
+
+    def is_list_member(self, list_id: str, member_id: str) -> bool:
+        """Whether the record is on the marketing list (``listmembers`` by list and record)."""
+        condition = " and ".join(
+            [
+                _odata.eq("_listid_value", _odata.guid_literal(list_id)),
+                _odata.eq("_entityid_value", _odata.guid_literal(member_id)),
+            ]
+        )
+        params = {"$select": "listmemberid", "$filter": condition, "$top": "1"}
+        return any(True for _ in self._api.rows("is_list_member", self._api.url("listmembers"), params))
 
     # -- bulk writes -------------------------------------------------------------------------------
 

@@ -76,13 +76,21 @@ def forget(
         store.resolve_failures(failures)
     collisions = store.delete_collisions_of(persons) if persons else 0
     claims = store.delete_claims([claim_key(person) for person in persons]) if persons else 0
+    members = store.delete_campaign_members_of({dataverse_id for _, dataverse_id in records})
     # The links last: they are how a Dataverse id leads to the person, so an interrupted run
     # can be repeated and still find everything.
     if links:
         store.delete_links(list(links.values()))
-    removed = {"links": len(links), "collisions": collisions, "failures": len(failures), "claims": claims}
+    removed = {
+        "links": len(links),
+        "collisions": collisions,
+        "failures": len(failures),
+        "claims": claims,
+        "members": members,
+    }
     log.info(
-        "forget: %d person(s): removed %d link(s), %d collision(s), %d failure(s), %d claim(s)",
+        "forget: %d person(s): removed %d link(s), %d collision(s), %d failure(s), %d claim(s), "
+        "%d campaign membership record(s)",
         len(persons),
         *removed.values(),
     )

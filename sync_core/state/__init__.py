@@ -17,6 +17,7 @@ from typing import Protocol
 
 from sync_core.core.models import (
     ActionRecord,
+    CampaignMember,
     Claim,
     Collision,
     Cursor,
@@ -26,6 +27,7 @@ from sync_core.core.models import (
     RecordFailure,
     RunReport,
     StoreCounters,
+    WebhookCalls,
 )
 from sync_core.core.retention import PruneReport, Retention
 from sync_core.state._memory import MemoryStateStore
@@ -139,7 +141,8 @@ class StateStore(Protocol):
     def put_last_prune(self, report: PruneReport) -> None: ...
 
     def count_rows(self, *, cap: int) -> dict[str, int]:
-        """Records per table (links, collisions, failures, runs, claims, actions, state), each counted up to ``cap``."""
+        """Records per table (links, collisions, failures, runs, claims, actions, members, state), each counted
+        up to ``cap``."""
         ...
 
     # -- webhook claims ----------------------------------------------------------------------
@@ -157,4 +160,38 @@ class StateStore(Protocol):
 
     def delete_claims(self, keys: Iterable[str]) -> int:
         """Remove these claims whatever their state (erasure); how many were there."""
+        ...
+
+    # -- campaign-list members this sync added (flow steps) -------------------------------------
+    def add_campaign_member(self, member: CampaignMember) -> None:
+        """Record that this sync put the record on the list (a second record of it is ignored)."""
+        ...
+
+    def get_campaign_member(self, list_id: str, dataverse_id: str) -> CampaignMember | None: ...
+
+    def remove_campaign_member(self, member: CampaignMember) -> None:
+        """Forget the membership (missing: no error)."""
+        ...
+
+    def campaign_list_ready(self, list_id: str) -> bool:
+        """Whether the campaign list exists in Dynamics and is one of its campaign's (as of the last use)."""
+        ...
+
+    def mark_campaign_list_ready(self, list_id: str, campaign_id: str) -> None: ...
+
+    def forget_campaign_list(self, list_id: str) -> None:
+        """The list is gone in Dynamics: the next add makes it again."""
+        ...
+
+    def delete_campaign_members_of(self, dataverse_ids: Iterable[str]) -> int:
+        """Forget every membership of these records (erasure); how many there were."""
+        ...
+
+    # -- webhook call statistics ---------------------------------------------------------------
+    def record_webhook_call(self, name: str, *, outcome: str, ms: float, now: datetime) -> bool:
+        """Count one call of webhook ``name`` in ``now``'s hour (best effort: False if dropped)."""
+        ...
+
+    def webhook_calls(self, *, now: datetime, hours: int = 24) -> dict[str, WebhookCalls]:
+        """Each webhook's calls in the last ``hours`` (at most 24), by name."""
         ...

@@ -24,6 +24,9 @@ LEASE_ROW = "cycle"
 LINK = "link"
 FAILURE = "failure"
 CLAIM = "claim"
+MEMBER = "member"
+CAMPAIGN_LIST = "list"  # in the members table: a campaign list made and added to its campaign
+WEBHOOK_CALLS = "calls"
 PERSON = "person"  # the collisions' person index; sorts after every (all-digit) day partition
 DAYS_END = ":"  # the character after "9": day partitions are the PartitionKeys below it
 PRUNE = "prune"
@@ -34,7 +37,7 @@ PRUNE_PARTITIONS = 3  # day partitions deleted from per table per prune (one tra
 
 
 class TableNames:
-    """The seven table names for a prefix (alphanumeric, starts with a letter, 3 to 63 characters)."""
+    """The ten table names for a prefix (alphanumeric, starts with a letter, 3 to 63 characters)."""
 
     def __init__(self, prefix: str) -> None:
         if not PREFIX.match(prefix):
@@ -46,6 +49,8 @@ class TableNames:
         self.runs = f"{prefix}runs"
         self.claims = f"{prefix}claims"
         self.actions = f"{prefix}actions"
+        self.members = f"{prefix}members"
+        self.webhooks = f"{prefix}webhooks"
 
 
 class RowPlumbing:

@@ -16,6 +16,7 @@ from sync_core.state._layout import (
     DAYS_END,
     FAILURE,
     LINK,
+    MEMBER,
     PAGE,
     PERSON,
     PRUNE,
@@ -142,6 +143,7 @@ class RetentionRows(RowPlumbing):
             "runs": (self.tables.runs, RowFilter()),
             "claims": (self.tables.claims, RowFilter(partition=CLAIM)),
             "actions": (self.tables.actions, RowFilter()),
+            "members": (self.tables.members, RowFilter(partition=MEMBER)),
             "state": (self.tables.state, RowFilter()),
         }
         return {

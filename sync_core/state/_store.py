@@ -18,6 +18,12 @@ Tables (``{prefix}`` + name), keys and why:
                                                                all of them read a page at a time
     claims      PK claim / RK key                              insert-if-absent
     actions     PK inverted day / RK inverted µs:id            operators' actions (audit), newest first
+    members     PK member / RK {dataverse id}:{list id}        campaign-list members this sync added
+                PK list / RK {list id}                         a campaign list made and added to
+                                                               its campaign (done once, for good)
+    webhooks    PK calls / RK {webhook}:{hour of day}:{shard}  a ring of hourly call statistics:
+                                                               a row is reset when its hour comes
+                                                               round again, so it never grows
     state       PK prune / RK last                             the last prune that removed rows
 
 Every batched write is packed into single-partition transactions of ≤ 100 operations; the rows
@@ -35,10 +41,12 @@ before their collision and deleted after it, so a collision is never unreachable
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import json
 import logging
+import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,6 +56,7 @@ from azure.data.tables import EdmType, EntityProperty
 from sync_core.core.errors import LeaseHeldError, StateConflictError
 from sync_core.core.models import (
     ActionRecord,
+    CampaignMember,
     Claim,
     Collision,
     Cursor,
@@ -56,6 +65,7 @@ from sync_core.core.models import (
     Link,
     RecordFailure,
     RunReport,
+    WebhookCalls,
 )
 from sync_core.core.syncfilter import Side
 from sync_core.state._keys import (
@@ -70,6 +80,7 @@ from sync_core.state._keys import (
     to_json,
 )
 from sync_core.state._layout import (
+    CAMPAIGN_LIST,
     CLAIM,
     CURSOR,
     DAYS_END,
@@ -77,8 +88,10 @@ from sync_core.state._layout import (
     LEASE,
     LEASE_ROW,
     LINK,
+    MEMBER,
     PAGE,
     PERSON,
+    WEBHOOK_CALLS,
     as_int,
     page_size,
     person_key,
@@ -351,6 +364,84 @@ class RowStateStore(RetentionRows):
         found = self._query(self.tables.claims, CLAIM, {encode_key(key) for key in keys})
         self._transact(self.tables.claims, CLAIM, [[RowOp("delete", row.row)] for row in found])
         return len(found)
+
+    # -- campaign-list members this sync added ---------------------------------------------------
+    # Keyed record first, so a record's memberships are one prefix query (erasure).
+    def add_campaign_member(self, member: CampaignMember) -> None:
+        row = _member_key(member.dataverse_id, member.list_id)
+        with contextlib.suppress(StateConflictError):  # already recorded: the first record stands
+            self._rows.insert_row(self.tables.members, MEMBER, row, {"data": member.model_dump_json()})
+
+    def get_campaign_member(self, list_id: str, dataverse_id: str) -> CampaignMember | None:
+        row = self._rows.get_row(self.tables.members, MEMBER, _member_key(dataverse_id, list_id))
+        return None if row is None else CampaignMember.model_validate_json(row.props["data"])
+
+    def remove_campaign_member(self, member: CampaignMember) -> None:
+        self._rows.delete_row(self.tables.members, MEMBER, _member_key(member.dataverse_id, member.list_id))
+
+    def campaign_list_ready(self, list_id: str) -> bool:
+        return self._rows.get_row(self.tables.members, CAMPAIGN_LIST, encode_key(list_id.lower())) is not None
+
+    def mark_campaign_list_ready(self, list_id: str, campaign_id: str) -> None:
+        props = {"campaign_id": campaign_id.lower()}
+        with contextlib.suppress(StateConflictError):  # marked already
+            self._rows.insert_row(self.tables.members, CAMPAIGN_LIST, encode_key(list_id.lower()), props)
+
+    def forget_campaign_list(self, list_id: str) -> None:
+        self._rows.delete_row(self.tables.members, CAMPAIGN_LIST, encode_key(list_id.lower()))
+
+    def delete_campaign_members_of(self, dataverse_ids: Iterable[str]) -> int:
+        """Forget every membership of these records (erasure): a prefix query per record."""
+        found = [
+            row
+            for dataverse_id in sorted({d.lower() for d in dataverse_ids})
+            for row in self._rows.scan_rows(
+                self.tables.members, partition=MEMBER, row_prefix=_member_key(dataverse_id, ""), page_size=PAGE
+            )
+        ]
+        self._transact(self.tables.members, MEMBER, [[RowOp("delete", row.row)] for row in found])
+        return len(found)
+
+    # -- webhook call statistics (the status view's webhook rows) ----------------------------------
+    def record_webhook_call(self, name: str, *, outcome: str, ms: float, now: datetime) -> bool:
+        """Count one call in its hour. Concurrent calls spread over ``WEBHOOK_SHARDS`` rows and
+        retry on an ETag conflict; after ``WEBHOOK_ATTEMPTS`` the sample is dropped (False)."""
+        hour = aware(now, what="now").strftime("%Y%m%d%H")
+        for _ in range(WEBHOOK_ATTEMPTS):
+            row = f"{name}:{hour[-2:]}:{random.randrange(WEBHOOK_SHARDS)}"  # noqa: S311 - spreading load
+            current = self._rows.get_row(self.tables.webhooks, WEBHOOK_CALLS, row)
+            fresh = current is None or current.props.get("hour") != hour
+            calls = WebhookCalls() if fresh else WebhookCalls.model_validate_json(current.props["data"])  # type: ignore[union-attr]
+            props = {"name": name, "hour": hour, "data": calls.add(outcome, ms).model_dump_json()}
+            try:
+                if current is None:
+                    self._rows.insert_row(self.tables.webhooks, WEBHOOK_CALLS, row, props)
+                else:
+                    self._rows.replace_row(self.tables.webhooks, WEBHOOK_CALLS, row, props, etag=current.etag)
+            except StateConflictError:
+                continue
+            return True
+        return False
+
+    def webhook_calls(self, *, now: datetime, hours: int = 24) -> dict[str, WebhookCalls]:
+        """Each webhook's calls in the last ``hours`` (≤ 24: the ring holds one day), by name."""
+        since = (aware(now, what="now") - timedelta(hours=min(hours, 24) - 1)).strftime("%Y%m%d%H")
+        totals: dict[str, WebhookCalls] = {}
+        for row in self._rows.scan_rows(self.tables.webhooks, partition=WEBHOOK_CALLS):
+            if str(row.props.get("hour", "")) < since:
+                continue
+            name = str(row.props["name"])
+            calls = WebhookCalls.model_validate_json(row.props["data"])
+            totals[name] = totals[name].merge(calls) if name in totals else calls
+        return totals
+
+
+def _member_key(dataverse_id: str, list_id: str) -> str:
+    return encode_key(f"{dataverse_id.lower()}:{list_id.lower()}")
+
+
+WEBHOOK_SHARDS = 8  # rows per webhook and hour, so a burst of calls rarely writes the same row
+WEBHOOK_ATTEMPTS = 4
 
 
 def _failures(rows: Iterable[StoredRow]) -> Iterator[RecordFailure]:

@@ -400,6 +400,25 @@ def _collisions_table(status: Status, controls: Controls | None = None) -> str:
     return f'<div class="tools">{export}</div>{table}'
 
 
+def _ms(value: float | None) -> str:
+    return DASH if value is None else f"{value:,.0f} ms"
+
+
+def _webhooks_table(status: Status) -> str:
+    head = (
+        "<tr><th>Webhook</th><th>Calls</th><th>Outcomes</th><th>p50</th><th>p90</th><th>p99</th>"
+        "<th>Mean</th><th>Slowest</th></tr>"
+    )
+    rows = [
+        f'<tr class="webhook-row"><td><code>/api/marketo/{_e(w.name)}</code></td><td class="num">{w.calls:,}</td>'
+        f"<td>{_e(', '.join(f'{k} {v:,}' for k, v in w.outcomes.items()) or DASH)}</td>"
+        + "".join(f'<td class="num">{_e(_ms(v))}</td>' for v in (w.p50_ms, w.p90_ms, w.p99_ms, w.mean_ms, w.max_ms))
+        + "</tr>"
+        for w in status.webhooks
+    ]
+    return _table("webhooks", head, rows, 8, "No webhook statistics.")
+
+
 def _drift_table(status: Status) -> str:
     head = "<tr><th>Missing on</th><th>Entity</th><th>Field</th><th>Field-map keys skipped</th><th>Detail</th></tr>"
     rows = [
@@ -587,6 +606,7 @@ def render_html(status: Status, controls: Controls | None = None) -> str:
         f"{_checks_section(status, controls)}"
         f"{_operate_section(controls)}"
         f"<h2>Operator actions</h2>{_actions_table(status)}"
+        f"<h2>Webhooks (last 24 h; latency by bucket bound)</h2>{_webhooks_table(status)}"
         f"{_state_table(status)}"
         "<footer>Records are identified by their Marketo and Dataverse ids; field values (names, emails) are "
         "never shown here. The same data as JSON: <code>?format=json</code>.</footer>"

@@ -192,6 +192,21 @@ class Checks(BaseModel):
     checks: list[CheckView]
 
 
+class WebhookRow(BaseModel):
+    """One webhook over the last 24 hours: calls, outcomes (the answers' ``status``), latency."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    calls: int
+    outcomes: dict[str, int]
+    p50_ms: float | None  # the latency bucket's upper bound holding the median call
+    p90_ms: float | None
+    p99_ms: float | None
+    mean_ms: float | None
+    max_ms: float | None
+
+
 class Status(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -209,3 +224,4 @@ class Status(BaseModel):
     state: StateSize | None = None
     actions: list[ActionView] = []  # the newest operators' actions (cursor resets, dismissals, …)
     checks: Checks | None = None  # the setup checks, when asked for (they call both services)
+    webhooks: list[WebhookRow] = []  # one row per webhook, called or not (last 24 hours)

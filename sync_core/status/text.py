@@ -62,6 +62,12 @@ def render_text(status: Status) -> str:
             f"Action: {fmt_when(action.at)} {action.action} {action.target} by {action.by} via {action.via}: "
             f"{action.outcome}{why}"
         )
+    for hook in status.webhooks:
+        if hook.calls:
+            outcomes = ", ".join(f"{k} {v:,}" for k, v in hook.outcomes.items())
+            p50 = DASH if hook.p50_ms is None else f"{hook.p50_ms:,.0f} ms"
+            p90 = DASH if hook.p90_ms is None else f"{hook.p90_ms:,.0f} ms"
+            lines.append(f"Webhook {hook.name}: {hook.calls:,} call(s) in 24 h ({outcomes}); p50 ≤ {p50}, p90 ≤ {p90}")
     if status.state is not None:
         lines.append("State: " + ", ".join(f"{name} {fmt_total(total)}" for name, total in status.state.tables.items()))
         lines.append(f"Last prune: {fmt_prune(status.state.last_prune)}")

@@ -31,7 +31,8 @@ from azure.core.exceptions import AzureError
 
 from sync_core.check.run import run_checks
 from sync_core.core.errors import ConfigError, SyncError
-from sync_core.core.models import Collision, RecordFailure, RunReport
+from sync_core.core.flows import WEBHOOKS
+from sync_core.core.models import Collision, RecordFailure, RunReport, WebhookCalls
 from sync_core.core.report import COMPLETED_OUTCOMES, DID_ITS_WORK, Outcome
 from sync_core.core.schedule import Schedule
 from sync_core.settings import DEFAULT_SCHEDULE, Settings
@@ -60,6 +61,7 @@ from sync_core.status.models import (
     Status,
     Total,
     Totals,
+    WebhookRow,
 )
 from sync_core.status.text import render_text
 from sync_core.wiring.services import services_for
@@ -282,6 +284,7 @@ def build_status(
         )
         for action in store.list_actions(limit=ACTIONS_SHOWN)
     ]
+    webhooks = _webhook_rows(store, now)
 
     cycle_rows = [cycle_from_report(run) for run in runs]
     totals = Totals(
@@ -315,7 +318,29 @@ def build_status(
         drift=drift,
         state=state,
         actions=actions,
+        webhooks=webhooks,
     )
+
+
+def _webhook_rows(store: StateStore, now: datetime) -> list[WebhookRow]:
+    """A row per webhook (``core.flows.WEBHOOKS``, then any other name recorded) over the last 24 hours."""
+    recorded = store.webhook_calls(now=now, hours=24)
+    rows = []
+    for name in [*WEBHOOKS, *sorted(set(recorded) - set(WEBHOOKS))]:
+        calls = recorded.get(name, WebhookCalls())
+        rows.append(
+            WebhookRow(
+                name=name,
+                calls=calls.calls,
+                outcomes=dict(sorted(calls.outcomes.items())),
+                p50_ms=calls.percentile_ms(0.5),
+                p90_ms=calls.percentile_ms(0.9),
+                p99_ms=calls.percentile_ms(0.99),
+                mean_ms=None if calls.mean_ms is None else round(calls.mean_ms, 1),
+                max_ms=round(calls.max_ms, 1) if calls.calls else None,
+            )
+        )
+    return rows
 
 
 def _state_size(store: StateStore) -> StateSize:

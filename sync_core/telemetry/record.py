@@ -180,15 +180,21 @@ class Telemetry:
 
     # -- a webhook call -----------------------------------------------------------------------------
 
-    def record_webhook(self, *, status: int, outcome: str, started_ns: int, seconds: float) -> None:
-        """One answered "Sync Person to Microsoft" call (its answer's status and ``status`` word). Never raises."""
+    def record_webhook(
+        self, *, webhook: str = "sync-person", status: int, outcome: str, started_ns: int, seconds: float
+    ) -> None:
+        """One answered webhook call (which webhook, its answer's status and ``status`` word). Never raises."""
         try:
-            self._record_webhook(status, outcome, started_ns, seconds)
+            self._record_webhook(webhook, status, outcome, started_ns, seconds)
         except Exception:  # telemetry never fails a webhook call
             log.warning("telemetry: webhook call not recorded", exc_info=True)
 
-    def _record_webhook(self, status: int, outcome: str, started_ns: int, seconds: float) -> None:
-        attributes: dict[str, AttributeValue] = {"sync.webhook.outcome": outcome, "http.response.status_code": status}
+    def _record_webhook(self, webhook: str, status: int, outcome: str, started_ns: int, seconds: float) -> None:
+        attributes: dict[str, AttributeValue] = {
+            "sync.webhook": webhook,
+            "sync.webhook.outcome": outcome,
+            "http.response.status_code": status,
+        }
         self._counters["sync.webhook.requests"].add(1, attributes)
         self._histograms["sync.webhook.duration"].record(seconds, attributes)
         span = self._tracer.start_span(
@@ -199,8 +205,8 @@ class Telemetry:
         span.end(end_time=started_ns + int(seconds * 1_000_000_000))
         self._event(
             WEBHOOK_EVENT,
-            "sync-person answered %d %s in %.3f s",
-            (status, outcome, seconds),
+            "%s answered %d %s in %.3f s",
+            (webhook, status, outcome, seconds),
             {**attributes, "sync.duration_s": round(seconds, 3)},
         )
 

@@ -42,8 +42,9 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from sync_core.core import flows as flow_names
 from sync_core.core.convert import to_dataverse
 from sync_core.core.entities import ENTITY_SETS, LEAD_STATE, PRIMARY_IDS, microsoft_fields
 from sync_core.core.errors import (
@@ -66,10 +67,11 @@ from sync_core.marketo.activity import SyncFailure, log_sync_failures
 from sync_core.marketo.client import MarketoClient
 from sync_core.state import StateStore
 from sync_core.telemetry import Telemetry, WebhookTimer, default_telemetry
-from sync_core.webhook.request import Refusal, SyncPersonRequest, check_size, read_request
+from sync_core.webhook.request import LeadRequest, Refusal, SyncPersonRequest, check_size, read_request
 from sync_core.wiring.services import Services, services_from_env
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", bound=LeadRequest)
 
 CLAIM_WAIT = 10.0  # seconds a concurrent call waits for the claim holder's answer
 CLAIM_POLL = 0.2
@@ -115,6 +117,104 @@ def _unavailable(reason: str, retry_after: float | None) -> Answer:
     return Answer(503, {"status": "unavailable", "reasons": [reason]}, {"Retry-After": str(seconds)})
 
 
+@dataclass(frozen=True)
+class Call:
+    """What one call's work gets besides its request: the process's services, the clock, and the
+    deadline by which it must have stopped starting writes."""
+
+    services: Services
+    clock: Callable[[], datetime]
+    sleep: Callable[[float], None]
+    deadline: float | None = None  # time.monotonic() by which to answer
+
+    def before_writing(self) -> None:
+        """Call before an irreversible step: past the deadline, stop having written nothing."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise _DeadlinePassed("the webhook deadline passed")
+
+
+@dataclass(frozen=True)
+class Flow(Generic[R]):
+    """A webhook: its name (the route under ``/api/marketo/`` and the status view's row), its body
+    schema and its work. Every flow goes through the same front door, deadline and error answers."""
+
+    name: str
+    model: type[R]
+    work: Callable[[R, Call], Answer]
+
+
+def handle_webhook(
+    flow: Flow[R],
+    environ: Mapping[str, str],
+    *,
+    body: bytes,
+    headers: Mapping[str, str],
+    services: Services | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    sleep: Callable[[float], None] = time.sleep,
+    telemetry: Telemetry | None = None,
+) -> Answer:
+    """One webhook call, whatever the flow; never raises (every outcome is an ``Answer``, recorded
+    as telemetry)."""
+    timer = WebhookTimer()
+    answer = _answer(flow, environ, body=body, headers=headers, services=services, clock=clock, sleep=sleep)
+    (telemetry or default_telemetry()).record_webhook(
+        webhook=flow.name,
+        status=answer.status,
+        outcome=str(answer.body.get("status", "unknown")),
+        started_ns=timer.started_ns,
+        seconds=timer.seconds(),
+    )
+    return answer
+
+
+def _answer(
+    flow: Flow[R],
+    environ: Mapping[str, str],
+    *,
+    body: bytes,
+    headers: Mapping[str, str],
+    services: Services | None,
+    clock: Callable[[], datetime],
+    sleep: Callable[[float], None],
+) -> Answer:
+    started = time.monotonic()
+    oversize = check_size(body)  # before anything else, even the settings
+    if oversize is not None:
+        return _refused(oversize)
+    try:
+        services = services or services_from_env(environ)
+    except ConfigError as err:
+        log.error("%s: the app is not configured: %s", flow.name, "; ".join(err.problems))
+        return Answer(500, {"status": "error", "reasons": ["the sync is not configured; see the function log"]})
+    secret = services.settings.webhook_shared_secret
+    request = read_request(body, headers, secret.get_secret_value() if secret else None, flow.model)
+    if isinstance(request, Refusal):
+        log.info("%s: refused with %d", flow.name, request.status)
+        answer = _refused(request)
+    else:
+        seconds = services.settings.webhook_deadline_seconds
+        call = Call(services, clock, sleep, deadline=time.monotonic() + seconds)
+        done = _by_deadline(lambda: _work(flow, request, call), seconds)
+        if done is None:
+            log.warning("%s %d: not finished within %g s; answered 503", flow.name, request.lead_id, seconds)
+            done = _unavailable(
+                f"the call could not finish within {seconds:g} s; try again later", DEADLINE_RETRY_AFTER
+            )
+        answer = done
+        log.info("%s %d: %d %s", flow.name, request.lead_id, answer.status, answer.body.get("status"))
+    _record_call(services.store, flow.name, answer, (time.monotonic() - started) * 1000, clock())
+    return answer
+
+
+def _record_call(store: StateStore, name: str, answer: Answer, ms: float, now: datetime) -> None:
+    """The call in the status view's webhook row; statistics never fail a call."""
+    try:
+        store.record_webhook_call(name, outcome=str(answer.body.get("status") or answer.status), ms=ms, now=now)
+    except SyncError as err:
+        log.warning("%s: the call's statistics were not recorded (%s)", name, type(err).__name__)
+
+
 def handle_sync_person(
     environ: Mapping[str, str],
     *,
@@ -125,51 +225,17 @@ def handle_sync_person(
     sleep: Callable[[float], None] = time.sleep,
     telemetry: Telemetry | None = None,
 ) -> Answer:
-    """The whole webhook call; never raises (every outcome is an ``Answer``, recorded as telemetry)."""
-    timer = WebhookTimer()
-    answer = _answer(environ, body=body, headers=headers, services=services, clock=clock, sleep=sleep)
-    (telemetry or default_telemetry()).record_webhook(
-        status=answer.status,
-        outcome=str(answer.body.get("status", "unknown")),
-        started_ns=timer.started_ns,
-        seconds=timer.seconds(),
+    """ "Sync Person to Microsoft" (design B4)."""
+    return handle_webhook(
+        SYNC_PERSON,
+        environ,
+        body=body,
+        headers=headers,
+        services=services,
+        clock=clock,
+        sleep=sleep,
+        telemetry=telemetry,
     )
-    return answer
-
-
-def _answer(
-    environ: Mapping[str, str],
-    *,
-    body: bytes,
-    headers: Mapping[str, str],
-    services: Services | None,
-    clock: Callable[[], datetime],
-    sleep: Callable[[float], None],
-) -> Answer:
-    oversize = check_size(body)  # before anything else, even the settings
-    if oversize is not None:
-        return _refused(oversize)
-    try:
-        services = services or services_from_env(environ)
-    except ConfigError as err:
-        log.error("sync-person: the app is not configured: %s", "; ".join(err.problems))
-        return Answer(500, {"status": "error", "reasons": ["the sync is not configured; see the function log"]})
-    secret = services.settings.webhook_shared_secret
-    request = read_request(body, headers, secret.get_secret_value() if secret else None)
-    if isinstance(request, Refusal):
-        log.info("sync-person: refused with %d", request.status)
-        return _refused(request)
-    seconds = services.settings.webhook_deadline_seconds
-    deadline = time.monotonic() + seconds
-    answer = _by_deadline(
-        lambda: _work(services, request, clock=clock, sleep=sleep, deadline=deadline),
-        seconds,
-    )
-    if answer is None:
-        log.warning("sync-person %d: not finished within %g s; answered 503", request.lead_id, seconds)
-        answer = _unavailable(f"the call could not finish within {seconds:g} s; try again later", DEADLINE_RETRY_AFTER)
-    log.info("sync-person %d: %d %s", request.lead_id, answer.status, answer.body.get("status"))
-    return answer
 
 
 # -- the deadline (issue 16) -------------------------------------------------------------------------
@@ -198,56 +264,105 @@ def _by_deadline(work: Callable[[], Answer], seconds: float) -> Answer | None:
         return None
 
 
-def _work(
-    services: Services,
-    request: SyncPersonRequest,
-    *,
-    clock: Callable[[], datetime],
-    sleep: Callable[[float], None],
-    deadline: float | None,
-) -> Answer:
+def _work(flow: Flow[R], request: R, call: Call) -> Answer:
     """One call's work with its errors mapped to answers (runs on a worker thread)."""
     try:
-        return _SyncPerson(services, request, clock=clock, sleep=sleep, deadline=deadline).run()
+        return flow.work(request, call)
     except _DeadlinePassed:
-        log.info("sync-person %d: the deadline passed before the create; nothing written", request.lead_id)
+        log.info("%s %d: the deadline passed before writing; nothing written", flow.name, request.lead_id)
         return _unavailable("the call could not finish in time; try again later", DEADLINE_RETRY_AFTER)
     except TransientError as err:  # throttled, down, or out of daily quota
         retry_after = err.retry_after if isinstance(err, RateLimitedError) else None
         if isinstance(err, QuotaExceededError):
             retry_after = RETRY_AFTER_QUOTA
         service = err.service or "a service"
-        log.warning("sync-person %d: %s unavailable (%s)", request.lead_id, service, type(err).__name__)
+        log.warning("%s %d: %s unavailable (%s)", flow.name, request.lead_id, service, type(err).__name__)
         return _unavailable(f"{service} is unavailable or throttled; try again later", retry_after)
     except SyncError as err:
-        log.error("sync-person %d: failed: %s", request.lead_id, type(err).__name__)
+        log.error("%s %d: failed: %s", flow.name, request.lead_id, type(err).__name__)
         return Answer(502, {"status": "error", "reasons": [f"{type(err).__name__}: the call could not be completed"]})
 
 
+def _sync_person(request: SyncPersonRequest, call: Call) -> Answer:
+    return _SyncPerson(request, call).run()
+
+
+SYNC_PERSON: Flow[SyncPersonRequest] = Flow(flow_names.SYNC_PERSON, SyncPersonRequest, _sync_person)
+
+
+def person_record(lead_id: int, call: Call) -> tuple[EntityType, str] | Answer:
+    """The person's lead or contact in Dynamics: the linked one, else synced first exactly as
+    "Sync Person to Microsoft" does (as a lead, under the same claim); its answer when that fails."""
+    answer = _sync_person(SyncPersonRequest.model_validate({"leadId": lead_id}), call)
+    if answer.status != 200:
+        return answer
+    return EntityType(answer.body["entity"]), str(answer.body["dynamicsId"])
+
+
+def take_claim(
+    store: StateStore, key: str, *, clock: Callable[[], datetime], sleep: Callable[[float], None]
+) -> Claim | dict[str, Any] | None:
+    """Take the claim ``key`` (insert-if-absent): the claim when taken; the finished work's result
+    when another call finished it less than ``CLAIM_KEEP`` ago; None after waiting ``CLAIM_WAIT``
+    for a holder that is still at work. A claim older than ``CLAIM_STALE`` (its holder died) or a
+    result older than ``CLAIM_KEEP`` is taken over, so an old claim never blocks."""
+    owner = uuid.uuid4().hex
+    deadline = time.monotonic() + CLAIM_WAIT
+    while True:
+        claim = store.try_claim(key, owner=owner, now=clock())
+        if claim is not None:
+            return claim
+        current = store.get_claim(key)
+        if current is None:
+            continue  # released between our two reads: try again at once
+        age = clock() - current.created_at
+        if current.result is not None and age <= CLAIM_KEEP:
+            return dict(current.result)
+        if (current.result is not None and age > CLAIM_KEEP) or age > CLAIM_STALE:
+            release_claim(store, current)  # an old answer, or a holder that died: take it over
+            continue
+        if time.monotonic() >= deadline:
+            return None
+        sleep(CLAIM_POLL)
+
+
+def release_claim(store: StateStore, claim: Claim) -> None:
+    try:
+        store.release_claim(claim)
+    except StateConflictError:
+        pass  # someone else took it over or finished it meanwhile: theirs stands
+    except SyncError:
+        log.warning("webhook: claim %s could not be released; it expires by itself", claim.key)
+
+
+def log_failure(marketo: MarketoClient, lead_id: int, entity: EntityType, reasons: list[str]) -> None:
+    """One ``microsoftSyncFailed`` activity on the person; the answer already carries the reasons."""
+    try:
+        log_sync_failures(marketo, [SyncFailure(lead_id, entity, Direction.TO_DYNAMICS, tuple(reasons))])
+    except SyncError as err:
+        log.warning("webhook %d: the activity could not be logged (%s)", lead_id, type(err).__name__)
+
+
+def unavailable(reason: str, retry_after: float | None) -> Answer:
+    return _unavailable(reason, retry_after)
+
+
 class _SyncPerson:
-    def __init__(
-        self,
-        services: Services,
-        request: SyncPersonRequest,
-        *,
-        clock: Callable[[], datetime],
-        sleep: Callable[[float], None],
-        deadline: float | None = None,
-    ) -> None:
+    def __init__(self, request: SyncPersonRequest, call: Call) -> None:
+        services = call.services
         self.request = request
-        self.deadline = deadline  # time.monotonic() by which to answer
+        self.call = call
         self.store: StateStore = services.store
         self.marketo: MarketoClient = services.marketo.with_retry_policy(WEBHOOK_RETRY)
         self.dataverse: DataverseClient = services.dataverse.with_retry_policy(WEBHOOK_RETRY)
         self.configured = services.field_map
         self.marketo_filter = services.settings.sync_filter.marketo
-        self.clock = clock
-        self.sleep = sleep
+        self.clock = call.clock
+        self.sleep = call.sleep
         self.key = f"sync-person:{request.lead_id}"
 
     def _before_writing(self) -> None:
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise _DeadlinePassed("the webhook deadline passed")
+        self.call.before_writing()
 
     def run(self) -> Answer:
         self._before_writing()  # queued behind other calls until past the deadline: do nothing at all
@@ -275,32 +390,15 @@ class _SyncPerson:
         return self.store.get_links_by_marketo_ids([self.request.lead_id]).get(self.request.lead_id)
 
     def _claim(self) -> Claim | Answer:
-        owner = uuid.uuid4().hex
-        deadline = time.monotonic() + CLAIM_WAIT
-        while True:
-            claim = self.store.try_claim(self.key, owner=owner, now=self.clock())
-            if claim is not None:
-                return claim
-            current = self.store.get_claim(self.key)
-            if current is None:
-                continue  # released between our two reads: try again at once
-            age = self.clock() - current.created_at
-            if current.result is not None and age <= CLAIM_KEEP:
-                return Answer(200, {**current.result, "status": "exists"})
-            if (current.result is not None and age > CLAIM_KEEP) or age > CLAIM_STALE:
-                self._release(current)  # an old answer, or a holder that died: take it over
-                continue
-            if time.monotonic() >= deadline:
-                return _unavailable("another call for this person is still in progress", 5)
-            self.sleep(CLAIM_POLL)
+        taken = take_claim(self.store, self.key, clock=self.clock, sleep=self.sleep)
+        if taken is None:
+            return _unavailable("another call for this person is still in progress", 5)
+        if isinstance(taken, dict):
+            return Answer(200, {**taken, "status": "exists"})
+        return taken
 
     def _release(self, claim: Claim) -> None:
-        try:
-            self.store.release_claim(claim)
-        except StateConflictError:
-            pass  # someone else took it over or finished it meanwhile: theirs stands
-        except SyncError:
-            log.warning("sync-person: claim %s could not be released; it expires by itself", claim.key)
+        release_claim(self.store, claim)
 
     # -- the work ---------------------------------------------------------------------------------
 
@@ -406,12 +504,8 @@ class _SyncPerson:
         return Answer(422, {"status": "rejected", "reasons": problems})
 
     def _log_failures(self, failures: list[SyncFailure]) -> None:
-        try:
-            log_sync_failures(self.marketo, failures)
-        except SyncError as err:  # the answer already carries the reasons
-            log.warning(
-                "sync-person %d: the activity could not be logged (%s)", self.request.lead_id, type(err).__name__
-            )
+        for failure in failures:
+            log_failure(self.marketo, failure.lead_id, failure.entity, list(failure.reasons))
 
     def _mark_person(self, link: Link, created_at: datetime) -> list[str]:
         """The sync-owned person fields; a failure here leaves the record and link standing."""

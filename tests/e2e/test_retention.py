@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from azure.data.tables import TableServiceClient
 
+from sync_core.core.models import CampaignMember, EntityType
 from sync_core.core.report import TableOps
 from sync_core.core.retention import Retention
 from sync_core.privacy.forget import forget_main
@@ -118,14 +119,14 @@ def test_forget_by_email_erases_the_person_and_a_second_run_finds_the_same_and_r
         "found_by": "marketo",
         "marketo_ids": [person],
         "dynamics_ids": [lead_id.lower()],
-        "removed": {"links": 1, "collisions": 1, "failures": 1, "claims": 0},
+        "removed": {"links": 1, "collisions": 1, "failures": 1, "claims": 0, "members": 0},
     }
     assert _leaks(after_first, _values(1)) == []
     assert "lead2@example.com" in after_first
     assert _leaks(_our_log(caplog), _values(1)) == []
     second = _forget(world, "--email", "lead1@example.com")
     assert (second["found_by"], second["marketo_ids"]) == ("marketo", [person])
-    assert second["removed"] == {"links": 0, "collisions": 0, "failures": 0, "claims": 0}
+    assert second["removed"] == {"links": 0, "collisions": 0, "failures": 0, "claims": 0, "members": 0}
     assert _state_text(world) == after_first
     assert world.marketo.get_lead(person) is not None  # our state only: Marketo keeps the person
     assert world.dynamics_row(LEAD, lead_id) is not None
@@ -142,9 +143,23 @@ def test_forget_by_email_reads_the_links_when_marketo_no_longer_knows_the_person
 @pytest.mark.parametrize("by", ["--marketo-id", "--dynamics-id"])
 def test_forget_by_id_erases_the_person(world: World, by: str) -> None:
     lead_id, person = _person_with_history(world, 1)
+    # Campaign lists this sync put the record on (Add to Microsoft Campaign), and someone else's.
+    for list_id, record, marketo_id in [("l1", lead_id, person), ("l2", lead_id, person), ("l1", "other", 99)]:
+        world.store.add_campaign_member(
+            CampaignMember(
+                campaign_id="c1",
+                list_id=list_id,
+                entity=EntityType.LEAD,
+                dataverse_id=record.lower(),
+                marketo_id=marketo_id,
+                added_at=datetime.now(UTC),
+            )
+        )
     erased = _forget(world, by, str(person) if by == "--marketo-id" else lead_id.upper())
-    assert erased["removed"] == {"links": 1, "collisions": 1, "failures": 1, "claims": 0}
+    assert erased["removed"] == {"links": 1, "collisions": 1, "failures": 1, "claims": 0, "members": 2}
     assert _leaks(_state_text(world), _values(1)) == []
+    assert world.store.get_campaign_member("l1", lead_id.lower()) is None
+    assert world.store.get_campaign_member("l1", "other") is not None
     assert _forget(world, by, str(person) if by == "--marketo-id" else lead_id)["removed"]["links"] == 0
 
 

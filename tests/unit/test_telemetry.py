@@ -274,10 +274,10 @@ def test_webhook_calls_export_their_outcome_status_and_latency(collected: Collec
     spans = collected.finished_spans()[cycle_spans:]
     assert [span.name for span in spans] == [WEBHOOK_EVENT] * 4
     assert [dict(span.attributes or {}) for span in spans] == [
-        {"sync.webhook.outcome": "exists", "http.response.status_code": 200},
-        {"sync.webhook.outcome": "refused", "http.response.status_code": 404},
-        {"sync.webhook.outcome": "refused", "http.response.status_code": 401},
-        {"sync.webhook.outcome": "error", "http.response.status_code": 500},
+        {"sync.webhook": "sync-person", "sync.webhook.outcome": "exists", "http.response.status_code": 200},
+        {"sync.webhook": "sync-person", "sync.webhook.outcome": "refused", "http.response.status_code": 404},
+        {"sync.webhook": "sync-person", "sync.webhook.outcome": "refused", "http.response.status_code": 401},
+        {"sync.webhook": "sync-person", "sync.webhook.outcome": "error", "http.response.status_code": 500},
     ]
     assert [span.status.status_code for span in spans] == [StatusCode.UNSET] * 3 + [StatusCode.ERROR]
     assert all(span.end_time is not None and span.start_time is not None for span in spans)
