@@ -1,7 +1,8 @@
 """Marketing lists, campaigns and tasks in the Dataverse simulator, over the Web API: a list made
 with ``PATCH`` + ``If-None-Match: *`` (412 the second time), ``AddMemberList`` / ``RemoveMemberList``
 / ``AddItemCampaign`` bound to the list, ``listmembers`` read-only and queryable, the 404s for
-unknown ids, and the cascades when a list or a member is deleted."""
+unknown ids, the cascades when a list or a member is deleted; and a task made once, regarding a
+lead through its per-target navigation."""
 
 from __future__ import annotations
 
@@ -83,3 +84,29 @@ def test_deleting_a_list_or_a_member_removes_the_memberships(org: Org) -> None:
     assert _list(org, list_id) == 204  # made again: empty, on no campaign
     assert _members(org, list_id) == []
     assert org.sandbox.campaign_lists(campaign) == []
+
+
+def test_a_task_regards_a_lead_through_its_per_target_navigation_and_is_made_once(org: Org) -> None:
+    lead = org.lead(lastname="Regarded")
+    task_id = str(uuid.uuid4())
+    body = {
+        "subject": "Follow up",
+        "scheduledend": "2026-12-09T10:30:00Z",
+        "regardingobjectid_lead_task@odata.bind": f"/leads({lead})",
+        "statecode": 0,
+        "statuscode": 3,
+    }
+    made = org.http.patch(f"tasks({task_id})", json=body, headers={"If-None-Match": "*"})
+    assert made.status_code == 204, made.text
+    again = org.http.patch(f"tasks({task_id})", json={**body, "subject": "Other"}, headers={"If-None-Match": "*"})
+    assert again.status_code == 412
+    task = org.http.get(f"tasks({task_id})", params={"$select": "subject,_regardingobjectid_value,statuscode"}).json()
+    assert (task["subject"], task["_regardingobjectid_value"], task["statuscode"]) == ("Follow up", lead, 3)
+    missing = str(uuid.uuid4())
+    unknown = {**body, "regardingobjectid_lead_task@odata.bind": f"/leads({missing})"}
+    refused = org.http.patch(f"tasks({uuid.uuid4()})", json=unknown, headers={"If-None-Match": "*"})
+    assert error_of(refused)[:2] == (404, "0x80040217")
+    bad_status = org.http.patch(
+        f"tasks({uuid.uuid4()})", json={**body, "statuscode": 5}, headers={"If-None-Match": "*"}
+    )  # Completed is not a status of an open task
+    assert bad_status.status_code == 400
