@@ -128,6 +128,18 @@ param syncRetentionCollisionsDays int
 @description('SYNC_RETENTION_CLAIMS_DAYS')
 param syncRetentionClaimsDays int
 
+@description('SYNC_INITIAL_LEAD_WINNER')
+param syncInitialLeadWinner string
+
+@description('SYNC_INITIAL_CONTACT_WINNER')
+param syncInitialContactWinner string
+
+@description('SYNC_INITIAL_MARKETO_ONLY')
+param syncInitialMarketoOnly string
+
+@description('SYNC_INITIAL_API_SHARE')
+param syncInitialApiShare string
+
 // What the Functions host and the Azure SDKs read; the code itself reads none of these.
 var platformSettings = [
   { name: 'AzureWebJobsStorage__credential', value: 'managedidentity' }
@@ -165,6 +177,10 @@ var syncSettings = [
   { name: 'SYNC_RETENTION_RUN_REPORTS_DAYS', value: string(syncRetentionRunReportsDays) }
   { name: 'SYNC_RETENTION_COLLISIONS_DAYS', value: string(syncRetentionCollisionsDays) }
   { name: 'SYNC_RETENTION_CLAIMS_DAYS', value: string(syncRetentionClaimsDays) }
+  { name: 'SYNC_INITIAL_LEAD_WINNER', value: syncInitialLeadWinner }
+  { name: 'SYNC_INITIAL_CONTACT_WINNER', value: syncInitialContactWinner }
+  { name: 'SYNC_INITIAL_MARKETO_ONLY', value: syncInitialMarketoOnly }
+  { name: 'SYNC_INITIAL_API_SHARE', value: syncInitialApiShare }
 ]
 
 // Only with an app registration secret: a reference to a secret that does not exist would leave

@@ -57,7 +57,7 @@ class NewRecords:
         applier.ledger.record(batch)
         applier.sync_linked(pending)
         if to_create:
-            self._create_persons(entity, to_create)
+            self.create_persons(entity, to_create)
 
     def _qualifications(self, entity: EntityType, rows: Sequence[Mapping[str, Any]], take: Take) -> dict[str, Pending]:
         """Contacts qualified from a linked lead (B9): the person's link moves to the contact."""
@@ -156,7 +156,7 @@ class NewRecords:
             take(sorted(claimed))
         return pending, new
 
-    def _create_persons(self, entity: EntityType, rows: Sequence[Mapping[str, Any]]) -> None:
+    def create_persons(self, entity: EntityType, rows: Sequence[Mapping[str, Any]]) -> None:
         applier = self._applier
         ledger = applier.ledger
         batch = Batch()

@@ -48,7 +48,9 @@ class ExportJob:
         export_id = str(item.get("exportId") or "")
         if not export_id:
             raise ApiError("marketo bulk export: no exportId in the answer", service=SERVICE)
-        return cls(export_id, str(item.get("status") or ""), _int(item.get("numberOfRecords")), _int(item.get("fileSize")))
+        return cls(
+            export_id, str(item.get("status") or ""), _int(item.get("numberOfRecords")), _int(item.get("fileSize"))
+        )
 
 
 def _int(value: Any) -> int | None:

@@ -29,8 +29,8 @@ from sync_core.http.counters import ApiCounters
 from sync_core.http.parallel import in_parallel
 from sync_core.http.ratebudget import RateBudget, RateLimit
 from sync_core.http.retry import MARKETO_RETRY, RetryPolicy
-from sync_core.http.transport import RequestBody, RetryingSender
 from sync_core.http.token_auth import StreamingTokenAuth
+from sync_core.http.transport import RequestBody, RetryingSender
 from sync_core.marketo import _bulk, _records
 from sync_core.marketo._auth import MarketoTokenAuth
 from sync_core.marketo._bulk import ExportJob
