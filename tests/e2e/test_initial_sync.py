@@ -136,8 +136,10 @@ def test_go_live_plan_apply_killed_and_resumed(world: World, tmp_path: Path) -> 
         "contact": {"title": {"dynamics": PAIRS_CONTACT // 3}},
     }
     assert plan["api_calls"]["apply"]["marketo"] >= plan["api_calls"]["apply_floor"]["marketo"]
-    assert _job(world) is not None and _job(world).status is JobStatus.PLANNED  # type: ignore[union-attr]
-    assert world.api_creates() == 0 and world.store.get_cursor("marketo.leadchanges") is None  # nothing written
+    assert _job(world) is not None
+    assert _job(world).status is JobStatus.PLANNED
+    assert world.api_creates() == 0
+    assert world.store.get_cursor("marketo.leadchanges") is None
 
     # Apply in its own process, slowed a little (each Marketo write waits 0.15 s in the simulator), and
     # kill it inside a chunk of person creations: the persons are being created, their links not written.
@@ -155,9 +157,11 @@ def test_go_live_plan_apply_killed_and_resumed(world: World, tmp_path: Path) -> 
     apply_run.send_signal(signal.SIGKILL)
     apply_run.communicate(timeout=30)
     killed = _job(world)
-    assert killed is not None and killed.status is JobStatus.APPLYING
+    assert killed is not None
+    assert killed.status is JobStatus.APPLYING
     assert persons_from <= killed.done_count < killed.chunks
-    assert killed.is_started(killed.done_count) and not killed.is_done(killed.done_count)
+    assert killed.is_started(killed.done_count)
+    assert not killed.is_done(killed.done_count)
     world.marketo.clear_faults()
 
     resume = _command(world, "--apply")
@@ -169,7 +173,9 @@ def test_go_live_plan_apply_killed_and_resumed(world: World, tmp_path: Path) -> 
     for name, figures in result["against_plan"].items():
         assert figures["planned"] == figures["done"], (name, figures)
     done = _job(world)
-    assert done is not None and done.status is JobStatus.DONE and done.done_count == done.chunks
+    assert done is not None
+    assert done.status is JobStatus.DONE
+    assert done.done_count == done.chunks
 
     # Every planned pair linked once, to the planned record; every one-sided record has exactly one person.
     links = list(world.store.iter_links())
@@ -190,4 +196,5 @@ def test_go_live_plan_apply_killed_and_resumed(world: World, tmp_path: Path) -> 
     # The cycle carries on from the plan's moment: its cursors exist, and an idle cycle writes nothing.
     assert world.store.get_cursor("marketo.leadchanges") is not None
     report = world.cycle()
-    assert report.report.written.marketo == 0 and report.report.written.dynamics == 0
+    assert report.report.written.marketo == 0
+    assert report.report.written.dynamics == 0
