@@ -148,19 +148,20 @@ def _measured(env: dict[str, str], *args: str) -> dict[str, Any]:
     """A command in a fresh process; its peak RSS from ``wait4`` (this process's children's maximum
     would mix the two phases)."""
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sync_core", "initial-sync", *args, "--quiet"],
-        cwd=ROOT,
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    assert process.stderr is not None
-    out = process.stdout.read()
-    err = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sync_core", "initial-sync", *args, "--quiet"],
+            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=errors,
+        )
+        assert process.stdout is not None
+        out = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        errors.seek(0)
+        err = errors.read()
     wall = time.perf_counter() - started
     if process.returncode != 0:
         raise RuntimeError(f"initial-sync {' '.join(args)} failed ({process.returncode}): {err.decode()[-3000:]}")

@@ -156,6 +156,20 @@ class Drift(BaseModel):
     items: list[DriftItem] = []
 
 
+class InitialSyncView(BaseModel):
+    """The go-live job (``initial-sync``), while one is planned or applying, and once it is done."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    status: str  # planned | applying | done
+    chunks_done: int
+    chunks: int
+    percent: float
+    eta_seconds: float  # at the pace of the chunks done so far, else the plan's ETA
+    outcome: dict[str, int] = {}  # what the done chunks did: linked, persons_created, collisions, …
+
+
 class Status(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -171,3 +185,4 @@ class Status(BaseModel):
     collisions: list[CollisionView]  # newest first
     drift: Drift
     state: StateSize | None = None
+    initial_sync: InitialSyncView | None = None

@@ -4,7 +4,7 @@ field names and reasons only, never person values (see ``status.view``)."""
 
 from __future__ import annotations
 
-from sync_core.status.html import DASH, fmt_count, fmt_prune, fmt_total, fmt_when
+from sync_core.status.html import DASH, fmt_count, fmt_prune, fmt_total, fmt_when, initial_sync_line
 from sync_core.status.models import Status
 
 TEXT_FAILURES = 10  # failures listed, newest first
@@ -50,6 +50,8 @@ def render_text(status: Status) -> str:
     lines.append(f"Field-map drift: {drift}")
     if totals.links is not None:
         lines.append("Links: " + ", ".join(f"{entity} {count:,}" for entity, count in totals.links.items()))
+    if status.initial_sync is not None:
+        lines.append(initial_sync_line(status))
     if status.state is not None:
         lines.append("State: " + ", ".join(f"{name} {fmt_total(total)}" for name, total in status.state.tables.items()))
         lines.append(f"Last prune: {fmt_prune(status.state.last_prune)}")

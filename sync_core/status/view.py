@@ -30,6 +30,7 @@ from typing import Literal, TextIO
 from azure.core.exceptions import AzureError
 
 from sync_core.core.errors import ConfigError, SyncError
+from sync_core.core.golive import JOB_CURSOR, JobState
 from sync_core.core.models import Collision, RecordFailure, RunReport
 from sync_core.core.report import DID_ITS_WORK, Outcome
 from sync_core.core.schedule import Schedule
@@ -50,6 +51,7 @@ from sync_core.status.models import (
     FailureView,
     Health,
     HealthLevel,
+    InitialSyncView,
     LastPrune,
     StateSize,
     Status,
@@ -289,7 +291,20 @@ def build_status(
         collisions=[_collision_view(collision) for collision in recent_collisions[:collisions]],
         drift=drift,
         state=state,
+        initial_sync=_initial_sync(store),
     )
+
+
+def _initial_sync(store: StateStore) -> InitialSyncView | None:
+    """The go-live job's progress from its checkpoint row (one point read)."""
+    cursor = store.get_cursor(JOB_CURSOR)
+    if cursor is None:
+        return None
+    try:
+        job = JobState.model_validate_json(cursor.value)
+    except ValueError:
+        return None
+    return InitialSyncView.model_validate(job.progress())
 
 
 def _state_size(store: StateStore) -> StateSize:
