@@ -37,7 +37,9 @@ from sync_core.core.golive import JOB_CURSOR, InitialPolicy, JobState, JobStatus
 from sync_core.core.matching import email_key
 from sync_core.core.models import Cursor, Direction, EntityType, Link
 from sync_core.cycle.apply import Applier
+from sync_core.cycle.engine import MARKETO_CHANGES
 from sync_core.cycle.ledger import Batch, OpenFailures, Pending, Tally
+from sync_core.cycle.overlap import MARKETO_CHANGES_TAIL
 from sync_core.golive.snapshot import Snapshot, WorkItem
 from sync_core.wiring.services import Services
 
@@ -119,10 +121,35 @@ class InitialSync:
             if not self.state.is_done(number):
                 self.apply_chunk(number)
                 self._progress("apply", self.state.done_count, total)
+        self.rewind_marketo_changes()
         self.state = self._checkpoints.save(
             self.state.model_copy(update={"status": JobStatus.DONE, "finished_at": self._clock().isoformat()})
         )
         return self.state
+
+    def rewind_marketo_changes(self) -> None:
+        """Once every pair is linked, the cycle re-reads Marketo's changes from the plan's moment.
+
+        A cycle that ran during the apply read the edits of persons the job had not linked yet and
+        could not apply them (unlinked); the job then linked those persons with the plan's values.
+        Reading the changes again, now that they are linked, applies them; changes applied already
+        equal their baselines and write nothing. A cycle running right now loses its ETag-conditional
+        cursor write and ends; the next one reads from here."""
+        store = self._services.store
+        planned = (self._snapshot.meta("cursors") or {}).get(MARKETO_CHANGES)
+        for _ in range(5):  # a cycle may store its cursor in between: read it again and retry
+            current = store.get_cursor(MARKETO_CHANGES)
+            if planned is None or current is None or current.value == planned:
+                return
+            try:
+                store.put_cursor(current.model_copy(update={"value": planned}))
+                break
+            except StateConflictError:
+                continue
+        tail = store.get_cursor(MARKETO_CHANGES_TAIL)
+        if tail is not None:
+            store.delete_cursor(tail.model_copy(update={"etag": None}))
+        log.info("initial sync %s: Marketo changes are re-read from the plan's moment", self.state.job_id)
 
     def set_cycle_cursors(self) -> None:
         """The cycle starts where the plan read, unless it has cursors of its own already."""
@@ -179,17 +206,21 @@ class InitialSync:
         return counts
 
     def _link(self, applier: Applier, entity: EntityType, items: Sequence[WorkItem], resumed: bool) -> dict[str, int]:
+        """Link the chunk's pairs, except those linked meanwhile: by this chunk's interrupted run
+        (counted as done), or by the cycle, which links a record that changed since the plan by the
+        same matching rule (its link is newer than the plan's values: left alone)."""
         done_before = 0
-        if resumed:
-            stored = self._services.store.get_links_by_marketo_ids([int(i.marketo_id or 0) for i in items])
-            kept = []
-            for item in items:
-                link = stored.get(int(item.marketo_id or 0))
-                if link is not None and link.entity is entity and link.dataverse_id == item.dataverse_id:
-                    done_before += 1
-                else:
-                    kept.append(item)
-            items = kept
+        store = self._services.store
+        by_person = store.get_links_by_marketo_ids([int(i.marketo_id or 0) for i in items])
+        by_record = store.get_links_by_dataverse_ids(entity, [str(i.dataverse_id) for i in items])
+        kept = []
+        for item in items:
+            link = by_person.get(int(item.marketo_id or 0))
+            if link is not None and link.entity is entity and link.dataverse_id == item.dataverse_id:
+                done_before += 1
+            elif link is None and str(item.dataverse_id) not in by_record:
+                kept.append(item)
+        items = kept
         now = applier.now
         pending = [
             Pending(
@@ -216,12 +247,13 @@ class InitialSync:
         self, applier: Applier, entity: EntityType, items: Sequence[WorkItem], resumed: bool
     ) -> dict[str, int]:
         rows = [item.dynamics for item in items if item.dynamics is not None]
-        if not resumed:
-            applier.new_records.create_persons(entity, rows)
-            return {"persons_created": applier.tally.created}
         ids = [str(row[PRIMARY_IDS[entity]]).lower() for row in rows]
         already = self._services.store.get_links_by_dataverse_ids(entity, ids)
         rest = [row for row, rid in zip(rows, ids, strict=True) if rid not in already]
+        if not resumed:
+            # Marketo refuses a createOnly whose email (or microsoftId) a person has: never a duplicate.
+            applier.new_records.create_persons(entity, rest)
+            return {"persons_created": applier.tally.created + len(already)}
         applier.new_records.link_new(entity, rest, lambda ids: {})
         # A person found by the matching rule was created by the interrupted run of this chunk.
         return {"persons_created": applier.tally.created + applier.tally.linked + len(already)}
@@ -236,11 +268,11 @@ class InitialSync:
         persons = {int(item.marketo_id or 0): item.marketo or {} for item in items}
         existing: dict[str, str] = {}
         done_before = 0
+        linked = services.store.get_links_by_marketo_ids(sorted(persons))
+        done_before = len(linked)
+        for mid in linked:
+            persons.pop(mid, None)
         if resumed:
-            linked = services.store.get_links_by_marketo_ids(sorted(persons))
-            done_before = len(linked)
-            for mid in linked:
-                persons.pop(mid, None)
             email = field_map.email_field(entity)
             column = email.column(entity) if email else None
             emails = [str(p.get(email.marketo)) for p in persons.values() if email and p.get(email.marketo)]

@@ -40,6 +40,7 @@ from sync_core.core.matching import email_key
 from sync_core.core.merge import merge_record
 from sync_core.core.merge import plan as write_plan
 from sync_core.core.models import EntityType
+from sync_core.cycle.engine import MARKETO_CHANGES, dataverse_cursor
 from sync_core.cycle.schema_cache import ActiveSchema
 from sync_core.golive.snapshot import Snapshot
 from sync_core.marketo._bulk import windows as export_windows
@@ -101,7 +102,7 @@ def read_both_sides(
     snapshot; the cycle's starting cursors and the counts."""
     field_map = schema.field_map
     marketo, dataverse = services.marketo, services.dataverse
-    cursors: dict[str, str] = {"marketo.leadchanges": marketo.get_paging_token(started)}
+    cursors: dict[str, str] = {MARKETO_CHANGES: marketo.get_paging_token(started)}
     read: dict[str, int] = {}
     email_mapping = field_map.email_field()
     email_field = email_mapping.marketo if email_mapping else None
@@ -128,7 +129,7 @@ def read_both_sides(
             progress(f"read dataverse {ENTITY_SETS[entity]}", done, None)
         read[ENTITY_SETS[entity]] = done
         if link:
-            cursors[f"dataverse.{entity.value}"] = link
+            cursors[dataverse_cursor(entity)] = link
     fields = list(dict.fromkeys([*MARKETO_EXTRA_FIELDS, *field_map.marketo_fields]))
     oldest = since or _oldest_person(services, started)
     windows = export_windows(oldest, started)

@@ -163,6 +163,15 @@ def test_go_live_plan_apply_killed_and_resumed(world: World, tmp_path: Path) -> 
     assert killed.is_started(killed.done_count)
     assert not killed.is_done(killed.done_count)
     world.marketo.clear_faults()
+    # The timer is on meanwhile: a cycle runs from the plan's cursors (set when the apply began), not
+    # from the beginning, and writes nothing to records the job has not reached.
+    planned_token = world.store.get_cursor("marketo.leadchanges")
+    assert planned_token is not None
+    during = world.cycle()
+    assert during.report.written.dynamics == 0
+    moved = world.store.get_cursor("marketo.leadchanges")
+    assert moved is not None
+    assert moved.value != planned_token.value
 
     resume = _command(world, "--apply")
     out, err = resume.communicate(timeout=120)
@@ -193,8 +202,11 @@ def test_go_live_plan_apply_killed_and_resumed(world: World, tmp_path: Path) -> 
     # The first-contact values landed: Marketo's firstName on the lead, Dynamics' title on the person.
     person = next(iter(seeded["lead_pairs"]))
     assert world.dynamics_row(EntityType.LEAD, seeded["lead_pairs"][person])["firstname"] == "First0"  # type: ignore[index]
-    # The cycle carries on from the plan's moment: its cursors exist, and an idle cycle writes nothing.
-    assert world.store.get_cursor("marketo.leadchanges") is not None
+    # Once all is linked, Marketo's changes are read again from the plan's moment (what the cycle read
+    # meanwhile for persons not linked yet is applied now); read again, they write nothing twice.
+    rewound = world.store.get_cursor("marketo.leadchanges")
+    assert rewound is not None
+    assert rewound.value == planned_token.value
     report = world.cycle()
     assert report.report.written.marketo == 0
     assert report.report.written.dynamics == 0
