@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sync_core.core import golive
-from sync_core.core.errors import ConfigError
+from sync_core.core.errors import ConfigError, QuotaExceededError, SyncError
 from sync_core.core.golive import InitialPolicy, JobState, JobStatus, MarketoOnlyPolicy, Share
 from sync_core.cycle.schema_cache import active_schema
 from sync_core.golive.apply import Checkpoints, InitialSync, JobConflictError, outcome_against_plan
@@ -247,6 +247,22 @@ def _apply(services: Services, progress: Any, out: TextIO, err: TextIO) -> int:
                 state = job.run()
             except JobConflictError as error:
                 print(str(error), file=err)
+                return 1
+            except ConfigError:
+                raise  # one JSON line and exit 2, as every command
+            except QuotaExceededError:
+                print(
+                    f"Marketo's daily API quota is spent ({job.state.done_count}/{job.state.chunks} chunks done): "
+                    "run initial-sync --apply again tomorrow to resume",
+                    file=err,
+                )
+                return 1
+            except (SyncError, OSError) as error:
+                print(
+                    f"the apply stopped ({job.state.done_count}/{job.state.chunks} chunks done): {error}; "
+                    "run initial-sync --apply again to resume",
+                    file=err,
+                )
                 return 1
     result = {
         "job_id": state.job_id,
