@@ -29,7 +29,7 @@ from sync_core.core.errors import ConfigError, QuotaExceededError, SyncError
 from sync_core.core.golive import InitialPolicy, JobState, JobStatus, MarketoOnlyPolicy, Share
 from sync_core.cycle.schema_cache import active_schema
 from sync_core.golive.apply import Checkpoints, InitialSync, JobConflictError, outcome_against_plan
-from sync_core.golive.plan import PlanReport, decide, read_both_sides
+from sync_core.golive.plan import OldestPersonUnknownError, PlanReport, decide, read_both_sides
 from sync_core.golive.snapshot import Snapshot
 from sync_core.settings import Settings
 from sync_core.wiring.services import Services, services_for
@@ -157,9 +157,13 @@ def _plan(
     }
     schema = active_schema(services.store, services.marketo, services.dataverse, services.field_map, now=started)
     with Snapshot(path) as snapshot:
-        read = read_both_sides(
-            services, snapshot, schema, started=started, since=since, poll_seconds=poll_seconds, progress=progress
-        )
+        try:
+            read = read_both_sides(
+                services, snapshot, schema, started=started, since=since, poll_seconds=poll_seconds, progress=progress
+            )
+        except OldestPersonUnknownError as error:
+            print(str(error), file=err)
+            return 1
         snapshot.put_meta("cursors", read["cursors"])
         snapshot.put_meta("policy", report.policy)
         report.read = read["read"]

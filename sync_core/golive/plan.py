@@ -28,12 +28,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sync_core.core import golive
 from sync_core.core.convert import to_dataverse, to_marketo
 from sync_core.core.entities import ENTITY_SETS, is_qualified_lead, read_columns, row_id
+from sync_core.core.errors import ApiError
 from sync_core.core.fieldmap import FieldMap, FieldValueError, canonical_values
 from sync_core.core.golive import ChunkCost, InitialPolicy, MarketoOnlyPolicy, Share, WorkKind
 from sync_core.core.matching import email_key
@@ -44,12 +45,14 @@ from sync_core.cycle.engine import MARKETO_CHANGES, dataverse_cursor
 from sync_core.cycle.schema_cache import ActiveSchema
 from sync_core.golive.snapshot import Snapshot
 from sync_core.marketo._bulk import windows as export_windows
+from sync_core.marketo.client import ExportJob
 from sync_core.wiring.services import Services
 
 log = logging.getLogger(__name__)
 
 ENTITIES = (EntityType.CONTACT, EntityType.LEAD)
 MARKETO_EXTRA_FIELDS = ("id", "createdAt", "microsoftId", "microsoftType")
+EXPORTS_IN_FLIGHT = 2  # Marketo processes two export jobs at a time (api-protocols §A11)
 AMBIGUOUS_SHOWN = 100  # groups printed in the plan; all of them are in the snapshot
 Progress = Callable[[str, int, int | None], None]
 PersonRow = tuple[int, str | None, str | None, str | None, dict[str, Any]]  # id, email key, known id/type, row
@@ -146,16 +149,25 @@ def read_both_sides(
 
         return _in_batches(snapshot, parsed())
 
-    for number, (start, end) in enumerate(windows):
-        job = marketo.create_lead_export(fields, created_from=start, created_to=end)
-        job = marketo.enqueue_lead_export(job.export_id)
+    # Marketo processes two export jobs at a time: keep two going, read each file as it completes.
+    pending = list(windows)
+    active: list[ExportJob] = []
+    done = 0
+    while pending or active:
+        while pending and len(active) < EXPORTS_IN_FLIGHT:
+            start, end = pending.pop(0)
+            job = marketo.create_lead_export(fields, created_from=start, created_to=end)
+            active.append(marketo.enqueue_lead_export(job.export_id))
+        job = active[0]
         while not job.finished:
             sleep(poll_seconds)
             job = marketo.get_lead_export(job.export_id)
+        active.pop(0)
         if job.status != "Completed":
-            raise RuntimeError(f"Marketo bulk export {job.export_id} ended {job.status}")
+            raise ApiError(f"marketo bulk export {job.export_id} ended {job.status}", service="marketo")
         persons += marketo.read_lead_export(job.export_id, sink)
-        progress("read marketo windows", number + 1, len(windows))
+        done += 1
+        progress("read marketo windows", done, len(windows))
     read["persons"] = persons
     read["windows"] = len(windows)
     links = 0
@@ -189,11 +201,17 @@ def _oldest_person(services: Services, started: datetime) -> datetime:
     """When the oldest person was created. Marketo ids only grow, so the lowest ids are the oldest
     persons: one Get Leads call over ids 1-300. None of them left (deleted): ``--since`` is needed."""
     found = services.marketo.get_leads(list(range(1, 301)), fields=["id", "createdAt"])
-    moments = [_parse(person.get("createdAt")) for person in found]
-    known = [moment for moment in moments if moment is not None]
+    known = [moment for person in found if (moment := _parse(person.get("createdAt"))) is not None]
     if not known:
-        return started - timedelta(days=1) if not found else started
+        raise OldestPersonUnknownError(
+            "the Marketo persons with the lowest ids (1-300) are gone, so the oldest person's date is not known: "
+            "give --since YYYY-MM-DD (when the instance got its first person)"
+        )
     return min(known)
+
+
+class OldestPersonUnknownError(ValueError):
+    """Where the Marketo export windows start cannot be found: ``--since`` is needed."""
 
 
 def _parse(value: Any) -> datetime | None:
