@@ -2,9 +2,10 @@
 ``--apply``, each in a fresh process, measured.
 
 Per N (default 100,000): Marketo holds 0.6 N persons (seeded ``seed.lead.{i}``), Dataverse 0.3 N
-leads (the same people as persons 1..0.3 N) and 0.1 N contacts (nobody in Marketo): so 0.3 N pairs
-to link, 0.1 N persons to create and 0.3 N Marketo-only persons left alone (the issue's shape:
-600k persons, 400k leads and contacts, mostly the same people). The simulators run in their own
+leads (the same people as persons 1..0.3 N; one in ten renamed in Dynamics, a first-contact
+conflict that Marketo wins, so those leads are written) and 0.1 N contacts (nobody in Marketo):
+so 0.3 N pairs to link, 0.1 N persons to create and 0.3 N Marketo-only persons left alone (the
+issue's shape: 600k persons, 400k leads and contacts, mostly the same people). The simulators run in their own
 process with the ``realistic`` profile and their limits on from the start (seeding is in-process,
 not through the API), logging every request.
 
@@ -52,6 +53,10 @@ def sandbox_process(conn: Any, n: int, profile: _profile.Profile, log_path: str)
     with open(log_path, "a", encoding="utf-8") as log:
         servers = SandboxServers(marketo=marketo, dataverse=dataverse, request_log=log).start()
         try:
+            # One lead in ten has another first name in Dynamics: a first-contact conflict (Marketo wins,
+            # so Dynamics is written), made as a Dynamics user would, before anything is read.
+            for row in servers.dataverse.rows("leads")[::10]:
+                servers.dataverse.update("leads", row["leadid"], {"firstname": "Renamed"}, bypass_plugins=True)
             conn.send((servers.marketo_url, servers.dataverse_url, persons, leads, contacts))
             conn.recv()
         finally:
@@ -174,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=1.0, help="the realistic profile's latency multiplier")
     parser.add_argument("--marketo-rate-share", type=float, default=0.5, help="MARKETO_RATE_SHARE (default 0.5)")
     parser.add_argument("--api-share", type=float, default=0.5, help="SYNC_INITIAL_API_SHARE (default 0.5)")
-    parser.add_argument("--poll-seconds", type=float, default=5.0, help="bulk export status poll (default 5)")
+    parser.add_argument(
+        "--poll-seconds", type=float, default=60.0, help="bulk export status poll (default 60, as Marketo advises)"
+    )
     args = parser.parse_args(argv)
     profile = _profile.with_overrides(_profile.load("realistic", None), {"time_scale": args.time_scale})
     results = []

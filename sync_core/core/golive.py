@@ -36,6 +36,8 @@ MARKETO_RATE = (100, 20.0)  # calls per window (seconds), per instance
 MARKETO_IN_FLIGHT = 10
 TABLE_TRANSACTION_MS = 40.0  # one Table transaction of ≤ 100 operations (a link is 2 rows)
 LINKS_PER_TRANSACTION = 50
+TABLE_QUERY_MS = 10.0  # one look-up of up to 14 keys; 8 run side by side (the state store's)
+KEYS_PER_QUERY, QUERIES_IN_FLIGHT = 14, 8
 
 
 class MarketoOnlyPolicy(StrEnum):
@@ -125,8 +127,8 @@ class Share:
 
 
 def chunk_seconds(cost: ChunkCost, share: Share) -> float:
-    """How long a chunk should take: both sides' writes at once (the longer counts), then its Table
-    transactions."""
+    """How long a chunk should take: the look-ups of its links by both ids, both sides' writes at
+    once (the longer counts), then its Table transactions."""
     marketo_calls = cost.marketo_calls
     per_call = MARKETO_SYNC_MS[0] + MARKETO_SYNC_MS[1] * min(cost.marketo_records / max(marketo_calls, 1), 300)
     in_flight = max(1, math.floor(MARKETO_IN_FLIGHT * share.marketo_rate_share))
@@ -142,7 +144,9 @@ def chunk_seconds(cost: ChunkCost, share: Share) -> float:
     dataverse = waves * per_message / 1000.0
     links = max(cost.marketo_records, cost.dataverse_created)
     table = math.ceil(links / LINKS_PER_TRANSACTION) * TABLE_TRANSACTION_MS / 1000.0
-    return max(marketo, dataverse) + table
+    # Before the writes, the chunk's links are looked up by both ids.
+    lookups = 2 * math.ceil(links / KEYS_PER_QUERY) / QUERIES_IN_FLIGHT * TABLE_QUERY_MS / 1000.0
+    return max(marketo, dataverse) + table + lookups
 
 
 @dataclass

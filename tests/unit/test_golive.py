@@ -15,6 +15,8 @@ from sync_core.core.golive import (
     InitialPolicy,
     JobState,
     JobStatus,
+    Share,
+    chunk_seconds,
     link_chunk_cost,
     person_chunk_cost,
     write_floor,
@@ -109,6 +111,20 @@ def test_persons_cost_a_call_per_300_per_lookup_field_and_the_floor_pools_chunks
         linked=6000, dynamics_updates=2500, persons_email=301, persons_other=0, leads=0, batch_size=1000
     )
     assert (floor.marketo, floor.dataverse) == (20 + 2, 3)
+
+
+def test_chunk_time_is_the_slower_side_under_the_share_then_the_link_lookups_and_writes() -> None:
+    # 3,000 pairs, 300 leads written. Marketo at a quarter share: 2 in flight, 25 calls / 20 s, so
+    # 10 calls of 300 take 5 waves x 1.9 s = 9.5 s (more than the 9 / 1.25 s the rate allows).
+    # Dataverse: one bulk message, 70 ms + 300 x 30 ms = 9.07 s. Then the links: looked up by both
+    # ids (2 x 215 queries of 14 keys, 8 at a time, 10 ms) and written (60 transactions x 40 ms).
+    cost = link_chunk_cost(3000, 300, batch_size=1000)
+    seconds = chunk_seconds(cost, Share(marketo_rate_share=0.25, dataverse_parallel=4))
+    assert seconds == pytest.approx(9.5 + 2 * 215 / 8 * 0.010 + 60 * 0.040)
+    # With Marketo's whole budget the Dataverse message is the slower side.
+    assert chunk_seconds(cost, Share(marketo_rate_share=1.0, dataverse_parallel=4)) == pytest.approx(
+        9.07 + 2 * 215 / 8 * 0.010 + 60 * 0.040
+    )
 
 
 def test_export_windows_cover_the_span_in_31_days_and_never_overlap() -> None:
