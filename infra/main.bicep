@@ -171,6 +171,20 @@ param alertFailuresBacklog int = 100
 @minValue(1)
 @maxValue(100)
 param alertWebhook5xxPercent int = 10
+@description('SYNC_INITIAL_LEAD_WINNER: who wins a field a lead and its person hold differently when the initial sync links them.')
+@allowed(['marketo', 'dynamics'])
+param syncInitialLeadWinner string = 'marketo'
+
+@description('SYNC_INITIAL_CONTACT_WINNER: who wins a field a contact and its person hold differently when the initial sync links them.')
+@allowed(['marketo', 'dynamics'])
+param syncInitialContactWinner string = 'dynamics'
+
+@description('SYNC_INITIAL_MARKETO_ONLY: what the initial sync does with Marketo-only persons (leave, as native; or create-lead).')
+@allowed(['leave', 'create-lead'])
+param syncInitialMarketoOnly string = 'leave'
+
+@description('SYNC_INITIAL_API_SHARE: the share of the app\'s API budget the initial sync takes (0-1, as text).')
+param syncInitialApiShare string = '0.5'
 
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
@@ -312,6 +326,10 @@ module api 'app/api.bicep' = {
     dataverseSyncFilter: dataverseSyncFilter
     marketoSyncFilterField: marketoSyncFilterField
     marketoSyncFilter: marketoSyncFilter
+    syncInitialLeadWinner: syncInitialLeadWinner
+    syncInitialContactWinner: syncInitialContactWinner
+    syncInitialMarketoOnly: syncInitialMarketoOnly
+    syncInitialApiShare: syncInitialApiShare
   }
 }
 

@@ -38,6 +38,12 @@ def _forget(argv: list[str]) -> int:
     return forget_main(argv)
 
 
+def _initial_sync(argv: list[str]) -> int:
+    from sync_core.golive.cli import initial_sync_main
+
+    return initial_sync_main(argv)
+
+
 def _check(argv: list[str]) -> int:
     from sync_core.check.run import check_main
 
@@ -92,6 +98,12 @@ _COMMANDS: dict[str, tuple[Callable[[list[str]], int], tuple[bool, bool, bool] |
         _host,
         (True, True, True),
         "a local stand-in for the Functions host: serves /api/... and runs the sync timer",
+    ),
+    "initial-sync": (
+        _initial_sync,
+        (True, True, True),
+        "go-live: --plan reads both full databases and reports what will be linked, created, overwritten "
+        "and what it costs (writes nothing); --apply does it in checkpointed chunks, resumable",
     ),
     "status": (
         _status,

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from sync_core.core.errors import ConfigError
+from sync_core.core.golive import InitialPolicy, MarketoOnlyPolicy
 from sync_core.core.retention import DEFAULT_CLAIM_DAYS, DEFAULT_COLLISION_DAYS, DEFAULT_RUN_REPORT_DAYS, Retention
 from sync_core.core.syncfilter import (
     DEFAULT_DATAVERSE_FIELD,
@@ -73,6 +74,11 @@ ENV_NAMES: dict[str, str] = {
     "DATAVERSE_MAX_PARALLEL": "dataverse_max_parallel",
     "SYNC_LEASE_SECONDS": "lease_seconds",
     "WEBHOOK_DEADLINE_SECONDS": "webhook_deadline_seconds",
+    # the initial sync (README "Go-live"): first-contact winners, Marketo-only persons, its API share
+    "SYNC_INITIAL_LEAD_WINNER": "initial_lead_winner",
+    "SYNC_INITIAL_CONTACT_WINNER": "initial_contact_winner",
+    "SYNC_INITIAL_MARKETO_ONLY": "initial_marketo_only",
+    "SYNC_INITIAL_API_SHARE": "initial_api_share",
     # retention (README "What the sync keeps"): days an append-style row is kept
     "SYNC_RETENTION_RUN_REPORTS_DAYS": "retention_run_reports_days",
     "SYNC_RETENTION_COLLISIONS_DAYS": "retention_collisions_days",
@@ -124,6 +130,13 @@ class Settings(BaseModel):
     lease_seconds: int = Field(default=90, ge=3, le=3600)
     # The webhook answers by then (503 + Retry-After if its work cannot finish); under Marketo's 30 s.
     webhook_deadline_seconds: float = Field(default=DEFAULT_WEBHOOK_DEADLINE, ge=1, le=25)
+    # The initial sync: who wins a field both sides hold differently when a pair is first linked
+    # (defaults as B2), whether Marketo-only persons get a lead (default: left alone, as B8), and
+    # the share of this app's API budget the job takes (the cycle and the webhook keep the rest).
+    initial_lead_winner: Literal["marketo", "dynamics"] = "marketo"
+    initial_contact_winner: Literal["marketo", "dynamics"] = "dynamics"
+    initial_marketo_only: MarketoOnlyPolicy = MarketoOnlyPolicy.LEAVE
+    initial_api_share: float = Field(default=0.5, gt=0, le=1)
     # retention, in days (README "What the sync keeps")
     retention_run_reports_days: int = Field(default=DEFAULT_RUN_REPORT_DAYS, ge=1, le=3650)
     retention_collisions_days: int = Field(default=DEFAULT_COLLISION_DAYS, ge=1, le=3650)
@@ -133,6 +146,14 @@ class Settings(BaseModel):
     dataverse_sync_filter: str | None = None
     marketo_sync_filter_field: str | None = None
     marketo_sync_filter: str | None = None
+
+    @property
+    def initial_policy(self) -> InitialPolicy:
+        return InitialPolicy(
+            lead_winner=self.initial_lead_winner,
+            contact_winner=self.initial_contact_winner,
+            marketo_only=self.initial_marketo_only,
+        )
 
     @property
     def retention(self) -> Retention:

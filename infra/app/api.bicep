@@ -139,6 +139,17 @@ param marketoSyncFilterField string
 
 @description('MARKETO_SYNC_FILTER')
 param marketoSyncFilter string
+@description('SYNC_INITIAL_LEAD_WINNER')
+param syncInitialLeadWinner string
+
+@description('SYNC_INITIAL_CONTACT_WINNER')
+param syncInitialContactWinner string
+
+@description('SYNC_INITIAL_MARKETO_ONLY')
+param syncInitialMarketoOnly string
+
+@description('SYNC_INITIAL_API_SHARE')
+param syncInitialApiShare string
 
 // What the Functions host and the Azure SDKs read; the code itself reads none of these.
 var platformSettings = [
@@ -181,6 +192,10 @@ var syncSettings = [
   { name: 'DATAVERSE_SYNC_FILTER', value: dataverseSyncFilter }
   { name: 'MARKETO_SYNC_FILTER_FIELD', value: marketoSyncFilterField }
   { name: 'MARKETO_SYNC_FILTER', value: marketoSyncFilter }
+  { name: 'SYNC_INITIAL_LEAD_WINNER', value: syncInitialLeadWinner }
+  { name: 'SYNC_INITIAL_CONTACT_WINNER', value: syncInitialContactWinner }
+  { name: 'SYNC_INITIAL_MARKETO_ONLY', value: syncInitialMarketoOnly }
+  { name: 'SYNC_INITIAL_API_SHARE', value: syncInitialApiShare }
 ]
 
 // Only with an app registration secret: a reference to a secret that does not exist would leave

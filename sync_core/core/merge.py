@@ -53,9 +53,16 @@ class Merge:
         return bool(self.to_dynamics or self.to_marketo)
 
 
-def collision_rule(mapping: FieldMapping, entity: EntityType) -> tuple[Winner, str]:
+def collision_rule(
+    mapping: FieldMapping, entity: EntityType, *, first_contact: Mapping[EntityType, Winner] | None = None
+) -> tuple[Winner, str]:
+    """Who wins a collision on this field: the field's override, else (on a first link, when the
+    initial sync's policy says so) the first-contact winner of the entity, else B2."""
     if mapping.winner is not None:
         return mapping.winner, f"override: {mapping.key} {_side_name(mapping.winner)} wins"
+    if first_contact is not None and entity in first_contact:
+        winner = first_contact[entity]
+        return winner, f"first contact: {entity.value} {_side_name(winner)} wins"
     winner = ENTITY_WINNER[entity]
     return winner, f"{entity.value}: {_side_name(winner)} wins"
 
@@ -71,8 +78,12 @@ def merge_record(
     marketo: Mapping[str, Any],
     dynamics: Mapping[str, Any],
     baseline: Mapping[str, Any],
+    first_contact: Mapping[EntityType, Winner] | None = None,
 ) -> Merge:
-    """Merge one record field by field; ``marketo``/``dynamics`` hold the values known by key."""
+    """Merge one record field by field; ``marketo``/``dynamics`` hold the values known by key.
+
+    ``first_contact``: who wins, per entity, a field both sides hold with different values and
+    no baseline yet (the initial sync's policy); ``None``: the B2 rule, as for any collision."""
     to_dynamics: dict[str, Any] = {}
     to_marketo: dict[str, Any] = {}
     merged: dict[str, Any] = {}
@@ -95,7 +106,9 @@ def merge_record(
             # new to the map) to different values.
             winner = _first_link_winner(m, d) if key not in baseline else None
             if winner is None:
-                winner, rule = collision_rule(mapping, entity)
+                winner, rule = collision_rule(
+                    mapping, entity, first_contact=first_contact if key not in baseline else None
+                )
                 collisions.append(FieldCollision(key, m, d, base, winner, rule))
             if winner == "marketo":
                 to_dynamics[key] = merged[key] = m

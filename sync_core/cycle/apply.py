@@ -38,7 +38,7 @@ from typing import Any
 
 from sync_core.core.entities import ENTITY_SETS, PRIMARY_IDS, read_columns, row_id
 from sync_core.core.errors import ApiError
-from sync_core.core.fieldmap import FieldMap, FieldValueError, Unreadable, canonical_values
+from sync_core.core.fieldmap import FieldMap, FieldValueError, Unreadable, Winner, canonical_values
 from sync_core.core.merge import Merge, Plan, merge_record, plan, settle
 from sync_core.core.models import Collision, Direction, EntityType, Link, RecordFailure
 from sync_core.core.schema import EntityMeta, MarketoFieldMeta
@@ -93,9 +93,13 @@ class Applier:
             store=store, marketo=marketo, tally=tally, open_failures=open_failures, run_id=run_id, now=now
         )
         self._new = NewRecords(self)
+        self.new_records = self._new  # unlinked Dynamics records: match or create (the initial sync uses it too)
         self.metadata: dict[EntityType, EntityMeta] = {}
         self.described: dict[str, MarketoFieldMeta] | None = None
         self.drift: list[DriftItem] | None = None  # None until checked
+        # Who wins a field both sides hold differently on a first link (the initial sync's policy);
+        # None: the B2 rule, as for any collision.
+        self.first_contact: Mapping[EntityType, Winner] | None = None
 
     # -- schema: metadata, describe, drift (only when there is work) ----------------------------
 
@@ -246,7 +250,14 @@ class Applier:
             except FieldValueError as err:
                 self.ledger.fail_person(out, item.link, Direction.TO_MARKETO, [str(err)], code="unreadable", keys=[])
                 continue
-            merge = merge_record(mappings, entity, marketo=m_values, dynamics=d_values, baseline=item.link.baseline)
+            merge = merge_record(
+                mappings,
+                entity,
+                marketo=m_values,
+                dynamics=d_values,
+                baseline=item.link.baseline,
+                first_contact=self.first_contact,
+            )
             record_plan = plan(
                 self.field_map, entity, merge, metadata=self.metadata.get(entity), described=self.described
             )

@@ -74,7 +74,7 @@ class NewRecords:
         applier.ledger.record(batch)
         applier.sync_linked(pending)
         if to_create:
-            self._create_persons(entity, to_create)
+            self.create_persons(entity, to_create)
 
     def link_admitted_persons(self, staged: Mapping[int, Mapping[str, Any]]) -> None:
         """Unlinked persons whose Marketo filter fields changed (``staged``: their staged changes):
@@ -211,7 +211,7 @@ class NewRecords:
             take(sorted(claimed))
         return pending, new
 
-    def _create_persons(self, entity: EntityType, rows: Sequence[Mapping[str, Any]]) -> None:
+    def create_persons(self, entity: EntityType, rows: Sequence[Mapping[str, Any]]) -> None:
         applier = self._applier
         ledger = applier.ledger
         batch = Batch()

@@ -69,3 +69,20 @@ class CachedTokenAuth(httpx.Auth, ABC):
             token, refresh_at = yield from self._fetch(now)
             self._token, self._refresh_at = token, refresh_at
             return token
+
+
+class StreamingTokenAuth(httpx.Auth):
+    """For one request whose answer is streamed (a bulk file): stamps ``inner``'s cached token, reading
+    the token endpoint's answers as usual but never the streamed body itself. Make one per request.
+
+    No replay on a refused token (the body would have to be read to know): the cached token is
+    refreshed well before it expires, and a refused download is an error the caller retries."""
+
+    def __init__(self, inner: CachedTokenAuth) -> None:
+        self._inner = inner
+        self.requires_response_body = True  # while a token is fetched; off for the request itself
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = yield from self._inner._current_token()
+        self.requires_response_body = False
+        yield self._inner._stamped(request, token)

@@ -63,9 +63,13 @@ class RetryingSender:
         idempotent: bool,
         timeout: httpx.Timeout,
         headers: Mapping[str, str] | None = None,
+        stream: bool = False,
         **body: Unpack[RequestBody],
     ) -> T:
-        """``read(response)`` of the first attempt that neither fails retryably nor exhausts the policy."""
+        """``read(response)`` of the first attempt that neither fails retryably nor exhausts the policy.
+
+        ``stream``: the body is not read before ``read`` is called (``read`` consumes it, e.g. a
+        bulk file too large to hold); the response is closed after ``read`` either way."""
 
         def attempt() -> T:
             request = self.http.build_request(
@@ -73,12 +77,19 @@ class RetryingSender:
             )
             with self.budget.slot() if self.budget is not None else nullcontext():
                 try:
-                    response = self.http.send(request, auth=self.auth)
+                    response = self.http.send(request, auth=self.auth, stream=stream)
                 except httpx.TransportError as err:
                     raise transport_failure(err, service=self.service, operation=operation) from err
                 except TransientError as err:  # the token fetch failed: the request was never sent
                     raise RetryableFailure(err, failure=Failure.REFUSED) from err
-            return read(response)
+            if not stream:
+                return read(response)
+            try:
+                return read(response)
+            except httpx.TransportError as err:  # the connection broke while the body streamed
+                raise transport_failure(err, service=self.service, operation=operation) from err
+            finally:
+                response.close()
 
         return call_with_retries(
             attempt,

@@ -12,6 +12,7 @@ about syncing, and it never logs tokens, secrets or person data (only ids and co
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import threading
 import time
@@ -28,9 +29,11 @@ from sync_core.http.counters import ApiCounters
 from sync_core.http.parallel import in_parallel
 from sync_core.http.ratebudget import RateBudget, RateLimit
 from sync_core.http.retry import MARKETO_RETRY, RetryPolicy
+from sync_core.http.token_auth import StreamingTokenAuth
 from sync_core.http.transport import RequestBody, RetryingSender
-from sync_core.marketo import _records
+from sync_core.marketo import _bulk, _records
 from sync_core.marketo._auth import MarketoTokenAuth
+from sync_core.marketo._bulk import ExportJob
 from sync_core.marketo._envelope import Envelope, read_envelope
 from sync_core.marketo._paging import Page, pages
 from sync_core.marketo._types import (
@@ -55,6 +58,7 @@ __all__ = [
     "CustomActivity",
     "DeletedLead",
     "DeletedLeadsPage",
+    "ExportJob",
     "FieldChange",
     "LeadChange",
     "LeadChangesPage",
@@ -85,6 +89,7 @@ TIMEOUT_SYNC_LEADS = httpx.Timeout(100.0, connect=_CONNECT)
 TIMEOUT_QUERY_LEADS = httpx.Timeout(70.0, connect=_CONNECT)
 TIMEOUT_PAGING_TOKEN = httpx.Timeout(310.0, connect=_CONNECT)
 TIMEOUT_ADD_ACTIVITIES = httpx.Timeout(100.0, connect=_CONNECT)
+TIMEOUT_BULK_FILE = httpx.Timeout(120.0, connect=_CONNECT)  # between bytes: the file itself may take long
 
 
 class MarketoClient:
@@ -114,6 +119,7 @@ class MarketoClient:
         auth = MarketoTokenAuth(
             base_url=base, client_id=client_id, client_secret=secret, clock=clock, counters=counters
         )
+        self._auth = auth
         self._sender = RetryingSender(
             http,
             auth,
@@ -351,6 +357,51 @@ class MarketoClient:
             for item in _per_record(envelope, len(chunk), "delete_leads"):
                 results.append(_records.lead_result(len(results), item))
         return results
+
+    # -- Bulk Lead Extract (api-protocols §A11) ------------------------------------------------------
+
+    def create_lead_export(self, fields: Sequence[str], *, created_from: datetime, created_to: datetime) -> ExportJob:
+        """A bulk export job of persons created in ``[created_from, created_to]`` (≤ 31 days), CSV."""
+        body = _bulk.window_body(_records.field_names(fields).split(","), created_from, created_to)
+        envelope = self._call(
+            "bulk_export_create", "POST", "/bulk/v1/leads/export/create.json", json=body, idempotent=False
+        )
+        return self._export_job("bulk_export_create", envelope)
+
+    def enqueue_lead_export(self, export_id: str) -> ExportJob:
+        """Queue a created job (at most 10 queued, 2 processing per instance; 1029 past that)."""
+        path = _bulk.export_path(export_id, "enqueue.json")
+        return self._export_job("bulk_export_enqueue", self._call("bulk_export_enqueue", "POST", path, idempotent=True))
+
+    def get_lead_export(self, export_id: str) -> ExportJob:
+        """A job's status (Marketo refreshes it at most once a minute)."""
+        path = _bulk.export_path(export_id, "status.json")
+        return self._export_job("bulk_export_status", self._call("bulk_export_status", "GET", path, idempotent=True))
+
+    def read_lead_export(self, export_id: str, sink: Callable[[Iterator[dict[str, str | None]]], T]) -> T:
+        """``sink(rows)`` over a Completed job's file, streamed: the file is never held in memory.
+
+        Rows are ``{field: value}`` with ``None`` for empty. A connection that breaks mid-file is
+        retried from the start, so ``sink`` must tolerate seeing rows again (e.g. upsert by id)."""
+        url = self._base + _bulk.export_path(export_id, "file.json")
+
+        def read(response: httpx.Response) -> T:
+            _bulk.check_file_answer(response, export_id)
+            return sink(_bulk.iter_csv_rows(response))
+
+        sender = dataclasses.replace(self._sender, auth=StreamingTokenAuth(self._auth))
+        return sender.send(
+            "bulk_export_file", "GET", url, read, idempotent=True, timeout=TIMEOUT_BULK_FILE, stream=True
+        )
+
+    def _export_job(self, operation: str, envelope: Envelope) -> ExportJob:
+        if len(envelope.result) != 1:
+            raise ApiError(
+                f"marketo {operation}: {len(envelope.result)} jobs in the answer",
+                service=SERVICE,
+                request_id=envelope.request_id,
+            )
+        return ExportJob.of(envelope.result[0])
 
     # -- custom activities ---------------------------------------------------------------------------
 

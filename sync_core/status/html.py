@@ -278,6 +278,19 @@ _KEPT = {
 }
 
 
+def initial_sync_line(status: Status) -> str:
+    """``Initial sync <job>: applying, 45.0 % (150/333 chunks), about 12m left; linked 1,234, …``."""
+    job = status.initial_sync
+    if job is None:
+        return ""
+    left = f", about {_duration(job.eta_seconds)} left" if job.status == "applying" else ""
+    done = ", ".join(f"{name.replace('_', ' ')} {count:,}" for name, count in job.outcome.items() if count)
+    return (
+        f"Initial sync {job.job_id}: {job.status}, {job.percent:.1f} % ({job.chunks_done}/{job.chunks} chunks){left}"
+        + (f"; {done}" if done else "")
+    )
+
+
 def _table(table_id: str, head: str, rows: Sequence[str], columns: int, empty: str) -> str:
     body = "".join(rows) or f'<tr><td class="empty" colspan="{columns}">{_e(empty)}</td></tr>'
     return f'<table id="{_e(table_id)}"><thead>{head}</thead><tbody>{body}</tbody></table>'
@@ -598,7 +611,13 @@ def render_html(status: Status, controls: Controls | None = None) -> str:
         f'<section class="headline {_e(health.level)}" id="health"><p class="word">{_e(health.headline)}</p>'
         f"<ul>{details}</ul></section>"
         f"{_tiles(status)}"
-        f'<section class="charts">{records}{calls}</section>'
+        + (
+            f'<section id="initial-sync"><h2>Initial sync</h2><p>{_e(initial_sync_line(status))}</p>'
+            f'<progress max="100" value="{status.initial_sync.percent:.1f}"></progress></section>'
+            if status.initial_sync is not None
+            else ""
+        )
+        + f'<section class="charts">{records}{calls}</section>'
         f"<h2>Recent cycles</h2>{_cycles_table(status)}"
         f"<h2>Open failures</h2>{_failures_table(status, controls)}"
         f"<h2>Recent collisions</h2>{_collisions_table(status, controls)}"

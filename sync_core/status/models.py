@@ -207,6 +207,20 @@ class WebhookRow(BaseModel):
     max_ms: float | None
 
 
+class InitialSyncView(BaseModel):
+    """The go-live job (``initial-sync``), while one is planned or applying, and once it is done."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    status: str  # planned | applying | done
+    chunks_done: int
+    chunks: int
+    percent: float
+    eta_seconds: float  # at the pace of the chunks done so far, else the plan's ETA
+    outcome: dict[str, int] = {}  # what the done chunks did: linked, persons_created, collisions, …
+
+
 class Status(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -225,3 +239,4 @@ class Status(BaseModel):
     actions: list[ActionView] = []  # the newest operators' actions (cursor resets, dismissals, …)
     checks: Checks | None = None  # the setup checks, when asked for (they call both services)
     webhooks: list[WebhookRow] = []  # one row per webhook, called or not (last 24 hours)
+    initial_sync: InitialSyncView | None = None

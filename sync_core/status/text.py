@@ -5,7 +5,7 @@ only, never person values (see ``status.view``)."""
 
 from __future__ import annotations
 
-from sync_core.status.html import DASH, fmt_count, fmt_prune, fmt_total, fmt_when
+from sync_core.status.html import DASH, fmt_count, fmt_prune, fmt_total, fmt_when, initial_sync_line
 from sync_core.status.models import Status
 
 TEXT_FAILURES = 10  # failures listed, newest first
@@ -68,6 +68,8 @@ def render_text(status: Status) -> str:
             p50 = DASH if hook.p50_ms is None else f"{hook.p50_ms:,.0f} ms"
             p90 = DASH if hook.p90_ms is None else f"{hook.p90_ms:,.0f} ms"
             lines.append(f"Webhook {hook.name}: {hook.calls:,} call(s) in 24 h ({outcomes}); p50 ≤ {p50}, p90 ≤ {p90}")
+    if status.initial_sync is not None:
+        lines.append(initial_sync_line(status))
     if status.state is not None:
         lines.append("State: " + ", ".join(f"{name} {fmt_total(total)}" for name, total in status.state.tables.items()))
         lines.append(f"Last prune: {fmt_prune(status.state.last_prune)}")

@@ -32,6 +32,7 @@ from azure.core.exceptions import AzureError
 from sync_core.check.run import run_checks
 from sync_core.core.errors import ConfigError, SyncError
 from sync_core.core.flows import WEBHOOKS
+from sync_core.core.golive import JOB_CURSOR, JobState
 from sync_core.core.models import Collision, RecordFailure, RunReport, WebhookCalls
 from sync_core.core.report import COMPLETED_OUTCOMES, DID_ITS_WORK, Outcome
 from sync_core.core.schedule import Schedule
@@ -56,6 +57,7 @@ from sync_core.status.models import (
     FailureView,
     Health,
     HealthLevel,
+    InitialSyncView,
     LastPrune,
     StateSize,
     Status,
@@ -319,6 +321,7 @@ def build_status(
         state=state,
         actions=actions,
         webhooks=webhooks,
+        initial_sync=_initial_sync(store),
     )
 
 
@@ -341,6 +344,18 @@ def _webhook_rows(store: StateStore, now: datetime) -> list[WebhookRow]:
             )
         )
     return rows
+
+
+def _initial_sync(store: StateStore) -> InitialSyncView | None:
+    """The go-live job's progress from its checkpoint row (one point read)."""
+    cursor = store.get_cursor(JOB_CURSOR)
+    if cursor is None:
+        return None
+    try:
+        job = JobState.model_validate_json(cursor.value)
+    except ValueError:
+        return None
+    return InitialSyncView.model_validate(job.progress())
 
 
 def _state_size(store: StateStore) -> StateSize:

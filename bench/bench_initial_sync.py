@@ -1,0 +1,197 @@
+"""Go-live at N records against the simulators' realistic profile: ``initial-sync --plan`` then
+``--apply``, each in a fresh process, measured.
+
+Per N (default 100,000): Marketo holds 0.6 N persons (seeded ``seed.lead.{i}``), Dataverse 0.3 N
+leads (the same people as persons 1..0.3 N; one in ten renamed in Dynamics, a first-contact
+conflict that Marketo wins, so those leads are written) and 0.1 N contacts (nobody in Marketo):
+so 0.3 N pairs to link, 0.1 N persons to create and 0.3 N Marketo-only persons left alone (the
+issue's shape: 600k persons, 400k leads and contacts, mostly the same people). The simulators run in their own
+process with the ``realistic`` profile and their limits on from the start (seeding is in-process,
+not through the API), logging every request.
+
+Printed per N: plan and apply wall seconds and peak RSS (each process's ``ru_maxrss``), API calls
+of each phase next to the floor the plan computed and against Marketo's daily quota, the plan's
+ETA for the apply against the apply's real time, and the apply's service floor from the request
+log (``bench_realworld.service_floor``: latency ÷ allowed concurrency, rate limits).
+
+    .venv/bin/python bench/bench_initial_sync.py [--sizes 100000,1000000] [--time-scale 1]
+
+Human lines go to stderr, the JSON to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_realworld import Limits, RequestLog, service_floor
+
+from demo.sandbox_env import sandbox_settings
+from sandbox import DataverseOptions, MarketoOptions, SandboxServers, _profile
+from sandbox.azurite import run_azurite
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sandbox_process(conn: Any, n: int, profile: _profile.Profile, log_path: str) -> None:
+    persons, leads, contacts = int(0.6 * n), int(0.3 * n), int(0.1 * n)
+    marketo = MarketoOptions(limits=True, seed_leads=persons)
+    dataverse = DataverseOptions(limits=True, seed_leads=leads, seed_contacts=contacts)
+    _profile.apply(profile, marketo=marketo, dataverse=dataverse)
+    with open(log_path, "a", encoding="utf-8") as log:
+        servers = SandboxServers(marketo=marketo, dataverse=dataverse, request_log=log).start()
+        try:
+            # One lead in ten has another first name in Dynamics: a first-contact conflict (Marketo wins,
+            # so Dynamics is written), made as a Dynamics user would, before anything is read.
+            for row in servers.dataverse.rows("leads")[::10]:
+                servers.dataverse.update("leads", row["leadid"], {"firstname": "Renamed"}, bypass_plugins=True)
+            conn.send((servers.marketo_url, servers.dataverse_url, persons, leads, contacts))
+            conn.recv()
+        finally:
+            servers.stop()
+    conn.send("stopped")
+
+
+def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profile.Profile) -> dict[str, Any]:
+    handle, name = tempfile.mkstemp(prefix="initial-sync-", suffix=".jsonl")
+    os.close(handle)
+    log_path = Path(name)
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    sandbox = ctx.Process(target=sandbox_process, args=(child, n, profile, str(log_path)))
+    sandbox.start()
+    try:
+        if not parent.poll(1800):
+            raise RuntimeError("the simulators did not start")
+        marketo_url, dataverse_url, persons, leads, contacts = parent.recv()
+        env = sandbox_settings(
+            marketo_url,
+            dataverse_url,
+            tables_connection=connection,
+            table_prefix="g" + uuid.uuid4().hex[:10],
+            MARKETO_RATE_SHARE=str(args.marketo_rate_share),
+            SYNC_INITIAL_API_SHARE=str(args.api_share),
+        )
+        log = RequestLog(log_path)
+        workdir = tempfile.mkdtemp(prefix="initial-sync-")
+        plan_start = time.time()
+        plan = _measured(env, "--plan", "--dir", workdir, "--poll-seconds", str(args.poll_seconds))
+        plan_end = time.time()
+        print(f"N={n}: plan {plan['seconds']} s, peak RSS {plan['peak_rss_mb']} MB", file=sys.stderr, flush=True)
+        apply = _measured(env, "--apply")
+        apply_end = time.time()
+        share = args.marketo_rate_share * args.api_share
+        limits = Limits(profile, share, max(1, int(8 * args.api_share)), "sustained")
+        floor = service_floor(log.between(plan_end, apply_end), limits)
+        plan_json, apply_json = plan["result"], apply["result"]
+        calls = plan_json["api_calls"]
+        eta = float(plan_json["eta_seconds"])
+        row = {
+            "n": persons + leads + contacts,
+            "persons": persons,
+            "leads": leads,
+            "contacts": contacts,
+            "plan": {
+                "seconds": plan["seconds"],
+                "peak_rss_mb": plan["peak_rss_mb"],
+                "api_calls": calls["plan_read"],
+                "api_floor": calls["plan_read_floor"],
+                "read_floor_seconds": service_floor(log.between(plan_start, plan_end), limits)["floor_seconds"],
+                "linked": plan_json["link"],
+                "create_persons": plan_json["create_persons"],
+                "marketo_only_left": plan_json["marketo_only_left"],
+                "ambiguous_groups": plan_json["ambiguous"]["groups"],
+            },
+            "apply": {
+                "seconds": apply["seconds"],
+                "peak_rss_mb": apply["peak_rss_mb"],
+                "api_calls": apply_json["api_calls"],
+                "api_floor": calls["apply_floor"],
+                "api_planned": calls["apply"],
+                "against_plan": apply_json["against_plan"],
+                "eta_seconds": eta,
+                "eta_error": round((eta - apply["seconds"]) / apply["seconds"], 3) if apply["seconds"] else None,
+                "service_floor": floor,
+            },
+            "marketo_daily_quota": calls["marketo_daily_quota"],
+        }
+        marketo_total = calls["plan_read"]["marketo"] + apply_json["api_calls"]["marketo"]
+        row["marketo_quota_share"] = round(marketo_total / calls["marketo_daily_quota"], 3)
+        print(
+            f"N={n}: apply {apply['seconds']} s (plan's ETA {eta} s), peak RSS {apply['peak_rss_mb']} MB, "
+            f"calls {apply_json['api_calls']} (floor {calls['apply_floor']}), service floor "
+            f"{floor['floor_seconds']} s ({floor['dominant']})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return row
+    finally:
+        try:
+            parent.send("stop")
+            parent.poll(60)
+        except (OSError, EOFError):
+            pass
+        sandbox.join(timeout=60)
+        if sandbox.is_alive():
+            sandbox.kill()
+        log_path.unlink(missing_ok=True)
+
+
+def _measured(env: dict[str, str], *args: str) -> dict[str, Any]:
+    """A command in a fresh process; its peak RSS from ``wait4`` (this process's children's maximum
+    would mix the two phases)."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sync_core", "initial-sync", *args, "--quiet"],
+            cwd=ROOT,
+            env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=errors,
+        )
+        assert process.stdout is not None
+        out = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        errors.seek(0)
+        err = errors.read()
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"initial-sync {' '.join(args)} failed ({process.returncode}): {err.decode()[-3000:]}")
+    return {"result": json.loads(out), "seconds": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000", help="records in both databases together, comma-separated")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="the realistic profile's latency multiplier")
+    parser.add_argument("--marketo-rate-share", type=float, default=0.5, help="MARKETO_RATE_SHARE (default 0.5)")
+    parser.add_argument("--api-share", type=float, default=0.5, help="SYNC_INITIAL_API_SHARE (default 0.5)")
+    parser.add_argument(
+        "--poll-seconds", type=float, default=60.0, help="bulk export status poll (default 60, as Marketo advises)"
+    )
+    args = parser.parse_args(argv)
+    profile = _profile.with_overrides(_profile.load("realistic", None), {"time_scale": args.time_scale})
+    results = []
+    with run_azurite() as connection:
+        for n in [int(size) for size in args.sizes.split(",")]:
+            results.append(run_size(n, connection, args, profile))
+    json.dump({"profile": "realistic", "time_scale": args.time_scale, "results": results}, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

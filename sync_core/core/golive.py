@@ -1,0 +1,261 @@
+"""The initial sync's rules and sums, pure: its policy, how work is cut into chunks, the API calls
+a chunk spends, the floor those calls are measured against, and the time the apply should take.
+
+The go-live plan (``sync_core.golive``) reads both databases and decides what to link or create;
+this module says what that costs. Calls are counted the way the clients send them: Marketo 300
+records a call, Dataverse ``DATAVERSE_BATCH_SIZE`` records a bulk message. The floor is what the
+same records would cost with no chunking at all; the ETA is a model of the services' published
+speeds (the same figures as the sandbox's ``realistic`` profile: README "Real-world speed") under
+the share of the rate limits the job may use. No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sync_core.core.fieldmap import Winner
+from sync_core.core.models import EntityType
+
+MARKETO_BATCH = 300
+DATAVERSE_PAGE = 5000
+CHUNK_SIZE = 3000  # work items per chunk: a multiple of 300 (Marketo) and of 1,000 (Dataverse)
+BULK_CALLS_PER_WINDOW = 4  # create, enqueue, one status read that finds it Completed, the file
+# Per call, from the published figures (README "Real-world speed"): Marketo sync 400 ms + 5 ms a
+# record; Dataverse 70 ms a request + 30 ms a record updated, 10 ms a record created.
+MARKETO_SYNC_MS = (400.0, 5.0)
+DATAVERSE_REQUEST_MS = 70.0
+DATAVERSE_UPDATE_MS = 30.0
+DATAVERSE_CREATE_MS = 10.0
+MARKETO_RATE = (100, 20.0)  # calls per window (seconds), per instance
+MARKETO_IN_FLIGHT = 10
+TABLE_TRANSACTION_MS = 40.0  # one Table transaction of ≤ 100 operations (a link is 2 rows)
+LINKS_PER_TRANSACTION = 50
+TABLE_QUERY_MS = 10.0  # one look-up of up to 14 keys; 8 run side by side (the state store's)
+KEYS_PER_QUERY, QUERIES_IN_FLIGHT = 14, 8
+
+
+class MarketoOnlyPolicy(StrEnum):
+    """What the initial sync does with a Marketo person no Dynamics record matches."""
+
+    LEAVE = "leave"  # left alone, as the native sync does (B8; the webhook creates leads on demand)
+    CREATE_LEAD = "create-lead"  # a Dynamics lead is created for it
+
+
+class WorkKind(StrEnum):
+    LINK = "link"  # a person and a record, matched: linked, the first-contact merge written
+    PERSON = "person"  # a Dynamics record without a person: a person is created (B8)
+    LEAD = "lead"  # a Marketo-only person (policy create-lead): a lead is created
+
+
+@dataclass(frozen=True)
+class InitialPolicy:
+    """Who wins a field both sides hold differently on first contact, per entity, and what
+    happens to Marketo-only persons. Defaults as the native sync: B2 and B8."""
+
+    lead_winner: Winner = "marketo"
+    contact_winner: Winner = "dynamics"
+    marketo_only: MarketoOnlyPolicy = MarketoOnlyPolicy.LEAVE
+
+    @property
+    def first_contact(self) -> dict[EntityType, Winner]:
+        return {EntityType.LEAD: self.lead_winner, EntityType.CONTACT: self.contact_winner}
+
+
+@dataclass
+class ChunkCost:
+    """The calls one chunk spends and the records it writes on each side."""
+
+    marketo_calls: int = 0
+    dataverse_calls: int = 0
+    marketo_records: int = 0
+    dataverse_updated: int = 0
+    dataverse_created: int = 0
+
+    def add(self, other: ChunkCost) -> None:
+        self.marketo_calls += other.marketo_calls
+        self.dataverse_calls += other.dataverse_calls
+        self.marketo_records += other.marketo_records
+        self.dataverse_updated += other.dataverse_updated
+        self.dataverse_created += other.dataverse_created
+
+
+def calls(records: int, per_call: int) -> int:
+    return math.ceil(records / per_call) if records > 0 else 0
+
+
+def link_chunk_cost(pairs: int, dynamics_writes: int, *, batch_size: int) -> ChunkCost:
+    """Linking ``pairs`` (every person gets its ``microsoft*`` fields and the values Dynamics wins),
+    ``dynamics_writes`` of them also updating the record."""
+    return ChunkCost(
+        marketo_calls=calls(pairs, MARKETO_BATCH),
+        dataverse_calls=calls(dynamics_writes, batch_size),
+        marketo_records=pairs,
+        dataverse_updated=dynamics_writes,
+    )
+
+
+def person_chunk_cost(with_email: int, without_email: int) -> ChunkCost:
+    """Creating persons: one Sync Leads call per 300, per lookup field (email, or microsoftId)."""
+    return ChunkCost(
+        marketo_calls=calls(with_email, MARKETO_BATCH) + calls(without_email, MARKETO_BATCH),
+        marketo_records=with_email + without_email,
+    )
+
+
+def lead_chunk_cost(leads: int, *, batch_size: int) -> ChunkCost:
+    """Creating leads for Marketo-only persons, then writing the persons' ``microsoft*`` fields."""
+    return ChunkCost(
+        marketo_calls=calls(leads, MARKETO_BATCH),
+        dataverse_calls=calls(leads, batch_size),
+        marketo_records=leads,
+        dataverse_created=leads,
+    )
+
+
+@dataclass(frozen=True)
+class Share:
+    """The part of the services' limits the job may use (the rest stays with the cycle and the webhook)."""
+
+    marketo_rate_share: float  # of Marketo's 100 calls / 20 s and 10 in flight
+    dataverse_parallel: int  # bulk messages in flight
+
+
+def chunk_seconds(cost: ChunkCost, share: Share) -> float:
+    """How long a chunk should take: the look-ups of its links by both ids, both sides' writes at
+    once (the longer counts), then its Table transactions."""
+    marketo_calls = cost.marketo_calls
+    per_call = MARKETO_SYNC_MS[0] + MARKETO_SYNC_MS[1] * min(cost.marketo_records / max(marketo_calls, 1), 300)
+    in_flight = max(1, math.floor(MARKETO_IN_FLIGHT * share.marketo_rate_share))
+    rate = max(1, math.floor(MARKETO_RATE[0] * share.marketo_rate_share)) / MARKETO_RATE[1]
+    marketo = max(math.ceil(marketo_calls / in_flight) * per_call / 1000.0, max(marketo_calls - 1, 0) / rate)
+    dataverse_ms = (
+        cost.dataverse_calls * DATAVERSE_REQUEST_MS
+        + cost.dataverse_updated * DATAVERSE_UPDATE_MS
+        + cost.dataverse_created * DATAVERSE_CREATE_MS
+    )
+    waves = math.ceil(cost.dataverse_calls / max(share.dataverse_parallel, 1)) if cost.dataverse_calls else 0
+    per_message = dataverse_ms / cost.dataverse_calls if cost.dataverse_calls else 0.0
+    dataverse = waves * per_message / 1000.0
+    links = max(cost.marketo_records, cost.dataverse_created)
+    table = math.ceil(links / LINKS_PER_TRANSACTION) * TABLE_TRANSACTION_MS / 1000.0
+    # Before the writes, the chunk's links are looked up by both ids.
+    lookups = 2 * math.ceil(links / KEYS_PER_QUERY) / QUERIES_IN_FLIGHT * TABLE_QUERY_MS / 1000.0
+    return max(marketo, dataverse) + table + lookups
+
+
+@dataclass
+class Floor:
+    """The fewest calls the same work can take: every record of a kind in full batches."""
+
+    marketo: int = 0
+    dataverse: int = 0
+    detail: dict[str, int] = field(default_factory=dict)
+
+
+def write_floor(
+    *, linked: int, dynamics_updates: int, persons_email: int, persons_other: int, leads: int, batch_size: int
+) -> Floor:
+    marketo = calls(linked, MARKETO_BATCH) + calls(persons_email, MARKETO_BATCH) + calls(persons_other, MARKETO_BATCH)
+    marketo += calls(leads, MARKETO_BATCH)
+    dataverse = calls(dynamics_updates, batch_size) + calls(leads, batch_size)
+    return Floor(marketo, dataverse)
+
+
+def read_floor(*, windows: int, dataverse_rows: dict[str, int]) -> Floor:
+    """Reading both sides: a bulk export per 31-day window, Dataverse pages of 5,000 (one at least)."""
+    pages = sum(max(1, calls(rows, DATAVERSE_PAGE)) for rows in dataverse_rows.values())
+    return Floor(BULK_CALLS_PER_WINDOW * windows, pages)
+
+
+# -- the job's checkpoint row (state table, one row; the status view reads it) -------------------
+
+JOB_CURSOR = "initial-sync"
+
+
+class JobStatus(StrEnum):
+    PLANNED = "planned"
+    APPLYING = "applying"
+    DONE = "done"
+
+
+class JobState(BaseModel):
+    """The initial sync job as the state store keeps it: which chunks are started and done (a
+    bitmap each, hex), what the done chunks did, and the plan's headline numbers. Small: a few KiB
+    at a million records (≈ 340 chunks)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job_id: str
+    snapshot: str
+    status: JobStatus = JobStatus.PLANNED
+    chunks: int = 0
+    started: str = ""
+    done: str = ""
+    outcome: dict[str, int] = Field(default_factory=dict)  # summed over the done chunks
+    plan: dict[str, Any] = Field(default_factory=dict)  # the plan's numbers (no ids, no values)
+    planned_at: str | None = None
+    apply_started_at: str | None = None
+    finished_at: str | None = None
+    apply_seconds: float = 0.0  # time spent applying, over every run of --apply
+
+    def is_started(self, chunk: int) -> bool:
+        return _bit(self.started, chunk)
+
+    def is_done(self, chunk: int) -> bool:
+        return _bit(self.done, chunk)
+
+    @property
+    def done_count(self) -> int:
+        return sum(bin(int(self.done[i : i + 2], 16)).count("1") for i in range(0, len(self.done), 2))
+
+    def with_started(self, chunk: int) -> JobState:
+        return self.model_copy(update={"started": _set_bit(self.started, chunk, self.chunks)})
+
+    def with_done(self, chunk: int, counts: Mapping[str, int], seconds: float) -> JobState:
+        outcome = dict(self.outcome)
+        for key, value in counts.items():
+            outcome[key] = outcome.get(key, 0) + value
+        return self.model_copy(
+            update={
+                "done": _set_bit(self.done, chunk, self.chunks),
+                "outcome": outcome,
+                "apply_seconds": self.apply_seconds + seconds,
+            }
+        )
+
+    def progress(self) -> dict[str, Any]:
+        """For the status view: chunks done of all, and the time left at the pace so far (else the plan's ETA)."""
+        done = self.done_count
+        left = self.chunks - done
+        if done and self.apply_seconds:
+            eta = self.apply_seconds / done * left
+        else:
+            eta = float(self.plan.get("eta_seconds") or 0.0) * (left / self.chunks if self.chunks else 0.0)
+        return {
+            "job_id": self.job_id,
+            "status": self.status.value,
+            "chunks_done": done,
+            "chunks": self.chunks,
+            "percent": round(100.0 * done / self.chunks, 1) if self.chunks else 100.0,
+            "eta_seconds": round(eta, 1),
+            "outcome": dict(self.outcome),
+        }
+
+
+def _bit(bits: str, index: int) -> bool:
+    byte = index // 8
+    return byte * 2 < len(bits) and bool(int(bits[byte * 2 : byte * 2 + 2], 16) & (1 << (index % 8)))
+
+
+def _set_bit(bits: str, index: int, size: int) -> str:
+    raw = bytearray.fromhex(bits) if bits else bytearray()
+    need = max((size + 7) // 8, index // 8 + 1)
+    raw.extend(b"\0" * (need - len(raw)))
+    raw[index // 8] |= 1 << (index % 8)
+    return raw.hex()

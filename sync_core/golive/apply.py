@@ -1,0 +1,353 @@
+"""``initial-sync --apply``: the plan's work, a chunk at a time, checkpointed, resumable.
+
+The job row (``core.golive.JobState``, one row in the state table next to the cursors) marks a
+chunk *started* before its first write and *done* after its last, with what it did; the row is
+written ETag-conditionally, so two applies of one job cannot run at once. ``apply_chunk(n)`` is
+the unit of work, idempotent, so a queue could hand chunks to several workers later:
+
+- a chunk never started runs straight: link the pairs (``Applier.sync_linked`` with the first
+  contact's winners: the same merge, validation, bulk writes and ledger as the cycle), create the
+  persons (``NewRecords.create_persons``: ``createOnly`` by email, which Marketo itself refuses
+  to duplicate), create the leads (CreateMultiple);
+- a chunk started but not done (the process died in it) first looks up what already happened:
+  pairs linked already are skipped, records get the matching rule before a person is created
+  (``NewRecords.link_new``: a person created before the crash is found by email or
+  ``microsoftId`` and linked, not created again), persons get an email look-up in Dataverse before
+  a lead is created. So a re-run chunk creates nothing twice.
+
+Before the first chunk the cycle's cursors are set, where none exist yet, to the moment the plan
+read both sides (Marketo paging token, both delta links): the regular cycle then carries on from
+there, not from the beginning. The job uses a share of the API budget (``SYNC_INITIAL_API_SHARE``,
+wired by the caller): the cycle and the webhook keep the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sync_core.core.convert import to_dataverse
+from sync_core.core.entities import CREATED_ON, ENTITY_SETS, PRIMARY_IDS, microsoft_fields
+from sync_core.core.errors import StateConflictError
+from sync_core.core.fieldmap import FieldValueError, canonical_values
+from sync_core.core.golive import JOB_CURSOR, InitialPolicy, JobState, JobStatus, WorkKind
+from sync_core.core.matching import email_key
+from sync_core.core.models import Cursor, Direction, EntityType, Link
+from sync_core.cycle.apply import Applier
+from sync_core.cycle.engine import MARKETO_CHANGES
+from sync_core.cycle.ledger import Batch, OpenFailures, Pending, Tally
+from sync_core.cycle.overlap import MARKETO_CHANGES_TAIL
+from sync_core.golive.snapshot import Snapshot, WorkItem
+from sync_core.wiring.services import Services
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int | None], None]
+
+
+class JobConflictError(RuntimeError):
+    """The job row changed under this apply: another apply of the job is running."""
+
+
+class Checkpoints:
+    """The job row in the state store, written ETag-conditionally."""
+
+    def __init__(self, services: Services) -> None:
+        self._store = services.store
+        self._etag: str | None = None
+
+    def load(self) -> JobState | None:
+        cursor = self._store.get_cursor(JOB_CURSOR)
+        if cursor is None:
+            return None
+        self._etag = cursor.etag
+        return JobState.model_validate_json(cursor.value)
+
+    def save(self, state: JobState, *, fresh: bool = False) -> JobState:
+        """Write ``state``; ``fresh``: replace whatever row is there (a new plan)."""
+        if fresh:
+            existing = self._store.get_cursor(JOB_CURSOR)
+            self._etag = existing.etag if existing else None
+        try:
+            stored = self._store.put_cursor(Cursor(name=JOB_CURSOR, value=state.model_dump_json(), etag=self._etag))
+        except StateConflictError as err:
+            raise JobConflictError("the initial-sync job row changed meanwhile: is another apply running?") from err
+        self._etag = stored.etag
+        return state
+
+
+class InitialSync:
+    """One job's apply over its snapshot (see the module docstring)."""
+
+    def __init__(
+        self,
+        services: Services,
+        snapshot: Snapshot,
+        checkpoints: Checkpoints,
+        state: JobState,
+        *,
+        policy: InitialPolicy,
+        progress: Progress | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._services = services
+        self._snapshot = snapshot
+        self._checkpoints = checkpoints
+        self.state = state
+        self._policy = policy
+        self._progress = progress or (lambda stage, done, total: None)
+        self._clock = clock
+        self._open = OpenFailures(services.store)
+        self._loaded = False
+
+    def run(self) -> JobState:
+        """Every chunk not done yet, in order; then the job is done."""
+        if not self._loaded:
+            self._open.load()
+            self._loaded = True
+        if self.state.status is not JobStatus.APPLYING:
+            self.state = self._checkpoints.save(
+                self.state.model_copy(
+                    update={"status": JobStatus.APPLYING, "apply_started_at": self._clock().isoformat()}
+                )
+            )
+        self.set_cycle_cursors()
+        total = self.state.chunks
+        self._progress("apply", self.state.done_count, total)
+        for number in range(total):
+            if not self.state.is_done(number):
+                self.apply_chunk(number)
+                self._progress("apply", self.state.done_count, total)
+        self.rewind_marketo_changes()
+        self.state = self._checkpoints.save(
+            self.state.model_copy(update={"status": JobStatus.DONE, "finished_at": self._clock().isoformat()})
+        )
+        return self.state
+
+    def rewind_marketo_changes(self) -> None:
+        """Once every pair is linked, the cycle re-reads Marketo's changes from the plan's moment.
+
+        A cycle that ran during the apply read the edits of persons the job had not linked yet and
+        could not apply them (unlinked); the job then linked those persons with the plan's values.
+        Reading the changes again, now that they are linked, applies them; changes applied already
+        equal their baselines and write nothing. A cycle running right now loses its ETag-conditional
+        cursor write and ends; the next one reads from here."""
+        store = self._services.store
+        planned = (self._snapshot.meta("cursors") or {}).get(MARKETO_CHANGES)
+        for _ in range(5):  # a cycle may store its cursor in between: read it again and retry
+            current = store.get_cursor(MARKETO_CHANGES)
+            if planned is None or current is None or current.value == planned:
+                return
+            try:
+                store.put_cursor(current.model_copy(update={"value": planned}))
+                break
+            except StateConflictError:
+                continue
+        tail = store.get_cursor(MARKETO_CHANGES_TAIL)
+        if tail is not None:
+            store.delete_cursor(tail.model_copy(update={"etag": None}))
+        log.info("initial sync %s: Marketo changes are re-read from the plan's moment", self.state.job_id)
+
+    def set_cycle_cursors(self) -> None:
+        """The cycle starts where the plan read, unless it has cursors of its own already."""
+        store = self._services.store
+        for name, value in (self._snapshot.meta("cursors") or {}).items():
+            if store.get_cursor(name) is None:
+                try:
+                    store.put_cursor(Cursor(name=name, value=value))
+                except StateConflictError:
+                    log.info("initial sync: cursor %s was set meanwhile; kept", name)
+
+    # -- one chunk ------------------------------------------------------------------------------
+
+    def apply_chunk(self, number: int) -> dict[str, int]:
+        """Do chunk ``number`` (again, safely, if it was started before); what it did."""
+        began = time.perf_counter()
+        resumed = self.state.is_started(number)
+        if not resumed:
+            self.state = self._checkpoints.save(self.state.with_started(number))
+        items = self._snapshot.chunk(number)
+        tally = Tally()
+        services = self._services
+        applier = Applier(
+            marketo=services.marketo,
+            dataverse=services.dataverse,
+            store=services.store,
+            field_map=services.field_map,
+            dynamics_delete_policy=services.settings.dynamics_delete_policy,
+            marketo_delete_policy=services.settings.marketo_delete_policy,
+            run_id=f"initial-{self.state.job_id}-{number}",
+            now=self._clock(),
+            open_failures=self._open,
+            tally=tally,
+        )
+        applier.first_contact = self._policy.first_contact
+        applier.prepare()
+        counts: dict[str, int] = {}
+        if items:
+            kind, entity = WorkKind(items[0].kind), EntityType(items[0].entity or "lead")
+            if kind is WorkKind.LINK:
+                counts = self._link(applier, entity, items, resumed)
+            elif kind is WorkKind.PERSON:
+                counts = self._persons(applier, entity, items, resumed)
+            else:
+                counts = self._leads(applier, items, resumed)
+            counts["collisions"] = tally.collisions
+            counts["failures"] = tally.failures
+            counts["written_marketo"] = tally.written_marketo
+            counts["written_dynamics"] = tally.written_dynamics
+            if resumed:
+                counts["chunks_resumed"] = 1
+        self.state = self._checkpoints.save(self.state.with_done(number, counts, time.perf_counter() - began))
+        log.info("initial sync %s: chunk %d done (%d items)", self.state.job_id, number, len(items))
+        return counts
+
+    def _link(self, applier: Applier, entity: EntityType, items: Sequence[WorkItem], resumed: bool) -> dict[str, int]:
+        """Link the chunk's pairs, except those linked meanwhile: by this chunk's interrupted run
+        (counted as done), or by the cycle, which links a record that changed since the plan by the
+        same matching rule (its link is newer than the plan's values: left alone)."""
+        done_before = 0
+        store = self._services.store
+        by_person = store.get_links_by_marketo_ids([int(i.marketo_id or 0) for i in items])
+        by_record = store.get_links_by_dataverse_ids(entity, [str(i.dataverse_id) for i in items])
+        kept = []
+        for item in items:
+            link = by_person.get(int(item.marketo_id or 0))
+            if link is not None and link.entity is entity and link.dataverse_id == item.dataverse_id:
+                done_before += 1
+            elif link is None and str(item.dataverse_id) not in by_record:
+                kept.append(item)
+        items = kept
+        now = applier.now
+        pending = [
+            Pending(
+                Link(
+                    marketo_id=int(item.marketo_id or 0),
+                    entity=entity,
+                    dataverse_id=str(item.dataverse_id),
+                    baseline={},
+                    updated_at=now,
+                ),
+                marketo=item.marketo,
+                marketo_full=True,
+                dynamics=item.dynamics,
+                marketo_extra=microsoft_fields(entity, str(item.dataverse_id), (item.dynamics or {}).get(CREATED_ON)),
+                event="linked",
+            )
+            for item in items
+            if item.marketo is not None and item.dynamics is not None
+        ]
+        applier.sync_linked(pending)
+        return {"linked": applier.tally.linked + done_before}
+
+    def _persons(
+        self, applier: Applier, entity: EntityType, items: Sequence[WorkItem], resumed: bool
+    ) -> dict[str, int]:
+        rows = [item.dynamics for item in items if item.dynamics is not None]
+        ids = [str(row[PRIMARY_IDS[entity]]).lower() for row in rows]
+        already = self._services.store.get_links_by_dataverse_ids(entity, ids)
+        rest = [row for row, rid in zip(rows, ids, strict=True) if rid not in already]
+        if not resumed:
+            # Marketo refuses a createOnly whose email (or microsoftId) a person has: never a duplicate.
+            applier.new_records.create_persons(entity, rest)
+            return {"persons_created": applier.tally.created + len(already)}
+        applier.new_records.link_new(entity, rest, lambda ids: {})
+        # A person found by the matching rule was created by the interrupted run of this chunk.
+        return {"persons_created": applier.tally.created + applier.tally.linked + len(already)}
+
+    def _leads(self, applier: Applier, items: Sequence[WorkItem], resumed: bool) -> dict[str, int]:
+        """Marketo-only persons get a lead (policy ``create-lead``), then are linked to it."""
+        entity = EntityType.LEAD
+        services = self._services
+        field_map = applier.field_map
+        mappings = field_map.for_entity(entity)
+        metadata = applier.metadata.get(entity)
+        persons = {int(item.marketo_id or 0): item.marketo or {} for item in items}
+        existing: dict[str, str] = {}
+        done_before = 0
+        linked = services.store.get_links_by_marketo_ids(sorted(persons))
+        done_before = len(linked)
+        for mid in linked:
+            persons.pop(mid, None)
+        if resumed:
+            email = field_map.email_field(entity)
+            column = email.column(entity) if email else None
+            emails = [str(p.get(email.marketo)) for p in persons.values() if email and p.get(email.marketo)]
+            if column and emails:
+                for row in services.dataverse.find_by_emails(
+                    ENTITY_SETS[entity], emails, select=[PRIMARY_IDS[entity]], attribute=column
+                ):
+                    key = email_key(row.get(column))
+                    if key:
+                        existing[key] = str(row[PRIMARY_IDS[entity]]).lower()
+        batch = Batch()
+        ledger = applier.ledger
+        to_create: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
+        links: list[tuple[int, str, dict[str, Any]]] = []
+        email_mapping = field_map.email_field(entity)
+        for mid, person in persons.items():
+            values = canonical_values(mappings, person, side="marketo")
+            found = email_key(person.get(email_mapping.marketo)) if email_mapping else None
+            if found and found in existing:
+                links.append((mid, existing[found], values))
+                continue
+            try:
+                lead = to_dataverse(field_map, entity, values, metadata=metadata, creating=True)
+            except FieldValueError as err:
+                lead_problems = [str(err)]
+            else:
+                lead_problems = lead.problems
+            stub = Link(marketo_id=mid, entity=entity, dataverse_id="")
+            if lead_problems:
+                ledger.fail_person(batch, stub, Direction.TO_DYNAMICS, lead_problems, code="validation", keys=[])
+                continue
+            to_create.append((mid, lead.payload, values))
+        if to_create and metadata is not None:
+            outcomes = services.dataverse.create_multiple(metadata, [payload for _, payload, _ in to_create])
+            for (mid, _, values), outcome in zip(to_create, outcomes, strict=True):
+                if outcome.ok and outcome.id:
+                    links.append((mid, outcome.id.lower(), values))
+                    applier.tally.written_dynamics += 1
+                else:
+                    stub = Link(marketo_id=mid, entity=entity, dataverse_id="")
+                    reason = f"Dynamics refused the lead: {outcome.message or outcome.status}"
+                    ledger.fail_person(batch, stub, Direction.TO_DYNAMICS, [reason], code=outcome.code, keys=[])
+        if links:
+            results = services.marketo.sync_leads(
+                [{"id": mid, **microsoft_fields(entity, did, None)} for mid, did, _ in links],
+                action="updateOnly",
+                lookup_field="id",
+            )
+            for (mid, did, values), result in zip(links, results, strict=True):
+                applier.tally.written_marketo += int(result.ok)
+                batch.links.append(
+                    Link(marketo_id=mid, entity=entity, dataverse_id=did, baseline=values, updated_at=applier.now)
+                )
+        ledger.record(batch)
+        return {"leads_created": len(links) + done_before}
+
+
+def outcome_against_plan(plan: Mapping[str, Any], outcome: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """The plan's numbers next to what happened, for the apply's report."""
+    planned_links = sum((plan.get("link") or {}).values())
+    planned_persons = sum((plan.get("create_persons") or {}).values())
+    refused = sum((plan.get("refused") or {}).values())
+    return {
+        "linked": {"planned": planned_links, "done": outcome.get("linked", 0)},
+        "persons_created": {
+            "planned": int((plan.get("writes") or {}).get("persons_created", 0)),
+            "of_records": planned_persons,
+            "done": outcome.get("persons_created", 0),
+        },
+        "leads_created": {"planned": int(plan.get("create_leads") or 0), "done": outcome.get("leads_created", 0)},
+        "conflicts": {
+            "planned": sum(
+                n for fields in (plan.get("conflicts") or {}).values() for w in fields.values() for n in w.values()
+            ),
+            "done": outcome.get("collisions", 0),
+        },
+        "refused": {"planned": refused, "done": outcome.get("failures", 0)},
+    }

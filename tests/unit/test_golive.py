@@ -1,0 +1,177 @@
+"""The initial sync's pure rules and small parts: first-contact winners, the job's chunk marks, what
+a chunk costs, the export windows, the bulk file's CSV, and the status view's line."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from sync_core.core.fieldmap import load_field_map
+from sync_core.core.golive import (
+    JOB_CURSOR,
+    InitialPolicy,
+    JobState,
+    JobStatus,
+    Share,
+    chunk_seconds,
+    link_chunk_cost,
+    person_chunk_cost,
+    write_floor,
+)
+from sync_core.core.merge import merge_record
+from sync_core.core.models import Cursor, EntityType
+from sync_core.marketo._bulk import iter_csv_rows, window_body, windows
+from sync_core.state import MemoryStateStore
+from sync_core.status.text import render_text
+from sync_core.status.view import build_status
+
+LEAD, CONTACT = EntityType.LEAD, EntityType.CONTACT
+FIELDS = load_field_map(None)
+
+
+@pytest.mark.parametrize(
+    ("entity", "policy", "winner", "rule"),
+    [
+        (LEAD, InitialPolicy(), "marketo", "first contact: lead Marketo wins"),
+        (CONTACT, InitialPolicy(), "dynamics", "first contact: contact Dynamics wins"),
+        (LEAD, InitialPolicy(lead_winner="dynamics"), "dynamics", "first contact: lead Dynamics wins"),
+        (CONTACT, InitialPolicy(contact_winner="marketo"), "marketo", "first contact: contact Marketo wins"),
+    ],
+)
+def test_first_contact_winner_follows_the_policy(
+    entity: EntityType, policy: InitialPolicy, winner: str, rule: str
+) -> None:
+    merge = merge_record(
+        FIELDS.for_entity(entity),
+        entity,
+        marketo={"firstName": "M"},
+        dynamics={"firstName": "D"},
+        baseline={},
+        first_contact=policy.first_contact,
+    )
+    assert [(c.key, c.winner, c.rule) for c in merge.collisions] == [("firstName", winner, rule)]
+    assert merge.merged["firstName"] == ("M" if winner == "marketo" else "D")
+
+
+def test_first_contact_policy_does_not_touch_a_field_with_a_baseline() -> None:
+    policy = InitialPolicy(lead_winner="dynamics")
+    merge = merge_record(
+        FIELDS.for_entity(LEAD),
+        LEAD,
+        marketo={"firstName": "M"},
+        dynamics={"firstName": "D"},
+        baseline={"firstName": "B"},
+        first_contact=policy.first_contact,
+    )
+    assert [(c.winner, c.rule) for c in merge.collisions] == [("marketo", "lead: Marketo wins")]
+
+
+def test_an_empty_side_takes_the_other_value_without_a_conflict() -> None:
+    merge = merge_record(
+        FIELDS.for_entity(CONTACT),
+        CONTACT,
+        marketo={"title": "CEO"},
+        dynamics={"title": None},
+        baseline={},
+        first_contact=InitialPolicy().first_contact,
+    )
+    assert merge.collisions == ()
+    assert merge.to_dynamics == {"title": "CEO"}
+
+
+def test_job_marks_chunks_started_and_done() -> None:
+    job = JobState(job_id="j", snapshot="s", chunks=20)
+    job = job.with_started(0).with_started(9).with_done(0, {"linked": 5}, 1.5).with_done(9, {"linked": 2}, 0.5)
+    job = job.with_started(19)
+    assert [n for n in range(20) if job.is_started(n)] == [0, 9, 19]
+    assert [n for n in range(20) if job.is_done(n)] == [0, 9]
+    assert job.done_count == 2
+    assert job.outcome == {"linked": 7}
+    again = JobState.model_validate_json(job.model_dump_json())
+    assert again.is_done(9)
+    assert not again.is_done(19)
+    assert again.progress()["eta_seconds"] == pytest.approx(1.0 * 18)
+
+
+@pytest.mark.parametrize(
+    ("pairs", "dynamics", "marketo_calls", "dataverse_calls"),
+    [(3000, 3000, 10, 3), (3000, 0, 10, 0), (1, 1, 1, 1), (301, 1001, 2, 2)],
+)
+def test_link_chunk_cost(pairs: int, dynamics: int, marketo_calls: int, dataverse_calls: int) -> None:
+    cost = link_chunk_cost(pairs, dynamics, batch_size=1000)
+    assert (cost.marketo_calls, cost.dataverse_calls) == (marketo_calls, dataverse_calls)
+
+
+def test_persons_cost_a_call_per_300_per_lookup_field_and_the_floor_pools_chunks() -> None:
+    assert person_chunk_cost(300, 1).marketo_calls == 2
+    floor = write_floor(
+        linked=6000, dynamics_updates=2500, persons_email=301, persons_other=0, leads=0, batch_size=1000
+    )
+    assert (floor.marketo, floor.dataverse) == (20 + 2, 3)
+
+
+def test_chunk_time_is_the_slower_side_under_the_share_then_the_link_lookups_and_writes() -> None:
+    # 3,000 pairs, 300 leads written. Marketo at a quarter share: 2 in flight, 25 calls / 20 s, so
+    # 10 calls of 300 take 5 waves x 1.9 s = 9.5 s (more than the 9 / 1.25 s the rate allows).
+    # Dataverse: one bulk message, 70 ms + 300 x 30 ms = 9.07 s. Then the links: looked up by both
+    # ids (2 x 215 queries of 14 keys, 8 at a time, 10 ms) and written (60 transactions x 40 ms).
+    cost = link_chunk_cost(3000, 300, batch_size=1000)
+    seconds = chunk_seconds(cost, Share(marketo_rate_share=0.25, dataverse_parallel=4))
+    assert seconds == pytest.approx(9.5 + 2 * 215 / 8 * 0.010 + 60 * 0.040)
+    # With Marketo's whole budget the Dataverse message is the slower side.
+    assert chunk_seconds(cost, Share(marketo_rate_share=1.0, dataverse_parallel=4)) == pytest.approx(
+        9.07 + 2 * 215 / 8 * 0.010 + 60 * 0.040
+    )
+
+
+def test_export_windows_cover_the_span_in_31_days_and_never_overlap() -> None:
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    parts = windows(start, start + timedelta(days=70))
+    assert parts[0][0] == start
+    assert parts[-1][1] >= start + timedelta(days=70)
+    for (_, end), (next_start, _) in itertools.pairwise(parts):
+        assert next_start == end + timedelta(seconds=1)
+    assert all(end - begin <= timedelta(days=31) for begin, end in parts)
+    body = window_body(["id"], *parts[0])
+    assert body["filter"]["createdAt"] == {"startAt": "2024-01-01T00:00:00Z", "endAt": "2024-02-01T00:00:00Z"}
+    with pytest.raises(ValueError, match="0 to 31 days"):
+        window_body(["id"], start, start + timedelta(days=32))
+
+
+def test_bulk_file_rows_are_read_as_they_stream() -> None:
+    body = (
+        b'id,email,title\n1,a@example.com,null\n2,"b,c@example.com","line one\nline two"\n'
+        b'3,d@example.com,"say ""hi"""\n'
+    )
+
+    def chunks() -> httpx.SyncByteStream:
+        class Stream(httpx.SyncByteStream):
+            def __iter__(self):  # type: ignore[no-untyped-def]
+                for start in range(0, len(body), 7):  # split everywhere, quotes and newlines included
+                    yield body[start : start + 7]
+
+        return Stream()
+
+    response = httpx.Response(200, stream=chunks())
+    rows = list(iter_csv_rows(response))
+    assert rows == [
+        {"id": "1", "email": "a@example.com", "title": None},
+        {"id": "2", "email": "b,c@example.com", "title": "line one\nline two"},
+        {"id": "3", "email": "d@example.com", "title": 'say "hi"'},
+    ]
+
+
+def test_status_shows_the_initial_sync_progress() -> None:
+    store = MemoryStateStore()
+    job = JobState(job_id="20250101T000000Z-abc", snapshot="s", chunks=4, status=JobStatus.APPLYING)
+    job = job.with_started(0).with_done(0, {"linked": 3000, "collisions": 12}, 30.0)
+    store.put_cursor(Cursor(name=JOB_CURSOR, value=job.model_dump_json()))
+    status = build_status(store, now=datetime(2025, 1, 1, tzinfo=UTC))
+    assert status.initial_sync is not None
+    assert (status.initial_sync.chunks_done, status.initial_sync.percent) == (1, 25.0)
+    assert status.initial_sync.eta_seconds == pytest.approx(90.0)
+    assert "Initial sync 20250101T000000Z-abc: applying, 25.0 % (1/4 chunks)" in render_text(status)
+    assert "linked 3,000" in render_text(status)
