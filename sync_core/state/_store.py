@@ -18,6 +18,7 @@ Tables (``{prefix}`` + name), keys and why:
                                                                all of them read a page at a time
     claims      PK claim / RK key                              insert-if-absent
     state       PK prune / RK last                             the last prune that removed rows
+    jobs        PK job / RK id, PK {job id} / RK {chunk}       chunked jobs (``_jobs``)
 
 Every batched write is packed into single-partition transactions of ≤ 100 operations; the rows
 of one link never straddle two transactions.
@@ -55,6 +56,7 @@ from sync_core.core.models import (
     RecordFailure,
     RunReport,
 )
+from sync_core.state._jobs import JobRows
 from sync_core.state._keys import (
     RowOp,
     as_utc,
@@ -87,7 +89,7 @@ from sync_core.state._rows import RowFilter, StoredRow
 logger = logging.getLogger(__name__)
 
 
-class RowStateStore(RetentionRows):
+class RowStateStore(JobRows, RetentionRows):
     """``StateStore`` over a ``Rows`` backend; see the module docstring for the layout.
 
     ``query_workers``: how many of one lookup's ``$filter`` queries may be in flight at once. They

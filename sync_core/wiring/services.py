@@ -24,7 +24,9 @@ from sync_core.http.counters import ApiCounters
 from sync_core.marketo.client import MarketoClient
 from sync_core.settings import Settings
 from sync_core.state import StateStore
+from sync_core.state.queue import JobQueue
 from sync_core.wiring.credentials import build_dataverse_credential
+from sync_core.wiring.queue import build_job_queue
 from sync_core.wiring.state import build_state_store
 
 # httpx logs every request's URL at INFO, and our URLs carry person data (Marketo filterValues,
@@ -45,6 +47,7 @@ class Services:
     marketo: MarketoClient
     dataverse: DataverseClient
     store: StateStore
+    queue: JobQueue | None = None  # chunked jobs' messages (``sync_core.jobs``); None: not configured
     http_clients: tuple[httpx.Client, ...] = ()  # owned here, closed by ``close``
 
     def close(self) -> None:
@@ -58,9 +61,11 @@ def build_services(
     marketo_http: httpx.Client | None = None,
     dataverse_http: httpx.Client | None = None,
     store: StateStore | None = None,
+    queue: JobQueue | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> Services:
-    """A fresh wiring for ``settings``; pass clients, a store or ``sleep`` to replace the real ones."""
+    """A fresh wiring for ``settings``; pass clients, a store, a queue or ``sleep`` to replace the real
+    ones. A store passed in (tests) comes without a queue unless one is passed too."""
     field_map = load_field_map(settings.field_map)
     counters = ApiCounters()
     owned: list[httpx.Client] = []
@@ -95,6 +100,7 @@ def build_services(
         marketo=marketo,
         dataverse=dataverse,
         store=store if store is not None else build_state_store(settings),
+        queue=queue if queue is not None or store is not None else build_job_queue(settings),
         http_clients=tuple(owned),
     )
 
