@@ -25,6 +25,7 @@ from sync_core.marketo.client import MarketoClient
 from sync_core.settings import Settings
 from sync_core.state import StateStore
 from sync_core.state.queue import JobQueue
+from sync_core.wiring.budget import build_shared_budgets
 from sync_core.wiring.credentials import build_dataverse_credential
 from sync_core.wiring.queue import build_job_queue
 from sync_core.wiring.state import build_state_store
@@ -75,6 +76,8 @@ def build_services(
     if dataverse_http is None:
         dataverse_http = httpx.Client(limits=_LIMITS)
         owned.append(dataverse_http)
+    state_store = store if store is not None else build_state_store(settings)
+    budgets = build_shared_budgets(settings, state_store, sleep=sleep)
     marketo = MarketoClient(
         marketo_http,
         base_url=settings.marketo_base_url,
@@ -83,6 +86,8 @@ def build_services(
         rate_share=settings.marketo_rate_share,
         counters=counters,
         sleep=sleep or time.sleep,
+        budget=None if budgets is None else budgets.marketo,
+        background_share=settings.background_share,
     )
     dataverse = DataverseClient(
         dataverse_http,
@@ -92,6 +97,7 @@ def build_services(
         max_parallel=settings.dataverse_max_parallel,
         counters=counters,
         sleep=sleep or time.sleep,
+        budget=None if budgets is None else budgets.dataverse,
     )
     return Services(
         settings=settings,
@@ -99,7 +105,7 @@ def build_services(
         counters=counters,
         marketo=marketo,
         dataverse=dataverse,
-        store=store if store is not None else build_state_store(settings),
+        store=state_store,
         queue=queue if queue is not None or store is not None else build_job_queue(settings),
         http_clients=tuple(owned),
     )
