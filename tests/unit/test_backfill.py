@@ -12,6 +12,8 @@ from sync_core.core.models import Direction
 from sync_core.jobs import fields
 from sync_core.settings import Settings
 from sync_core.state.queue import MemoryJobQueue
+from sync_core.status.text import render_text
+from sync_core.status.view import build_status
 from sync_core.wiring.services import Services
 from tests.unit.conftest import World, field_map_with, make_world
 from tests.unit.test_jobs import ENV
@@ -107,3 +109,30 @@ def test_since_keeps_only_links_updated_from_that_date(world: World) -> None:
 def test_an_unmapped_field_is_refused(world: World) -> None:
     with pytest.raises(ValueError, match="not in the field map"):
         backfill.field_mapping(services_with_title(world), "fax")
+
+
+def test_the_status_view_shows_the_field_not_backfilled_the_job_and_the_poison_queue(world: World) -> None:
+    world.linked_lead(1)
+    services = services_with_title(world)
+    assert isinstance(services.queue, MemoryJobQueue)
+    services.queue.send_poison('{"job": "x", "chunk": 0}')
+    status = build_status(world.store, now=world.clock(), field_map=services.field_map, queue=services.queue)
+    assert status.jobs is not None
+    assert status.jobs.unbackfilled_fields == ["title"]
+    assert status.jobs.poison_messages == 1
+    assert any("backfill --field title" in detail for detail in status.health.details)
+    assert any("poison queue" in detail for detail in status.health.details)
+
+    mapping = backfill.field_mapping(services, "title")
+    job = jobs.start_job(
+        services, backfill.KIND, {"field": "title"}, backfill.plan_chunks(world.store, mapping, since=None)
+    )
+    running = build_status(world.store, now=world.clock(), field_map=services.field_map, queue=services.queue)
+    assert running.jobs is not None
+    assert [(j.id, j.state, j.done, j.pending) for j in running.jobs.recent] == [(job.id, "running", 0, 1)]
+    assert f"Job {job.id[:8]} backfill title: running, 0/1 chunks" in render_text(running)
+    drain(services)
+    done = build_status(world.store, now=world.clock(), field_map=services.field_map, queue=services.queue)
+    assert done.jobs is not None
+    assert done.jobs.unbackfilled_fields == []
+    assert done.jobs.recent[0].state == "done"
