@@ -91,6 +91,9 @@ def follow(
             out.flush()
             last = line
         if progress.complete:
+            if progress.job.state is not JobState.DONE:  # the last chunk's worker is finishing it (or died)
+                jobs.finish_if_complete(services, job_id)
+                continue
             return progress
         if progress.running == 0 and progress.errors and (_poisoned(services) or 0) > poisoned_before:
             out.write(f"backfill {field}: chunks failed for good (poison queue); fix the cause, then --resume\n")

@@ -21,9 +21,11 @@ The API, small on purpose (initial sync and field backfill plug into it):
   twice only if a worker dies between its writes and its mark, which idempotent work makes
   harmless. A chunk that raises is released (``pending``, with the error) and the error re-raised,
   so the host retries it and, after ``maxDequeueCount`` (host.json), moves it to the poison queue.
-- ``job_progress(store, job_id)``, ``resume_job(services, job_id, now=…)`` (enqueue again every
-  chunk not done and not held: after poison or a lost message), ``run_inline(services, job_id)``
-  (no queue: run the chunks in this process, the same ``process_message`` path).
+- ``job_progress(store, job_id)``, ``finish_if_complete(services, job_id)`` (what the worker of the
+  last chunk does; a follower calls it too, in case that worker died before it),
+  ``resume_job(services, job_id, now=…)`` (enqueue again every chunk not done and not held: after
+  poison or a lost message), ``run_inline(services, job_id)`` (no queue: run the chunks in this
+  process, the same ``process_message`` path).
 
 It does not know what any kind does, and messages and rows carry ids and counts, never person data.
 """
@@ -48,6 +50,7 @@ __all__ = [
     "CHUNK_LEASE",
     "JobKind",
     "JobProgress",
+    "finish_if_complete",
     "job_progress",
     "kinds",
     "process_message",
@@ -133,7 +136,7 @@ def start_job(
     job = store.put_job(job.model_copy(update={"chunks": count, "planned": True}))
     log.info("job %s (%s): %d chunks %s", job.id, kind, count, "enqueued" if enqueue else "written")
     if count == 0:
-        _maybe_complete(services, job.id, now=now or _utcnow())
+        finish_if_complete(services, job.id, now=now or _utcnow())
         job = store.get_job(job.id) or job
     return job
 
@@ -203,7 +206,7 @@ def process_message(
         # Our lease passed and another worker claimed the chunk: it will mark it (the work is idempotent).
         log.warning("job %s chunk %d: lease lost before the done mark; left to its new owner", job_id, index)
         return "deferred"
-    _maybe_complete(services, job_id, now=now())
+    finish_if_complete(services, job_id, now=now())
     return "done"
 
 
@@ -243,7 +246,7 @@ def job_progress(store: StateStore, job_id: str, *, max_errors: int = 5) -> JobP
     return progress
 
 
-def _maybe_complete(services: Services, job_id: str, *, now: datetime) -> None:
+def finish_if_complete(services: Services, job_id: str, *, now: datetime | None = None) -> None:
     """After a chunk's done mark: if every chunk is done, mark the job done (once, by ETag) and run
     its kind's completion."""
     progress = job_progress(services.store, job_id)
@@ -251,7 +254,9 @@ def _maybe_complete(services: Services, job_id: str, *, now: datetime) -> None:
         return
     try:
         job = services.store.put_job(
-            progress.job.model_copy(update={"state": JobState.DONE, "finished_at": now, "result": progress.totals})
+            progress.job.model_copy(
+                update={"state": JobState.DONE, "finished_at": now or _utcnow(), "result": progress.totals}
+            )
         )
     except StateConflictError:
         return  # another worker's last chunk completed it
@@ -271,7 +276,7 @@ def resume_job(services: Services, job_id: str, *, now: datetime | None = None) 
         if chunk.state is not ChunkState.DONE and chunk.claimable(at):
             services.queue.send(message_body(job_id, chunk.index))
             sent += 1
-    _maybe_complete(services, job_id, now=at)
+    finish_if_complete(services, job_id, now=at)
     return sent
 
 

@@ -1,13 +1,17 @@
 """Field backfill (sync_core.backfill) over the unit fakes: a field added to the map is reported
 as not backfilled, and the job fills it from the winning side — Marketo for leads, Dynamics for
-contacts — in bulk, sets its baseline, records a refused value as a failure, and clears the report."""
+contacts — in bulk, sets its baseline, records a refused value as a failure, and clears the report;
+a backfill stopped midway resumes with only the chunks not done."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 from sync_core import backfill, jobs
 from sync_core.core.fieldmap import load_field_map
+from sync_core.core.jobs import ChunkState, JobState
 from sync_core.core.models import Direction
 from sync_core.jobs import fields
 from sync_core.settings import Settings
@@ -136,3 +140,47 @@ def test_the_status_view_shows_the_field_not_backfilled_the_job_and_the_poison_q
     assert done.jobs is not None
     assert done.jobs.unbackfilled_fields == []
     assert done.jobs.recent[0].state == "done"
+
+
+def test_a_backfill_stopped_midway_resumes_and_fills_every_link_once(world: World) -> None:
+    leads = [world.linked_lead(i) for i in range(6)]
+    for i, (_, person) in enumerate(leads):
+        world.marketo.edit(person, title=f"Marketo title {i}")
+    services = services_with_title(world)
+    mapping = backfill.field_mapping(services, "title")
+    job = jobs.start_job(
+        services,
+        backfill.KIND,
+        {"field": "title"},
+        backfill.plan_chunks(world.store, mapping, since=None, chunk_size=2),
+    )
+    queue = services.queue
+    assert isinstance(queue, MemoryJobQueue)
+    # The stop: one chunk done, one held by a worker that died (its lease ran out), the rest of the
+    # messages lost with the queue.
+    [first] = queue.receive(max_messages=1, visibility_timeout=60)
+    assert jobs.process_message(services, first.body, owner="w1") == "done"
+    dead = world.store.get_chunk(job.id, 1)
+    assert dead is not None
+    world.store.put_chunk(
+        dead.model_copy(
+            update={"state": ChunkState.RUNNING, "owner": "dead", "lease_until": world.clock(), "attempts": 1}
+        )
+    )
+    services = dataclasses.replace(services, queue=MemoryJobQueue())
+    progress = jobs.job_progress(world.store, job.id)
+    assert progress is not None
+    assert (progress.done, progress.complete) == (1, False)
+
+    assert jobs.resume_job(services, job.id) == 2  # the dead worker's chunk and the lost one
+    drain(services)
+
+    chunks = list(world.store.iter_chunks(job.id))
+    assert [(c.state, c.attempts) for c in chunks] == [(ChunkState.DONE, 1), (ChunkState.DONE, 2), (ChunkState.DONE, 1)]
+    progress = jobs.job_progress(world.store, job.id)
+    assert progress is not None
+    assert progress.job.state is JobState.DONE
+    assert progress.totals["written"] == 6
+    for i, (lead_id, _) in enumerate(leads):
+        assert world.dataverse.row("leads", lead_id)["jobtitle"] == f"Marketo title {i}"
+    assert fields.unsynced_fields(world.store, services.field_map) == []
