@@ -20,6 +20,7 @@ from sync_core.telemetry import configure_telemetry, flush_telemetry
 from sync_core.webhook import flows
 from sync_core.webhook import handler as webhook
 from sync_core.wiring import preflight
+from sync_core.worker import process_job_message
 
 log = logging.getLogger("function_app")
 configure_telemetry(os.environ)  # once per worker process: Application Insights in Azure (README "Telemetry")
@@ -110,3 +111,12 @@ def sync_cycle(timer: func.TimerRequest) -> None:
     log.info("sync cycle %s: %s", report.run_id, report.outcome)
     if report.outcome is Outcome.ERROR:  # a person must act: fail the execution so Azure Monitor sees it
         raise CycleFailedError(f"sync cycle {report.run_id} failed: {report.report.error}")
+
+
+@app.queue_trigger(arg_name="message", queue_name="%SYNC_JOBS_QUEUE%", connection="AzureWebJobsStorage")
+def job_chunk(message: func.QueueMessage) -> None:
+    """One chunk of a long job (initial sync, field backfill) on whichever instance takes it (design §6).
+    An error fails the execution: the host delivers the message again, and after maxDequeueCount
+    (host.json) moves it to the poison queue, which the status view counts."""
+    outcome = process_job_message(os.environ, message.get_body())
+    log.info("job message %s: %s", message.id, outcome)

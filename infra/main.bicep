@@ -123,6 +123,17 @@ param syncLeaseSeconds int = 90
 @maxValue(25)
 param webhookDeadlineSeconds int = 20
 
+@description('SYNC_JOBS_QUEUE: the queue of chunked jobs (field backfill), created with its poison queue `<name>-poison`.')
+@minLength(3)
+@maxLength(57)
+param syncJobsQueue string = 'sync-jobs'
+
+@description('SYNC_SHARED_BUDGET: keep the API budget (Marketo 100 calls/20 s, 10 in flight; Dataverse limits) in the state tables for every instance, not per instance. On by default: Flex Consumption scales out.')
+param syncSharedBudget bool = true
+
+@description('SYNC_BACKGROUND_SHARE: the share of each API limit chunked jobs may use, the rest kept for the cycle and the webhook (a decimal in (0, 1], as text).')
+param syncBackgroundShare string = '0.5'
+
 @description('SYNC_RETENTION_RUN_REPORTS_DAYS: days a run report is kept (README "What the sync keeps").')
 @minValue(1)
 @maxValue(3650)
@@ -249,6 +260,7 @@ module storage 'app/storage.bicep' = {
     tags: tags
     deploymentContainerName: deploymentContainerName
     skuName: storageSkuName
+    jobsQueueName: syncJobsQueue
   }
 }
 
@@ -318,6 +330,9 @@ module api 'app/api.bicep' = {
     dataverseMaxParallel: dataverseMaxParallel
     syncLeaseSeconds: syncLeaseSeconds
     webhookDeadlineSeconds: webhookDeadlineSeconds
+    syncJobsQueue: syncJobsQueue
+    syncSharedBudget: syncSharedBudget
+    syncBackgroundShare: syncBackgroundShare
 
     syncRetentionRunReportsDays: syncRetentionRunReportsDays
     syncRetentionCollisionsDays: syncRetentionCollisionsDays

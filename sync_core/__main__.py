@@ -74,6 +74,12 @@ def _export(argv: list[str]) -> int:
     return export_main(argv)
 
 
+def _backfill(argv: list[str]) -> int:
+    from sync_core.backfill.cli import backfill_main
+
+    return backfill_main(argv)
+
+
 def _status(argv: list[str]) -> int:
     from sync_core.status.view import status_main
 
@@ -109,6 +115,12 @@ _COMMANDS: dict[str, tuple[Callable[[list[str]], int], tuple[bool, bool, bool] |
         _status,
         (True, False, False),
         "the state an admin needs: last cycles, backlog, failures, collisions, drift",
+    ),
+    "backfill": (
+        _backfill,
+        (True, True, True),
+        "fill a mapped field for the linked records from the winning side (--field NAME [--since DATE]), "
+        "in chunks on the job queue; --resume, --inline",
     ),
     "forget": (
         _forget,

@@ -29,6 +29,7 @@ from sync_core.core.syncfilter import (
 )
 
 DEFAULT_SCHEDULE = "0 */5 * * * *"
+DEFAULT_JOBS_QUEUE = "sync-jobs"
 DEFAULT_WEBHOOK_DEADLINE = 20.0  # seconds; Marketo waits 30 s for a webhook
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
@@ -79,6 +80,12 @@ ENV_NAMES: dict[str, str] = {
     "SYNC_INITIAL_CONTACT_WINNER": "initial_contact_winner",
     "SYNC_INITIAL_MARKETO_ONLY": "initial_marketo_only",
     "SYNC_INITIAL_API_SHARE": "initial_api_share",
+    # chunked jobs on a queue, and the API budget shared by every instance (README "Scale-out")
+    "SYNC_QUEUE_CONNECTION": "queue_connection",
+    "SYNC_QUEUE_ENDPOINT": "queue_endpoint",
+    "SYNC_JOBS_QUEUE": "jobs_queue",
+    "SYNC_SHARED_BUDGET": "shared_budget",
+    "SYNC_BACKGROUND_SHARE": "background_share",
     # retention (README "What the sync keeps"): days an append-style row is kept
     "SYNC_RETENTION_RUN_REPORTS_DAYS": "retention_run_reports_days",
     "SYNC_RETENTION_COLLISIONS_DAYS": "retention_collisions_days",
@@ -137,6 +144,15 @@ class Settings(BaseModel):
     initial_contact_winner: Literal["marketo", "dynamics"] = "dynamics"
     initial_marketo_only: MarketoOnlyPolicy = MarketoOnlyPolicy.LEAVE
     initial_api_share: float = Field(default=0.5, gt=0, le=1)
+    # Chunked jobs: their queue (a connection string, else an endpoint used with the managed identity,
+    # else AzureWebJobsStorage when it is a connection string that reaches a queue service).
+    queue_connection: SecretStr | None = None
+    queue_endpoint: str | None = None
+    jobs_queue: str = Field(default=DEFAULT_JOBS_QUEUE, pattern=r"^[a-z0-9](?:-?[a-z0-9]){2,55}$")
+    # The API budget (Marketo's calls per 20 s and in flight, Dataverse's per 5 min and in flight) kept
+    # in the state store for every instance, instead of per process; and the share of it jobs may use.
+    shared_budget: bool = False
+    background_share: float = Field(default=0.5, gt=0, le=1)
     # retention, in days (README "What the sync keeps")
     retention_run_reports_days: int = Field(default=DEFAULT_RUN_REPORT_DAYS, ge=1, le=3650)
     retention_collisions_days: int = Field(default=DEFAULT_COLLISION_DAYS, ge=1, le=3650)
@@ -209,7 +225,7 @@ class Settings(BaseModel):
             raise ValueError(f"{upper[0]}: a column's logical name is lower case")
         return value
 
-    @field_validator("marketo_base_url", "dataverse_url", "tables_endpoint")
+    @field_validator("marketo_base_url", "dataverse_url", "tables_endpoint", "queue_endpoint")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is None:
@@ -249,6 +265,17 @@ class Settings(BaseModel):
         return None
 
     @property
+    def queue_connection_string(self) -> str | None:
+        """The Queue Storage connection string to use, if any (else: ``queue_endpoint`` + managed identity)."""
+        if self.queue_connection is not None:
+            return self.queue_connection.get_secret_value()
+        if self.azure_webjobs_storage is not None:
+            value = self.azure_webjobs_storage.get_secret_value()
+            if _reaches_queues(value):
+                return value
+        return None
+
+    @property
     def dataverse_uses_client_secret(self) -> bool:
         return self.dataverse_client_secret is not None
 
@@ -275,6 +302,14 @@ class Settings(BaseModel):
             raise ConfigError(sorted(set(problems)))
         assert settings is not None
         return settings
+
+
+def _reaches_queues(value: str) -> bool:
+    """A connection string that names a queue service: explicit ``QueueEndpoint``, the emulator, or an
+    account without explicit endpoints (whose queue URL the SDK derives)."""
+    if "QueueEndpoint=" in value or value.strip() == "UseDevelopmentStorage=true":
+        return True
+    return "AccountName=" in value and "Endpoint=" not in value.replace("DefaultEndpointsProtocol=", "")
 
 
 def _cross_field_problems(values: Mapping[str, Any]) -> list[str]:

@@ -43,6 +43,8 @@ NOT_SET_IN_AZURE = {
     # the connection-string alternative to SYNC_TABLES_ENDPOINT; it needs an account key, and
     # shared-key access is off: in Azure the app reaches its tables with the managed identity
     "SYNC_TABLES_CONNECTION",
+    # the same for the job queue: in Azure the app reaches it through SYNC_QUEUE_ENDPOINT
+    "SYNC_QUEUE_CONNECTION",
 }
 
 # Read by sync_core as a connection string only (Azurite locally). In Azure the Functions host
@@ -102,6 +104,7 @@ EXAMPLE_VALUES = {
     "DATAVERSE_CLIENT_SECRET": "resolved-from-key-vault",
     "WEBHOOK_SHARED_SECRET": "resolved-from-key-vault",
     "SYNC_TABLES_ENDPOINT": "https://stexample.table.core.windows.net/",
+    "SYNC_QUEUE_ENDPOINT": "https://stexample.queue.core.windows.net/",
 }
 
 
@@ -569,6 +572,7 @@ def test_secret_settings_are_the_expected_ones() -> None:
         "DATAVERSE_STATIC_TOKEN",
         "AzureWebJobsStorage",
         "SYNC_TABLES_CONNECTION",
+        "SYNC_QUEUE_CONNECTION",
         "WEBHOOK_SHARED_SECRET",
     }
 
@@ -617,6 +621,7 @@ def test_host_storage_settings_use_the_managed_identity() -> None:
     assert settings["AzureWebJobsStorage__clientId"] == "identityClientId"
     assert settings["AZURE_CLIENT_ID"] == "identityClientId"
     assert settings["SYNC_TABLES_ENDPOINT"] == settings["AzureWebJobsStorage__tableServiceUri"] == "tableEndpoint"
+    assert settings["SYNC_QUEUE_ENDPOINT"] == settings["AzureWebJobsStorage__queueServiceUri"] == "queueEndpoint"
     assert _dotted(_module_param_to_main("tableEndpoint")) == "storage.outputs.tableEndpoint"
 
 
@@ -645,6 +650,14 @@ def test_deployment_defaults_are_valid_settings_equal_to_the_code_defaults(datav
     assert deployed.dataverse_uses_client_secret is dataverse_secret
     assert deployed.tables_endpoint == "https://stexample.table.core.windows.net"
     assert deployed.tables_connection_string is None  # tables via the managed identity
+    # the job queue via the managed identity; the API budget shared by the instances Flex scales out to
+    assert deployed.queue_endpoint == "https://stexample.queue.core.windows.net"
+    assert deployed.queue_connection_string is None
+    assert (deployed.jobs_queue, deployed.background_share) == (
+        code_defaults.jobs_queue,
+        code_defaults.background_share,
+    )
+    assert deployed.shared_budget is True
 
 
 @pytest.mark.parametrize(
@@ -668,7 +681,8 @@ def test_every_sync_setting_is_a_deployment_parameter_of_the_same_name() -> None
         assert re.fullmatch(rf"\$\{{{setting}(=.*)?\}}", parameters[param]), f"{param}: {parameters[param]}"
         checked.add(setting)
     # the rest are secrets (own parameters, Key Vault), resource endpoints or computed
-    assert checked == set(ENV_NAMES) - _secret_setting_names() - {"SYNC_TABLES_ENDPOINT", "DATAVERSE_TENANT_ID"}
+    endpoints = {"SYNC_TABLES_ENDPOINT", "SYNC_QUEUE_ENDPOINT"}
+    assert checked == set(ENV_NAMES) - _secret_setting_names() - endpoints - {"DATAVERSE_TENANT_ID"}
 
 
 def test_deployment_parameters_file_matches_main_bicep_and_its_defaults() -> None:

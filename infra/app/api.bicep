@@ -119,6 +119,15 @@ param syncLeaseSeconds int
 @description('WEBHOOK_DEADLINE_SECONDS (whole seconds, 1-25)')
 param webhookDeadlineSeconds int
 
+@description('SYNC_JOBS_QUEUE')
+param syncJobsQueue string
+
+@description('SYNC_SHARED_BUDGET')
+param syncSharedBudget bool
+
+@description('SYNC_BACKGROUND_SHARE (a decimal in (0, 1], as text: Bicep has no float type).')
+param syncBackgroundShare string
+
 @description('SYNC_RETENTION_RUN_REPORTS_DAYS')
 param syncRetentionRunReportsDays int
 
@@ -185,6 +194,10 @@ var syncSettings = [
   { name: 'DATAVERSE_MAX_PARALLEL', value: string(dataverseMaxParallel) }
   { name: 'SYNC_LEASE_SECONDS', value: string(syncLeaseSeconds) }
   { name: 'WEBHOOK_DEADLINE_SECONDS', value: string(webhookDeadlineSeconds) }
+  { name: 'SYNC_QUEUE_ENDPOINT', value: queueEndpoint }
+  { name: 'SYNC_JOBS_QUEUE', value: syncJobsQueue }
+  { name: 'SYNC_SHARED_BUDGET', value: string(syncSharedBudget) }
+  { name: 'SYNC_BACKGROUND_SHARE', value: syncBackgroundShare }
   { name: 'SYNC_RETENTION_RUN_REPORTS_DAYS', value: string(syncRetentionRunReportsDays) }
   { name: 'SYNC_RETENTION_COLLISIONS_DAYS', value: string(syncRetentionCollisionsDays) }
   { name: 'SYNC_RETENTION_CLAIMS_DAYS', value: string(syncRetentionClaimsDays) }

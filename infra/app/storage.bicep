@@ -19,6 +19,9 @@ param tags object
 @description('Blob container that holds the deployment package of the Flex Consumption app.')
 param deploymentContainerName string
 
+@description('SYNC_JOBS_QUEUE: the queue of chunked jobs (field backfill); its poison queue is `<name>-poison`.')
+param jobsQueueName string
+
 @description('Replication. Geo-redundant by default so the sync state (links, baselines, cursors) outlives a regional outage; Standard_LRS is cheaper where that does not matter.')
 @allowed([
   'Standard_LRS'
@@ -89,9 +92,23 @@ resource queueServices 'Microsoft.Storage/storageAccounts/queueServices@2023-05-
   properties: {}
 }
 
+// The chunked jobs' queue (queue trigger job_chunk) and the poison queue its failed messages go to.
+resource jobsQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueServices
+  name: jobsQueueName
+  properties: {}
+}
+
+resource jobsPoisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueServices
+  name: '${jobsQueueName}-poison'
+  properties: {}
+}
+
 output name string = storage.name
 output id string = storage.id
 output blobEndpoint string = storage.properties.primaryEndpoints.blob
 output queueEndpoint string = storage.properties.primaryEndpoints.queue
 output tableEndpoint string = storage.properties.primaryEndpoints.table
 output deploymentContainerName string = deploymentContainer.name
+output jobsQueueName string = jobsQueue.name

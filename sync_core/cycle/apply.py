@@ -526,6 +526,11 @@ def _dynamics_reasons(record_plan: Plan, outcome: WriteOutcome | None) -> tuple[
         return record_plan.dynamics_problems, "validation"
     if outcome is None:
         return ["not written"], None
+    return dynamics_refusal(outcome)
+
+
+def dynamics_refusal(outcome: WriteOutcome) -> tuple[list[str], str | None]:
+    """The reasons and code a failure records for an update Dataverse refused."""
     return [f"Dynamics refused the update: {outcome.message or outcome.status}"], outcome.code or str(outcome.status)
 
 
@@ -534,5 +539,10 @@ def _marketo_reasons(record_plan: Plan, result: LeadWriteResult | None) -> tuple
         return record_plan.marketo_problems, "validation"
     if result is None:
         return ["not written"], None
+    return marketo_refusal(result)
+
+
+def marketo_refusal(result: LeadWriteResult) -> tuple[list[str], str | None]:
+    """The reasons and code a failure records for a person write Marketo refused."""
     reasons = [f"Marketo: {r.message}" + (f" ({r.code})" if r.code else "") for r in result.reasons]
     return reasons or ["Marketo skipped the update"], result.outcome.value

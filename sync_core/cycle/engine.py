@@ -59,6 +59,7 @@ from sync_core.cycle.overlap import MARKETO_CHANGES_TAIL, ReadTail, TailTracker
 from sync_core.cycle.staging import Stage
 from sync_core.dataverse.client import SCHEMA_ERROR_CODES, DataverseClient, DeltaPage
 from sync_core.http.counters import ApiCounters
+from sync_core.jobs import fields
 from sync_core.marketo.client import MarketoClient
 from sync_core.privacy.prune import prune_state
 from sync_core.settings import DynamicsDeletePolicy, MarketoDeletePolicy, Settings
@@ -226,6 +227,10 @@ class SyncEngine:
         )
         try:
             self._store.add_run_report(report)
+            if outcome in (Outcome.OK, Outcome.PARTIAL):
+                # The map the first complete cycle ran with: every field of it is filled for every link
+                # it made. A field added later shows as "not backfilled" (``jobs.fields``).
+                fields.mark_synced(self._store, (m.key for m in self._field_map.fields), only_if_absent=True)
         except (SyncError, OSError):
             log.exception("cycle %s: the run report could not be stored", run_id)
         log.info(

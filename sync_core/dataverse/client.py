@@ -44,6 +44,7 @@ from sync_core.dataverse._bulk import ENTITY_ID, BulkSupport, Write, write_multi
 from sync_core.dataverse._metadata import Catalog, EntityRef
 from sync_core.dataverse._types import DeltaPage, WriteOutcome
 from sync_core.http.counters import ApiCounters
+from sync_core.http.ratebudget import CallBudget, RateLimit
 from sync_core.http.retry import DATAVERSE_RETRY, RetryPolicy, parse_retry_after
 from sync_core.http.transport import RetryingSender
 
@@ -109,6 +110,10 @@ def _delta_page(
     return DeltaPage(rows, deleted, None if next_link else str(new_delta))
 
 
+# Service protection per user, per 5-minute window: 6,000 requests and 52 at once (api-protocols Part B).
+RATE_LIMIT = RateLimit(max_calls=6000, per_seconds=300.0, max_concurrent=52)
+
+
 class DataverseClient:
     """Dataverse Web API client. Thread-safe; build one per process and share it."""
 
@@ -125,7 +130,10 @@ class DataverseClient:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         retry_policy: RetryPolicy = DATAVERSE_RETRY,
+        budget: CallBudget | None = None,
     ) -> None:
+        """``budget``: a call budget shared by every instance (``state.budget``, over ``RATE_LIMIT``);
+        None: none kept here (the service's 429 + Retry-After pace the calls)."""
         org = base_url.strip().rstrip("/")
         if not org.startswith(("https://", "http://")):
             raise ConfigError(["DATAVERSE_URL: must be an http(s) URL"])
@@ -137,7 +145,14 @@ class DataverseClient:
         self.max_parallel = max_parallel
         auth = CredentialAuth(credential, scope=f"{org}/.default", wall_clock=wall_clock, counters=counters)
         sender = RetryingSender(
-            http, auth, service=SERVICE, policy=retry_policy, sleep=sleep, clock=clock, counters=counters
+            http,
+            auth,
+            service=SERVICE,
+            policy=retry_policy,
+            sleep=sleep,
+            clock=clock,
+            counters=counters,
+            budget=budget,
         )
         self._api = WebApi(org, sender)
         self._catalog = Catalog()

@@ -1,12 +1,13 @@
 """``python -m sync_core host``: a local stand-in for the Azure Functions host.
 
 The real host (Functions Core Tools) cannot be installed on every machine, so this serves the
-HTTP functions of ``function_app.py`` under ``/api/…`` and fires its timers on their schedules,
-by calling the decorated functions the way the host does: ``func.HttpRequest`` in,
-``func.HttpResponse`` out; ``TimerRequest`` for timers, never two runs of one timer at once
-(missed occurrences are skipped, as the host does). Like Core Tools locally, it does not check
-function keys; everything else (routes, methods, ``%SETTING%`` schedules) comes from the
-functions' own binding metadata. It owns no sync logic.
+HTTP functions of ``function_app.py`` under ``/api/…``, fires its timers on their schedules and
+polls the queues of its queue triggers (``host.queues``), by calling the decorated functions the
+way the host does: ``func.HttpRequest`` in, ``func.HttpResponse`` out; ``TimerRequest`` for
+timers, never two runs of one timer at once (missed occurrences are skipped, as the host does).
+Like Core Tools locally, it does not check function keys; everything else (routes, methods,
+``%SETTING%`` schedules and queue names) comes from the functions' own binding metadata. It owns
+no sync logic.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -39,6 +41,7 @@ from azure.functions.timer import TimerRequest
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from sync_core.core.schedule import Schedule
+from sync_core.host.queues import QueueOptions, QueuePoller, discover_queues
 from sync_core.settings import DEFAULT_SCHEDULE
 from sync_core.wiring.services import close_services
 
@@ -315,6 +318,7 @@ class LocalHost:
         # Settings with a documented default (design §7) resolve to it when unset, as Settings does.
         settings = {"SYNC_SCHEDULE": DEFAULT_SCHEDULE, **(os.environ if environ is None else environ)}
         self.routes, self.timers = discover(app, settings)
+        self.queues = discover_queues(_index(app), settings) if run_timers else []
         self._socket = _listen(port)  # bound now, so a busy port fails here and port 0 has its number
         self._executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="host-function")
         config = uvicorn.Config(
@@ -340,6 +344,21 @@ class LocalHost:
                 threading.Thread(target=self._run_timer, args=(timer,), name=f"host-timer-{timer.name}", daemon=True)
                 for timer in self.timers
             ]
+        self._threads += [
+            threading.Thread(
+                target=QueuePoller(
+                    queue,
+                    # host.json beside the functions' module, where the Functions host reads it
+                    QueueOptions.from_host_json(Path(inspect.getfile(queue.function)).parent / "host.json"),
+                    self._executor,
+                    self._stopping,
+                    _call,
+                ).run,
+                name=f"host-queue-{queue.name}",
+                daemon=True,
+            )
+            for queue in self.queues
+        ]
 
     @property
     def base_url(self) -> str:
@@ -401,7 +420,9 @@ def host_main(argv: Sequence[str] | None = None) -> int:
         "/api/... on 127.0.0.1 and fires its timers on their schedules (SYNC_SCHEDULE).",
     )
     parser.add_argument("--port", type=int, default=7071, help="port on 127.0.0.1 (default 7071; 0: any free port)")
-    parser.add_argument("--no-timers", action="store_true", help="serve HTTP only; do not run the sync timer")
+    parser.add_argument(
+        "--no-timers", action="store_true", help="serve HTTP only; do not run the sync timer or poll queues"
+    )
     parser.add_argument("--app", default="function_app", help="module holding the FunctionApp (default: function_app)")
     args = parser.parse_args(argv)
     try:
@@ -417,6 +438,7 @@ def host_main(argv: Sequence[str] | None = None) -> int:
             "url": host.base_url,
             "routes": sorted(r.pattern.pattern for r in host.routes),
             "timers": [t.name for t in host.timers] if not args.no_timers else [],
+            "queues": [q.queue.name for q in host.queues],
         }
         print(json.dumps(line), flush=True)
         stop.wait()

@@ -10,6 +10,7 @@ in-flight share); this module only schedules.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -24,7 +25,9 @@ def in_parallel(call: Callable[[T], R], items: Sequence[T], *, workers: int, nam
     if workers <= 1 or len(items) <= 1:
         return [call(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix=name) as pool:
-        futures = [pool.submit(call, item) for item in items]
+        # Each call runs in a copy of the caller's context, so what the caller set there (background
+        # work, for the rate budget's priority) holds for the calls it fans out.
+        futures = [pool.submit(contextvars.copy_context().run, call, item) for item in items]
         errors = [future.exception() for future in futures]  # waits for every call
     for error in errors:
         if error is not None:

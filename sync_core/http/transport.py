@@ -20,7 +20,7 @@ import httpx
 
 from sync_core.core.errors import TransientError
 from sync_core.http.counters import OPERATION_KEY, ApiCounters
-from sync_core.http.ratebudget import RateBudget
+from sync_core.http.ratebudget import CallBudget
 from sync_core.http.retry import Failure, RetryableFailure, RetryPolicy, call_with_retries, transport_failure
 
 T = TypeVar("T")
@@ -47,7 +47,7 @@ class RetryingSender:
     sleep: Callable[[float], None]
     clock: Callable[[], float]
     counters: ApiCounters | None = None
-    budget: RateBudget | None = None
+    budget: CallBudget | None = None
 
     def with_policy(self, policy: RetryPolicy) -> RetryingSender:
         """This sender with other retry rules, sharing its client, auth, budget and counters."""

@@ -27,7 +27,7 @@ from sync_core.core.errors import ApiError, ConfigError, RecordError
 from sync_core.core.schema import MarketoFieldMeta
 from sync_core.http.counters import ApiCounters
 from sync_core.http.parallel import in_parallel
-from sync_core.http.ratebudget import RateBudget, RateLimit
+from sync_core.http.ratebudget import CallBudget, RateBudget, RateLimit
 from sync_core.http.retry import MARKETO_RETRY, RetryPolicy
 from sync_core.http.token_auth import StreamingTokenAuth
 from sync_core.http.transport import RequestBody, RetryingSender
@@ -107,7 +107,12 @@ class MarketoClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         retry_policy: RetryPolicy = MARKETO_RETRY,
+        budget: CallBudget | None = None,
+        background_share: float = 1.0,
     ) -> None:
+        """``budget``: the calls' budget when it is shared by every instance (``state.budget``);
+        None: this process's own ``rate_share`` of Marketo's limits. ``background_share``: the part
+        of it background work (``http.ratebudget.background_work``) may use."""
         base = base_url.strip().rstrip("/")
         if not base.startswith(("https://", "http://")):
             raise ConfigError(["MARKETO_BASE_URL: must be an http(s) URL"])
@@ -115,7 +120,9 @@ class MarketoClient:
             raise ConfigError(["MARKETO_CLIENT_ID: missing"])
         secret = client_secret if isinstance(client_secret, SecretStr) else SecretStr(client_secret)
         self._base = base
-        self._budget = RateBudget(RATE_LIMIT.share(rate_share), sleep=sleep, clock=clock)
+        self._budget: CallBudget = budget or RateBudget(
+            RATE_LIMIT.share(rate_share), sleep=sleep, clock=clock, background_share=background_share
+        )
         auth = MarketoTokenAuth(
             base_url=base, client_id=client_id, client_secret=secret, clock=clock, counters=counters
         )
@@ -135,7 +142,7 @@ class MarketoClient:
         self._activity_types: dict[str, tuple[int, str]] = {}
 
     @property
-    def rate_budget(self) -> RateBudget:
+    def rate_budget(self) -> CallBudget:
         return self._budget
 
     def with_retry_policy(self, policy: RetryPolicy) -> MarketoClient:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from sync_core.core.jobs import ChunkRecord, JobRecord
 from sync_core.core.models import (
     ActionRecord,
     CampaignMember,
@@ -194,4 +195,30 @@ class StateStore(Protocol):
 
     def webhook_calls(self, *, now: datetime, hours: int = 24) -> dict[str, WebhookCalls]:
         """Each webhook's calls in the last ``hours`` (at most 24), by name."""
+        ...
+
+    # -- chunked jobs (``state._jobs``; the work itself: ``sync_core.jobs``) -------------------------
+    def put_job(self, job: JobRecord) -> JobRecord:
+        """Create the job (``etag`` None; ``StateConflictError`` if it exists) or replace it if its
+        ETag still matches. Returns it with its new ETag."""
+        ...
+
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    def list_jobs(self, *, limit: int = 20) -> list[JobRecord]:
+        """Jobs, newest first."""
+        ...
+
+    def add_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
+        """Write new chunks (an upsert: writing the same chunk again changes nothing)."""
+        ...
+
+    def get_chunk(self, job_id: str, index: int) -> ChunkRecord | None: ...
+
+    def put_chunk(self, chunk: ChunkRecord) -> ChunkRecord:
+        """Replace a chunk only if its ETag still matches (``StateConflictError`` otherwise)."""
+        ...
+
+    def iter_chunks(self, job_id: str) -> Iterator[ChunkRecord]:
+        """Every chunk of the job in index order, read a page at a time."""
         ...

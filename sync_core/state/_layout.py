@@ -51,6 +51,7 @@ class TableNames:
         self.actions = f"{prefix}actions"
         self.members = f"{prefix}members"
         self.webhooks = f"{prefix}webhooks"
+        self.jobs = f"{prefix}jobs"
 
 
 class RowPlumbing:

@@ -25,6 +25,7 @@ Tables (``{prefix}`` + name), keys and why:
                                                                a row is reset when its hour comes
                                                                round again, so it never grows
     state       PK prune / RK last                             the last prune that removed rows
+    jobs        PK job / RK id, PK {job id} / RK {chunk}       chunked jobs (``_jobs``)
 
 Every batched write is packed into single-partition transactions of ≤ 100 operations; the rows
 of one link never straddle two transactions.
@@ -68,6 +69,7 @@ from sync_core.core.models import (
     WebhookCalls,
 )
 from sync_core.core.syncfilter import Side
+from sync_core.state._jobs import JobRows
 from sync_core.state._keys import (
     RowOp,
     as_utc,
@@ -103,7 +105,7 @@ from sync_core.state._rows import RowFilter, StoredRow
 logger = logging.getLogger(__name__)
 
 
-class RowStateStore(RetentionRows):
+class RowStateStore(JobRows, RetentionRows):
     """``StateStore`` over a ``Rows`` backend; see the module docstring for the layout.
 
     ``query_workers``: how many of one lookup's ``$filter`` queries may be in flight at once. They

@@ -250,6 +250,10 @@ class TableStateStore(RowStateStore):
         self.service = service
         super().__init__(AzureRows(service), prefix=prefix, query_workers=QUERY_WORKERS, retention=retention)
 
+    def separate_rows(self) -> AzureRows:
+        """Rows on the same Table service with their own counters (the shared API budget's)."""
+        return AzureRows(self.service)
+
     @classmethod
     def from_connection_string(
         cls, connection_string: str, *, prefix: str, retention: Retention | None = None

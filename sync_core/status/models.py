@@ -221,6 +221,35 @@ class InitialSyncView(BaseModel):
     outcome: dict[str, int] = {}  # what the done chunks did: linked, persons_created, collisions, …
 
 
+class JobView(BaseModel):
+    """A chunked job (initial sync, field backfill): chunks per state and the done chunks' counts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: str
+    params: dict[str, object] = {}
+    state: str
+    created_at: datetime
+    finished_at: datetime | None = None
+    chunks: int
+    done: int
+    running: int = 0
+    pending: int = 0
+    totals: dict[str, int] = {}
+    errors: list[str] = []  # the last error of a few chunks not done
+
+
+class Jobs(BaseModel):
+    """Long work on the job queue, and the map changes waiting for a backfill."""
+
+    model_config = ConfigDict(frozen=True)
+
+    recent: list[JobView] = []  # newest first
+    poison_messages: int | None = None  # messages the host gave up on; None: no queue configured
+    unbackfilled_fields: list[str] = []  # mapped fields added since go-live and not backfilled
+
+
 class Status(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -240,3 +269,4 @@ class Status(BaseModel):
     checks: Checks | None = None  # the setup checks, when asked for (they call both services)
     webhooks: list[WebhookRow] = []  # one row per webhook, called or not (last 24 hours)
     initial_sync: InitialSyncView | None = None
+    jobs: Jobs | None = None

@@ -54,6 +54,18 @@ def render_text(status: Status) -> str:
     lines.append(f"Collisions: {fmt_total(totals.collisions_24h)} in the last 24 h")
     drift = f"{len(status.drift.items)} item(s)" if status.drift.known else "not checked yet"
     lines.append(f"Field-map drift: {drift}")
+    if status.jobs is not None:
+        for job in status.jobs.recent:
+            what = f"{job.kind} {job.params.get('field') or ''}".strip()
+            counts = ", ".join(f"{name} {value:,}" for name, value in sorted(job.totals.items()))
+            lines.append(
+                f"Job {job.id[:8]} {what}: {job.state}, {job.done}/{job.chunks} chunks"
+                + (f", {job.running} running" if job.running else "")
+                + (f"; {counts}" if counts else "")
+            )
+            lines += [f"  - {error}" for error in job.errors]
+        if status.jobs.poison_messages is not None:
+            lines.append(f"Poison queue: {status.jobs.poison_messages} message(s)")
     if totals.links is not None:
         lines.append("Links: " + ", ".join(f"{entity} {count:,}" for entity, count in totals.links.items()))
     for action in status.actions[:TEXT_ACTIONS]:

@@ -31,13 +31,19 @@ from azure.core.exceptions import AzureError
 
 from sync_core.check.run import run_checks
 from sync_core.core.errors import ConfigError, SyncError
+from sync_core.core.fieldmap import FieldMap
 from sync_core.core.flows import WEBHOOKS
-from sync_core.core.golive import JOB_CURSOR, JobState
+from sync_core.core.golive import JOB_CURSOR
+from sync_core.core.golive import JobState as InitialSyncJob
+from sync_core.core.jobs import JobState
 from sync_core.core.models import Collision, RecordFailure, RunReport, WebhookCalls
 from sync_core.core.report import COMPLETED_OUTCOMES, DID_ITS_WORK, Outcome
 from sync_core.core.schedule import Schedule
+from sync_core.jobs import job_progress
+from sync_core.jobs.fields import unsynced_fields
 from sync_core.settings import DEFAULT_SCHEDULE, Settings
 from sync_core.state import StateStore
+from sync_core.state.queue import JobQueue
 from sync_core.status.html import (
     Controls,
     fmt_total,
@@ -58,6 +64,8 @@ from sync_core.status.models import (
     Health,
     HealthLevel,
     InitialSyncView,
+    Jobs,
+    JobView,
     LastPrune,
     StateSize,
     Status,
@@ -194,10 +202,29 @@ def _plural(n: int, word: str) -> str:
 
 
 def _health(
-    *, now: datetime, schedule: str, cycles: Sequence[Cycle], totals: Totals, drift: Drift, backlog: Backlog
+    *,
+    now: datetime,
+    schedule: str,
+    cycles: Sequence[Cycle],
+    totals: Totals,
+    drift: Drift,
+    backlog: Backlog,
+    jobs: Jobs | None = None,
 ) -> Health:
     details: list[str] = []
     headline, level = "OK", HealthLevel.OK
+    if jobs is not None and jobs.poison_messages:
+        headline, level = "Job chunks failed", HealthLevel.WARNING
+        details.append(
+            f"{_plural(jobs.poison_messages, 'job message')} in the poison queue (a chunk failed on every "
+            "delivery): fix the cause, then `python -m sync_core backfill --resume`"
+        )
+    for key in [] if jobs is None else jobs.unbackfilled_fields:
+        if level is HealthLevel.OK:
+            headline, level = "Field not backfilled", HealthLevel.WARNING
+        details.append(
+            f"field {key} was added to the field map and not backfilled: `python -m sync_core backfill --field {key}`"
+        )
     if totals.failures_open.count:
         headline, level = "Failures open", HealthLevel.WARNING
         one = totals.failures_open.count == 1 and not totals.failures_open.at_least
@@ -256,11 +283,14 @@ def build_status(
     failures: int = 50,
     collisions: int = 20,
     count_links: bool = False,
+    field_map: FieldMap | None = None,
+    queue: JobQueue | None = None,
 ) -> Status:
     """Everything the status view shows, read from ``store`` as of ``now`` (timezone-aware).
 
     ``count_links`` walks every link to count linked leads and contacts: a full table scan, so
-    it is off unless asked for."""
+    it is off unless asked for. With ``field_map``, the mapped fields not backfilled; with ``queue``,
+    its poison messages."""
     runs = store.list_run_reports(limit=cycles)
     open_failures = store.list_failures(limit=TOTAL_CAP + 1)
     due = store.due_failures(now=now, limit=TOTAL_CAP + 1)
@@ -297,8 +327,11 @@ def build_status(
     )
     backlog = _backlog(runs)
     drift = _drift(runs)
+    jobs = _jobs(store, field_map, queue)
     completed = [cycle for cycle in cycle_rows if cycle.outcome in DID_ITS_WORK]
-    health = _health(now=now, schedule=schedule, cycles=cycle_rows, totals=totals, drift=drift, backlog=backlog)
+    health = _health(
+        now=now, schedule=schedule, cycles=cycle_rows, totals=totals, drift=drift, backlog=backlog, jobs=jobs
+    )
     resets = [
         f"cursor {action.target} reset by {action.by} at {fmt_when(action.at)}"
         for action in actions
@@ -322,6 +355,45 @@ def build_status(
         actions=actions,
         webhooks=webhooks,
         initial_sync=_initial_sync(store),
+        jobs=jobs,
+    )
+
+
+RECENT_JOBS = 5
+
+
+def _jobs(store: StateStore, field_map: FieldMap | None, queue: JobQueue | None) -> Jobs:
+    """The newest jobs (chunks counted for the unfinished ones: a page per 1,000 chunks), the poison
+    queue's length and the fields not backfilled."""
+    recent: list[JobView] = []
+    for job in store.list_jobs(limit=RECENT_JOBS):
+        progress = job_progress(store, job.id) if job.state is not JobState.DONE else None
+        recent.append(
+            JobView(
+                id=job.id,
+                kind=job.kind,
+                params=job.params,
+                state=job.state.value,
+                created_at=job.created_at,
+                finished_at=job.finished_at,
+                chunks=job.chunks,
+                done=job.chunks if progress is None else progress.done,
+                running=0 if progress is None else progress.running,
+                pending=0 if progress is None else progress.pending,
+                totals=job.result if progress is None else progress.totals,
+                errors=[] if progress is None else progress.errors,
+            )
+        )
+    poisoned: int | None = None
+    if queue is not None:
+        try:
+            poisoned = queue.poison_count()
+        except (SyncError, AzureError) as err:  # the rest of the view does not depend on the queue
+            log.warning("status: the poison queue cannot be read: %s", type(err).__name__)
+    return Jobs(
+        recent=recent,
+        poison_messages=poisoned,
+        unbackfilled_fields=[] if field_map is None else unsynced_fields(store, field_map),
     )
 
 
@@ -352,7 +424,7 @@ def _initial_sync(store: StateStore) -> InitialSyncView | None:
     if cursor is None:
         return None
     try:
-        job = JobState.model_validate_json(cursor.value)
+        job = InitialSyncJob.model_validate_json(cursor.value)
     except ValueError:
         return None
     return InitialSyncView.model_validate(job.progress())
@@ -467,11 +539,14 @@ def get_status_page(
         log.error("status: configuration invalid (%d problems)", len(err.problems))
         return _error_page(500, fmt, "the sync is not configured", err.problems)
     try:
+        services = services_for(settings)
         status = build_status(
             state_store_for(settings),
             now=now or datetime.now(UTC),
             schedule=settings.schedule,
             count_links=_yes(query.get("links")),
+            field_map=services.field_map,
+            queue=services.queue,
         )
     except (SyncError, AzureError) as err:
         log.warning("status: state store unavailable: %s", type(err).__name__)
@@ -538,12 +613,15 @@ def status_main(
         print(str(err), file=sys.stderr)
         return 2
     try:
+        services = services_for(settings)
         status = build_status(
             state_store_for(settings),
             now=now or datetime.now(UTC),
             schedule=settings.schedule,
             cycles=max(1, args.cycles),
             count_links=args.count_links,
+            field_map=services.field_map,
+            queue=services.queue,
         )
     except (SyncError, AzureError) as err:
         print(f"the state store cannot be read: {type(err).__name__}", file=sys.stderr)

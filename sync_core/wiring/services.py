@@ -24,7 +24,10 @@ from sync_core.http.counters import ApiCounters
 from sync_core.marketo.client import MarketoClient
 from sync_core.settings import Settings
 from sync_core.state import StateStore
+from sync_core.state.queue import JobQueue
+from sync_core.wiring.budget import build_shared_budgets
 from sync_core.wiring.credentials import build_dataverse_credential
+from sync_core.wiring.queue import build_job_queue
 from sync_core.wiring.state import build_state_store
 
 # httpx logs every request's URL at INFO, and our URLs carry person data (Marketo filterValues,
@@ -45,6 +48,7 @@ class Services:
     marketo: MarketoClient
     dataverse: DataverseClient
     store: StateStore
+    queue: JobQueue | None = None  # chunked jobs' messages (``sync_core.jobs``); None: not configured
     http_clients: tuple[httpx.Client, ...] = ()  # owned here, closed by ``close``
 
     def close(self) -> None:
@@ -58,9 +62,11 @@ def build_services(
     marketo_http: httpx.Client | None = None,
     dataverse_http: httpx.Client | None = None,
     store: StateStore | None = None,
+    queue: JobQueue | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> Services:
-    """A fresh wiring for ``settings``; pass clients, a store or ``sleep`` to replace the real ones."""
+    """A fresh wiring for ``settings``; pass clients, a store, a queue or ``sleep`` to replace the real
+    ones. A store passed in (tests) comes without a queue unless one is passed too."""
     field_map = load_field_map(settings.field_map)
     counters = ApiCounters()
     owned: list[httpx.Client] = []
@@ -70,6 +76,8 @@ def build_services(
     if dataverse_http is None:
         dataverse_http = httpx.Client(limits=_LIMITS)
         owned.append(dataverse_http)
+    state_store = store if store is not None else build_state_store(settings)
+    budgets = build_shared_budgets(settings, state_store, sleep=sleep)
     marketo = MarketoClient(
         marketo_http,
         base_url=settings.marketo_base_url,
@@ -78,6 +86,8 @@ def build_services(
         rate_share=settings.marketo_rate_share,
         counters=counters,
         sleep=sleep or time.sleep,
+        budget=None if budgets is None else budgets.marketo,
+        background_share=settings.background_share,
     )
     dataverse = DataverseClient(
         dataverse_http,
@@ -87,6 +97,7 @@ def build_services(
         max_parallel=settings.dataverse_max_parallel,
         counters=counters,
         sleep=sleep or time.sleep,
+        budget=None if budgets is None else budgets.dataverse,
     )
     return Services(
         settings=settings,
@@ -94,7 +105,8 @@ def build_services(
         counters=counters,
         marketo=marketo,
         dataverse=dataverse,
-        store=store if store is not None else build_state_store(settings),
+        store=state_store,
+        queue=queue if queue is not None or store is not None else build_job_queue(settings),
         http_clients=tuple(owned),
     )
 

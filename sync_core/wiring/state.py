@@ -14,7 +14,7 @@ from sync_core.settings import Settings
 from sync_core.state import TableStateStore
 
 
-def _default_credential() -> TokenCredential:
+def default_credential() -> TokenCredential:
     # Imported here: azure-identity is only needed when there is no connection string, and it is
     # slow to import. DefaultAzureCredential picks up a user-assigned identity from AZURE_CLIENT_ID.
     from azure.identity import DefaultAzureCredential
@@ -23,7 +23,7 @@ def _default_credential() -> TokenCredential:
 
 
 def build_state_store(
-    settings: Settings, *, credential_factory: Callable[[], TokenCredential] = _default_credential
+    settings: Settings, *, credential_factory: Callable[[], TokenCredential] = default_credential
 ) -> TableStateStore:
     """The Table store the settings describe: a connection string if there is one, else the
     endpoint with ``credential_factory()`` (``DefaultAzureCredential`` unless a test injects one)."""
