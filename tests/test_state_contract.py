@@ -296,11 +296,11 @@ def test_links_are_found_by_either_id_with_their_baseline(store: StateStore) -> 
 
 
 def test_a_link_remembers_which_sides_filter_keeps_it_out(store: StateStore) -> None:
-    kept_out = _link(1).model_copy(update={"filtered_out": (Side.DYNAMICS, Side.MARKETO)})
+    kept_out = _link(1).model_copy(update={"filtered_out": (Side.DYNAMICS, Side.MARKETO), "filter_key": "0123abcd"})
     store.upsert_links([kept_out, _link(2)])
     found = store.get_links_by_marketo_ids([1, 2])
-    assert found[1].filtered_out == (Side.DYNAMICS, Side.MARKETO)
-    assert found[2].filtered_out == ()
+    assert (found[1].filtered_out, found[1].filter_key) == ((Side.DYNAMICS, Side.MARKETO), "0123abcd")
+    assert (found[2].filtered_out, found[2].filter_key) == ((), None)
     store.upsert_links([found[1].model_copy(update={"filtered_out": ()})])  # admitted again
     assert store.get_links_by_marketo_ids([1])[1].filtered_out == ()
 

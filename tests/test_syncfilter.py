@@ -105,6 +105,20 @@ def test_a_record_syncs_only_when_the_field_and_the_condition_both_admit_it() ->
     assert SideFilter().admits({"anything": False})
 
 
+def test_the_filters_key_changes_with_any_part_of_either_side_and_is_none_without_filters() -> None:
+    variants = [
+        SyncFilter.of(dynamics_field="new_synctomkto"),
+        SyncFilter.of(dynamics_field="new_synctomkto", dynamics_condition="statecode eq 0"),
+        SyncFilter.of(dynamics_field="new_synctomkto", marketo_field="syncToMicrosoft"),
+        SyncFilter.of(marketo_condition="new_synctomkto eq true"),
+    ]
+    keys = [variant.key for variant in variants]
+    assert None not in keys
+    assert len(set(keys)) == len(keys)
+    assert SyncFilter.of(dynamics_field="new_synctomkto").key == keys[0]  # stable
+    assert SyncFilter().key is None
+
+
 # -- the settings ----------------------------------------------------------------------------
 
 BASE = {

@@ -61,6 +61,7 @@ class Link(_Record):
     # The sides whose sync filter excluded the pair when last seen (empty: it syncs). While set,
     # nothing is written either way; the link stays, so that the pair resumes when admitted again.
     filtered_out: tuple[Side, ...] = ()
+    filter_key: str | None = None  # ``SyncFilter.key`` of the filters that decided ``filtered_out``
 
 
 class Collision(_Record):

@@ -26,6 +26,7 @@ naming the position; ``settings`` turns them into a configuration error at start
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -358,6 +359,21 @@ class SyncFilter:
 
     def side(self, side: Side) -> SideFilter:
         return self.dynamics if side is Side.DYNAMICS else self.marketo
+
+    @property
+    def active(self) -> bool:
+        return self.dynamics.active or self.marketo.active
+
+    @property
+    def key(self) -> str | None:
+        """A short fingerprint of both sides' filters (None when neither has one). A link stores the
+        key its verdicts were decided under; after a change to the filters they are decided again."""
+        if not self.active:
+            return None
+        parts = [
+            (flt.field or "", flt.condition.text if flt.condition else "") for flt in (self.dynamics, self.marketo)
+        ]
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 NO_FILTER = SyncFilter()

@@ -164,17 +164,23 @@ class Applier:
         """Whether the Marketo filter lets this person (all its filter fields known) sync."""
         return self.sync_filter.marketo.admits(person)
 
-    def _dynamics_excludes(self, item: Pending) -> bool:
-        """The Dynamics verdict: from the row when the feed brought it, else as the link remembers."""
+    def _remembered(self, link: Link, side: Side) -> bool | None:
+        """The link's verdict for ``side``, if it was decided under the current filters; else None."""
+        return side in link.filtered_out if link.filter_key == self.sync_filter.key else None
+
+    def _dynamics_excludes(self, item: Pending) -> bool | None:
+        """The Dynamics verdict: from the row when the feed brought it, else as the link remembers;
+        None: unknown (the filters changed since the link was decided)."""
         if not self.sync_filter.dynamics.active:
             return False
         if item.dynamics is not None:
             return not self.admits_row(item.dynamics)
-        return Side.DYNAMICS in item.link.filtered_out
+        return self._remembered(item.link, Side.DYNAMICS)
 
     def _marketo_excludes(self, item: Pending) -> bool | None:
         """The Marketo verdict: from the person when every filter field is known (a full read, or
-        the feed changed them all), as the link remembers when the feed changed none; None: unknown."""
+        the feed changed them all), as the link remembers when the feed changed none; None: unknown
+        (some filter fields changed, or the filters changed since the link was decided)."""
         flt = self.sync_filter.marketo
         if not flt.active:
             return False
@@ -183,14 +189,17 @@ class Applier:
             return not flt.admits(staged)
         if any(name in staged for name in flt.fields):
             return None
-        return Side.MARKETO in item.link.filtered_out
+        return self._remembered(item.link, Side.MARKETO)
 
     def _exclusions(self, item: Pending) -> tuple[Side, ...]:
-        """The sides that keep this pair out now (an unknown Marketo verdict keeps the old one)."""
-        marketo = self._marketo_excludes(item)
+        """The sides that keep this pair out now (an unknown verdict, when a read failed to settle
+        it, keeps the link's)."""
+        dynamics, marketo = self._dynamics_excludes(item), self._marketo_excludes(item)
+        if dynamics is None:
+            dynamics = Side.DYNAMICS in item.link.filtered_out
         if marketo is None:
             marketo = Side.MARKETO in item.link.filtered_out
-        sides = [Side.DYNAMICS] if self._dynamics_excludes(item) else []
+        sides = [Side.DYNAMICS] if dynamics else []
         return (*sides, Side.MARKETO) if marketo else tuple(sides)
 
     def _keep_out(self, item: Pending, sides: tuple[Side, ...], out: Batch) -> None:
@@ -203,8 +212,9 @@ class Applier:
             return
         for direction in Direction:
             self.ledger.resolve(out, person_key(direction, link.marketo_id))
-        if sides != link.filtered_out:
-            out.links.append(link.model_copy(update={"filtered_out": sides, "updated_at": self.now}))
+        if sides != link.filtered_out or link.filter_key != self.sync_filter.key:
+            update = {"filtered_out": sides, "filter_key": self.sync_filter.key, "updated_at": self.now}
+            out.links.append(link.model_copy(update=update))
 
     # -- a page of the Dataverse delta ----------------------------------------------------------
 
@@ -276,14 +286,18 @@ class Applier:
         """Read a side where the feed's view may be wrong; drop records that turned out to be gone.
 
         A pair the filter keeps out is not read (nothing will be written); one resuming (its link
-        says it was kept out, and it is admitted now) is read in full on both sides."""
+        says it was kept out, and it is admitted now) is read in full on both sides; a side whose
+        verdict is unknown (the filters changed since the link was decided) is read to decide it."""
         need_marketo: set[int] = set()
         for item in items:
             link = item.link
-            if item.marketo_full or self._dynamics_excludes(item):
+            if item.marketo_full:
                 continue
             marketo = self._marketo_excludes(item)
-            if marketo is None or (not marketo and (self._doubtful(link) or link.filtered_out)):
+            dynamics = self._dynamics_excludes(item)
+            if marketo is None or (
+                not marketo and dynamics is not True and (self._doubtful(link) or link.filtered_out)
+            ):
                 need_marketo.add(link.marketo_id)
         persons: dict[int, dict[str, Any]] = {}
         if need_marketo:
@@ -302,7 +316,10 @@ class Applier:
         need_dynamics: dict[EntityType, set[str]] = {}
         for item in read:
             link = item.link
-            if item.dynamics is None and not self._exclusions(item) and (self._doubtful(link) or link.filtered_out):
+            if item.dynamics is None and (
+                self._dynamics_excludes(item) is None
+                or (not self._exclusions(item) and (self._doubtful(link) or link.filtered_out))
+            ):
                 need_dynamics.setdefault(link.entity, set()).add(link.dataverse_id.lower())
         rows: dict[tuple[EntityType, str], dict[str, Any]] = {}
         for entity, ids in need_dynamics.items():
@@ -419,8 +436,15 @@ class Applier:
         else:
             self.ledger.resolve(out, person_key(Direction.TO_MARKETO, link.marketo_id))
         new_baseline = settle(link.baseline, merge, dynamics_written=d_ok, marketo_written=m_ok)
-        if new_baseline != link.baseline or item.replaces is not None or item.event is not None or link.filtered_out:
-            update = {"baseline": new_baseline, "updated_at": self.now, "filtered_out": ()}
+        key = self.sync_filter.key
+        if (
+            new_baseline != link.baseline
+            or item.replaces is not None
+            or item.event is not None
+            or link.filtered_out
+            or link.filter_key != key
+        ):
+            update = {"baseline": new_baseline, "updated_at": self.now, "filtered_out": (), "filter_key": key}
             out.links.append(link.model_copy(update=update))
             if item.replaces is not None:
                 out.replaced.append(item.replaces)

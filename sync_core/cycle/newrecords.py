@@ -250,6 +250,7 @@ class NewRecords:
                             dataverse_id=record,
                             baseline=values,
                             updated_at=applier.now,
+                            filter_key=applier.sync_filter.key,  # both filters admitted it just now
                         )
                     )
                     ledger.resolve(batch, record_key(entity, record))

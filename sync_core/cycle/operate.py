@@ -229,7 +229,9 @@ class Operator:
             applier = self._applier(act.id, tally, open_failures)
             # Without the baseline and the remembered filter verdicts: both sides are read afresh and
             # each side's sync filter decides on their current values, as for a new link.
-            applier.sync_linked([Pending(link.model_copy(update={"baseline": {}, "filtered_out": ()}))])
+            applier.sync_linked(
+                [Pending(link.model_copy(update={"baseline": {}, "filtered_out": (), "filter_key": None}))]
+            )
             after = self._store.get_links_by_marketo_ids([link.marketo_id]).get(link.marketo_id)
             still_open = open_failures.keys()
             failures = sorted(key for key in still_open if key.endswith(f":m{link.marketo_id}"))

@@ -471,6 +471,7 @@ def _link_props(link: Link) -> dict[str, Any]:
         "originating_lead_id": link.originating_lead_id,
         "updated_at": link.updated_at,
         "filtered_out": ",".join(side.value for side in link.filtered_out) or None,
+        "filter_key": link.filter_key,
         "baseline": to_json(link.baseline, what=f"baseline of the link for marketo id {link.marketo_id}"),
     }
 
@@ -486,6 +487,7 @@ def _link_from(row: StoredRow) -> Link:
         originating_lead_id=props.get("originating_lead_id"),
         updated_at=None if updated_at is None else as_utc(updated_at),
         filtered_out=_sides(props.get("filtered_out")),
+        filter_key=props.get("filter_key"),
     )
 
 

@@ -4,13 +4,14 @@ keeps both records and the link, so that Yes again resumes from both sides' curr
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from sync_core.core.models import EntityType
 from sync_core.core.syncfilter import Side, SyncFilter
-from sync_core.cycle.engine import CycleOptions
+from sync_core.cycle.engine import CycleOptions, SyncEngine
 from sync_core.cycle.operate import Operator, Outcome
 from sync_core.settings import DynamicsDeletePolicy
 from tests.fakes import dataverse as fake_dataverse
@@ -251,3 +252,52 @@ def test_a_resync_re_applies_each_sides_filter_on_fresh_reads() -> None:
     link = world.link_of(marketo_id)
     assert link is not None
     assert (link.filtered_out, link.baseline["title"]) == ((), "CMO")
+
+
+def refiltered(world: World, sync_filter: SyncFilter) -> World:
+    """The same services and state under other filter settings (an admin changed them)."""
+    engine = SyncEngine(
+        marketo=world.marketo_client,
+        dataverse=world.dataverse_client,
+        store=world.store,
+        field_map=world.field_map,
+        counters=world.counters,
+        options=CycleOptions(sync_filter=sync_filter),
+        clock=world.clock,
+    )
+    return dataclasses.replace(world, engine=engine)
+
+
+def test_a_marketo_filter_set_after_linking_is_decided_on_the_next_change_of_either_side() -> None:
+    world = make_world()
+    lead_id, marketo_id = world.linked_lead(1)
+    world.marketo.leads[marketo_id]["leadSource"] = "Partner"  # already so when the filter is set
+    world = refiltered(world, BOTH)
+    reads = world.marketo.calls("/leads.json", "GET")
+    world.dataverse.update("leads", lead_id, firstname="Dyn")  # only Dynamics changed
+    assert counts(world) == (0, 1, 0)
+    assert world.marketo.calls("/leads.json", "GET") == reads + 1  # the person read once, to decide
+    assert world.marketo.person(marketo_id)["firstName"] == "Lead1"  # not written
+    link = world.link_of(marketo_id)
+    assert link is not None
+    assert (link.filtered_out, link.filter_key) == ((Side.MARKETO,), BOTH.key)
+    world.dataverse.update("leads", lead_id, firstname="Again")
+    assert counts(world) == (0, 1, 0)
+    assert world.marketo.calls("/leads.json", "GET") == reads + 1  # decided: remembered, not read again
+
+
+def test_a_dynamics_filter_set_after_linking_is_decided_on_the_next_change_of_either_side() -> None:
+    world = make_world()
+    lead_id, marketo_id = world.linked_lead(1)
+    world.dataverse.rows["leads"][lead_id]["new_synctomkto"] = False  # already so when the filter is set
+    world = refiltered(world, NATIVE)
+    world.marketo.edit(marketo_id, title="CMO")  # only Marketo changed
+    assert counts(world) == (1, 0, 0)
+    assert jobtitle(world, lead_id) is None  # not written
+    link = world.link_of(marketo_id)
+    assert link is not None
+    assert (link.filtered_out, link.filter_key) == ((Side.DYNAMICS,), NATIVE.key)
+    world = refiltered(world, SyncFilter())  # the filter removed: the pair syncs again on its next change
+    world.marketo.edit(marketo_id, title="CEO")
+    assert counts(world) == (0, 0, 0)
+    assert jobtitle(world, lead_id) == "CEO"
