@@ -5,18 +5,26 @@ Per N (default 100,000): Marketo holds 0.6 N persons (seeded ``seed.lead.{i}``),
 leads (the same people as persons 1..0.3 N; one in ten renamed in Dynamics, a first-contact
 conflict that Marketo wins, so those leads are written) and 0.1 N contacts (nobody in Marketo):
 so 0.3 N pairs to link, 0.1 N persons to create and 0.3 N Marketo-only persons left alone (the
-issue's shape: 600k persons, 400k leads and contacts, mostly the same people). The simulators run in their own
-process with the ``realistic`` profile and their limits on from the start (seeding is in-process,
-not through the API), logging every request.
+issue's shape: 600k persons, 400k leads and contacts, mostly the same people). The simulators run
+in their own process with the ``realistic`` profile and their limits on from the start (seeding is
+in-process, not through the API), logging every request.
 
 Printed per N: plan and apply wall seconds and peak RSS (each process's ``ru_maxrss``), API calls
 of each phase next to the floor the plan computed and against Marketo's daily quota, the plan's
 ETA for the apply against the apply's real time, and the apply's service floor from the request
-log (``bench_realworld.service_floor``: latency ÷ allowed concurrency, rate limits).
+log (``bench_realworld.service_floor``: latency ÷ allowed concurrency, rate limits). Then a table:
+wall ÷ service floor, API calls ÷ the plan's floor, peak RSS, ETA error; with two sizes or more
+and none at 1,000,000, a last row *extrapolated* to 1,000,000 records (a straight line through
+the two largest sizes: time, calls and RSS), marked as such.
+
+The plan's wall time is mostly the bulk export's processing time, a fixed assumption of the
+profile (300 s): ``--bulk-seconds`` shortens it for a quick run without touching the latencies
+the ETA models (``--time-scale`` scales those too, so the ETA is only comparable at 1).
 
     .venv/bin/python bench/bench_initial_sync.py [--sizes 100000,1000000] [--time-scale 1]
+        [--bulk-seconds 300] [--poll-seconds 60]
 
-Human lines go to stderr, the JSON to stdout.
+Human lines and the table go to stderr, the JSON to stdout.
 """
 
 from __future__ import annotations
@@ -149,6 +157,64 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
         log_path.unlink(missing_ok=True)
 
 
+MILLION = 1_000_000
+_LINEAR = ("plan_s", "apply_s", "floor_s", "eta_s", "mk_calls", "mk_floor", "dv_calls", "dv_floor", "rss_mb")
+
+
+def summary(row: dict[str, Any]) -> dict[str, Any]:
+    """One size's figures for the table: the apply's, plus the peak RSS of the larger phase."""
+    apply = row["apply"]
+    return {
+        "n": row["n"],
+        "measured": True,
+        "plan_s": row["plan"]["seconds"],
+        "apply_s": apply["seconds"],
+        "floor_s": apply["service_floor"]["floor_seconds"],
+        "eta_s": apply["eta_seconds"],
+        "mk_calls": apply["api_calls"]["marketo"],
+        "mk_floor": apply["api_floor"]["marketo"],
+        "dv_calls": apply["api_calls"]["dataverse"],
+        "dv_floor": apply["api_floor"]["dataverse"],
+        "rss_mb": max(row["plan"]["peak_rss_mb"], apply["peak_rss_mb"]),
+        "quota": (row["plan"]["api_calls"]["marketo"] + apply["api_calls"]["marketo"]) / row["marketo_daily_quota"],
+    }
+
+
+def extrapolated(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Figures at ``n`` records on the straight line through the two largest measured sizes."""
+    a, b = sorted(rows, key=lambda row: row["n"])[-2:]
+    out: dict[str, Any] = {"n": n, "measured": False}
+    for key in _LINEAR:
+        slope = (b[key] - a[key]) / (b["n"] - a["n"])
+        out[key] = round(b[key] + slope * (n - b["n"]), 1)
+    quota_slope = (b["quota"] - a["quota"]) / (b["n"] - a["n"])
+    out["quota"] = b["quota"] + quota_slope * (n - b["n"])
+    return out
+
+
+def _ratio(x: float, y: float) -> str:
+    return f"{x / y:.2f}" if y else "-"
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    head = (
+        f"{'records':>10} {'plan s':>8} {'apply s':>8} {'floor s':>8} {'wall/floor':>10} {'ETA s':>8} "
+        f"{'ETA err':>8} {'MKT calls/floor':>16} {'DV calls/floor':>15} {'peak RSS MB':>11} {'quota':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        eta_err = f"{(row['eta_s'] - row['apply_s']) / row['apply_s']:+.0%}" if row["apply_s"] else "-"
+        mark = "" if row["measured"] else "  (extrapolated)"
+        lines.append(
+            f"{row['n']:>10,} {row['plan_s']:>8.1f} {row['apply_s']:>8.1f} {row['floor_s']:>8.1f} "
+            f"{_ratio(row['apply_s'], row['floor_s']):>10} {row['eta_s']:>8.1f} {eta_err:>8} "
+            f"{row['mk_calls']:>7.0f}/{row['mk_floor']:<6.0f} {_ratio(row['mk_calls'], row['mk_floor']):>4} "
+            f"{row['dv_calls']:>6.0f}/{row['dv_floor']:<6.0f} {_ratio(row['dv_calls'], row['dv_floor']):>4} "
+            f"{row['rss_mb']:>11.1f} {row['quota']:>6.1%}{mark}"
+        )
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
 def _measured(env: dict[str, str], *args: str) -> dict[str, Any]:
     """A command in a fresh process; its peak RSS from ``wait4`` (this process's children's maximum
     would mix the two phases)."""
@@ -182,13 +248,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--poll-seconds", type=float, default=60.0, help="bulk export status poll (default 60, as Marketo advises)"
     )
+    parser.add_argument(
+        "--bulk-seconds", type=float, default=None, help="a bulk export's processing time (the profile's: 300 s)"
+    )
     args = parser.parse_args(argv)
-    profile = _profile.with_overrides(_profile.load("realistic", None), {"time_scale": args.time_scale})
+    overrides: dict[str, Any] = {"time_scale": args.time_scale}
+    if args.bulk_seconds is not None:
+        overrides["marketo"] = {"bulk_export_processing_seconds": args.bulk_seconds}
+    profile = _profile.with_overrides(_profile.load("realistic", None), overrides)
     results = []
     with run_azurite() as connection:
         for n in [int(size) for size in args.sizes.split(",")]:
             results.append(run_size(n, connection, args, profile))
-    json.dump({"profile": "realistic", "time_scale": args.time_scale, "results": results}, sys.stdout, indent=2)
+    rows = [summary(row) for row in results]
+    if len(rows) >= 2 and all(row["n"] != MILLION for row in rows):
+        rows.append(extrapolated(rows, MILLION))
+    print_table(rows)
+    json.dump(
+        {
+            "profile": "realistic",
+            "time_scale": args.time_scale,
+            "bulk_export_seconds": profile.marketo.bulk_export_seconds,
+            "results": results,
+            "table": rows,
+        },
+        sys.stdout,
+        indent=2,
+    )
     sys.stdout.write("\n")
     return 0
 
