@@ -16,7 +16,7 @@ Reported: both phases and their ratios (during ÷ idle), the backfill's wall tim
 Marketo calls of the busiest 20 s window against the shared budget (``MARKETO_RATE_SHARE`` of 100).
 
     .venv/bin/python bench/bench_backfill_live.py [--leads 2000] [--chunk-size 50] [--hosts 3] [--webhooks 10]
-        [--cycle-leads 20] [--background-share 0.5] [--rate-share 0.5]
+        [--cycle-leads 20] [--background-share 0.5] [--rate-share 0.5] [--per-process-budget]
 """
 
 from __future__ import annotations
@@ -178,6 +178,7 @@ def run(
     cycle_leads: int,
     background_share: float,
     rate_share: float,
+    shared: bool = True,
 ) -> dict[str, Any]:
     request_log = tempfile.mktemp(suffix=".jsonl")  # noqa: S306 (the child process creates it)
     ctx = mp.get_context("spawn")
@@ -200,7 +201,7 @@ def run(
                 "AzureWebJobsStorage": queues,
                 "SYNC_QUEUE_CONNECTION": queues,
                 "SYNC_JOBS_QUEUE": "q" + uuid.uuid4().hex[:12],
-                "SYNC_SHARED_BUDGET": "true",
+                "SYNC_SHARED_BUDGET": str(shared).lower(),
                 "SYNC_BACKGROUND_SHARE": str(background_share),
                 "MARKETO_RATE_SHARE": str(rate_share),
                 "SYNC_SCHEDULE": "0 0 0 1 1 *",  # no timer cycle: the bench runs its own
@@ -281,6 +282,7 @@ def run(
         "leads": leads,
         "chunk_size": chunk_size,
         "hosts": hosts,
+        "shared_budget": shared,
         "background_share": background_share,
         "marketo_rate_share": rate_share,
         "golive_seconds": round(golive, 1),
@@ -312,6 +314,7 @@ def main() -> None:
     parser.add_argument("--cycle-leads", type=int, default=20)
     parser.add_argument("--background-share", type=float, default=0.5)
     parser.add_argument("--rate-share", type=float, default=0.5)
+    parser.add_argument("--per-process-budget", action="store_true", help="SYNC_SHARED_BUDGET=false (to compare)")
     args = parser.parse_args()
     result = run(
         leads=args.leads,
@@ -321,6 +324,7 @@ def main() -> None:
         cycle_leads=args.cycle_leads,
         background_share=args.background_share,
         rate_share=args.rate_share,
+        shared=not args.per_process_budget,
     )
     print(json.dumps(result, indent=2))
     idle, during = result["idle"], result["during_backfill"]
