@@ -653,10 +653,8 @@ def test_deployment_defaults_are_valid_settings_equal_to_the_code_defaults(datav
     # the job queue via the managed identity; the API budget shared by the instances Flex scales out to
     assert deployed.queue_endpoint == "https://stexample.queue.core.windows.net"
     assert deployed.queue_connection_string is None
-    assert (deployed.jobs_queue, deployed.background_share) == (
-        code_defaults.jobs_queue,
-        code_defaults.background_share,
-    )
+    assert deployed.jobs_queue == code_defaults.jobs_queue
+    assert deployed.background_share == code_defaults.background_share
     assert deployed.shared_budget is True
 
 

@@ -126,3 +126,17 @@ def test_one_call_costs_about_two_table_writes_when_alone() -> None:
     counters = budget.counters
     assert counters.writes == 10  # a replace to take the place, one to give it back
     assert counters.reads <= 1  # only the first look: afterwards its own last write is current
+
+
+def test_a_place_is_given_back_even_when_the_cached_row_predates_it() -> None:
+    clock = Clock()
+    [budget, other] = instances(clock)
+    with budget.slot():
+        pass
+    older = budget._cached  # a version without the lease below
+    budget._acquire("taken", LIMIT)
+    # A read that raced this process's own write sets the cache late, to a version before the lease.
+    budget._cached = older
+    budget._release("taken")
+    (_, flight), _ = other._current(fresh=True)
+    assert "taken" not in flight

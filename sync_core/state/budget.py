@@ -14,7 +14,8 @@ all of them in the row ``{prefix}state`` / PK ``budget`` / RK service:
 A call takes its place with one ETag-conditional replace of that row (read first only when the
 last version this process saw is stale: a lost condition re-reads and tries again) and gives it
 back with another; so a call costs about 2 Table transactions when one instance is busy and more
-under contention (``bench/bench_shared_budget.py`` measures it). Background work takes only
+under contention (``tests/test_shared_budget.py`` counts the first; ``bench/bench_backfill_live.py``
+measures live latency while a backfill contends). Background work takes only
 ``background_share`` of each limit (``http.ratebudget.limit_for``), so the cycle and the webhook
 always find the rest. Instances' clocks must agree to within a second or so (Azure keeps them
 NTP-synchronised). Nothing here knows what a call is.
@@ -33,12 +34,13 @@ from typing import Any
 
 from sync_core.core.errors import StateConflictError
 from sync_core.core.models import StoreCounters
-from sync_core.http.ratebudget import RateLimit, limit_for
+from sync_core.http.ratebudget import RateLimit, is_background, limit_for
 from sync_core.state._rows import Rows
 
 BUDGET = "budget"
 LEASE_SECONDS = 320.0  # longer than the longest read timeout of any call (Marketo's paging token, 310 s)
 _POLL = 0.05  # seconds between looks when every place in flight is taken
+_BACKGROUND_POLL = 0.25  # the same for background work: its waiters leave the row to live calls
 _MAX_WAIT = 1.0
 _RELEASE_TRIES = 20
 
@@ -69,6 +71,7 @@ class SharedRateBudget:
         self._clock = clock
         self._lease_seconds = lease_seconds
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # this process's writes one at a time, the cache after each in order
         self._cached: tuple[_State, str] | None = None  # the last version this process read or wrote
 
     @property
@@ -86,9 +89,9 @@ class SharedRateBudget:
             self._release(lease)
 
     # -- the row --------------------------------------------------------------------------------
-    def _current(self) -> tuple[_State, str | None]:
+    def _current(self, *, fresh: bool = False) -> tuple[_State, str | None]:
         with self._lock:
-            cached = self._cached
+            cached = None if fresh else self._cached
         if cached is not None:
             return cached
         row = self._rows.get_row(self._table, BUDGET, self._service)
@@ -107,17 +110,18 @@ class SharedRateBudget:
             "calls": json.dumps({str(second): count for second, count in calls.items()}, separators=(",", ":")),
             "flight": json.dumps(flight, separators=(",", ":")),
         }
-        try:
-            if etag is None:
-                new_etag = self._rows.insert_row(self._table, BUDGET, self._service, props)
-            else:
-                new_etag = self._rows.replace_row(self._table, BUDGET, self._service, props, etag=etag)
-        except StateConflictError:
+        with self._write_lock:
+            try:
+                if etag is None:
+                    new_etag = self._rows.insert_row(self._table, BUDGET, self._service, props)
+                else:
+                    new_etag = self._rows.replace_row(self._table, BUDGET, self._service, props, etag=etag)
+            except StateConflictError:
+                with self._lock:
+                    self._cached = None  # another instance wrote: read again
+                return False
             with self._lock:
-                self._cached = None  # another instance wrote: read again
-            return False
-        with self._lock:
-            self._cached = (state, new_etag)
+                self._cached = (state, new_etag)
         return True
 
     def _pruned(self, state: _State, now: float) -> _State:
@@ -154,7 +158,7 @@ class SharedRateBudget:
                         break
                 wait = leaving + 1 + self.limit.per_seconds - now
             else:
-                wait = _POLL
+                wait = _BACKGROUND_POLL if is_background() else _POLL
             with self._lock:
                 self._cached = None  # what we saw is full: look again after the wait
             self._sleep(min(max(wait, 0.01), _MAX_WAIT) * random.uniform(1.0, 1.2))  # noqa: S311 (jitter)
@@ -163,6 +167,11 @@ class SharedRateBudget:
         for _ in range(_RELEASE_TRIES):
             state, etag = self._current()
             calls, flight = state
+            if lease not in flight:
+                # A version cached by a read that raced this process's writes may predate the lease:
+                # only the row itself says it is gone (else the place would be lost for the lease time).
+                state, etag = self._current(fresh=True)
+                calls, flight = state
             if lease not in flight or etag is None:
                 return
             remaining = {key: until for key, until in flight.items() if key != lease}
