@@ -32,6 +32,8 @@ _DERIVED = {
     "lookup": "LookupAttributeMetadata",
     "datetime": "DateTimeAttributeMetadata",
     "bigint": "BigIntAttributeMetadata",
+    "integer": "IntegerAttributeMetadata",
+    "money": "MoneyAttributeMetadata",
 }
 _EXPANDABLE = ("OptionSet", "GlobalOptionSet")
 _MESSAGES = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
@@ -85,6 +87,8 @@ def _attribute_type(column: Column) -> str:
         "lookup": "Lookup",
         "datetime": "DateTime",
         "bigint": "BigInt",
+        "integer": "Integer",
+        "money": "Money",
     }[column.kind]
 
 
@@ -132,6 +136,12 @@ def _derived_properties(column: Column) -> dict[str, Any]:
         return {"Format": "DateAndTime", "DateTimeBehavior": {"Value": "UserLocal"}}
     if column.kind == "bigint":
         return {"MaxValue": 9223372036854775807, "MinValue": -9223372036854775808}
+    if column.kind == "integer":
+        low, high = column.bounds or (-2147483648, 2147483647)
+        return {"MinValue": int(low), "MaxValue": int(high), "Format": "None"}
+    if column.kind == "money":
+        low, high = column.bounds or (-922337203685477, 922337203685477)
+        return {"MinValue": float(low), "MaxValue": float(high), "Precision": 2, "PrecisionSource": 2}
     return {}
 
 

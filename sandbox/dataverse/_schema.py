@@ -1,5 +1,6 @@
 """The tables the simulator holds, as column definitions: ``lead`` and ``contact`` (synced),
-``systemuser`` and ``team`` (the owners a record's ``ownerid`` points at).
+``account`` (a contact's ``parentcustomerid``), ``systemuser`` and ``team`` (the owners a
+record's ``ownerid`` points at).
 
 Columns, types, lengths, required levels and option sets follow reference B2. Both the data
 API (validation, JSON rendering, query typing) and the metadata API (``EntityDefinitions``)
@@ -32,6 +33,8 @@ EDM_TYPES = {
     "status": "Edm.Int32",
     "datetime": "Edm.DateTimeOffset",
     "bigint": "Edm.Int64",
+    "integer": "Edm.Int32",
+    "money": "Edm.Decimal",
 }
 ATTRIBUTE_TYPES = {
     "guid": "Uniqueidentifier",
@@ -42,6 +45,8 @@ ATTRIBUTE_TYPES = {
     "status": "Status",
     "datetime": "DateTime",
     "bigint": "BigInt",
+    "integer": "Integer",
+    "money": "Money",
 }
 
 
@@ -65,6 +70,7 @@ class Column:
     create: bool = True  # IsValidForCreate
     update: bool = True  # IsValidForUpdate
     targets: tuple[str, ...] = ()  # lookup targets (logical names)
+    bounds: tuple[float, float] | None = None  # integer/money: MinValue, MaxValue
     # A customer lookup (parentcustomerid) has one navigation property per target
     # (parentcustomerid_account, parentcustomerid_contact); an owner lookup has one (ownerid).
     nav_per_target: bool = False
@@ -153,9 +159,10 @@ class Table:
         return [c for _, cols in self.alternate_keys for c in cols]
 
 
-def _system_columns(state: Column, status: Column) -> tuple[Column, ...]:
+def _system_columns(state: Column, status: Column, *, fullname: bool = True) -> tuple[Column, ...]:
+    name = (Column("fullname", "string", "Full Name", max_length=160, create=False, update=False),)
     return (
-        Column("fullname", "string", "Full Name", max_length=160, create=False, update=False),
+        *(name if fullname else ()),
         state,
         status,
         Column("ownerid", "lookup", "Owner", required="SystemRequired", targets=("systemuser", "team")),
@@ -248,6 +255,7 @@ CONTACT = Table(
         Column("telephone1", "string", "Business Phone", max_length=50, fmt="Phone"),
         Column("jobtitle", "string", "Job Title", max_length=100, fmt="Text"),
         Column("originatingleadid", "lookup", "Originating Lead", targets=("lead",)),
+        Column("parentcustomerid", "lookup", "Company Name", targets=("account", "contact"), nav_per_target=True),
         *_system_columns(
             Column(
                 "statecode",
@@ -260,6 +268,81 @@ CONTACT = Table(
         ),
     ),
     alternate_keys=(("contact_emailaddress1_key", ("emailaddress1",)),),
+)
+
+# Industry (account.industrycode): the options a new org has.
+_INDUSTRIES = (
+    "Accounting",
+    "Agriculture and Non-petrol Natural Resource Extraction",
+    "Broadcasting Printing and Publishing",
+    "Brokers",
+    "Building Supply Retail",
+    "Business Services",
+    "Consulting",
+    "Consumer Services",
+    "Design, Direction and Creative Management",
+    "Distributors, Dispatchers and Processors",
+    "Doctor's Offices and Clinics",
+    "Durable Manufacturing",
+    "Eating and Drinking Places",
+    "Entertainment Retail",
+    "Equipment Rental and Leasing",
+    "Financial",
+    "Food and Tobacco Processing",
+    "Inbound Capital Intensive Processing",
+    "Inbound Repair and Services",
+    "Insurance",
+    "Legal Services",
+    "Non-Durable Merchandise Retail",
+    "Outbound Consumer Service",
+    "Petrochemical Extraction and Distribution",
+    "Service Retail",
+    "SIG Affiliations",
+    "Social Services",
+    "Special Outbound Trade Contractors",
+    "Specialty Realty",
+    "Transportation",
+    "Utility Creation and Distribution",
+    "Vehicle Retail",
+    "Wholesale",
+)
+
+ACCOUNT = Table(
+    logical="account",
+    entity_set="accounts",
+    schema_name="Account",
+    display="Account",
+    object_type_code=1,
+    primary_name="name",
+    columns=(
+        Column("accountid", "guid", "Account", required="SystemRequired", update=False),
+        Column("name", "string", "Account Name", max_length=160, required="ApplicationRequired", fmt="Text"),
+        Column("accountnumber", "string", "Account Number", max_length=20, fmt="Text"),
+        Column("websiteurl", "string", "Website", max_length=200, fmt="Url"),
+        Column("telephone1", "string", "Main Phone", max_length=50, fmt="Phone"),
+        Column(
+            "industrycode",
+            "picklist",
+            "Industry",
+            options=tuple(Option(i + 1, label) for i, label in enumerate(_INDUSTRIES)),
+        ),
+        Column("numberofemployees", "integer", "Number of Employees", bounds=(0, 1_000_000_000)),
+        Column("revenue", "money", "Annual Revenue", bounds=(0, 100_000_000_000_000)),
+        Column("address1_city", "string", "Address 1: City", max_length=80, fmt="Text"),
+        Column("address1_country", "string", "Address 1: Country/Region", max_length=80, fmt="Text"),
+        *_system_columns(
+            Column(
+                "statecode",
+                "state",
+                "Status",
+                required="SystemRequired",
+                options=(Option(0, "Active", default_status=1), Option(1, "Inactive", default_status=2)),
+            ),
+            Column("statuscode", "status", "Status Reason", options=(Option(1, "Active", 0), Option(2, "Inactive", 1))),
+            fullname=False,
+        ),
+    ),
+    alternate_keys=(),
 )
 
 SYSTEMUSER = Table(
@@ -319,7 +402,7 @@ TEAM = Table(
     api_writes=False,
 )
 
-TABLES: tuple[Table, ...] = (LEAD, CONTACT, SYSTEMUSER, TEAM)
+TABLES: tuple[Table, ...] = (LEAD, CONTACT, ACCOUNT, SYSTEMUSER, TEAM)
 BY_SET = {t.entity_set: t for t in TABLES}
 BY_LOGICAL = {t.logical: t for t in TABLES}
 
