@@ -30,7 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from sync_core.core.entities import ENTITY_SETS, PRIMARY_IDS, read_columns, row_id
+from sync_core.core import oneway
+from sync_core.core.entities import ENTITY_SETS, PARENT_CUSTOMER, PRIMARY_IDS, read_columns, row_id
 from sync_core.core.errors import ApiError
 from sync_core.core.fieldmap import FieldMap, FieldValueError, Unreadable, canonical_values
 from sync_core.core.merge import Merge, Plan, merge_record, plan, settle
@@ -40,6 +41,7 @@ from sync_core.core.validate import DriftItem
 from sync_core.cycle import schema_cache
 from sync_core.cycle.ledger import Batch, Ledger, OpenFailures, Pending, Tally, person_key, record_key
 from sync_core.cycle.newrecords import NewRecords
+from sync_core.cycle.oneway import OneWayValues
 from sync_core.dataverse.client import DataverseClient, WriteOutcome
 from sync_core.marketo.client import LeadOutcome, LeadWriteResult, MarketoClient
 from sync_core.settings import DynamicsDeletePolicy, MarketoDeletePolicy
@@ -48,6 +50,7 @@ from sync_core.state import StateStore
 log = logging.getLogger(__name__)
 
 NOT_FOUND_CODES = frozenset({"0x80040217"})
+ACCOUNT_FAN_OUT = 3000  # linked contacts merged per batch when an account changes (10 Marketo calls)
 
 Take = Callable[[Sequence[int]], Mapping[int, Mapping[str, Any]]]
 
@@ -83,9 +86,12 @@ class Applier:
             store=store, marketo=marketo, tally=tally, open_failures=open_failures, run_id=run_id, now=now
         )
         self._new = NewRecords(self)
+        self.one_way = OneWayValues(dataverse)
         self.metadata: dict[EntityType, EntityMeta] = {}
         self.described: dict[str, MarketoFieldMeta] | None = None
         self.drift: list[DriftItem] | None = None  # None until checked
+        # The Dynamics-owned person fields Marketo has (all, until its describe says otherwise)
+        self.one_way_fields: tuple[str, ...] = tuple(dict.fromkeys(oneway.fields_for(EntityType.CONTACT)))
 
     # -- schema: metadata, describe, drift (only when there is work) ----------------------------
 
@@ -99,11 +105,25 @@ class Applier:
         )
         self.metadata = schema.metadata
         self.described = schema.described
-        self.drift = schema.drift
         self.field_map = schema.field_map
+        names = dict.fromkeys(oneway.fields_for(EntityType.CONTACT))
+        self.one_way_fields = tuple(name for name in names if name in schema.described)
+        missing = [
+            DriftItem("marketo", None, name, (oneway.KEY_PREFIX + name,), "not a Marketo person field: not filled")
+            for name in names
+            if name not in schema.described
+        ]
+        if missing:
+            log.warning("%d Dynamics-owned person field(s) missing in Marketo; they are not filled", len(missing))
+        self.drift = [*schema.drift, *missing]
 
     def marketo_fields(self) -> list[str]:
         return self.field_map.marketo_fields
+
+    def change_fields(self) -> list[str]:
+        """The fields read from Marketo's change feed: the mapped ones and the Dynamics-owned ones
+        (to see Marketo edits of those)."""
+        return list(dict.fromkeys([*self.field_map.marketo_fields, *self.one_way_fields]))
 
     def dataverse_columns(self, entity: EntityType) -> list[str]:
         return read_columns(entity, self.field_map.columns(entity))
@@ -138,6 +158,7 @@ class Applier:
         self.prepare()
         out = Batch()
         items = self._complete(items, out)
+        self._one_way(items)
         planned: list[tuple[Pending, Merge, Plan]] = []
         for item in items:
             entity = item.link.entity
@@ -205,6 +226,58 @@ class Applier:
             self.dynamics_deleted(gone_in_dynamics)
         return kept
 
+    def _one_way(self, items: Sequence[Pending]) -> None:
+        """The Dynamics-owned person values of each record (from its row, unless given), the Marketo
+        edits of them to overwrite, and what to write."""
+        rows: dict[EntityType, list[Pending]] = {}
+        for item in items:
+            if item.one_way is None and item.dynamics is not None:
+                rows.setdefault(item.link.entity, []).append(item)
+        for entity, group in rows.items():
+            for item, values in zip(
+                group, self.one_way.values_for(entity, [item.dynamics or {} for item in group]), strict=True
+            ):
+                item.one_way = values
+        edited = 0
+        for item in items:
+            baseline = item.link.baseline
+            item.one_way_edits = oneway.marketo_edits(item.link.entity, item.marketo, baseline)
+            edited += len(item.one_way_edits)
+            seen = {**baseline, **{oneway.KEY_PREFIX + k: v for k, v in item.one_way_edits.items()}}
+            item.one_way_writes = oneway.writes(item.one_way or {}, seen, self.one_way_fields)
+        if edited:
+            self.tally.marketo_edits_overwritten += edited
+            log.info(
+                "cycle %s: %d Marketo edit(s) of Dynamics-owned fields, overwritten at the next Dynamics change",
+                self._run_id,
+                edited,
+            )
+
+    # -- an account changed ------------------------------------------------------------------------
+
+    def accounts_changed(self, rows: Sequence[Mapping[str, Any]], deleted_ids: Sequence[str]) -> None:
+        """Accounts from their change feed: the company fields of every linked contact's person,
+        written in bulk (Marketo's 300 a call), not one call per person."""
+        self.one_way.forget_accounts(deleted_ids)  # their contacts went with them (cascade)
+        if not rows:
+            return
+        self.prepare()
+        self.one_way.remember_accounts(rows)
+        self.tally.accounts += len(rows)
+        ids = [str(row[oneway.ACCOUNT.primary_id]).lower() for row in rows]
+        parents: dict[str, str] = {}
+        for contact in self.dataverse.find_by_lookup(
+            ENTITY_SETS[EntityType.CONTACT], PARENT_CUSTOMER, ids, select=[PRIMARY_IDS[EntityType.CONTACT]]
+        ):
+            parents[row_id(EntityType.CONTACT, contact)] = str(contact[PARENT_CUSTOMER]).lower()
+        contact_ids = sorted(parents)
+        for start in range(0, len(contact_ids), ACCOUNT_FAN_OUT):
+            chunk = contact_ids[start : start + ACCOUNT_FAN_OUT]
+            links = self.store.get_links_by_dataverse_ids(EntityType.CONTACT, chunk)
+            items = [Pending(link, one_way=self.one_way.company(parents[i])) for i, link in links.items()]
+            self.tally.account_contacts += len(items)
+            self.sync_linked(items)
+
     def _write_dynamics(self, planned: Sequence[tuple[Pending, Merge, Plan]]) -> dict[int, WriteOutcome]:
         by_entity: dict[EntityType, list[tuple[int, dict[str, Any]]]] = {}
         for position, (item, _, record_plan) in enumerate(planned):
@@ -223,6 +296,7 @@ class Applier:
         for position, (item, _, record_plan) in enumerate(planned):
             payload = {} if record_plan.marketo_problems else dict(record_plan.marketo)
             payload.update(item.marketo_extra)
+            payload.update(item.one_way_writes)
             if payload:
                 records.append((position, {"id": item.link.marketo_id, **payload}))
         if not records:
@@ -260,7 +334,8 @@ class Applier:
         )
         if merge.to_dynamics and d_ok:
             self.tally.written_dynamics += 1
-        if (merge.to_marketo and m_ok) or (item.marketo_extra and m_result is not None and m_result.ok):
+        extra_ok = m_result is not None and m_result.ok
+        if (merge.to_marketo and m_ok) or ((item.marketo_extra or item.one_way_writes) and extra_ok):
             self.tally.written_marketo += 1
         for collision in merge.collisions:
             out.collisions.append(
@@ -288,12 +363,19 @@ class Applier:
             )
         else:
             self.ledger.resolve(out, person_key(Direction.TO_DYNAMICS, link.marketo_id))
-        if merge.to_marketo and not m_ok:
+        one_way_failed = bool(item.one_way_writes) and not extra_ok
+        if (merge.to_marketo and not m_ok) or one_way_failed:
             reasons, code = _marketo_reasons(record_plan, m_result)
-            self.ledger.fail_person(out, link, Direction.TO_MARKETO, reasons, code=code, keys=list(merge.to_marketo))
+            keys = [*merge.to_marketo, *(oneway.KEY_PREFIX + name for name in item.one_way_writes)]
+            self.ledger.fail_person(out, link, Direction.TO_MARKETO, reasons, code=code, keys=keys)
         else:
             self.ledger.resolve(out, person_key(Direction.TO_MARKETO, link.marketo_id))
-        new_baseline = settle(link.baseline, merge, dynamics_written=d_ok, marketo_written=m_ok)
+        new_baseline = oneway.settled(
+            settle(link.baseline, merge, dynamics_written=d_ok, marketo_written=m_ok),
+            link.baseline,
+            edits=item.one_way_edits,
+            written=item.one_way_writes if extra_ok else {},
+        )
         if new_baseline != link.baseline or item.replaces is not None or item.event is not None:
             out.links.append(link.model_copy(update={"baseline": new_baseline, "updated_at": self.now}))
             if item.replaces is not None:

@@ -51,6 +51,9 @@ class Tally:
     retried: int = 0  # due failures tried again
     activities: int = 0  # microsoftSyncFailed entries written
     full_reads: list[str] = field(default_factory=list)  # tables re-read after an expired delta token
+    accounts: int = 0  # changed accounts read
+    account_contacts: int = 0  # linked contacts whose company fields an account change rewrote
+    marketo_edits_overwritten: int = 0  # Marketo edits of Dynamics-owned fields, overwritten at the next change
 
 
 @dataclass
@@ -64,6 +67,10 @@ class Pending:
     replaces: Link | None = None  # the link this one takes the place of (qualification)
     marketo_extra: Mapping[str, Any] = field(default_factory=dict)  # sync-owned person fields to write
     event: str | None = None  # "linked" | "qualified": counted once the link is written
+    # Dynamics-owned person values (core.oneway): computed from the row, or given (an account changed)
+    one_way: Mapping[str, Any] | None = None
+    one_way_edits: dict[str, Any] = field(default_factory=dict)  # those Marketo edited (to overwrite)
+    one_way_writes: dict[str, Any] = field(default_factory=dict)  # those to write to the person
 
 
 @dataclass

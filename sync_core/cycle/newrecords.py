@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from sync_core.core import oneway
 from sync_core.core.convert import to_marketo
 from sync_core.core.entities import (
     CREATED_ON,
@@ -163,7 +164,8 @@ class NewRecords:
         mappings = applier.field_map.for_entity(entity)
         email_mapping = applier.field_map.email_field(entity)
         by_lookup: dict[str, list[tuple[str, dict[str, Any], dict[str, Any]]]] = {}
-        for row in rows:
+        owned = applier.one_way.values_for(entity, rows)  # the owner's and account's fields (core.oneway)
+        for row, one_way in zip(rows, owned, strict=True):
             record = row_id(entity, row)
             try:
                 values = canonical_values(mappings, row, side=entity.value)
@@ -174,10 +176,12 @@ class NewRecords:
             if person.problems:
                 ledger.fail_record(batch, entity, record, person.problems, code="validation")
                 continue
-            payload = {**person.payload, **microsoft_fields(entity, record, row.get(CREATED_ON))}
+            writes = oneway.writes(one_way, {}, applier.one_way_fields)
+            payload = {**writes, **person.payload, **microsoft_fields(entity, record, row.get(CREATED_ON))}
             has_email = email_mapping is not None and payload.get(email_mapping.marketo)
             lookup = email_mapping.marketo if email_mapping is not None and has_email else "microsoftId"
-            by_lookup.setdefault(lookup, []).append((record, payload, values))
+            baseline = oneway.settled(values, {}, edits={}, written=writes)
+            by_lookup.setdefault(lookup, []).append((record, payload, baseline))
         for lookup, group in by_lookup.items():
             results = applier.marketo.sync_leads(
                 [payload for _, payload, _ in group], action="createOnly", lookup_field=lookup

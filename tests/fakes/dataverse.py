@@ -50,6 +50,7 @@ TABLES: dict[str, tuple[str, str, dict[str, tuple[str, str, int | None]]]] = {
             "leadid": ("Uniqueidentifier", "SystemRequired", None),
             "createdon": ("DateTime", "None", None),
             "statecode": ("State", "SystemRequired", None),
+            "_ownerid_value": ("Lookup", "SystemRequired", None),
             **{c: ("String", "ApplicationRequired" if c == "lastname" else "None", n) for c, n in _STRINGS.items()},
         },
     ),
@@ -60,6 +61,8 @@ TABLES: dict[str, tuple[str, str, dict[str, tuple[str, str, int | None]]]] = {
             "contactid": ("Uniqueidentifier", "SystemRequired", None),
             "createdon": ("DateTime", "None", None),
             "_originatingleadid_value": ("Lookup", "None", None),
+            "_parentcustomerid_value": ("Lookup", "None", None),
+            "_ownerid_value": ("Lookup", "SystemRequired", None),
             **{
                 c: ("String", "ApplicationRequired" if c == "lastname" else "None", n)
                 for c, n in _STRINGS.items()
@@ -67,7 +70,25 @@ TABLES: dict[str, tuple[str, str, dict[str, tuple[str, str, int | None]]]] = {
             },
         },
     ),
+    # the tables the Dynamics-owned person fields come from (core.oneway)
+    "accounts": (
+        "account",
+        "accountid",
+        {
+            "accountid": ("Uniqueidentifier", "SystemRequired", None),
+            "name": ("String", "ApplicationRequired", 160),
+            "websiteurl": ("String", "None", 200),
+            "industrycode": ("Picklist", "None", None),
+            "numberofemployees": ("Integer", "None", None),
+            "revenue": ("Money", "None", None),
+            "accountnumber": ("String", "None", 20),
+        },
+    ),
+    "systemusers": ("systemuser", "systemuserid", {"systemuserid": ("Uniqueidentifier", "SystemRequired", None)}),
+    "teams": ("team", "teamid", {"teamid": ("Uniqueidentifier", "SystemRequired", None)}),
 }
+INDUSTRIES = {1: "Accounting", 7: "Consulting", 25: "Service Retail"}  # account.industrycode options
+FORMATTED = "@OData.Community.Display.V1.FormattedValue"
 _EQ = re.compile(r"(\w+) eq ('(?:[^']|'')*'|[0-9a-fA-F-]{36})")
 PluginRule = Callable[[str, Mapping[str, Any]], str | None]  # (entity set, row after the write) -> refusal
 
@@ -93,6 +114,8 @@ class FakeDataverse:
     expired_below: int = 0  # delta tokens older than this version are refused as expired
     bulk_disabled: set[str] = field(default_factory=set)  # entity sets where UpdateMultiple is not enabled
     delta_answers: dict[str, str] = field(default_factory=dict)  # entity set -> next delta read: "empty" | "no_link"
+    labels: dict[str, dict[int, str]] = field(default_factory=lambda: {"industrycode": dict(INDUSTRIES)})
+    denied: set[str] = field(default_factory=set)  # entity sets the sync's role may not read (403)
     _version: int = 0
 
     # -- acting as a Dynamics user ---------------------------------------------------------------
@@ -221,12 +244,16 @@ class FakeDataverse:
     def _read(self, entity_set: str, params: Mapping[str, str], prefer: str) -> httpx.Response:
         select = params["$select"].split(",")
         table = self.rows[entity_set]
+        if entity_set in self.denied:
+            logical = TABLES[entity_set][0]
+            raise _Refused(403, "0x80040220", f"Principal user is missing prvRead{logical.capitalize()} privilege")
+        labels = self.labels if "FormattedValue" in prefer else {}
         if "$filter" in params:
             conditions = [(c, _literal(v)) for c, v in _EQ.findall(params["$filter"])]
             found = [
                 r for r in table.values() if any(str(r.get(c, "")).casefold() == v.casefold() for c, v in conditions)
             ]
-            return httpx.Response(200, json={"value": [_selected(r, select) for r in found]})
+            return httpx.Response(200, json={"value": [_selected(r, select, labels) for r in found]})
         assert "odata.track-changes" in prefer, "a read of a whole table is a change-tracking read"
         since = int(params.get("$deltatoken", 0))
         if "$deltatoken" in params and since < self.expired_below:
@@ -238,7 +265,7 @@ class FakeDataverse:
             if s == entity_set and version > since
         ]
         link = f"{API}/{entity_set}?$select={','.join(select)}&$deltatoken={self._version}"
-        body = {"value": [_selected(r, select) for r in changed] + deleted, "@odata.deltaLink": link}
+        body = {"value": [_selected(r, select, labels) for r in changed] + deleted, "@odata.deltaLink": link}
         quirk = self.delta_answers.pop(entity_set, None) if "$deltatoken" in params else None
         if quirk == "empty":
             return httpx.Response(200)
@@ -316,5 +343,9 @@ def _literal(text: str) -> str:
     return text[1:-1].replace("''", "'") if text.startswith("'") else text
 
 
-def _selected(row: Mapping[str, Any], select: list[str]) -> dict[str, Any]:
-    return {"@odata.etag": 'W/"1"', **{column: row.get(column) for column in select}}
+def _selected(row: Mapping[str, Any], select: list[str], labels: Mapping[str, Mapping[int, str]]) -> dict[str, Any]:
+    out = {"@odata.etag": 'W/"1"', **{column: row.get(column) for column in select}}
+    for column in select:  # Prefer odata.include-annotations="OData.Community.Display.V1.FormattedValue"
+        if column in labels and row.get(column) in labels[column]:
+            out[column + FORMATTED] = labels[column][row[column]]
+    return out
