@@ -10,7 +10,9 @@ from Dynamics, written to Marketo, never sent to Dynamics and never part of a co
              microsoftAccountNumber ← accountnumber; for contacts only
 
 What Marketo holds of them is kept in the link's baseline under ``>``-prefixed keys (field-map
-keys never start so). A value is written when it differs from that baseline; a field never
+keys never start so), and the owner as last read from Dynamics under ``>owner``: a record whose
+owner did not change needs no look-up (a user's later rename reaches the person when the record's
+owner changes). A value is written when it differs from that baseline; a field never
 written is not cleared (a contact without an account keeps the company a form gave it). A
 Marketo edit to one of them (seen in the change feed, different from the baseline) is counted
 and becomes the baseline, so the next Dynamics change of the record or its account overwrites it,
@@ -30,6 +32,7 @@ from sync_core.core.models import EntityType
 from sync_core.core.schema import EntityMeta
 
 KEY_PREFIX = ">"
+OWNER_KEY = ">owner"  # [id, kind, name, email] of the owner as read from Dynamics (not what Marketo holds)
 FORMATTED = "@OData.Community.Display.V1.FormattedValue"
 
 ACCOUNT = EntityMeta(logical_name="account", entity_set="accounts", primary_id="accountid", attributes={})
@@ -93,6 +96,15 @@ def parent_account(row: Mapping[str, Any]) -> str | None:
     return str(value).lower() if value and kind in (None, "account") else None
 
 
+def known_owner(baseline: Mapping[str, Any], principal_id: str | None) -> Principal | None:
+    """The owner as last read from Dynamics for this link (``OWNER_KEY``), if it is still the owner:
+    no look-up is needed for a record whose owner did not change (e.g. the echo of our own write)."""
+    known = baseline.get(OWNER_KEY)
+    if principal_id is None or not isinstance(known, list) or len(known) != 4 or known[0] != principal_id:
+        return None
+    return Principal(known[0], known[1], known[2], known[3])
+
+
 def owner_values(principal_id: str | None, principal: Principal | None) -> dict[str, Any]:
     """The owner fields for an owner id and what is known of it (a user or team not found: id only)."""
     return {
@@ -142,14 +154,22 @@ def marketo_edits(entity: EntityType, staged: Mapping[str, Any] | None, baseline
 
 
 def settled(
-    new: Mapping[str, Any], old: Mapping[str, Any], *, edits: Mapping[str, Any], written: Mapping[str, Any]
+    new: Mapping[str, Any],
+    old: Mapping[str, Any],
+    *,
+    edits: Mapping[str, Any],
+    written: Mapping[str, Any],
+    owner: Principal | None = None,
 ) -> dict[str, Any]:
     """A link's next baseline: ``new`` (the merged fields) with the Dynamics-owned keys carried over
-    from ``old``, then what Marketo was seen to hold (``edits``), then what was written to it."""
+    from ``old``, then what Marketo was seen to hold (``edits``), then what was written to it, and
+    the owner read from Dynamics (when one was found)."""
     out = dict(new)
     out.update({key: value for key, value in old.items() if key.startswith(KEY_PREFIX)})
     out.update({KEY_PREFIX + name: value for name, value in edits.items()})
     out.update({KEY_PREFIX + name: value for name, value in written.items()})
+    if owner is not None:
+        out[OWNER_KEY] = [owner.id, owner.kind, owner.name, owner.email]
     return out
 
 

@@ -164,7 +164,7 @@ class CycleReport(_Part):
     full_reads: Texts = Field(default_factory=list)  # tables re-read after an expired delta token
     accounts: Count = None  # changed accounts read (their company fields go to their contacts' persons)
     account_contacts: Count = None  # linked contacts an account change reached
-    marketo_edits_overwritten: Count = None  # Marketo edits of Dynamics-owned fields (overwritten next change)
+    one_way_edits: Count = None  # Marketo edits of Dynamics-owned fields seen (overwritten at the next Dynamics change)
     api_calls: ApiCalls = Field(default_factory=ApiCalls)
     api: dict[str, ServiceCalls] = Field(default_factory=dict)  # per service: retries, throttling, tokens
     token_calls: Count = None

@@ -76,7 +76,7 @@ def build_report(
         full_reads=tally.full_reads,
         accounts=tally.accounts,
         account_contacts=tally.account_contacts,
-        marketo_edits_overwritten=tally.marketo_edits_overwritten,
+        one_way_edits=tally.one_way_edits,
         api_calls=api_calls,
         api=per_service,
         token_calls=token_calls,

@@ -122,8 +122,15 @@ class Applier:
 
     def change_fields(self) -> list[str]:
         """The fields read from Marketo's change feed: the mapped ones and the Dynamics-owned ones
-        (to see Marketo edits of those)."""
-        return list(dict.fromkeys([*self.field_map.marketo_fields, *self.one_way_fields]))
+        (to see Marketo edits of those). Before ``prepare``, those the cached schema says Marketo
+        lacks are left out (a field Marketo lacks fails the read, and a cycle must not pay for
+        finding that out again every time)."""
+        one_way = self.one_way_fields
+        if self.drift is None:
+            cached = schema_cache.load(self.store, self._configured, now=self.now)
+            if cached is not None:
+                one_way = tuple(name for name in one_way if name in cached.described)
+        return list(dict.fromkeys([*self.field_map.marketo_fields, *one_way]))
 
     def dataverse_columns(self, entity: EntityType) -> list[str]:
         return read_columns(entity, self.field_map.columns(entity))
@@ -234,10 +241,14 @@ class Applier:
             if item.one_way is None and item.dynamics is not None:
                 rows.setdefault(item.link.entity, []).append(item)
         for entity, group in rows.items():
-            for item, values in zip(
-                group, self.one_way.values_for(entity, [item.dynamics or {} for item in group]), strict=True
-            ):
+            found = [item.dynamics or {} for item in group]
+            known = [
+                oneway.known_owner(item.link.baseline, oneway.owner_id(row))
+                for item, row in zip(group, found, strict=True)
+            ]
+            for item, row, values in zip(group, found, self.one_way.values_for(entity, found, known), strict=True):
                 item.one_way = values
+                item.owner = self.one_way.owner(oneway.owner_id(row))
         edited = 0
         for item in items:
             baseline = item.link.baseline
@@ -246,18 +257,22 @@ class Applier:
             seen = {**baseline, **{oneway.KEY_PREFIX + k: v for k, v in item.one_way_edits.items()}}
             item.one_way_writes = oneway.writes(item.one_way or {}, seen, self.one_way_fields)
         if edited:
-            self.tally.marketo_edits_overwritten += edited
+            self.tally.one_way_edits += edited
+            names = sorted({name for item in items for name in item.one_way_edits})
             log.info(
-                "cycle %s: %d Marketo edit(s) of Dynamics-owned fields, overwritten at the next Dynamics change",
+                "cycle %s: %d Marketo edit(s) of Dynamics-owned fields (%s), overwritten at the next Dynamics change",
                 self._run_id,
                 edited,
+                ", ".join(names),
             )
 
     # -- an account changed ------------------------------------------------------------------------
 
-    def accounts_changed(self, rows: Sequence[Mapping[str, Any]], deleted_ids: Sequence[str]) -> None:
+    def accounts_changed(self, rows: Sequence[Mapping[str, Any]], deleted_ids: Sequence[str], take: Take) -> None:
         """Accounts from their change feed: the company fields of every linked contact's person,
-        written in bulk (Marketo's 300 a call), not one call per person."""
+        written in bulk (Marketo's 300 a call), not one call per person. The persons' staged Marketo
+        changes are merged in the same batch (so an edit of a company field made since the last
+        cycle is seen, and overwritten, now)."""
         self.one_way.forget_accounts(deleted_ids)  # their contacts went with them (cascade)
         if not rows:
             return
@@ -274,7 +289,11 @@ class Applier:
         for start in range(0, len(contact_ids), ACCOUNT_FAN_OUT):
             chunk = contact_ids[start : start + ACCOUNT_FAN_OUT]
             links = self.store.get_links_by_dataverse_ids(EntityType.CONTACT, chunk)
-            items = [Pending(link, one_way=self.one_way.company(parents[i])) for i, link in links.items()]
+            staged = take([link.marketo_id for link in links.values()])
+            items = [
+                Pending(link, marketo=staged.get(link.marketo_id), one_way=self.one_way.company(parents[i]))
+                for i, link in links.items()
+            ]
             self.tally.account_contacts += len(items)
             self.sync_linked(items)
 
@@ -375,6 +394,7 @@ class Applier:
             link.baseline,
             edits=item.one_way_edits,
             written=item.one_way_writes if extra_ok else {},
+            owner=item.owner,
         )
         if new_baseline != link.baseline or item.replaces is not None or item.event is not None:
             out.links.append(link.model_copy(update={"baseline": new_baseline, "updated_at": self.now}))

@@ -316,7 +316,7 @@ class _Cycle:
             delta_link = self._sync_table(entity, cursor, stage)
             self._commit(cursor, dataverse_cursor(entity), delta_link)
         accounts_cursor = store.get_cursor(ACCOUNTS_CURSOR)
-        self._commit(accounts_cursor, ACCOUNTS_CURSOR, self._sync_accounts(accounts_cursor))
+        self._commit(accounts_cursor, ACCOUNTS_CURSOR, self._sync_accounts(accounts_cursor, stage))
         if deletes_token is not None:
             for ids in stage.deleted_ids(engine._options.dataverse_batch_size):
                 applier.marketo_deleted(ids)
@@ -419,7 +419,7 @@ class _Cycle:
                 applier.prepare(refresh=True)
                 schema_checked = True
 
-    def _sync_accounts(self, cursor: Cursor | None) -> str | None:
+    def _sync_accounts(self, cursor: Cursor | None, stage: Stage) -> str | None:
         """The accounts' change feed: each changed account's company fields to its linked contacts'
         persons (``Applier.accounts_changed``); the new delta link. An org where the sync may not
         read accounts or track their changes keeps syncing the rest (reported as drift)."""
@@ -437,7 +437,7 @@ class _Cycle:
                     formatted=True,
                 ):
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
-                    applier.accounts_changed(page.rows, page.deleted_ids)
+                    applier.accounts_changed(page.rows, page.deleted_ids, stage.take)
                     done += len(page.rows) + len(page.deleted_ids)
                     self.engine._progress("dataverse accounts", done, None)
                     self.keep_lease()

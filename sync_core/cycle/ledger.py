@@ -21,6 +21,7 @@ from typing import Any
 from sync_core.core.models import Collision, Direction, EntityType, Link, RecordFailure, retry_delay
 from sync_core.core.models import person_failure_key as person_key
 from sync_core.core.models import record_failure_key as record_key
+from sync_core.core.oneway import Principal
 from sync_core.marketo.activity import SyncFailure, log_sync_failures
 from sync_core.marketo.client import MarketoClient
 from sync_core.state import StateStore
@@ -53,7 +54,7 @@ class Tally:
     full_reads: list[str] = field(default_factory=list)  # tables re-read after an expired delta token
     accounts: int = 0  # changed accounts read
     account_contacts: int = 0  # linked contacts whose company fields an account change rewrote
-    marketo_edits_overwritten: int = 0  # Marketo edits of Dynamics-owned fields, overwritten at the next change
+    one_way_edits: int = 0  # Marketo edits of Dynamics-owned fields seen (overwritten at the next Dynamics change)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Pending:
     one_way: Mapping[str, Any] | None = None
     one_way_edits: dict[str, Any] = field(default_factory=dict)  # those Marketo edited (to overwrite)
     one_way_writes: dict[str, Any] = field(default_factory=dict)  # those to write to the person
+    owner: Principal | None = None  # the record's owner as read from Dynamics (kept in the baseline)
 
 
 @dataclass

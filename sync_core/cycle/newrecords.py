@@ -180,7 +180,8 @@ class NewRecords:
             payload = {**writes, **person.payload, **microsoft_fields(entity, record, row.get(CREATED_ON))}
             has_email = email_mapping is not None and payload.get(email_mapping.marketo)
             lookup = email_mapping.marketo if email_mapping is not None and has_email else "microsoftId"
-            baseline = oneway.settled(values, {}, edits={}, written=writes)
+            owner = applier.one_way.owner(oneway.owner_id(row))
+            baseline = oneway.settled(values, {}, edits={}, written=writes, owner=owner)
             by_lookup.setdefault(lookup, []).append((record, payload, baseline))
         for lookup, group in by_lookup.items():
             results = applier.marketo.sync_leads(

@@ -49,9 +49,23 @@ class OneWayValues:
         """The company values of a (looked-up) account."""
         return oneway.company_values(self._accounts.get(account_id) if account_id else None)
 
-    def values_for(self, entity: EntityType, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def owner(self, principal_id: str | None) -> Principal | None:
+        """An owner looked up this cycle (None: not looked up, or not found)."""
+        return self._owners.get(principal_id) if principal_id else None
+
+    def values_for(
+        self,
+        entity: EntityType,
+        rows: Sequence[Mapping[str, Any]],
+        known: Sequence[Principal | None] | None = None,
+    ) -> list[dict[str, Any]]:
         """For each row (a lead or contact read with its owner and, for a contact, its parent
-        account), the Dynamics-owned person values."""
+        account), the Dynamics-owned person values; ``known``: per row, its owner as the link last
+        saw it (``oneway.known_owner``), not looked up again."""
+        known = known or [None] * len(rows)
+        for principal in known:
+            if principal is not None and principal.id not in self._owners:
+                self._keep(self._owners, principal.id, principal)
         self._look_up_owners({oid for row in rows if (oid := oneway.owner_id(row)) and oid not in self._owners})
         if entity is EntityType.CONTACT:
             wanted = {aid for row in rows if (aid := oneway.parent_account(row)) and aid not in self._accounts}

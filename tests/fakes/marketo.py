@@ -147,6 +147,9 @@ class FakeMarketo:
             return _ok(None, nextPageToken=f"p{start}")
         if route == ("GET", "activities/leadchanges.json"):
             wanted = set(params["fields"].split(","))
+            unknown = sorted(wanted - FIELDS.keys())
+            if unknown:
+                return _fail("1006", f"Field '{unknown[0]}' not found")
             return self._page(params, lambda a: a.type_id == NEW_LEAD or a.field in wanted)
         if route == ("GET", "activities/deletedleads.json"):
             return self._page(params, lambda a: a.type_id == DELETE_LEAD)

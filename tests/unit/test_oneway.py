@@ -73,9 +73,15 @@ def test_a_user_or_a_team_owner_reaches_the_person_and_an_owner_change_the_next_
     # per delta page: one read of the users, one of the teams for the ids left (not one per record)
     assert (reads.count("systemusers"), reads.count("teams")) == (2, 1)
 
+    world.dataverse.update("leads", leads[0], jobtitle="CTO")  # the same owner: no look-up again
+    before = len(world.dataverse.requests)
+    again = world.cycle()
+    assert again.report.written.marketo == 1
+    reads = [r.url.path.rsplit("/", 1)[-1] for r in world.dataverse.requests[before:]]
+    assert reads.count("systemusers") == reads.count("teams") == 0
     idle = world.cycle()  # the echo of those writes: nothing written again
     assert idle.report.written.model_dump() == {"marketo": 0, "dynamics": 0}
-    assert idle.report.marketo_edits_overwritten == 0
+    assert idle.report.one_way_edits == 0
 
 
 def test_an_owner_is_never_written_to_dynamics_and_cannot_be_mapped(world: World) -> None:
@@ -84,7 +90,7 @@ def test_an_owner_is_never_written_to_dynamics_and_cannot_be_mapped(world: World
     world.marketo.edit(person, microsoftOwnerName="Someone Else")
     report = world.cycle()
     assert world.dataverse.api_writes == []
-    assert report.report.marketo_edits_overwritten == 1
+    assert report.report.one_way_edits == 1
     assert world.marketo.person(person)["microsoftOwnerName"] == "Someone Else"  # until Dynamics changes it
     world.dataverse.update("leads", lead, jobtitle="CTO")
     world.cycle()
@@ -143,7 +149,7 @@ def test_a_marketo_edit_of_an_account_field_is_counted_and_overwritten_at_the_ne
     _, person = world.linked_contact(1, _parentcustomerid_value=account)
     world.marketo.edit(person, website="https://elsewhere.example", company="Edited In Marketo")
     report = world.cycle()
-    assert report.report.marketo_edits_overwritten == 2
+    assert report.report.one_way_edits == 2
     assert world.dataverse.api_writes == []
     assert world.marketo.person(person)["company"] == "Edited In Marketo"
     world.dataverse.update("accounts", account, numberofemployees=300)
@@ -153,6 +159,15 @@ def test_a_marketo_edit_of_an_account_field_is_counted_and_overwritten_at_the_ne
         "Contoso",
         "https://contoso.example",
         300,
+    )
+    # an edit and an account change in the same window: overwritten in that cycle
+    world.marketo.edit(person, industry="Edited Again")
+    world.dataverse.update("accounts", account, accountnumber="AC-9")
+    report = world.cycle()
+    assert report.report.one_way_edits == 1
+    assert (world.marketo.person(person)["industry"], world.marketo.person(person)["microsoftAccountNumber"]) == (
+        "Consulting",
+        "AC-9",
     )
 
 
@@ -183,6 +198,10 @@ def test_a_missing_marketo_field_is_drift_and_the_rest_is_filled(world: World, m
     assert "microsoftOwnerEmail" not in values
     drift = world.store.list_run_reports(limit=1)[0].report.drift
     assert [d.name for d in drift] == ["microsoftOwnerEmail"]
+    before = len(world.marketo.requests)
+    idle = world.cycle()  # the change feed is read without the missing field: no refusal, no schema re-read
+    assert idle.outcome == "ok"
+    assert len(world.marketo.requests) - before == 1
 
 
 def test_tables_the_role_may_not_read_leave_those_fields_unknown_and_the_cycle_goes_on(world: World) -> None:
