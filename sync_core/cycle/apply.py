@@ -280,22 +280,28 @@ class Applier:
         self.one_way.remember_accounts(rows)
         self.tally.accounts += len(rows)
         ids = [str(row[oneway.ACCOUNT.primary_id]).lower() for row in rows]
-        parents: dict[str, str] = {}
-        for contact in self.dataverse.find_by_lookup(
+        parents: dict[str, str] = {}  # contact id -> account id, at most ACCOUNT_FAN_OUT at a time
+        for contact in self.dataverse.iter_by_lookup(
             ENTITY_SETS[EntityType.CONTACT], PARENT_CUSTOMER, ids, select=[PRIMARY_IDS[EntityType.CONTACT]]
         ):
             parents[row_id(EntityType.CONTACT, contact)] = str(contact[PARENT_CUSTOMER]).lower()
-        contact_ids = sorted(parents)
-        for start in range(0, len(contact_ids), ACCOUNT_FAN_OUT):
-            chunk = contact_ids[start : start + ACCOUNT_FAN_OUT]
-            links = self.store.get_links_by_dataverse_ids(EntityType.CONTACT, chunk)
-            staged = take([link.marketo_id for link in links.values()])
-            items = [
-                Pending(link, marketo=staged.get(link.marketo_id), one_way=self.one_way.company(parents[i]))
-                for i, link in links.items()
-            ]
-            self.tally.account_contacts += len(items)
-            self.sync_linked(items)
+            if len(parents) >= ACCOUNT_FAN_OUT:
+                self._fan_out(parents, take)
+                parents = {}
+        self._fan_out(parents, take)
+
+    def _fan_out(self, parents: Mapping[str, str], take: Take) -> None:
+        """The company fields of these contacts' accounts to their linked persons, in one batch."""
+        if not parents:
+            return
+        links = self.store.get_links_by_dataverse_ids(EntityType.CONTACT, sorted(parents))
+        staged = take([link.marketo_id for link in links.values()])
+        items = [
+            Pending(link, marketo=staged.get(link.marketo_id), one_way=self.one_way.company(parents[i]))
+            for i, link in links.items()
+        ]
+        self.tally.account_contacts += len(items)
+        self.sync_linked(items)
 
     def _write_dynamics(self, planned: Sequence[tuple[Pending, Merge, Plan]]) -> dict[int, WriteOutcome]:
         by_entity: dict[EntityType, list[tuple[int, dict[str, Any]]]] = {}

@@ -206,18 +206,20 @@ class DataverseClient:
         """The rows with these primary keys (absent ones, and ids that are not GUIDs, are simply missing);
         ``formatted`` as for ``iter_changes``."""
         ref = self._ref(entity_set, by_set=True)
-        return self._rows_where("get_rows", ref.entity_set, ref.primary_id, ids, [ref.primary_id, *select], formatted)
+        return list(
+            self._rows_where("get_rows", ref.entity_set, ref.primary_id, ids, [ref.primary_id, *select], formatted)
+        )
 
-    def find_by_lookup(
+    def iter_by_lookup(
         self, entity_set: str, column: str, ids: Sequence[str], *, select: Sequence[str]
-    ) -> list[dict[str, Any]]:
-        """Every row whose lookup ``column`` (``_<name>_value``) points at one of ``ids``, all pages
-        (e.g. the contacts of some accounts: ``contacts``, ``_parentcustomerid_value``)."""
+    ) -> Iterator[dict[str, Any]]:
+        """Every row whose lookup ``column`` (``_<name>_value``) points at one of ``ids``, page by page
+        as they are read (e.g. the contacts of some accounts: ``contacts``, ``_parentcustomerid_value``)."""
         return self._rows_where("find_by_lookup", entity_set, column, ids, [column, *select], False)
 
     def _rows_where(
         self, operation: str, entity_set: str, column: str, ids: Sequence[str], select: Sequence[str], formatted: bool
-    ) -> list[dict[str, Any]]:
+    ) -> Iterator[dict[str, Any]]:
         """Rows whose GUID ``column`` equals one of ``ids``, 100 to a filter (ids that are not GUIDs cannot match)."""
         literals: list[str] = []
         invalid = 0
@@ -230,12 +232,10 @@ class DataverseClient:
             log.warning("dataverse %s: %d id(s) are not GUIDs and cannot match", operation, invalid)
         columns = _odata.select_clause(select)
         url = self._api.url(_odata.identifier(entity_set))
-        rows: list[dict[str, Any]] = []
         for condition in _odata.chunked_any_of(
             column, literals, max_values=FILTER_MAX_VALUES, max_chars=FILTER_MAX_CHARS
         ):
-            rows.extend(self._api.rows(operation, url, {"$select": columns, "$filter": condition}, formatted=formatted))
-        return rows
+            yield from self._api.rows(operation, url, {"$select": columns, "$filter": condition}, formatted=formatted)
 
     def find_by_emails(
         self, entity_set: str, emails: Sequence[str], *, select: Sequence[str], attribute: str = "emailaddress1"

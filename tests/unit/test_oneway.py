@@ -14,6 +14,7 @@ from sync_core.core import oneway
 from sync_core.core.errors import ConfigError
 from sync_core.core.fieldmap import load_field_map
 from sync_core.core.models import EntityType
+from sync_core.cycle import apply
 from tests.fakes import marketo as fake_marketo
 from tests.unit.conftest import World, field_map_with
 
@@ -102,8 +103,9 @@ def test_an_owner_is_never_written_to_dynamics_and_cannot_be_mapped(world: World
 
 
 def test_a_contacts_account_reaches_its_person_and_an_account_edit_reaches_every_contact_in_bulk(
-    world: World,
+    world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(apply, "ACCOUNT_FAN_OUT", 400)  # two batches: 400 + 250 contacts
     account = _account(world)
     other = _account(world, name="Fabrikam", accountnumber="AC-2")
     contacts = [world.dynamics_contact(i, _parentcustomerid_value=account) for i in range(650)]
@@ -134,7 +136,7 @@ def test_a_contacts_account_reaches_its_person_and_an_account_edit_reaches_every
     assert world.marketo.person(world.person_of(elsewhere))["company"] == "Fabrikam"
     assert (report.report.accounts, report.report.account_contacts) == (1, 650)
     assert report.report.written.marketo == 650
-    assert _sync_leads_calls(world) - marketo_before == 3  # ⌈650/300⌉: bulk, not one call per person
+    assert _sync_leads_calls(world) - marketo_before == 3  # ⌈400/300⌉ + ⌈250/300⌉: bulk, not one per person
     # contacts, leads and accounts deltas, then one read of the account's contacts
     assert len(world.dataverse.requests) - dataverse_before == 4
     idle = world.cycle()
