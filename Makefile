@@ -73,6 +73,7 @@ bench: setup
 	$(BIN)/python bench/bench_clients.py
 	$(BIN)/python bench/bench_cycle.py --sizes $(BENCH_SIZES)
 	$(BIN)/python bench/bench_webhook.py --calls 100
+	$(BIN)/python bench/bench_telemetry.py
 
 bench-realworld: setup
 	$(BIN)/python bench/bench_realworld.py --sizes $(REALWORLD_SIZES) --time-scale $(REALWORLD_TIME_SCALE)

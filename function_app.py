@@ -13,11 +13,14 @@ from sync_core import __version__
 from sync_core.core.errors import ConfigError, CycleFailedError
 from sync_core.core.report import Outcome
 from sync_core.cycle import engine
+from sync_core.status import actions as status_actions
 from sync_core.status import view as sync_status
+from sync_core.telemetry import configure_telemetry, flush_telemetry
 from sync_core.webhook import handler as webhook
 from sync_core.wiring import preflight
 
 log = logging.getLogger("function_app")
+configure_telemetry(os.environ)  # once per worker process: Application Insights in Azure (README "Telemetry")
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
@@ -33,6 +36,21 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 def status(req: func.HttpRequest) -> func.HttpResponse:
     """The admin status view: JSON, or an HTML page when a browser asks for one."""
     page = sync_status.get_status_page(os.environ, accept=req.headers.get("Accept"), query=dict(req.params))
+    return func.HttpResponse(
+        page.body, status_code=page.status_code, mimetype=page.mimetype, charset="utf-8", headers=dict(page.headers)
+    )
+
+
+@app.route(route="status/actions/{action}", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+def status_action(req: func.HttpRequest) -> func.HttpResponse:
+    """The status page's buttons (retry, dismiss, resync, reset-cursor, export): behind the admin key."""
+    page = status_actions.post_action(
+        os.environ,
+        action=req.route_params.get("action", ""),
+        body=req.get_body(),
+        headers=dict(req.headers),
+        query=dict(req.params),
+    )
     return func.HttpResponse(
         page.body, status_code=page.status_code, mimetype=page.mimetype, charset="utf-8", headers=dict(page.headers)
     )
@@ -57,6 +75,8 @@ def sync_cycle(timer: func.TimerRequest) -> None:
     except ConfigError as err:  # the same JSON line the commands print; the execution fails
         log.error("sync cycle: configuration error %s", preflight.config_error_line(err))
         raise
+    finally:
+        flush_telemetry()  # the instance may be stopped before the next periodic export
     log.info("sync cycle %s: %s", report.run_id, report.outcome)
     if report.outcome is Outcome.ERROR:  # a person must act: fail the execution so Azure Monitor sees it
         raise CycleFailedError(f"sync cycle {report.run_id} failed: {report.report.error}")

@@ -138,6 +138,28 @@ param syncRetentionCollisionsDays int = 90
 @maxValue(3650)
 param syncRetentionClaimsDays int = 1
 
+@description('E-mail address the alerts go to (README "Operating > Alerts"); empty: alerts show in the portal only.')
+param alertEmail string = ''
+
+@description('Minutes between two runs of SYNC_SCHEDULE, for the alert "no successful cycle for 3 periods" (5 for the default schedule).')
+@minValue(1)
+@maxValue(1440)
+param syncSchedulePeriodMinutes int = 5
+
+@description('Cycles that end failed one after the other before the alert fires.')
+@minValue(1)
+@maxValue(20)
+param alertFailedCyclesInARow int = 3
+
+@description('Open record failures above which the failures-backlog alert fires.')
+@minValue(1)
+param alertFailuresBacklog int = 100
+
+@description('Share of webhook calls answered 5xx over 15 minutes, in percent, above which the alert fires.')
+@minValue(1)
+@maxValue(100)
+param alertWebhook5xxPercent int = 10
+
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -172,6 +194,23 @@ module monitoring 'app/monitoring.bicep' = {
     applicationInsightsName: '${abbrs.insightsComponents}${resourceToken}'
     location: location
     tags: tags
+  }
+}
+
+module alerts 'app/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  params: {
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    location: location
+    tags: tags
+    namePrefix: '${abbrs.insightsScheduledQueryRules}sync-${resourceToken}'
+    actionGroupName: '${abbrs.insightsActionGroups}sync-${resourceToken}'
+    alertEmail: alertEmail
+    schedulePeriodMinutes: syncSchedulePeriodMinutes
+    failedCyclesInARow: alertFailedCyclesInARow
+    failuresBacklogThreshold: alertFailuresBacklog
+    webhook5xxPercent: alertWebhook5xxPercent
   }
 }
 
@@ -274,3 +313,4 @@ output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.uri
 output AZURE_IDENTITY_NAME string = identity.outputs.name
 output AZURE_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output AZURE_ALERT_ACTION_GROUP string = alerts.outputs.actionGroupName

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TextIO
 
 from sync_core.core.errors import ConfigError
+from sync_core.telemetry import configure_telemetry
 from sync_core.wiring.preflight import check_config, check_reachable, config_error_line
 
 
@@ -41,6 +42,30 @@ def _check(argv: list[str]) -> int:
     from sync_core.check.run import check_main
 
     return check_main(argv)
+
+
+def _failures(argv: list[str]) -> int:
+    from sync_core.cycle.operate_cli import failures_main
+
+    return failures_main(argv)
+
+
+def _resync(argv: list[str]) -> int:
+    from sync_core.cycle.operate_cli import resync_main
+
+    return resync_main(argv)
+
+
+def _reset_cursor(argv: list[str]) -> int:
+    from sync_core.cycle.operate_cli import reset_cursor_main
+
+    return reset_cursor_main(argv)
+
+
+def _export(argv: list[str]) -> int:
+    from sync_core.cycle.operate_cli import export_main
+
+    return export_main(argv)
 
 
 def _status(argv: list[str]) -> int:
@@ -78,6 +103,26 @@ _COMMANDS: dict[str, tuple[Callable[[list[str]], int], tuple[bool, bool, bool] |
         (True, True, False),
         "erase one person's data from the sync's own state (--email, --marketo-id, --dynamics-id)",
     ),
+    "failures": (
+        _failures,
+        (True, False, False),
+        "act on record failures: `retry KEY...|--all` now, `dismiss KEY --reason TEXT` (audited)",
+    ),
+    "resync": (
+        _resync,
+        (True, True, True),
+        "re-read one linked person on both sides and re-apply the rules without the baseline",
+    ),
+    "reset-cursor": (
+        _reset_cursor,
+        (True, False, False),
+        "reset a change-feed cursor (marketo, lead, contact) --yes [--since TIME] (audited)",
+    ),
+    "export": (
+        _export,
+        (True, False, False),
+        "the open failures or the collisions as CSV (ids, fields, reasons; no person values)",
+    ),
 }
 
 
@@ -93,6 +138,7 @@ def guarded(
     its own); a ``ConfigError`` → one JSON line, exit 2."""
     err = stderr or sys.stderr
     try:
+        configure_telemetry(os.environ if environ is None else environ)
         if probe is not None and not {"-h", "--help"} & set(argv):
             tables, marketo, dataverse = probe
             settings = check_config(os.environ if environ is None else environ)
@@ -106,7 +152,7 @@ def guarded(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sync_core",
-        description="commands:\n" + "\n".join(f"  {name:<10} {text}" for name, (_, _, text) in _COMMANDS.items()),
+        description="commands:\n" + "\n".join(f"  {name:<12} {text}" for name, (_, _, text) in _COMMANDS.items()),
         epilog="`python -m sync_core <command> --help` lists a command's options. A configuration error is one "
         'JSON line {"error", "setting", "hint"} on stderr and exit code 2.',
         formatter_class=argparse.RawDescriptionHelpFormatter,

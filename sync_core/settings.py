@@ -209,3 +209,39 @@ def _cross_field_problems(values: Mapping[str, Any]) -> list[str]:
 
 def _plain(value: Any) -> str:
     return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+
+# Where telemetry goes (README "Operating: Telemetry"). Read apart from ``Settings``: telemetry is
+# set up when the process starts, before (and whether or not) the sync's own settings are valid, so
+# a configuration error is itself seen in Application Insights.
+TELEMETRY_ENV_NAMES: dict[str, str] = {
+    # set by the Bicep (and by the Functions platform); the exporter signs in with the identity
+    # named in APPLICATIONINSIGHTS_AUTHENTICATION_STRING (local auth is off)
+    "APPLICATIONINSIGHTS_CONNECTION_STRING": "connection_string",
+    # local only: spans, metrics and events printed on stderr
+    "SYNC_TELEMETRY_CONSOLE": "console",
+}
+
+
+class TelemetrySettings(BaseModel):
+    """Where this process sends its telemetry: Application Insights, the console, or nowhere."""
+
+    model_config = ConfigDict(frozen=True)
+
+    connection_string: str | None = None
+    console: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> TelemetrySettings:
+        values = {
+            field: raw.strip()
+            for env, field in TELEMETRY_ENV_NAMES.items()
+            if (raw := environ.get(env)) is not None and raw.strip() != ""
+        }
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            names = {field: env for env, field in TELEMETRY_ENV_NAMES.items()}
+            raise ConfigError(
+                sorted(f"{names.get(str(issue['loc'][0]), '?')}: {issue['msg']}" for issue in err.errors())
+            ) from err

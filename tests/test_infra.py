@@ -3,9 +3,10 @@
 No Bicep compiler can be installed here (reference/tooling.md §3), so these tests stand in for
 it: tree-sitter-bicep for syntax, pycep-parser for structure (modules and their parameters and
 outputs resolve, the Flex Consumption app and its resources, identity-based storage, role ids,
-no secret in plain text), and the app settings the Bicep sets against the ones
-`sync_core/settings.py` reads, both ways. checkov is not run from here: it pins an older
-pycep-parser and has its own venv (`make infra-check`, part of `make test`).
+no secret in plain text, alert rules that read the telemetry the app exports), and the app
+settings the Bicep sets against the ones `sync_core/settings.py` reads, both ways. checkov is not
+run from here: it pins an older pycep-parser and has its own venv (`make infra-check`, part of
+`make test`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ PLATFORM_SETTINGS = {
     "AzureWebJobsStorage__blobServiceUri",
     "AzureWebJobsStorage__queueServiceUri",
     "AzureWebJobsStorage__tableServiceUri",
-    # telemetry to Application Insights, with Entra authentication (local auth is off)
+    # telemetry to Application Insights, with Entra authentication (local auth is off); the host
+    # reads both, sync_core the connection string too (TelemetrySettings, checked below)
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
     # read by azure-identity's DefaultAzureCredential (not by sync_core): picks the
@@ -137,7 +139,8 @@ def _dotted(node: Any) -> str | None:
     """`a.b.c` for a property-access chain (pycep nests them), else None."""
     if isinstance(node, str):
         return node
-    if isinstance(node, dict) and node.get("operator", {}).get("type") == "property_accessor":
+    operator = node.get("operator") if isinstance(node, dict) else None  # an alert rule's "operator" is text
+    if isinstance(operator, dict) and operator.get("type") == "property_accessor":
         operands = node["operator"]["operands"]
         left, right = _dotted(operands["operand_1"]), _dotted(operands["operand_2"])
         return f"{left}.{right}" if left and right else None
@@ -284,6 +287,7 @@ def test_infra_has_the_expected_bicep_files() -> None:
         "app/keyvault.bicep",
         "app/identity.bicep",
         "app/rbac.bicep",
+        "app/alerts.bicep",
     } <= names
 
 
@@ -736,3 +740,140 @@ def test_every_skipped_checkov_check_is_justified_by_a_comment() -> None:
         assert lines[above].strip().startswith("#"), f"{line} has no reason above it"
         entries += 1
     assert entries > 0
+
+
+# --- alerts (infra/app/alerts.bicep, README "Operating > Alerts") --------------------------------
+
+ALERTS = INFRA / "app" / "alerts.bicep"
+ALERT_RULES = {
+    "cycle-failed-in-a-row",
+    "no-successful-cycle",
+    "failures-backlog",
+    "webhook-5xx",
+    "daily-new-failures",
+}
+# main.bicep parameter -> (alerts.bicep parameter, default, azd environment variable)
+ALERT_PARAMETERS = {
+    "alertEmail": ("alertEmail", "", "ALERT_EMAIL"),
+    "syncSchedulePeriodMinutes": ("schedulePeriodMinutes", 5, "SYNC_SCHEDULE_PERIOD_MINUTES"),
+    "alertFailedCyclesInARow": ("failedCyclesInARow", 3, "ALERT_FAILED_CYCLES_IN_A_ROW"),
+    "alertFailuresBacklog": ("failuresBacklogThreshold", 100, "ALERT_FAILURES_BACKLOG"),
+    "alertWebhook5xxPercent": ("webhook5xxPercent", 10, "ALERT_WEBHOOK_5XX_PERCENT"),
+}
+
+
+def _alert_rules() -> dict[str, dict[str, Any]]:
+    """name -> rule of the `rules` variable, its query with the text variables filled in."""
+    variables = _bicep(ALERTS)["variables"]
+    texts = {name: var["value"] for name, var in variables.items() if isinstance(var["value"], str)}
+    rules = {}
+    for rule in variables["rules"]["value"]:
+        query = rule["query"]
+        for name, text in texts.items():
+            query = query.replace(f"${{{name}}}", text)
+        rules[rule["name"]] = {**rule, "query": query}
+    return rules
+
+
+def test_the_action_group_e_mails_the_address_parameter_when_one_is_given() -> None:
+    path, group = _one_resource("Microsoft.Insights/actionGroups")
+    assert path == ALERTS
+    assert group["location"] == "global"
+    assert group["properties"]["enabled"] is True
+    assert len(group["properties"]["groupShortName"]) <= 12  # the service's limit
+    receivers = group["properties"]["emailReceivers"]["operator"]
+    assert receivers["type"] == "conditional"
+    assert receivers["operands"]["condition"]["function"] == {
+        "type": "empty",
+        "parameters": {"item_to_test": "alertEmail"},
+    }
+    assert receivers["operands"]["true_value"] == []
+    [receiver] = receivers["operands"]["false_value"]
+    assert receiver["emailAddress"] == "alertEmail"
+    assert receiver["useCommonAlertSchema"] is True
+
+
+def test_alert_parameters_flow_from_the_deployment_to_the_alerts_module() -> None:
+    main = _bicep(MAIN)["parameters"]
+    module = _body(_bicep(MAIN)["modules"]["alerts"])
+    declared = _bicep(ALERTS)["parameters"]
+    parameters = _deployment_parameters()
+    for name, (alerts_param, default, env) in ALERT_PARAMETERS.items():
+        assert main[name]["default"] == default, name
+        assert module["params"][alerts_param] == name, name
+        assert alerts_param in declared
+        assert parameters[name] == f"${{{env}={default}}}", name
+    assert _dotted(module["params"]["applicationInsightsName"]) == "monitoring.outputs.applicationInsightsName"
+
+
+def test_schedule_period_parameter_matches_the_default_schedule() -> None:
+    runs = croniter(DEFAULT_SCHEDULE, datetime(2026, 1, 1, tzinfo=UTC), second_at_beginning=True)
+    first, second = runs.get_next(datetime), runs.get_next(datetime)
+    assert _bicep(MAIN)["parameters"]["syncSchedulePeriodMinutes"]["default"] == (second - first) / timedelta(minutes=1)
+
+
+def test_every_alert_rule_is_a_log_alert_on_application_insights_notifying_the_action_group() -> None:
+    assert set(_alert_rules()) == ALERT_RULES
+    [rules] = _resources(ALERTS, "Microsoft.Insights/scheduledQueryRules").values()
+    assert rules["kind"] == "LogAlert"
+    properties = rules["properties"]
+    assert [_dotted(scope) for scope in properties["scopes"]] == ["applicationInsights.id"]
+    assert [_dotted(group) for group in properties["actions"]["actionGroups"]] == ["actionGroup.id"]
+    [condition] = properties["criteria"]["allOf"]
+    assert _dotted(condition["query"]) == "rule.query"
+    assert (condition["operator"], condition["threshold"]) == ("GreaterThan", 0)  # a rule fires when it returns rows
+    insights = _bicep(ALERTS)["resources"]["applicationInsights"]
+    assert (insights["type"], insights["existing"]) == ("Microsoft.Insights/components", True)
+
+
+def test_alert_queries_read_the_telemetry_the_app_exports() -> None:
+    from sync_core.core.models import RunReport
+    from sync_core.core.report import DID_ITS_WORK, CycleReport, Outcome
+    from sync_core.telemetry import CYCLE_EVENT, INSTRUMENTS
+    from sync_core.telemetry.record import cycle_attributes
+
+    full = RunReport(
+        run_id="r",
+        started_at=datetime(2026, 1, 1, tzinfo=UTC),
+        report=CycleReport.model_validate(
+            {"failures": 1, "new_failures": 1, "backlog": {"marketo": 0, "retries": 1}, "seconds": 1}
+        ),
+    )
+    event_keys = {"sync.event", *cycle_attributes(full)}
+    metric_keys = {key for spec in INSTRUMENTS.values() for key in spec.attributes}
+    rules = _alert_rules()
+    for name, rule in rules.items():
+        query = rule["query"]
+        for key in re.findall(r'customDimensions\["([^"]+)"\]', query):
+            assert key in (metric_keys if query.startswith("customMetrics") else event_keys), f"{name}: {key}"
+        for metric in re.findall(r'\bname == "([^"]+)"', query):
+            assert metric in INSTRUMENTS or metric == "sync_person", f"{name}: {metric}"
+        for outcome in re.findall(r'outcome[^|]*?"(\w+)"', query):
+            assert outcome in {member.value for member in Outcome}, f"{name}: {outcome}"
+    assert f'== "{CYCLE_EVENT}"' in _bicep(ALERTS)["variables"]["cycleEvents"]["value"]
+    succeeded = _bicep(ALERTS)["variables"]["succeeded"]["value"]
+    assert set(re.findall(r'"(\w+)"', succeeded)) == {outcome.value for outcome in DID_ITS_WORK}
+    assert '"sync.backlog.part"]) == "retries"' in rules["failures-backlog"]["query"]
+    assert rules["daily-new-failures"]["measure"] == "new_failures"
+    assert rules["daily-new-failures"]["frequencyMinutes"] == 1440
+    assert rules["daily-new-failures"]["autoMitigate"] is False  # a digest every day there is news
+
+
+def test_the_webhook_alert_names_the_webhook_function() -> None:
+    import function_app
+
+    functions = {function.get_function_name() for function in function_app.app.get_functions()}
+    query = _alert_rules()["webhook-5xx"]["query"]
+    assert query.startswith("requests ")
+    assert set(re.findall(r'== "(\w+)"', query)) == {"sync_person"} <= functions
+
+
+def test_telemetry_settings_are_the_application_insights_one_in_azure_and_the_console_one_locally() -> None:
+    from sync_core.settings import TELEMETRY_ENV_NAMES
+
+    settings = _app_settings()
+    assert set(TELEMETRY_ENV_NAMES) == {"APPLICATIONINSIGHTS_CONNECTION_STRING", "SYNC_TELEMETRY_CONSOLE"}
+    assert _dotted(settings["APPLICATIONINSIGHTS_CONNECTION_STRING"]) == (
+        "applicationInsights.properties.ConnectionString"
+    )
+    assert "SYNC_TELEMETRY_CONSOLE" not in settings  # stdout/stderr go to the host's logs: never in Azure

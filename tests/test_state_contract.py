@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from sync_core.core.errors import ApiError, LeaseHeldError, RecordError, StateConflictError, TransientError
 from sync_core.core.models import (
+    ActionRecord,
     Claim,
     Collision,
     Cursor,
@@ -637,11 +638,16 @@ def _cost(store: StateStore, action: Callable[[], object]) -> StoreCounters:
     return store.counters.model_copy()
 
 
-@pytest.mark.parametrize("kind", ["runs", "collisions", "claims"])
+@pytest.mark.parametrize("kind", ["runs", "actions", "collisions", "claims"])
 def test_prune_removes_a_row_exactly_as_old_as_its_retention_and_keeps_a_younger_one(
     store: StateStore, kind: str
 ) -> None:
-    period = {"runs": RETENTION.run_reports, "collisions": RETENTION.collisions, "claims": RETENTION.claims}[kind]
+    period = {
+        "runs": RETENTION.run_reports,
+        "actions": RETENTION.run_reports,  # an operator's action is kept as long as the run reports
+        "collisions": RETENTION.collisions,
+        "claims": RETENTION.claims,
+    }[kind]
     # Runs and collisions are pruned by key (µs); claims by their created_at property, which
     # Azurite compares to the millisecond.
     step = timedelta(milliseconds=1) if kind == "claims" else timedelta(microseconds=1)
@@ -649,6 +655,9 @@ def test_prune_removes_a_row_exactly_as_old_as_its_retention_and_keeps_a_younger
     if kind == "runs":
         store.add_run_report(RunReport(run_id="expired", started_at=at_boundary))
         store.add_run_report(RunReport(run_id="kept", started_at=inside))
+    elif kind == "actions":
+        store.add_action(_action("expired", at_boundary))
+        store.add_action(_action("kept", inside))
     elif kind == "collisions":
         store.add_collisions([_collision("expired", at_boundary), _collision("kept", inside)])
     else:
@@ -659,6 +668,8 @@ def test_prune_removes_a_row_exactly_as_old_as_its_retention_and_keeps_a_younger
     assert not report.more
     if kind == "runs":
         assert [run.run_id for run in store.list_run_reports()] == ["kept"]
+    elif kind == "actions":
+        assert [action.id for action in store.list_actions()] == ["kept"]
     elif kind == "collisions":
         assert [collision.id for collision in store.list_collisions()] == ["kept"]
         assert store.delete_collisions_of([42]) == 1  # the expired one's index row went with it
@@ -678,7 +689,7 @@ def test_a_prune_costs_the_same_whether_the_table_holds_no_run_reports_or_many_k
     empty = _cost(store, lambda: store.prune_expired(now=NOW))
     _add_runs(store, [NOW - timedelta(minutes=4 * index + 1) for index in range(_many(subject))])  # ≤ 28 days old
     full = _cost(store, lambda: store.prune_expired(now=NOW))
-    assert full == empty == StoreCounters(reads=3)  # one page read per pruned table, nothing written
+    assert full == empty == StoreCounters(reads=4)  # one page read per pruned table, nothing written
 
 
 def test_a_prune_of_a_backlog_costs_a_fixed_budget_whatever_the_backlog(subject: Subject) -> None:
@@ -686,7 +697,7 @@ def test_a_prune_of_a_backlog_costs_a_fixed_budget_whatever_the_backlog(subject:
     old = NOW - RETENTION.run_reports
     _add_runs(store, [old - timedelta(minutes=5 * index) for index in range(300)])
     small = _cost(store, lambda: store.prune_expired(now=NOW))
-    assert small.reads == 3
+    assert small.reads == 4
     assert 1 <= small.transactions <= PRUNE_PARTITIONS
     assert small.operations == PRUNE_PAGE
     _add_runs(store, [old - timedelta(minutes=5 * index) for index in range(_many(subject))])  # past due
@@ -708,6 +719,21 @@ def test_a_persons_collisions_are_erased_through_the_index_across_days_and_other
     assert store.count_rows(cap=1000)["collisions"] == 3
 
 
+def _action(action_id: str, at: datetime) -> ActionRecord:
+    return ActionRecord(
+        id=action_id, at=at, action="dismiss", target="to_dynamics:m1", by="ops", via="cli", outcome="done", reason="x"
+    )
+
+
+def test_actions_are_listed_newest_first_and_round_trip(store: StateStore) -> None:
+    older, newer = _action("a1", NOW - timedelta(days=2)), _action("a2", NOW)
+    store.add_action(older)
+    store.add_action(newer)
+    store.add_action(newer)  # the same action twice is one row
+    assert store.list_actions() == [newer, older]
+    assert store.list_actions(limit=1) == [newer]
+
+
 def test_claims_can_be_deleted_whatever_their_state(store: StateStore) -> None:
     claim = store.try_claim("sync-person:1", owner="w", now=NOW)
     assert claim is not None
@@ -722,7 +748,7 @@ def test_row_counts_count_records_once_and_stop_at_the_cap(store: StateStore) ->
     store.add_collisions([_collision("a", NOW), _collision("b", NOW - MINUTE)])
     _add_runs(store, [NOW - MINUTE * index for index in range(5)])
     counts = store.count_rows(cap=4)
-    assert counts == {"links": 2, "collisions": 2, "failures": 0, "runs": 4, "claims": 0, "state": 0}
+    assert counts == {"links": 2, "collisions": 2, "failures": 0, "runs": 4, "claims": 0, "actions": 0, "state": 0}
 
 
 def test_the_last_prune_round_trips(store: StateStore) -> None:

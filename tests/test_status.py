@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -16,11 +17,11 @@ import pytest
 
 import function_app
 from sync_core.core.errors import TransientError
-from sync_core.core.models import EntityType, Link, RunReport
+from sync_core.core.models import ActionRecord, EntityType, Link, RunReport
 from sync_core.privacy.prune import prune_state
 from sync_core.state import MemoryStateStore, TableStateStore
 from sync_core.status import view as status_module
-from sync_core.status.html import DASH, _nice_ceiling
+from sync_core.status.html import DASH, SERIES_COLOURS, _nice_ceiling
 from sync_core.status.models import DriftItem, HealthLevel, Total
 from sync_core.status.view import (
     build_status,
@@ -337,6 +338,27 @@ def test_html_page_has_headline_tiles_charts_and_tables() -> None:
     assert "http://" not in page.replace("http://www.w3.org", "")
 
 
+def test_each_series_keeps_its_colour_place_and_legend_entry_on_every_chart() -> None:
+    page = render_html(build_status(_filled_store(), now=NOW, schedule=SCHEDULE))
+    charts = page.split('<figure class="chart-box">')[1:]
+    assert len(charts) == 2
+    colours: dict[str, set[str]] = {}
+    stacks: set[tuple[str, ...]] = set()
+    for chart in charts:
+        for group in chart.split('<g class="cycle"')[1:]:
+            bars = re.findall(r'<rect class="bar" data-series="(\w+)"[^>]* fill="(#[0-9a-f]{6})"', group)
+            stacks.add(tuple(series for series, _ in bars))  # bottom to top
+            for series, colour in bars:
+                colours.setdefault(series, set()).add(colour)
+        legend = re.findall(r'<span data-series="(\w+)"><i style="background:(#[0-9a-f]{6})">', chart)
+        assert [series for series, _ in legend] == list(SERIES_COLOURS)  # the same order as the stack
+        for series, colour in legend:
+            colours.setdefault(series, set()).add(colour)
+    assert colours == {series: {colour} for series, colour in SERIES_COLOURS.items()}  # one colour per series
+    assert len(set(SERIES_COLOURS.values())) == len(SERIES_COLOURS)
+    assert stacks == {tuple(SERIES_COLOURS)}  # same place in every bar of every chart
+
+
 def test_text_summary_names_the_headline_last_cycle_and_totals() -> None:
     text = render_text(build_status(_filled_store(), now=NOW, schedule=SCHEDULE))
 
@@ -351,7 +373,7 @@ def test_text_lists_each_failure_with_its_reason_direction_and_next_retry() -> N
 
     assert (
         "  - to marketo Marketo 2002, contact 6f1c2d4e-0000-4000-8000-000000000002 [1003]: "
-        "Marketo 1003: email field is invalid (1 attempt, due now)"
+        "Marketo 1003: email field is invalid (1 attempt, due now; key to_marketo:contact:abc)"
     ) in text
     assert (
         f"  - to dynamics Marketo 1001 [length]: {status_data.HOSTILE_REASON} (2 attempts, next retry 2025-03-14 "
@@ -567,8 +589,42 @@ def test_the_state_size_per_table_and_the_last_prune_are_shown() -> None:
     status = build_status(store, now=NOW, schedule=SCHEDULE)
     assert status.state is not None
     assert status.state.tables["runs"] == Total(count=3)
-    assert status.state.retention_days == {"runs": 30, "collisions": 90, "claims": 1}
+    assert status.state.retention_days == {"runs": 30, "actions": 30, "collisions": 90, "claims": 1}
     assert status.state.last_prune is not None
     assert (status.state.last_prune.at, status.state.last_prune.removed) == (NOW, {"runs": 1})
     assert "What the sync keeps" in render_html(status)
     assert "Last prune:" in render_text(status)
+
+
+def test_operator_actions_are_listed_and_a_recent_cursor_reset_is_named_in_the_headline() -> None:
+    store = _filled_store()
+    store.add_action(
+        ActionRecord(
+            id="a1",
+            at=NOW - timedelta(hours=2),
+            action="reset-cursor",
+            target="contact",
+            by="ana@contoso",
+            via="page",
+            outcome="done",
+        )
+    )
+    store.add_action(
+        ActionRecord(
+            id="a0",
+            at=NOW - timedelta(days=2),
+            action="reset-cursor",
+            target="lead",
+            by="old",
+            via="cli",
+            outcome="done",
+        )
+    )
+    status = build_status(store, now=NOW, schedule=SCHEDULE)
+
+    assert [action.target for action in status.actions] == ["contact", "lead"]
+    assert "cursor contact reset by ana@contoso at 2025-03-14 10:02:30 UTC" in status.health.details
+    assert not any("cursor lead" in detail for detail in status.health.details)  # older than a day
+    text = render_text(status)
+    assert "Action: 2025-03-14 10:02:30 UTC reset-cursor contact by ana@contoso via page: done" in text
+    assert 'class="action-row"' in render_html(status)

@@ -8,15 +8,20 @@ import struct
 import subprocess
 import zlib
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
+from sync_core.core.models import Cursor, Direction, EntityType, RecordFailure, person_failure_key
+from sync_core.cycle.engine import dataverse_cursor
+from sync_core.cycle.operate import FAILURE_COLUMNS
 from sync_core.host.server import LocalHost, load_app
 from sync_core.state import TableStateStore
+from sync_core.wiring.services import close_services
 from tests import status_data
+from tests.cdp import Browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = [
@@ -142,3 +147,109 @@ def test_status_page_reads_at_a_glance_in_a_real_browser(served_status: str, tmp
     assert (width, height) == (1280, 1600)
     assert screenshot.stat().st_size > 20_000
     assert colours > 50
+
+
+# -- the operators' buttons, clicked in the browser ------------------------------------------------
+
+ORPHAN = person_failure_key(Direction.TO_DYNAMICS, 3003)  # its person is not linked: a retry resolves it
+STUBBORN = person_failure_key(Direction.TO_MARKETO, 3004)
+
+
+@pytest.fixture
+def served_actions(
+    azurite_connection_string: str, table_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, TableStateStore]]:
+    """The status page (opened with a key, as in Azure) over a store with two failures and a lead cursor."""
+    env = {
+        "MARKETO_BASE_URL": "http://127.0.0.1:9",
+        "MARKETO_CLIENT_ID": "id",
+        "MARKETO_CLIENT_SECRET": "secret",
+        "DATAVERSE_URL": "http://127.0.0.1:9",
+        "SYNC_TABLES_CONNECTION": azurite_connection_string,
+        "SYNC_TABLE_PREFIX": table_prefix,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    store = TableStateStore.from_connection_string(azurite_connection_string, prefix=table_prefix)
+    now = datetime.now(UTC)
+    failures = [
+        RecordFailure(
+            key=key,
+            direction=Direction(key.split(":")[0]),
+            entity=EntityType.LEAD,
+            marketo_id=marketo_id,
+            reasons=["jobtitle: longer than the 100 characters Dynamics allows"],
+            fields=["title"],
+            first_failed_at=now - timedelta(minutes=minutes),
+            last_failed_at=now - timedelta(minutes=minutes),
+            next_retry_at=now + timedelta(minutes=5),
+        )
+        for key, marketo_id, minutes in ((ORPHAN, 3003, 1), (STUBBORN, 3004, 2))
+    ]
+    store.upsert_failures(failures)
+    store.put_cursor(Cursor(name=dataverse_cursor(EntityType.LEAD), value="https://org/leads?$deltatoken=9"))
+    with LocalHost(load_app(), environ=env, run_timers=False) as host:
+        yield f"{host.base_url}/api/status?code=admin-key", store
+    close_services()
+
+
+def test_operators_click_retry_resync_dismiss_reset_and_export_in_a_real_browser(
+    served_actions: tuple[str, TableStateStore], tmp_path: Path
+) -> None:
+    url, store = served_actions
+    downloads = tmp_path / "downloads"
+    with Browser(CHROMIUM, tmp_path / "profile", downloads) as browser:
+        browser.open(url)
+        assert browser.count("tr.failure-row") == 2
+
+        # Retry one failure now: its person is not linked any more, so it is resolved.
+        browser.click(f'tr.failure-row:has(input[value="{ORPHAN}"]) button.retry')
+        assert browser.evaluate("document.getElementById('result').dataset.outcome") == "done"
+        assert "1 resolved" in (browser.text("#result") or "")
+        browser.click("#back")
+        assert browser.evaluate("location.search") == "?code=admin-key"
+        assert browser.count("tr.failure-row") == 1
+
+        # Resync the other's person: not linked, so refused, and nothing changes.
+        browser.click(f'tr.failure-row:has(input[value="{STUBBORN}"]) button.resync')
+        assert browser.evaluate("document.getElementById('result').dataset.outcome") == "refused"
+        assert "not linked" in (browser.text("#result") or "")
+        browser.click("#back")
+
+        # Dismiss it: the page asks for a reason first.
+        browser.click(f'tr.failure-row:has(input[value="{STUBBORN}"]) button.dismiss')
+        assert store.get_failures([STUBBORN])  # nothing done before the reason
+        browser.type("#reason", "known test record")
+        browser.click("#confirm-button")
+        assert browser.evaluate("document.getElementById('result').dataset.outcome") == "done"
+        browser.click("#back")
+        assert browser.count("tr.failure-row") == 0
+
+        # Reset the lead cursor: a confirmation first, then the page says who reset it and when.
+        browser.click("button.reset-lead")
+        assert "re-reads every lead" in (browser.text("#confirm") or "")
+        assert store.get_cursor(dataverse_cursor(EntityType.LEAD)) is not None
+        browser.click("#confirm-button")
+        assert browser.evaluate("document.getElementById('result').dataset.outcome") == "done"
+        browser.click("#back")
+        assert "cursor lead reset by admin key at" in (browser.text("#health") or "")
+        assert store.get_cursor(dataverse_cursor(EntityType.LEAD)) is None
+        actions = [browser.evaluate(f"document.querySelectorAll('tr.action-row')[{i}].innerText") for i in range(4)]
+        assert [row.split("\t")[1:4] for row in actions] == [
+            ["reset-cursor", "lead", "done"],
+            ["dismiss", STUBBORN, "done"],
+            ["resync", "marketo:3004", "refused"],
+            ["retry", ORPHAN, "done"],
+        ]
+
+        # Export the collisions (none) and the failures (none left) as CSV files.
+        browser.download("button.export-failures")
+        [saved] = list(downloads.glob("sync-failures-*.csv"))
+        assert saved.read_text(encoding="utf-8").splitlines() == [",".join(FAILURE_COLUMNS)]
+
+        # The setup checks, on demand.
+        browser.click("button.run-checks")
+        assert browser.count("tr.check-row") >= 9
+        assert browser.count("tr.check-row.fail") >= 1  # nothing listens where Marketo should be
+        assert "check(s) failed" in (browser.text("#checks-verdict") or "")
+    assert [action.via for action in store.list_actions()] == ["page"] * 5

@@ -125,6 +125,21 @@ class RunReport(_Record):
         }
 
 
+class ActionRecord(_Record):
+    """One operator action, for the audit trail (``cycle.operate``): who did what to which
+    target, when, why, and what came of it. Ids and field names only, never person values."""
+
+    id: str
+    at: AwareDatetime
+    action: str  # "retry" | "dismiss" | "resync" | "reset-cursor" | "export"
+    target: str  # a failure key, "all", "marketo:<id>", "<entity>:<guid>", a cursor, "failures"
+    by: str  # who: the admin's name as given (CLI --by, the page's sign-in or "admin key")
+    via: str  # "cli" | "page"
+    outcome: str  # "done" | "nothing to do" | "refused" | "failed"
+    reason: str | None = None
+    detail: str = ""
+
+
 class Claim(_Record):
     """An insert-if-absent marker: the first caller to take a key does the work."""
 

@@ -31,6 +31,8 @@ class Outcome(StrEnum):
 
 
 DID_ITS_WORK = frozenset({Outcome.OK, Outcome.PARTIAL})
+# Not a failed cycle: it did its work, or another cycle was running (the status view and telemetry).
+COMPLETED_OUTCOMES = frozenset({*DID_ITS_WORK, Outcome.LEASE_HELD})
 
 
 def as_count(value: Any) -> int | None:
@@ -158,6 +160,7 @@ class CycleReport(_Part):
     qualified: Count = None  # links moved from a lead to its contact
     collisions: Count = None
     failures: Count = None  # records that failed this cycle (new or again)
+    new_failures: Count = None  # of those, records that had no open failure before this cycle
     resolved: Count = None  # open failures that succeeded this cycle
     retried: Count = None  # due failures tried again
     activities: Count = None  # microsoftSyncFailed entries written

@@ -70,6 +70,7 @@ def build_report(
         qualified=tally.qualified,
         collisions=tally.collisions,
         failures=tally.failures,
+        new_failures=tally.new_failures,
         resolved=tally.resolved,
         retried=tally.retried,
         activities=tally.activities,

@@ -64,6 +64,7 @@ from sync_core.marketo.client import MarketoClient
 from sync_core.privacy.prune import prune_state
 from sync_core.settings import DynamicsDeletePolicy, MarketoDeletePolicy, Settings
 from sync_core.state import StateStore
+from sync_core.telemetry import Telemetry, default_telemetry
 from sync_core.wiring.services import Services, services_for
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class SyncEngine:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         progress: Progress | None = None,
         stage_dir: str | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._marketo = marketo
         self._dataverse = dataverse
@@ -147,6 +149,7 @@ class SyncEngine:
         self._clock = clock
         self._progress = progress or (lambda stage, done, total: None)
         self._stage_dir = stage_dir
+        self._telemetry = telemetry or default_telemetry()
 
     @classmethod
     def from_services(cls, services: Services, *, progress: Progress | None = None) -> SyncEngine:
@@ -237,6 +240,7 @@ class SyncEngine:
             tally.collisions,
             tally.failures,
         )
+        self._telemetry.record_cycle(report)  # the one place a cycle becomes metrics, a span and an event
         if config_error is not None:  # stored and logged; the caller says it the way it says config errors
             raise config_error
         return report

@@ -48,6 +48,7 @@ class Tally:
     qualified: int = 0  # links moved from a lead to its contact
     collisions: int = 0
     failures: int = 0  # records that failed this cycle (new or again)
+    new_failures: int = 0  # of those, records with no open failure before
     resolved: int = 0  # open failures that succeeded this cycle
     retried: int = 0  # due failures tried again
     activities: int = 0  # microsoftSyncFailed entries written
@@ -263,6 +264,7 @@ class Ledger:
         resolved = sorted(batch.resolved - failed.keys())
         if failed:
             self._store.upsert_failures(list(failed.values()))
+            self.tally.new_failures += sum(1 for key in failed if key not in self.open)
             self.open.update(failed)
             self.tally.failures += len(failed)
         if resolved:

@@ -31,8 +31,9 @@ def prune_state(store: StateStore, *, now: datetime) -> PruneReport | None:
         return None
     if report.total:
         log.info(
-            "prune: removed %d run report(s), %d collision(s), %d claim(s)%s",
+            "prune: removed %d run report(s), %d action(s), %d collision(s), %d claim(s)%s",
             report.removed.get("runs", 0),
+            report.removed.get("actions", 0),
             report.removed.get("collisions", 0),
             report.removed.get("claims", 0),
             "; more next cycle" if report.more else "",

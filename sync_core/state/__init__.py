@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from sync_core.core.models import (
+    ActionRecord,
     Claim,
     Collision,
     Cursor,
@@ -118,10 +119,19 @@ class StateStore(Protocol):
 
     def list_run_reports(self, *, limit: int = 20) -> list[RunReport]: ...
 
+    def add_action(self, action: ActionRecord) -> None:
+        """Record an operator's action (the audit trail; kept as long as the run reports)."""
+        ...
+
+    def list_actions(self, *, limit: int = 20) -> list[ActionRecord]:
+        """The newest operators' actions first."""
+        ...
+
     # -- retention and erasure ---------------------------------------------------------------------
     def prune_expired(self, *, now: datetime) -> PruneReport:
-        """Remove run reports, collisions and claims past ``retention`` as of ``now``, in bounded
-        work (a page of rows per table, a few transactions); ``more`` if some were left for later."""
+        """Remove run reports and operators' actions (both with ``retention.run_reports``), collisions
+        and claims past ``retention`` as of ``now``, in bounded work (a page of rows per table, a few
+        transactions); ``more`` if some were left for later."""
         ...
 
     def get_last_prune(self) -> PruneReport | None: ...
@@ -129,7 +139,7 @@ class StateStore(Protocol):
     def put_last_prune(self, report: PruneReport) -> None: ...
 
     def count_rows(self, *, cap: int) -> dict[str, int]:
-        """Records per table (links, collisions, failures, runs, claims, state), each counted up to ``cap``."""
+        """Records per table (links, collisions, failures, runs, claims, actions, state), each counted up to ``cap``."""
         ...
 
     # -- webhook claims ----------------------------------------------------------------------

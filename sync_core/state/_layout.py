@@ -34,7 +34,7 @@ PRUNE_PARTITIONS = 3  # day partitions deleted from per table per prune (one tra
 
 
 class TableNames:
-    """The six table names for a prefix (alphanumeric, starts with a letter, 3 to 63 characters)."""
+    """The seven table names for a prefix (alphanumeric, starts with a letter, 3 to 63 characters)."""
 
     def __init__(self, prefix: str) -> None:
         if not PREFIX.match(prefix):
@@ -45,6 +45,7 @@ class TableNames:
         self.failures = f"{prefix}failures"
         self.runs = f"{prefix}runs"
         self.claims = f"{prefix}claims"
+        self.actions = f"{prefix}actions"
 
 
 class RowPlumbing:

@@ -68,6 +68,10 @@ class RetentionRows(RowPlumbing):
         if runs:
             self._delete_by_partition(self.tables.runs, runs)
             removed["runs"] = len(runs)
+        actions, actions_more = self._expired(self.tables.actions, cutoffs["runs"])  # kept as long as runs
+        if actions:
+            self._delete_by_partition(self.tables.actions, actions)
+            removed["actions"] = len(actions)
         collisions, collisions_more = self._expired(self.tables.collisions, cutoffs["collisions"])
         if collisions:
             pointers = [
@@ -95,7 +99,7 @@ class RetentionRows(RowPlumbing):
                 removed["claims"] = len(claims)
             except StateConflictError:
                 claims_more = True
-        more = runs_more or collisions_more or claims_more
+        more = runs_more or actions_more or collisions_more or claims_more
         return PruneReport(at=now, removed=removed, more=more)
 
     def _expired(self, table: str, cutoff: datetime) -> tuple[list[StoredRow], bool]:
@@ -137,6 +141,7 @@ class RetentionRows(RowPlumbing):
             "failures": (self.tables.failures, RowFilter(partition=FAILURE)),
             "runs": (self.tables.runs, RowFilter()),
             "claims": (self.tables.claims, RowFilter(partition=CLAIM)),
+            "actions": (self.tables.actions, RowFilter()),
             "state": (self.tables.state, RowFilter()),
         }
         return {

@@ -17,6 +17,7 @@ Tables (``{prefix}`` + name), keys and why:
     failures    PK failure / RK key                            upsert replaces; point reads by key;
                                                                all of them read a page at a time
     claims      PK claim / RK key                              insert-if-absent
+    actions     PK inverted day / RK inverted µs:id            operators' actions (audit), newest first
     state       PK prune / RK last                             the last prune that removed rows
 
 Every batched write is packed into single-partition transactions of ≤ 100 operations; the rows
@@ -46,6 +47,7 @@ from azure.data.tables import EdmType, EntityProperty
 
 from sync_core.core.errors import LeaseHeldError, StateConflictError
 from sync_core.core.models import (
+    ActionRecord,
     Claim,
     Collision,
     Cursor,
@@ -250,6 +252,17 @@ class RowStateStore(RetentionRows):
     def list_run_reports(self, *, limit: int = 20) -> list[RunReport]:
         rows = self._rows.scan_rows(self.tables.runs, page_size=page_size(limit))
         return [RunReport.model_validate_json(row.props["data"]) for row in itertools.islice(rows, limit)]
+
+    # -- operators' actions (audit), newest first ------------------------------------------------------
+    def add_action(self, action: ActionRecord) -> None:
+        partition, row = newest_first_key(action.at, action.id)
+        props = {"at": action.at, "action": action.action, "data": action.model_dump_json()}
+        check_entity(partition, row, props, what=f"action {action.id!r}")
+        self._transact(self.tables.actions, partition, [[RowOp("upsert", row, props)]])
+
+    def list_actions(self, *, limit: int = 20) -> list[ActionRecord]:
+        rows = self._rows.scan_rows(self.tables.actions, page_size=page_size(limit))
+        return [ActionRecord.model_validate_json(row.props["data"]) for row in itertools.islice(rows, limit)]
 
     # -- record failures ----------------------------------------------------------------------------
     def upsert_failures(self, failures: Sequence[RecordFailure]) -> None:

@@ -12,17 +12,40 @@ everything comes from the ``Status`` it is given.
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 if TYPE_CHECKING:
-    from sync_core.status.models import Cycle, LastPrune, Status, Total
+    from sync_core.status.models import Cycle, FailureView, LastPrune, Status, Total
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The page's buttons: forms that POST to ``/api/status/actions/{action}`` (behind the admin key,
+    ``function_app.status_action``). ``code`` is the key the page was opened with (``?code=``), carried
+    into the forms' URLs because the Functions host reads a key from the URL or a header only."""
+
+    code: str | None = None
+
+    def query(self, **params: str) -> str:
+        pairs = {**params, **({"code": self.code} if self.code else {})}
+        return f"?{urlencode(pairs)}" if pairs else ""
+
+    def action_url(self, action: str, *, base: str = "status/actions/") -> str:
+        return f"{base}{action}{self.query()}"
+
+    def hidden_code(self) -> str:
+        return f'<input type="hidden" name="code" value="{_e(self.code)}">' if self.code else ""
+
 
 DASH = "\u2013"  # an en dash: "not known" in a cell
-# One colour per system everywhere on the page, so "purple = Marketo" is learnt once.
-_MARKETO = "#6d4fc2"
-_DYNAMICS = "#0f6cbd"
+# One colour per system on every chart, so "purple = Marketo" is learnt once: a chart's series is
+# the system it is about (records written to it, calls made to it) and takes its colour from here,
+# never its own; every chart stacks and lists the systems in this order too.
+SERIES_COLOURS = {"marketo": "#6d4fc2", "dynamics": "#0f6cbd"}
 _FAILED = "#c4314b"
 
 
@@ -97,14 +120,21 @@ def _bar_chart(
     chart_id: str,
     title: str,
     cycles: Sequence[Cycle],
-    series: Sequence[tuple[str, str, Callable[[Cycle], int | None]]],
+    series_by_system: Mapping[str, tuple[str, Callable[[Cycle], int | None]]],
 ) -> str:
-    """Stacked bars, one per cycle, oldest on the left; each segment carries a ``<title>``
-    tooltip. A cycle that failed gets a red mark under its bar."""
+    """Stacked bars, one per cycle, oldest on the left, one segment per system (``SERIES_COLOURS``:
+    its colour and place); each segment carries a ``<title>`` tooltip. A cycle that failed gets a
+    red mark under its bar."""
+    series = [
+        (system, label, SERIES_COLOURS[system], get)
+        for system in SERIES_COLOURS
+        if system in series_by_system
+        for label, get in [series_by_system[system]]
+    ]
     ordered = list(reversed(cycles))
     plot_w = _CHART_W - _PAD_L - _PAD_R
     plot_h = _CHART_H - _PAD_T - _PAD_B
-    totals = [sum(get(cycle) or 0 for _, _, get in series) for cycle in ordered]
+    totals = [sum(get(cycle) or 0 for _, _, _, get in series) for cycle in ordered]
     top = _nice_ceiling(max(totals, default=0))
     slot = plot_w / max(len(ordered), 1)
     bar_w = max(2.0, min(28.0, slot * 0.7))
@@ -129,14 +159,14 @@ def _bar_chart(
         x = _PAD_L + slot * index + (slot - bar_w) / 2
         parts.append(f'<g class="cycle" data-run="{_e(cycle.run_id)}">')
         base = float(_PAD_T + plot_h)
-        for label, colour, get in series:
+        for system, label, colour, get in series:
             value = get(cycle)
             height = plot_h * (value or 0) / top
             base -= height
             tip = f"{_short_time(cycle.started_at)} UTC · {label}: {fmt_count(value)}"
             parts.append(
-                f'<rect class="bar" x="{x:.1f}" y="{base:.1f}" width="{bar_w:.1f}" height="{height:.1f}" '
-                f'fill="{colour}"><title>{_e(tip)}</title></rect>'
+                f'<rect class="bar" data-series="{system}" x="{x:.1f}" y="{base:.1f}" width="{bar_w:.1f}" '
+                f'height="{height:.1f}" fill="{colour}"><title>{_e(tip)}</title></rect>'
             )
         if cycle.failed:
             parts.append(
@@ -158,7 +188,10 @@ def _bar_chart(
         f'y1="{_PAD_T + plot_h}" y2="{_PAD_T + plot_h}"/></svg>'
     )
     legend = (
-        "".join(f'<span><i style="background:{colour}"></i>{_e(label)}</span>' for label, colour, _ in series)
+        "".join(
+            f'<span data-series="{system}"><i style="background:{colour}"></i>{_e(label)}</span>'
+            for system, label, colour, _ in series
+        )
         + f'<span><i class="dot" style="background:{_FAILED}"></i>failed cycle</span>'
     )
     return (
@@ -288,10 +321,30 @@ def _cycles_table(status: Status) -> str:
     return _table("cycles", head, rows, 13, "No cycle has run yet.")
 
 
-def _failures_table(status: Status) -> str:
+def _button_form(controls: Controls, action: str, label: str, fields: Mapping[str, object], css: str) -> str:
+    hidden = "".join(f'<input type="hidden" name="{_e(name)}" value="{_e(value)}">' for name, value in fields.items())
+    return (
+        f'<form method="post" action="{_e(controls.action_url(action))}" class="act">{hidden}'
+        f'<button type="submit" class="{_e(css)}">{_e(label)}</button></form>'
+    )
+
+
+def _failure_actions(controls: Controls | None, failure: FailureView) -> str:
+    if controls is None:
+        return ""
+    buttons = _button_form(controls, "retry", "Retry now", {"key": failure.key}, "retry")
+    buttons += _button_form(controls, "dismiss", "Dismiss…", {"key": failure.key}, "dismiss")
+    if failure.marketo_id is not None:
+        buttons += _button_form(controls, "resync", "Resync", {"marketo_id": failure.marketo_id}, "resync")
+    return f'<td class="acts">{buttons}</td>'
+
+
+def _failures_table(status: Status, controls: Controls | None = None) -> str:
     head = (
         "<tr><th>Record</th><th>Direction</th><th>Reasons</th><th>Fields</th><th>Code</th>"
-        "<th>Attempts</th><th>Last failed (UTC)</th><th>Next retry (UTC)</th></tr>"
+        "<th>Attempts</th><th>Last failed (UTC)</th><th>Next retry (UTC)</th>"
+        + ("<th>Act</th>" if controls is not None else "")
+        + "</tr>"
     )
     rows = []
     for failure in status.failures:
@@ -307,18 +360,28 @@ def _failures_table(status: Status) -> str:
         direction = "Marketo → Dynamics" if failure.direction == "to_dynamics" else "Dynamics → Marketo"
         retry = fmt_when(failure.next_retry_at).removesuffix(" UTC") + (" · due" if failure.due else "")
         rows.append(
-            f'<tr class="failure-row"><td class="id">{ids}</td><td>{_e(direction)}</td>'
+            f'<tr class="failure-row"><td class="id">{ids}<div class="key">{_e(failure.key)}</div></td>'
+            f"<td>{_e(direction)}</td>"
             f'<td><ul class="reasons">{reasons}</ul></td><td>{_e(", ".join(failure.fields) or DASH)}</td>'
             f"<td>{_e(failure.code or DASH)}</td><td class='num'>{_e(failure.attempts)}</td>"
             f"<td>{_e(fmt_when(failure.last_failed_at).removesuffix(' UTC'))}</td>"
-            f'<td class="{"due" if failure.due else ""}">{_e(retry)}</td></tr>'
+            f'<td class="{"due" if failure.due else ""}">{_e(retry)}</td>'
+            f"{_failure_actions(controls, failure)}</tr>"
         )
     more = status.totals.failures_open.count - len(status.failures)
-    table = _table("failures", head, rows, 8, "No open failures.")
-    return table + (f'<p class="more">…and {more:,} more (newest shown).</p>' if more > 0 else "")
+    table = _table("failures", head, rows, 8 if controls is None else 9, "No open failures.")
+    tools = ""
+    if controls is not None:
+        tools = (
+            '<div class="tools">'
+            + _button_form(controls, "retry", "Retry all open failures now", {"all": "1"}, "retry-all")
+            + _button_form(controls, "export", "Export failures (CSV)", {"kind": "failures"}, "export-failures")
+            + "</div>"
+        )
+    return tools + table + (f'<p class="more">…and {more:,} more (newest shown).</p>' if more > 0 else "")
 
 
-def _collisions_table(status: Status) -> str:
+def _collisions_table(status: Status, controls: Controls | None = None) -> str:
     head = "<tr><th>Time (UTC)</th><th>Record</th><th>Field</th><th>Winner</th><th>Rule</th><th>Run id</th></tr>"
     rows = [
         f'<tr class="collision-row"><td>{_e(fmt_when(c.at).removesuffix(" UTC"))}</td>'
@@ -327,7 +390,11 @@ def _collisions_table(status: Status) -> str:
         f'<td class="id">{_e(c.run_id)}</td></tr>'
         for c in status.collisions
     ]
-    return _table("collisions", head, rows, 6, "No collisions recorded.")
+    table = _table("collisions", head, rows, 6, "No collisions recorded.")
+    if controls is None:
+        return table
+    export = _button_form(controls, "export", "Export collisions (CSV)", {"kind": "collisions"}, "export-collisions")
+    return f'<div class="tools">{export}</div>{table}'
 
 
 def _drift_table(status: Status) -> str:
@@ -340,6 +407,73 @@ def _drift_table(status: Status) -> str:
     ]
     empty = "The field map matches both schemas." if status.drift.known else "No cycle has checked the schemas yet."
     return _table("drift", head, rows, 5, empty)
+
+
+def _actions_table(status: Status) -> str:
+    head = (
+        "<tr><th>Time (UTC)</th><th>Action</th><th>Target</th><th>Outcome</th><th>By</th><th>Via</th>"
+        "<th>Reason</th><th>Result</th></tr>"
+    )
+    rows = [
+        f'<tr class="action-row"><td>{_e(fmt_when(a.at).removesuffix(" UTC"))}</td><td>{_e(a.action)}</td>'
+        f'<td class="id">{_e(a.target)}</td><td>{_e(a.outcome)}</td><td>{_e(a.by)}</td><td>{_e(a.via)}</td>'
+        f"<td>{_e(a.reason or DASH)}</td><td>{_e(a.detail or DASH)}</td></tr>"
+        for a in status.actions
+    ]
+    return _table("actions", head, rows, 8, "No operator action yet.")
+
+
+_CHECK_TONE = {"pass": "good", "fail": "bad", "skip": "warn"}
+
+
+def _checks_section(status: Status, controls: Controls | None) -> str:
+    run = ""
+    if controls is not None:
+        run = (
+            '<form method="get" action="status" class="act"><input type="hidden" name="checks" value="1">'
+            f'{controls.hidden_code()}<button type="submit" class="run-checks">Run setup checks</button></form>'
+        )
+    checks = status.checks
+    if checks is None:
+        note = "Not run with this page (they call Marketo, Dataverse and Table Storage)."
+        return f'<h2>Setup checks</h2><div class="tools">{run}</div><p class="more">{_e(note)}</p>'
+    head = "<tr><th>Check</th><th>Result</th><th>Detail</th><th>Fix</th></tr>"
+    rows = [
+        f'<tr class="check-row {_e(check.status)}"><td>{_e(check.title)}</td>'
+        f'<td><span class="pill {_CHECK_TONE.get(check.status, "warn")}">{_e(check.status.upper())}</span></td>'
+        f"<td>{_e(check.detail)}</td><td>{_e(check.hint or DASH)}</td></tr>"
+        for check in checks.checks
+    ]
+    verdict = "all checks passed" if checks.ok else f"{sum(c.status == 'fail' for c in checks.checks)} check(s) failed"
+    return (
+        f'<h2>Setup checks</h2><div class="tools">{run}</div>'
+        f'<p class="more" id="checks-verdict">Run {_e(fmt_when(checks.ran_at))}: {_e(verdict)}.</p>'
+        f"{_table('checks', head, rows, 4, 'No checks.')}"
+    )
+
+
+def _operate_section(controls: Controls | None) -> str:
+    if controls is None:
+        return ""
+    entities = "".join(f'<option value="{e}">{e}</option>' for e in ("lead", "contact"))
+    resync = (
+        f'<form method="post" action="{_e(controls.action_url("resync"))}" class="act" id="resync-form">'
+        '<label>Resync a person: Marketo id <input name="marketo_id" inputmode="numeric" pattern="[0-9]+" size="10">'
+        '</label> <label>or Dynamics id <input name="dynamics_id" size="36"></label> '
+        f'<select name="entity"><option value="">either table</option>{entities}</select> '
+        '<button type="submit" class="resync">Resync</button></form>'
+    )
+    feeds = "".join(
+        _button_form(controls, "reset-cursor", f"Reset {feed} cursor…", {"feed": feed}, f"reset-{feed}")
+        for feed in ("marketo", "lead", "contact")
+    )
+    return (
+        "<h2>Operate</h2>"
+        f'<div class="tools">{resync}</div>'
+        f'<div class="tools">{feeds}</div>'
+        '<p class="more">Buttons need the admin (master) key: open this page with <code>?code=&lt;key&gt;</code>. '
+        "Each action is audited below. A cursor reset asks for a confirmation first.</p>"
+    )
 
 
 _CSS = """
@@ -379,6 +513,7 @@ th.group{text-align:center;border-bottom:1px solid #d9dce1}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.id{font:12px ui-monospace,"DejaVu Sans Mono",monospace;color:#3c4043;word-break:break-all}
 td.empty{color:#5f6368;font-style:italic}
+td.id .key{color:#5f6368;font-size:11px}
 td.due{color:#b7590b;font-weight:600}
 tr.failed td{background:#fff5f6}
 .pill{display:inline-block;padding:0 8px;border-radius:10px;font-size:12px;font-weight:600}
@@ -386,20 +521,33 @@ tr.failed td{background:#fff5f6}
 .pill.bad{background:#fde7e9;color:#a4262c}
 ul.reasons{margin:0;padding-left:16px}
 .more,footer{color:#5f6368;font-size:12.5px}
+.tools{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin:6px 0}
+form.act{display:inline-block;margin:0 4px 2px 0}
+td.acts{white-space:nowrap}
+button{font:inherit;font-size:12.5px;padding:3px 10px;border:1px solid #9aa0a6;border-radius:6px;background:#fff;
+cursor:pointer}
+button:hover{background:#eef0f3}
+button.danger{border-color:#c4314b;color:#a4262c}
+.result{background:#fff;border-radius:8px;padding:14px 18px;margin:14px 0}
+.result.done,.result.nothing{border-left:6px solid #107c41}.result.refused,.result.busy{border-left:6px solid #e8912d}
+.result.failed,.result.error{border-left:6px solid #c4314b}
+pre.details{background:#f4f5f7;padding:10px;border-radius:6px;white-space:pre-wrap;word-break:break-all}
 footer{margin-top:24px}
 """
 
 
-def _page(title: str, body: str) -> str:
+def _page(title: str, body: str, *, refresh: bool = True) -> str:
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        '<meta http-equiv="refresh" content="60">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>{body}</main></body></html>"
+        + ('<meta http-equiv="refresh" content="60">' if refresh else "")
+        + f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>{body}</main></body></html>"
     )
 
 
-def render_html(status: Status) -> str:
+def render_html(status: Status, controls: Controls | None = None) -> str:
+    """The status page; ``controls``: with the operators' buttons (served by the HTTP function),
+    None: read-only (``status --format html``)."""
     health = status.health
     details = "".join(f"<li>{_e(detail)}</li>" for detail in health.details)
     cycles = status.cycles
@@ -407,19 +555,19 @@ def render_html(status: Status) -> str:
         "chart-records",
         "Records written per cycle",
         cycles,
-        [
-            ("Marketo → Dynamics", _DYNAMICS, lambda c: c.written.dynamics),
-            ("Dynamics → Marketo", _MARKETO, lambda c: c.written.marketo),
-        ],
+        {
+            "marketo": ("written to Marketo", lambda c: c.written.marketo),
+            "dynamics": ("written to Dynamics", lambda c: c.written.dynamics),
+        },
     )
     calls = _bar_chart(
         "chart-api-calls",
         "API calls per cycle",
         cycles,
-        [
-            ("Marketo", _MARKETO, lambda c: c.api_calls.marketo),
-            ("Dataverse", _DYNAMICS, lambda c: c.api_calls.dataverse),
-        ],
+        {
+            "marketo": ("Marketo API", lambda c: c.api_calls.marketo),
+            "dynamics": ("Dataverse API", lambda c: c.api_calls.dataverse),
+        },
     )
     body = (
         "<header><h1>Marketo ⇄ Dynamics sync</h1>"
@@ -430,14 +578,18 @@ def render_html(status: Status) -> str:
         f"{_tiles(status)}"
         f'<section class="charts">{records}{calls}</section>'
         f"<h2>Recent cycles</h2>{_cycles_table(status)}"
-        f"<h2>Open failures</h2>{_failures_table(status)}"
-        f"<h2>Recent collisions</h2>{_collisions_table(status)}"
+        f"<h2>Open failures</h2>{_failures_table(status, controls)}"
+        f"<h2>Recent collisions</h2>{_collisions_table(status, controls)}"
         f"<h2>Field-map drift</h2>{_drift_table(status)}"
+        f"{_checks_section(status, controls)}"
+        f"{_operate_section(controls)}"
+        f"<h2>Operator actions</h2>{_actions_table(status)}"
         f"{_state_table(status)}"
         "<footer>Records are identified by their Marketo and Dataverse ids; field values (names, emails) are "
         "never shown here. The same data as JSON: <code>?format=json</code>.</footer>"
     )
-    return _page(f"Sync status: {health.headline}", body)
+    # No automatic refresh while the checks are shown: they are not re-run every minute.
+    return _page(f"Sync status: {health.headline}", body, refresh=status.checks is None)
 
 
 def render_error_html(message: str, problems: Sequence[str]) -> str:
@@ -453,3 +605,48 @@ def render_error_html(message: str, problems: Sequence[str]) -> str:
 def _reason_title(reason: str | None) -> str:
     """Why a cycle failed, as the outcome pill's tooltip (the health box says it in words)."""
     return f' title="{_e(reason)}"' if reason else ""
+
+
+def _back(controls: Controls) -> str:
+    return f'<p><a id="back" href="{_e("../../status" + controls.query())}">Back to the status page</a></p>'
+
+
+def render_action_result(title: str, outcome: str, message: str, details: Mapping[str, Any], controls: Controls) -> str:
+    """What an action did, with a link back to the status page (no refresh: it would not repeat the POST)."""
+    shown = "\n".join(f"{name}: {value}" for name, value in details.items() if value not in (None, [], {}))
+    tone = outcome.split()[0]
+    body = (
+        f"<header><h1>{_e(title)}</h1></header>"
+        f'<section class="result {_e(tone)}" id="result" data-outcome="{_e(outcome)}">'
+        f'<p class="word"><strong>{_e(outcome)}</strong>: {_e(message)}</p>'
+        + (f'<pre class="details">{_e(shown)}</pre>' if shown else "")
+        + f"</section>{_back(controls)}"
+    )
+    return _page(title, body, refresh=False)
+
+
+def render_action_form(
+    title: str,
+    explanation: str,
+    action: str,
+    fields: Mapping[str, str],
+    controls: Controls,
+    *,
+    button: str,
+    reason: bool = False,
+) -> str:
+    """The second step of an action that needs a confirmation or a reason: one form, and a way back."""
+    hidden = "".join(f'<input type="hidden" name="{_e(name)}" value="{_e(value)}">' for name, value in fields.items())
+    reason_input = (
+        '<p><label>Reason (audited): <input name="reason" id="reason" required maxlength="500" size="60"></label></p>'
+        if reason
+        else ""
+    )
+    body = (
+        f"<header><h1>{_e(title)}</h1></header>"
+        f'<section class="result" id="confirm"><p>{_e(explanation)}</p>'
+        f'<form method="post" action="{_e(controls.action_url(action, base=""))}" id="confirm-form">{hidden}'
+        f'{reason_input}<button type="submit" class="danger" id="confirm-button">{_e(button)}</button></form>'
+        f"</section>{_back(controls)}"
+    )
+    return _page(title, body, refresh=False)

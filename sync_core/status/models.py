@@ -156,6 +156,41 @@ class Drift(BaseModel):
     items: list[DriftItem] = []
 
 
+class ActionView(BaseModel):
+    """An operator's action from the audit trail (``cycle.operate``): who, when, what, why, outcome."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    action: str
+    target: str
+    by: str
+    via: str
+    outcome: str
+    reason: str | None = None
+    detail: str = ""
+
+
+class CheckView(BaseModel):
+    """One setup check (``check.run``), run on demand (``?checks=1``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    title: str
+    status: str  # "pass" | "fail" | "skip"
+    detail: str
+    hint: str | None = None
+
+
+class Checks(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool
+    ran_at: datetime
+    checks: list[CheckView]
+
+
 class Status(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -171,3 +206,5 @@ class Status(BaseModel):
     collisions: list[CollisionView]  # newest first
     drift: Drift
     state: StateSize | None = None
+    actions: list[ActionView] = []  # the newest operators' actions (cursor resets, dismissals, …)
+    checks: Checks | None = None  # the setup checks, when asked for (they call both services)

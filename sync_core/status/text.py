@@ -1,6 +1,7 @@
 """The status view as a few lines for a terminal (``python -m sync_core status``): the headline,
-the last cycle, totals, and the newest open failures with reason, direction and next retry. Ids,
-field names and reasons only, never person values (see ``status.view``)."""
+the last cycle, totals, the newest open failures with reason, direction, next retry and key (what
+``failures retry|dismiss`` take), and the newest operator actions. Ids, field names and reasons
+only, never person values (see ``status.view``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from sync_core.status.html import DASH, fmt_count, fmt_prune, fmt_total, fmt_whe
 from sync_core.status.models import Status
 
 TEXT_FAILURES = 10  # failures listed, newest first
+TEXT_ACTIONS = 5  # operator actions listed, newest first
 
 
 def render_text(status: Status) -> str:
@@ -41,7 +43,7 @@ def render_text(status: Status) -> str:
         code = f" [{failure.code}]" if failure.code else ""
         lines.append(
             f"  - {failure.direction.replace('_', ' ')} {ids}{code}: {'; '.join(failure.reasons) or DASH} "
-            f"({failure.attempts} attempt{'s' if failure.attempts != 1 else ''}, {retry})"
+            f"({failure.attempts} attempt{'s' if failure.attempts != 1 else ''}, {retry}; key {failure.key})"
         )
     if len(status.failures) > TEXT_FAILURES:
         lines.append(f"  - … {len(status.failures) - TEXT_FAILURES} more in JSON or on the page")
@@ -50,6 +52,12 @@ def render_text(status: Status) -> str:
     lines.append(f"Field-map drift: {drift}")
     if totals.links is not None:
         lines.append("Links: " + ", ".join(f"{entity} {count:,}" for entity, count in totals.links.items()))
+    for action in status.actions[:TEXT_ACTIONS]:
+        why = f" ({action.reason})" if action.reason else ""
+        lines.append(
+            f"Action: {fmt_when(action.at)} {action.action} {action.target} by {action.by} via {action.via}: "
+            f"{action.outcome}{why}"
+        )
     if status.state is not None:
         lines.append("State: " + ", ".join(f"{name} {fmt_total(total)}" for name, total in status.state.tables.items()))
         lines.append(f"Last prune: {fmt_prune(status.state.last_prune)}")

@@ -29,20 +29,25 @@ from typing import Literal, TextIO
 
 from azure.core.exceptions import AzureError
 
+from sync_core.check.run import run_checks
 from sync_core.core.errors import ConfigError, SyncError
 from sync_core.core.models import Collision, RecordFailure, RunReport
-from sync_core.core.report import DID_ITS_WORK, Outcome
+from sync_core.core.report import COMPLETED_OUTCOMES, DID_ITS_WORK, Outcome
 from sync_core.core.schedule import Schedule
 from sync_core.settings import DEFAULT_SCHEDULE, Settings
 from sync_core.state import StateStore
 from sync_core.status.html import (
+    Controls,
     fmt_total,
     fmt_when,
     render_error_html,
     render_html,
 )
 from sync_core.status.models import (
+    ActionView,
     Backlog,
+    Checks,
+    CheckView,
     CollisionView,
     Cycle,
     Drift,
@@ -64,11 +69,9 @@ log = logging.getLogger(__name__)
 # Totals are counted by listing at most this many rows, so a huge error table cannot make the
 # page slow; beyond it a total reads "1000+".
 TOTAL_CAP = 1000
+ACTIONS_SHOWN = 10  # the newest operators' actions on the page
 STALE_INTERVALS = 3  # no cycle for more than this many schedule intervals: the sync is down
-# Outcomes (``RunReport.outcome``) of a cycle that did its work; anything else counts as failed.
-# ``partial``: some records failed (they are in the failures table); ``lease_held``: another
-# cycle was running, which shows the timer is alive.
-_COMPLETED_OUTCOMES = frozenset({*DID_ITS_WORK, Outcome.LEASE_HELD})
+# A failed cycle is one whose outcome is not in ``core.report.COMPLETED_OUTCOMES``; these retry by themselves.
 _RETRIES_BY_ITSELF = frozenset({Outcome.TRANSIENT, Outcome.QUOTA, Outcome.LEASE_LOST})
 
 Format = Literal["json", "html"]
@@ -89,8 +92,8 @@ def cycle_from_report(run: RunReport) -> Cycle:
         started_at=run.started_at,
         finished_at=run.finished_at,
         outcome=run.outcome,
-        failed=run.outcome not in _COMPLETED_OUTCOMES,
-        reason=report.error if run.outcome not in _COMPLETED_OUTCOMES else None,
+        failed=run.outcome not in COMPLETED_OUTCOMES,
+        reason=report.error if run.outcome not in COMPLETED_OUTCOMES else None,
         seconds=_seconds(run),
         pulled=report.pulled,
         written=report.written,
@@ -265,6 +268,19 @@ def build_status(
         links = {entity: tally.get(entity, 0) for entity in ("lead", "contact")} | dict(tally)
 
     state = _state_size(store)
+    actions = [
+        ActionView(
+            at=action.at,
+            action=action.action,
+            target=action.target,
+            by=action.by,
+            via=action.via,
+            outcome=action.outcome,
+            reason=action.reason,
+            detail=action.detail,
+        )
+        for action in store.list_actions(limit=ACTIONS_SHOWN)
+    ]
 
     cycle_rows = [cycle_from_report(run) for run in runs]
     totals = Totals(
@@ -276,10 +292,18 @@ def build_status(
     backlog = _backlog(runs)
     drift = _drift(runs)
     completed = [cycle for cycle in cycle_rows if cycle.outcome in DID_ITS_WORK]
+    health = _health(now=now, schedule=schedule, cycles=cycle_rows, totals=totals, drift=drift, backlog=backlog)
+    resets = [
+        f"cursor {action.target} reset by {action.by} at {fmt_when(action.at)}"
+        for action in actions
+        if action.action == "reset-cursor" and action.outcome == "done" and action.at >= day_ago
+    ]
+    if resets:
+        health = health.model_copy(update={"details": [*health.details, *resets]})
     return Status(
         generated_at=now,
         schedule=schedule,
-        health=_health(now=now, schedule=schedule, cycles=cycle_rows, totals=totals, drift=drift, backlog=backlog),
+        health=health,
         last_cycle_at=cycle_rows[0].started_at if cycle_rows else None,
         last_completed_at=completed[0].started_at if completed else None,
         cycles=cycle_rows,
@@ -289,6 +313,7 @@ def build_status(
         collisions=[_collision_view(collision) for collision in recent_collisions[:collisions]],
         drift=drift,
         state=state,
+        actions=actions,
     )
 
 
@@ -301,6 +326,7 @@ def _state_size(store: StateStore) -> StateSize:
         tables={name: _total(count) for name, count in counts.items()},
         retention_days={
             "runs": retention.run_reports.days,
+            "actions": retention.run_reports.days,
             "collisions": retention.collisions.days,
             "claims": retention.claims.days,
         },
@@ -362,17 +388,20 @@ class StatusPage:
 
 # The page has no script and loads nothing: say so to the browser, so that even a value that
 # escaped escaping could not run.
-_HTML_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+# The forms post to this host only; the page's URL may carry the key (``?code=``): no referrer to
+# other sites.
+HTML_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-store",
+    "Referrer-Policy": "same-origin",
 }
 _JSON_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 
 def _error_page(status_code: int, fmt: Format, message: str, problems: Sequence[str] = ()) -> StatusPage:
     if fmt == "html":
-        return StatusPage(status_code, "text/html", render_error_html(message, problems), _HTML_HEADERS)
+        return StatusPage(status_code, "text/html", render_error_html(message, problems), HTML_HEADERS)
     body = json.dumps({"error": message, "problems": list(problems)}, indent=2)
     return StatusPage(status_code, "application/json", body, _JSON_HEADERS)
 
@@ -385,7 +414,8 @@ def get_status_page(
     now: datetime | None = None,
 ) -> StatusPage:
     """``GET /api/status``: the status as JSON or HTML (``choose_format``). ``?links=1`` adds
-    the link counts (a full scan). Errors answer in the same format, without secrets."""
+    the link counts (a full scan); ``?checks=1`` runs the setup checks (``check.run``: calls both
+    services) and shows them. Errors answer in the same format, without secrets."""
     try:
         fmt = choose_format(accept, query.get("format"))
     except ValueError as err:
@@ -400,14 +430,38 @@ def get_status_page(
             state_store_for(settings),
             now=now or datetime.now(UTC),
             schedule=settings.schedule,
-            count_links=query.get("links", "").lower() in ("1", "true", "yes"),
+            count_links=_yes(query.get("links")),
         )
     except (SyncError, AzureError) as err:
         log.warning("status: state store unavailable: %s", type(err).__name__)
         return _error_page(503, fmt, "the state store cannot be read right now; try again shortly")
+    if _yes(query.get("checks")):
+        status = status.model_copy(update={"checks": setup_checks(environ, now=now or datetime.now(UTC))})
     if fmt == "html":
-        return StatusPage(200, "text/html", render_html(status), _HTML_HEADERS)
+        page = render_html(status, Controls(code=query.get("code") or None))
+        return StatusPage(200, "text/html", page, HTML_HEADERS)
     return StatusPage(200, "application/json", render_json(status), _JSON_HEADERS)
+
+
+def _yes(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes")
+
+
+def setup_checks(environ: Mapping[str, str], *, now: datetime) -> Checks:
+    """The setup checks (``python -m sync_core check``) for the page; a configuration error that
+    stops them is shown as one failed check."""
+    try:
+        report = run_checks(environ)
+    except ConfigError as err:
+        problem = CheckView(
+            name="config", title="Settings", status="fail", detail="; ".join(err.problems)[:500] or str(err)
+        )
+        return Checks(ok=False, ran_at=now, checks=[problem])
+    views = [
+        CheckView(name=check.name, title=check.title, status=check.status, detail=check.detail, hint=check.hint)
+        for check in report.checks
+    ]
+    return Checks(ok=report.ok, ran_at=now, checks=views)
 
 
 def status_main(

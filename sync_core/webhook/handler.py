@@ -63,6 +63,7 @@ from sync_core.http.retry import RetryPolicy
 from sync_core.marketo.activity import SyncFailure, log_sync_failures
 from sync_core.marketo.client import MarketoClient
 from sync_core.state import StateStore
+from sync_core.telemetry import Telemetry, WebhookTimer, default_telemetry
 from sync_core.webhook.request import Refusal, SyncPersonRequest, check_size, read_request
 from sync_core.wiring.services import Services, services_from_env
 
@@ -111,8 +112,29 @@ def handle_sync_person(
     services: Services | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     sleep: Callable[[float], None] = time.sleep,
+    telemetry: Telemetry | None = None,
 ) -> Answer:
-    """The whole webhook call; never raises (every outcome is an ``Answer``)."""
+    """The whole webhook call; never raises (every outcome is an ``Answer``, recorded as telemetry)."""
+    timer = WebhookTimer()
+    answer = _answer(environ, body=body, headers=headers, services=services, clock=clock, sleep=sleep)
+    (telemetry or default_telemetry()).record_webhook(
+        status=answer.status,
+        outcome=str(answer.body.get("status", "unknown")),
+        started_ns=timer.started_ns,
+        seconds=timer.seconds(),
+    )
+    return answer
+
+
+def _answer(
+    environ: Mapping[str, str],
+    *,
+    body: bytes,
+    headers: Mapping[str, str],
+    services: Services | None,
+    clock: Callable[[], datetime],
+    sleep: Callable[[float], None],
+) -> Answer:
     oversize = check_size(body)  # before anything else, even the settings
     if oversize is not None:
         return _refused(oversize)

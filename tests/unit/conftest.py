@@ -21,6 +21,7 @@ from sync_core.dataverse.client import DataverseClient
 from sync_core.http.counters import ApiCounters
 from sync_core.marketo.client import MarketoClient
 from sync_core.state import MemoryStateStore
+from sync_core.telemetry import Telemetry
 from sync_core.wiring.credentials import StaticTokenCredential
 from tests.fakes import Clock, FakeDataverse, FakeMarketo
 from tests.fakes import dataverse as fake_dataverse
@@ -73,7 +74,9 @@ class World:
         return self.store.get_links_by_marketo_ids([marketo_id]).get(marketo_id)
 
 
-def make_world(*, options: CycleOptions | None = None, field_map: FieldMap | None = None) -> World:
+def make_world(
+    *, options: CycleOptions | None = None, field_map: FieldMap | None = None, telemetry: Telemetry | None = None
+) -> World:
     clock = Clock()
     marketo, dataverse = FakeMarketo(clock), FakeDataverse(clock)
     counters = ApiCounters()
@@ -105,6 +108,7 @@ def make_world(*, options: CycleOptions | None = None, field_map: FieldMap | Non
         counters=counters,
         options=options,
         clock=clock,
+        telemetry=telemetry,
     )
     return World(clock, marketo, dataverse, store, counters, engine, marketo_client, dataverse_client, field_map)
 
