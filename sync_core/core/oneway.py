@@ -14,7 +14,7 @@ keys never start so), and the owner as last read from Dynamics under ``>owner``:
 owner did not change needs no look-up (a user's later rename reaches the person when the record's
 owner changes). A value is written when it differs from that baseline; a field never
 written is not cleared (a contact without an account keeps the company a form gave it). A
-Marketo edit to one of them (seen in the change feed, different from the baseline) is counted
+Marketo edit to one of them (seen in the change feed, different from the value written) is counted
 and becomes the baseline, so the next Dynamics change of the record or its account overwrites it,
 as the native sync does. Pure: no I/O.
 """
@@ -139,9 +139,15 @@ def writes(values: Mapping[str, Any], baseline: Mapping[str, Any], available: It
     return out
 
 
+def edited(seen: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[str]:
+    """Of ``marketo_edits``, the fields whose value the sync had written (a Marketo user changed a
+    Dynamics-owned value; a value a form gave before the sync wrote the field is not an edit)."""
+    return [name for name in seen if KEY_PREFIX + name in baseline]
+
+
 def marketo_edits(entity: EntityType, staged: Mapping[str, Any] | None, baseline: Mapping[str, Any]) -> dict[str, Any]:
-    """Dynamics-owned fields a person's staged Marketo changes moved away from the baseline (an edit in
-    Marketo, not the echo of our own write), canonical."""
+    """Dynamics-owned fields a person's Marketo values (staged changes, or a full read) hold away from
+    the baseline (not the echo of our own write), canonical: what Marketo holds now."""
     if not staged:
         return {}
     edits: dict[str, Any] = {}

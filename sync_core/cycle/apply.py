@@ -205,7 +205,7 @@ class Applier:
                 need_dynamics.setdefault(link.entity, set()).add(link.dataverse_id.lower())
         persons: dict[int, dict[str, Any]] = {}
         if need_marketo:
-            for person in self.marketo.get_leads(sorted(need_marketo), fields=["id", *self.marketo_fields()]):
+            for person in self.marketo.get_leads(sorted(need_marketo), fields=["id", *self.change_fields()]):
                 persons[int(person["id"])] = person
         rows: dict[tuple[EntityType, str], dict[str, Any]] = {}
         for entity, ids in need_dynamics.items():
@@ -250,20 +250,22 @@ class Applier:
                 item.one_way = values
                 item.owner = self.one_way.owner(oneway.owner_id(row))
         edited = 0
+        edited_names: set[str] = set()
         for item in items:
             baseline = item.link.baseline
-            item.one_way_edits = oneway.marketo_edits(item.link.entity, item.marketo, baseline)
-            edited += len(item.one_way_edits)
-            seen = {**baseline, **{oneway.KEY_PREFIX + k: v for k, v in item.one_way_edits.items()}}
+            item.one_way_seen = oneway.marketo_edits(item.link.entity, item.marketo, baseline)
+            names = oneway.edited(item.one_way_seen, baseline)
+            edited_names.update(names)
+            edited += len(names)
+            seen = {**baseline, **{oneway.KEY_PREFIX + k: v for k, v in item.one_way_seen.items()}}
             item.one_way_writes = oneway.writes(item.one_way or {}, seen, self.one_way_fields)
         if edited:
             self.tally.one_way_edits += edited
-            names = sorted({name for item in items for name in item.one_way_edits})
             log.info(
                 "cycle %s: %d Marketo edit(s) of Dynamics-owned fields (%s), overwritten at the next Dynamics change",
                 self._run_id,
                 edited,
-                ", ".join(names),
+                ", ".join(sorted(edited_names)),
             )
 
     # -- an account changed ------------------------------------------------------------------------
@@ -398,7 +400,7 @@ class Applier:
         new_baseline = oneway.settled(
             settle(link.baseline, merge, dynamics_written=d_ok, marketo_written=m_ok),
             link.baseline,
-            edits=item.one_way_edits,
+            edits=item.one_way_seen,
             written=item.one_way_writes if extra_ok else {},
             owner=item.owner,
         )

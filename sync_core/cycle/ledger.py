@@ -71,7 +71,7 @@ class Pending:
     event: str | None = None  # "linked" | "qualified": counted once the link is written
     # Dynamics-owned person values (core.oneway): computed from the row, or given (an account changed)
     one_way: Mapping[str, Any] | None = None
-    one_way_edits: dict[str, Any] = field(default_factory=dict)  # those Marketo edited (to overwrite)
+    one_way_seen: dict[str, Any] = field(default_factory=dict)  # those Marketo holds away from the baseline
     one_way_writes: dict[str, Any] = field(default_factory=dict)  # those to write to the person
     owner: Principal | None = None  # the record's owner as read from Dynamics (kept in the baseline)
 

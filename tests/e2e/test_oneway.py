@@ -3,6 +3,10 @@ Azurite: the wiring of ``core.oneway`` (the rules are unit-tested in ``tests/uni
 
 from __future__ import annotations
 
+from typing import Any
+
+from sandbox import DataverseOptions
+from sync_core.check.run import run_checks
 from tests.e2e.conftest import World
 
 OWNER = ("microsoftOwnerId", "microsoftOwnerName", "microsoftOwnerEmail")
@@ -59,3 +63,15 @@ def test_an_account_edit_reaches_every_linked_contact_in_bulk_over_a_marketo_edi
     calls = report.report.api_calls.by_operation
     assert calls["marketo.sync_leads"] == 2  # ⌈320/300⌉, not one call per person
     assert calls["dataverse.find_by_lookup"] == 1
+
+
+def test_a_role_that_may_not_read_accounts_syncs_the_rest_and_check_says_so(world_factory: Any) -> None:
+    world: World = world_factory(dataverse=DataverseOptions(denied_privileges=["prvReadAccount"]))
+    checks = {check.name: check for check in run_checks(world.env).checks}
+    assert checks["dataverse.privileges"].status == "pass"
+    assert "prvReadAccount (company fields)" in checks["dataverse.privileges"].detail
+    contact = world.dynamics_contact(1)
+    report = world.cycle()
+    assert report.outcome == "ok"
+    assert world.person_of(contact)["lastName"] == "Person1"
+    assert [item.name for item in report.report.drift] == ["account"]

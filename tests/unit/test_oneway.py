@@ -237,6 +237,9 @@ def test_marketo_edits_are_the_staged_values_that_differ_from_the_baseline() -> 
     baseline = {">company": "Contoso", ">microsoftOwnerName": "Ada", "company": "Lead Co"}
     staged = {"company": "Contoso", "microsoftOwnerName": "Bob", "title": "CEO"}
     assert oneway.marketo_edits(EntityType.CONTACT, staged, baseline) == {"microsoftOwnerName": "Bob"}
+    # a value the sync never wrote (a form's) is what Marketo holds, not an edit to count
+    seen = oneway.marketo_edits(EntityType.CONTACT, {"website": "https://form.example", **staged}, baseline)
+    assert oneway.edited(seen, baseline) == ["microsoftOwnerName"]
     # for a lead, company is the field map's (companyname), not the account's
     assert oneway.marketo_edits(EntityType.LEAD, {"company": "Other"}, baseline) == {}
 
