@@ -1,4 +1,5 @@
-"""A fake Dataverse Web API: ``leads`` and ``contacts`` with change tracking, metadata and bulk writes.
+"""A fake Dataverse Web API: ``leads`` and ``contacts`` with change tracking, metadata and bulk writes;
+``accounts`` (change-tracked too), ``systemusers`` and ``teams`` for the owner and company fields.
 
 Answers what ``DataverseClient`` calls in a cycle: ``EntityDefinitions`` (a table, its
 ``Attributes`` and their String/Picklist casts), change-tracking reads (``Prefer:
@@ -7,7 +8,9 @@ deletions as ``$deletedEntity`` items), ``$filter`` reads (``col eq literal or â
 ``UpdateMultiple`` (all or nothing, as on standard tables), ``$batch`` with continue-on-error,
 ``PATCH`` and ``DELETE`` of one row. A write is checked as the service would: the row exists,
 the columns exist, text fits ``MaxLength``, and every ``plugin_rules`` entry (a plug-in that
-aborts the operation) agrees.
+aborts the operation) agrees. A read asking for formatted values (``Prefer:
+odata.include-annotations``) gets an option's label from ``labels``; a table in ``denied`` answers
+403 as for a role without its read privilege.
 """
 
 from __future__ import annotations
