@@ -4,10 +4,12 @@ Each check is one line, pass or fail, with a fix when it fails: Key Vault refere
 Marketo reachable with these credentials; the sync's custom person fields and its
 ``microsoftSyncFailed`` activity type (with ``reason`` and ``direction``); Dataverse reachable;
 the identity's role can read and write lead and contact (``WhoAmI`` + ``RetrieveUserPrivileges``);
-change tracking on for both tables; every mapped field on both sides with compatible types (text
-lengths that differ are counted, not failed: a longer value fails for its record, as a failure); the Table
-endpoint reachable and writable (a probe row written and deleted). A check that needs a service
-found unreachable is skipped. Nothing is written to Marketo or Dataverse.
+change tracking on for both tables (the owner and account fields' custom fields, read
+privileges and account change tracking are optional: their absence is said in the detail, not
+failed); every mapped field on both sides with compatible types (text lengths that differ are
+counted, not failed: a longer value fails for its record, as a failure); the Table endpoint
+reachable and writable (a probe row written and deleted). A check that needs a service found
+unreachable is skipped. Nothing is written to Marketo or Dataverse.
 
 ``run_checks(environ)`` returns the results (the status page shows them too); ``check_main``
 prints them (``--json``: one JSON document) and exits 0 when none failed, 1 otherwise. A
