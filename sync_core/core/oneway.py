@@ -65,6 +65,8 @@ _TYPES: dict[str, FieldType] = {
     "microsoftOwnerName": FieldType.STRING,
     "microsoftOwnerEmail": FieldType.EMAIL,
 }
+# The person fields each table fills (a table the sync may not read leaves them unfilled).
+READ_FROM = {"systemuser": OWNER_FIELDS[1:], "team": OWNER_FIELDS[1:], "account": COMPANY_FIELDS}
 # The custom person fields an admin creates for these (the others are Marketo's standard fields).
 CUSTOM_FIELDS = (*OWNER_FIELDS, "microsoftAccountNumber")
 

@@ -86,7 +86,7 @@ class Applier:
             store=store, marketo=marketo, tally=tally, open_failures=open_failures, run_id=run_id, now=now
         )
         self._new = NewRecords(self)
-        self.one_way = OneWayValues(dataverse)
+        self.one_way = OneWayValues(dataverse, on_denied=self.one_way_unreadable)
         self.metadata: dict[EntityType, EntityMeta] = {}
         self.described: dict[str, MarketoFieldMeta] | None = None
         self.drift: list[DriftItem] | None = None  # None until checked
@@ -116,6 +116,15 @@ class Applier:
         if missing:
             log.warning("%d Dynamics-owned person field(s) missing in Marketo; they are not filled", len(missing))
         self.drift = [*schema.drift, *missing]
+
+    def one_way_unreadable(self, table: str, reason: str) -> None:
+        """A table the Dynamics-owned person fields come from that the sync may not read (403), or
+        whose changes it cannot track: reported as drift; those fields stay unfilled, the rest syncs."""
+        self.prepare()
+        if any(item.side == "dynamics" and item.name == table for item in self.drift or []):
+            return
+        keys = tuple(oneway.KEY_PREFIX + name for name in oneway.READ_FROM[table])
+        self.drift = [*(self.drift or []), DriftItem("dynamics", None, table, keys, reason)]
 
     def marketo_fields(self) -> list[str]:
         return self.field_map.marketo_fields

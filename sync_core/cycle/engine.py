@@ -46,12 +46,11 @@ from sync_core.core.errors import (
     SyncError,
     TransientError,
 )
-from sync_core.core.fieldmap import COMPANY_FIELDS, FieldMap
+from sync_core.core.fieldmap import FieldMap
 from sync_core.core.models import Cursor, EntityType, Lease, RunReport
 from sync_core.core.report import (
     Outcome,
 )
-from sync_core.core.validate import DriftItem
 from sync_core.cycle.accounting import api_delta, build_report, store_delta
 from sync_core.cycle.apply import Applier
 from sync_core.cycle.lease import Heartbeat, LeaseLost
@@ -459,17 +458,7 @@ class _Cycle:
                 log.warning(
                     "cycle %s: accounts not read (%s); company fields wait", self.run_id, err.code or err.status
                 )
-                applier.prepare()
-                applier.drift = [
-                    *(applier.drift or []),
-                    DriftItem(
-                        "dynamics",
-                        None,
-                        "account",
-                        tuple(oneway.KEY_PREFIX + f for f in COMPANY_FIELDS),
-                        str(err)[:200],
-                    ),
-                ]
+                applier.one_way_unreadable(oneway.ACCOUNT.logical_name, str(err)[:200])
                 return None
 
     def _pages(self, entity: EntityType, delta_link: str | None) -> Iterator[DeltaPage]:

@@ -12,7 +12,7 @@ says so) leaves those values unknown (an owner: its id only) instead of stopping
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sync_core.core import oneway
@@ -30,8 +30,9 @@ CACHE_LIMIT = 20_000
 class OneWayValues:
     """Owner and company values for Dataverse rows, with per-cycle caches (see the module docstring)."""
 
-    def __init__(self, dataverse: DataverseClient) -> None:
+    def __init__(self, dataverse: DataverseClient, on_denied: Callable[[str, str], None] | None = None) -> None:
         self._dataverse = dataverse
+        self._on_denied = on_denied or (lambda table, reason: None)  # (logical name, reason): reported
         self._owners: dict[str, Principal | None] = {}
         self._accounts: dict[str, Mapping[str, Any] | None] = {}
         self._denied: set[str] = set()  # tables the service refused to let us read (403)
@@ -114,6 +115,7 @@ class OneWayValues:
                 raise
             log.warning("the sync may not read %s (%s): those person fields stay unknown", table.entity_set, err.code)
             self._denied.add(table.logical_name)
+            self._on_denied(table.logical_name, str(err)[:200])
             return []
 
     @staticmethod
