@@ -161,6 +161,11 @@ def marketo_edits(entity: EntityType, staged: Mapping[str, Any] | None, baseline
     return edits
 
 
+def baseline_keys(baseline: Mapping[str, Any]) -> set[str]:
+    """The keys of a link's baseline that are this module's (what Marketo holds, the owner read)."""
+    return {key for key in baseline if key.startswith(KEY_PREFIX)}
+
+
 def settled(
     new: Mapping[str, Any],
     old: Mapping[str, Any],
@@ -173,7 +178,7 @@ def settled(
     from ``old``, then what Marketo was seen to hold (``edits``), then what was written to it, and
     the owner read from Dynamics (when one was found)."""
     out = dict(new)
-    out.update({key: value for key, value in old.items() if key.startswith(KEY_PREFIX)})
+    out.update({key: old[key] for key in baseline_keys(old)})
     out.update({KEY_PREFIX + name: value for name, value in edits.items()})
     out.update({KEY_PREFIX + name: value for name, value in written.items()})
     if owner is not None:

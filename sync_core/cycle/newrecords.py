@@ -75,7 +75,8 @@ class NewRecords:
         rows_by_id = {row_id(entity, row): row for row in rows}
         return {
             contact_id: Pending(
-                qualified_link(old, contact_id, keys, now=applier.now),
+                # what the person holds of the Dynamics-owned fields goes along too (core.oneway)
+                qualified_link(old, contact_id, keys | oneway.baseline_keys(old.baseline), now=applier.now),
                 marketo=staged.get(old.marketo_id),
                 dynamics=rows_by_id[contact_id],
                 replaces=old,
@@ -97,7 +98,7 @@ class NewRecords:
         email_mapping = applier.field_map.email_field(entity)
         column = email_mapping.column(entity) if email_mapping is not None else None
         emails = {row_id(entity, row): row.get(column) for row in rows if column and email_key(row.get(column))}
-        fields = ["id", "microsoftId", *applier.marketo_fields()]
+        fields = ["id", "microsoftId", *applier.change_fields()]
         persons: dict[int, dict[str, Any]] = {}
         lookup_emails = sorted({str(e) for e in emails.values() if "," not in str(e)})
         if lookup_emails:
