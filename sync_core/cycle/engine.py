@@ -13,6 +13,8 @@ status view). The order is what makes it safe:
    and unlink; the table's delta link is stored once all its pages are done. A read without a
    delta token (the first one, or after the token expired) is a full read of that table, merged
    the same way, and a check of which linked records it no longer returns (deleted meanwhile);
+   then the accounts' delta, whose changed accounts' company fields go to their linked contacts'
+   persons (``Applier.accounts_changed``, one way);
 4. the persons whose Marketo changes no Dataverse page took, in batches of the Dataverse batch
    size per entity; then the failures due for a retry;
 5. only then the Marketo paging tokens are stored.
