@@ -606,7 +606,8 @@ class DataverseSandbox(FaultControls):
             raise err.bad_argument("QualifyLead needs the Int32 parameter 'Status' (3 = Qualified).")
         if data["CreateAccount"] or data["CreateOpportunity"]:
             raise err.bad_argument(
-                "The sandbox has no accounts or opportunities: send CreateAccount=false and CreateOpportunity=false."
+                "The sandbox does not create accounts or opportunities when qualifying: send CreateAccount=false "
+                "and CreateOpportunity=false."
             )
         lead = self.records.get_or_raise(LEAD, key)
         contact = self.records.qualify(lead, status=status, create_contact=data["CreateContact"], user=user)

@@ -31,6 +31,7 @@ CONCURRENCY_LIMIT = "0x80072326"
 MESSAGE_NOT_SUPPORTED = "0x80040800"
 PRIVILEGE_DENIED = "0x80040220"  # PrivilegeDenied, 403 (api-protocols.md B8)
 CHANGE_TRACKING_NOT_ENABLED = "0x80072491"  # a delta read on a table without change tracking; code assumed
+NUMBER_OUT_OF_RANGE = "0x80044330"  # a number outside MinValue..MaxValue; code assumed
 
 PAYLOAD_HELP = (
     "Error identified in Payload provided by the user for Entity :'{entity}', For more information on this "
@@ -100,6 +101,17 @@ def out_of_range(value: object, column: str, logical: str, accepted: list[int]) 
         PICKLIST_OUT_OF_RANGE,
         f"A validation error occurred. The value {value} of '{column}' on record of type '{logical}' is outside the "
         f"valid range. Accepted Values: {','.join(str(a) for a in accepted)}",
+    )
+
+
+def out_of_bounds(value: object, column: str, logical: str, low: float, high: float) -> DataverseError:
+    """A number outside the column's MinValue..MaxValue (code and wording assumed from the picklist
+    one: the real text is not in our references)."""
+    return DataverseError(
+        400,
+        NUMBER_OUT_OF_RANGE,
+        f"A validation error occurred. The value {value} of '{column}' on record of type '{logical}' is outside the "
+        f"valid range ({low:g} to {high:g}).",
     )
 
 

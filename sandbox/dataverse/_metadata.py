@@ -33,6 +33,8 @@ _DERIVED = {
     "datetime": "DateTimeAttributeMetadata",
     "bigint": "BigIntAttributeMetadata",
     "boolean": "BooleanAttributeMetadata",
+    "integer": "IntegerAttributeMetadata",
+    "money": "MoneyAttributeMetadata",
 }
 _EXPANDABLE = ("OptionSet", "GlobalOptionSet")
 _MESSAGES = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
@@ -87,6 +89,8 @@ def _attribute_type(column: Column) -> str:
         "datetime": "DateTime",
         "bigint": "BigInt",
         "boolean": "Boolean",
+        "integer": "Integer",
+        "money": "Money",
     }[column.kind]
 
 
@@ -136,6 +140,12 @@ def _derived_properties(column: Column) -> dict[str, Any]:
         return {"MaxValue": 9223372036854775807, "MinValue": -9223372036854775808}
     if column.kind == "boolean":
         return {"DefaultValue": bool(column.default), "FormulaDefinition": None}
+    if column.kind == "integer":
+        low, high = column.bounds or (-2147483648, 2147483647)
+        return {"MinValue": int(low), "MaxValue": int(high), "Format": "None"}
+    if column.kind == "money":
+        low, high = column.bounds or (-922337203685477, 922337203685477)
+        return {"MinValue": float(low), "MaxValue": float(high), "Precision": 2, "PrecisionSource": 2}
     return {}
 
 

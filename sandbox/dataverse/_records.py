@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sandbox.dataverse import _errors as err
-from sandbox.dataverse._schema import BY_LOGICAL, CONTACT, LEAD, SEEDED_USERS, SYSTEMUSER, Column, Table
+from sandbox.dataverse._schema import ACCOUNT, BY_LOGICAL, CONTACT, LEAD, SEEDED_USERS, SYSTEMUSER, Column, Table
 from sandbox.dataverse._stats import Stats
 from sandbox.dataverse._store import Row, Store, TableStore
 from sandbox.dataverse._validate import PluginRule, check_plugins, coerce_body
@@ -168,8 +168,19 @@ class Records:
         return self._store_row(table, row.id, values, changed, user, creating=False, bypass_plugins=bypass_plugins)
 
     def delete(self, table: Table, row: Row, *, user: str) -> None:
-        self.table_store(table).remove(row, self.store.next_version())
-        self.stats.wrote(table.entity_set, "delete", by_user=user == self.ui_user)
+        """Delete a row; an account takes its contacts with it (``contact_customer_accounts`` is a
+        parental relationship: cascade delete)."""
+        with self.store.atomic():
+            if table is ACCOUNT:
+                contacts = self.table_store(CONTACT)
+                for child in [
+                    r
+                    for r in contacts.rows.values()
+                    if r.values.get("parentcustomerid") == row.id and r.values.get("parentcustomeridtype") == "account"
+                ]:
+                    self.delete(CONTACT, child, user=user)
+            self.table_store(table).remove(row, self.store.next_version())
+            self.stats.wrote(table.entity_set, "delete", by_user=user == self.ui_user)
 
     def qualify(self, lead: Row, *, status: int, create_contact: bool, user: str) -> Row | None:
         """QualifyLead: optionally a contact from the lead (``originatingleadid``), lead -> Qualified."""

@@ -1,5 +1,6 @@
 """The tables the simulator holds, as column definitions: ``lead`` and ``contact`` (synced),
-``systemuser`` and ``team`` (the owners a record's ``ownerid`` points at).
+``account`` (a contact's ``parentcustomerid``), ``systemuser`` and ``team`` (the owners a
+record's ``ownerid`` points at).
 
 Columns, types, lengths, required levels and option sets follow reference B2. Both the data
 API (validation, JSON rendering, query typing) and the metadata API (``EntityDefinitions``)
@@ -34,6 +35,8 @@ EDM_TYPES = {
     "datetime": "Edm.DateTimeOffset",
     "bigint": "Edm.Int64",
     "boolean": "Edm.Boolean",
+    "integer": "Edm.Int32",
+    "money": "Edm.Decimal",
 }
 ATTRIBUTE_TYPES = {
     "guid": "Uniqueidentifier",
@@ -45,6 +48,8 @@ ATTRIBUTE_TYPES = {
     "datetime": "DateTime",
     "bigint": "BigInt",
     "boolean": "Boolean",
+    "integer": "Integer",
+    "money": "Money",
 }
 
 
@@ -69,6 +74,7 @@ class Column:
     update: bool = True  # IsValidForUpdate
     targets: tuple[str, ...] = ()  # lookup targets (logical names)
     default: Any = None  # the value a create without the column gets (Two Options: DefaultValue)
+    bounds: tuple[float, float] | None = None  # integer/money: MinValue, MaxValue
     # A customer lookup (parentcustomerid) has one navigation property per target
     # (parentcustomerid_account, parentcustomerid_contact); an owner lookup has one (ownerid).
     nav_per_target: bool = False
@@ -167,9 +173,10 @@ SYNC_TO_MARKETO = Column(
 )
 
 
-def _system_columns(state: Column, status: Column) -> tuple[Column, ...]:
+def _system_columns(state: Column, status: Column, *, fullname: bool = True) -> tuple[Column, ...]:
+    name = (Column("fullname", "string", "Full Name", max_length=160, create=False, update=False),)
     return (
-        Column("fullname", "string", "Full Name", max_length=160, create=False, update=False),
+        *(name if fullname else ()),
         state,
         status,
         Column("ownerid", "lookup", "Owner", required="SystemRequired", targets=("systemuser", "team")),
@@ -264,6 +271,7 @@ CONTACT = Table(
         Column("jobtitle", "string", "Job Title", max_length=100, fmt="Text"),
         Column("originatingleadid", "lookup", "Originating Lead", targets=("lead",)),
         SYNC_TO_MARKETO,
+        Column("parentcustomerid", "lookup", "Company Name", targets=("account", "contact"), nav_per_target=True),
         *_system_columns(
             Column(
                 "statecode",
@@ -276,6 +284,81 @@ CONTACT = Table(
         ),
     ),
     alternate_keys=(("contact_emailaddress1_key", ("emailaddress1",)),),
+)
+
+# Industry (account.industrycode): the options a new org has.
+_INDUSTRIES = (
+    "Accounting",
+    "Agriculture and Non-petrol Natural Resource Extraction",
+    "Broadcasting Printing and Publishing",
+    "Brokers",
+    "Building Supply Retail",
+    "Business Services",
+    "Consulting",
+    "Consumer Services",
+    "Design, Direction and Creative Management",
+    "Distributors, Dispatchers and Processors",
+    "Doctor's Offices and Clinics",
+    "Durable Manufacturing",
+    "Eating and Drinking Places",
+    "Entertainment Retail",
+    "Equipment Rental and Leasing",
+    "Financial",
+    "Food and Tobacco Processing",
+    "Inbound Capital Intensive Processing",
+    "Inbound Repair and Services",
+    "Insurance",
+    "Legal Services",
+    "Non-Durable Merchandise Retail",
+    "Outbound Consumer Service",
+    "Petrochemical Extraction and Distribution",
+    "Service Retail",
+    "SIG Affiliations",
+    "Social Services",
+    "Special Outbound Trade Contractors",
+    "Specialty Realty",
+    "Transportation",
+    "Utility Creation and Distribution",
+    "Vehicle Retail",
+    "Wholesale",
+)
+
+ACCOUNT = Table(
+    logical="account",
+    entity_set="accounts",
+    schema_name="Account",
+    display="Account",
+    object_type_code=1,
+    primary_name="name",
+    columns=(
+        Column("accountid", "guid", "Account", required="SystemRequired", update=False),
+        Column("name", "string", "Account Name", max_length=160, required="ApplicationRequired", fmt="Text"),
+        Column("accountnumber", "string", "Account Number", max_length=20, fmt="Text"),
+        Column("websiteurl", "string", "Website", max_length=200, fmt="Url"),
+        Column("telephone1", "string", "Main Phone", max_length=50, fmt="Phone"),
+        Column(
+            "industrycode",
+            "picklist",
+            "Industry",
+            options=tuple(Option(i + 1, label) for i, label in enumerate(_INDUSTRIES)),
+        ),
+        Column("numberofemployees", "integer", "Number of Employees", bounds=(0, 1_000_000_000)),
+        Column("revenue", "money", "Annual Revenue", bounds=(0, 100_000_000_000_000)),
+        Column("address1_city", "string", "Address 1: City", max_length=80, fmt="Text"),
+        Column("address1_country", "string", "Address 1: Country/Region", max_length=80, fmt="Text"),
+        *_system_columns(
+            Column(
+                "statecode",
+                "state",
+                "Status",
+                required="SystemRequired",
+                options=(Option(0, "Active", default_status=1), Option(1, "Inactive", default_status=2)),
+            ),
+            Column("statuscode", "status", "Status Reason", options=(Option(1, "Active", 0), Option(2, "Inactive", 1))),
+            fullname=False,
+        ),
+    ),
+    alternate_keys=(),
 )
 
 SYSTEMUSER = Table(
@@ -341,11 +424,6 @@ TEAM = Table(
 # list, listmember). Lists are static only here (no dynamic-list queries).
 
 
-def _owned_columns(state: Column, status: Column) -> tuple[Column, ...]:
-    """The system columns of a user-owned table without a person's full name."""
-    return tuple(c for c in _system_columns(state, status) if c.name != "fullname")
-
-
 TASK = Table(
     logical="task",
     entity_set="tasks",
@@ -367,7 +445,7 @@ TASK = Table(
             nav_per_target=True,
             nav_suffix="_task",
         ),
-        *_owned_columns(
+        *_system_columns(
             Column(
                 "statecode",
                 "state",
@@ -392,6 +470,7 @@ TASK = Table(
                     Option(6, "Canceled", state=2),
                 ),
             ),
+            fullname=False,
         ),
     ),
     alternate_keys=(),
@@ -407,7 +486,7 @@ CAMPAIGN = Table(
     columns=(
         Column("campaignid", "guid", "Campaign", required="SystemRequired", update=False),
         Column("name", "string", "Name", max_length=128, required="ApplicationRequired", fmt="Text"),
-        *_owned_columns(
+        *_system_columns(
             Column(
                 "statecode",
                 "state",
@@ -429,6 +508,7 @@ CAMPAIGN = Table(
                     Option(6, "Inactive", state=1),
                 ),
             ),
+            fullname=False,
         ),
     ),
     alternate_keys=(),
@@ -453,7 +533,7 @@ MARKETING_LIST = Table(
             update=False,
         ),
         Column("description", "string", "Description", max_length=2000, fmt="TextArea"),
-        *_owned_columns(
+        *_system_columns(
             Column(
                 "statecode",
                 "state",
@@ -462,6 +542,7 @@ MARKETING_LIST = Table(
                 options=(Option(0, "Active", default_status=0), Option(1, "Inactive", default_status=1)),
             ),
             Column("statuscode", "status", "Status Reason", options=(Option(0, "Active", 0), Option(1, "Inactive", 1))),
+            fullname=False,
         ),
     ),
     alternate_keys=(),
@@ -490,7 +571,7 @@ MARKETING_TABLES: tuple[Table, ...] = (TASK, CAMPAIGN, MARKETING_LIST, LIST_MEMB
 # The lists' member types (``createdfromcode``) by the member's table.
 LIST_MEMBER_TYPES = {"account": 1, "contact": 2, "lead": 4}
 
-TABLES: tuple[Table, ...] = (LEAD, CONTACT, SYSTEMUSER, TEAM, *MARKETING_TABLES)
+TABLES: tuple[Table, ...] = (LEAD, CONTACT, ACCOUNT, SYSTEMUSER, TEAM, *MARKETING_TABLES)
 BY_SET = {t.entity_set: t for t in TABLES}
 BY_LOGICAL = {t.logical: t for t in TABLES}
 

@@ -131,6 +131,17 @@ def coerce_value(table: Table, column: Column, raw: Any) -> Any:
                 table.entity_set, f"Cannot convert the literal '{_literal(raw)}' to the expected type 'Edm.Boolean'."
             )
         return raw
+    if column.kind in ("integer", "money"):
+        edm = column.edm
+        whole = column.kind == "integer"
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or (whole and not float(raw).is_integer()):
+            raise err.bad_payload(
+                table.entity_set, f"Cannot convert the literal '{_literal(raw)}' to the expected type '{edm}'."
+            )
+        low, high = column.bounds or (float("-inf"), float("inf"))
+        if not low <= raw <= high:
+            raise err.out_of_bounds(raw, column.name, table.logical, low, high)
+        return int(raw) if whole else round(float(raw), 2)
     if column.kind == "guid":
         if not isinstance(raw, str) or not GUID_RE.fullmatch(raw):
             raise err.bad_payload(

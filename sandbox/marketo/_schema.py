@@ -56,6 +56,7 @@ FIELDS: tuple[FieldDef, ...] = (
     _f(9, "numberOfEmployees", "Num Employees", "integer"),
     _f(10, "annualRevenue", "Annual Revenue", "currency"),
     _f(11, "dateOfBirth", "Date of Birth", "date"),
+    _f(12, "industry", "Industry", "string"),
     _f(27, "createdAt", "Created At", "datetime", read_only=True),
     _f(28, "updatedAt", "Updated At", "datetime", read_only=True),
     _f(29, "firstName", "First Name", "string"),
@@ -75,8 +76,12 @@ FIELDS: tuple[FieldDef, ...] = (
     _f(4002, "microsoftId", "Microsoft Id", "string", custom=True, searchable=True),
     _f(4003, "microsoftIsDeleted", "Microsoft Is Deleted", "boolean", custom=True),
     _f(4004, "microsoftCreatedDate", "Microsoft Created Date", "datetime", custom=True),
+    _f(4005, "microsoftOwnerId", "Microsoft Owner Id", "string", custom=True, searchable=True),
+    _f(4006, "microsoftOwnerName", "Microsoft Owner Name", "string", custom=True),
+    _f(4007, "microsoftOwnerEmail", "Microsoft Owner Email", "email", custom=True),
+    _f(4008, "microsoftAccountNumber", "Microsoft Account Number", "string", custom=True),
     # Not part of the sync's set-up: a person field an admin may add to keep persons out (sync filter tests).
-    _f(4005, "syncToMicrosoft", "Sync to Microsoft", "boolean", custom=True),
+    _f(4009, "syncToMicrosoft", "Sync to Microsoft", "boolean", custom=True),
 )
 BY_NAME: dict[str, FieldDef] = {f.name: f for f in FIELDS}
 SEARCHABLE: tuple[str, ...] = tuple(f.name for f in FIELDS if f.searchable)

@@ -4,10 +4,12 @@ Each check is one line, pass or fail, with a fix when it fails: Key Vault refere
 Marketo reachable with these credentials; the sync's custom person fields and its
 ``microsoftSyncFailed`` activity type (with ``reason`` and ``direction``); Dataverse reachable;
 the identity's role can read and write lead and contact (``WhoAmI`` + ``RetrieveUserPrivileges``);
-change tracking on for both tables; every mapped field on both sides with compatible types (text
-lengths that differ are counted, not failed: a longer value fails for its record, as a failure); the
-sync filter's fields on both sides (a Dynamics filter column a table lacks is noted: there it means
-"sync", as in the native sync; a condition's column, or a Marketo filter field, that is missing fails); the Table
+change tracking on for both tables (the owner and account fields' custom fields, read
+privileges and account change tracking are optional: their absence is said in the detail, not
+failed); every mapped field on both sides with compatible types (text lengths that differ are
+counted, not failed: a longer value fails for its record, as a failure); the sync filter's fields
+on both sides (a Dynamics filter column a table lacks is noted: there it means "sync", as in the
+native sync; a condition's column, or a Marketo filter field, that is missing fails); the Table
 endpoint reachable and writable (a probe row written and deleted). A check that needs a service
 found unreachable is skipped. Nothing is written to Marketo or Dataverse.
 
@@ -31,6 +33,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from sync_core.core import oneway
 from sync_core.core.errors import ConfigError
 from sync_core.core.fieldmap import MICROSOFT_FIELDS
 from sync_core.core.models import Cursor, EntityType
@@ -65,6 +68,8 @@ APPROVED = frozenset({"approved", "approved with draft"})
 PRIVILEGES = ("Read", "Create", "Write")
 TABLE_NAMES = {EntityType.LEAD: "Lead", EntityType.CONTACT: "Contact"}
 PROBE_CURSOR = "check.probe"
+# Owners and account company fields (core.oneway): optional; without them those fields stay unfilled.
+ONE_WAY_READS = {"User": "owner names", "Team": "team owner names", "Account": "company fields"}
 
 HINTS = {
     "marketo.fields": "create the missing fields in Marketo Admin > Field Management > New Custom Field "
@@ -169,7 +174,11 @@ def _marketo_fields(described: Mapping[str, MarketoFieldMeta]) -> CheckResult:
             problems.append(f"{name} is {field.data_type}, expected {'/'.join(sorted(MICROSOFT_FIELD_TYPES[name]))}")
     if problems:
         return _result("marketo.fields", "fail", "; ".join(problems), HINTS["marketo.fields"])
-    return _result("marketo.fields", "pass", ", ".join(MICROSOFT_FIELDS))
+    detail = ", ".join(MICROSOFT_FIELDS)
+    missing = [name for name in dict.fromkeys(oneway.fields_for(EntityType.CONTACT)) if name not in described]
+    if missing:  # optional: reported as drift by the cycle, the rest is filled
+        detail += f"; owner/account fields not filled until created: {', '.join(missing)}"
+    return _result("marketo.fields", "pass", detail)
 
 
 def _activity_type(services: Services) -> CheckResult:
@@ -201,7 +210,11 @@ def _privileges(dataverse: DataverseClient) -> CheckResult:
                 problems.append(f"{privilege} only at {depth} level (the sync sees part of {entity.value})")
     if problems:
         return _result(name, "fail", f"user {user_id}: " + "; ".join(problems), HINTS[name])
-    return _result(name, "pass", f"user {user_id}: {', '.join(PRIVILEGES)} on lead and contact")
+    detail = f"user {user_id}: {', '.join(PRIVILEGES)} on lead and contact"
+    unread = [f"prvRead{table} ({what})" for table, what in ONE_WAY_READS.items() if f"prvRead{table}" not in held]
+    if unread:  # optional: those person fields stay unfilled
+        detail += f"; not filled without {', '.join(unread)}"
+    return _result(name, "pass", detail)
 
 
 def _change_tracking(dataverse: DataverseClient) -> CheckResult:
@@ -209,7 +222,9 @@ def _change_tracking(dataverse: DataverseClient) -> CheckResult:
     off = [entity.value for entity in EntityType if not dataverse.change_tracking_enabled(entity.value)]
     if off:
         return _result(name, "fail", f"off for {', '.join(off)}", HINTS[name])
-    return _result(name, "pass", "on for lead and contact")
+    if not dataverse.change_tracking_enabled(oneway.ACCOUNT.logical_name):  # optional: account edits
+        return _result(name, "pass", "on for lead and contact; off for account (account edits do not reach persons)")
+    return _result(name, "pass", "on for lead, contact and account")
 
 
 def _field_map(

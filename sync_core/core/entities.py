@@ -15,6 +15,8 @@ ENTITY_SETS = {EntityType.LEAD: "leads", EntityType.CONTACT: "contacts"}
 PRIMARY_IDS = {EntityType.LEAD: "leadid", EntityType.CONTACT: "contactid"}
 MICROSOFT_TYPES = {EntityType.LEAD: "Lead", EntityType.CONTACT: "Contact"}
 ORIGINATING_LEAD = "_originatingleadid_value"  # on a contact: the lead it was qualified from
+OWNER = "_ownerid_value"  # a user or a team
+PARENT_CUSTOMER = "_parentcustomerid_value"  # on a contact: its account (or a contact)
 LEAD_STATE = "statecode"
 LEAD_QUALIFIED = 1
 CREATED_ON = "createdon"
@@ -27,9 +29,10 @@ def row_id(entity: EntityType, row: Mapping[str, Any]) -> str:
 
 
 def read_columns(entity: EntityType, mapped: list[str]) -> list[str]:
-    """Every column the sync reads of ``entity``: the id, the creation time, qualification, the map's."""
-    extra = [ORIGINATING_LEAD] if entity is EntityType.CONTACT else [LEAD_STATE]
-    return [PRIMARY_IDS[entity], CREATED_ON, *extra, *mapped]
+    """Every column the sync reads of ``entity``: the id, the creation time, qualification, the owner
+    and (contacts) the parent account (``core.oneway``), the map's."""
+    extra = [ORIGINATING_LEAD, PARENT_CUSTOMER] if entity is EntityType.CONTACT else [LEAD_STATE]
+    return [PRIMARY_IDS[entity], CREATED_ON, OWNER, *extra, *mapped]
 
 
 def is_qualified_lead(entity: EntityType, row: Mapping[str, Any]) -> bool:

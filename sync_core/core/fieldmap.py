@@ -40,6 +40,11 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 # The Marketo fields the sync itself owns (design §7); a field map may not map them.
 MICROSOFT_FIELDS = ("microsoftType", "microsoftId", "microsoftIsDeleted", "microsoftCreatedDate")
+# Person fields filled from Dynamics only (``core.oneway``): the record's owner on every linked
+# person, the parent account's on a contact's person. A map may not map the first at all, nor
+# the second for contacts (for leads, ``company`` ↔ ``companyname`` is the default map's).
+OWNER_FIELDS = ("microsoftOwnerId", "microsoftOwnerName", "microsoftOwnerEmail")
+COMPANY_FIELDS = ("company", "website", "industry", "numberOfEmployees", "annualRevenue", "microsoftAccountNumber")
 Winner = Literal["marketo", "dynamics"]
 
 
@@ -93,6 +98,12 @@ class FieldMapping(BaseModel):
             raise ValueError(f"{self.marketo}: map it to a lead or a contact column (or both)")
         if self.marketo in MICROSOFT_FIELDS:
             raise ValueError(f"{self.marketo}: owned by the sync itself, it cannot be mapped")
+        if self.marketo in OWNER_FIELDS:
+            raise ValueError(f"{self.marketo}: filled from the record's owner in Dynamics, it cannot be mapped")
+        if self.marketo in COMPANY_FIELDS and self.contact is not None:
+            raise ValueError(
+                f"{self.marketo}: filled from a contact's parent account in Dynamics; map it for leads only"
+            )
         if self.options and self.type is not FieldType.OPTIONSET:
             raise ValueError(f"{self.marketo}: options are only for type optionset")
         return self
@@ -157,6 +168,11 @@ class FieldMapping(BaseModel):
                 if label.casefold() == wanted:
                     return value
         raise FieldValueError(f"{self.key}: not one of the option labels of the field map")
+
+
+def canonical(kind: FieldType, raw: Any) -> Any:
+    """The canonical form of ``raw`` for a field of type ``kind`` (not optionset); raises ``FieldValueError``."""
+    return _canonical(kind, raw)
 
 
 def _canonical(kind: FieldType, raw: Any) -> Any:

@@ -167,6 +167,9 @@ class CycleReport(_Part):
     retried: Count = None  # due failures tried again
     activities: Count = None  # microsoftSyncFailed entries written
     full_reads: Texts = Field(default_factory=list)  # tables re-read after an expired delta token
+    accounts: Count = None  # changed accounts read (their company fields go to their contacts' persons)
+    account_contacts: Count = None  # linked contacts an account change reached
+    one_way_edits: Count = None  # Marketo edits of Dynamics-owned fields seen (overwritten at the next Dynamics change)
     api_calls: ApiCalls = Field(default_factory=ApiCalls)
     api: dict[str, ServiceCalls] = Field(default_factory=dict)  # per service: retries, throttling, tokens
     token_calls: Count = None

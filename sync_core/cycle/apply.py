@@ -36,7 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from sync_core.core.entities import ENTITY_SETS, PRIMARY_IDS, read_columns, row_id
+from sync_core.core import oneway
+from sync_core.core.entities import ENTITY_SETS, PARENT_CUSTOMER, PRIMARY_IDS, read_columns, row_id
 from sync_core.core.errors import ApiError
 from sync_core.core.fieldmap import FieldMap, FieldValueError, Unreadable, Winner, canonical_values
 from sync_core.core.merge import Merge, Plan, merge_record, plan, settle
@@ -47,6 +48,7 @@ from sync_core.core.validate import DriftItem
 from sync_core.cycle import schema_cache
 from sync_core.cycle.ledger import Batch, Ledger, OpenFailures, Pending, Tally, person_key, record_key
 from sync_core.cycle.newrecords import NewRecords
+from sync_core.cycle.oneway import OneWayValues
 from sync_core.dataverse.client import DataverseClient, WriteOutcome
 from sync_core.marketo.client import LeadOutcome, LeadWriteResult, MarketoClient
 from sync_core.settings import DynamicsDeletePolicy, MarketoDeletePolicy
@@ -55,6 +57,7 @@ from sync_core.state import StateStore
 log = logging.getLogger(__name__)
 
 NOT_FOUND_CODES = frozenset({"0x80040217"})
+ACCOUNT_FAN_OUT = 3000  # linked contacts merged per batch when an account changes (10 Marketo calls)
 
 Take = Callable[[Sequence[int]], Mapping[int, Mapping[str, Any]]]
 
@@ -94,12 +97,15 @@ class Applier:
         )
         self._new = NewRecords(self)
         self.new_records = self._new  # unlinked Dynamics records: match or create (the initial sync uses it too)
+        self.one_way = OneWayValues(dataverse, on_denied=self.one_way_unreadable)
         self.metadata: dict[EntityType, EntityMeta] = {}
         self.described: dict[str, MarketoFieldMeta] | None = None
         self.drift: list[DriftItem] | None = None  # None until checked
         # Who wins a field both sides hold differently on a first link (the initial sync's policy);
         # None: the B2 rule, as for any collision.
         self.first_contact: Mapping[EntityType, Winner] | None = None
+        # The Dynamics-owned person fields Marketo has (all, until its describe says otherwise)
+        self.one_way_fields: tuple[str, ...] = tuple(dict.fromkeys(oneway.fields_for(EntityType.CONTACT)))
 
     # -- schema: metadata, describe, drift (only when there is work) ----------------------------
 
@@ -119,12 +125,42 @@ class Applier:
         )
         self.metadata = schema.metadata
         self.described = schema.described
-        self.drift = schema.drift
         self.field_map = schema.field_map
+        names = dict.fromkeys(oneway.fields_for(EntityType.CONTACT))
+        self.one_way_fields = tuple(name for name in names if name in schema.described)
+        missing = [
+            DriftItem("marketo", None, name, (oneway.KEY_PREFIX + name,), "not a Marketo person field: not filled")
+            for name in names
+            if name not in schema.described
+        ]
+        if missing:
+            log.warning("%d Dynamics-owned person field(s) missing in Marketo; they are not filled", len(missing))
+        self.drift = [*schema.drift, *missing]
+
+    def one_way_unreadable(self, table: str, reason: str) -> None:
+        """A table the Dynamics-owned person fields come from that the sync may not read (403), or
+        whose changes it cannot track: reported as drift; those fields stay unfilled, the rest syncs."""
+        self.prepare()
+        if any(item.side == "dynamics" and item.name == table for item in self.drift or []):
+            return
+        keys = tuple(oneway.KEY_PREFIX + name for name in oneway.READ_FROM[table])
+        self.drift = [*(self.drift or []), DriftItem("dynamics", None, table, keys, reason)]
 
     def marketo_fields(self) -> list[str]:
         """The person fields the cycle reads: the mapped ones and the Marketo filter's."""
         return list(dict.fromkeys([*self.field_map.marketo_fields, *self.sync_filter.marketo.fields]))
+
+    def change_fields(self) -> list[str]:
+        """The fields read from Marketo's change feed: the mapped ones, the Marketo filter's and the
+        Dynamics-owned ones (to see Marketo edits of those). Before ``prepare``, those the cached schema says Marketo
+        lacks are left out (a field Marketo lacks fails the read, and a cycle must not pay for
+        finding that out again every time)."""
+        one_way = self.one_way_fields
+        if self.drift is None:
+            cached = schema_cache.load(self.store, self._configured, now=self.now)
+            if cached is not None:
+                one_way = tuple(name for name in one_way if name in cached.described)
+        return list(dict.fromkeys([*self.marketo_fields(), *one_way]))
 
     def dataverse_columns(self, entity: EntityType) -> list[str]:
         """The columns the cycle reads of ``entity``: its own, the mapped ones and the Dynamics filter's."""
@@ -246,6 +282,7 @@ class Applier:
         self.prepare()
         out = Batch()
         items = self._complete(items, out)
+        self._one_way(items)
         planned: list[tuple[Pending, Merge, Plan]] = []
         for item in items:
             excluded = self._exclusions(item)
@@ -301,7 +338,7 @@ class Applier:
                 need_marketo.add(link.marketo_id)
         persons: dict[int, dict[str, Any]] = {}
         if need_marketo:
-            for person in self.marketo.get_leads(sorted(need_marketo), fields=["id", *self.marketo_fields()]):
+            for person in self.marketo.get_leads(sorted(need_marketo), fields=["id", *self.change_fields()]):
                 persons[int(person["id"])] = person
         read: list[Pending] = []
         for item in items:
@@ -347,6 +384,78 @@ class Applier:
         keys = [m.key for m in self.field_map.for_entity(link.entity)]
         return any(key not in link.baseline for key in keys) or self.ledger.has_open_failure(link.marketo_id)
 
+    def _one_way(self, items: Sequence[Pending]) -> None:
+        """The Dynamics-owned person values of each record (from its row, unless given), the Marketo
+        edits of them to overwrite, and what to write."""
+        rows: dict[EntityType, list[Pending]] = {}
+        for item in items:
+            if item.one_way is None and item.dynamics is not None:
+                rows.setdefault(item.link.entity, []).append(item)
+        for entity, group in rows.items():
+            found = [item.dynamics or {} for item in group]
+            known = [
+                oneway.known_owner(item.link.baseline, oneway.owner_id(row))
+                for item, row in zip(group, found, strict=True)
+            ]
+            for item, row, values in zip(group, found, self.one_way.values_for(entity, found, known), strict=True):
+                item.one_way = values
+                item.owner = self.one_way.owner(oneway.owner_id(row))
+        edited = 0
+        edited_names: set[str] = set()
+        for item in items:
+            baseline = item.link.baseline
+            item.one_way_seen = oneway.marketo_edits(item.link.entity, item.marketo, baseline)
+            names = oneway.edited(item.one_way_seen, baseline)
+            edited_names.update(names)
+            edited += len(names)
+            seen = {**baseline, **{oneway.KEY_PREFIX + k: v for k, v in item.one_way_seen.items()}}
+            item.one_way_writes = oneway.writes(item.one_way or {}, seen, self.one_way_fields)
+        if edited:
+            self.tally.one_way_edits += edited
+            log.info(
+                "cycle %s: %d Marketo edit(s) of Dynamics-owned fields (%s), overwritten at the next Dynamics change",
+                self._run_id,
+                edited,
+                ", ".join(sorted(edited_names)),
+            )
+
+    # -- an account changed ------------------------------------------------------------------------
+
+    def accounts_changed(self, rows: Sequence[Mapping[str, Any]], deleted_ids: Sequence[str], take: Take) -> None:
+        """Accounts from their change feed: the company fields of every linked contact's person,
+        written in bulk (Marketo's 300 a call), not one call per person. The persons' staged Marketo
+        changes are merged in the same batch (so an edit of a company field made since the last
+        cycle is seen, and overwritten, now)."""
+        self.one_way.forget_accounts(deleted_ids)  # their contacts went with them (cascade)
+        if not rows:
+            return
+        self.prepare()
+        self.one_way.remember_accounts(rows)
+        self.tally.accounts += len(rows)
+        ids = [str(row[oneway.ACCOUNT.primary_id]).lower() for row in rows]
+        parents: dict[str, str] = {}  # contact id -> account id, at most ACCOUNT_FAN_OUT at a time
+        for contact in self.dataverse.iter_by_lookup(
+            ENTITY_SETS[EntityType.CONTACT], PARENT_CUSTOMER, ids, select=[PRIMARY_IDS[EntityType.CONTACT]]
+        ):
+            parents[row_id(EntityType.CONTACT, contact)] = str(contact[PARENT_CUSTOMER]).lower()
+            if len(parents) >= ACCOUNT_FAN_OUT:
+                self._fan_out(parents, take)
+                parents = {}
+        self._fan_out(parents, take)
+
+    def _fan_out(self, parents: Mapping[str, str], take: Take) -> None:
+        """The company fields of these contacts' accounts to their linked persons, in one batch."""
+        if not parents:
+            return
+        links = self.store.get_links_by_dataverse_ids(EntityType.CONTACT, sorted(parents))
+        staged = take([link.marketo_id for link in links.values()])
+        items = [
+            Pending(link, marketo=staged.get(link.marketo_id), one_way=self.one_way.company(parents[i]))
+            for i, link in links.items()
+        ]
+        self.tally.account_contacts += len(items)
+        self.sync_linked(items)
+
     def _write_dynamics(self, planned: Sequence[tuple[Pending, Merge, Plan]]) -> dict[int, WriteOutcome]:
         by_entity: dict[EntityType, list[tuple[int, dict[str, Any]]]] = {}
         for position, (item, _, record_plan) in enumerate(planned):
@@ -365,6 +474,7 @@ class Applier:
         for position, (item, _, record_plan) in enumerate(planned):
             payload = {} if record_plan.marketo_problems else dict(record_plan.marketo)
             payload.update(item.marketo_extra)
+            payload.update(item.one_way_writes)
             if payload:
                 records.append((position, {"id": item.link.marketo_id, **payload}))
         if not records:
@@ -402,7 +512,8 @@ class Applier:
         )
         if merge.to_dynamics and d_ok:
             self.tally.written_dynamics += 1
-        if (merge.to_marketo and m_ok) or (item.marketo_extra and m_result is not None and m_result.ok):
+        extra_ok = m_result is not None and m_result.ok
+        if (merge.to_marketo and m_ok) or ((item.marketo_extra or item.one_way_writes) and extra_ok):
             self.tally.written_marketo += 1
         for collision in merge.collisions:
             out.collisions.append(
@@ -430,12 +541,20 @@ class Applier:
             )
         else:
             self.ledger.resolve(out, person_key(Direction.TO_DYNAMICS, link.marketo_id))
-        if merge.to_marketo and not m_ok:
+        one_way_failed = bool(item.one_way_writes) and not extra_ok
+        if (merge.to_marketo and not m_ok) or one_way_failed:
             reasons, code = _marketo_reasons(record_plan, m_result)
-            self.ledger.fail_person(out, link, Direction.TO_MARKETO, reasons, code=code, keys=list(merge.to_marketo))
+            keys = [*merge.to_marketo, *(oneway.KEY_PREFIX + name for name in item.one_way_writes)]
+            self.ledger.fail_person(out, link, Direction.TO_MARKETO, reasons, code=code, keys=keys)
         else:
             self.ledger.resolve(out, person_key(Direction.TO_MARKETO, link.marketo_id))
-        new_baseline = settle(link.baseline, merge, dynamics_written=d_ok, marketo_written=m_ok)
+        new_baseline = oneway.settled(
+            settle(link.baseline, merge, dynamics_written=d_ok, marketo_written=m_ok),
+            link.baseline,
+            edits=item.one_way_seen,
+            written=item.one_way_writes if extra_ok else {},
+            owner=item.owner,
+        )
         key = self.sync_filter.key
         if (
             new_baseline != link.baseline

@@ -13,6 +13,8 @@ status view). The order is what makes it safe:
    and unlink; the table's delta link is stored once all its pages are done. A read without a
    delta token (the first one, or after the token expired) is a full read of that table, merged
    the same way, and a check of which linked records it no longer returns (deleted meanwhile);
+   then the accounts' delta, whose changed accounts' company fields go to their linked contacts'
+   persons (``Applier.accounts_changed``, one way);
 4. the persons whose Marketo changes no Dataverse page took, in batches of the Dataverse batch
    size per entity; then the failures due for a retry;
 5. only then the Marketo paging tokens are stored.
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sync_core.core import oneway
 from sync_core.core.entities import ENTITY_SETS, row_id
 from sync_core.core.errors import (
     ApiError,
@@ -71,6 +74,7 @@ log = logging.getLogger(__name__)
 
 MARKETO_CHANGES = "marketo.leadchanges"
 MARKETO_DELETES = "marketo.deletedleads"
+ACCOUNTS_CURSOR = "dataverse.account"
 ENTITY_ORDER = (EntityType.CONTACT, EntityType.LEAD)  # contacts first: qualifications move links (B9)
 LEASE_DURATION = timedelta(seconds=90)  # renewed every third of it by the heartbeat
 DATAVERSE_PAGE = 5000  # rows per delta page: the service's maximum
@@ -325,6 +329,8 @@ class _Cycle:
             cursor = store.get_cursor(dataverse_cursor(entity))
             delta_link = self._sync_table(entity, cursor, stage)
             self._commit(cursor, dataverse_cursor(entity), delta_link)
+        accounts_cursor = store.get_cursor(ACCOUNTS_CURSOR)
+        self._commit(accounts_cursor, ACCOUNTS_CURSOR, self._sync_accounts(accounts_cursor, stage))
         if deletes_token is not None:
             for ids in stage.deleted_ids(engine._options.dataverse_batch_size):
                 applier.marketo_deleted(ids)
@@ -355,13 +361,13 @@ class _Cycle:
     def _stage_marketo_changes(self, stage: Stage, tracker: TailTracker) -> str:
         applier = self.applier
         try:
-            return self._read_changes(stage, tracker, applier.marketo_fields())
+            return self._read_changes(stage, tracker, applier.change_fields())
         except ApiError as err:
             if err.code != MARKETO_UNKNOWN_FIELD:
                 raise
             log.warning("cycle %s: Marketo refused a mapped field; checking the field map for drift", self.run_id)
             applier.prepare(refresh=True)
-        return self._read_changes(stage, tracker, applier.marketo_fields())
+        return self._read_changes(stage, tracker, applier.change_fields())
 
     def _read_changes(self, stage: Stage, tracker: TailTracker, fields: Sequence[str]) -> str:
         engine = self.engine
@@ -426,6 +432,45 @@ class _Cycle:
                 log.warning("cycle %s: Dataverse refused a %s column; checking for drift", self.run_id, entity.value)
                 applier.prepare(refresh=True)
                 schema_checked = True
+
+    def _sync_accounts(self, cursor: Cursor | None, stage: Stage) -> str | None:
+        """The accounts' change feed: each changed account's company fields to its linked contacts'
+        persons (``Applier.accounts_changed``); the new delta link. An org where the sync may not
+        read accounts or track their changes keeps syncing the rest (reported as drift)."""
+        applier = self.applier
+        delta_link = cursor.value if cursor else None
+        while True:
+            done = 0
+            try:
+                new_link: str | None = None
+                for page in self.engine._dataverse.iter_changes(
+                    oneway.ACCOUNT.entity_set,
+                    select=[oneway.ACCOUNT.primary_id, *oneway.ACCOUNT_COLUMNS],
+                    delta_link=delta_link,
+                    page_size=DATAVERSE_PAGE,
+                    formatted=True,
+                ):
+                    self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
+                    applier.accounts_changed(page.rows, page.deleted_ids, stage.take)
+                    done += len(page.rows) + len(page.deleted_ids)
+                    self.engine._progress("dataverse accounts", done, None)
+                    self.keep_lease()
+                    new_link = page.delta_link
+                return new_link
+            except DeltaTokenExpiredError:
+                if done or delta_link is None:
+                    raise
+                log.warning("cycle %s: the account delta token expired; re-reading the table", self.run_id)
+                delta_link = None
+                self.tally.full_reads.append(oneway.ACCOUNT.logical_name)
+            except ApiError as err:
+                if done or err.status not in (400, 403):
+                    raise
+                log.warning(
+                    "cycle %s: accounts not read (%s); company fields wait", self.run_id, err.code or err.status
+                )
+                applier.one_way_unreadable(oneway.ACCOUNT.logical_name, str(err)[:200])
+                return None
 
     def _pages(self, entity: EntityType, delta_link: str | None) -> Iterator[DeltaPage]:
         applier = self.applier

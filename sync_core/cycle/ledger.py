@@ -21,6 +21,7 @@ from typing import Any
 from sync_core.core.models import Collision, Direction, EntityType, Link, RecordFailure, retry_delay
 from sync_core.core.models import person_failure_key as person_key
 from sync_core.core.models import record_failure_key as record_key
+from sync_core.core.oneway import Principal
 from sync_core.marketo.activity import SyncFailure, log_sync_failures
 from sync_core.marketo.client import MarketoClient
 from sync_core.state import StateStore
@@ -54,6 +55,9 @@ class Tally:
     retried: int = 0  # due failures tried again
     activities: int = 0  # microsoftSyncFailed entries written
     full_reads: list[str] = field(default_factory=list)  # tables re-read after an expired delta token
+    accounts: int = 0  # changed accounts read
+    account_contacts: int = 0  # linked contacts whose company fields an account change rewrote
+    one_way_edits: int = 0  # Marketo edits of Dynamics-owned fields seen (overwritten at the next Dynamics change)
 
 
 @dataclass
@@ -67,6 +71,11 @@ class Pending:
     replaces: Link | None = None  # the link this one takes the place of (qualification)
     marketo_extra: Mapping[str, Any] = field(default_factory=dict)  # sync-owned person fields to write
     event: str | None = None  # "linked" | "qualified": counted once the link is written
+    # Dynamics-owned person values (core.oneway): computed from the row, or given (an account changed)
+    one_way: Mapping[str, Any] | None = None
+    one_way_seen: dict[str, Any] = field(default_factory=dict)  # those Marketo holds away from the baseline
+    one_way_writes: dict[str, Any] = field(default_factory=dict)  # those to write to the person
+    owner: Principal | None = None  # the record's owner as read from Dynamics (kept in the baseline)
 
 
 @dataclass

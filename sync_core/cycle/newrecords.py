@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from sync_core.core import oneway
 from sync_core.core.convert import to_marketo
 from sync_core.core.entities import (
     CREATED_ON,
@@ -85,7 +86,7 @@ class NewRecords:
         if not changed:
             return
         applier.prepare()
-        fields = ["id", *applier.marketo_fields()]
+        fields = ["id", *applier.change_fields()]
         persons = [p for p in applier.marketo.get_leads(changed, fields=fields) if applier.admits_person(p)]
         for entity in RECORD_ORDER:
             mapping = applier.field_map.email_field(entity)
@@ -121,8 +122,9 @@ class NewRecords:
         rows_by_id = {row_id(entity, row): row for row in rows}
         return {
             contact_id: Pending(
-                # The person's Marketo verdict moves with it (the contact's own is read from its row).
-                qualified_link(old, contact_id, keys, now=applier.now).model_copy(
+                # The person's Marketo verdict moves with it (the contact's own is read from its row),
+                # and what it holds of the Dynamics-owned fields (core.oneway).
+                qualified_link(old, contact_id, keys | oneway.baseline_keys(old.baseline), now=applier.now).model_copy(
                     update={"filtered_out": tuple(side for side in old.filtered_out if side is Side.MARKETO)}
                 ),
                 marketo=staged.get(old.marketo_id),
@@ -146,7 +148,7 @@ class NewRecords:
         email_mapping = applier.field_map.email_field(entity)
         column = email_mapping.column(entity) if email_mapping is not None else None
         emails = {row_id(entity, row): row.get(column) for row in rows if column and email_key(row.get(column))}
-        fields = ["id", "microsoftId", *applier.marketo_fields()]
+        fields = ["id", "microsoftId", *applier.change_fields()]
         persons: dict[int, dict[str, Any]] = {}
         lookup_emails = sorted({str(e) for e in emails.values() if "," not in str(e)})
         if lookup_emails:
@@ -218,7 +220,8 @@ class NewRecords:
         mappings = applier.field_map.for_entity(entity)
         email_mapping = applier.field_map.email_field(entity)
         by_lookup: dict[str, list[tuple[str, dict[str, Any], dict[str, Any]]]] = {}
-        for row in rows:
+        owned = applier.one_way.values_for(entity, rows)  # the owner's and account's fields (core.oneway)
+        for row, one_way in zip(rows, owned, strict=True):
             record = row_id(entity, row)
             try:
                 values = canonical_values(mappings, row, side=entity.value)
@@ -229,14 +232,17 @@ class NewRecords:
             if person.problems:
                 ledger.fail_record(batch, entity, record, person.problems, code="validation")
                 continue
-            payload = {**person.payload, **microsoft_fields(entity, record, row.get(CREATED_ON))}
+            writes = oneway.writes(one_way, {}, applier.one_way_fields)
+            payload = {**writes, **person.payload, **microsoft_fields(entity, record, row.get(CREATED_ON))}
             if not applier.admits_person(payload):  # the person it would make is kept out in Marketo
                 applier.tally.filtered_marketo += 1
                 ledger.resolve(batch, record_key(entity, record))
                 continue
             has_email = email_mapping is not None and payload.get(email_mapping.marketo)
             lookup = email_mapping.marketo if email_mapping is not None and has_email else "microsoftId"
-            by_lookup.setdefault(lookup, []).append((record, payload, values))
+            owner = applier.one_way.owner(oneway.owner_id(row))
+            baseline = oneway.settled(values, {}, edits={}, written=writes, owner=owner)
+            by_lookup.setdefault(lookup, []).append((record, payload, baseline))
         for lookup, group in by_lookup.items():
             results = applier.marketo.sync_leads(
                 [payload for _, payload, _ in group], action="createOnly", lookup_field=lookup

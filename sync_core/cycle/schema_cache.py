@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sync_core.core.errors import RecordError, StateConflictError
-from sync_core.core.fieldmap import FieldMap
+from sync_core.core.fieldmap import COMPANY_FIELDS, OWNER_FIELDS, FieldMap
 from sync_core.core.models import Cursor, EntityType
 from sync_core.core.schema import EntityMeta, MarketoFieldMeta, RequiredLevel
 from sync_core.core.validate import DriftItem, drift
@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 
 ROW = "schema.v1"
 TTL = timedelta(hours=1)
+ONE_WAY = (*OWNER_FIELDS, *COMPANY_FIELDS)  # Dynamics-owned person fields (core.oneway), asked about too
+
+
+def _asked(field_map: FieldMap) -> list[str]:
+    return list(dict.fromkeys([*field_map.marketo_fields, *ONE_WAY]))
 
 
 class Schema(BaseModel):
@@ -46,7 +51,7 @@ class Schema(BaseModel):
     def covers(self, field_map: FieldMap, extra_columns: Sequence[str] = ()) -> bool:
         """Whether every mapped field (and extra column) was asked about when this was read (present or
         found missing)."""
-        return set(field_map.marketo_fields) <= set(self.asked_marketo) and all(
+        return set(_asked(field_map)) <= set(self.asked_marketo) and all(
             {*field_map.columns(entity), *extra_columns} <= set(self.asked_columns.get(entity, ()))
             for entity in EntityType
         )
@@ -61,7 +66,7 @@ def trimmed(
     extra_columns: Sequence[str] = (),
 ) -> Schema:
     """What the sync uses of the full schema: mapped, required or ``extra`` columns (the sync
-    filter's), mapped Marketo fields."""
+    filter's), mapped and Dynamics-owned Marketo fields."""
     kept: dict[EntityType, EntityMeta] = {}
     for entity, meta in metadata.items():
         wanted = set(field_map.columns(entity)) | set(extra_columns) | {meta.primary_id}
@@ -74,8 +79,8 @@ def trimmed(
     return Schema(
         fetched_at=now,
         metadata=kept,
-        described={name: described[name] for name in field_map.marketo_fields if name in described},
-        asked_marketo=tuple(field_map.marketo_fields),
+        described={name: described[name] for name in _asked(field_map) if name in described},
+        asked_marketo=tuple(_asked(field_map)),
         asked_columns={
             entity: tuple(dict.fromkeys([*field_map.columns(entity), *extra_columns])) for entity in EntityType
         },

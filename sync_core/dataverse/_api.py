@@ -41,6 +41,10 @@ def request_id(response: httpx.Response) -> str | None:
     return str(value) if value else None
 
 
+# Prefer preference asking for formatted values (option labels, lookup names) beside the raw ones.
+FORMATTED_VALUES = 'odata.include-annotations="OData.Community.Display.V1.FormattedValue"'
+
+
 def strip_annotations(row: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in row.items() if not key.startswith("@")}
 
@@ -203,9 +207,13 @@ class WebApi:
                 return
             url, params = self.own_link(next_link), None
 
-    def rows(self, operation: str, url: str, params: Mapping[str, str]) -> Iterator[dict[str, Any]]:
-        """Every row of a query, all pages."""
-        for _, body in self.pages(operation, url, params, prefer=f"odata.maxpagesize={MAX_PAGE_SIZE}"):
+    def rows(
+        self, operation: str, url: str, params: Mapping[str, str], *, formatted: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Every row of a query, all pages (``formatted``: with each value's formatted text, e.g. an
+        option's label, as ``<column>@OData.Community.Display.V1.FormattedValue``)."""
+        prefer = f"odata.maxpagesize={MAX_PAGE_SIZE}" + (f",{FORMATTED_VALUES}" if formatted else "")
+        for _, body in self.pages(operation, url, params, prefer=prefer):
             for item in body.get("value") or []:
                 yield strip_annotations(item)
 

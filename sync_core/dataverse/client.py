@@ -27,6 +27,7 @@ from sync_core.core.schema import EntityMeta
 from sync_core.dataverse import _setup
 from sync_core.dataverse import odata as _odata
 from sync_core.dataverse._api import (
+    FORMATTED_VALUES,
     MAX_PAGE_SIZE,
     SCHEMA_ERROR_CODES,
     SERVICE,
@@ -168,7 +169,13 @@ class DataverseClient:
     # -- reads ---------------------------------------------------------------------------------
 
     def iter_changes(
-        self, entity_set: str, *, select: Sequence[str], delta_link: str | None, page_size: int = MAX_PAGE_SIZE
+        self,
+        entity_set: str,
+        *,
+        select: Sequence[str],
+        delta_link: str | None,
+        page_size: int = MAX_PAGE_SIZE,
+        formatted: bool = False,
     ) -> Iterator[DeltaPage]:
         """Rows changed since ``delta_link`` (or every row, when it is ``None``), page by page.
 
@@ -176,7 +183,8 @@ class DataverseClient:
         delta read answered without a new link (an empty body, or rows without one) ends with
         ``delta_link`` itself, so the stored link is kept. An expired link raises
         ``DeltaTokenExpiredError`` (re-read with ``delta_link=None``); a table without change
-        tracking raises ``ApiError`` saying so.
+        tracking raises ``ApiError`` saying so. ``formatted``: rows carry each value's formatted text
+        too (``<column>@OData.Community.Display.V1.FormattedValue``, e.g. an option's label).
         """
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be 1..{MAX_PAGE_SIZE}")
@@ -186,7 +194,7 @@ class DataverseClient:
         else:
             url = self._api.url(_odata.identifier(entity_set))
             params = {"$select": _odata.select_clause(select)}
-        prefer = f"odata.track-changes,odata.maxpagesize={page_size}"
+        prefer = f"odata.track-changes,odata.maxpagesize={page_size}" + (f",{FORMATTED_VALUES}" if formatted else "")
         pages = self._api.pages("get_changes", url, params, prefer=prefer, empty_ok=bool(delta_link))
         try:
             for number, (response, body) in enumerate(pages):
@@ -209,10 +217,26 @@ class DataverseClient:
             raise
 
     def get_rows(
-        self, entity_set: str | EntityMeta, ids: Sequence[str], *, select: Sequence[str]
+        self, entity_set: str | EntityMeta, ids: Sequence[str], *, select: Sequence[str], formatted: bool = False
     ) -> list[dict[str, Any]]:
-        """The rows with these primary keys (absent ones, and ids that are not GUIDs, are simply missing)."""
+        """The rows with these primary keys (absent ones, and ids that are not GUIDs, are simply missing);
+        ``formatted`` as for ``iter_changes``."""
         ref = self._ref(entity_set, by_set=True)
+        return list(
+            self._rows_where("get_rows", ref.entity_set, ref.primary_id, ids, [ref.primary_id, *select], formatted)
+        )
+
+    def iter_by_lookup(
+        self, entity_set: str, column: str, ids: Sequence[str], *, select: Sequence[str]
+    ) -> Iterator[dict[str, Any]]:
+        """Every row whose lookup ``column`` (``_<name>_value``) points at one of ``ids``, page by page
+        as they are read (e.g. the contacts of some accounts: ``contacts``, ``_parentcustomerid_value``)."""
+        return self._rows_where("find_by_lookup", entity_set, column, ids, [column, *select], False)
+
+    def _rows_where(
+        self, operation: str, entity_set: str, column: str, ids: Sequence[str], select: Sequence[str], formatted: bool
+    ) -> Iterator[dict[str, Any]]:
+        """Rows whose GUID ``column`` equals one of ``ids``, 100 to a filter (ids that are not GUIDs cannot match)."""
         literals: list[str] = []
         invalid = 0
         for value in dict.fromkeys(ids):
@@ -221,16 +245,13 @@ class DataverseClient:
             except ValueError:
                 invalid += 1
         if invalid:
-            log.warning("dataverse get_rows: %d id(s) are not GUIDs and cannot match", invalid)
-        columns = _odata.select_clause([ref.primary_id, *select])
-        rows: list[dict[str, Any]] = []
+            log.warning("dataverse %s: %d id(s) are not GUIDs and cannot match", operation, invalid)
+        columns = _odata.select_clause(select)
+        url = self._api.url(_odata.identifier(entity_set))
         for condition in _odata.chunked_any_of(
-            ref.primary_id, literals, max_values=FILTER_MAX_VALUES, max_chars=FILTER_MAX_CHARS
+            column, literals, max_values=FILTER_MAX_VALUES, max_chars=FILTER_MAX_CHARS
         ):
-            rows.extend(
-                self._api.rows("get_rows", self._api.url(ref.entity_set), {"$select": columns, "$filter": condition})
-            )
-        return rows
+            yield from self._api.rows(operation, url, {"$select": columns, "$filter": condition}, formatted=formatted)
 
     def find_by_emails(
         self, entity_set: str, emails: Sequence[str], *, select: Sequence[str], attribute: str = "emailaddress1"

@@ -93,6 +93,9 @@ def cycle_attributes(report: RunReport) -> dict[str, AttributeValue]:
         "sync.failures.new": counts.new_failures,
         "sync.filtered.marketo": counts.filtered.marketo,  # kept out by each side's sync filter
         "sync.filtered.dynamics": counts.filtered.dynamics,
+        "sync.accounts": counts.accounts,  # changed accounts, and the linked contacts they reached
+        "sync.account_contacts": counts.account_contacts,
+        "sync.one_way_edits": counts.one_way_edits,  # Marketo edits of Dynamics-owned fields (overwritten)
         "sync.api_calls.marketo": counts.api_calls.marketo,
         "sync.api_calls.dataverse": counts.api_calls.dataverse,
         "sync.duration_s": counts.seconds,

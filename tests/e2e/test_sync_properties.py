@@ -25,6 +25,8 @@ After every ``quiesce`` (outages over, retries due, cycles until nothing moves) 
   person still holds it, a ``to_dynamics`` failure is open for the person and the person's
   activity log has a ``microsoftSyncFailed`` activity; the other records sync as usual; once the
   value is fixed in Marketo, the next cycle resolves the failure;
+- the record's owner (a user or a team, changed at random) is on its person (id and name), and a
+  contact's parent account (set, and edited, at random) gives its person's company, one way;
 - one more cycle after quiescence writes nothing (no echo writes).
 """
 
@@ -52,7 +54,7 @@ from hypothesis.stateful import (
 
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
 from sync_core.core.models import Direction, EntityType, RunReport
-from sync_core.cycle.engine import MARKETO_CHANGES, SyncEngine, dataverse_cursor
+from sync_core.cycle.engine import ACCOUNTS_CURSOR, MARKETO_CHANGES, SyncEngine, dataverse_cursor
 from sync_core.settings import Settings
 from sync_core.state import TableStateStore
 from sync_core.wiring.services import build_services
@@ -70,7 +72,7 @@ FIELDS = (("firstName", "firstname"), ("title", "jobtitle"), ("phone", "telephon
 # (sandbox/dataverse/_schema.py, leads and contacts alike); Marketo takes strings up to 255.
 TOO_LONG = {"firstName": ("firstname", 50), "title": ("jobtitle", 100)}
 POLICIES = ("ignore", "delete")  # SYNC_MARKETO_DELETES
-CURSORS = (MARKETO_CHANGES, dataverse_cursor(EntityType.CONTACT), dataverse_cursor(EntityType.LEAD))
+CURSORS = (MARKETO_CHANGES, dataverse_cursor(EntityType.CONTACT), dataverse_cursor(EntityType.LEAD), ACCOUNTS_CURSOR)
 OUTAGES: dict[str, tuple[str, dict[str, Any]]] = {
     "dataverse writes down": ("dataverse", {"path": "UpdateMultiple", "action": {"status": 503, "retry_after": 0}}),
     "dataverse throttled": ("dataverse", {"path": "/(leads|contacts)$", "action": {"status": 429, "retry_after": 0}}),
@@ -168,6 +170,16 @@ class SyncMachine(RuleBasedStateMachine):
         self.values = itertools.count(1)
         self.policy = "ignore"
         self.started = False
+        # Owners and accounts (one way, Dynamics → Marketo): created as a Dynamics admin would.
+        dataverse = self.sandbox.dataverse
+        self.owners = [
+            dataverse.create(
+                "systemusers", {"firstname": "Ada", "lastname": "Owner", "internalemailaddress": "a@x.io"}
+            ),
+            dataverse.create("teams", {"name": "Property Team"}),
+            DataverseOptions().ui_user_id,
+        ]
+        self.accounts = [dataverse.create("accounts", {"name": f"Account {i}"}) for i in range(2)]
 
     @initialize(policy=st.sampled_from(POLICIES))
     def start(self, policy: str) -> None:
@@ -335,6 +347,29 @@ class SyncMachine(RuleBasedStateMachine):
         record.held = None
         self.fixed.append(held.person)
 
+    @precondition(lambda self: bool(self.editable_in_dynamics()))
+    @rule(data=st.data(), owner=st.integers(0, 2))
+    def change_owner_in_dynamics(self, data: st.DataObject, owner: int) -> None:
+        record = data.draw(st.sampled_from(self.editable_in_dynamics()))
+        entity_set = "teams" if owner == 1 else "systemusers"
+        bind = {"ownerid@odata.bind": f"/{entity_set}({self.owners[owner]})"}
+        self.sandbox.dataverse.update(f"{record.entity.value}s", record.dataverse_id, bind)
+        self.tick()
+
+    @precondition(lambda self: any(r.entity is EntityType.CONTACT for r in self.editable_in_dynamics()))
+    @rule(data=st.data(), account=st.integers(0, 1))
+    def set_parent_account_in_dynamics(self, data: st.DataObject, account: int) -> None:
+        contacts = [r for r in self.editable_in_dynamics() if r.entity is EntityType.CONTACT]
+        record = data.draw(st.sampled_from(contacts))
+        bind = {"parentcustomerid_account@odata.bind": f"/accounts({self.accounts[account]})"}
+        self.sandbox.dataverse.update("contacts", record.dataverse_id, bind)
+        self.tick()
+
+    @rule(account=st.integers(0, 1))
+    def edit_account_in_dynamics(self, account: int) -> None:
+        self.sandbox.dataverse.update("accounts", self.accounts[account], {"name": f"Account a{next(self.values)}"})
+        self.tick()
+
     @precondition(lambda self: any(r.entity is EntityType.LEAD for r in self.editable_in_dynamics()))
     @rule(data=st.data())
     def qualify_lead(self, data: st.DataObject) -> None:
@@ -439,12 +474,29 @@ class SyncMachine(RuleBasedStateMachine):
         assert link.dataverse_id == record.dataverse_id
         row = self.row(record)
         assert row is not None
+        self.check_one_way(record, person, row)
         if record.held is not None:
             self.check_refused(record, person, row)
             return
         for marketo_field, column in FIELDS:
             assert person.get(marketo_field) == row.get(column), f"{marketo_field} differs between the sides"
             self.check_no_update_lost(record, marketo_field, row.get(column))
+
+    def check_one_way(self, record: Record, person: dict[str, Any], row: dict[str, Any]) -> None:
+        """The owner and (a contact) the parent account's name are on the person, as Dynamics has them."""
+        dataverse = self.sandbox.dataverse
+        owner = row["_ownerid_value"]
+        principal = dataverse.get("systemusers", owner) or dataverse.get("teams", owner)
+        assert principal is not None
+        assert (person.get("microsoftOwnerId"), person.get("microsoftOwnerName")) == (
+            owner,
+            principal.get("fullname") or principal.get("name"),
+        ), "the person's owner differs from the record's"
+        account_id = row.get("_parentcustomerid_value") if record.entity is EntityType.CONTACT else None
+        if account_id:
+            account = dataverse.get("accounts", account_id)
+            assert account is not None
+            assert person.get("company") == account["name"], "the contact's company differs from its account's"
 
     def check_marketo_delete(self, record: Record, persons: list[dict[str, Any]]) -> None:
         """B3, a linked person deleted in Marketo (the record is live in Dynamics)."""

@@ -1,4 +1,5 @@
-"""A fake Dataverse Web API: ``leads`` and ``contacts`` with change tracking, metadata and bulk writes.
+"""A fake Dataverse Web API: ``leads`` and ``contacts`` with change tracking, metadata and bulk writes;
+``accounts`` (change-tracked too), ``systemusers`` and ``teams`` for the owner and company fields.
 
 Answers what ``DataverseClient`` calls in a cycle: ``EntityDefinitions`` (a table, its
 ``Attributes`` and their String/Picklist casts), change-tracking reads (``Prefer:
@@ -7,7 +8,9 @@ deletions as ``$deletedEntity`` items), ``$filter`` reads (``col eq literal or â
 ``UpdateMultiple`` (all or nothing, as on standard tables), ``$batch`` with continue-on-error,
 ``PATCH`` and ``DELETE`` of one row. A write is checked as the service would: the row exists,
 the columns exist, text fits ``MaxLength``, and every ``plugin_rules`` entry (a plug-in that
-aborts the operation) agrees.
+aborts the operation) agrees. A read asking for formatted values (``Prefer:
+odata.include-annotations``) gets an option's label from ``labels``; a table in ``denied`` answers
+403 as for a role without its read privilege.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ TABLES: dict[str, tuple[str, str, dict[str, tuple[str, str, int | None]]]] = {
             "createdon": ("DateTime", "None", None),
             "statecode": ("State", "SystemRequired", None),
             "new_synctomkto": ("Boolean", "None", None),
+            "_ownerid_value": ("Lookup", "SystemRequired", None),
             **{c: ("String", "ApplicationRequired" if c == "lastname" else "None", n) for c, n in _STRINGS.items()},
         },
     ),
@@ -62,6 +66,8 @@ TABLES: dict[str, tuple[str, str, dict[str, tuple[str, str, int | None]]]] = {
             "createdon": ("DateTime", "None", None),
             "_originatingleadid_value": ("Lookup", "None", None),
             "new_synctomkto": ("Boolean", "None", None),
+            "_parentcustomerid_value": ("Lookup", "None", None),
+            "_ownerid_value": ("Lookup", "SystemRequired", None),
             **{
                 c: ("String", "ApplicationRequired" if c == "lastname" else "None", n)
                 for c, n in _STRINGS.items()
@@ -69,7 +75,41 @@ TABLES: dict[str, tuple[str, str, dict[str, tuple[str, str, int | None]]]] = {
             },
         },
     ),
+    # the tables the Dynamics-owned person fields come from (core.oneway)
+    "accounts": (
+        "account",
+        "accountid",
+        {
+            "accountid": ("Uniqueidentifier", "SystemRequired", None),
+            "name": ("String", "ApplicationRequired", 160),
+            "websiteurl": ("String", "None", 200),
+            "industrycode": ("Picklist", "None", None),
+            "numberofemployees": ("Integer", "None", None),
+            "revenue": ("Money", "None", None),
+            "accountnumber": ("String", "None", 20),
+        },
+    ),
+    "systemusers": (
+        "systemuser",
+        "systemuserid",
+        {
+            "systemuserid": ("Uniqueidentifier", "SystemRequired", None),
+            "fullname": ("String", "None", 200),
+            "internalemailaddress": ("String", "None", 100),
+        },
+    ),
+    "teams": (
+        "team",
+        "teamid",
+        {
+            "teamid": ("Uniqueidentifier", "SystemRequired", None),
+            "name": ("String", "ApplicationRequired", 160),
+            "emailaddress": ("String", "None", 100),
+        },
+    ),
 }
+INDUSTRIES = {1: "Accounting", 7: "Consulting", 25: "Service Retail"}  # account.industrycode options
+FORMATTED = "@OData.Community.Display.V1.FormattedValue"
 _EQ = re.compile(r"(\w+) eq ('(?:[^']|'')*'|[0-9a-fA-F-]{36})")
 PluginRule = Callable[[str, Mapping[str, Any]], str | None]  # (entity set, row after the write) -> refusal
 
@@ -95,6 +135,8 @@ class FakeDataverse:
     expired_below: int = 0  # delta tokens older than this version are refused as expired
     bulk_disabled: set[str] = field(default_factory=set)  # entity sets where UpdateMultiple is not enabled
     delta_answers: dict[str, str] = field(default_factory=dict)  # entity set -> next delta read: "empty" | "no_link"
+    labels: dict[str, dict[int, str]] = field(default_factory=lambda: {"industrycode": dict(INDUSTRIES)})
+    denied: set[str] = field(default_factory=set)  # entity sets the sync's role may not read (403)
     _version: int = 0
 
     # -- acting as a Dynamics user ---------------------------------------------------------------
@@ -231,12 +273,15 @@ class FakeDataverse:
                 f"Could not find a property named '{unknown[0]}' on type 'Microsoft.Dynamics.CRM.{logical}'.",
             )
         table = self.rows[entity_set]
+        if entity_set in self.denied:
+            raise _Refused(403, "0x80040220", f"Principal user is missing prvRead{logical.capitalize()} privilege")
+        labels = self.labels if "FormattedValue" in prefer else {}
         if "$filter" in params:
             conditions = [(c, _literal(v)) for c, v in _EQ.findall(params["$filter"])]
             found = [
                 r for r in table.values() if any(str(r.get(c, "")).casefold() == v.casefold() for c, v in conditions)
             ]
-            return httpx.Response(200, json={"value": [_selected(r, select) for r in found]})
+            return httpx.Response(200, json={"value": [_selected(r, select, labels) for r in found]})
         assert "odata.track-changes" in prefer, "a read of a whole table is a change-tracking read"
         since = int(params.get("$deltatoken", 0))
         if "$deltatoken" in params and since < self.expired_below:
@@ -248,7 +293,7 @@ class FakeDataverse:
             if s == entity_set and version > since
         ]
         link = f"{API}/{entity_set}?$select={','.join(select)}&$deltatoken={self._version}"
-        body = {"value": [_selected(r, select) for r in changed] + deleted, "@odata.deltaLink": link}
+        body = {"value": [_selected(r, select, labels) for r in changed] + deleted, "@odata.deltaLink": link}
         quirk = self.delta_answers.pop(entity_set, None) if "$deltatoken" in params else None
         if quirk == "empty":
             return httpx.Response(200)
@@ -326,5 +371,9 @@ def _literal(text: str) -> str:
     return text[1:-1].replace("''", "'") if text.startswith("'") else text
 
 
-def _selected(row: Mapping[str, Any], select: list[str]) -> dict[str, Any]:
-    return {"@odata.etag": 'W/"1"', **{column: row.get(column) for column in select}}
+def _selected(row: Mapping[str, Any], select: list[str], labels: Mapping[str, Mapping[int, str]]) -> dict[str, Any]:
+    out = {"@odata.etag": 'W/"1"', **{column: row.get(column) for column in select}}
+    for column in select:  # Prefer odata.include-annotations="OData.Community.Display.V1.FormattedValue"
+        if column in labels and row.get(column) in labels[column]:
+            out[column + FORMATTED] = labels[column][row[column]]
+    return out

@@ -12,6 +12,7 @@ are positions in the activity log; ``pagingtoken.json`` finds the first activity
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -42,6 +43,14 @@ FIELDS: dict[str, tuple[str, int | None, bool]] = {
     "microsoftId": ("string", 255, True),
     "microsoftIsDeleted": ("boolean", None, True),
     "microsoftCreatedDate": ("datetime", None, True),
+    "microsoftOwnerId": ("string", 255, True),
+    "microsoftOwnerName": ("string", 255, True),
+    "microsoftOwnerEmail": ("email", 255, True),
+    "website": ("url", 255, True),
+    "industry": ("string", 255, True),
+    "numberOfEmployees": ("integer", None, True),
+    "annualRevenue": ("currency", None, True),
+    "microsoftAccountNumber": ("string", 255, True),
 }
 
 
@@ -65,6 +74,7 @@ class FakeMarketo:
     custom: list[dict[str, Any]] = field(default_factory=list)
     requests: list[httpx.Request] = field(default_factory=list)
     _next_id: int = 1001
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- acting as a Marketo user -------------------------------------------------------------
 
@@ -117,6 +127,10 @@ class FakeMarketo:
     # -- the REST API -----------------------------------------------------------------------------
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self._lock:  # the client sends chunks of a large write in parallel
+            return self._answer(request)
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         path = request.url.path
         if path == "/identity/oauth/token":
@@ -135,6 +149,9 @@ class FakeMarketo:
             return _ok(None, nextPageToken=f"p{start}")
         if route == ("GET", "activities/leadchanges.json"):
             wanted = set(params["fields"].split(","))
+            unknown = sorted(wanted - FIELDS.keys())
+            if unknown:
+                return _fail("1006", f"Field '{unknown[0]}' not found")
             return self._page(params, lambda a: a.type_id == NEW_LEAD or a.field in wanted)
         if route == ("GET", "activities/deletedleads.json"):
             return self._page(params, lambda a: a.type_id == DELETE_LEAD)

@@ -126,3 +126,99 @@ def test_the_integration_role_reads_users_and_teams_but_does_not_write_them(org:
     assert {"prvReadUser", "prvReadTeam", "prvWriteLead"} <= names
     assert not names & {"prvCreateUser", "prvWriteTeam"}
     assert org.sandbox.rows("team") == []
+
+
+# ---------------------------------------------------------------------------- accounts
+
+
+def test_a_contact_binds_its_parent_account_and_accounts_are_tracked(org: Org) -> None:
+    tracked = org.http.get(
+        "accounts",
+        params={"$select": "name,numberofemployees,revenue,industrycode"},
+        headers={"Prefer": "odata.track-changes"},
+    )
+    assert tracked.status_code == 200
+    delta_link = tracked.json()["@odata.deltaLink"]
+    created = org.http.post(
+        "accounts",
+        json={
+            "name": "Contoso",
+            "websiteurl": "https://contoso.example",
+            "industrycode": 7,
+            "numberofemployees": 250,
+            "revenue": 1500000.5,
+            "accountnumber": "AC-1",
+        },
+    )
+    assert created.status_code == 204
+    account = created.headers["OData-EntityId"].rsplit("(", 1)[1].rstrip(")")
+    contact = org.http.post(
+        "contacts",
+        json={"lastname": "C", "parentcustomerid_account@odata.bind": f"/accounts({account})"},
+        headers={"Prefer": "return=representation"},
+    ).json()["contactid"]
+    row = org.http.get(
+        f"contacts({contact})", params={"$select": "_parentcustomerid_value"}, headers=ANNOTATIONS
+    ).json()
+    assert row["_parentcustomerid_value"] == account
+    assert row["_parentcustomerid_value@Microsoft.Dynamics.CRM.lookuplogicalname"] == "account"
+    assert (
+        row["_parentcustomerid_value@Microsoft.Dynamics.CRM.associatednavigationproperty"] == "parentcustomerid_account"
+    )
+    assert row["_parentcustomerid_value@OData.Community.Display.V1.FormattedValue"] == "Contoso"
+    linked = org.http.get(
+        "contacts", params={"$select": "contactid", "$filter": f"_parentcustomerid_value eq {account}"}
+    ).json()["value"]
+    assert [r["contactid"] for r in linked] == [contact]
+    org.sandbox.update("account", account, {"numberofemployees": 300})
+    changes = org.http.get(delta_link, headers=ANNOTATIONS).json()["value"]
+    assert [(c["accountid"], c["numberofemployees"], c["revenue"]) for c in changes] == [(account, 300, 1500000.5)]
+    assert changes[0]["industrycode@OData.Community.Display.V1.FormattedValue"] == "Consulting"
+    definition = org.http.get(
+        "EntityDefinitions(LogicalName='contact')/Attributes(LogicalName='parentcustomerid')",
+        params={"$select": "LogicalName,AttributeType"},
+    ).json()
+    assert definition["AttributeType"] == "Customer"
+
+
+def test_account_refusals_write_nothing(org: Org) -> None:
+    account = org.sandbox.create("account", {"name": "Contoso"})
+    contact = org.sandbox.create("contact", {"lastname": "C"})
+    missing = str(uuid.uuid4())
+    cases = [
+        ({"parentcustomerid_account@odata.bind": f"/accounts({missing})"}, 404, "0x80040217"),
+        ({"parentcustomerid_account@odata.bind": f"/contacts({contact})"}, 400, "0x80048d19"),
+        ({"parentcustomerid@odata.bind": f"/accounts({account})"}, 400, "0x80060888"),
+    ]
+    for body, status, code in cases:
+        answer = org.http.patch(f"contacts({contact})", json=body, headers={"If-Match": "*"})
+        assert error_of(answer)[:2] == (status, code), body
+    assert org.sandbox.get("contact", contact)["_parentcustomerid_value"] is None  # type: ignore[index]
+    for body, message in [
+        ({"numberofemployees": "many"}, "Cannot convert the literal 'many' to the expected type 'Edm.Int32'."),
+        ({"numberofemployees": 2.5}, "Cannot convert the literal '2.5' to the expected type 'Edm.Int32'."),
+        ({"revenue": -1}, "outside the valid range"),
+        ({"industrycode": 99}, "outside the valid range"),
+    ]:
+        answer = org.http.patch(f"accounts({account})", json=body, headers={"If-Match": "*"})
+        assert error_of(answer)[0] == 400
+        assert message in error_of(answer)[2]
+    assert org.sandbox.get("account", account)["numberofemployees"] is None  # type: ignore[index]
+
+
+def test_deleting_an_account_deletes_its_contacts(org: Org) -> None:
+    account = org.sandbox.create("account", {"name": "Contoso"})
+    kept = org.sandbox.create("contact", {"lastname": "Elsewhere"})
+    children = [
+        org.sandbox.create(
+            "contact", {"lastname": f"C{i}", "parentcustomerid_account@odata.bind": f"/accounts({account})"}
+        )
+        for i in range(2)
+    ]
+    delta_link = org.http.get(
+        "contacts", params={"$select": "lastname"}, headers={"Prefer": "odata.track-changes"}
+    ).json()["@odata.deltaLink"]
+    assert org.http.delete(f"accounts({account})").status_code == 204
+    gone = org.http.get(delta_link).json()["value"]
+    assert sorted(item["id"] for item in gone if item.get("reason") == "deleted") == sorted(children)
+    assert [r["contactid"] for r in org.sandbox.rows("contact")] == [kept]

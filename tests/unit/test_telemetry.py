@@ -387,3 +387,19 @@ def test_a_cycle_reports_the_records_each_sides_sync_filter_kept_out(collected: 
     [span] = collected.finished_spans()
     attributes = span.attributes or {}
     assert (attributes["sync.filtered.dynamics"], attributes["sync.filtered.marketo"]) == (1, 0)
+
+
+def test_a_cycle_reports_an_account_fan_out_and_marketo_edits_of_dynamics_owned_fields(collected: Collected) -> None:
+    world = make_world(telemetry=collected.telemetry)
+    account = world.dataverse.create("accounts", name="Contoso", accountnumber="AC-1")
+    _, person = world.linked_contact(1, _parentcustomerid_value=account)
+    world.marketo.edit(person, company="Edited In Marketo")
+    world.dataverse.update("accounts", account, accountnumber="AC-2")
+    report = world.cycle().report
+    assert (report.accounts, report.account_contacts, report.one_way_edits) == (1, 1, 1)
+    attributes = collected.finished_spans()[-1].attributes or {}
+    assert (attributes["sync.accounts"], attributes["sync.account_contacts"], attributes["sync.one_way_edits"]) == (
+        1,
+        1,
+        1,
+    )
