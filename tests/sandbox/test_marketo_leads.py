@@ -126,7 +126,7 @@ def test_bad_filter_queries_answer_the_real_codes(marketo: Marketo, params: dict
 def test_describe2_searchable_fields_are_exactly_the_ones_filters_accept(marketo: Marketo) -> None:
     (schema,) = marketo.get("/rest/v1/leads/describe2.json")["result"]
 
-    assert schema["searchableFields"] == [["id"], ["email"], ["microsoftType"], ["microsoftId"]]
+    assert schema["searchableFields"] == [["id"], ["email"], ["microsoftType"], ["microsoftId"], ["microsoftOwnerId"]]
     for (name,) in schema["searchableFields"]:
         assert marketo.get(SYNC, filterType=name, filterValues="1")["success"] is True
 
