@@ -112,13 +112,13 @@ var rules = [
   {
     name: 'webhook-5xx'
     displayName: 'Sync: more than ${webhook5xxPercent}% of webhook calls answered 5xx'
-    description: 'Sync Person to Microsoft answered 5xx to more than ${webhook5xxPercent}% of at least ${webhookMinimumCalls} calls in 15 minutes (Marketo or Dataverse down or throttled, the deadline, or a broken configuration).'
+    description: 'A Marketo webhook (Sync Person to Microsoft or a flow step) answered 5xx to more than ${webhook5xxPercent}% of at least ${webhookMinimumCalls} calls in 15 minutes (Marketo or Dataverse down or throttled, the deadline, or a broken configuration); one row per webhook that did.'
     severity: 2
     frequencyMinutes: 5
     lookbackMinutes: 15
     autoMitigate: true
     measure: ''
-    query: 'requests | where timestamp > ago(15m) | where operation_Name == "sync_person" or name == "sync_person" | summarize calls = count(), errors = countif(toint(resultCode) >= 500) | where calls >= ${webhookMinimumCalls} and errors * 100.0 / calls > ${webhook5xxPercent} | project calls, errors, error_percent = round(errors * 100.0 / calls, 1)'
+    query: 'requests | where timestamp > ago(15m) | extend webhook = iff(isempty(operation_Name), name, operation_Name) | where webhook in ("sync_person", "change_owner", "create_task", "add_to_campaign", "remove_from_campaign") | summarize calls = count(), errors = countif(toint(resultCode) >= 500) by webhook | where calls >= ${webhookMinimumCalls} and errors * 100.0 / calls > ${webhook5xxPercent} | project webhook, calls, errors, error_percent = round(errors * 100.0 / calls, 1)'
   }
   {
     name: 'daily-new-failures'

@@ -119,6 +119,12 @@ def function_names(app: func.FunctionApp) -> set[str]:
     return {name for name, _trigger, _function in _index(app)}
 
 
+def http_routes(app: func.FunctionApp) -> dict[str, str]:
+    """The app's HTTP functions and their routes as the host indexes them (safe to call more than once)."""
+    indexed = _index(app)
+    return {name: trigger.get("route") or name for name, trigger, _ in indexed if trigger["type"] == "httpTrigger"}
+
+
 def discover(app: func.FunctionApp, environ: Mapping[str, str]) -> tuple[list[HttpRoute], list[Timer]]:
     """Routes and timers from the functions' binding metadata, as the host indexes them."""
     routes: list[HttpRoute] = []
