@@ -56,7 +56,7 @@ _DISCOVERY_PATH = re.compile(r"/([^/]+)/v2\.0/\.well-known/openid-configuration"
 _MULTIPLE = {f"Microsoft.Dynamics.CRM.{m}": m for m in ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")}
 _QUALIFY = "Microsoft.Dynamics.CRM.QualifyLead"
 _PRIVILEGES = "Microsoft.Dynamics.CRM.RetrieveUserPrivileges"
-_ACTIONS = ("Create", "Read", "Write", "Delete", "Append", "AppendTo")
+_ACTIONS = ("Create", "Read", "Write", "Delete", "Append", "AppendTo", "Assign")
 _MULTIPLE_NEEDS = {"CreateMultiple": ("Create",), "UpdateMultiple": ("Write",), "UpsertMultiple": ("Create", "Write")}
 _HEADER_SAFE = "/:@!$&'()*+,;=-._~?"
 Key = str | dict[str, Any]
@@ -495,6 +495,8 @@ class DataverseSandbox(FaultControls):
             if if_match.strip() != "*" and if_match.strip() != f'W/"{row.version}"':
                 raise err.version_mismatch()
         if row is not None:
+            if isinstance(body, dict) and "ownerid@odata.bind" in body:  # a new owner of a record: an assignment
+                self._need(table, "Assign")
             row = self.records.update(
                 table, row, body, user=user, bypass_plugins=bypass, strip_keys=isinstance(key, dict)
             )

@@ -432,6 +432,7 @@ TASK = Table(
     object_type_code=4212,
     primary_name="subject",
     primary_key="activityid",
+    privilege="Activity",  # activities share one set: prvCreateActivity, prvAppendActivity, ...
     columns=(
         Column("activityid", "guid", "Activity", required="SystemRequired", update=False),
         Column("subject", "string", "Subject", max_length=200, required="ApplicationRequired", fmt="Text"),

@@ -70,6 +70,21 @@ TABLE_NAMES = {EntityType.LEAD: "Lead", EntityType.CONTACT: "Contact"}
 PROBE_CURSOR = "check.probe"
 # Owners and account company fields (core.oneway): optional; without them those fields stay unfilled.
 ONE_WAY_READS = {"User": "owner names", "Team": "team owner names", "Account": "company fields"}
+# What each flow-step webhook needs beyond Read/Create/Write on lead and contact (optional: without
+# them that step is refused by Dataverse, 403, and answers so; the sync itself is unaffected).
+FLOW_PRIVILEGES = {
+    "change-owner": ("prvAssignLead", "prvAssignContact"),
+    "create-task": ("prvCreateActivity", "prvAppendActivity", "prvAppendToLead", "prvAppendToContact"),
+    "add/remove campaign": (
+        "prvReadCampaign",
+        "prvAppendToCampaign",
+        "prvCreateList",
+        "prvReadList",
+        "prvWriteList",
+        "prvAppendList",
+        "prvAppendToList",
+    ),
+}
 
 HINTS = {
     "marketo.fields": "create the missing fields in Marketo Admin > Field Management > New Custom Field "
@@ -214,6 +229,13 @@ def _privileges(dataverse: DataverseClient) -> CheckResult:
     unread = [f"prvRead{table} ({what})" for table, what in ONE_WAY_READS.items() if f"prvRead{table}" not in held]
     if unread:  # optional: those person fields stay unfilled
         detail += f"; not filled without {', '.join(unread)}"
+    refused = [
+        f"{step} ({', '.join(name for name in needed if name not in held)})"
+        for step, needed in FLOW_PRIVILEGES.items()
+        if any(name not in held for name in needed)
+    ]
+    if refused:  # optional: only those flow steps are refused
+        detail += f"; flow steps refused without their privileges: {'; '.join(refused)}"
     return _result(name, "pass", detail)
 
 

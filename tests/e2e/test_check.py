@@ -193,6 +193,29 @@ def test_a_denied_privilege_is_the_documented_403(world_factory: Any) -> None:
     assert httpx.get(url, headers=headers).status_code == 200  # reading is still allowed
 
 
+def test_flow_step_privileges_are_optional_and_named_and_an_owner_change_needs_assign(
+    world_factory: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world_factory()
+    _, healthy = checks_by_name(capsys)
+    assert "flow steps" not in healthy["dataverse.privileges"]["detail"]
+    world = world_factory(dataverse=DataverseOptions(denied_privileges=["prvAssignContact", "prvCreateActivity"]))
+    code, checks = checks_by_name(capsys)
+    assert code == 0  # the sync itself needs neither
+    detail = checks["dataverse.privileges"]["detail"]
+    assert "change-owner (prvAssignContact)" in detail
+    assert "create-task (prvCreateActivity)" in detail
+    assert "campaign" not in detail
+    contact_id = world.dynamics_contact(1)
+    headers = {"Authorization": "Bearer sandbox-token", "If-Match": "*"}
+    url = f"{world.sandbox.dataverse_url}/api/data/v9.2/contacts({contact_id})"
+    assert httpx.patch(url, json={"firstname": "X"}, headers=headers).status_code == 204
+    owner = {"ownerid@odata.bind": "/systemusers(8d9f5c1e-1b71-4b7a-9f0e-5a5e2f1c0003)"}
+    refused = httpx.patch(url, json=owner, headers=headers)
+    assert refused.status_code == 403
+    assert "prvAssignContact" in refused.json()["error"]["message"]
+
+
 def test_a_mapped_field_of_the_wrong_type_fails_the_field_map_check(
     world_factory: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
