@@ -188,6 +188,28 @@ def test_a_campaign_member_is_recorded_once_and_removed(store: StateStore) -> No
     assert store.get_campaign_member("l1", "d1") is None
 
 
+def test_a_campaign_member_recorded_before_the_add_is_confirmed_after_it(store: StateStore) -> None:
+    member = CampaignMember(
+        campaign_id=GUID.lower(),
+        list_id="l1",
+        entity=EntityType.LEAD,
+        dataverse_id="d1",
+        marketo_id=7,
+        added_at=NOW,
+        confirmed=False,
+    )
+    store.add_campaign_member(member)
+    recorded = store.get_campaign_member("l1", "d1")
+    assert recorded is not None
+    assert not recorded.confirmed
+    store.confirm_campaign_member(member)
+    store.confirm_campaign_member(member)  # twice: the same
+    assert store.get_campaign_member("l1", "d1") == member.model_copy(update={"confirmed": True})
+    store.remove_campaign_member(member)
+    store.confirm_campaign_member(member)  # forgotten meanwhile: recorded again, confirmed
+    assert store.get_campaign_member("l1", "d1") == member.model_copy(update={"confirmed": True})
+
+
 def test_a_records_memberships_are_erased_together_and_no_one_elses(store: StateStore) -> None:
     def member(list_id: str, record: str) -> CampaignMember:
         return CampaignMember(

@@ -165,6 +165,9 @@ class CampaignMember(_Record):
     dataverse_id: str
     marketo_id: int
     added_at: AwareDatetime
+    # False from the moment it is recorded (before the add) until Dynamics took the add: a call that
+    # crashed in between leaves it False, and the next call adds the record (the add is safe to repeat).
+    confirmed: bool = True
 
 
 # Upper bounds (ms) of the webhook latency buckets; the last bucket is everything slower.

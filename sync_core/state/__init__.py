@@ -168,6 +168,10 @@ class StateStore(Protocol):
         """Record that this sync put the record on the list (a second record of it is ignored)."""
         ...
 
+    def confirm_campaign_member(self, member: CampaignMember) -> None:
+        """Dynamics took the add: the record of it says so (recorded again if it was forgotten)."""
+        ...
+
     def get_campaign_member(self, list_id: str, dataverse_id: str) -> CampaignMember | None: ...
 
     def remove_campaign_member(self, member: CampaignMember) -> None:

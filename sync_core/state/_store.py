@@ -374,6 +374,16 @@ class RowStateStore(JobRows, RetentionRows):
         with contextlib.suppress(StateConflictError):  # already recorded: the first record stands
             self._rows.insert_row(self.tables.members, MEMBER, row, {"data": member.model_dump_json()})
 
+    def confirm_campaign_member(self, member: CampaignMember) -> None:
+        row = _member_key(member.dataverse_id, member.list_id)
+        props = {"data": member.model_copy(update={"confirmed": True}).model_dump_json()}
+        current = self._rows.get_row(self.tables.members, MEMBER, row)
+        if current is None:  # forgotten meanwhile (an erasure): recorded again, as it is on the list
+            with contextlib.suppress(StateConflictError):
+                self._rows.insert_row(self.tables.members, MEMBER, row, props)
+        elif current.props != props:  # calls on one record run one at a time: no one races this
+            self._rows.replace_row(self.tables.members, MEMBER, row, props, etag=current.etag)
+
     def get_campaign_member(self, list_id: str, dataverse_id: str) -> CampaignMember | None:
         row = self._rows.get_row(self.tables.members, MEMBER, _member_key(dataverse_id, list_id))
         return None if row is None else CampaignMember.model_validate_json(row.props["data"])

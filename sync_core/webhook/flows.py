@@ -15,10 +15,11 @@ claim). What each adds:
   record's type (one per campaign and type, a deterministic ``listid``, created on first use and
   added to the campaign, then marked done in the state store, so a failure between the two steps
   is made good by the next call) gets the record (``AddMemberList``). The membership is recorded in the
-  state store *before* the add and forgotten again when the add fails, so a crash in between leaves
-  at worst a record of a member that is not there (removing it does nothing), never a member we
-  forgot we added. A record already on the list (put there by a Dynamics user) is answered
-  ``exists`` and not recorded as ours.
+  state store *before* the add, unconfirmed, confirmed after it, and forgotten again when the add
+  fails; so a crash in between leaves an unconfirmed record, and the next call adds the record
+  (``AddMemberList`` is safe to repeat) instead of answering ``exists``: never a member we forgot
+  we added, never ``exists`` for a record not on the list. A record already on the list (put there
+  by a Dynamics user) is answered ``exists`` and not recorded as ours.
 - **Remove from Campaign**: only a membership this sync recorded is removed (``RemoveMemberList``):
   the record's, and for a contact the one of the lead it was qualified from (added as a lead, the
   person may be a contact by now).
@@ -191,7 +192,8 @@ def add_to_campaign(request: CampaignRequest, call: Call) -> Answer:
 
     def add() -> Answer:
         store = call.services.store
-        if store.get_campaign_member(list_id, record_id) is not None:
+        recorded = store.get_campaign_member(list_id, record_id)
+        if recorded is not None and recorded.confirmed:
             return Answer(200, {"status": "exists", **body})
         dataverse = _dataverse(call)
         call.before_writing()
@@ -209,19 +211,21 @@ def add_to_campaign(request: CampaignRequest, call: Call) -> Answer:
             store.mark_campaign_list_ready(list_id, request.campaign_id)
             return made
 
-        member = CampaignMember(
+        member = recorded or CampaignMember(
             campaign_id=request.campaign_id,
             list_id=list_id,
             entity=entity,
             dataverse_id=record_id,
             marketo_id=request.lead_id,
             added_at=call.clock(),
+            confirmed=False,
         )
         try:
             created = False if store.campaign_list_ready(list_id) else make_list()
-            if not created and dataverse.is_list_member(list_id, record_id):
-                return Answer(200, {"status": "exists", **body, "addedBySync": False})
-            store.add_campaign_member(member)  # before the add: a crash leaves no member we forgot
+            if recorded is None:  # (recorded, unconfirmed: a call stopped between recording and adding)
+                if not created and dataverse.is_list_member(list_id, record_id):
+                    return Answer(200, {"status": "exists", **body, "addedBySync": False})
+                store.add_campaign_member(member)  # before the add: a crash leaves no member we forgot
             try:
                 try:
                     dataverse.add_list_member(list_id, record_id)
@@ -233,8 +237,10 @@ def add_to_campaign(request: CampaignRequest, call: Call) -> Answer:
                     make_list()
                     dataverse.add_list_member(list_id, record_id)
             except SyncError:
-                store.remove_campaign_member(member)  # refused or unavailable: not added, not ours
-                raise
+                if recorded is None:  # refused or unavailable: not added, not ours
+                    store.remove_campaign_member(member)
+                raise  # (an unconfirmed record from an earlier call stays: that call may have added it)
+            store.confirm_campaign_member(member)
         except RecordError as err:
             return _reject(
                 call, request.lead_id, entity, "Add to Campaign", [f"Dynamics refused: {r}" for r in err.reasons]

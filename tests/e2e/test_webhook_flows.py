@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
 import function_app
+from sync_core.core.models import CampaignMember, EntityType
 from sync_core.host.server import LocalHost
 from tests.e2e.conftest import SECRET, World
 
@@ -233,6 +235,35 @@ def test_add_to_campaign_makes_good_a_failure_between_its_steps(world: World, ho
     assert (added["status"], added["listId"]) == ("added", list_id)
     assert len(world.dataverse.list_members(list_id)) == 1
     assert len(world.dataverse.rows("lists")) == 1
+
+
+def test_add_to_campaign_adds_a_member_a_stopped_call_recorded_but_never_sent(world: World, host: httpx.Client) -> None:
+    campaign = world.dataverse.create("campaigns", {"name": "Summer"})
+    first, second = person(world, 1), person(world, 2)
+    list_id = call(host, "add-to-campaign", {"leadId": first, "campaignId": campaign}).json()["listId"]
+    record_id = call(host, "sync-person", {"leadId": second}).json()["dynamicsId"]
+    # What a call killed between recording the membership and AddMemberList leaves behind.
+    world.store.add_campaign_member(
+        CampaignMember(
+            campaign_id=campaign,
+            list_id=list_id,
+            entity=EntityType.LEAD,
+            dataverse_id=record_id,
+            marketo_id=second,
+            added_at=datetime.now(UTC),
+            confirmed=False,
+        )
+    )
+    assert record_id not in world.dataverse.list_members(list_id)
+    added = call(host, "add-to-campaign", {"leadId": second, "campaignId": campaign}).json()
+    assert added["status"] == "added"  # not "exists": it was never on the list
+    assert record_id in world.dataverse.list_members(list_id)
+    recorded = world.store.get_campaign_member(list_id, record_id)
+    assert recorded is not None
+    assert recorded.confirmed
+    assert call(host, "add-to-campaign", {"leadId": second, "campaignId": campaign}).json()["status"] == "exists"
+    removed = call(host, "remove-from-campaign", {"leadId": second, "campaignId": campaign}).json()
+    assert record_id not in world.dataverse.list_members(list_id), removed
 
 
 def test_add_to_campaign_makes_the_list_again_when_a_dynamics_user_deleted_it(world: World, host: httpx.Client) -> None:
