@@ -496,6 +496,30 @@ def test_a_link_deleted_while_its_page_is_migrated_stays_deleted() -> None:
     assert len(list(store.iter_links())) == 39
 
 
+class _MovingRows(MemoryRows):
+    """Memory rows that run ``move`` once, just before the first lookup in partition ``link``:
+    a migration that moves a row between a reader's read of layout 2 and of layout 1."""
+
+    move: Callable[[], None] | None = None
+
+    def query_rows(self, table: str, partition: str, rows: Sequence[str]) -> list[StoredRow]:
+        move, self.move = self.move, None
+        if move is not None and partition == LINK:
+            move()
+        return super().query_rows(table, partition, rows)
+
+
+def test_a_link_moved_between_a_readers_two_reads_is_still_found() -> None:
+    rows = _MovingRows()
+    reader, migrator = RowStateStore(rows, prefix="p"), RowStateStore(rows, prefix="p")
+    old = [_link(marketo_id) for marketo_id in range(1, 4)]
+    seed_one_partition_layout(reader, old)
+    rows.move = lambda: migrator.migrate_links(pages=1)
+
+    assert reader.get_links_by_marketo_ids([1, 2, 3]) == {link.marketo_id: link for link in old}
+    assert _old_rows(reader) == []
+
+
 class _MeetingRows(MemoryRows):
     """Memory rows whose first two reads (or transactions) wait for each other: they only return
     if sent side by side."""

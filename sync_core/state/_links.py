@@ -104,24 +104,29 @@ class LinkRows(RowPlumbing):
             return []
         legacy = self._legacy_links()
         rows = self._get_rows(self.tables.links, ((link_partition(key), key) for key in keys))
-        if legacy:
-            missing = keys - {row.row for row in rows}
+        missing = keys - {row.row for row in rows}
+        if legacy and missing:
+            rows += self._query(self.tables.links, LINK, missing)
+            # A migration may have moved a row between our two reads (copied after the first,
+            # removed before the second): the ids found in neither are read once more in layout 2.
+            missing -= {row.row for row in rows}
             if missing:
-                rows += self._query(self.tables.links, LINK, missing)
+                rows += self._get_rows(self.tables.links, ((link_partition(key), key) for key in missing))
         return sorted(rows, key=lambda row: row.row)
 
     def iter_links(self) -> Iterator[Link]:
-        """Every link, read a page at a time; while layout 1 rows are left, those of links not in
-        layout 2 after them (the ids seen are held meanwhile)."""
-        legacy = self._legacy_links()
+        """Every link, read a page at a time. While layout 1 rows are left: layout 2's, then layout
+        1's not seen there, then layout 2's again for those a migration moved meanwhile (the ids
+        seen are held in memory until the end)."""
+        if not self._legacy_links():
+            for row in self._rows.scan_rows(self.tables.links, where=SPREAD, page_size=PAGE):
+                yield _link_from(row)
+            return
         seen: set[str] = set()
-        for row in self._rows.scan_rows(self.tables.links, where=SPREAD, page_size=PAGE):
-            if legacy:
-                seen.add(row.row)
-            yield _link_from(row)
-        if legacy:
-            for row in self._rows.scan_rows(self.tables.links, partition=LINK, row_prefix="m:", page_size=PAGE):
+        for where in (SPREAD, RowFilter(partition=LINK, row_prefix="m:"), SPREAD):
+            for row in self._rows.scan_rows(self.tables.links, where=where, page_size=PAGE):
                 if row.row not in seen:
+                    seen.add(row.row)
                     yield _link_from(row)
 
     # -- writes ---------------------------------------------------------------------------------
