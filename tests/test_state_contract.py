@@ -440,6 +440,19 @@ def test_links_in_the_one_partition_layout_are_found_and_changed_until_migrated(
     assert sorted(_old_rows(store)) == sorted([*_link_keys([old[0], old[3], old[4]]), marketo_link_key(3)])
 
 
+def test_every_link_is_listed_once_in_marketo_id_order_in_either_layout(store: StateStore) -> None:
+    seed_one_partition_layout(store, [_link(marketo_id) for marketo_id in range(1, 301, 2)])  # an older deployment
+    store.upsert_links([_link(marketo_id) for marketo_id in range(300, 0, -3)])
+    newer = _link(5, baseline={"email": "new@example.com"})
+    store.upsert_links([newer])
+
+    listed = list(store.iter_links())
+    assert [link.marketo_id for link in listed] == sorted({*range(3, 301, 3), *range(1, 301, 2)})
+    assert listed[2] == newer  # 1, 3, 5: the layout 2 row wins over its old copy
+    assert store.migrate_links(pages=1).done
+    assert list(store.iter_links()) == listed
+
+
 def test_the_migration_moves_every_link_a_page_at_a_time_and_loses_none(subject: Subject) -> None:
     store = subject.store
     old = [_link(marketo_id) for marketo_id in range(1, 601)]  # 1,200 rows: two pages

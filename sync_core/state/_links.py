@@ -25,6 +25,7 @@ time (the caller holds the cycle lease); a deleter need not, because of the orde
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -49,12 +50,14 @@ from sync_core.state._layout import (
     LAYOUT,
     LAYOUT_ROW,
     LINK,
+    LINK_BUCKETS,
     LINKS_FROM,
     LINKS_TO,
     PAGE,
     RowPlumbing,
     as_int,
     link_partition,
+    link_partition_name,
 )
 from sync_core.state._rows import RowFilter, StoredRow
 
@@ -62,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 2
 SPREAD = RowFilter(partition_from=LINKS_FROM, partition_to=LINKS_TO, row_prefix="m:")  # every link, layout 2
+MERGE_PAGE = 250  # rows per page of each partition's scan in ``iter_links`` (32 pages held at once)
 
 
 @dataclass(frozen=True)
@@ -115,18 +119,30 @@ class LinkRows(RowPlumbing):
         return sorted(rows, key=lambda row: row.row)
 
     def iter_links(self) -> Iterator[Link]:
-        """Every link, read a page at a time. While layout 1 rows are left: layout 2's, then layout
-        1's not seen there, then layout 2's again for those a migration moved meanwhile (the ids
-        seen are held in memory until the end)."""
-        if not self._legacy_links():
-            for row in self._rows.scan_rows(self.tables.links, where=SPREAD, page_size=PAGE):
-                yield _link_from(row)
-            return
+        """Every link in Marketo id order (the backfill's chunks rely on it), read a page at a time:
+        one scan per partition, merged, so up to ``LINK_BUCKETS`` pages of ``MERGE_PAGE`` rows are
+        held at once. While layout 1 rows are left, its scan is merged in too (a layout 2 row wins
+        over its old copy), and layout 2 is read again at the end for rows a migration moved
+        meanwhile (the ids seen are held in memory until then)."""
+        legacy = self._legacy_links()
+        scans = [
+            self._rows.scan_rows(self.tables.links, partition=partition, row_prefix="m:", page_size=MERGE_PAGE)
+            for partition in (link_partition_name(bucket) for bucket in range(LINK_BUCKETS))
+        ]
+        if legacy:
+            scans.append(self._rows.scan_rows(self.tables.links, partition=LINK, row_prefix="m:", page_size=PAGE))
         seen: set[str] = set()
-        for where in (SPREAD, RowFilter(partition=LINK, row_prefix="m:"), SPREAD):
-            for row in self._rows.scan_rows(self.tables.links, where=where, page_size=PAGE):
+        last = None
+        for row in heapq.merge(*scans, key=lambda row: (row.row, row.partition == LINK)):
+            if row.row == last:
+                continue
+            last = row.row
+            if legacy:
+                seen.add(row.row)
+            yield _link_from(row)
+        if legacy:
+            for row in self._rows.scan_rows(self.tables.links, where=SPREAD, page_size=PAGE):
                 if row.row not in seen:
-                    seen.add(row.row)
                     yield _link_from(row)
 
     # -- writes ---------------------------------------------------------------------------------
