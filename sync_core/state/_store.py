@@ -7,9 +7,9 @@ rows live. It must not talk to a service itself, read a clock, or log person dat
 Tables (``{prefix}`` + name), keys and why:
 
     state       PK cursor / RK name, PK lease / RK cycle      ETag-conditional point rows
-    links       PK link-{hash of RK mod 32:02d} /               two rows per link, each in the
-                RK m:{marketo id:012d} and                     partition its key hashes to: a
-                RK d:{entity}:{dataverse id}                    point read per id (``_links``)
+    links       PK link-{hash of the RK mod 32:02d}            two rows per link, each in the
+                / RK m:{marketo id:012d} and                   partition its key hashes to: a
+                RK d:{entity}:{dataverse id}                   point read per id (``_links``)
     collisions  PK inverted day / RK inverted µs:id            a scan of the day partitions lists
                                                                newest first; the values live here
                 PK person / RK {marketo id:012d}:{day}:{row}   the person index: a pointer per
