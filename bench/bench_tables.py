@@ -2,16 +2,18 @@
 
 Starts its own in-memory Azurite on a free loopback port, writes the same entities one request
 at a time and then in transactions of 100, and does the same through the state store (links: two
-rows each, batched lookups; failures read back a page at a time). Prints one JSON object; stops
-Azurite. Run from the repository root:
+rows each, batched lookups; failures read back a page at a time), then looks links up in a table
+that holds many (``--stored``: the lookups' cost should not grow with it). Prints one JSON object;
+stops Azurite. Run from the repository root:
 
-    .venv/bin/python bench/bench_tables.py [--entities 2000] [--payload 100]
+    .venv/bin/python bench/bench_tables.py [--entities 2000] [--payload 100] [--stored 20000]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 import uuid
@@ -123,10 +125,48 @@ def bench_store(connection_string: str, links: int) -> dict[str, Any]:
     }
 
 
+def bench_stored(connection_string: str, stored: int, asked: int) -> dict[str, Any]:
+    """``asked`` links looked up by either id in a table holding ``stored`` links."""
+    store = TableStateStore.from_connection_string(connection_string, prefix="bench" + uuid.uuid4().hex[:6])
+    links = [
+        Link(
+            marketo_id=marketo_id,
+            entity=EntityType.LEAD,
+            dataverse_id=str(uuid.UUID(int=marketo_id)),
+            baseline={"email": f"person{marketo_id}@example.com", "firstName": "Ada", "lastName": "Lovelace"},
+        )
+        for marketo_id in range(1, stored + 1)
+    ]
+    store.get_links_by_marketo_ids([1])  # create the table (and settle its layout) outside the timings
+    store.counters = StoreCounters()
+    start = time.perf_counter()
+    for first in range(0, stored, 5000):  # as a cycle writes them: a Dataverse page at a time
+        store.upsert_links(links[first : first + 5000])
+    fill = _rate(stored, time.perf_counter() - start) | {"transactions": store.counters.transactions}
+    wanted = random.Random(17).sample(links, asked)
+    store.counters = StoreCounters()
+    start = time.perf_counter()
+    found = store.get_links_by_marketo_ids(link.marketo_id for link in wanted)
+    by_marketo = _rate(len(found), time.perf_counter() - start) | {"reads": store.counters.reads}
+    store.counters = StoreCounters()
+    start = time.perf_counter()
+    found_dv = store.get_links_by_dataverse_ids(EntityType.LEAD, (link.dataverse_id for link in wanted))
+    by_dataverse = _rate(len(found_dv), time.perf_counter() - start) | {"reads": store.counters.reads}
+    if len(found) != asked or len(found_dv) != asked:
+        raise SystemExit(f"lookups found {len(found)} / {len(found_dv)} of {asked} links")
+    return {
+        "stored_links": stored,
+        "upsert_links": fill,
+        "get_links_by_marketo_ids": by_marketo,
+        "get_links_by_dataverse_ids": by_dataverse,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entities", type=int, default=2000)
     parser.add_argument("--payload", type=int, default=100, help="bytes of string payload per entity")
+    parser.add_argument("--stored", type=int, default=20000, help="links in the table for the lookups at scale")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -134,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         service = TableServiceClient.from_connection_string(conn)
         raw = bench_raw(service, args.entities, args.payload)
         store = bench_store(conn, args.entities)
+        stored = bench_stored(conn, args.stored, min(args.entities, args.stored))
     raw["batched_speedup"] = round(raw["batched_upsert_100"]["ops_per_s"] / raw["single_upsert"]["ops_per_s"], 1)
     result = {
         "bench": "tables",
@@ -142,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "payload_bytes": args.payload,
         "raw": raw,
         "store": store,
+        "lookups_at_scale": stored,
         "total_seconds": round(time.perf_counter() - started, 2),
     }
     print(json.dumps(result, indent=2))

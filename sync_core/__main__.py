@@ -74,6 +74,12 @@ def _export(argv: list[str]) -> int:
     return export_main(argv)
 
 
+def _migrate_state(argv: list[str]) -> int:
+    from sync_core.cycle.operate_cli import migrate_state_main
+
+    return migrate_state_main(argv)
+
+
 def _backfill(argv: list[str]) -> int:
     from sync_core.backfill.cli import backfill_main
 
@@ -146,6 +152,11 @@ _COMMANDS: dict[str, tuple[Callable[[list[str]], int], tuple[bool, bool, bool] |
         _export,
         (True, False, False),
         "the open failures or the collisions as CSV (ids, fields, reasons; no person values)",
+    ),
+    "migrate-state": (
+        _migrate_state,
+        (True, False, False),
+        "move the links to the spread Table layout, --pages N at a time under the cycle lease (run until done)",
     ),
 }
 

@@ -7,8 +7,8 @@ transaction sizes on the Table store it reads them off the wire (the ``$batch`` 
 from __future__ import annotations
 
 import itertools
-import math
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -38,9 +38,10 @@ from sync_core.core.models import (
 from sync_core.core.report import CycleReport, PerSide
 from sync_core.core.retention import PruneReport, Retention
 from sync_core.core.syncfilter import Side
-from sync_core.state import MemoryStateStore, StateStore, TableStateStore
-from sync_core.state._keys import RowOp, newest_first_key
-from sync_core.state._layout import PRUNE_PAGE, PRUNE_PARTITIONS
+from sync_core.state import LinkMigration, MemoryStateStore, StateStore, TableStateStore
+from sync_core.state._keys import RowOp, dataverse_link_key, marketo_link_key, newest_first_key
+from sync_core.state._layout import LINK, LINK_BUCKETS, PRUNE_PAGE, PRUNE_PARTITIONS, link_partition
+from sync_core.state._links import _link_props
 from sync_core.state._memory import MemoryRows
 from sync_core.state._rows import Rows, StoredRow
 from sync_core.state._store import RowStateStore
@@ -337,55 +338,250 @@ def test_a_replaced_link_whose_index_row_is_already_gone_is_still_written(store:
     assert store.get_links_by_marketo_ids([6]) == {6: contact}
 
 
+def _link_keys(links: Sequence[Link]) -> list[str]:
+    return [
+        key
+        for link in links
+        for key in (marketo_link_key(link.marketo_id), dataverse_link_key(link.entity, link.dataverse_id))
+    ]
+
+
+def _stored_link_rows(store: StateStore) -> list[StoredRow]:
+    assert isinstance(store, RowStateStore)
+    return list(store._rows.scan_rows(store.tables.links))
+
+
 def test_250_links_go_in_transactions_of_at_most_100_operations(subject: Subject) -> None:
     store = subject.store
     links = [_link(marketo_id) for marketo_id in range(1, 251)]
     store.counters = StoreCounters()
     store.upsert_links(links)
 
-    assert store.counters.operations == 500  # two index rows per link
-    assert store.counters.transactions == len(subject.transaction_sizes) >= 5
+    assert store.counters.operations == 500  # two rows per link
+    assert store.counters.transactions == len(subject.transaction_sizes)
     assert sum(subject.transaction_sizes) == 500
     assert max(subject.transaction_sizes) <= 100
+    # ≤ 100 rows reach any one partition here, so one transaction per partition written
+    assert store.counters.transactions == len({link_partition(key) for key in _link_keys(links)})
 
-    reads_before = store.counters.reads
     found = store.get_links_by_marketo_ids(range(1, 251))
     assert found == {link.marketo_id: link for link in links}
-    # batched lookups: 14 keys per $filter (15 comparisons with the PartitionKey), not 250 calls
-    assert store.counters.reads - reads_before == math.ceil(250 / 14)
     by_dataverse = store.get_links_by_dataverse_ids(EntityType.LEAD, [link.dataverse_id for link in links[:30]])
     assert len(by_dataverse) == 30
     assert sorted(link.marketo_id for link in store.iter_links()) == list(range(1, 251))
 
 
+def test_link_rows_spread_over_the_partitions_their_keys_hash_to(store: StateStore) -> None:
+    links = [_link(marketo_id) for marketo_id in range(1, 401)]
+    links += [_link(marketo_id, EntityType.CONTACT) for marketo_id in range(401, 501)]
+    store.upsert_links(links)
+
+    stored = _stored_link_rows(store)
+    assert sorted(row.row for row in stored) == sorted(_link_keys(links))
+    assert all(row.partition == link_partition(row.row) for row in stored)
+    per_partition = Counter(row.partition for row in stored)
+    assert set(per_partition) == {f"link-{bucket:02d}" for bucket in range(LINK_BUCKETS)}
+    # 1,000 rows over 32 buckets: ~31 each; none holds more than twice its share
+    assert max(per_partition.values()) < 2 * len(stored) / LINK_BUCKETS
+
+
+@pytest.mark.parametrize("k", [1, 14, 15, 300])
+def test_a_lookup_of_k_links_is_k_point_reads_whatever_the_store_holds(store: StateStore, k: int) -> None:
+    store.upsert_links([_link(marketo_id) for marketo_id in range(1, 601)])
+    store.get_links_by_marketo_ids([1])  # the layout is looked up once per process
+    ids = list(range(1, k + 1))
+
+    cost = _cost(store, lambda: store.get_links_by_marketo_ids([*ids, 10_000]))
+    assert cost == StoreCounters(reads=k + 1)  # one per id asked for, found or not
+    dataverse_ids = [_link(marketo_id).dataverse_id for marketo_id in ids]
+    cost = _cost(store, lambda: store.get_links_by_dataverse_ids(EntityType.LEAD, dataverse_ids))
+    assert cost == StoreCounters(reads=k)
+
+
+# -- the one-partition layout (before the spread) and its migration -----------------------------------
+def seed_one_partition_layout(store: StateStore, links: Sequence[Link]) -> None:
+    """Links as the store wrote them before the spread: both rows in partition ``link``."""
+    assert isinstance(store, RowStateStore)
+    ops = [
+        RowOp("upsert", key, _link_props(link))
+        for link in links
+        for key in (marketo_link_key(link.marketo_id), dataverse_link_key(link.entity, link.dataverse_id))
+    ]
+    for start in range(0, len(ops), 100):
+        store._rows.transact(store.tables.links, LINK, ops[start : start + 100])
+
+
+def _old_rows(store: StateStore) -> list[str]:
+    return [row.row for row in _stored_link_rows(store) if row.partition == LINK]
+
+
+def test_links_in_the_one_partition_layout_are_found_and_changed_until_migrated(store: StateStore) -> None:
+    old = [_link(marketo_id) for marketo_id in range(1, 6)]
+    seed_one_partition_layout(store, old)
+
+    assert store.get_links_by_marketo_ids([1, 2, 9]) == {1: old[0], 2: old[1]}
+    assert store.get_links_by_dataverse_ids(EntityType.LEAD, [old[2].dataverse_id.upper()]) == {
+        old[2].dataverse_id.upper(): old[2]
+    }
+    changed = old[0].model_copy(update={"baseline": {"email": "new@example.com"}})
+    contact = _link(3, EntityType.CONTACT, originating_lead_id=old[2].dataverse_id)
+    store.upsert_links([changed, contact], replaces=[old[2]])  # 3 qualified: its lead row goes
+    store.delete_links([old[1]])
+
+    assert store.get_links_by_marketo_ids(range(1, 6)) == {1: changed, 3: contact, 4: old[3], 5: old[4]}
+    assert store.get_links_by_dataverse_ids(EntityType.LEAD, [old[1].dataverse_id, old[2].dataverse_id]) == {}
+    assert sorted((link.marketo_id, link.entity) for link in store.iter_links()) == [
+        (1, EntityType.LEAD),
+        (3, EntityType.CONTACT),
+        (4, EntityType.LEAD),
+        (5, EntityType.LEAD),
+    ]
+    # removed rows left both layouts; rewritten ones (1, and 3's m: row) wait for the migration
+    assert sorted(_old_rows(store)) == sorted([*_link_keys([old[0], old[3], old[4]]), marketo_link_key(3)])
+
+
+def test_every_link_is_listed_once_in_marketo_id_order_in_either_layout(store: StateStore) -> None:
+    seed_one_partition_layout(store, [_link(marketo_id) for marketo_id in range(1, 301, 2)])  # an older deployment
+    store.upsert_links([_link(marketo_id) for marketo_id in range(300, 0, -3)])
+    newer = _link(5, baseline={"email": "new@example.com"})
+    store.upsert_links([newer])
+
+    listed = list(store.iter_links())
+    assert [link.marketo_id for link in listed] == sorted({*range(3, 301, 3), *range(1, 301, 2)})
+    assert listed[2] == newer  # 1, 3, 5: the layout 2 row wins over its old copy
+    assert store.migrate_links(pages=1).done
+    assert list(store.iter_links()) == listed
+
+
+def test_the_migration_moves_every_link_a_page_at_a_time_and_loses_none(subject: Subject) -> None:
+    store = subject.store
+    old = [_link(marketo_id) for marketo_id in range(1, 601)]  # 1,200 rows: two pages
+    seed_one_partition_layout(store, old)
+    newer = old[0].model_copy(update={"baseline": {"email": "new@example.com"}})
+    store.upsert_links([newer])
+
+    first = store.migrate_links(pages=1)
+    assert (first.moved + first.kept, first.dropped, first.done) == (1000, 0, False)
+    assert store.get_links_by_marketo_ids(range(1, 601)) == {newer.marketo_id: newer} | {
+        link.marketo_id: link for link in old[1:]
+    }
+    rest = store.migrate_links(pages=5)
+    assert (first.moved + rest.moved, first.kept + rest.kept, rest.done) == (1198, 2, True)
+    assert _old_rows(store) == []
+    assert store.migrate_links(pages=1) == LinkMigration(done=True)  # again: nothing to do
+
+    # another process (a fresh store on the same tables) reads layout 2 only: a point read per id
+    peer = subject.make_peer() if subject.make_peer else store
+    peer.get_links_by_marketo_ids([1])
+    cost = _cost(peer, lambda: peer.get_links_by_marketo_ids(range(1, 601)))
+    assert cost == StoreCounters(reads=600)
+    assert sorted(link.marketo_id for link in peer.iter_links()) == list(range(1, 601))
+    assert peer.get_links_by_dataverse_ids(EntityType.LEAD, [old[599].dataverse_id]) == {
+        old[599].dataverse_id: old[599]
+    }
+    assert peer.count_rows(cap=1000)["links"] == 600
+
+
+class _RacingRows(MemoryRows):
+    """Memory rows that run ``race`` once, just before the first transaction of inserts (the
+    migration's copy): a deleter that acts between the migration's read and its copy."""
+
+    race: Callable[[], None] | None = None
+
+    def transact(self, table: str, partition: str, ops: Sequence[RowOp]) -> None:
+        race, self.race = self.race, None
+        if race is not None and ops and ops[0].kind == "insert":
+            race()
+        super().transact(table, partition, ops)
+
+
+def test_a_link_deleted_while_its_page_is_migrated_stays_deleted() -> None:
+    rows = _RacingRows()
+    store, deleter = RowStateStore(rows, prefix="p"), RowStateStore(rows, prefix="p")
+    old = [_link(marketo_id) for marketo_id in range(1, 41)]
+    seed_one_partition_layout(store, old)
+    rows.race = lambda: deleter.delete_links([old[6]])  # erased after the page was read
+
+    step = store.migrate_links(pages=3)
+    assert (step.moved, step.dropped, step.done) == (78, 2, True)
+    assert 7 not in store.get_links_by_marketo_ids(range(1, 41))
+    assert store.get_links_by_dataverse_ids(EntityType.LEAD, [old[6].dataverse_id]) == {}
+    assert len(list(store.iter_links())) == 39
+
+
+class _MovingRows(MemoryRows):
+    """Memory rows that run ``move`` once, just before the first lookup in partition ``link``:
+    a migration that moves a row between a reader's read of layout 2 and of layout 1."""
+
+    move: Callable[[], None] | None = None
+
+    def query_rows(self, table: str, partition: str, rows: Sequence[str]) -> list[StoredRow]:
+        move, self.move = self.move, None
+        if move is not None and partition == LINK:
+            move()
+        return super().query_rows(table, partition, rows)
+
+
+def test_a_link_moved_between_a_readers_two_reads_is_still_found() -> None:
+    rows = _MovingRows()
+    reader, migrator = RowStateStore(rows, prefix="p"), RowStateStore(rows, prefix="p")
+    old = [_link(marketo_id) for marketo_id in range(1, 4)]
+    seed_one_partition_layout(reader, old)
+    rows.move = lambda: migrator.migrate_links(pages=1)
+
+    assert reader.get_links_by_marketo_ids([1, 2, 3]) == {link.marketo_id: link for link in old}
+    assert _old_rows(reader) == []
+
+
 class _MeetingRows(MemoryRows):
-    """Memory rows whose first two queries wait for each other: they only return if sent side by side."""
+    """Memory rows whose first two reads (or transactions) wait for each other: they only return
+    if sent side by side."""
 
     def __init__(self, *, fail_on: str | None = None) -> None:
         super().__init__()
         self._first_two = threading.Barrier(2, timeout=5)
         self._calls = itertools.count()
         self._fail_on = fail_on
+        self.meet = False
 
-    def query_rows(self, table: str, partition: str, rows: Sequence[str]) -> list[StoredRow]:
-        if next(self._calls) < 2:
+    def _wait(self) -> None:
+        if self.meet and next(self._calls) < 2:
             self._first_two.wait()
-        if self._fail_on is not None and self._fail_on in rows:
-            raise TransientError("Table Storage query: connection failed", service="tables")
-        return super().query_rows(table, partition, rows)
+
+    def get_row(self, table: str, partition: str, row: str) -> StoredRow | None:
+        self._wait()
+        if self._fail_on is not None and self._fail_on == row:
+            raise TransientError("Table Storage read: connection failed", service="tables")
+        return super().get_row(table, partition, row)
+
+    def transact(self, table: str, partition: str, ops: Sequence[RowOp]) -> None:
+        self._wait()
+        super().transact(table, partition, ops)
 
 
-def test_one_lookups_queries_are_sent_side_by_side_and_answer_in_key_order() -> None:
+def test_one_lookups_reads_are_sent_side_by_side_and_answer_in_key_order() -> None:
     rows = _MeetingRows()
     store = RowStateStore(rows, prefix="p", query_workers=8)
     links = [_link(marketo_id) for marketo_id in range(1, 251)]
     store.upsert_links(links)
+    store.get_links_by_marketo_ids([1])
+    rows.meet, rows.counters = True, StoreCounters()
     found = store.get_links_by_marketo_ids(range(250, 0, -1))
     assert list(found.items()) == [(link.marketo_id, link) for link in links]
-    assert rows.counters.reads == math.ceil(250 / 14)  # the same queries as one at a time
+    assert rows.counters.reads == 250  # the same reads as one at a time
 
 
-def test_a_failed_query_fails_the_whole_lookup() -> None:
+def test_transactions_to_different_partitions_are_sent_side_by_side() -> None:
+    rows = _MeetingRows()
+    rows.meet = True
+    store = RowStateStore(rows, prefix="p", query_workers=8)
+    links = [_link(marketo_id) for marketo_id in range(1, 251)]
+    store.upsert_links(links)  # would wait for ever (the barrier times out) if sent one by one
+    assert rows.counters.transactions == len({link_partition(key) for key in _link_keys(links)})
+    assert store.get_links_by_marketo_ids(range(1, 251)) == {link.marketo_id: link for link in links}
+
+
+def test_a_failed_read_fails_the_whole_lookup() -> None:
     rows = _MeetingRows(fail_on="m:000000000200")
     store = RowStateStore(rows, prefix="p", query_workers=8)
     store.upsert_links([_link(marketo_id) for marketo_id in range(1, 251)])
@@ -574,9 +770,15 @@ def test_counters_count_reads_writes_and_transactions(store: StateStore) -> None
     store.get_cursor("marketo")
     store.put_cursor(Cursor(name="marketo", value="t"))
     store.upsert_links([_link(1), _link(2)])
+    partitions = len({link_partition(key) for key in _link_keys([_link(1), _link(2)])})
     store.get_links_by_marketo_ids([1, 2])
     store.try_claim("k", owner="o", now=NOW)
-    assert store.counters == StoreCounters(reads=2, writes=2, transactions=1, operations=4)
+    # a fresh store's first link lookup reads the layout row and finds no one-partition link (2
+    # reads), then writes the layout row (1 write); a lookup is a point read per id
+    assert store.counters == StoreCounters(reads=5, writes=3, transactions=partitions, operations=4)
+    store.counters = StoreCounters()
+    store.get_links_by_marketo_ids([1, 2])
+    assert store.counters == StoreCounters(reads=2)
 
 
 # -- transactions at the row level (what the store's batches rely on) -----------------------------------

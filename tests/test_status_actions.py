@@ -1,6 +1,6 @@
 """The operators' actions through their two front ends, over a Table store on Azurite: the status
 page's HTTP function (``POST /api/status/actions/{action}``, behind the admin key) and the
-commands (``failures``, ``resync``, ``reset-cursor``, ``export``). What each action does to the sync
+commands (``failures``, ``resync``, ``reset-cursor``, ``export``, ``migrate-state``). What each action does to the sync
 is ``tests/unit/test_operate.py``'s; here: the forms, the second steps, the answers, the audit."""
 
 from __future__ import annotations
@@ -19,12 +19,19 @@ import pytest
 
 import function_app
 from sync_core.__main__ import main
-from sync_core.core.models import Cursor, Direction, EntityType, RecordFailure, person_failure_key
+from sync_core.core.models import Cursor, Direction, EntityType, Link, RecordFailure, person_failure_key
 from sync_core.cycle.engine import dataverse_cursor
-from sync_core.cycle.operate_cli import export_main, failures_main, reset_cursor_main, resync_main
+from sync_core.cycle.operate_cli import (
+    export_main,
+    failures_main,
+    migrate_state_main,
+    reset_cursor_main,
+    resync_main,
+)
 from sync_core.state import TableStateStore
 from sync_core.status.view import get_status_page
 from sync_core.wiring.services import close_services
+from tests.test_state_contract import seed_one_partition_layout
 
 pytestmark = pytest.mark.azurite
 
@@ -259,6 +266,36 @@ def test_export_command_writes_the_csv_file(env: tuple, tmp_path: Path) -> None:
     assert export_main(["failures", "--out", str(target)], environ=values, stderr=err) == 0
     assert json.loads(err.getvalue())["details"]["rows"] == 2
     assert target.read_text(encoding="utf-8").startswith("key,direction,entity,marketo_id")
+
+
+def test_migrate_state_waits_for_a_running_cycle_then_moves_the_links_page_by_page(env: tuple) -> None:
+    values, store = env
+    links = [
+        Link(
+            marketo_id=marketo_id, entity=EntityType.LEAD, dataverse_id=f"{marketo_id:08d}-0000-0000-0000-000000000000"
+        )
+        for marketo_id in range(1, 601)
+    ]
+    seed_one_partition_layout(store, links)  # 1,200 rows: two pages
+    lease = store.acquire_lease("a-cycle", now=datetime.now(UTC), duration=timedelta(minutes=5))
+    out = io.StringIO()
+    assert migrate_state_main(["--pages", "1"], environ=values, stdout=out) == 3
+    assert json.loads(out.getvalue())["outcome"] == "busy"
+    store.release_lease(lease)
+
+    answers = []
+    for _ in range(3):
+        out = io.StringIO()
+        assert migrate_state_main(["--pages", "1"], environ=values, stdout=out) == 0
+        answers.append(json.loads(out.getvalue()))
+    assert [(a["outcome"], a["details"]["moved"], a["details"]["done"]) for a in answers] == [
+        ("done", 1000, False),
+        ("done", 200, True),
+        ("nothing to do", 0, True),
+    ]
+    fresh = TableStateStore.from_connection_string(values["SYNC_TABLES_CONNECTION"], prefix=values["SYNC_TABLE_PREFIX"])
+    assert fresh.get_links_by_marketo_ids(range(1, 601)) == {link.marketo_id: link for link in links}
+    assert [action.action for action in store.list_actions()].count("migrate-state") == 4
 
 
 def test_python_dash_m_sync_core_failures_runs_as_a_command(env: tuple) -> None:

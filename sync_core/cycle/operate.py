@@ -1,5 +1,6 @@
 """Operators' actions on failures and state (issue 19): retry failures now, dismiss one with a
-reason, resync one person, reset a change-feed cursor, export failures or collisions as CSV.
+reason, resync one person, reset a change-feed cursor, export failures or collisions as CSV,
+migrate the links' table layout (``migrate-state``, issue 17).
 
 One ``Operator`` serves both front ends: the commands (``cycle.operate_cli``) and the status
 page's buttons (``status.actions``). It reuses the cycle's own parts and writes no rule of its
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 FEEDS = ("marketo", "lead", "contact")  # what ``reset_cursor`` takes
 EXPORT_KINDS = ("failures", "collisions")
+MIGRATE_PAGES = 100  # pages of 1,000 link rows one ``migrate-state`` moves under the lease by default
 EXPORT_MAX_ROWS = 50_000  # an export holds at most this many rows (the newest collisions)
 MAX_REASON = 500
 MAX_BY = 100
@@ -330,6 +332,22 @@ class Operator:
             raise SyncError(f"cursor {cursor.name} changed meanwhile; try again") from err
 
     # -- export --------------------------------------------------------------------------------
+
+    def migrate_state(self, *, pages: int = MIGRATE_PAGES) -> ActionResult:
+        """Move up to ``pages`` pages (1,000 rows) of links from the one-partition layout to the
+        spread one (``state._links``), under the cycle lease (one migration at a time; cycles
+        between calls read either layout). Run it again until ``done``; a repeat is harmless."""
+        if pages < 1:
+            raise ValueError("pages must be at least 1")
+        with self._acting("migrate-state", "links") as act:
+            if act.busy:
+                return act.result
+            step = self._store.migrate_links(pages=pages)
+            details = {"moved": step.moved, "kept": step.kept, "dropped": step.dropped, "done": step.done}
+            if step.done and not (step.moved or step.kept or step.dropped):
+                return act.finish(Outcome.NOTHING, "the links are in the spread layout already", details)
+            what = "done: every link is in the spread layout" if step.done else "more left: run it again"
+            return act.finish(Outcome.DONE, f"links migrated, {step.moved} row(s) moved; {what}", details)
 
     def export(self, kind: str) -> ActionResult:
         """The open failures or the recorded collisions as CSV (ids, fields, reasons, times; no

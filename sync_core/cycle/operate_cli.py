@@ -1,5 +1,5 @@
 """The operators' commands over ``cycle.operate``: ``failures retry|dismiss``, ``resync``,
-``reset-cursor`` and ``export``. Each prints the action's result as one JSON document on stdout
+``reset-cursor``, ``export`` and ``migrate-state``. Each prints the action's result as one JSON document on stdout
 (``export``: the CSV, to stdout or ``--out``, and the result on stderr) and exits 0 when the action
 was done or had nothing to do, 1 when it was refused or failed, 3 when a running cycle held the
 lease (nothing changed: run it again shortly), 2 for a configuration error or bad options."""
@@ -18,7 +18,7 @@ from typing import TextIO
 
 from sync_core.core.errors import ConfigError, SyncError
 from sync_core.core.models import EntityType
-from sync_core.cycle.operate import EXPORT_KINDS, FEEDS, ActionResult, Operator, Outcome
+from sync_core.cycle.operate import EXPORT_KINDS, FEEDS, MIGRATE_PAGES, ActionResult, Operator, Outcome
 from sync_core.settings import Settings
 from sync_core.wiring.preflight import config_error_line
 from sync_core.wiring.services import services_for
@@ -168,6 +168,29 @@ def reset_cursor_main(
     return _run(
         args, lambda op: op.reset_cursor(args.feed, since=args.since), environ=environ, stdout=stdout, stderr=stderr
     )
+
+
+def migrate_state_main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """``python -m sync_core migrate-state [--pages N]``."""
+    parser = _parser(
+        "migrate-state",
+        "Move the links and baselines from the one-partition layout (before issue 17) to the spread one, up to "
+        "--pages pages of 1,000 rows under the cycle lease; cycles in between read either layout. Run it again "
+        'until its details say "done": true. Idempotent and resumable; nothing is lost if it stops part way.',
+    )
+    parser.add_argument(
+        "--pages", type=int, default=MIGRATE_PAGES, help=f"at most this many pages (default {MIGRATE_PAGES})"
+    )
+    args = parser.parse_args(argv)
+    if args.pages < 1:
+        parser.error("--pages must be at least 1")
+    return _run(args, lambda op: op.migrate_state(pages=args.pages), environ=environ, stdout=stdout, stderr=stderr)
 
 
 def export_main(

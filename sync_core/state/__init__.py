@@ -5,8 +5,8 @@ is Azure Table Storage (Azurite locally); ``wiring.build_state_store(settings)``
 the settings describe. The records it keeps are the core's models (``core.models``). One
 contract test suite runs against both. The store does no clock reads: callers pass ``now``.
 Conditional writes raise ``StateConflictError`` (``LeaseHeldError`` for the lease) and never
-overwrite. Layout and batching: ``_store``; row mapping, paging and counting: ``_rows``; keys and
-service limits: ``_keys``.
+overwrite. Layout and batching: ``_store``; links, their partitions and their migration:
+``_links``; row mapping, paging and counting: ``_rows``; keys and service limits: ``_keys``.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ from sync_core.core.models import (
     WebhookCalls,
 )
 from sync_core.core.retention import PruneReport, Retention
+from sync_core.state._links import LinkMigration
 from sync_core.state._memory import MemoryStateStore
 from sync_core.state._table import TableStateStore
 
-__all__ = ["MemoryStateStore", "StateStore", "TableStateStore"]
+__all__ = ["LinkMigration", "MemoryStateStore", "StateStore", "TableStateStore"]
 
 
 class StateStore(Protocol):
@@ -75,8 +76,9 @@ class StateStore(Protocol):
     def upsert_links(self, links: Sequence[Link], *, replaces: Sequence[Link] = ()) -> None:
         """Write links (and their baselines), findable by either id. ``replaces`` are the links'
         previous versions, whose Dataverse-id index rows are removed when the Dataverse side changed
-        (qualification moves a person from a lead to a contact). Batched ≤ 100 ops per transaction;
-        the rows of one link are written atomically. One link per record per call."""
+        (qualification moves a person from a lead to a contact). Batched ≤ 100 ops per transaction,
+        one partition each; a reader finds each link as it was or as written, never neither (the
+        replaced rows go after the new ones). One link per record per call."""
         ...
 
     def delete_links(self, links: Sequence[Link]) -> None:
@@ -85,6 +87,11 @@ class StateStore(Protocol):
 
     def iter_links(self) -> Iterable[Link]:
         """Every link, in pages (for full re-reads and the status view)."""
+        ...
+
+    def migrate_links(self, *, pages: int) -> LinkMigration:
+        """Move up to ``pages`` pages of links from the one-partition layout to the spread one;
+        ``done`` when none is left. Idempotent, resumable; the caller holds the cycle lease."""
         ...
 
     # -- collisions, failures, run reports (newest first) --------------------------------------

@@ -1,13 +1,14 @@
 """The state store's table layout (the names, partitions and row keys ``_store`` documents) and
 the plumbing every part of ``RowStateStore`` shares: the backend, batching into transactions,
-many point reads of one partition. No decisions about what a row means live here."""
+many reads and transactions in flight at once. No decisions about what a row means live here."""
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.data.tables import EntityProperty
 
@@ -21,7 +22,11 @@ PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,52}$")  # + the longest suffix ("co
 CURSOR = "cursor"
 LEASE = "lease"
 LEASE_ROW = "cycle"
-LINK = "link"
+LINK = "link"  # layout 1: every link row in this one partition (read until migrated: ``_links``)
+LINK_BUCKETS = 32  # layout 2: link rows spread over link-00 … link-31 by a hash of their RowKey
+LINKS_FROM, LINKS_TO = "link-", "link."  # the spread partitions are the PartitionKeys in [from, to)
+LAYOUT = "layout"  # in the state table: RK links, the links' layout version once it is 2
+LAYOUT_ROW = "links"
 FAILURE = "failure"
 CLAIM = "claim"
 MEMBER = "member"
@@ -54,6 +59,10 @@ class TableNames:
         self.jobs = f"{prefix}jobs"
 
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
 class RowPlumbing:
     """The backend and the shared ways of reading and writing it."""
 
@@ -73,20 +82,51 @@ class RowPlumbing:
     def counters(self, value: StoreCounters) -> None:
         self._rows.counters = value
 
-    def _query(self, table: str, partition: str, keys: Iterable[str]) -> list[StoredRow]:
-        """Point-read many rows of one partition: one ``$filter`` per 14 keys, not one call per key,
-        up to ``query_workers`` of them at once; rows come back in key order either way."""
-        batches = list(chunks(sorted(set(keys)), MAX_KEYS_PER_QUERY))
-        workers = min(self._query_workers, len(batches))
+    def _side_by_side(self, call: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+        """``call`` on every item, up to ``query_workers`` at once (independent requests); the
+        answers in the items' order. The first error is raised once every call has ended."""
+        workers = min(self._query_workers, len(items))
         if workers <= 1:
-            return [row for batch in batches for row in self._rows.query_rows(table, partition, batch)]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="state-query") as pool:
-            pages = list(pool.map(lambda batch: self._rows.query_rows(table, partition, batch), batches))
+            return [call(item) for item in items]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="state-rows") as pool:
+            return list(pool.map(call, items))
+
+    def _query(self, table: str, partition: str, keys: Iterable[str]) -> list[StoredRow]:
+        """Read many rows of one partition: one ``$filter`` per 14 keys, not one call per key, up
+        to ``query_workers`` of them at once; rows come back in key order either way. The service
+        answers such a filter by reading the partition, so this is for small partitions only."""
+        batches = list(chunks(sorted(set(keys)), MAX_KEYS_PER_QUERY))
+        pages = self._side_by_side(lambda batch: self._rows.query_rows(table, partition, batch), batches)
         return [row for page in pages for row in page]
+
+    def _get_rows(self, table: str, keys: Iterable[tuple[str, str]]) -> list[StoredRow]:
+        """Point-read rows of any partitions, (PartitionKey, RowKey) each: one request per row, up
+        to ``query_workers`` at once; the rows that exist, in the keys' sorted order."""
+        found = self._side_by_side(lambda key: self._rows.get_row(table, *key), sorted(set(keys)))
+        return [row for row in found if row is not None]
 
     def _transact(self, table: str, partition: str, groups: Iterable[Sequence[RowOp]]) -> None:
         for ops in pack_transactions(groups):
             self._rows.transact(table, partition, ops)
+
+    def _transact_spread(self, table: str, by_partition: Mapping[str, Iterable[Sequence[RowOp]]]) -> None:
+        """Each partition's groups packed into its own transactions, and all of them sent up to
+        ``query_workers`` at once: they touch different rows, so no order among them matters. A
+        caller whose writes depend on each other makes one call per step."""
+        batches = [
+            (partition, ops) for partition, groups in sorted(by_partition.items()) for ops in pack_transactions(groups)
+        ]
+        self._side_by_side(lambda batch: self._rows.transact(table, *batch), batches)
+
+
+def link_partition(row: str) -> str:
+    """The partition of a link row in layout 2: a stable hash of its RowKey, so a row is found by
+    its key alone (a point read) and a cycle's rows spread evenly over ``LINK_BUCKETS``."""
+    return link_partition_name(int.from_bytes(hashlib.sha256(row.encode("ascii")).digest()[:4], "big") % LINK_BUCKETS)
+
+
+def link_partition_name(bucket: int) -> str:
+    return f"{LINKS_FROM}{bucket:02d}"
 
 
 def page_size(limit: int) -> int:

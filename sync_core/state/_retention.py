@@ -16,6 +16,7 @@ from sync_core.state._layout import (
     DAYS_END,
     FAILURE,
     LINK,
+    LINKS_TO,
     MEMBER,
     PAGE,
     PERSON,
@@ -137,7 +138,9 @@ class RetentionRows(RowPlumbing):
         if cap < 1:
             raise ValueError("cap must be at least 1")
         wheres = {
-            "links": (self.tables.links, RowFilter(partition=LINK, row_prefix="m:")),
+            # Both layouts (``_links``): "link" sorts before "link-00"; while a migration is under
+            # way, a link written since the upgrade and not yet migrated counts twice.
+            "links": (self.tables.links, RowFilter(partition_from=LINK, partition_to=LINKS_TO, row_prefix="m:")),
             "collisions": (self.tables.collisions, RowFilter(partition_to=DAYS_END)),
             "failures": (self.tables.failures, RowFilter(partition=FAILURE)),
             "runs": (self.tables.runs, RowFilter()),

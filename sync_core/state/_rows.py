@@ -45,8 +45,8 @@ MAX_PREFIXES = 7  # two comparisons each, and the PartitionKey one: 15 per $filt
 class RowFilter:
     """Which rows a scan keeps: all of them, or those of one partition or a PartitionKey range
     (``partition_from`` ≤ PK < ``partition_to``), with a RowKey prefix (or any of up to 7
-    ``row_prefixes``), a RowKey after ``row_after``, or whose datetime property ``at_most[0]`` is
-    not after ``at_most[1]``. ``AzureRows`` sends it as a ``$filter`` (key ranges, which the
+    ``row_prefixes``), a RowKey after ``row_after`` or not after ``row_until``, or whose datetime
+    property ``at_most[0]`` is not after ``at_most[1]``. ``AzureRows`` sends it as a ``$filter`` (key ranges, which the
     service answers from its index); ``keeps`` is the same test in Python."""
 
     partition: str | None = None
@@ -56,6 +56,7 @@ class RowFilter:
     partition_to: str | None = None
     row_after: str | None = None
     row_prefixes: tuple[str, ...] = ()
+    row_until: str | None = None
 
     def keeps(self, partition: str, row: str, props: Mapping[str, Any]) -> bool:
         if self.partition is not None and partition != self.partition:
@@ -69,6 +70,8 @@ class RowFilter:
         if self.row_prefixes and not row.startswith(self.row_prefixes):
             return False
         if self.row_after is not None and row <= self.row_after:
+            return False
+        if self.row_until is not None and row > self.row_until:
             return False
         if self.at_most is None:
             return True

@@ -7,8 +7,9 @@ rows live. It must not talk to a service itself, read a clock, or log person dat
 Tables (``{prefix}`` + name), keys and why:
 
     state       PK cursor / RK name, PK lease / RK cycle      ETag-conditional point rows
-    links       PK link / RK m:{marketo id:012d} and           two rows per link, same partition,
-                RK d:{entity}:{dataverse id}                    written in one transaction
+    links       PK link-{hash of the RK mod 32:02d}            two rows per link, each in the
+                / RK m:{marketo id:012d} and                   partition its key hashes to: a
+                RK d:{entity}:{dataverse id}                   point read per id (``_links``)
     collisions  PK inverted day / RK inverted µs:id            a scan of the day partitions lists
                                                                newest first; the values live here
                 PK person / RK {marketo id:012d}:{day}:{row}   the person index: a pointer per
@@ -25,10 +26,11 @@ Tables (``{prefix}`` + name), keys and why:
                                                                a row is reset when its hour comes
                                                                round again, so it never grows
     state       PK prune / RK last                             the last prune that removed rows
+                PK layout / RK links                           the links' layout version (``_links``)
     jobs        PK job / RK id, PK {job id} / RK {chunk}       chunked jobs (``_jobs``)
 
-Every batched write is packed into single-partition transactions of ≤ 100 operations; the rows
-of one link never straddle two transactions.
+Every batched write is packed into single-partition transactions of ≤ 100 operations; those of
+different partitions go side by side (up to ``query_workers`` at once) when nothing orders them.
 
 Retention and erasure (``core.retention``, ``privacy``). The date-keyed tables are pruned by key
 range: the rows at or before a cutoff are one query from the cutoff's day to the oldest row
@@ -48,9 +50,8 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 from azure.data.tables import EdmType, EntityProperty
 
@@ -61,23 +62,18 @@ from sync_core.core.models import (
     Claim,
     Collision,
     Cursor,
-    EntityType,
     Lease,
-    Link,
     RecordFailure,
     RunReport,
     WebhookCalls,
 )
-from sync_core.core.syncfilter import Side
 from sync_core.state._jobs import JobRows
 from sync_core.state._keys import (
     RowOp,
     as_utc,
     aware,
     check_entity,
-    dataverse_link_key,
     encode_key,
-    marketo_link_key,
     newest_first_key,
     to_json,
 )
@@ -89,28 +85,27 @@ from sync_core.state._layout import (
     FAILURE,
     LEASE,
     LEASE_ROW,
-    LINK,
     MEMBER,
     PAGE,
     PERSON,
     WEBHOOK_CALLS,
-    as_int,
     page_size,
     person_key,
     pointer,
 )
+from sync_core.state._links import LinkRows
 from sync_core.state._retention import RetentionRows
 from sync_core.state._rows import RowFilter, StoredRow
 
 logger = logging.getLogger(__name__)
 
 
-class RowStateStore(JobRows, RetentionRows):
+class RowStateStore(LinkRows, JobRows, RetentionRows):
     """``StateStore`` over a ``Rows`` backend; see the module docstring for the layout.
 
-    ``query_workers``: how many of one lookup's ``$filter`` queries may be in flight at once. They
-    are independent reads, so a backend over the network (each query a round trip) sends them
-    side by side; in memory there is nothing to overlap."""
+    ``query_workers``: how many of one call's independent requests (a lookup's point reads or
+    queries, the transactions of different partitions) may be in flight at once: a backend over
+    the network (each a round trip) sends them side by side; in memory there is nothing to overlap."""
 
     # -- cursors --------------------------------------------------------------------------------
     def get_cursor(self, name: str) -> Cursor | None:
@@ -164,62 +159,6 @@ class RowStateStore(JobRows, RetentionRows):
     def release_lease(self, lease: Lease) -> None:
         self._rows.delete_row(self.tables.state, LEASE, LEASE_ROW, etag=_need_etag(lease.etag, "lease"))
         logger.info("lease released by %s", lease.owner)
-
-    # -- links and baselines ----------------------------------------------------------------------
-    def get_links_by_marketo_ids(self, marketo_ids: Iterable[int]) -> dict[int, Link]:
-        keys = {marketo_link_key(marketo_id) for marketo_id in marketo_ids}
-        links = (_link_from(row) for row in self._query(self.tables.links, LINK, keys))
-        return {link.marketo_id: link for link in links}
-
-    def get_links_by_dataverse_ids(self, entity: EntityType, dataverse_ids: Iterable[str]) -> dict[str, Link]:
-        asked: dict[str, list[str]] = {}  # row key -> the ids asked for (case may differ)
-        for dataverse_id in dataverse_ids:
-            asked.setdefault(dataverse_link_key(entity, dataverse_id), []).append(dataverse_id)
-        found: dict[str, Link] = {}
-        for row in self._query(self.tables.links, LINK, asked):
-            link = _link_from(row)
-            for dataverse_id in asked[row.row]:
-                found[dataverse_id] = link
-        return found
-
-    def upsert_links(self, links: Sequence[Link], *, replaces: Sequence[Link] = ()) -> None:
-        groups: dict[int, list[RowOp]] = {}  # by the Marketo id of the new link
-        written: dict[str, int] = {}  # row key -> the group that writes it
-        for link in links:
-            m_key = marketo_link_key(link.marketo_id)
-            d_key = dataverse_link_key(link.entity, link.dataverse_id)
-            if m_key in written or d_key in written:
-                raise ValueError(
-                    f"upsert_links got two links for marketo id {link.marketo_id} or for "
-                    f"{link.entity.value} {link.dataverse_id}; pass one link per record"
-                )
-            props = _link_props(link)
-            check_entity(LINK, m_key, props, what=f"link for marketo id {link.marketo_id}")
-            groups[link.marketo_id] = [RowOp("upsert", m_key, props), RowOp("upsert", d_key, props)]
-            written[m_key] = written[d_key] = link.marketo_id
-        # A previous version's rows that the new rows do not overwrite must go: the d: row of a
-        # lead qualified into a contact, or the m: row of a person merged into another one. They go
-        # in the same transaction as the link that replaces them, so no reader sees both.
-        deleted: set[str] = set()
-        for old in replaces:
-            old_m, old_d = marketo_link_key(old.marketo_id), dataverse_link_key(old.entity, old.dataverse_id)
-            home = written.get(old_m, written.get(old_d, old.marketo_id))
-            for key in (old_m, old_d):
-                if key not in written and key not in deleted:
-                    groups.setdefault(home, []).append(RowOp("delete", key))
-                    deleted.add(key)
-        self._transact(self.tables.links, LINK, groups.values())
-
-    def delete_links(self, links: Sequence[Link]) -> None:
-        groups: dict[str, list[RowOp]] = {}
-        for link in links:
-            for key in (marketo_link_key(link.marketo_id), dataverse_link_key(link.entity, link.dataverse_id)):
-                groups.setdefault(key, [RowOp("delete", key)])
-        self._transact(self.tables.links, LINK, groups.values())
-
-    def iter_links(self) -> Iterator[Link]:
-        for row in self._rows.scan_rows(self.tables.links, partition=LINK, row_prefix="m:", page_size=PAGE):
-            yield _link_from(row)
 
     # -- collisions and run reports (newest first) ------------------------------------------------
     def add_collisions(self, collisions: Sequence[Collision]) -> None:
@@ -471,39 +410,3 @@ def _unique_rows(groups: list[list[RowOp]], *, what: str) -> list[list[RowOp]]:
     if len(set(rows)) != len(rows):
         raise ValueError(f"two {what}s with the same key in one call; pass each once")
     return groups
-
-
-def _link_props(link: Link) -> dict[str, Any]:
-    return {
-        "marketo_id": EntityProperty(link.marketo_id, EdmType.INT64),
-        "entity": link.entity.value,
-        "dataverse_id": link.dataverse_id,
-        "originating_lead_id": link.originating_lead_id,
-        "updated_at": link.updated_at,
-        "filtered_out": ",".join(side.value for side in link.filtered_out) or None,
-        "filter_key": link.filter_key,
-        "baseline": to_json(link.baseline, what=f"baseline of the link for marketo id {link.marketo_id}"),
-    }
-
-
-def _link_from(row: StoredRow) -> Link:
-    props: Mapping[str, Any] = row.props
-    updated_at = props.get("updated_at")
-    return Link(
-        marketo_id=as_int(props["marketo_id"]),
-        entity=EntityType(props["entity"]),
-        dataverse_id=str(props["dataverse_id"]),
-        baseline=json.loads(props["baseline"]),
-        originating_lead_id=props.get("originating_lead_id"),
-        updated_at=None if updated_at is None else as_utc(updated_at),
-        filtered_out=_sides(props.get("filtered_out")),
-        filter_key=props.get("filter_key"),
-    )
-
-
-def _sides(value: Any) -> tuple[Side, ...]:
-    """A link's ``filtered_out`` as stored ("dynamics,marketo"); an unknown side is dropped."""
-    if not isinstance(value, str):
-        return ()
-    known = {side.value for side in Side}
-    return tuple(Side(part) for part in value.split(",") if part in known)

@@ -96,6 +96,9 @@ def _odata(where: RowFilter) -> tuple[str, dict[str, Any]]:
     if where.row_after is not None:
         conditions.append("RowKey gt @rkafter")
         parameters["rkafter"] = where.row_after
+    if where.row_until is not None:
+        conditions.append("RowKey le @rkuntil")
+        parameters["rkuntil"] = where.row_until
     if where.at_most is not None:
         name, cutoff = where.at_most
         conditions.append(f"{name} le @cutoff")  # name is one of ours, never input
