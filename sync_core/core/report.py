@@ -145,6 +145,18 @@ class Left(_Part):
     marketo_feed: Flag = None  # True: the change feed was not read to its end (how much is unknown)
     retries: Flag = None  # True: the failures due for a retry were not tried (they wait for a tick that finishes)
 
+    def summary(self) -> str:
+        """One line for an admin: where the budget stopped the cycle and what the next tick continues."""
+        rest = [f"{self.persons:,} Marketo person(s) carried"] if self.persons else []
+        if self.marketo_feed:
+            rest.append("the rest of the Marketo change feed")
+        if self.tables:
+            rest.append("Dataverse " + ", ".join(self.tables) + " (read again from their delta link)")
+        if self.retries:
+            rest.append("the failures due for a retry")
+        where = f" in step '{self.step}'" if self.step else ""
+        return f"time budget reached{where}; the next tick continues with " + ("; ".join(rest) or "nothing left")
+
 
 def _as_text_map(value: Any) -> dict[str, str] | None:
     """``{name: text}`` (e.g. bulk messages written as ``$batch`` and why); anything else is unknown."""

@@ -97,13 +97,22 @@ def load(store: StateStore) -> Carry:
 
 
 def save(
-    store: StateStore, previous: Carry, chunks: Iterable[list[Person]], *, tables: Mapping[str, Resume] | None = None
+    store: StateStore,
+    previous: Carry,
+    chunks: Iterable[Sequence[Person]],
+    *,
+    tables: Mapping[str, Resume] | None = None,
 ) -> int:
     """Replace the carry with these persons (ascending ids, a chunk at a time) and the tables'
     resume points; how many persons. Nothing to carry: the manifest is removed.
 
     Raises ``LeaseLost`` when the manifest changed since ``previous`` was loaded (another cycle
-    wrote it: this one lost its lease)."""
+    wrote it: this one lost its lease), checked before the parts are written and again by the
+    manifest's ETag."""
+    current = store.get_cursor(CARRY)
+    if (current.etag if current else None) != (previous.manifest.etag if previous.manifest else None):
+        # Another cycle saved meanwhile: its parts are the other generation, not to be written over.
+        raise LeaseLost("the carry was written by someone else meanwhile")
     generation = "a" if previous.generation == "b" else "b"
     names: dict[str, int] = {}  # field name -> bit, in order of first sight
     parts = count = 0
@@ -150,7 +159,8 @@ def encode(persons: Sequence[Person], names: dict[str, int]) -> str:
 
 
 def decode(value: str, names: Sequence[str]) -> list[Person]:
-    persons, last = [], 0
+    persons: list[Person] = []
+    last = 0
     for item in value.split(",") if value else []:
         delta, _, mask_text = item.partition(".")
         last += int(delta, 36)

@@ -373,8 +373,8 @@ class _Cycle:
         store = engine._store
         applier = self.applier
         carried = self.carried = carry.load(store)
-        for persons in carried.persons(store):
-            stage.add_carried(persons)
+        for part in carried.persons(store):
+            stage.add_carried(part)
         changes_cursor = store.get_cursor(MARKETO_CHANGES)
         changes_start = changes_cursor.value if changes_cursor else engine._marketo.get_paging_token(self.started)
         # Read again from the last page of activities seen, for those that became visible late (overlap).
