@@ -422,6 +422,7 @@ class _Cycle:
         else:
             retries_left = bool(due)
         # The persons read and not applied, kept before the paging token moves past them.
+        self.keep_lease()
         persons = carry.save(store, carried, stage.pending_fields(carry.PART_SIZE), tables=self.resume)
         self._commit(changes_cursor, MARKETO_CHANGES, changes_token)
         self._commit(tail_cursor, MARKETO_CHANGES_TAIL, tracker.tail().value())
