@@ -33,7 +33,10 @@ prints the ticks the budgeted run took, its total wall ÷ the uninterrupted run'
 ÷ the uninterrupted run's (each total up to and including the cycle that finds nothing left).
 
     .venv/bin/python bench/bench_realworld.py [--sizes 10000,100000] [--time-scale 0.1]
-    .venv/bin/python bench/bench_realworld.py --sizes 100000 --cycle-budget 420 --function-timeout 600
+    .venv/bin/python bench/bench_realworld.py --sizes 100000 --cycle-budget 420 --function-timeout 600 --store memory
+
+``--store memory`` keeps the state in a memory store pickled between the cycles' processes (as
+``bench_cycle.py --store memory``): the same API calls, without Azurite's time, for large N.
 
 Human tables go to stderr, the JSON to stdout (and ``--json-out FILE``).
 """
@@ -45,6 +48,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import pickle
 import re
 import sys
 import tempfile
@@ -66,6 +70,7 @@ from sandbox.azurite import azurite_version, run_azurite
 from sandbox.dataverse._latency import Meter
 from sync_core.cycle.engine import SyncEngine
 from sync_core.settings import Settings
+from sync_core.state import MemoryStateStore
 from sync_core.wiring.services import build_services
 
 MARKETO_IDENTITY = "/identity/oauth/token"
@@ -258,11 +263,12 @@ class CycleTimeout(RuntimeError):
     pass
 
 
-def cycle_in_fresh_process(env: dict[str, str], timeout: float) -> dict[str, Any]:
-    """``bench_cycle.measured_cycle`` in a fresh process; killed after ``timeout`` seconds."""
+def cycle_in_fresh_process(env: dict[str, str], timeout: float, store_file: str | None = None) -> dict[str, Any]:
+    """``bench_cycle.measured_cycle`` in a fresh process; killed after ``timeout`` seconds. With
+    ``store_file`` the state is the memory store pickled there (``--store memory``)."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=measured_cycle, args=(child, env, None))
+    process = ctx.Process(target=measured_cycle, args=(child, env, store_file))
     process.start()
     deadline = time.monotonic() + timeout
     try:
@@ -348,6 +354,7 @@ def _answer(parent: Any, sandbox: Any, timeout: float) -> Any:
 def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profile.Profile) -> dict[str, Any]:
     """N changes (n/2 a side): set up, edit, then measured cycles until all are applied."""
     half = n // 2
+    store_file: str | None = None  # --store memory: the state between the cycles' processes
     if args.request_log:
         log_path = Path(args.request_log)
     else:
@@ -368,13 +375,18 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
             MARKETO_RATE_SHARE=str(args.marketo_rate_share),
             **dict(item.split("=", 1) for item in args.env),
         )
-        services = build_services(Settings.from_env(env))
+        memory = MemoryStateStore(prefix=env["SYNC_TABLE_PREFIX"]) if args.store == "memory" else None
+        services = build_services(Settings.from_env(env), store=memory)
         started = time.perf_counter()
         try:
             setup = settle(SyncEngine.from_services(services))
         finally:
             services.close()
         setup_seconds = time.perf_counter() - started
+        if memory is not None:
+            handle, store_file = tempfile.mkstemp(prefix="realworld-", suffix=".pickle")
+            os.close(handle)
+            Path(store_file).write_bytes(pickle.dumps(memory._rows._tables))
         parent.send(("edit", 2 * half))
         changes = _answer(parent, sandbox, 600)
         parent.send(("realistic", None))
@@ -386,7 +398,7 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
         for index in range(1, args.max_cycles + 1):
             span_start = time.time()
             try:
-                result = cycle_in_fresh_process(env, args.cycle_timeout)
+                result = cycle_in_fresh_process(env, args.cycle_timeout, store_file)
             except (CycleTimeout, RuntimeError) as exc:
                 error = str(exc)
                 break
@@ -419,6 +431,8 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
         _stop_sandbox(parent, sandbox)
         if args.request_log is None and not args.keep_log:
             log_path.unlink(missing_ok=True)
+        if store_file is not None:
+            Path(store_file).unlink(missing_ok=True)
 
 
 def _total(cycles: list[dict[str, Any]]) -> dict[str, Any]:
@@ -528,6 +542,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-log", action="store_true", help="keep the temporary request log")
     parser.add_argument("--json-out", help="also write the JSON to this file")
     parser.add_argument(
+        "--store",
+        choices=["azurite", "memory"],
+        default="azurite",
+        help="state store: Azurite (default), or in memory (pickled between the cycles' processes), to reach "
+        "large N without Azurite's time",
+    )
+    parser.add_argument(
         "--cycle-budget",
         type=int,
         help="also run each size in ticks of this SYNC_CYCLE_BUDGET_SECONDS and compare with the uninterrupted run",
@@ -555,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
                 budgeted.append({"n": ticks["n"], "ticks": ticks, **comparison})
     summary = {
         "azurite": version,
+        "store": args.store,
         "profile": "realistic" + (f" + {args.profile_file}" if args.profile_file else ""),
         "time_scale": args.time_scale,
         "results": results,
