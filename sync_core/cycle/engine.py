@@ -29,10 +29,12 @@ What the next tick continues from: a Dataverse table whose pages were all done h
 link stored as always; one cut mid-way keeps its old link and is read again from it (an
 intermediate ``@odata.nextLink`` is not taken as a durable position), its applied pages now
 echoes; the Marketo paging token moves to the end of what was read, and the persons staged and
-not applied are kept by id (``carry``, saved before the token moves) and read in full from
-Marketo when the next tick applies them. The change feed's read itself stops at ``READ_SHARE`` of
-the budget: then nothing is applied (a Dataverse change must not be merged against a Marketo
-window read only in part), everything read is carried and the token moves to the last page read.
+not applied are kept by id with the names of their changed fields (``carry``, saved before the
+token moves), whose current values the next tick reads from Marketo when it applies them. The
+change feed's read itself stops at ``READ_SHARE`` of the budget: then nothing is applied (a
+Dataverse change must not be merged against a Marketo window read only in part), everything read
+is carried and the token moves to the last page read. A tick stops only once it has done some new
+work (``may_stop``), and pages a cut tick applied do not count as new, so every tick gets further.
 607 (Marketo's daily quota) and transient errors end the cycle cleanly with those cursors
 unchanged. The record-level work is ``_apply.Applier``; this module only orders it.
 ``run_once_main`` is ``python -m sync_core run-once``; ``run_cycle_from_env`` is the timer's call.
