@@ -573,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
                 ticks_args.cycle_timeout = args.function_timeout
                 ticks = run_size(n, connection, ticks_args, profile)
                 comparison = compare_budget(results[-1], ticks, args.cycle_budget)
-                budgeted.append({"n": ticks["n"], "ticks": ticks, **comparison})
+                budgeted.append({"n": ticks["n"], "run": ticks, **comparison})
     summary = {
         "azurite": version,
         "store": args.store,
