@@ -26,7 +26,17 @@ Per cycle:
   request was in flight, so ``wall - in flight`` is the time spent on neither service (Table
   Storage, the engine's CPU).
 
+With ``--cycle-budget S`` each size runs twice from the same scenario: once as above (cycles with
+no budget: one uninterrupted cycle does the work) and once with ``SYNC_CYCLE_BUDGET_SECONDS=S``,
+each cycle killed if it passes ``--function-timeout`` (the host's ``functionTimeout``); it then
+prints the ticks the budgeted run took, its total wall ÷ the uninterrupted run's and its API calls
+÷ the uninterrupted run's (each total up to and including the cycle that finds nothing left).
+
     .venv/bin/python bench/bench_realworld.py [--sizes 10000,100000] [--time-scale 0.1]
+    .venv/bin/python bench/bench_realworld.py --sizes 100000 --cycle-budget 420 --function-timeout 600 --store memory
+
+``--store memory`` keeps the state in a memory store pickled between the cycles' processes (as
+``bench_cycle.py --store memory``): the same API calls, without Azurite's time, for large N.
 
 Human tables go to stderr, the JSON to stdout (and ``--json-out FILE``).
 """
@@ -38,6 +48,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import pickle
 import re
 import sys
 import tempfile
@@ -59,6 +70,7 @@ from sandbox.azurite import azurite_version, run_azurite
 from sandbox.dataverse._latency import Meter
 from sync_core.cycle.engine import SyncEngine
 from sync_core.settings import Settings
+from sync_core.state import MemoryStateStore
 from sync_core.wiring.services import build_services
 
 MARKETO_IDENTITY = "/identity/oauth/token"
@@ -251,11 +263,12 @@ class CycleTimeout(RuntimeError):
     pass
 
 
-def cycle_in_fresh_process(env: dict[str, str], timeout: float) -> dict[str, Any]:
-    """``bench_cycle.measured_cycle`` in a fresh process; killed after ``timeout`` seconds."""
+def cycle_in_fresh_process(env: dict[str, str], timeout: float, store_file: str | None = None) -> dict[str, Any]:
+    """``bench_cycle.measured_cycle`` in a fresh process; killed after ``timeout`` seconds. With
+    ``store_file`` the state is the memory store pickled there (``--store memory``)."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    process = ctx.Process(target=measured_cycle, args=(child, env, None))
+    process = ctx.Process(target=measured_cycle, args=(child, env, store_file))
     process.start()
     deadline = time.monotonic() + timeout
     try:
@@ -300,6 +313,7 @@ def cycle_row(index: int, result: dict[str, Any], requests: list[dict[str, Any]]
         "pulled": report.get("pulled", {}),
         "written": report.get("written", {}),
         "backlog": report.get("backlog"),
+        "left": report.get("left"),
         "cpu_seconds": result["cpu_seconds"],
         "peak_rss_mb": result["peak_rss_mb"],
         "time_by_pattern": time_by_pattern(requests),
@@ -307,10 +321,11 @@ def cycle_row(index: int, result: dict[str, Any], requests: list[dict[str, Any]]
 
 
 def finished(row: dict[str, Any]) -> bool:
-    """Everything applied: the cycle did its work, wrote nothing and left no backlog."""
+    """Everything applied: the cycle did its work, was not cut by its budget, wrote nothing and left no backlog."""
     written, backlog = row["written"], row["backlog"] or {}
     return (
         row["outcome"] in ("ok", "partial")
+        and not row.get("left")
         and not written.get("marketo")
         and not written.get("dynamics")
         and not sum(backlog.values())
@@ -339,6 +354,7 @@ def _answer(parent: Any, sandbox: Any, timeout: float) -> Any:
 def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profile.Profile) -> dict[str, Any]:
     """N changes (n/2 a side): set up, edit, then measured cycles until all are applied."""
     half = n // 2
+    store_file: str | None = None  # --store memory: the state between the cycles' processes
     if args.request_log:
         log_path = Path(args.request_log)
     else:
@@ -359,13 +375,18 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
             MARKETO_RATE_SHARE=str(args.marketo_rate_share),
             **dict(item.split("=", 1) for item in args.env),
         )
-        services = build_services(Settings.from_env(env))
+        memory = MemoryStateStore(prefix=env["SYNC_TABLE_PREFIX"]) if args.store == "memory" else None
+        services = build_services(Settings.from_env(env), store=memory)
         started = time.perf_counter()
         try:
             setup = settle(SyncEngine.from_services(services))
         finally:
             services.close()
         setup_seconds = time.perf_counter() - started
+        if memory is not None:
+            handle, store_file = tempfile.mkstemp(prefix="realworld-", suffix=".pickle")
+            os.close(handle)
+            Path(store_file).write_bytes(pickle.dumps(memory._rows._tables))
         parent.send(("edit", 2 * half))
         changes = _answer(parent, sandbox, 600)
         parent.send(("realistic", None))
@@ -377,7 +398,7 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
         for index in range(1, args.max_cycles + 1):
             span_start = time.time()
             try:
-                result = cycle_in_fresh_process(env, args.cycle_timeout)
+                result = cycle_in_fresh_process(env, args.cycle_timeout, store_file)
             except (CycleTimeout, RuntimeError) as exc:
                 error = str(exc)
                 break
@@ -410,6 +431,8 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
         _stop_sandbox(parent, sandbox)
         if args.request_log is None and not args.keep_log:
             log_path.unlink(missing_ok=True)
+        if store_file is not None:
+            Path(store_file).unlink(missing_ok=True)
 
 
 def _total(cycles: list[dict[str, Any]]) -> dict[str, Any]:
@@ -472,6 +495,27 @@ def print_tables(results: list[dict[str, Any]], file: Any) -> None:
                     print(f"    {service:9} {figures['seconds']:9.2f} s {figures['requests']:6}  {key}", file=file)
 
 
+def compare_budget(plain: dict[str, Any], ticks: dict[str, Any], budget: float) -> dict[str, Any]:
+    """The budgeted run next to the uninterrupted one: ticks, wall and API calls as ratios."""
+    one, many = plain["total"], ticks["total"]
+    cut = [c for c in ticks["cycles"] if c.get("left")]
+    calls_one = sum(one["api_calls"].values())
+    calls_many = sum(many["api_calls"].values())
+    return {
+        "budget_seconds": budget,
+        "ticks": len(ticks["cycles"]),
+        "ticks_cut": len(cut),
+        "cut_steps": [c["left"].get("step") for c in cut],
+        "longest_tick_seconds": max((c["wall_seconds"] for c in ticks["cycles"]), default=None),
+        "cycles_uninterrupted": len(plain["cycles"]),
+        "wall_seconds": {"uninterrupted": one["wall_seconds"], "ticks": many["wall_seconds"]},
+        "wall_ratio": round(many["wall_seconds"] / one["wall_seconds"], 2) if one["wall_seconds"] else None,
+        "api_calls": {"uninterrupted": one["api_calls"], "ticks": many["api_calls"]},
+        "api_calls_ratio": round(calls_many / calls_one, 2) if calls_one else None,
+        "both_applied": plain["all_applied"] and ticks["all_applied"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000", help="comma-separated N (changes, half a side)")
@@ -497,28 +541,64 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--request-log", help="keep the simulators' request log in this file")
     parser.add_argument("--keep-log", action="store_true", help="keep the temporary request log")
     parser.add_argument("--json-out", help="also write the JSON to this file")
+    parser.add_argument(
+        "--store",
+        choices=["azurite", "memory"],
+        default="azurite",
+        help="state store: Azurite (default), or in memory (pickled between the cycles' processes), to reach "
+        "large N without Azurite's time",
+    )
+    parser.add_argument(
+        "--cycle-budget",
+        type=int,
+        help="also run each size in ticks of this SYNC_CYCLE_BUDGET_SECONDS and compare with the uninterrupted run",
+    )
+    parser.add_argument(
+        "--function-timeout", type=float, default=600.0, help="with --cycle-budget: a tick passing this is killed"
+    )
     args = parser.parse_args(argv)
     profile = _profile.with_overrides(_profile.load("realistic", args.profile_file), {"time_scale": args.time_scale})
     version = azurite_version()
     if tuple(int(part) for part in version.split(".")[:2]) < (3, 37):
         print(f"warning: Azurite {version}; issue 17 measures on 3.37 or later (AZURITE_DIR)", file=sys.stderr)
     results = []
+    budgeted: list[dict[str, Any]] = []
     with run_azurite() as connection:
         for n in (int(size) for size in args.sizes.split(",")):
             results.append(run_size(n, connection, args, profile))
+            if args.cycle_budget is not None:
+                ticks_args = argparse.Namespace(**vars(args))
+                ticks_args.env = [*args.env, f"SYNC_CYCLE_BUDGET_SECONDS={args.cycle_budget:g}"]
+                ticks_args.max_cycles = max(args.max_cycles, 60)
+                ticks_args.cycle_timeout = args.function_timeout
+                ticks = run_size(n, connection, ticks_args, profile)
+                comparison = compare_budget(results[-1], ticks, args.cycle_budget)
+                budgeted.append({"n": ticks["n"], "run": ticks, **comparison})
     summary = {
         "azurite": version,
+        "store": args.store,
         "profile": "realistic" + (f" + {args.profile_file}" if args.profile_file else ""),
         "time_scale": args.time_scale,
         "results": results,
+        **({"budgeted": budgeted} if args.cycle_budget is not None else {}),
     }
     print(file=sys.stderr)
     print_tables(results, sys.stderr)
+    for entry in budgeted:
+        print(
+            f"\nN={entry['n']:,} in ticks of {entry['budget_seconds']:g} s: {entry['ticks']} ticks "
+            f"({entry['ticks_cut']} cut: {entry['cut_steps']}), longest {entry['longest_tick_seconds']} s; "
+            f"wall {entry['wall_seconds']['ticks']} s vs {entry['wall_seconds']['uninterrupted']} s "
+            f"(x{entry['wall_ratio']}); API calls {entry['api_calls']['ticks']} vs "
+            f"{entry['api_calls']['uninterrupted']} (x{entry['api_calls_ratio']})",
+            file=sys.stderr,
+        )
     text = json.dumps(summary, indent=2)
     if args.json_out:
         Path(args.json_out).write_text(text + "\n", encoding="utf-8")
     print(text)
-    return 0 if all(result["all_applied"] for result in results) else 1
+    applied = all(result["all_applied"] for result in results) and all(e["both_applied"] for e in budgeted)
+    return 0 if applied else 1
 
 
 if __name__ == "__main__":

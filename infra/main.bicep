@@ -118,6 +118,11 @@ param dataverseMaxParallel int = 8
 @maxValue(3600)
 param syncLeaseSeconds int = 90
 
+@description('SYNC_CYCLE_BUDGET_SECONDS: a cycle stops taking new work after this long and the next tick continues; keep it well inside host.json functionTimeout (30 min).')
+@minValue(10)
+@maxValue(86400)
+param syncCycleBudgetSeconds int = 1200
+
 @description('WEBHOOK_DEADLINE_SECONDS: the webhook answers 503 + Retry-After rather than run past this (Marketo waits 30 s).')
 @minValue(1)
 @maxValue(25)
@@ -329,6 +334,7 @@ module api 'app/api.bicep' = {
     dataverseBatchSize: dataverseBatchSize
     dataverseMaxParallel: dataverseMaxParallel
     syncLeaseSeconds: syncLeaseSeconds
+    syncCycleBudgetSeconds: syncCycleBudgetSeconds
     webhookDeadlineSeconds: webhookDeadlineSeconds
     syncJobsQueue: syncJobsQueue
     syncSharedBudget: syncSharedBudget

@@ -31,6 +31,7 @@ from sync_core.core.syncfilter import (
 DEFAULT_SCHEDULE = "0 */5 * * * *"
 DEFAULT_JOBS_QUEUE = "sync-jobs"
 DEFAULT_WEBHOOK_DEADLINE = 20.0  # seconds; Marketo waits 30 s for a webhook
+DEFAULT_CYCLE_BUDGET = 1200  # seconds: 2/3 of host.json functionTimeout (30 min), room left to commit
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
@@ -74,6 +75,7 @@ ENV_NAMES: dict[str, str] = {
     "DATAVERSE_BATCH_SIZE": "dataverse_batch_size",
     "DATAVERSE_MAX_PARALLEL": "dataverse_max_parallel",
     "SYNC_LEASE_SECONDS": "lease_seconds",
+    "SYNC_CYCLE_BUDGET_SECONDS": "cycle_budget_seconds",
     "WEBHOOK_DEADLINE_SECONDS": "webhook_deadline_seconds",
     # the initial sync (README "Go-live"): first-contact winners, Marketo-only persons, its API share
     "SYNC_INITIAL_LEAD_WINNER": "initial_lead_winner",
@@ -135,6 +137,9 @@ class Settings(BaseModel):
     # The cycle lease: renewed every third of this while a cycle runs, so a crashed cycle blocks
     # the next one for at most this long (well inside one schedule period).
     lease_seconds: int = Field(default=90, ge=3, le=3600)
+    # A cycle stops taking new work after this long, commits what it finished and the next tick
+    # continues: well inside host.json's functionTimeout (30 min), leaving time to commit.
+    cycle_budget_seconds: int = Field(default=DEFAULT_CYCLE_BUDGET, ge=10, le=86_400)
     # The webhook answers by then (503 + Retry-After if its work cannot finish); under Marketo's 30 s.
     webhook_deadline_seconds: float = Field(default=DEFAULT_WEBHOOK_DEADLINE, ge=1, le=25)
     # The initial sync: who wins a field both sides hold differently when a pair is first linked

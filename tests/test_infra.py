@@ -26,7 +26,14 @@ from pycep import BicepParser
 from pydantic import SecretStr
 from tree_sitter import Language, Node, Parser
 
-from sync_core.settings import DEFAULT_SCHEDULE, ENV_NAMES, DynamicsDeletePolicy, MarketoDeletePolicy, Settings
+from sync_core.settings import (
+    DEFAULT_CYCLE_BUDGET,
+    DEFAULT_SCHEDULE,
+    ENV_NAMES,
+    DynamicsDeletePolicy,
+    MarketoDeletePolicy,
+    Settings,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
@@ -722,6 +729,21 @@ def test_host_json_is_v2_with_bundle_4_and_a_timeout() -> None:
     assert timeout, host["functionTimeout"]
     hours, minutes, seconds = (int(part) for part in timeout.groups())
     assert timedelta(minutes=1) <= timedelta(hours=hours, minutes=minutes, seconds=seconds) <= timedelta(hours=2)
+
+
+def test_the_default_cycle_budget_is_well_inside_the_function_timeout() -> None:
+    """A cycle stops taking new work at SYNC_CYCLE_BUDGET_SECONDS and still has to commit: the default
+    (settings, Bicep, parameters file) leaves at least 30 % of host.json's functionTimeout for that."""
+    host = json.loads((ROOT / "host.json").read_text())
+    hours, minutes, seconds = (int(part) for part in host["functionTimeout"].split(":"))
+    timeout = hours * 3600 + minutes * 60 + seconds
+    bicep_default = _bicep(MAIN)["parameters"]["syncCycleBudgetSeconds"]["default"]
+    file_default = re.fullmatch(
+        r"\$\{SYNC_CYCLE_BUDGET_SECONDS=(\d+)\}", _deployment_parameters()["syncCycleBudgetSeconds"]
+    )
+    assert file_default is not None
+    assert DEFAULT_CYCLE_BUDGET == int(bicep_default) == int(file_default.group(1))
+    assert timeout * 0.7 >= DEFAULT_CYCLE_BUDGET
 
 
 def test_azure_yaml_deploys_the_repository_root_as_the_api_function() -> None:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from sync_core.core.errors import ConfigError
+from sync_core.cycle.engine import CycleOptions
 from sync_core.settings import ENV_NAMES, DynamicsDeletePolicy, Settings
 
 MINIMAL = {
@@ -81,3 +84,15 @@ def test_design_section_7_names_are_all_read() -> None:
         "WEBHOOK_SHARED_SECRET",
     ]:
         assert name in ENV_NAMES
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, 1200), ("420", 420), ("10", 10)])
+def test_the_cycle_budget_reaches_the_engine(value: str | None, seconds: int) -> None:
+    env = MINIMAL if value is None else {**MINIMAL, "SYNC_CYCLE_BUDGET_SECONDS": value}
+    assert CycleOptions.from_settings(Settings.from_env(env)).budget == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("value", ["0", "9", "-5", "soon", "86401"])
+def test_a_cycle_budget_out_of_range_is_a_configuration_error(value: str) -> None:
+    with pytest.raises(ConfigError, match="SYNC_CYCLE_BUDGET_SECONDS"):
+        Settings.from_env({**MINIMAL, "SYNC_CYCLE_BUDGET_SECONDS": value})

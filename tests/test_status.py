@@ -643,3 +643,21 @@ def test_operator_actions_are_listed_and_a_recent_cursor_reset_is_named_in_the_h
     text = render_text(status)
     assert "Action: 2025-03-14 10:02:30 UTC reset-cursor contact by ana@contoso via page: done" in text
     assert 'class="action-row"' in render_html(status)
+
+
+def test_a_cycle_cut_by_its_time_budget_is_completed_and_says_what_the_next_tick_continues() -> None:
+    store = MemoryStateStore()
+    left = {"step": "dataverse leads", "persons": 1200, "tables": ["lead", "account"], "retries": True}
+    store.add_run_report(_report(1, outcome="partial", left=left, backlog={"marketo": 1200, "retries": 0}))
+
+    status = build_status(store, now=NOW, schedule=SCHEDULE)
+
+    [cycle] = status.cycles
+    assert not cycle.failed
+    assert cycle.reason is not None
+    assert "time budget reached in step 'dataverse leads'" in cycle.reason
+    assert "1,200 Marketo person(s) carried" in cycle.reason
+    assert "Dataverse lead, account" in cycle.reason
+    assert status.health.level is HealthLevel.OK
+    assert f"the last cycle: {cycle.reason}" in status.health.details
+    assert "time budget reached" in render_html(status)  # the outcome pill's title

@@ -116,6 +116,9 @@ param dataverseMaxParallel int
 @description('SYNC_LEASE_SECONDS')
 param syncLeaseSeconds int
 
+@description('SYNC_CYCLE_BUDGET_SECONDS')
+param syncCycleBudgetSeconds int
+
 @description('WEBHOOK_DEADLINE_SECONDS (whole seconds, 1-25)')
 param webhookDeadlineSeconds int
 
@@ -193,6 +196,7 @@ var syncSettings = [
   { name: 'DATAVERSE_BATCH_SIZE', value: string(dataverseBatchSize) }
   { name: 'DATAVERSE_MAX_PARALLEL', value: string(dataverseMaxParallel) }
   { name: 'SYNC_LEASE_SECONDS', value: string(syncLeaseSeconds) }
+  { name: 'SYNC_CYCLE_BUDGET_SECONDS', value: string(syncCycleBudgetSeconds) }
   { name: 'WEBHOOK_DEADLINE_SECONDS', value: string(webhookDeadlineSeconds) }
   { name: 'SYNC_QUEUE_ENDPOINT', value: queueEndpoint }
   { name: 'SYNC_JOBS_QUEUE', value: syncJobsQueue }

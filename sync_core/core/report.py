@@ -17,9 +17,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 
 class Outcome(StrEnum):
-    """How a cycle ended. ``ok``/``partial`` did their work (``partial``: some records failed and
-    are in the failures table); ``lease_held``: another cycle was running; ``quota`` and
-    ``transient`` retry by themselves on the next tick; ``error`` needs a person."""
+    """How a cycle ended. ``ok``/``partial`` did their work (``partial``: not all of it: some records
+    failed and are in the failures table, or the cycle reached its time budget and the next tick
+    continues where it stopped, ``left`` says what from); ``lease_held``: another cycle was
+    running; ``quota`` and ``transient`` retry by themselves on the next tick; ``error`` needs a
+    person."""
 
     OK = "ok"
     PARTIAL = "partial"
@@ -52,6 +54,10 @@ def _as_seconds(value: Any) -> float | None:
     return None
 
 
+def _as_flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
 def _as_text(value: Any) -> str | None:
     return None if value is None or isinstance(value, (Mapping, list)) else str(value)
 
@@ -71,6 +77,7 @@ Seconds = Annotated[float | None, BeforeValidator(_as_seconds)]
 Text = Annotated[str | None, BeforeValidator(_as_text)]
 Counts = Annotated[dict[str, int], BeforeValidator(_as_counts)]
 Texts = Annotated[list[str], BeforeValidator(_as_texts)]
+Flag = Annotated[bool | None, BeforeValidator(_as_flag)]
 
 
 class _Part(BaseModel):
@@ -128,6 +135,29 @@ class DriftEntry(_Part):
         return value if isinstance(value, BaseModel) else {"detail": value}
 
 
+class Left(_Part):
+    """What a cycle cut short by its time budget (``SYNC_CYCLE_BUDGET_SECONDS``) left for the next tick."""
+
+    step: Text = None  # the step it stopped in ("marketo changes", "dataverse leads", "marketo persons"…)
+    persons: Count = None  # Marketo persons read and not applied, carried to the next tick: exact
+    # Dataverse tables the next tick reads (again) from their stored delta link: how much is unknown
+    tables: Texts = Field(default_factory=list)
+    marketo_feed: Flag = None  # True: the change feed was not read to its end (how much is unknown)
+    retries: Flag = None  # True: the failures due for a retry were not tried (they wait for a tick that finishes)
+
+    def summary(self) -> str:
+        """One line for an admin: where the budget stopped the cycle and what the next tick continues."""
+        rest = [f"{self.persons:,} Marketo person(s) carried"] if self.persons else []
+        if self.marketo_feed:
+            rest.append("the rest of the Marketo change feed")
+        if self.tables:
+            rest.append("Dataverse " + ", ".join(self.tables) + " (read again from their delta link)")
+        if self.retries:
+            rest.append("the failures due for a retry")
+        where = f" in step '{self.step}'" if self.step else ""
+        return f"time budget reached{where}; the next tick continues with " + ("; ".join(rest) or "nothing left")
+
+
 def _as_text_map(value: Any) -> dict[str, str] | None:
     """``{name: text}`` (e.g. bulk messages written as ``$batch`` and why); anything else is unknown."""
     if not isinstance(value, Mapping):
@@ -181,6 +211,7 @@ class CycleReport(_Part):
     drift: Annotated[list[DriftEntry] | None, BeforeValidator(_as_drift)] = None  # None: not checked
     # "<entity set>/<message>" -> why: bulk messages not enabled on a table, written as $batch instead
     bulk_fallbacks: Annotated[dict[str, str] | None, BeforeValidator(_as_text_map)] = None
+    left: Left | None = None  # None: the cycle was not cut short by its time budget
     error: Text = None
 
     @model_validator(mode="before")

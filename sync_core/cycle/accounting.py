@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sync_core.core.models import StoreCounters
-from sync_core.core.report import ApiCalls, CycleReport, DriftEntry, PerSide, ServiceCalls, TableOps
+from sync_core.core.report import ApiCalls, CycleReport, DriftEntry, Left, PerSide, ServiceCalls, TableOps
 from sync_core.core.validate import DriftItem
 from sync_core.cycle.ledger import Tally
 
@@ -57,6 +57,7 @@ def build_report(
     cpu_seconds: float,
     error: str | None,
     bulk_fallbacks: Mapping[str, str] | None = None,
+    left: Left | None = None,
 ) -> CycleReport:
     api_calls, per_service, token_calls = api
     return CycleReport(
@@ -89,5 +90,6 @@ def build_report(
         backlog=backlog or None,
         drift=None if drift is None else [DriftEntry.model_validate(item.as_report()) for item in drift],
         bulk_fallbacks=dict(bulk_fallbacks or {}) or None,
+        left=left,
         error=error,
     )

@@ -21,6 +21,20 @@ status view). The order is what makes it safe:
 
 A crash or a transient failure anywhere repeats the uncommitted window on the next run, and the
 merge (values equal to the baseline are not changes) makes the repeat write nothing twice.
+
+A time budget (``CycleOptions.budget``, ``SYNC_CYCLE_BUDGET_SECONDS``) keeps a cycle inside the
+host's ``functionTimeout``: checked between pages and batches, never inside one, it stops the
+cycle taking new work, which then commits what it finished and ends ``partial`` with ``left``.
+What the next tick continues from: a Dataverse table whose pages were all done has its new delta
+link stored as always; one cut mid-way keeps its old link and is read again from it (an
+intermediate ``@odata.nextLink`` is not taken as a durable position), its applied pages now
+echoes; the Marketo paging token moves to the end of what was read, and the persons staged and
+not applied are kept by id with the names of their changed fields (``carry``, saved before the
+token moves), whose current values the next tick reads from Marketo when it applies them. The
+change feed's read itself stops at ``READ_SHARE`` of the budget: then nothing is applied (a
+Dataverse change must not be merged against a Marketo window read only in part), everything read
+is carried and the token moves to the last page read. A tick stops only once it has done some new
+work (``may_stop``), and pages a cut tick applied do not count as new, so every tick gets further.
 607 (Marketo's daily quota) and transient errors end the cycle cleanly with those cursors
 unchanged. The record-level work is ``_apply.Applier``; this module only orders it.
 ``run_once_main`` is ``python -m sync_core run-once``; ``run_cycle_from_env`` is the timer's call.
@@ -50,10 +64,9 @@ from sync_core.core.errors import (
 )
 from sync_core.core.fieldmap import FieldMap
 from sync_core.core.models import Cursor, EntityType, Lease, RunReport
-from sync_core.core.report import (
-    Outcome,
-)
+from sync_core.core.report import Left, Outcome
 from sync_core.core.syncfilter import NO_FILTER, SyncFilter
+from sync_core.cycle import carry
 from sync_core.cycle.accounting import api_delta, build_report, store_delta
 from sync_core.cycle.apply import Applier
 from sync_core.cycle.lease import Heartbeat, LeaseLost
@@ -80,6 +93,7 @@ LEASE_DURATION = timedelta(seconds=90)  # renewed every third of it by the heart
 DATAVERSE_PAGE = 5000  # rows per delta page: the service's maximum
 MAX_RETRIES_PER_CYCLE = 1000
 MARKETO_UNKNOWN_FIELD = "1006"
+READ_SHARE = 0.5  # of the time budget, for reading Marketo's change feed; the rest is for applying it
 
 Progress = Callable[[str, int, int | None], None]  # (stage, done, total or None)
 
@@ -96,6 +110,7 @@ class CycleOptions:
     lease_duration: timedelta = LEASE_DURATION
     max_retries: int = MAX_RETRIES_PER_CYCLE
     sync_filter: SyncFilter = NO_FILTER
+    budget: timedelta | None = None  # the cycle stops taking new work after this long; None: no budget
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CycleOptions:
@@ -105,6 +120,7 @@ class CycleOptions:
             dataverse_batch_size=settings.dataverse_batch_size,
             lease_duration=timedelta(seconds=settings.lease_seconds),
             sync_filter=settings.sync_filter,
+            budget=timedelta(seconds=settings.cycle_budget_seconds),
         )
 
 
@@ -209,7 +225,8 @@ class SyncEngine:
                     log.error("cycle %s failed: %s", run_id, error)
             finally:
                 cycle.release()
-        if outcome is Outcome.OK and tally.failures:
+        left = cycle.left if cycle is not None and outcome is Outcome.OK else None
+        if outcome is Outcome.OK and (tally.failures or left is not None):
             outcome = Outcome.PARTIAL
         finished = self._clock()
         report = RunReport(
@@ -227,6 +244,7 @@ class SyncEngine:
                 cpu_seconds=time.process_time() - cpu,
                 error=error,
                 bulk_fallbacks=self._dataverse.bulk_fallbacks,
+                left=left,
             ),
         )
         try:
@@ -281,6 +299,31 @@ class _Cycle:
             sync_filter=engine._options.sync_filter,
         )
         self.backlog: dict[str, int] = {}
+        budget = engine._options.budget
+        self.budget_seconds = budget.total_seconds() if budget is not None else None
+        self.cut: str | None = None  # the step in which the time budget stopped the cycle
+        self.left: Left | None = None  # what it left for the next tick (set when cut)
+        self.progressed = False  # this tick has done new work (the budget may stop it only then)
+        self.carried = carry.Carry()  # what the last cut tick left, as loaded at the start
+        self.resume: dict[str, carry.Resume] = {}  # where this tick leaves the table it was cut in
+        self._stage: Stage | None = None
+
+    # -- the time budget ------------------------------------------------------------------------
+
+    def over_budget(self, share: float = 1.0) -> bool:
+        """Whether ``share`` of the time budget is spent (by the engine's clock)."""
+        if self.budget_seconds is None:
+            return False
+        return (self.engine._clock() - self.started).total_seconds() >= self.budget_seconds * share
+
+    def may_stop(self, step: str, share: float = 1.0) -> bool:
+        """Whether to take no new work from here on: the cycle was cut already, or ``share`` of the
+        budget is spent and this tick has done some new work (so every tick gets further than the
+        last, whatever its fixed costs: the feed's overlap page, re-read pages, delta reads)."""
+        if self.cut is None and self.progressed and self.over_budget(share):
+            log.info("cycle %s: time budget reached in step %r; the next tick continues", self.run_id, step)
+            self.cut = step
+        return self.cut is not None
 
     # -- lease ------------------------------------------------------------------------------------
 
@@ -302,6 +345,7 @@ class _Cycle:
         self.heartbeat.start()
         self.open_failures.load()
         with Stage(self.engine._stage_dir) as stage:
+            self._stage = stage
             try:
                 self._steps(stage)
             finally:
@@ -309,10 +353,30 @@ class _Cycle:
                 # the failures waiting for their retry.
                 self.backlog = {"marketo": stage.pending_count(), "retries": len(self.open_failures)}
 
+    def take(self, lead_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """The staged changes of these persons, marked taken (``Applier``'s ``take``). A person
+        carried from a cut cycle has the fields that changed then read from Marketo now (their
+        values were not kept; the current one is the latest the feed would give)."""
+        stage = self._stage
+        assert stage is not None
+        carried = stage.carried_among(lead_ids)
+        found = stage.take(lead_ids)
+        if carried:
+            wanted = set(self.applier.change_fields())
+            names = sorted({name for fields in carried.values() for name in fields} & wanted)
+            for person in self.engine._marketo.get_leads(sorted(carried), fields=names) if names else []:
+                lead_id = int(person["id"])
+                now = {name: person.get(name) for name in carried.get(lead_id, ()) if name in wanted}
+                found[lead_id] = {**found.get(lead_id, {}), **now}
+        return found
+
     def _steps(self, stage: Stage) -> None:
         engine = self.engine
         store = engine._store
         applier = self.applier
+        carried = self.carried = carry.load(store)
+        for part in carried.persons(store):
+            stage.add_carried(part)
         changes_cursor = store.get_cursor(MARKETO_CHANGES)
         changes_start = changes_cursor.value if changes_cursor else engine._marketo.get_paging_token(self.started)
         # Read again from the last page of activities seen, for those that became visible late (overlap).
@@ -322,29 +386,59 @@ class _Cycle:
         changes_token = self._stage_marketo_changes(stage, tracker)
         deletes_cursor: Cursor | None = None
         deletes_token: str | None = None
-        if engine._options.marketo_delete_policy is MarketoDeletePolicy.DELETE:
+        if self.cut is None and engine._options.marketo_delete_policy is MarketoDeletePolicy.DELETE:
             deletes_cursor = store.get_cursor(MARKETO_DELETES)
             deletes_token = self._stage_marketo_deletes(stage, deletes_cursor, changes_start)
+        unfinished: list[str] = []  # tables the next tick reads (again) from their stored delta link
         for entity in ENTITY_ORDER:
+            if self.may_stop(f"dataverse {ENTITY_SETS[entity]}"):
+                unfinished.append(entity.value)
+                continue
             cursor = store.get_cursor(dataverse_cursor(entity))
             delta_link = self._sync_table(entity, cursor, stage)
-            self._commit(cursor, dataverse_cursor(entity), delta_link)
-        accounts_cursor = store.get_cursor(ACCOUNTS_CURSOR)
-        self._commit(accounts_cursor, ACCOUNTS_CURSOR, self._sync_accounts(accounts_cursor, stage))
-        if deletes_token is not None:
+            if delta_link is None and self.cut is not None:
+                unfinished.append(entity.value)
+            else:
+                self._commit(cursor, dataverse_cursor(entity), delta_link)
+        if not self.may_stop("dataverse accounts"):
+            accounts_cursor = store.get_cursor(ACCOUNTS_CURSOR)
+            accounts_link = self._sync_accounts(accounts_cursor, stage)
+            if accounts_link is None and self.cut is not None:
+                unfinished.append(oneway.ACCOUNT.logical_name)
+            else:
+                self._commit(accounts_cursor, ACCOUNTS_CURSOR, accounts_link)
+        else:
+            unfinished.append(oneway.ACCOUNT.logical_name)
+        if deletes_token is not None and self.cut is None:
             for ids in stage.deleted_ids(engine._options.dataverse_batch_size):
                 applier.marketo_deleted(ids)
                 self.keep_lease()
-        self._sync_marketo_rest(stage)
+        if self.cut is None:
+            self._sync_marketo_rest(stage)
+        retries_left = False
         due = store.due_failures(now=self.started, limit=engine._options.max_retries)
-        if due:
+        if due and not self.may_stop("retries"):
             engine._progress("retries", 0, len(due))
-            applier.retry(due, stage.take)
+            applier.retry(due, self.take)
             engine._progress("retries", len(due), len(due))
+        else:
+            retries_left = bool(due)
+        # The persons read and not applied, kept before the paging token moves past them.
+        self.keep_lease()
+        persons = carry.save(store, carried, stage.pending_fields(carry.PART_SIZE), tables=self.resume)
         self._commit(changes_cursor, MARKETO_CHANGES, changes_token)
         self._commit(tail_cursor, MARKETO_CHANGES_TAIL, tracker.tail().value())
-        if deletes_token is not None:
+        if deletes_token is not None and self.cut is None:
             self._commit(deletes_cursor, MARKETO_DELETES, deletes_token)
+        if self.cut is not None:
+            self.left = Left(
+                step=self.cut,
+                persons=persons,
+                tables=unfinished,
+                marketo_feed=self.cut == "marketo changes",
+                retries=retries_left,
+            )
+            return
         prune_state(store, now=self.started)  # retention, in bounded work (privacy.prune)
 
     def _commit(self, cursor: Cursor | None, name: str, value: str | None) -> None:
@@ -382,9 +476,13 @@ class _Cycle:
                 if change.name in wanted
             ]
             self.tally.pulled_marketo += stage.add_changes(changes)
+            # New work: changes not seen before (the overlap page read again brings none of its own).
+            self.progressed = self.progressed or bool(changes)
             last = page.next_page_token
             engine._progress("marketo changes", self.tally.pulled_marketo, None)
             self.keep_lease()
+            if page.more_result and self.may_stop("marketo changes", READ_SHARE):
+                break
         return last
 
     def _stage_marketo_deletes(self, stage: Stage, cursor: Cursor | None, start_token: str) -> str:
@@ -397,7 +495,8 @@ class _Cycle:
         return token
 
     def _sync_table(self, entity: EntityType, cursor: Cursor | None, stage: Stage) -> str | None:
-        """Every page of one table's delta (or a full read); the new delta link."""
+        """Every page of one table's delta (or a full read); the new delta link. None when the time
+        budget stopped it before the last page (the next tick reads the table again from ``cursor``)."""
         applier = self.applier
         delta_link = cursor.value if cursor else None
         # A read without a delta token (the first, or after an expired one) reports no deletions:
@@ -405,18 +504,25 @@ class _Cycle:
         full_reread = delta_link is None
         schema_checked = False
         while True:
-            done = 0
+            done = pages = 0
+            # Pages a cut tick applied from this link: read again (echoes), not counted as new work.
+            again = self.carried.pages_done(entity.value, delta_link)
             try:
                 new_link: str | None = None
                 for page in self._pages(entity, delta_link):
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
                     if full_reread:
                         stage.add_seen(entity.value, (row_id(entity, row) for row in page.rows))
-                    applier.dynamics_page(entity, page.rows, page.deleted_ids, stage.take)
+                    applier.dynamics_page(entity, page.rows, page.deleted_ids, self.take)
                     done += len(page.rows) + len(page.deleted_ids)
                     self.engine._progress(f"dataverse {ENTITY_SETS[entity]}", done, None)
                     self.keep_lease()
                     new_link = page.delta_link
+                    pages += 1
+                    self.progressed = self.progressed or (pages > again and bool(page.rows or page.deleted_ids))
+                    if new_link is None and pages > again and self.may_stop(f"dataverse {ENTITY_SETS[entity]}"):
+                        self.resume[entity.value] = carry.Resume(delta_link or "", pages)
+                        return None
                 if full_reread:
                     self._deleted_while_untracked(entity, stage)
                 return new_link
@@ -435,12 +541,15 @@ class _Cycle:
 
     def _sync_accounts(self, cursor: Cursor | None, stage: Stage) -> str | None:
         """The accounts' change feed: each changed account's company fields to its linked contacts'
-        persons (``Applier.accounts_changed``); the new delta link. An org where the sync may not
+        persons (``Applier.accounts_changed``); the new delta link (None when the time budget
+        stopped it, as ``_sync_table``). An org where the sync may not
         read accounts or track their changes keeps syncing the rest (reported as drift)."""
         applier = self.applier
         delta_link = cursor.value if cursor else None
+        table = oneway.ACCOUNT.logical_name
         while True:
-            done = 0
+            done = pages = 0
+            again = self.carried.pages_done(table, delta_link)
             try:
                 new_link: str | None = None
                 for page in self.engine._dataverse.iter_changes(
@@ -451,11 +560,16 @@ class _Cycle:
                     formatted=True,
                 ):
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
-                    applier.accounts_changed(page.rows, page.deleted_ids, stage.take)
+                    applier.accounts_changed(page.rows, page.deleted_ids, self.take)
                     done += len(page.rows) + len(page.deleted_ids)
                     self.engine._progress("dataverse accounts", done, None)
                     self.keep_lease()
                     new_link = page.delta_link
+                    pages += 1
+                    self.progressed = self.progressed or (pages > again and bool(page.rows or page.deleted_ids))
+                    if new_link is None and pages > again and self.may_stop("dataverse accounts"):
+                        self.resume[table] = carry.Resume(delta_link or "", pages)
+                        return None
                 return new_link
             except DeltaTokenExpiredError:
                 if done or delta_link is None:
@@ -503,7 +617,10 @@ class _Cycle:
             applier.dynamics_deleted([link for link in links if link.dataverse_id.lower() in unseen])
 
     def _sync_marketo_rest(self, stage: Stage) -> None:
-        """Persons with Marketo changes that no Dataverse page took: the Dynamics side is at its baseline."""
+        """Persons with Marketo changes that no Dataverse page took: the Dynamics side is at its baseline.
+
+        The time budget is checked before each chunk is taken: the chunks taken are written, the
+        rest stays pending (carried to the next tick)."""
         engine = self.engine
         applier = self.applier
         total = stage.pending_count()
@@ -515,8 +632,11 @@ class _Cycle:
         buffers: dict[EntityType, list[Pending]] = {entity: [] for entity in EntityType}
         done = 0
         for ids in stage.pending_ids(size):
+            if self.may_stop("marketo persons"):
+                break
+            self.progressed = True
             links = engine._store.get_links_by_marketo_ids(ids)
-            staged = stage.take(ids)
+            staged = self.take(ids)
             for marketo_id, link in links.items():
                 buffers[link.entity].append(Pending(link, marketo=staged.get(marketo_id)))
             applier.unlinked_persons({i: values for i, values in staged.items() if i not in links})

@@ -38,6 +38,7 @@ from typing import Any
 from sync_core.core.errors import LeaseHeldError, StateConflictError, SyncError
 from sync_core.core.fieldmap import FieldMap
 from sync_core.core.models import ActionRecord, Cursor, EntityType, Link, RecordFailure
+from sync_core.cycle import carry
 from sync_core.cycle.apply import Applier
 from sync_core.cycle.engine import MARKETO_CHANGES, MARKETO_DELETES, CycleOptions, dataverse_cursor
 from sync_core.cycle.lease import Heartbeat
@@ -288,7 +289,8 @@ class Operator:
         """Reset a change-feed cursor. ``lead``/``contact``: the next cycle re-reads that table in
         full (merged by the baselines: nothing is written twice). ``marketo``: the next cycle reads
         Marketo's changes from ``since`` (a paging token asked for now), or without ``since`` from
-        its own start (the changes since the last cycle are skipped)."""
+        its own start (the changes since the last cycle are skipped, and so are the persons a cycle
+        cut short by its time budget carried: ``carry``)."""
         if feed not in FEEDS:
             raise ValueError(f"feed must be one of {', '.join(FEEDS)}, not {feed!r}")
         if since is not None and feed != "marketo":
@@ -305,6 +307,11 @@ class Operator:
             else:
                 names, token = [dataverse_cursor(EntityType(feed))], None
             changed = False
+            if feed == "marketo" and since is None:
+                carried = carry.load(self._store)
+                if carried.manifest is not None:
+                    carry.save(self._store, carried, [])
+                    changed = True
             for name in names:
                 current = self._store.get_cursor(name)
                 wanted = token if name != MARKETO_CHANGES_TAIL else None

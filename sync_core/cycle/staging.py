@@ -7,7 +7,9 @@ delta a page at a time, taking the staged changes of each page's persons as it g
 finally works through the persons no Dataverse page claimed. Memory stays bounded by the page
 size, not by the number of changes: the stage lives in a SQLite file in the temp directory
 (Azure Functions gives every instance one), deleted when the cycle ends. It is never state
-between cycles: a crash loses it, and the next cycle re-reads the same window.
+between cycles: a crash loses it, and the next cycle re-reads the same window. Persons a cycle
+cut short by its time budget left (``carry``) are staged by id and the names of the fields that
+changed, not their values: those are read from Marketo when the person is taken.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ _SCHEMA = """
 CREATE TABLE change (lead_id INTEGER NOT NULL, field TEXT NOT NULL, value TEXT, seq INTEGER NOT NULL,
                      PRIMARY KEY (lead_id, field));
 CREATE TABLE person (lead_id INTEGER PRIMARY KEY, taken INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE carried (lead_id INTEGER NOT NULL, field TEXT NOT NULL, PRIMARY KEY (lead_id, field));
 CREATE TABLE deleted (lead_id INTEGER PRIMARY KEY);
 CREATE TABLE seen (entity TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (entity, id));
 """
@@ -72,6 +75,44 @@ class Stage:
                 found.setdefault(lead_id, {})[field] = json.loads(value)
             self._db.execute(f"UPDATE person SET taken = 1 WHERE lead_id IN ({marks})", chunk)  # noqa: S608
         return found
+
+    def add_carried(self, persons: Iterable[tuple[int, Iterable[str]]]) -> int:
+        """Stage persons a cut cycle left (``carry``) with the fields that changed: pending, their
+        values unknown until taken; how many persons."""
+        rows = [(lead_id, field) for lead_id, fields in persons for field in fields]
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO carried (lead_id, field) VALUES (?, ?)", rows)
+            self._db.executemany("INSERT OR IGNORE INTO person (lead_id) VALUES (?)", ((r[0],) for r in rows))
+        return len({r[0] for r in rows})
+
+    def carried_among(self, lead_ids: Iterable[int]) -> dict[int, set[str]]:
+        """Which of these persons are carried and not taken yet, with their changed fields (to read)."""
+        found: dict[int, set[str]] = {}
+        for chunk in _chunks(sorted(set(lead_ids))):
+            marks = ",".join("?" * len(chunk))
+            for lead_id, field in self._db.execute(
+                f"SELECT c.lead_id, c.field FROM carried c JOIN person p ON p.lead_id = c.lead_id "  # noqa: S608 - only placeholders
+                f"WHERE p.taken = 0 AND c.lead_id IN ({marks})",
+                chunk,
+            ):
+                found.setdefault(lead_id, set()).add(field)
+        return found
+
+    def pending_fields(self, size: int) -> Iterator[list[tuple[int, list[str]]]]:
+        """Persons not taken yet with the names of their changed fields (staged or carried), ``size``
+        at a time in id order: what a cut cycle carries to the next tick."""
+        for ids in self.pending_ids(size):
+            fields: dict[int, set[str]] = {lead_id: set() for lead_id in ids}
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                for lead_id, field in self._db.execute(
+                    f"SELECT lead_id, field FROM change WHERE lead_id IN ({marks}) "  # noqa: S608 - only placeholders
+                    f"UNION SELECT lead_id, field FROM carried WHERE lead_id IN ({marks})",
+                    (*chunk, *chunk),
+                ):
+                    fields[lead_id].add(field)
+            yield [(lead_id, sorted(names)) for lead_id, names in fields.items()]
 
     def pending_count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM person WHERE taken = 0").fetchone()[0])

@@ -36,7 +36,9 @@ class Cycle(BaseModel):
     finished_at: datetime | None
     outcome: str
     failed: bool
-    reason: str | None = None  # why a cycle did not complete: transient (retries by itself) or error
+    # why a cycle did not complete (transient: retries by itself; error), or what a cycle cut short
+    # by its time budget left for the next tick
+    reason: str | None = None
     seconds: float | None
     pulled: PerSide
     written: PerSide

@@ -105,7 +105,7 @@ def cycle_from_report(run: RunReport) -> Cycle:
         finished_at=run.finished_at,
         outcome=run.outcome,
         failed=run.outcome not in COMPLETED_OUTCOMES,
-        reason=report.error if run.outcome not in COMPLETED_OUTCOMES else None,
+        reason=report.error if run.outcome not in COMPLETED_OUTCOMES else report.left and report.left.summary(),
         seconds=_seconds(run),
         pulled=report.pulled,
         written=report.written,
@@ -261,6 +261,8 @@ def _health(
         details.insert(0, f"more than {STALE_INTERVALS} schedule intervals ({schedule}) without a cycle")
     if totals.collisions_24h.count:
         details.append(f"{_plural(totals.collisions_24h.count, 'collision')} in the last 24 h (resolved by the rules)")
+    if not latest.failed and latest.reason:  # cut short by its time budget: the next tick continues
+        details.append(f"the last cycle: {latest.reason}")
     if backlog.known and backlog.total:
         details.append(f"about {backlog.total:,} changes waiting")
     return Health(level=level, headline=headline, details=details)

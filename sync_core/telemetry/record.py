@@ -102,10 +102,16 @@ def cycle_attributes(report: RunReport) -> dict[str, AttributeValue]:
     }
     for part in BACKLOG_PARTS:
         values[f"sync.backlog.{part}"] = (counts.backlog or {}).get(part)
+    # Cut short by its time budget: where, and the persons carried to the next tick.
+    cut: dict[str, AttributeValue] = {}
+    if counts.left is not None:
+        cut["sync.cycle.cut"] = counts.left.step or "unknown"
+        values["sync.left.persons"] = counts.left.persons
     return {
         "sync.run_id": report.run_id,
         "sync.outcome": str(report.outcome),
         "sync.cycle.failed": report.outcome not in COMPLETED_OUTCOMES,
+        **cut,
         **{name: value for name, value in values.items() if value is not None},
     }
 

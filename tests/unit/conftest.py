@@ -2,7 +2,9 @@
 services (``httpx.MockTransport``), the memory state store, and one fake clock for all of them.
 
 ``World.cycle()`` moves the clock a minute on and runs one cycle, as the timer would; no network,
-no disk beyond the cycle's stage file, no waiting.
+no disk beyond the cycle's stage file, no waiting. ``World.latency`` (default 0) is the fake time
+each request to either service takes: with it, a cycle's time budget is spent by the work it does,
+deterministically.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class World:
     marketo_client: MarketoClient
     dataverse_client: DataverseClient
     field_map: FieldMap = field(default_factory=lambda: load_field_map(None))
+    latency: float = 0.0  # fake seconds each API request takes (the clock moves on by it)
 
     def cycle(self) -> RunReport:
         self.clock.advance(minutes=1)
@@ -80,8 +83,18 @@ def make_world(
     clock = Clock()
     marketo, dataverse = FakeMarketo(clock), FakeDataverse(clock)
     counters = ApiCounters()
+    worlds: list[World] = []  # the one made below: its latency is read at each request
+
+    def timed(service: Any) -> httpx.MockTransport:
+        def handle(request: httpx.Request) -> httpx.Response:
+            if worlds and worlds[0].latency:
+                clock.sleep(worlds[0].latency)
+            return service(request)  # type: ignore[no-any-return]
+
+        return httpx.MockTransport(handle)
+
     marketo_client = MarketoClient(
-        httpx.Client(transport=httpx.MockTransport(marketo)),
+        httpx.Client(transport=timed(marketo)),
         base_url="https://123-abc-456.mktorest.test",
         client_id="unit-client",
         client_secret="unit-secret",
@@ -90,7 +103,7 @@ def make_world(
         clock=clock.monotonic,
     )
     dataverse_client = DataverseClient(
-        httpx.Client(transport=httpx.MockTransport(dataverse)),
+        httpx.Client(transport=timed(dataverse)),
         base_url="https://contoso.crm.test",
         credential=StaticTokenCredential(fake_dataverse.TOKEN, clock=clock.monotonic),
         counters=counters,
@@ -110,7 +123,10 @@ def make_world(
         clock=clock,
         telemetry=telemetry,
     )
-    return World(clock, marketo, dataverse, store, counters, engine, marketo_client, dataverse_client, field_map)
+    worlds.append(
+        World(clock, marketo, dataverse, store, counters, engine, marketo_client, dataverse_client, field_map)
+    )
+    return worlds[0]
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 
 from sync_core.core.models import EntityType
+from sync_core.cycle import carry
 from sync_core.cycle.engine import MARKETO_CHANGES, dataverse_cursor
 from sync_core.cycle.operate import Operator, Outcome
 from sync_core.cycle.overlap import MARKETO_CHANGES_TAIL
@@ -168,3 +169,14 @@ def test_export_writes_csv_with_ids_and_reasons_and_defuses_formulas(world: Worl
     assert empty.csv is not None
     assert empty.csv.splitlines() == ["at,run_id,entity,marketo_id,dataverse_id,field,winner,rule"]
     assert [action.action for action in world.store.list_actions()] == ["export", "export"]
+
+
+def test_reset_of_the_marketo_cursor_skips_the_persons_a_cut_cycle_carried_too(world: World) -> None:
+    _, person = world.linked_lead(1)
+    carry.save(world.store, carry.load(world.store), [[(person, ["title"])]])
+    world.marketo.edit(person, title="Carried")  # seen only through the carry once the cursor is reset
+
+    assert _operator(world).reset_cursor("marketo").outcome is Outcome.DONE
+    assert world.store.get_cursor(carry.CARRY) is None
+    after = world.cycle()
+    assert (after.report.written.dynamics, after.report.written.marketo) == (0, 0)

@@ -403,3 +403,21 @@ def test_a_cycle_reports_an_account_fan_out_and_marketo_edits_of_dynamics_owned_
         1,
         1,
     )
+
+
+def test_a_cycle_cut_by_its_budget_is_a_completed_cycle_that_says_where_it_stopped(collected: Collected) -> None:
+    world = make_world(
+        options=CycleOptions(dataverse_batch_size=1, budget=timedelta(seconds=2)), telemetry=collected.telemetry
+    )
+    persons = [world.linked_lead(i)[1] for i in range(4)]
+    for person in persons:
+        world.marketo.edit(person, title="Edited")
+    world.latency = 1.0  # fake seconds per request: the budget is spent by the work
+    report = world.cycle()
+    assert report.outcome == "partial"
+    assert report.report.left is not None
+    attributes = collected.finished_spans()[-1].attributes or {}
+    assert attributes["sync.cycle.failed"] is False
+    assert attributes["sync.cycle.cut"] == report.report.left.step
+    assert attributes["sync.left.persons"] == report.report.left.persons > 0
+    assert not _leaks(collected, world)
