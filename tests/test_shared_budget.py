@@ -218,6 +218,21 @@ def test_a_spent_blocks_unused_starts_go_back_and_a_dead_instances_leave_with_th
     assert counted(other)[0] == 0
 
 
+def test_a_quiet_process_gives_its_unspent_starts_back_and_its_reserve_once_no_longer_busy() -> None:
+    clock = Clock()
+    budget, other = instances(clock, limit=WIDE)
+    for _ in range(3):
+        with budget.slot():
+            pass
+    assert counted(other) == (10, 1)  # a block of ten, the one place a busy live pool keeps
+    clock.now += LINGER
+    budget._tend()
+    assert counted(other) == (3, 1)  # quiet: the seven unspent starts are back
+    clock.now += VALIDITY
+    budget._tend()
+    assert counted(other) == (3, 0)  # no longer busy: the reserve too
+
+
 def test_close_gives_every_unused_start_and_place_back() -> None:
     clock = Clock()
     budget, other = instances(clock, limit=WIDE)

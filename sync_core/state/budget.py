@@ -9,13 +9,13 @@ and in-flight places, and its calls spend from that block in memory.
 The row holds two maps:
 
 - ``grants``: blocks of call starts, ``{grant id: [count, last start, background]}``. A grant may
-  be spent for ``VALIDITY`` seconds after it is written, so its starts lie before ``last start``;
-  it counts against the window until ``last start`` + window + ``CLOCK_SKEW`` has passed. A
-  grant is written at its full size and lowered to what was spent (``last start`` to the last
-  real one) once no call can spend from it any more: superseded by a newer grant, or past its
-  time. A new block is granted only if the counted grants leave room for it, so in every sliding
-  window the real starts of all instances are at most the limit (each window holding a start of
-  a grant also holds only starts of grants counted when it was written).
+  be spent for ``VALIDITY`` seconds (at most a quarter of the window) after it is written, so its
+  starts lie before ``last start``; it counts against the window until ``last start`` + window +
+  ``CLOCK_SKEW`` has passed. A grant is written at its full size and lowered to what was spent
+  (``last start`` to the last real one) once no call can spend from it any more: superseded by a
+  newer grant, or past its time. A new block is granted only if the counted grants leave room
+  for it, so in every sliding window the real starts of all instances are at most the limit (a
+  window holding a start of a grant holds only starts of grants counted when it was written).
 - ``holders``: in-flight places, ``{holder id: [places, lease until, background]}``. A process's
   calls start only on places it holds and only within ``VALIDITY`` of the write that last renewed
   them, and every write sets ``lease until`` to now + ``lease_seconds`` (longer than the longest
@@ -23,21 +23,32 @@ The row holds two maps:
 
 Priority: each process has a pool for live calls (the cycle, the webhook) and one for background
 work (``http.ratebudget.background_work``). Background grants and places count against
-``background_share`` of each limit (``http.ratebudget.limit_for``), everything against the whole
-limit, so live calls always find the rest. A live pool keeps a tenth of the in-flight limit
-(none of Marketo's 5 at share 0.5, 5 of Dataverse's 52) leased while it is busy, and a thread of
-its own renews an active pool's block before it runs out (``_tend``): a live call normally takes
-a start and a place under a lock and sends nothing to Table Storage. Places above that reserve go
-back after ``LINGER`` s unused, spent grants are lowered in the next write, and ``close()`` (at
-exit) returns everything.
+``background_share`` of each limit (``http.ratebudget.limit_for``), all of them against the whole
+limit, so live calls always find the rest (unlike the per-process ``RateBudget``, live calls
+beyond that rest do not shut background work out of its share). A live pool keeps a tenth of the
+in-flight limit leased while it is busy (none of Marketo's 5 at share 0.5, 5 of Dataverse's 52),
+and a thread of its own renews a busy pool's block before it runs out (``_tend``): a live call
+normally takes a start and a place under a lock and sends nothing to Table Storage. Places above
+that reserve go back after ``LINGER`` s unused (a webhook's second Marketo call finds the first
+one's place), a spent grant is lowered in passing with the pool's next write (by a write of its
+own once the pool is quiet), and ``close()`` (``Services.close``, and at exit) returns everything.
+
+Costs. A busy pool: one Table write per half block (Marketo at share 0.5: blocks of 5; Dataverse:
+100), from the renewal thread, off the calls' path; a read only when another instance wrote
+since. A live Marketo call after ``LINGER`` s without one in its process: one write for a place (a
+read and a second write when another instance wrote since). ``tests/test_shared_budget.py``
+counts these; ``bench/bench_backfill_live.py`` measures live latency while a backfill runs.
 
 Worst case. Never above the limits, whatever the timing, as long as the instances' clocks agree
-to within ``CLOCK_SKEW``. Capacity given up: a block's unspent starts until it is lowered (at most
-a block per pool, about one tenth of the window), one second of clock skew, and a dead instance's
-places until its lease ends (``lease_seconds``, 320 s: as before this module leased blocks) and
-its starts until their window has passed. A live call waits for a Table write when its process
-holds no free place or its block ran out before the renewal thread refilled it, and for the
-window like any budget when the limit is reached. Nothing here knows what a call is.
+to within ``CLOCK_SKEW``: a grant's starts and a place's calls happen only in the process that
+holds them, within what the row counted when they were written. Capacity given up: each pool's
+unspent starts until they are lowered (at most a block and a half per busy pool), ``CLOCK_SKEW``
+per window, places lingering ``LINGER`` s, and a dead instance's places until their lease ends
+(``lease_seconds``, 320 s, as when every call had its own lease; only the places in use, lingering
+or a busy live pool's reserve: a process holds no others) and its unspent starts until their window has passed
+(``VALIDITY`` + window + ``CLOCK_SKEW``). A live call waits for a Table write when its process
+holds no free place or its block ran out before the renewal thread refilled it, and, like any
+budget, for the window when the limit is reached. Nothing here knows what a call is.
 """
 
 from __future__ import annotations
@@ -66,12 +77,13 @@ _LOG = logging.getLogger(__name__)
 BUDGET = "budget"
 LEASE_SECONDS = 320.0  # longer than the longest call (Marketo's paging token, 310 s) plus VALIDITY
 VALIDITY = 5.0  # a lease's starts and places may begin calls this long after its write (at most a quarter window)
-LINGER = 1.0  # a place above the reserve goes back after this long unused
+LINGER = 0.25  # a place above the reserve goes back after this long unused (a webhook's calls reuse it)
 CLOCK_SKEW = 1.0  # how far instances' clocks may disagree; a grant counts this much longer
 BLOCK_SHARE = 0.1  # a lease takes at most this share of a limit (starts; a live pool's reserve)
 _POLL = 0.05  # seconds between looks when the row has no room for a live lease
 _BACKGROUND_POLL = 0.25  # the same for background work: its waiters leave the row to live leases
 _MAX_WAIT = 1.0
+_TICK = LINGER / 2  # the renewal thread's look at the pools (no Table operation unless one is due)
 _TRIES = 20  # conflicting writes in a row before a lease gives up this round
 
 # grant id -> [count, last start, background]; holder id -> [places, lease until, background]
@@ -169,6 +181,9 @@ class SharedRateBudget:
         full = limit.max_calls
         self._block = max(1, min(math.floor(full * BLOCK_SHARE), math.floor(full * self._validity / limit.per_seconds)))
         self._reserve = math.floor(limit.max_concurrent * BLOCK_SHARE)  # a live pool's places kept while busy
+        # A block above 1/20 of the window (Marketo's) goes back as soon as its pool is quiet for
+        # LINGER s: held by every quiet instance it would eat the window. Dataverse's stay their time.
+        self._scarce = self._block * 20 > full
 
     @property
     def counters(self) -> StoreCounters:
@@ -298,8 +313,10 @@ class SharedRateBudget:
         """What ``pool`` should change in the row, from its own state alone; None: nothing."""
         now = self._clock()
         with self._changed:
-            if pool.current is not None and (now >= pool.deadline or closing):
-                pool.spent.append(pool.current)  # past its time: nothing spends from it any more
+            idle = closing or (not pool.wanting and now - max(pool.last_release, pool.last_take) >= LINGER)
+            quiet = idle and not pool.busy and self._scarce
+            if pool.current is not None and (now >= pool.deadline or closing or quiet):
+                pool.spent.append(pool.current)  # past its time, or quiet: nothing spends from it any more
                 pool.current = None
             active = not closing and now - pool.last_take < self._validity
             renew = (
@@ -307,7 +324,6 @@ class SharedRateBudget:
                 and pool.current is not None
                 and (pool.deadline - now < self._validity / 2 or pool.left() * 2 < self._block)
             )
-            idle = closing or (not pool.wanting and now - max(pool.last_release, pool.last_take) >= LINGER)
             keep = pool.busy if closing or pool.background or not active else max(pool.busy, self._reserve)
             due = _Due(
                 pool=pool,
@@ -321,7 +337,7 @@ class SharedRateBudget:
             )
         # Spent grants are lowered in passing with the next lease; by a write of their own only when
         # the pool has gone quiet with starts unspent (a busy pool's next renewal comes soon).
-        unused = not active and any(grant.used < grant.count for grant in due.lowered)
+        unused = (quiet or not active) and any(grant.used < grant.count for grant in due.lowered)
         if not (due.need_start or due.need_place or due.keep < due.held or unused):
             return None
         if due.keep < due.held:
@@ -407,14 +423,14 @@ class SharedRateBudget:
             with self._changed:
                 if self._closed:
                     return
-                self._changed.wait(self._validity / 10)
+                self._changed.wait(_TICK)
                 if self._closed:
                     return
             try:
                 self._tend()
             except Exception as err:  # a failed renewal leaves the next call to lease: never die
                 _LOG.warning("API budget %s: renewal failed (%s)", self._service, type(err).__name__)
-                time.sleep(self._validity / 10)
+                time.sleep(_TICK)
 
     def _tend(self) -> None:
         """Renew each busy pool's block before it runs out, lower spent grants, give back idle places."""
