@@ -134,17 +134,17 @@ def test_in_flight_places_are_shared_between_instances_and_an_idle_one_goes_back
         pass
 
 
-def test_background_work_gets_only_its_share_of_each_limit() -> None:
+def test_background_work_gets_only_its_share_of_the_places() -> None:
     clock = Clock()
-    [budget] = instances(clock, 1, share=0.5, sleep=stuck)
+    [budget] = instances(clock, 1, limit=WIDE, share=0.5, sleep=stuck)
     with ExitStack() as held:
         with background_work():
-            for _ in range(2):  # half of 4 in flight
+            for _ in range(5):  # half of 10 in flight
                 held.enter_context(budget.slot())
             with pytest.raises(Stuck), budget.slot():
                 pass
-        held.enter_context(budget.slot())  # the cycle and the webhook still find a place
-        held.enter_context(budget.slot())
+        for _ in range(5):  # the cycle and the webhook still find the other half
+            held.enter_context(budget.slot())
 
 
 def calls_until_stuck(budget: SharedRateBudget) -> int:
@@ -158,19 +158,28 @@ def calls_until_stuck(budget: SharedRateBudget) -> int:
     raise AssertionError("more calls than the whole window allows")
 
 
-def test_live_calls_find_the_rest_of_the_window_and_places_while_background_work_spent_its_share() -> None:
+def test_background_starts_are_paced_and_live_calls_find_the_rest_of_the_window() -> None:
     clock = Clock()
     bulk, live = instances(clock, limit=WIDE, share=0.5, sleep=stuck)
     with background_work():
-        assert calls_until_stuck(bulk) == WIDE.max_calls // 2  # the next start would wait for the window
-    with ExitStack() as calls:
-        for _ in range(WIDE.max_concurrent // 2):  # the other half of the places, at once
-            calls.enter_context(live.slot())
-    for _ in range(WIDE.max_calls // 2 - WIDE.max_concurrent // 2):  # and of the starts: no wait
-        with live.slot():
-            pass
-    with pytest.raises(Stuck), live.slot():  # the window is full now
-        pass
+        assert calls_until_stuck(bulk) == 50 // 4  # a quarter of its share in a quarter window
+    assert calls_until_stuck(live) == WIDE.max_calls - 50 // 4  # live: the rest of the window at once
+
+
+def test_background_work_spends_its_share_of_the_window_spread_over_it() -> None:
+    clock = Clock()
+    [budget] = instances(clock, 1, limit=WIDE, share=0.5)
+    starts: list[float] = []
+    with background_work():
+        for _ in range(120):
+            with budget.slot():
+                starts.append(clock.now)
+                clock.now += 0.05
+            budget._tend()
+    for start in starts:
+        assert sum(1 for other in starts if start <= other < start + 20) <= 50  # its share of the window
+        assert sum(1 for other in starts if start <= other < start + 5) <= 50 // 4  # a quarter per quarter
+    assert len(starts) / (starts[-1] - starts[0]) >= 0.6 * 50 / WIDE.per_seconds  # not much below its share
 
 
 def test_background_calls_stop_at_their_share_of_the_window() -> None:

@@ -24,14 +24,17 @@ The row holds two maps:
 Priority: each process has a pool for live calls (the cycle, the webhook) and one for background
 work (``http.ratebudget.background_work``). Background grants and places count against
 ``background_share`` of each limit (``http.ratebudget.limit_for``), all of them against the whole
-limit, so live calls always find the rest (unlike the per-process ``RateBudget``, live calls
-beyond that rest do not shut background work out of its share). A live pool keeps a tenth of the
-in-flight limit leased while it is busy (none of Marketo's 5 at share 0.5, 5 of Dataverse's 52),
-and a thread of its own renews a busy pool's block before it runs out (``_tend``): a live call
-normally takes a start and a place under a lock and sends nothing to Table Storage. Places above
-that reserve go back after ``LINGER`` s unused (a webhook's second Marketo call finds the first
-one's place), a spent grant is lowered in passing with the pool's next write (by a write of its
-own once the pool is quiet), and ``close()`` (``Services.close``, and at exit) returns everything.
+limit, so live calls always find the rest (unlike the per-process ``RateBudget``, live calls beyond
+that rest do not shut background work out of its share); and background starts are paced, at most a
+quarter of their share per quarter window, so a backfill that starts first does not spend its whole
+share in one burst and live calls arriving seconds later still find most of the window. A live pool
+keeps a tenth of the in-flight limit leased while it is busy (none of Marketo's 5 at share 0.5, 5
+of Dataverse's 52), and a thread of its own renews a busy pool's block before it runs out
+(``_tend``): a live call normally takes a start and a place under a lock and sends nothing to Table
+Storage. Places above that reserve go back after ``LINGER`` s unused (a webhook's second Marketo
+call finds the first one's place), a spent grant is lowered in passing with the pool's next write
+(by a write of its own once the pool is quiet), and ``close()`` (``Services.close``, and at exit)
+returns everything.
 
 Costs. A busy pool: one Table write per half block (Marketo at share 0.5: blocks of 5; Dataverse:
 100), from the renewal thread, off the calls' path; a read only when another instance wrote
@@ -39,16 +42,16 @@ since. A live Marketo call after ``LINGER`` s without one in its process: one wr
 read and a second write when another instance wrote since). ``tests/test_shared_budget.py``
 counts these; ``bench/bench_backfill_live.py`` measures live latency while a backfill runs.
 
-Worst case. Never above the limits, whatever the timing, as long as the instances' clocks agree
-to within ``CLOCK_SKEW``: a grant's starts and a place's calls happen only in the process that
-holds them, within what the row counted when they were written. Capacity given up: each pool's
-unspent starts until they are lowered (at most a block and a half per busy pool), ``CLOCK_SKEW``
-per window, places lingering ``LINGER`` s, and a dead instance's places until their lease ends
+Worst case. Never above the limits, whatever the timing, as long as the instances' clocks agree to
+within ``CLOCK_SKEW``: a grant's starts and a place's calls happen only in the process that holds
+them, within what the row counted when they were written. Capacity given up: each pool's unspent
+starts until they are lowered (at most a block and a half per busy pool), ``CLOCK_SKEW`` per
+window, places lingering ``LINGER`` s, and a dead instance's places until their lease ends
 (``lease_seconds``, 320 s, as when every call had its own lease; only the places in use, lingering
-or a busy live pool's reserve: a process holds no others) and its unspent starts until their window has passed
-(``VALIDITY`` + window + ``CLOCK_SKEW``). A live call waits for a Table write when its process
-holds no free place or its block ran out before the renewal thread refilled it, and, like any
-budget, for the window when the limit is reached. Nothing here knows what a call is.
+or a busy live pool's reserve: a process holds no others) and its unspent starts until their window
+has passed (``VALIDITY`` + window + ``CLOCK_SKEW``). A live call waits for a Table write when its
+process holds no free place or its block ran out before the renewal thread refilled it, and, like
+any budget, for the window when the limit is reached. Nothing here knows what a call is.
 """
 
 from __future__ import annotations
@@ -365,6 +368,11 @@ class SharedRateBudget:
             room = self.limit.max_calls - sum(entry[0] for entry in counted)
             if pool.background:
                 room = min(room, cap.max_calls - sum(entry[0] for entry in counted if entry[2]))
+                # paced: a quarter of its share per quarter window, so live calls arriving after a
+                # backfill started still find most of the window free
+                recent = now - self.limit.per_seconds / 4 - CLOCK_SKEW
+                pace = max(1, cap.max_calls // 4)
+                room = min(room, pace - sum(entry[0] for entry in counted if entry[2] and entry[1] > recent))
             if room >= 1:
                 grant = _Grant(f"{pool.key}{next(self._serial)}", min(self._block, room))
                 grants[grant.key] = [grant.count, now + self._validity, pool.background]
