@@ -279,8 +279,8 @@ class ThreadClock:
 @pytest.mark.azurite
 def test_threads_of_three_instances_keep_both_limits_and_background_its_share(rows: Rows, table_prefix: str) -> None:
     """Real time, real renewal threads: 3 instances, 4 threads each (half of them background) spend
-    36 calls under a limit of 20 starts per 2 s and 3 in flight; each start (as the budget took it) is recorded."""
-    limit = RateLimit(max_calls=20, per_seconds=2, max_concurrent=3)
+    48 calls under a limit of 40 starts per 4 s and 3 in flight; each start (as the budget took it) is recorded."""
+    limit = RateLimit(max_calls=40, per_seconds=4, max_concurrent=3)
     clock = ThreadClock()
     budgets = [
         SharedRateBudget(rows, table_prefix, "marketo", limit, background_share=0.5, clock=clock) for _ in range(3)
@@ -294,7 +294,7 @@ def test_threads_of_three_instances_keep_both_limits_and_background_its_share(ro
         with ExitStack() as work:
             if background:
                 work.enter_context(background_work())
-            for _ in range(3):
+            for _ in range(4):
                 with budget.slot():
                     started = clock.last()
                     with lock:
@@ -313,10 +313,10 @@ def test_threads_of_three_instances_keep_both_limits_and_background_its_share(ro
         thread.join(timeout=60)
     for budget in budgets:
         budget.close()
-    assert len(starts) == 36
+    assert len(starts) == 48
     assert peak["all"] <= limit.max_concurrent
     assert peak[True] <= 1  # half of 3, rounded down
-    for at, _ in starts:  # every sliding window of 2 s: at most 20 starts, 10 of them background
+    for at, _ in starts:  # every sliding window of 4 s: at most 40 starts, 20 of them background
         window = [bg for other, bg in starts if at <= other < at + limit.per_seconds]
         assert len(window) <= limit.max_calls
         assert sum(window) <= limit.max_calls // 2
