@@ -76,9 +76,10 @@ def is_background() -> bool:
     return _BACKGROUND.get()
 
 
-def limit_for(limit: RateLimit, background_share: float) -> RateLimit:
-    """The limit the current call may use: all of it, or ``background_share`` of it for background work."""
-    return limit.share(background_share) if is_background() else limit
+def limit_for(limit: RateLimit, background_share: float, *, background: bool | None = None) -> RateLimit:
+    """The limit the current call (or, given ``background``, a call of that kind) may use: all of
+    it, or ``background_share`` of it for background work."""
+    return limit.share(background_share) if (is_background() if background is None else background) else limit
 
 
 class RateBudget:

@@ -25,7 +25,7 @@ from sync_core.marketo.client import MarketoClient
 from sync_core.settings import Settings
 from sync_core.state import StateStore
 from sync_core.state.queue import JobQueue
-from sync_core.wiring.budget import build_shared_budgets
+from sync_core.wiring.budget import SharedBudgets, build_shared_budgets
 from sync_core.wiring.credentials import build_dataverse_credential
 from sync_core.wiring.queue import build_job_queue
 from sync_core.wiring.state import build_state_store
@@ -50,8 +50,11 @@ class Services:
     store: StateStore
     queue: JobQueue | None = None  # chunked jobs' messages (``sync_core.jobs``); None: not configured
     http_clients: tuple[httpx.Client, ...] = ()  # owned here, closed by ``close``
+    budgets: SharedBudgets | None = None  # the API budget shared with other instances; its leases go back on ``close``
 
     def close(self) -> None:
+        if self.budgets is not None:
+            self.budgets.close()
         for client in self.http_clients:
             client.close()
 
@@ -108,6 +111,7 @@ def build_services(
         store=state_store,
         queue=queue if queue is not None or store is not None else build_job_queue(settings),
         http_clients=tuple(owned),
+        budgets=budgets,
     )
 
 
