@@ -183,12 +183,13 @@ def chunk_seconds(cost: ChunkCost, share: Share) -> float:
 class ApplyTime:
     """The apply's time, its chunks added one by one. ``CHUNKS_IN_FLIGHT`` chunks run at once, so
     the apply takes the longest of: its chunks' own times (``chunk_seconds``) over the chunks in
-    flight; Marketo's work under the share (every call's time over the calls allowed in flight, or
-    every call at the allowed rate); Dataverse's (every message's time over the messages in flight);
-    Table Storage's (one chunk's look-ups and writes at a time)."""
+    flight, or its longest chunk; Marketo's work under the share (every call's time over the calls
+    allowed in flight, or every call at the allowed rate); Dataverse's (every message's time over
+    the messages in flight); Table Storage's (one chunk's look-ups and writes at a time)."""
 
     share: Share
     path_s: float = 0.0
+    longest_s: float = 0.0
     marketo_calls: int = 0
     marketo_request_s: float = 0.0
     dataverse_request_s: float = 0.0
@@ -196,7 +197,9 @@ class ApplyTime:
 
     def add(self, cost: ChunkCost) -> None:
         load = _load(cost, self.share)
-        self.path_s += max(load.marketo_path_s, load.dataverse_path_s) + load.table_s
+        own = max(load.marketo_path_s, load.dataverse_path_s) + load.table_s
+        self.path_s += own
+        self.longest_s = max(self.longest_s, own)
         self.marketo_calls += cost.marketo_calls
         self.marketo_request_s += load.marketo_request_s
         self.dataverse_request_s += load.dataverse_request_s
@@ -207,7 +210,7 @@ class ApplyTime:
         share = self.share
         marketo = max(self.marketo_request_s / _marketo_in_flight(share), max(self.marketo_calls - 1, 0) / _rate(share))
         dataverse = self.dataverse_request_s / max(share.dataverse_parallel, 1)
-        return max(self.path_s / CHUNKS_IN_FLIGHT, marketo, dataverse, self.table_s)
+        return max(self.path_s / CHUNKS_IN_FLIGHT, self.longest_s, marketo, dataverse, self.table_s)
 
 
 @dataclass

@@ -449,7 +449,7 @@ def _ambiguous(snapshot: Snapshot, report: PlanReport) -> None:
     shown: list[dict[str, Any]] = []
     rows: list[tuple[int, str, str]] = []
     free = 0
-    for (email,) in snapshot.iter_query(query):
+    for (email,) in list_batches(snapshot, query):  # a second connection: the rows are written as they come
         groups += 1
         persons = [str(pid) for (pid,) in snapshot.db.execute("SELECT id FROM person WHERE email = ?", (email,))]
         records = [
@@ -462,6 +462,9 @@ def _ambiguous(snapshot: Snapshot, report: PlanReport) -> None:
             "SELECT (SELECT count(*) FROM p WHERE email = ?) + (SELECT count(*) FROM r WHERE email = ?)", (email, email)
         )
         rows += [(groups, "m", pid) for pid in persons] + [(groups, entity, rid) for entity, rid in records]
+        if len(rows) >= 5000:
+            snapshot.write_many("INSERT INTO ambiguous VALUES (?, ?, ?)", rows)
+            rows = []
         if len(shown) < AMBIGUOUS_SHOWN:
             shown.append(
                 {
@@ -470,9 +473,7 @@ def _ambiguous(snapshot: Snapshot, report: PlanReport) -> None:
                     "contacts": [rid for entity, rid in records if entity == "contact"],
                 }
             )
-    with snapshot.db:
-        snapshot.db.execute("BEGIN")
-        snapshot.db.executemany("INSERT INTO ambiguous VALUES (?, ?, ?)", rows)
+    snapshot.write_many("INSERT INTO ambiguous VALUES (?, ?, ?)", rows)
     report.ambiguous = {"groups": groups, "unlinked_records": free, "shown": shown}
 
 

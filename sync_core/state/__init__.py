@@ -70,7 +70,13 @@ class StateStore(Protocol):
     # -- links and baselines ----------------------------------------------------------------
     def get_links_by_marketo_ids(self, marketo_ids: Iterable[int]) -> dict[int, Link]: ...
 
-    def get_links_by_dataverse_ids(self, entity: EntityType, dataverse_ids: Iterable[str]) -> dict[str, Link]: ...
+    def get_links_by_dataverse_ids(
+        self, entity: EntityType, dataverse_ids: Iterable[str], *, point_reads: bool = False
+    ) -> dict[str, Link]:
+        """The links of these records. ``point_reads``: one read per id instead of a ``$filter`` per
+        14 ids; an OR of row keys is a partition scan in Table Storage, so over a large links table
+        (the initial sync's) point reads cost less, and the same at any size."""
+        ...
 
     def upsert_links(self, links: Sequence[Link], *, replaces: Sequence[Link] = ()) -> None:
         """Write links (and their baselines), findable by either id. ``replaces`` are the links'
@@ -83,8 +89,10 @@ class StateStore(Protocol):
         """Remove links (both index rows); missing ones are ignored."""
         ...
 
-    def iter_links(self) -> Iterable[Link]:
-        """Every link, in pages (for full re-reads and the status view)."""
+    def iter_links(self, *, after_marketo_id: int | None = None) -> Iterable[Link]:
+        """Every link (of the persons with a Marketo id above ``after_marketo_id``), in Marketo id
+        order, in pages fetched as they are iterated (for full re-reads, the status view, and the
+        initial sync's look-up of a range of persons: stop iterating past its end)."""
         ...
 
     # -- collisions, failures, run reports (newest first) --------------------------------------

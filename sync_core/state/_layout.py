@@ -84,6 +84,18 @@ class RowPlumbing:
             pages = list(pool.map(lambda batch: self._rows.query_rows(table, partition, batch), batches))
         return [row for page in pages for row in page]
 
+    def _read_each(self, table: str, partition: str, keys: Iterable[str]) -> list[StoredRow]:
+        """Point-read many rows of one partition, one read per key, up to ``query_workers`` at
+        once; the rows that exist, in key order."""
+        wanted = sorted(set(keys))
+        workers = min(self._query_workers, len(wanted))
+        if workers <= 1:
+            found = [self._rows.get_row(table, partition, key) for key in wanted]
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="state-read") as pool:
+                found = list(pool.map(lambda key: self._rows.get_row(table, partition, key), wanted))
+        return [row for row in found if row is not None]
+
     def _transact(self, table: str, partition: str, groups: Iterable[Sequence[RowOp]]) -> None:
         for ops in pack_transactions(groups):
             self._rows.transact(table, partition, ops)

@@ -171,12 +171,19 @@ class RowStateStore(JobRows, RetentionRows):
         links = (_link_from(row) for row in self._query(self.tables.links, LINK, keys))
         return {link.marketo_id: link for link in links}
 
-    def get_links_by_dataverse_ids(self, entity: EntityType, dataverse_ids: Iterable[str]) -> dict[str, Link]:
+    def get_links_by_dataverse_ids(
+        self, entity: EntityType, dataverse_ids: Iterable[str], *, point_reads: bool = False
+    ) -> dict[str, Link]:
         asked: dict[str, list[str]] = {}  # row key -> the ids asked for (case may differ)
         for dataverse_id in dataverse_ids:
             asked.setdefault(dataverse_link_key(entity, dataverse_id), []).append(dataverse_id)
         found: dict[str, Link] = {}
-        for row in self._query(self.tables.links, LINK, asked):
+        rows = (
+            self._read_each(self.tables.links, LINK, asked)
+            if point_reads
+            else self._query(self.tables.links, LINK, asked)
+        )
+        for row in rows:
             link = _link_from(row)
             for dataverse_id in asked[row.row]:
                 found[dataverse_id] = link
@@ -217,8 +224,10 @@ class RowStateStore(JobRows, RetentionRows):
                 groups.setdefault(key, [RowOp("delete", key)])
         self._transact(self.tables.links, LINK, groups.values())
 
-    def iter_links(self) -> Iterator[Link]:
-        for row in self._rows.scan_rows(self.tables.links, partition=LINK, row_prefix="m:", page_size=PAGE):
+    def iter_links(self, *, after_marketo_id: int | None = None) -> Iterator[Link]:
+        after = None if after_marketo_id is None or after_marketo_id < 0 else marketo_link_key(after_marketo_id)
+        where = RowFilter(partition=LINK, row_prefix="m:", row_after=after)
+        for row in self._rows.scan_rows(self.tables.links, where=where, page_size=PAGE):
             yield _link_from(row)
 
     # -- collisions and run reports (newest first) ------------------------------------------------
