@@ -25,7 +25,7 @@ from sync_core.core.models import EntityType
 MARKETO_BATCH = 300
 DATAVERSE_PAGE = 5000
 CHUNK_SIZE = 3000  # work items per chunk: a multiple of 300 (Marketo) and of 1,000 (Dataverse)
-CHUNKS_IN_FLIGHT = 2  # the apply works on two chunks at once: one's Table writes overlap the other's calls
+CHUNKS_IN_FLIGHT = 2  # the apply works on two chunks at once: one's Table work overlaps the other's calls
 BULK_CALLS_PER_WINDOW = 4  # create, enqueue, one status read that finds it Completed, the file
 # Per call, from the published figures (README "Real-world speed"): Marketo sync 400 ms + 5 ms a
 # record; Dataverse 70 ms a request + 30 ms a record updated, 10 ms a record created.
@@ -37,8 +37,10 @@ MARKETO_RATE = (100, 20.0)  # calls per window (seconds), per instance
 MARKETO_IN_FLIGHT = 10
 TABLE_TRANSACTION_MS = 40.0  # one Table transaction of ≤ 100 operations (a link is 2 rows)
 LINKS_PER_TRANSACTION = 50
-TABLE_QUERY_MS = 10.0  # one look-up of up to 14 keys; 8 run side by side (the state store's)
-KEYS_PER_QUERY, QUERIES_IN_FLIGHT = 14, 8
+# Before its writes a chunk looks its links up: its persons as one range of the links table (pages
+# of 1,000 rows), its records by one point read each, 8 side by side (the state store's workers).
+TABLE_READ_MS = 10.0  # one point read, or one page of a range
+LINKS_PER_PAGE, READS_IN_FLIGHT = 1000, 8
 
 
 class MarketoOnlyPolicy(StrEnum):
@@ -153,7 +155,7 @@ def _load(cost: ChunkCost, share: Share) -> _Load:
     links = max(cost.marketo_records, cost.dataverse_created)
     table = math.ceil(links / LINKS_PER_TRANSACTION) * TABLE_TRANSACTION_MS / 1000.0
     # Before the writes, the chunk's links are looked up by both ids.
-    lookups = 2 * math.ceil(links / KEYS_PER_QUERY) / QUERIES_IN_FLIGHT * TABLE_QUERY_MS / 1000.0
+    lookups = (math.ceil(links / LINKS_PER_PAGE) + links / READS_IN_FLIGHT) * TABLE_READ_MS / 1000.0
     return _Load(
         marketo_request_s=marketo_calls * per_call / 1000.0,
         marketo_path_s=marketo,
