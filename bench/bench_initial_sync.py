@@ -13,9 +13,9 @@ Printed per N: plan and apply wall seconds and peak RSS (each process's ``ru_max
 of each phase next to the floor the plan computed and against Marketo's daily quota, the plan's
 ETA for the apply against the apply's real time, and the apply's service floor from the request
 log (``bench_realworld.service_floor``: latency ÷ allowed concurrency, rate limits). Then a table:
-wall ÷ service floor, API calls ÷ the plan's floor, peak RSS, ETA error; with two sizes or more
-and none at 1,000,000, a last row *extrapolated* to 1,000,000 records (a straight line through
-the two largest sizes: time, calls and RSS), marked as such.
+wall ÷ service floor, API calls ÷ the plan's floor, peak RSS of the plan and of the apply, ETA
+error; with two sizes or more and none at 1,000,000, a last row *extrapolated* to 1,000,000
+records (a straight line through the two largest sizes: time, calls and RSS), marked as such.
 
 The plan's wall time is mostly the bulk export's processing time, a fixed assumption of the
 profile (300 s): ``--bulk-seconds`` shortens it for a quick run without touching the latencies
@@ -158,11 +158,22 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
 
 
 MILLION = 1_000_000
-_LINEAR = ("plan_s", "apply_s", "floor_s", "eta_s", "mk_calls", "mk_floor", "dv_calls", "dv_floor", "rss_mb")
+_LINEAR = (
+    "plan_s",
+    "apply_s",
+    "floor_s",
+    "eta_s",
+    "mk_calls",
+    "mk_floor",
+    "dv_calls",
+    "dv_floor",
+    "plan_rss_mb",
+    "rss_mb",
+)
 
 
 def summary(row: dict[str, Any]) -> dict[str, Any]:
-    """One size's figures for the table: the apply's, plus the peak RSS of the larger phase."""
+    """One size's figures for the table: the apply's, and each phase's peak RSS."""
     apply = row["apply"]
     return {
         "n": row["n"],
@@ -175,7 +186,8 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
         "mk_floor": apply["api_floor"]["marketo"],
         "dv_calls": apply["api_calls"]["dataverse"],
         "dv_floor": apply["api_floor"]["dataverse"],
-        "rss_mb": max(row["plan"]["peak_rss_mb"], apply["peak_rss_mb"]),
+        "plan_rss_mb": row["plan"]["peak_rss_mb"],
+        "rss_mb": apply["peak_rss_mb"],
         "quota": (row["plan"]["api_calls"]["marketo"] + apply["api_calls"]["marketo"]) / row["marketo_daily_quota"],
     }
 
@@ -199,7 +211,7 @@ def _ratio(x: float, y: float) -> str:
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (
         f"{'records':>10} {'plan s':>8} {'apply s':>8} {'floor s':>8} {'wall/floor':>10} {'ETA s':>8} "
-        f"{'ETA err':>8} {'MKT calls/floor':>16} {'DV calls/floor':>15} {'peak RSS MB':>11} {'quota':>6}"
+        f"{'ETA err':>8} {'MKT calls/floor':>16} {'DV calls/floor':>15} {'RSS MB plan/apply':>17} {'quota':>6}"
     )
     lines = [head, "-" * len(head)]
     for row in rows:
@@ -210,7 +222,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{_ratio(row['apply_s'], row['floor_s']):>10} {row['eta_s']:>8.1f} {eta_err:>8} "
             f"{row['mk_calls']:>7.0f}/{row['mk_floor']:<6.0f} {_ratio(row['mk_calls'], row['mk_floor']):>4} "
             f"{row['dv_calls']:>6.0f}/{row['dv_floor']:<6.0f} {_ratio(row['dv_calls'], row['dv_floor']):>4} "
-            f"{row['rss_mb']:>11.1f} {row['quota']:>6.1%}{mark}"
+            f"{row['plan_rss_mb']:>8.1f}/{row['rss_mb']:<8.1f} {row['quota']:>6.1%}{mark}"
         )
     print("\n".join(lines), file=sys.stderr, flush=True)
 

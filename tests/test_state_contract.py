@@ -296,6 +296,22 @@ def test_links_are_found_by_either_id_with_their_baseline(store: StateStore) -> 
     }
 
 
+def test_links_by_dataverse_id_ignore_case_and_escape_the_key(store: StateStore) -> None:
+    links = [_link(1), _link(2), _link(3, EntityType.CONTACT)]
+    store.upsert_links(links)
+    asked = [links[0].dataverse_id.upper(), links[1].dataverse_id, links[2].dataverse_id, "nothing' or 'a' eq 'a"]
+    found = store.get_links_by_dataverse_ids(EntityType.LEAD, asked)
+    assert found == {asked[0]: links[0], asked[1]: links[1]}
+
+
+def test_links_after_a_marketo_id_come_in_id_order(store: StateStore) -> None:
+    links = [_link(marketo_id) for marketo_id in (3, 12, 100, 7, 1000)]
+    store.upsert_links(links)
+    assert [link.marketo_id for link in store.iter_links(after_marketo_id=7)] == [12, 100, 1000]
+    assert [link.marketo_id for link in store.iter_links(after_marketo_id=-1)] == [3, 7, 12, 100, 1000]
+    assert list(store.iter_links(after_marketo_id=1000)) == []
+
+
 def test_a_link_remembers_which_sides_filter_keeps_it_out(store: StateStore) -> None:
     kept_out = _link(1).model_copy(update={"filtered_out": (Side.DYNAMICS, Side.MARKETO), "filter_key": "0123abcd"})
     store.upsert_links([kept_out, _link(2)])

@@ -25,6 +25,7 @@ from sync_core.core.models import EntityType
 MARKETO_BATCH = 300
 DATAVERSE_PAGE = 5000
 CHUNK_SIZE = 3000  # work items per chunk: a multiple of 300 (Marketo) and of 1,000 (Dataverse)
+CHUNKS_IN_FLIGHT = 2  # the apply works on two chunks at once: one's Table work overlaps the other's calls
 BULK_CALLS_PER_WINDOW = 4  # create, enqueue, one status read that finds it Completed, the file
 # Per call, from the published figures (README "Real-world speed"): Marketo sync 400 ms + 5 ms a
 # record; Dataverse 70 ms a request + 30 ms a record updated, 10 ms a record created.
@@ -36,8 +37,10 @@ MARKETO_RATE = (100, 20.0)  # calls per window (seconds), per instance
 MARKETO_IN_FLIGHT = 10
 TABLE_TRANSACTION_MS = 40.0  # one Table transaction of ≤ 100 operations (a link is 2 rows)
 LINKS_PER_TRANSACTION = 50
-TABLE_QUERY_MS = 10.0  # one look-up of up to 14 keys; 8 run side by side (the state store's)
-KEYS_PER_QUERY, QUERIES_IN_FLIGHT = 14, 8
+# Before its writes a chunk looks its links up: its persons as one range of the links table (pages
+# of 1,000 rows), its records by one point read each, 8 side by side (the state store's workers).
+TABLE_READ_MS = 10.0  # one point read, or one page of a range
+LINKS_PER_PAGE, READS_IN_FLIGHT = 1000, 8
 
 
 class MarketoOnlyPolicy(StrEnum):
@@ -126,14 +129,22 @@ class Share:
     dataverse_parallel: int  # bulk messages in flight
 
 
-def chunk_seconds(cost: ChunkCost, share: Share) -> float:
-    """How long a chunk should take: the look-ups of its links by both ids, both sides' writes at
-    once (the longer counts), then its Table transactions."""
+@dataclass(frozen=True)
+class _Load:
+    """What one chunk asks of each service and of Table Storage, in seconds of work."""
+
+    marketo_request_s: float  # Σ of its Marketo calls' times
+    marketo_path_s: float  # its Marketo calls under the share: in-flight waves or the rate, the longer
+    dataverse_request_s: float  # Σ of its bulk messages' times
+    dataverse_path_s: float  # its messages in waves of ``dataverse_parallel``
+    table_s: float  # its link look-ups (both ids) and its link writes
+
+
+def _load(cost: ChunkCost, share: Share) -> _Load:
     marketo_calls = cost.marketo_calls
     per_call = MARKETO_SYNC_MS[0] + MARKETO_SYNC_MS[1] * min(cost.marketo_records / max(marketo_calls, 1), 300)
-    in_flight = max(1, math.floor(MARKETO_IN_FLIGHT * share.marketo_rate_share))
-    rate = max(1, math.floor(MARKETO_RATE[0] * share.marketo_rate_share)) / MARKETO_RATE[1]
-    marketo = max(math.ceil(marketo_calls / in_flight) * per_call / 1000.0, max(marketo_calls - 1, 0) / rate)
+    in_flight = _marketo_in_flight(share)
+    marketo = max(math.ceil(marketo_calls / in_flight) * per_call / 1000.0, max(marketo_calls - 1, 0) / _rate(share))
     dataverse_ms = (
         cost.dataverse_calls * DATAVERSE_REQUEST_MS
         + cost.dataverse_updated * DATAVERSE_UPDATE_MS
@@ -141,12 +152,67 @@ def chunk_seconds(cost: ChunkCost, share: Share) -> float:
     )
     waves = math.ceil(cost.dataverse_calls / max(share.dataverse_parallel, 1)) if cost.dataverse_calls else 0
     per_message = dataverse_ms / cost.dataverse_calls if cost.dataverse_calls else 0.0
-    dataverse = waves * per_message / 1000.0
     links = max(cost.marketo_records, cost.dataverse_created)
     table = math.ceil(links / LINKS_PER_TRANSACTION) * TABLE_TRANSACTION_MS / 1000.0
     # Before the writes, the chunk's links are looked up by both ids.
-    lookups = 2 * math.ceil(links / KEYS_PER_QUERY) / QUERIES_IN_FLIGHT * TABLE_QUERY_MS / 1000.0
-    return max(marketo, dataverse) + table + lookups
+    lookups = (math.ceil(links / LINKS_PER_PAGE) + links / READS_IN_FLIGHT) * TABLE_READ_MS / 1000.0
+    return _Load(
+        marketo_request_s=marketo_calls * per_call / 1000.0,
+        marketo_path_s=marketo,
+        dataverse_request_s=dataverse_ms / 1000.0,
+        dataverse_path_s=waves * per_message / 1000.0,
+        table_s=table + lookups,
+    )
+
+
+def _marketo_in_flight(share: Share) -> int:
+    return max(1, math.floor(MARKETO_IN_FLIGHT * share.marketo_rate_share))
+
+
+def _rate(share: Share) -> float:
+    """Marketo calls a second under the share."""
+    return max(1, math.floor(MARKETO_RATE[0] * share.marketo_rate_share)) / MARKETO_RATE[1]
+
+
+def chunk_seconds(cost: ChunkCost, share: Share) -> float:
+    """How long a chunk takes on its own: the look-ups of its links by both ids, both sides' writes
+    at once (the longer counts), then its Table transactions."""
+    load = _load(cost, share)
+    return max(load.marketo_path_s, load.dataverse_path_s) + load.table_s
+
+
+@dataclass
+class ApplyTime:
+    """The apply's time, its chunks added one by one. ``CHUNKS_IN_FLIGHT`` chunks run at once, so
+    the apply takes the longest of: its chunks' own times (``chunk_seconds``) over the chunks in
+    flight, or its longest chunk; Marketo's work under the share (every call's time over the calls
+    allowed in flight, or every call at the allowed rate); Dataverse's (every message's time over
+    the messages in flight); Table Storage's (one chunk's look-ups and writes at a time)."""
+
+    share: Share
+    path_s: float = 0.0
+    longest_s: float = 0.0
+    marketo_calls: int = 0
+    marketo_request_s: float = 0.0
+    dataverse_request_s: float = 0.0
+    table_s: float = 0.0
+
+    def add(self, cost: ChunkCost) -> None:
+        load = _load(cost, self.share)
+        own = max(load.marketo_path_s, load.dataverse_path_s) + load.table_s
+        self.path_s += own
+        self.longest_s = max(self.longest_s, own)
+        self.marketo_calls += cost.marketo_calls
+        self.marketo_request_s += load.marketo_request_s
+        self.dataverse_request_s += load.dataverse_request_s
+        self.table_s += load.table_s
+
+    @property
+    def seconds(self) -> float:
+        share = self.share
+        marketo = max(self.marketo_request_s / _marketo_in_flight(share), max(self.marketo_calls - 1, 0) / _rate(share))
+        dataverse = self.dataverse_request_s / max(share.dataverse_parallel, 1)
+        return max(self.path_s / CHUNKS_IN_FLIGHT, self.longest_s, marketo, dataverse, self.table_s)
 
 
 @dataclass

@@ -231,6 +231,10 @@ CREATE TABLE p AS SELECT id, email, known_id, known_type FROM person
   WHERE NOT EXISTS (SELECT 1 FROM linked l WHERE l.side = 'm' AND l.key = CAST(person.id AS TEXT));
 CREATE TABLE r AS SELECT entity, id, email FROM record
   WHERE qualified = 0 AND NOT EXISTS (SELECT 1 FROM linked l WHERE l.side = record.entity AND l.key = record.id);
+CREATE UNIQUE INDEX p_id ON p (id);
+CREATE INDEX p_email ON p (email);
+CREATE UNIQUE INDEX r_id ON r (entity, id);
+CREATE INDEX r_email ON r (email);
 CREATE TABLE idm AS SELECT min(p.id) AS mid, r.entity AS entity, r.id AS did FROM p
   JOIN r ON r.id = p.known_id AND r.entity = p.known_type GROUP BY r.entity, r.id HAVING count(*) = 1;
 CREATE INDEX idm_mid ON idm (mid);
@@ -348,7 +352,7 @@ def decide(
     _ambiguous(snapshot, report)
     report.chunks = snapshot.chunk_count()
     report.api_calls = builder.calls()
-    report.eta_seconds = round(builder.seconds, 1)
+    report.eta_seconds = round(builder.time.seconds, 1)
 
 
 def list_batches(snapshot: Snapshot, query: str, params: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -445,7 +449,7 @@ def _ambiguous(snapshot: Snapshot, report: PlanReport) -> None:
     shown: list[dict[str, Any]] = []
     rows: list[tuple[int, str, str]] = []
     free = 0
-    for (email,) in snapshot.iter_query(query):
+    for (email,) in list_batches(snapshot, query):  # a second connection: the rows are written as they come
         groups += 1
         persons = [str(pid) for (pid,) in snapshot.db.execute("SELECT id FROM person WHERE email = ?", (email,))]
         records = [
@@ -458,6 +462,9 @@ def _ambiguous(snapshot: Snapshot, report: PlanReport) -> None:
             "SELECT (SELECT count(*) FROM p WHERE email = ?) + (SELECT count(*) FROM r WHERE email = ?)", (email, email)
         )
         rows += [(groups, "m", pid) for pid in persons] + [(groups, entity, rid) for entity, rid in records]
+        if len(rows) >= 5000:
+            snapshot.write_many("INSERT INTO ambiguous VALUES (?, ?, ?)", rows)
+            rows = []
         if len(shown) < AMBIGUOUS_SHOWN:
             shown.append(
                 {
@@ -466,23 +473,20 @@ def _ambiguous(snapshot: Snapshot, report: PlanReport) -> None:
                     "contacts": [rid for entity, rid in records if entity == "contact"],
                 }
             )
-    with snapshot.db:
-        snapshot.db.execute("BEGIN")
-        snapshot.db.executemany("INSERT INTO ambiguous VALUES (?, ?, ?)", rows)
+    snapshot.write_many("INSERT INTO ambiguous VALUES (?, ?, ?)", rows)
     report.ambiguous = {"groups": groups, "unlinked_records": free, "shown": shown}
 
 
 class _ChunkBuilder:
-    """Cuts the work into chunks of one kind and entity, and sums their calls and time."""
+    """Cuts the work into chunks of one kind and entity, and sums their calls and time (``ApplyTime``)."""
 
     def __init__(self, snapshot: Snapshot, *, batch_size: int, share: Share, chunk_size: int) -> None:
         self._snapshot = snapshot
         self._chunk_size = chunk_size
         self._batch_size = batch_size
-        self._share = share
         self._next = 0
         self.total = ChunkCost()
-        self.seconds = 0.0
+        self.time = golive.ApplyTime(share)
         self.by_kind: dict[str, int] = {}
         self._floor = {"linked": 0, "dynamics_updates": 0, "persons_email": 0, "persons_other": 0, "leads": 0}
 
@@ -503,7 +507,7 @@ class _ChunkBuilder:
         self._snapshot.add_work((number, kind.value, entity, mid, did, flag) for mid, did, flag in chunk)
         cost = self._cost(kind, chunk)
         self.total.add(cost)
-        self.seconds += golive.chunk_seconds(cost, self._share)
+        self.time.add(cost)
 
     def _cost(self, kind: WorkKind, chunk: list[tuple[int | None, str | None, int]]) -> ChunkCost:
         flagged = sum(flag for _, _, flag in chunk)

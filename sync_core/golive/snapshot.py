@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +116,6 @@ class Snapshot:
             WorkItem(kind, entity, mid, did, json.loads(prow) if prow else None, json.loads(rrow) if rrow else None)
             for kind, entity, mid, did, prow, rrow in self.db.execute(query, (number,))
         ]
-
-    def iter_query(self, query: str, params: Sequence[Any] = (), *, size: int = 2000) -> Iterator[tuple[Any, ...]]:
-        cursor = self.db.execute(query, params)
-        while rows := cursor.fetchmany(size):
-            yield from rows
 
     def close(self) -> None:
         self.db.close()

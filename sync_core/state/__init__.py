@@ -85,8 +85,10 @@ class StateStore(Protocol):
         """Remove links (both index rows); missing ones are ignored."""
         ...
 
-    def iter_links(self) -> Iterable[Link]:
-        """Every link, in pages (for full re-reads and the status view)."""
+    def iter_links(self, *, after_marketo_id: int | None = None) -> Iterable[Link]:
+        """Every link (of the persons with a Marketo id above ``after_marketo_id``), in Marketo id
+        order, in pages fetched as they are iterated (for full re-reads, the status view, and the
+        initial sync's look-up of a range of persons: stop iterating past its end)."""
         ...
 
     def migrate_links(self, *, pages: int) -> LinkMigration:

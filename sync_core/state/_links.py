@@ -118,19 +118,24 @@ class LinkRows(RowPlumbing):
                 rows += self._get_rows(self.tables.links, ((link_partition(key), key) for key in missing))
         return sorted(rows, key=lambda row: row.row)
 
-    def iter_links(self) -> Iterator[Link]:
-        """Every link in Marketo id order (the backfill's chunks rely on it), read a page at a time:
+    def iter_links(self, *, after_marketo_id: int | None = None) -> Iterator[Link]:
+        """Every link (of the persons with a Marketo id above ``after_marketo_id``) in Marketo id
+        order (the backfill's chunks and the initial sync's range look-ups rely on it; the caller
+        stops iterating past its range), read a page at a time:
         one scan per partition, merged, so up to ``LINK_BUCKETS`` pages of ``MERGE_PAGE`` rows are
         held at once. While layout 1 rows are left, its scan is merged in too (a layout 2 row wins
         over its old copy), and layout 2 is read again at the end for rows a migration moved
         meanwhile (the ids seen are held in memory until then)."""
         legacy = self._legacy_links()
-        scans = [
-            self._rows.scan_rows(self.tables.links, partition=partition, row_prefix="m:", page_size=MERGE_PAGE)
-            for partition in (link_partition_name(bucket) for bucket in range(LINK_BUCKETS))
-        ]
+        after = None if after_marketo_id is None or after_marketo_id < 0 else marketo_link_key(after_marketo_id)
+
+        def scan(partition: str, page_size: int) -> Iterator[StoredRow]:
+            where = RowFilter(partition=partition, row_prefix="m:", row_after=after)
+            return self._rows.scan_rows(self.tables.links, where=where, page_size=page_size)
+
+        scans = [scan(link_partition_name(bucket), MERGE_PAGE) for bucket in range(LINK_BUCKETS)]
         if legacy:
-            scans.append(self._rows.scan_rows(self.tables.links, partition=LINK, row_prefix="m:", page_size=PAGE))
+            scans.append(scan(LINK, PAGE))
         seen: set[str] = set()
         last = None
         for row in heapq.merge(*scans, key=lambda row: (row.row, row.partition == LINK)):
@@ -142,7 +147,7 @@ class LinkRows(RowPlumbing):
             yield _link_from(row)
         if legacy:
             for row in self._rows.scan_rows(self.tables.links, where=SPREAD, page_size=PAGE):
-                if row.row not in seen:
+                if row.row not in seen and (after is None or row.row > after):
                     yield _link_from(row)
 
     # -- writes ---------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ import pytest
 
 from sync_core.core.fieldmap import load_field_map
 from sync_core.core.golive import (
+    CHUNKS_IN_FLIGHT,
     JOB_CURSOR,
+    ApplyTime,
     InitialPolicy,
     JobState,
     JobStatus,
@@ -116,15 +118,38 @@ def test_persons_cost_a_call_per_300_per_lookup_field_and_the_floor_pools_chunks
 def test_chunk_time_is_the_slower_side_under_the_share_then_the_link_lookups_and_writes() -> None:
     # 3,000 pairs, 300 leads written. Marketo at a quarter share: 2 in flight, 25 calls / 20 s, so
     # 10 calls of 300 take 5 waves x 1.9 s = 9.5 s (more than the 9 / 1.25 s the rate allows).
-    # Dataverse: one bulk message, 70 ms + 300 x 30 ms = 9.07 s. Then the links: looked up by both
-    # ids (2 x 215 queries of 14 keys, 8 at a time, 10 ms) and written (60 transactions x 40 ms).
+    # Dataverse: one bulk message, 70 ms + 300 x 30 ms = 9.07 s. Then the links: looked up (the
+    # persons as a range, 3 pages; the records by 3,000 point reads, 8 at a time; 10 ms each) and
+    # written (60 transactions x 40 ms).
     cost = link_chunk_cost(3000, 300, batch_size=1000)
     seconds = chunk_seconds(cost, Share(marketo_rate_share=0.25, dataverse_parallel=4))
-    assert seconds == pytest.approx(9.5 + 2 * 215 / 8 * 0.010 + 60 * 0.040)
+    assert seconds == pytest.approx(9.5 + (3 + 3000 / 8) * 0.010 + 60 * 0.040)
     # With Marketo's whole budget the Dataverse message is the slower side.
     assert chunk_seconds(cost, Share(marketo_rate_share=1.0, dataverse_parallel=4)) == pytest.approx(
-        9.07 + 2 * 215 / 8 * 0.010 + 60 * 0.040
+        9.07 + (3 + 3000 / 8) * 0.010 + 60 * 0.040
     )
+
+
+def test_apply_time_is_the_busiest_service_when_chunks_overlap() -> None:
+    share = Share(marketo_rate_share=0.25, dataverse_parallel=4)
+    # 100 link chunks writing Marketo only: Marketo's 1,000 calls of 1.9 s, 2 in flight (950 s),
+    # more than the calls at 1.25 a second (799 s) or the chunks' own times over the chunks in flight.
+    marketo_bound = ApplyTime(share)
+    for _ in range(100):
+        marketo_bound.add(link_chunk_cost(3000, 0, batch_size=1000))
+    assert marketo_bound.seconds == pytest.approx(1000 * 1.9 / 2)
+    alone = chunk_seconds(link_chunk_cost(3000, 0, batch_size=1000), share)
+    assert marketo_bound.seconds < 100 * alone
+    assert marketo_bound.seconds > 100 * alone / CHUNKS_IN_FLIGHT
+    # Ten chunks updating 3,000 leads each: 30 messages of 30.07 s, 4 in flight.
+    dataverse_bound = ApplyTime(share)
+    for _ in range(10):
+        dataverse_bound.add(link_chunk_cost(3000, 3000, batch_size=1000))
+    assert dataverse_bound.seconds == pytest.approx(30 * 30.07 / 4)
+    # One chunk alone is its own time: nothing overlaps it.
+    single = ApplyTime(share)
+    single.add(link_chunk_cost(3000, 0, batch_size=1000))
+    assert single.seconds == pytest.approx(alone)
 
 
 def test_export_windows_cover_the_span_in_31_days_and_never_overlap() -> None:
