@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from sync_core.core.fieldmap import Winner
+from sync_core.core.jobs import JobProgress
 from sync_core.core.models import EntityType
 
 MARKETO_BATCH = 300
@@ -90,6 +91,33 @@ class ChunkCost:
 
 def calls(records: int, per_call: int) -> int:
     return math.ceil(records / per_call) if records > 0 else 0
+
+
+# On the job queue (``golive.queued``) a plan chunk goes as parts of ``QUEUE_CHUNK`` work items: a
+# part's ids (a Marketo id and a Dataverse GUID a pair: ≤ 50 characters) fit the 64 KiB (UTF-16)
+# payload of one chunk row. Its worker reads its records again by id: Marketo 300 a call, Dataverse
+# 100 GUIDs a ``$filter`` (the client's ``FILTER_MAX_VALUES``).
+QUEUE_CHUNK = 600
+REREAD_MARKETO, REREAD_DATAVERSE = 300, 100
+
+
+def reread_cost(kind: WorkKind, items: int) -> ChunkCost:
+    """The reads a queued part of ``items`` work items of ``kind`` adds: its persons (links, leads)
+    from Marketo and its records (links, persons) from Dataverse."""
+    return ChunkCost(
+        marketo_calls=calls(items, REREAD_MARKETO) if kind in (WorkKind.LINK, WorkKind.LEAD) else 0,
+        dataverse_calls=calls(items, REREAD_DATAVERSE) if kind in (WorkKind.LINK, WorkKind.PERSON) else 0,
+    )
+
+
+def chunk_cost(kind: WorkKind, items: int, flagged: int, *, batch_size: int) -> ChunkCost:
+    """The writes of a chunk of ``items`` of ``kind``; ``flagged``: links that also update the record,
+    or persons created by email."""
+    if kind is WorkKind.LINK:
+        return link_chunk_cost(items, flagged, batch_size=batch_size)
+    if kind is WorkKind.PERSON:
+        return person_chunk_cost(flagged, items - flagged)
+    return lead_chunk_cost(items, batch_size=batch_size)
 
 
 def link_chunk_cost(pairs: int, dynamics_writes: int, *, batch_size: int) -> ChunkCost:
@@ -269,6 +297,9 @@ class JobState(BaseModel):
     apply_started_at: str | None = None
     finished_at: str | None = None
     apply_seconds: float = 0.0  # time spent applying, over every run of --apply
+    # The job-queue job applying the chunks not done in this process (``golive.queued``), if any:
+    # its chunk rows, not the bitmaps, then say what is done.
+    queue_job: str | None = None
 
     def is_started(self, chunk: int) -> bool:
         return _bit(self.started, chunk)
@@ -295,22 +326,31 @@ class JobState(BaseModel):
             }
         )
 
-    def progress(self) -> dict[str, Any]:
-        """For the status view: chunks done of all, and the time left at the pace so far (else the plan's ETA)."""
-        done = self.done_count
-        left = self.chunks - done
-        if done and self.apply_seconds:
+    def progress(self, queued: JobProgress | None = None) -> dict[str, Any]:
+        """For the status view: chunks done of all, and the time left at the pace so far (else the plan's
+        ETA). ``queued``: the progress of ``queue_job``, whose chunks (parts of the plan's chunks) are
+        then counted, with what they did added to what this process did before."""
+        done, chunks, running = self.done_count, self.chunks, 0
+        outcome = dict(self.outcome)
+        if queued is not None:
+            done, chunks, running = queued.done, queued.job.chunks, queued.running
+            for key, value in queued.totals.items():
+                outcome[key] = outcome.get(key, 0) + value
+        left = chunks - done
+        if done and self.apply_seconds and queued is None:
             eta = self.apply_seconds / done * left
         else:
-            eta = float(self.plan.get("eta_seconds") or 0.0) * (left / self.chunks if self.chunks else 0.0)
+            eta = float(self.plan.get("eta_seconds") or 0.0) * (left / chunks if chunks else 0.0)
         return {
             "job_id": self.job_id,
             "status": self.status.value,
             "chunks_done": done,
-            "chunks": self.chunks,
-            "percent": round(100.0 * done / self.chunks, 1) if self.chunks else 100.0,
+            "chunks": chunks,
+            "percent": round(100.0 * done / chunks, 1) if chunks else 100.0,
             "eta_seconds": round(eta, 1),
-            "outcome": dict(self.outcome),
+            "outcome": outcome,
+            "queue_job": self.queue_job,
+            "running": running,
         }
 
 

@@ -33,9 +33,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sync_core.core.convert import to_dataverse
-from sync_core.core.entities import CREATED_ON, ENTITY_SETS, PRIMARY_IDS, microsoft_fields
+from sync_core.core.entities import CREATED_ON, ENTITY_SETS, PRIMARY_IDS, microsoft_fields, read_columns, row_id
 from sync_core.core.errors import StateConflictError
-from sync_core.core.fieldmap import FieldValueError, canonical_values
+from sync_core.core.fieldmap import FieldMap, FieldValueError, canonical_values
 from sync_core.core.golive import CHUNKS_IN_FLIGHT, JOB_CURSOR, InitialPolicy, JobState, JobStatus, WorkKind
 from sync_core.core.matching import email_key
 from sync_core.core.models import Cursor, Direction, EntityType, Link
@@ -44,6 +44,8 @@ from sync_core.cycle.engine import MARKETO_CHANGES
 from sync_core.cycle.ledger import Batch, OpenFailures, Pending, Tally
 from sync_core.cycle.oneway import OneWayValues
 from sync_core.cycle.overlap import MARKETO_CHANGES_TAIL
+from sync_core.cycle.schema_cache import active_schema
+from sync_core.golive.plan import MARKETO_EXTRA_FIELDS
 from sync_core.golive.snapshot import Snapshot, WorkItem
 from sync_core.wiring.services import Services
 
@@ -83,6 +85,30 @@ class Checkpoints:
         return state
 
 
+def rewind_marketo_changes(services: Services, planned: str | None) -> None:
+    """Once every pair is linked, the cycle re-reads Marketo's changes from the plan's moment (``planned``).
+
+    A cycle that ran during the apply read the edits of persons the job had not linked yet and
+    could not apply them (unlinked); the job then linked those persons with the plan's values.
+    Reading the changes again, now that they are linked, applies them; changes applied already
+    equal their baselines and write nothing. A cycle running right now loses its ETag-conditional
+    cursor write and ends; the next one reads from here."""
+    store = services.store
+    for _ in range(5):  # a cycle may store its cursor in between: read it again and retry
+        current = store.get_cursor(MARKETO_CHANGES)
+        if planned is None or current is None or current.value == planned:
+            return
+        try:
+            store.put_cursor(current.model_copy(update={"value": planned}))
+            break
+        except StateConflictError:
+            continue
+    tail = store.get_cursor(MARKETO_CHANGES_TAIL)
+    if tail is not None:
+        store.delete_cursor(tail.model_copy(update={"etag": None}))
+    log.info("initial sync: Marketo changes are re-read from the plan's moment")
+
+
 class InitialSync:
     """One job's apply over its snapshot (see the module docstring)."""
 
@@ -101,14 +127,12 @@ class InitialSync:
         self._snapshot = snapshot
         self._checkpoints = checkpoints
         self.state = state
-        self._policy = policy
         self._progress = progress or (lambda stage, done, total: None)
         self._clock = clock
-        self._open = OpenFailures(services.store)
+        self._work = ChunkWork(services, job_id=state.job_id, policy=policy, clock=clock)
         self._loaded = False
         self._lock = threading.Lock()  # the job row and the snapshot's connection: one chunk at a time
         self._mark = time.perf_counter()
-        self._one_way: OneWayValues | None = None
 
     def run(self) -> JobState:
         """Every chunk not done yet, ``CHUNKS_IN_FLIGHT`` at a time (in order of their numbers); then
@@ -116,15 +140,9 @@ class InitialSync:
         go: the chunks are independent, and each is marked started and done on its own. The first
         failure stops new chunks; those in flight run to their end, then it is raised."""
         if not self._loaded:
-            self._open.load()
+            self._work.open_failures.load()
             self._loaded = True
-        if self.state.status is not JobStatus.APPLYING:
-            self.state = self._checkpoints.save(
-                self.state.model_copy(
-                    update={"status": JobStatus.APPLYING, "apply_started_at": self._clock().isoformat()}
-                )
-            )
-        self.set_cycle_cursors()
+        self.begin()
         total = self.state.chunks
         self._progress("apply", self.state.done_count, total)
         todo = [number for number in range(total) if not self.state.is_done(number)]
@@ -147,29 +165,18 @@ class InitialSync:
         )
         return self.state
 
-    def rewind_marketo_changes(self) -> None:
-        """Once every pair is linked, the cycle re-reads Marketo's changes from the plan's moment.
+    def begin(self) -> None:
+        """The job is being applied: its row says so, and the cycle's cursors start where the plan read."""
+        if self.state.status is not JobStatus.APPLYING:
+            self.state = self._checkpoints.save(
+                self.state.model_copy(
+                    update={"status": JobStatus.APPLYING, "apply_started_at": self._clock().isoformat()}
+                )
+            )
+        self.set_cycle_cursors()
 
-        A cycle that ran during the apply read the edits of persons the job had not linked yet and
-        could not apply them (unlinked); the job then linked those persons with the plan's values.
-        Reading the changes again, now that they are linked, applies them; changes applied already
-        equal their baselines and write nothing. A cycle running right now loses its ETag-conditional
-        cursor write and ends; the next one reads from here."""
-        store = self._services.store
-        planned = (self._snapshot.meta("cursors") or {}).get(MARKETO_CHANGES)
-        for _ in range(5):  # a cycle may store its cursor in between: read it again and retry
-            current = store.get_cursor(MARKETO_CHANGES)
-            if planned is None or current is None or current.value == planned:
-                return
-            try:
-                store.put_cursor(current.model_copy(update={"value": planned}))
-                break
-            except StateConflictError:
-                continue
-        tail = store.get_cursor(MARKETO_CHANGES_TAIL)
-        if tail is not None:
-            store.delete_cursor(tail.model_copy(update={"etag": None}))
-        log.info("initial sync %s: Marketo changes are re-read from the plan's moment", self.state.job_id)
+    def rewind_marketo_changes(self) -> None:
+        rewind_marketo_changes(self._services, (self._snapshot.meta("cursors") or {}).get(MARKETO_CHANGES))
 
     def set_cycle_cursors(self) -> None:
         """The cycle starts where the plan read, unless it has cursors of its own already."""
@@ -184,14 +191,96 @@ class InitialSync:
     # -- one chunk ------------------------------------------------------------------------------
 
     def apply_chunk(self, number: int) -> dict[str, int]:
-        """Do chunk ``number`` (again, safely, if it was started before); what it did."""
+        """Do chunk ``number`` (again, safely, if it was started before) from the snapshot; what it did."""
         with self._lock:
             resumed = self.state.is_started(number)
             if not resumed:
                 self.state = self._checkpoints.save(self.state.with_started(number))
             items = self._snapshot.chunk(number)
-        tally = Tally()
+        counts = self._work.apply_chunk(str(number), chunk_payload(items), items, resumed=resumed)
+        with self._lock:
+            # The apply's time, not the chunk's: chunks overlap, so each adds the time since the last
+            # one was done (the status view's pace is this sum over the chunks done).
+            now = time.perf_counter()
+            self.state = self._checkpoints.save(self.state.with_done(number, counts, now - self._mark))
+            self._mark = now
+        log.info("initial sync %s: chunk %d done (%d items)", self.state.job_id, number, len(items))
+        return counts
+
+
+def chunk_payload(items: Sequence[WorkItem], **extra: Any) -> dict[str, Any]:
+    """What a chunk is, by ids only (the job queue's chunk rows hold it): its kind and entity, its
+    persons' Marketo ids (links, leads) and its records' Dataverse ids (links, persons), in order;
+    a link's two ids at the same position. Never a value of the records."""
+    if not items:
+        return {"kind": WorkKind.LINK.value, "entity": EntityType.LEAD.value, **extra}
+    kind = WorkKind(items[0].kind)
+    payload: dict[str, Any] = {"kind": kind.value, "entity": items[0].entity or EntityType.LEAD.value}
+    if kind in (WorkKind.LINK, WorkKind.LEAD):
+        payload["marketo_ids"] = [int(item.marketo_id or 0) for item in items]
+    if kind in (WorkKind.LINK, WorkKind.PERSON):
+        payload["dataverse_ids"] = [str(item.dataverse_id) for item in items]
+    return payload | extra
+
+
+def read_items(services: Services, field_map: FieldMap, payload: Mapping[str, Any]) -> list[WorkItem]:
+    """The chunk's work items with both sides' rows read again by id, in the shape the plan read them
+    (Marketo: the mapped fields and ``MARKETO_EXTRA_FIELDS``, 300 ids a Get Leads call; Dataverse: the
+    columns the sync reads, a ``$filter`` of escaped GUID literals per 100 ids). A person or record
+    gone since the plan comes back as ``None`` (its item is skipped, counted ``gone``)."""
+    kind, entity = WorkKind(payload["kind"]), EntityType(payload["entity"])
+    marketo_ids = [int(mid) for mid in payload.get("marketo_ids", [])]
+    dataverse_ids = [str(did).lower() for did in payload.get("dataverse_ids", [])]
+    persons: dict[int, dict[str, Any]] = {}
+    if marketo_ids:
+        fields = list(dict.fromkeys([*MARKETO_EXTRA_FIELDS, *field_map.marketo_fields]))
+        persons = {int(row["id"]): row for row in services.marketo.get_leads(marketo_ids, fields=fields)}
+    records: dict[str, dict[str, Any]] = {}
+    if dataverse_ids:
+        columns = read_columns(entity, field_map.columns(entity))
+        for row in services.dataverse.get_rows(ENTITY_SETS[entity], dataverse_ids, select=columns):
+            records[row_id(entity, row)] = row
+    if kind is WorkKind.LINK:
+        pairs = zip(marketo_ids, dataverse_ids, strict=True)
+        return [WorkItem(kind, entity, mid, did, persons.get(mid), records.get(did)) for mid, did in pairs]
+    if kind is WorkKind.PERSON:
+        return [WorkItem(kind, entity, None, did, None, records.get(did)) for did in dataverse_ids]
+    return [WorkItem(kind, entity, mid, None, persons.get(mid), None) for mid in marketo_ids]
+
+
+class ChunkWork:
+    """The one way a chunk's work is done, by the in-process apply (items from the snapshot) and by a
+    job-queue worker (items read again by id: ``read_items``); the same decisions either way, from
+    the values it is given (fresher ones on the queue). Holds what chunks of one job share in a
+    process: the open failures, the owners and accounts looked up (bounded: ``OneWayValues``)."""
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        job_id: str,
+        policy: InitialPolicy,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._services = services
+        self._job_id = job_id
+        self._policy = policy
+        self._clock = clock
+        self.open_failures = OpenFailures(services.store)
+        self._lock = threading.Lock()
+        self._one_way: OneWayValues | None = None
+        self._field_map: FieldMap | None = None
+
+    def apply_chunk(
+        self, label: str, payload: Mapping[str, Any], items: Sequence[WorkItem] | None = None, *, resumed: bool
+    ) -> dict[str, int]:
+        """Do the chunk ``payload`` names (``items``: its rows as the plan read them; None: read them
+        again by id). ``resumed``: it may have run before (the process died in it), so what it did
+        already is looked up first and nothing is created twice. What it did."""
         services = self._services
+        if items is None:
+            items = read_items(services, self._read_map(), payload)
+        tally = Tally()
         applier = Applier(
             marketo=services.marketo,
             dataverse=services.dataverse,
@@ -199,9 +288,9 @@ class InitialSync:
             field_map=services.field_map,
             dynamics_delete_policy=services.settings.dynamics_delete_policy,
             marketo_delete_policy=services.settings.marketo_delete_policy,
-            run_id=f"initial-{self.state.job_id}-{number}",
+            run_id=f"initial-{self._job_id}-{label}",
             now=self._clock(),
-            open_failures=self._open,
+            open_failures=self.open_failures,
             tally=tally,
         )
         applier.first_contact = self._policy.first_contact
@@ -213,10 +302,10 @@ class InitialSync:
             applier.one_way = self._one_way
         applier.prepare()
         counts: dict[str, int] = {}
+        kind, entity = WorkKind(payload["kind"]), EntityType(payload["entity"])
         if items:
-            kind, entity = WorkKind(items[0].kind), EntityType(items[0].entity or "lead")
             if kind is WorkKind.LINK:
-                counts = self._link(applier, entity, items, resumed)
+                counts = self._link(applier, entity, items)
             elif kind is WorkKind.PERSON:
                 counts = self._persons(applier, entity, items, resumed)
             else:
@@ -227,14 +316,17 @@ class InitialSync:
             counts["written_dynamics"] = tally.written_dynamics
             if resumed:
                 counts["chunks_resumed"] = 1
-        with self._lock:
-            # The apply's time, not the chunk's: chunks overlap, so each adds the time since the last
-            # one was done (the status view's pace is this sum over the chunks done).
-            now = time.perf_counter()
-            self.state = self._checkpoints.save(self.state.with_done(number, counts, now - self._mark))
-            self._mark = now
-        log.info("initial sync %s: chunk %d done (%d items)", self.state.job_id, number, len(items))
         return counts
+
+    def _read_map(self) -> FieldMap:
+        """The field map the plan read with (the active schema's: drifted fields left out)."""
+        if self._field_map is None:
+            services = self._services
+            schema = active_schema(
+                services.store, services.marketo, services.dataverse, services.field_map, now=self._clock()
+            )
+            self._field_map = schema.field_map
+        return self._field_map
 
     def _linked_persons(self, marketo_ids: Sequence[int]) -> dict[int, Link]:
         """The links of these persons. A chunk's persons are in id order, so their links are one
@@ -252,7 +344,7 @@ class InitialSync:
                 found[link.marketo_id] = link
         return found
 
-    def _link(self, applier: Applier, entity: EntityType, items: Sequence[WorkItem], resumed: bool) -> dict[str, int]:
+    def _link(self, applier: Applier, entity: EntityType, items: Sequence[WorkItem]) -> dict[str, int]:
         """Link the chunk's pairs, except those linked meanwhile: by this chunk's interrupted run
         (counted as done), or by the cycle, which links a record that changed since the plan by the
         same matching rule (its link is newer than the plan's values: left alone)."""
@@ -268,6 +360,7 @@ class InitialSync:
             elif link is None and str(item.dataverse_id) not in by_record:
                 kept.append(item)
         items = kept
+        gone = sum(1 for item in items if item.marketo is None or item.dynamics is None)
         now = applier.now
         pending = [
             Pending(
@@ -288,22 +381,23 @@ class InitialSync:
             if item.marketo is not None and item.dynamics is not None
         ]
         applier.sync_linked(pending)
-        return {"linked": applier.tally.linked + done_before}
+        return {"linked": applier.tally.linked + done_before} | ({"gone": gone} if gone else {})
 
     def _persons(
         self, applier: Applier, entity: EntityType, items: Sequence[WorkItem], resumed: bool
     ) -> dict[str, int]:
         rows = [item.dynamics for item in items if item.dynamics is not None]
+        gone = {"gone": len(items) - len(rows)} if len(rows) < len(items) else {}
         ids = [str(row[PRIMARY_IDS[entity]]).lower() for row in rows]
         already = self._services.store.get_links_by_dataverse_ids(entity, ids)
         rest = [row for row, rid in zip(rows, ids, strict=True) if rid not in already]
         if not resumed:
             # Marketo refuses a createOnly whose email (or microsoftId) a person has: never a duplicate.
             applier.new_records.create_persons(entity, rest)
-            return {"persons_created": applier.tally.created + len(already)}
+            return {"persons_created": applier.tally.created + len(already)} | gone
         applier.new_records.link_new(entity, rest, lambda ids: {})
         # A person found by the matching rule was created by the interrupted run of this chunk.
-        return {"persons_created": applier.tally.created + applier.tally.linked + len(already)}
+        return {"persons_created": applier.tally.created + applier.tally.linked + len(already)} | gone
 
     def _leads(self, applier: Applier, items: Sequence[WorkItem], resumed: bool) -> dict[str, int]:
         """Marketo-only persons get a lead (policy ``create-lead``), then are linked to it."""
@@ -312,7 +406,8 @@ class InitialSync:
         field_map = applier.field_map
         mappings = field_map.for_entity(entity)
         metadata = applier.metadata.get(entity)
-        persons = {int(item.marketo_id or 0): item.marketo or {} for item in items}
+        persons = {int(item.marketo_id or 0): item.marketo for item in items if item.marketo is not None}
+        gone = {"gone": len(items) - len(persons)} if len(persons) < len(items) else {}
         existing: dict[str, str] = {}
         done_before = 0
         linked = self._linked_persons(sorted(persons))
@@ -374,7 +469,7 @@ class InitialSync:
                     Link(marketo_id=mid, entity=entity, dataverse_id=did, baseline=values, updated_at=applier.now)
                 )
         ledger.record(batch)
-        return {"leads_created": len(links) + done_before}
+        return {"leads_created": len(links) + done_before} | gone
 
 
 def outcome_against_plan(plan: Mapping[str, Any], outcome: Mapping[str, int]) -> dict[str, dict[str, int]]:
