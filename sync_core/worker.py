@@ -16,6 +16,7 @@ from sync_core import (
     backfill,  # noqa: F401  (registers the "backfill" kind)
     jobs,
 )
+from sync_core.golive import queued  # noqa: F401  (registers the "initial-sync" kind)
 from sync_core.wiring.services import services_from_env
 
 OWNER = f"{socket.gethostname()}:{os.getpid()}"

@@ -78,27 +78,21 @@ def follow(
     poll: float = 1.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> JobProgress:
-    """Print the job's progress until every chunk is done, or until chunks went to the poison queue
-    and none is running any more; its last progress."""
-    last = ""
-    poisoned_before = _poisoned(services) or 0
-    while True:
-        progress = jobs.job_progress(services.store, job_id)
-        assert progress is not None
+    """Print the job's progress (a line when it changes) until it is done or chunks went to the
+    poison queue (``jobs.follow``); its last progress."""
+    last = [""]
+
+    def show(progress: JobProgress) -> None:
         line = progress_line(progress, field)
-        if line != last:
+        if line != last[0]:
             out.write(line + "\n")
             out.flush()
-            last = line
-        if progress.complete:
-            if progress.job.state is not JobState.DONE:  # the last chunk's worker is finishing it (or died)
-                jobs.finish_if_complete(services, job_id)
-                continue
-            return progress
-        if progress.running == 0 and progress.errors and (_poisoned(services) or 0) > poisoned_before:
-            out.write(f"backfill {field}: chunks failed for good (poison queue); fix the cause, then --resume\n")
-            return progress
-        sleep(poll)
+            last[0] = line
+
+    progress = jobs.follow(services, job_id, show=show, poll=poll, sleep=sleep)
+    if not progress.complete:
+        out.write(f"backfill {field}: chunks failed for good (poison queue); fix the cause, then --resume\n")
+    return progress
 
 
 def backfill_main(

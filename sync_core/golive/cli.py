@@ -4,7 +4,10 @@
 prints the plan as JSON; it writes nothing to Marketo or Dynamics. ``--apply`` does the plan's
 work chunk by chunk, resuming where a stopped or crashed apply left off, with a progress bar on
 stderr (plain lines when stderr is not a terminal), and prints what happened next to what the
-plan said. The job takes ``SYNC_INITIAL_API_SHARE`` of this app's API budget: the Marketo rate
+plan said. With a job queue configured (``SYNC_QUEUE_CONNECTION`` / ``SYNC_QUEUE_ENDPOINT``, as for
+``backfill``) ``--apply`` puts the chunks on the queue instead (``queued``) and follows them with
+the same progress bar; running it again after Ctrl-C or poison messages enqueues again what is not
+done and follows on. The job takes ``SYNC_INITIAL_API_SHARE`` of this app's API budget: the Marketo rate
 share and the Dataverse bulk messages in flight are that share of ``MARKETO_RATE_SHARE`` and
 ``DATAVERSE_MAX_PARALLEL``, so the cycle and the webhook, running in the Function App with the
 full settings, keep the rest.
@@ -24,10 +27,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from sync_core import jobs
 from sync_core.core import golive
 from sync_core.core.errors import ConfigError, QuotaExceededError, SyncError
 from sync_core.core.golive import InitialPolicy, JobState, JobStatus, MarketoOnlyPolicy, Share
+from sync_core.core.jobs import ChunkRecord, JobProgress
+from sync_core.core.jobs import JobState as QueueJobState
 from sync_core.cycle.schema_cache import active_schema
+from sync_core.golive import queued
 from sync_core.golive.apply import Checkpoints, InitialSync, JobConflictError, outcome_against_plan
 from sync_core.golive.plan import OldestPersonUnknownError, PlanReport, decide, read_both_sides
 from sync_core.golive.snapshot import Snapshot
@@ -177,12 +184,14 @@ def _plan(
             report=report,
             chunk_size=chunk_size,
         )
+        if services.queue is not None:
+            report.api_calls.update(queued.queue_calls(snapshot, batch_size=services.settings.dataverse_batch_size))
     read_calls = _calls(calls_before, services.counters.snapshot())
     read_floor = golive.read_floor(
         windows=read["read"]["windows"],
         dataverse_rows={name: read["read"].get(name, 0) for name in ("leads", "contacts")},
     )
-    apply_marketo = report.api_calls["apply"]["marketo"]
+    apply_marketo = report.api_calls.get("apply_queue", report.api_calls["apply"])["marketo"]
     quota_left = _quota_left(services, settings)
     report.api_calls.update(
         {
@@ -227,26 +236,23 @@ def _quota_left(services: Services, settings: Settings) -> int | None:
         return None
 
 
-def _apply(services: Services, progress: Any, out: TextIO, err: TextIO) -> int:
+def _apply(services: Services, progress: Any, out: TextIO, err: TextIO, *, poll: float = 1.0) -> int:
     checkpoints = Checkpoints(services)
     state = checkpoints.load()
     if state is None:
         print("no initial sync planned: run initial-sync --plan first", file=err)
         return 1
-    if state.status is not JobStatus.DONE and not Path(state.snapshot).exists():
+    unfinished = state.status is not JobStatus.DONE
+    if unfinished and state.queue_job is None and not Path(state.snapshot).exists():
         print(f"the plan's snapshot {state.snapshot} is missing: plan again", file=err)
         return 1
+    if unfinished and (state.queue_job is not None or services.queue is not None):
+        return _apply_queued(services, checkpoints, state, progress, out, err, poll=poll)
     wall = time.perf_counter()
     before = services.counters.snapshot()
-    if state.status is not JobStatus.DONE:
+    if unfinished:
         with Snapshot(state.snapshot) as snapshot:
-            stored = snapshot.meta("policy") or {}
-            policy = InitialPolicy(
-                lead_winner=stored.get("SYNC_INITIAL_LEAD_WINNER", "marketo"),
-                contact_winner=stored.get("SYNC_INITIAL_CONTACT_WINNER", "dynamics"),
-                marketo_only=MarketoOnlyPolicy(stored.get("SYNC_INITIAL_MARKETO_ONLY", "leave")),
-            )
-            job = InitialSync(services, snapshot, checkpoints, state, policy=policy, progress=progress)
+            job = InitialSync(services, snapshot, checkpoints, state, policy=_policy(snapshot), progress=progress)
             try:
                 state = job.run()
             except JobConflictError as error:
@@ -268,15 +274,129 @@ def _apply(services: Services, progress: Any, out: TextIO, err: TextIO) -> int:
                     file=err,
                 )
                 return 1
+    _print_result(state, _calls(before, services.counters.snapshot()), time.perf_counter() - wall, out)
+    return 0
+
+
+def _policy(snapshot: Snapshot) -> InitialPolicy:
+    stored = snapshot.meta("policy") or {}
+    return InitialPolicy(
+        lead_winner=stored.get("SYNC_INITIAL_LEAD_WINNER", "marketo"),
+        contact_winner=stored.get("SYNC_INITIAL_CONTACT_WINNER", "dynamics"),
+        marketo_only=MarketoOnlyPolicy(stored.get("SYNC_INITIAL_MARKETO_ONLY", "leave")),
+    )
+
+
+def _print_result(state: JobState, calls: Mapping[str, int], seconds: float, out: TextIO, **extra: Any) -> None:
     result = {
         "job_id": state.job_id,
         "status": state.status.value,
         "chunks": state.chunks,
         "outcome": state.outcome,
         "against_plan": outcome_against_plan(state.plan, state.outcome),
-        "api_calls": _calls(before, services.counters.snapshot()),
-        "seconds": round(time.perf_counter() - wall, 1),
+        "api_calls": calls,
+        "seconds": round(seconds, 1),
         "plan_eta_seconds": state.plan.get("eta_seconds"),
+        **extra,
     }
     out.write(json.dumps(result, indent=2) + "\n")
+
+
+def _apply_queued(
+    services: Services,
+    checkpoints: Checkpoints,
+    state: JobState,
+    progress: Any,
+    out: TextIO,
+    err: TextIO,
+    *,
+    poll: float,
+) -> int:
+    """The chunks on the job queue (``queued``): the queue job started (once: its id is written in
+    the job row first) or, when it exists, its chunks not done enqueued again; then followed to its
+    end. Without a queue configured now, a queue job started earlier runs here (``jobs.run_inline``)."""
+    wall = time.perf_counter()
+    before = services.counters.snapshot()
+    if state.queue_job is None or services.store.get_job(state.queue_job) is None:
+        if not Path(state.snapshot).exists():
+            print(f"the plan's snapshot {state.snapshot} is missing: plan again", file=err)
+            return 1
+        try:
+            state = _start_queued(services, checkpoints, state)
+        except JobConflictError as error:
+            print(str(error), file=err)
+            return 1
+    job_id = state.queue_job
+    assert job_id is not None
+    record = services.store.get_job(job_id)
+    assert record is not None
+    if services.queue is None:
+        jobs.run_inline(services, job_id, owner="cli")
+    elif record.planned:
+        jobs.resume_job(services, job_id)  # after Ctrl-C, a lost or poisoned message: what is not done
+    else:
+        _finish_writing(services, checkpoints, state)  # the apply that started it died while writing it
+    print(f"initial sync {state.job_id}: on the job queue as job {job_id}", file=err)
+
+    def show(current: JobProgress) -> None:
+        progress("apply", current.done, current.job.chunks)
+
+    try:
+        final = jobs.follow(services, job_id, show=show, poll=poll)
+    except KeyboardInterrupt:
+        print(f"initial sync {state.job_id}: left running on the queue; run --apply again to follow it", file=err)
+        return 1
+    if not final.complete:
+        print(
+            f"initial sync {state.job_id}: chunks failed for good (poison queue): {'; '.join(final.errors)}; "
+            "fix the cause, then run --apply again",
+            file=err,
+        )
+        return 1
+    done = checkpoints.load()
+    if done is not None and done.status is not JobStatus.DONE and final.job.state is QueueJobState.DONE:
+        queued.complete(services, final.job, final)  # the last chunk's worker died before it
+        done = checkpoints.load()
+    assert done is not None
+    queue = {"job": job_id, "chunks": final.job.chunks, "api_calls_of_workers": "in the workers' run reports"}
+    _print_result(done, _calls(before, services.counters.snapshot()), time.perf_counter() - wall, out, queue=queue)
     return 0
+
+
+def _start_queued(services: Services, checkpoints: Checkpoints, state: JobState) -> JobState:
+    """The apply begins (job row ``applying``, the cycle's cursors), the queue job's id goes into the
+    job row, then the queue job is written and enqueued from the snapshot."""
+    with Snapshot(state.snapshot) as snapshot:
+        apply = InitialSync(services, snapshot, checkpoints, state, policy=_policy(snapshot))
+        apply.begin()
+        state = checkpoints.save(apply.state.model_copy(update={"queue_job": queued.queue_job_id(apply.state)}))
+        assert state.queue_job is not None
+        if services.store.get_job(state.queue_job) is None:
+            jobs.start_job(
+                services,
+                queued.KIND,
+                queued.queue_params(state, snapshot),
+                queued.payloads(state, snapshot),
+                job_id=state.queue_job,
+                enqueue=services.queue is not None,
+            )
+    return state
+
+
+def _finish_writing(services: Services, checkpoints: Checkpoints, state: JobState) -> None:
+    """A queue job whose writing was cut short: the chunks missing are written and enqueued, then it is
+    marked planned (only then can it complete). Chunks already written are left as they are."""
+    assert state.queue_job is not None
+    assert services.queue is not None
+    store = services.store
+    count = 0
+    with Snapshot(state.snapshot) as snapshot:
+        for index, payload in enumerate(queued.payloads(state, snapshot)):
+            count += 1
+            if store.get_chunk(state.queue_job, index) is None:
+                store.add_chunks([ChunkRecord(job_id=state.queue_job, index=index, payload=payload)])
+                services.queue.send(jobs.message_body(state.queue_job, index))
+    record = store.get_job(state.queue_job)
+    assert record is not None
+    store.put_job(record.model_copy(update={"chunks": count, "planned": True}))
+    jobs.resume_job(services, state.queue_job)

@@ -25,7 +25,9 @@ The API, small on purpose (initial sync and field backfill plug into it):
   last chunk does; a follower calls it too, in case that worker died before it),
   ``resume_job(services, job_id, now=…)`` (enqueue again every chunk not done and not held: after
   poison or a lost message), ``run_inline(services, job_id)`` (no queue: run the chunks in this
-  process, the same ``process_message`` path).
+  process, the same ``process_message`` path), ``follow(services, job_id, show=…)`` (what a command
+  does while the queue works: ``show`` each progress until the job is done, or until chunks went to
+  the poison queue and none runs any more).
 
 It does not know what any kind does, and messages and rows carry ids and counts, never person data.
 """
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
@@ -51,6 +54,7 @@ __all__ = [
     "JobKind",
     "JobProgress",
     "finish_if_complete",
+    "follow",
     "job_progress",
     "kinds",
     "process_message",
@@ -286,3 +290,34 @@ def run_inline(services: Services, job_id: str, *, owner: str = "inline") -> Job
         if chunk.state is not ChunkState.DONE:
             process_message(services, message_body(job_id, chunk.index), owner=owner)
     return job_progress(services.store, job_id)
+
+
+def follow(
+    services: Services,
+    job_id: str,
+    *,
+    show: Callable[[JobProgress], None],
+    poll: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> JobProgress:
+    """``show`` the job's progress every ``poll`` seconds until every chunk is done (then the job is
+    finished here if the last chunk's worker died before it), or until chunks went to the poison
+    queue and none is running any more (the progress returned is then not ``complete``)."""
+    poisoned_before = _poisoned(services)
+    while True:
+        progress = job_progress(services.store, job_id)
+        if progress is None:
+            raise ValueError(f"job {job_id!r} is not in the state store")
+        show(progress)
+        if progress.complete:
+            if progress.job.state is not JobState.DONE:  # the last chunk's worker is finishing it (or died)
+                finish_if_complete(services, job_id)
+                continue
+            return progress
+        if progress.running == 0 and progress.errors and _poisoned(services) > poisoned_before:
+            return progress
+        sleep(poll)
+
+
+def _poisoned(services: Services) -> int:
+    return 0 if services.queue is None else services.queue.poison_count()

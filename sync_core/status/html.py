@@ -285,9 +285,12 @@ def initial_sync_line(status: Status) -> str:
         return ""
     left = f", about {_duration(job.eta_seconds)} left" if job.status == "applying" else ""
     done = ", ".join(f"{name.replace('_', ' ')} {count:,}" for name, count in job.outcome.items() if count)
+    where = ""
+    if job.queue_job is not None:
+        where = f" on the job queue ({job.running} running)" if job.status == "applying" else " on the job queue"
     return (
-        f"Initial sync {job.job_id}: {job.status}, {job.percent:.1f} % ({job.chunks_done}/{job.chunks} chunks){left}"
-        + (f"; {done}" if done else "")
+        f"Initial sync {job.job_id}: {job.status}{where}, {job.percent:.1f} % "
+        f"({job.chunks_done}/{job.chunks} chunks){left}" + (f"; {done}" if done else "")
     )
 
 

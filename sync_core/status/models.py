@@ -221,6 +221,8 @@ class InitialSyncView(BaseModel):
     percent: float
     eta_seconds: float  # at the pace of the chunks done so far, else the plan's ETA
     outcome: dict[str, int] = {}  # what the done chunks did: linked, persons_created, collisions, …
+    queue_job: str | None = None  # applied on the job queue: this job's chunks (parts of the plan's) are counted
+    running: int = 0  # of those, held by a worker now
 
 
 class JobView(BaseModel):

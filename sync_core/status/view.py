@@ -35,6 +35,7 @@ from sync_core.core.fieldmap import FieldMap
 from sync_core.core.flows import WEBHOOKS
 from sync_core.core.golive import JOB_CURSOR
 from sync_core.core.golive import JobState as InitialSyncJob
+from sync_core.core.golive import JobStatus as InitialSyncStatus
 from sync_core.core.jobs import JobState
 from sync_core.core.models import Collision, RecordFailure, RunReport, WebhookCalls
 from sync_core.core.report import COMPLETED_OUTCOMES, DID_ITS_WORK, Outcome
@@ -421,7 +422,8 @@ def _webhook_rows(store: StateStore, now: datetime) -> list[WebhookRow]:
 
 
 def _initial_sync(store: StateStore) -> InitialSyncView | None:
-    """The go-live job's progress from its checkpoint row (one point read)."""
+    """The go-live job's progress from its checkpoint row (one point read), or, while it is applied on
+    the job queue, from its queue job's chunk rows (a page per 1,000 chunks)."""
     cursor = store.get_cursor(JOB_CURSOR)
     if cursor is None:
         return None
@@ -429,7 +431,13 @@ def _initial_sync(store: StateStore) -> InitialSyncView | None:
         job = InitialSyncJob.model_validate_json(cursor.value)
     except ValueError:
         return None
-    return InitialSyncView.model_validate(job.progress())
+    if job.queue_job is None:
+        return InitialSyncView.model_validate(job.progress())
+    queued = job_progress(store, job.queue_job)
+    view = job.progress(queued)
+    if job.status is InitialSyncStatus.DONE:  # the row's outcome is the total already
+        view |= {"outcome": job.outcome, "chunks_done": view["chunks"], "percent": 100.0, "running": 0}
+    return InitialSyncView.model_validate(view)
 
 
 def _state_size(store: StateStore) -> StateSize:
