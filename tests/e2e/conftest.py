@@ -18,6 +18,7 @@ from azure.functions.timer import TimerRequest
 import function_app
 from demo.sandbox_env import sandbox_settings
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
+from sandbox.azurite import AzuriteNotInstalled, run_azurite_queue
 from sync_core.core.models import EntityType, Link, RunReport
 from sync_core.settings import Settings
 from sync_core.state import TableStateStore
@@ -101,6 +102,16 @@ def environment(sandbox: SandboxServers, connection: str, prefix: str, **extra: 
         table_prefix=prefix,
         **{"WEBHOOK_SHARED_SECRET": SECRET, **extra},
     )
+
+
+@pytest.fixture(scope="module")
+def queue_connection() -> Iterator[str]:
+    """Azurite's Queue service for the job queue (a module's tests share it; each names its own queue)."""
+    try:
+        with run_azurite_queue() as conn:
+            yield conn
+    except AzuriteNotInstalled as err:
+        pytest.skip(str(err))
 
 
 @pytest.fixture

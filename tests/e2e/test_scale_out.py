@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,7 +21,6 @@ import httpx
 import pytest
 
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
-from sandbox.azurite import AzuriteNotInstalled, run_azurite_queue
 from sync_core import jobs
 from sync_core.core.jobs import ChunkState, JobState
 from sync_core.state import TableStateStore
@@ -41,15 +39,6 @@ BUDGET_CALLS, WINDOW = 50, 20.0
 WEBHOOK_DEADLINE = 20.0  # WEBHOOK_DEADLINE_SECONDS' default: inside Marketo's 30 s wait for a webhook
 
 pytestmark = pytest.mark.azurite
-
-
-@pytest.fixture(scope="module")
-def queue_connection() -> Iterator[str]:
-    try:
-        with run_azurite_queue() as conn:
-            yield conn
-    except AzuriteNotInstalled as err:
-        pytest.skip(str(err))
 
 
 def _start_host(env: dict[str, str], log: IO[str]) -> subprocess.Popen[str]:
