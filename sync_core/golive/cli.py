@@ -358,7 +358,9 @@ def _apply_queued(
         queued.complete(services, final.job, final)  # the last chunk's worker died before it
         done = checkpoints.load()
     assert done is not None
-    queue = {"job": job_id, "chunks": final.job.chunks, "api_calls_of_workers": "in the workers' run reports"}
+    # ``api_calls`` are this process's own (reading the snapshot's ids, following); the parts' calls
+    # are the workers', in the plan's ``apply_queue`` estimate.
+    queue = {"job": job_id, "chunks": final.job.chunks}
     _print_result(done, _calls(before, services.counters.snapshot()), time.perf_counter() - wall, out, queue=queue)
     return 0
 
