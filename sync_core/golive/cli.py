@@ -317,7 +317,8 @@ def _apply_queued(
     end. Without a queue configured now, a queue job started earlier runs here (``jobs.run_inline``)."""
     wall = time.perf_counter()
     before = services.counters.snapshot()
-    if state.queue_job is None or services.store.get_job(state.queue_job) is None:
+    started_now = state.queue_job is None or services.store.get_job(state.queue_job) is None
+    if started_now:
         if not Path(state.snapshot).exists():
             print(f"the plan's snapshot {state.snapshot} is missing: plan again", file=err)
             return 1
@@ -332,10 +333,12 @@ def _apply_queued(
     assert record is not None
     if services.queue is None:
         jobs.run_inline(services, job_id, owner="cli")
+    elif started_now:
+        pass  # its messages were sent as its chunks were written
     elif record.planned:
         jobs.resume_job(services, job_id)  # after Ctrl-C, a lost or poisoned message: what is not done
     else:
-        _finish_writing(services, checkpoints, state)  # the apply that started it died while writing it
+        _finish_writing(services, state)  # the apply that started it died while writing it
     print(f"initial sync {state.job_id}: on the job queue as job {job_id}", file=err)
 
     def show(current: JobProgress) -> None:
@@ -385,7 +388,7 @@ def _start_queued(services: Services, checkpoints: Checkpoints, state: JobState)
     return state
 
 
-def _finish_writing(services: Services, checkpoints: Checkpoints, state: JobState) -> None:
+def _finish_writing(services: Services, state: JobState) -> None:
     """A queue job whose writing was cut short: the chunks missing are written and enqueued, then it is
     marked planned (only then can it complete). Chunks already written are left as they are."""
     assert state.queue_job is not None
