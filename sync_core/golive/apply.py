@@ -347,17 +347,24 @@ class ChunkWork:
     def _link(self, applier: Applier, entity: EntityType, items: Sequence[WorkItem]) -> dict[str, int]:
         """Link the chunk's pairs, except those linked meanwhile: by this chunk's interrupted run
         (counted as done), or by the cycle, which links a record that changed since the plan by the
-        same matching rule (its link is newer than the plan's values: left alone)."""
+        same matching rule (its link is newer than the plan's values: left alone). A link's two rows
+        live in two partitions: a run killed between their writes leaves this pair readable by one
+        id only, so it is written again (not counted as done, nor left half-linked)."""
         done_before = 0
         store = self._services.store
         by_person = self._linked_persons([int(i.marketo_id or 0) for i in items])
         by_record = store.get_links_by_dataverse_ids(entity, [str(i.dataverse_id) for i in items])
         kept = []
         for item in items:
-            link = by_person.get(int(item.marketo_id or 0))
-            if link is not None and link.entity is entity and link.dataverse_id == item.dataverse_id:
+            mid, did = int(item.marketo_id or 0), str(item.dataverse_id)
+
+            def this_pair(link: Link | None, mid: int = mid, did: str = did) -> bool:
+                return link is not None and (link.marketo_id, link.entity, link.dataverse_id) == (mid, entity, did)
+
+            person_row, record_row = by_person.get(mid), by_record.get(did)
+            if this_pair(person_row) and this_pair(record_row):
                 done_before += 1
-            elif link is None and str(item.dataverse_id) not in by_record:
+            elif (person_row is None or this_pair(person_row)) and (record_row is None or this_pair(record_row)):
                 kept.append(item)
         items = kept
         gone = sum(1 for item in items if item.marketo is None or item.dynamics is None)
