@@ -173,7 +173,10 @@ class NewRecords:
                 ledger.fail_record(batch, entity, record, [reason])
                 continue
             candidates = index.candidates(record, email)
-            free = [p for p in candidates if p not in taken and p not in claimed]
+            # A person whose link names this very record is linked half-way (a write killed between
+            # the link's two rows, which live in two partitions): it is free for this record.
+            own = {p: taken[p] for p in candidates if p in taken and _names(taken[p], entity, record)}
+            free = [p for p in candidates if (p not in taken or p in own) and p not in claimed]
             if free and not applier.admits_person(persons[free[0]]):
                 # The person is kept out by the Marketo filter: not linked, and no second person made.
                 applier.tally.filtered_marketo += 1
@@ -181,7 +184,10 @@ class NewRecords:
                 continue
             if free:
                 claimed[free[0]] = record
-                link = Link(marketo_id=free[0], entity=entity, dataverse_id=record, baseline={}, updated_at=applier.now)
+                baseline = own[free[0]].baseline if free[0] in own else {}
+                link = Link(
+                    marketo_id=free[0], entity=entity, dataverse_id=record, baseline=baseline, updated_at=applier.now
+                )
                 extra = microsoft_fields(entity, record, row.get(CREATED_ON))
                 pending.append(
                     Pending(
@@ -269,3 +275,7 @@ class NewRecords:
                         batch, entity, record, reasons or ["Marketo did not create the person"], code=code
                     )
         ledger.record(batch)
+
+
+def _names(link: Link, entity: EntityType, record: str) -> bool:
+    return link.entity is entity and link.dataverse_id == record
