@@ -14,6 +14,7 @@ from sync_core.core.models import EntityType
 from sync_core.cycle.apply import Applier
 from sync_core.cycle.ledger import OpenFailures, Pending, Tally
 from sync_core.settings import DynamicsDeletePolicy
+from sync_core.state._keys import dataverse_link_key
 from tests.unit.conftest import CONTACT, LEAD, World
 
 
@@ -196,3 +197,21 @@ def test_marketo_deleted_does_not_count_a_record_that_was_already_gone(world: Wo
     applier.marketo_deleted([person])
     assert world.link_of(person) is None
     assert (applier.tally.deleted_in_dynamics, applier.tally.written_dynamics) == (0, 0)
+
+
+def test_a_half_written_link_is_completed_not_failed_as_a_duplicate(world: World) -> None:
+    """A write killed between a link's two rows (two partitions) leaves the person's row only: the
+    record's next change links it again to the same person, keeping the baseline, with no failure."""
+    record, person = world.linked_lead(1)
+    before = world.link_of(person)
+    assert before is not None
+    world.store._delete_link_rows({dataverse_link_key(LEAD, record)})  # the record's row never written
+    assert world.store.get_links_by_dataverse_ids(LEAD, [record]) == {}
+    applier = applier_for(world)
+    applier.dynamics_page(LEAD, [world.dataverse.rows["leads"][record]], [], nothing_staged)
+    assert world.store.get_links_by_dataverse_ids(LEAD, [record])[record].marketo_id == person
+    assert world.store.list_failures() == []
+    assert list(world.marketo.leads) == [person]
+    after = world.link_of(person)
+    assert after is not None
+    assert after.baseline == before.baseline
