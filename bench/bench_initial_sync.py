@@ -131,12 +131,19 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
                 "against_plan": apply_json["against_plan"],
                 "eta_seconds": eta,
                 "eta_error": round((eta - apply["seconds"]) / apply["seconds"], 3) if apply["seconds"] else None,
+                "eta_parts": plan_json.get("eta", {}),
                 "service_floor": floor,
             },
             "marketo_daily_quota": calls["marketo_daily_quota"],
         }
         marketo_total = calls["plan_read"]["marketo"] + apply_json["api_calls"]["marketo"]
         row["marketo_quota_share"] = round(marketo_total / calls["marketo_daily_quota"], 3)
+        parts = plan_json.get("eta", {})
+        print(
+            f"N={n}: the plan's ETA {eta} s = {json.dumps(parts)}",
+            file=sys.stderr,
+            flush=True,
+        )
         print(
             f"N={n}: apply {apply['seconds']} s (plan's ETA {eta} s), peak RSS {apply['peak_rss_mb']} MB, "
             f"calls {apply_json['api_calls']} (floor {calls['apply_floor']}), service floor "
