@@ -68,6 +68,7 @@ def test_the_calibration_measures_the_link_work_and_leaves_no_row_behind(store: 
     # Each timed step is one tick of the fake clock, spread over the sample's items.
     assert local.source == "measured"
     assert (local.cpu_s, local.lookup_s, local.write_s) == (1 / PAIRS, 1 / PAIRS, 1 / PAIRS)
+    assert local.range_s == 1.0  # one range look-up per chunk, not per item
     assert _link_rows(store) == before
     assert list(store.iter_links()) == [existing]
 

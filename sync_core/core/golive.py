@@ -79,6 +79,7 @@ class ChunkCost:
     marketo_records: int = 0
     dataverse_updated: int = 0
     dataverse_created: int = 0
+    ranges: int = 0  # range look-ups of its persons' links (one per chunk of existing persons)
 
     def add(self, other: ChunkCost) -> None:
         self.marketo_calls += other.marketo_calls
@@ -86,6 +87,7 @@ class ChunkCost:
         self.marketo_records += other.marketo_records
         self.dataverse_updated += other.dataverse_updated
         self.dataverse_created += other.dataverse_created
+        self.ranges += other.ranges
 
 
 def calls(records: int, per_call: int) -> int:
@@ -100,6 +102,7 @@ def link_chunk_cost(pairs: int, dynamics_writes: int, *, batch_size: int) -> Chu
         dataverse_calls=calls(dynamics_writes, batch_size),
         marketo_records=pairs,
         dataverse_updated=dynamics_writes,
+        ranges=1,
     )
 
 
@@ -118,6 +121,7 @@ def lead_chunk_cost(leads: int, *, batch_size: int) -> ChunkCost:
         dataverse_calls=calls(leads, batch_size),
         marketo_records=leads,
         dataverse_created=leads,
+        ranges=1,
     )
 
 
@@ -143,17 +147,19 @@ class _Load:
 
 @dataclass(frozen=True)
 class LocalCosts:
-    """What a work item costs between the requests, in seconds: its links looked up before its
-    chunk writes (``lookup_s``: the chunk's range of persons and one point read per record, as
-    the apply sends them, per item), its link written after (``write_s``: its share of the chunk's
-    Table transactions), and the local CPU of preparing it (``cpu_s``: reading it from the
-    snapshot, the merge, validation, the payloads). ``PUBLISHED`` assumes Azure Table Storage's
-    published latencies and no CPU; the plan measures the configured store and this machine
-    (``golive.plan.calibrate``) and says which it used (``source``)."""
+    """What happens between the requests, in seconds: a work item's links looked up before its
+    chunk writes (``lookup_s``: one point read per record, and the persons' range past the first
+    page), its link written after (``write_s``: its share of the chunk's Table transactions), the
+    local CPU of preparing it (``cpu_s``: reading it from the snapshot, the merge, validation, the
+    payloads); and per chunk, the first page of its persons' range (``range_s``: one scan per links
+    partition, merged). ``PUBLISHED`` assumes Azure Table Storage's published latencies and no CPU;
+    the plan measures the configured store and this machine (``golive.plan.calibrate``) and says
+    which it used (``source``)."""
 
     lookup_s: float
     write_s: float
     cpu_s: float = 0.0
+    range_s: float = 0.0
     source: str = "published"
 
 
@@ -181,7 +187,7 @@ def _load(cost: ChunkCost, share: Share, local: LocalCosts = PUBLISHED) -> _Load
         marketo_path_s=marketo,
         dataverse_request_s=dataverse_ms / 1000.0,
         dataverse_path_s=waves * per_message / 1000.0,
-        table_s=items * (local.lookup_s + local.write_s),
+        table_s=items * (local.lookup_s + local.write_s) + cost.ranges * local.range_s,
         cpu_s=items * local.cpu_s,
     )
 
@@ -276,6 +282,7 @@ class ApplyTime:
                 "link_lookup": round(self.local.lookup_s * 1000.0, 3),
                 "link_write": round(self.local.write_s * 1000.0, 3),
                 "cpu": round(self.local.cpu_s * 1000.0, 3),
+                "range_per_chunk": round(self.local.range_s * 1000.0, 1),
                 "source": self.local.source,
             },
         }

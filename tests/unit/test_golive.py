@@ -192,6 +192,16 @@ def test_the_eta_adds_what_happens_between_requests_where_it_does_not_overlap(
     assert parts["services_s"] == pytest.approx(95.0)  # the services' share, whatever else is measured
 
 
+def test_a_range_look_up_costs_once_per_chunk_of_existing_persons() -> None:
+    local = LocalCosts(lookup_s=0.0, write_s=0.0, range_s=0.5)
+    links = ApplyTime(QUARTER, local=local)
+    links.add(link_chunk_cost(3000, 0, batch_size=1000))
+    persons = ApplyTime(QUARTER, local=local)
+    persons.add(person_chunk_cost(3000, 0))  # new persons: their links are looked up by record only
+    assert links.table_s == 0.5
+    assert persons.table_s == 0.0
+
+
 def test_the_published_costs_are_azures_latencies_and_no_cpu() -> None:
     # A point read of 10 ms, 8 at a time, and a range page of 1,000 per 1,000 items; a transaction of
     # 40 ms per 50 links (100 rows): the model the ETA had before it measured anything.
