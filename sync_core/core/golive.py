@@ -307,7 +307,8 @@ def write_floor(
 
 
 def read_floor(*, windows: int, dataverse_rows: dict[str, int]) -> Floor:
-    """Reading both sides: a bulk export per 31-day window, Dataverse pages of 5,000 (one at least)."""
+    """Reading both sides: a bulk export per 31-day window, Dataverse pages of 5,000, the service's
+    largest (one at least; the plan reads smaller pages, ``golive.plan.READ_PAGE``)."""
     pages = sum(max(1, calls(rows, DATAVERSE_PAGE)) for rows in dataverse_rows.values())
     return Floor(BULK_CALLS_PER_WINDOW * windows, pages)
 
