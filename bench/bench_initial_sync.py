@@ -22,7 +22,7 @@ profile (300 s): ``--bulk-seconds`` shortens it for a quick run without touching
 the ETA models (``--time-scale`` scales those too, so the ETA is only comparable at 1).
 
     .venv/bin/python bench/bench_initial_sync.py [--sizes 100000,1000000] [--time-scale 1]
-        [--bulk-seconds 300] [--poll-seconds 60]
+        [--bulk-seconds 300] [--poll-seconds 60] [--plan-only]
 
 Human lines and the table go to stderr, the JSON to stdout.
 """
@@ -98,6 +98,17 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
         plan = _measured(env, "--plan", "--dir", workdir, "--poll-seconds", str(args.poll_seconds))
         plan_end = time.time()
         print(f"N={n}: plan {plan['seconds']} s, peak RSS {plan['peak_rss_mb']} MB", file=sys.stderr, flush=True)
+        if args.plan_only:
+            return {
+                "n": persons + leads + contacts,
+                "plan": {
+                    "seconds": plan["seconds"],
+                    "peak_rss_mb": plan["peak_rss_mb"],
+                    "api_calls": plan["result"]["api_calls"]["plan_read"],
+                    "api_floor": plan["result"]["api_calls"]["plan_read_floor"],
+                    "eta": plan["result"].get("eta", {}),
+                },
+            }
         apply = _measured(env, "--apply")
         apply_end = time.time()
         share = args.marketo_rate_share * args.api_share
@@ -131,12 +142,19 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
                 "against_plan": apply_json["against_plan"],
                 "eta_seconds": eta,
                 "eta_error": round((eta - apply["seconds"]) / apply["seconds"], 3) if apply["seconds"] else None,
+                "eta_parts": plan_json.get("eta", {}),
                 "service_floor": floor,
             },
             "marketo_daily_quota": calls["marketo_daily_quota"],
         }
         marketo_total = calls["plan_read"]["marketo"] + apply_json["api_calls"]["marketo"]
         row["marketo_quota_share"] = round(marketo_total / calls["marketo_daily_quota"], 3)
+        parts = plan_json.get("eta", {})
+        print(
+            f"N={n}: the plan's ETA {eta} s = {json.dumps(parts)}",
+            file=sys.stderr,
+            flush=True,
+        )
         print(
             f"N={n}: apply {apply['seconds']} s (plan's ETA {eta} s), peak RSS {apply['peak_rss_mb']} MB, "
             f"calls {apply_json['api_calls']} (floor {calls['apply_floor']}), service floor "
@@ -263,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bulk-seconds", type=float, default=None, help="a bulk export's processing time (the profile's: 300 s)"
     )
+    parser.add_argument("--plan-only", action="store_true", help="only the plan: its time, peak RSS and calls")
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {"time_scale": args.time_scale}
     if args.bulk_seconds is not None:
@@ -272,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     with run_azurite() as connection:
         for n in [int(size) for size in args.sizes.split(",")]:
             results.append(run_size(n, connection, args, profile))
+    if args.plan_only:
+        json.dump({"profile": "realistic", "plan_only": True, "results": results}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
     rows = [summary(row) for row in results]
     if len(rows) >= 2 and all(row["n"] != MILLION for row in rows):
         rows.append(extrapolated(rows, MILLION))

@@ -401,6 +401,33 @@ def test_link_rows_spread_over_the_partitions_their_keys_hash_to(store: StateSto
     assert max(per_partition.values()) < 2 * len(stored) / LINK_BUCKETS
 
 
+def test_scratch_links_live_apart_and_no_reader_of_links_sees_them(store: StateStore) -> None:
+    real = [_link(marketo_id) for marketo_id in range(1, 4)]
+    store.upsert_links(real)
+    scratch = store.scratch_links("probe1")
+    links = [_link(marketo_id) for marketo_id in range(2, 103)]
+    scratch.upsert_links(links)
+
+    partitions = {row.partition for row in _stored_link_rows(store)}
+    assert {p for p in partitions if not p.startswith("link-")} == {f"probe1-{b:02d}" for b in range(LINK_BUCKETS)}
+    assert sorted(link.marketo_id for link in scratch.iter_links(after_marketo_id=50)) == list(range(51, 103))
+    assert len(scratch.get_links_by_dataverse_ids(EntityType.LEAD, [link.dataverse_id for link in links])) == 101
+    # the real links are untouched and every reader of them sees only them
+    assert [link.marketo_id for link in store.iter_links()] == [1, 2, 3]
+    assert set(store.get_links_by_marketo_ids(range(1, 103))) == {1, 2, 3}
+    assert store.count_rows(cap=1000)["links"] == 3
+
+    scratch.delete_links(links)
+    assert {row.partition for row in _stored_link_rows(store)} <= {f"link-{b:02d}" for b in range(LINK_BUCKETS)}
+    assert [link.marketo_id for link in store.iter_links()] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["link", "linkx1", "Probe", "p-1", "ab"])
+def test_a_scratch_space_cannot_be_named_like_the_links(store: StateStore, name: str) -> None:
+    with pytest.raises(ValueError, match="scratch name"):
+        store.scratch_links(name)
+
+
 @pytest.mark.parametrize("k", [1, 14, 15, 300])
 def test_a_lookup_of_k_links_is_k_point_reads_whatever_the_store_holds(store: StateStore, k: int) -> None:
     store.upsert_links([_link(marketo_id) for marketo_id in range(1, 601)])

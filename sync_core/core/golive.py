@@ -80,6 +80,7 @@ class ChunkCost:
     marketo_records: int = 0
     dataverse_updated: int = 0
     dataverse_created: int = 0
+    ranges: int = 0  # range look-ups of its persons' links (one per chunk of existing persons)
 
     def add(self, other: ChunkCost) -> None:
         self.marketo_calls += other.marketo_calls
@@ -87,6 +88,7 @@ class ChunkCost:
         self.marketo_records += other.marketo_records
         self.dataverse_updated += other.dataverse_updated
         self.dataverse_created += other.dataverse_created
+        self.ranges += other.ranges
 
 
 def calls(records: int, per_call: int) -> int:
@@ -128,6 +130,7 @@ def link_chunk_cost(pairs: int, dynamics_writes: int, *, batch_size: int) -> Chu
         dataverse_calls=calls(dynamics_writes, batch_size),
         marketo_records=pairs,
         dataverse_updated=dynamics_writes,
+        ranges=1,
     )
 
 
@@ -146,6 +149,7 @@ def lead_chunk_cost(leads: int, *, batch_size: int) -> ChunkCost:
         dataverse_calls=calls(leads, batch_size),
         marketo_records=leads,
         dataverse_created=leads,
+        ranges=1,
     )
 
 
@@ -166,9 +170,34 @@ class _Load:
     dataverse_request_s: float  # Σ of its bulk messages' times
     dataverse_path_s: float  # its messages in waves of ``dataverse_parallel``
     table_s: float  # its link look-ups (both ids) and its link writes
+    cpu_s: float  # its preparation on this machine
 
 
-def _load(cost: ChunkCost, share: Share) -> _Load:
+@dataclass(frozen=True)
+class LocalCosts:
+    """What happens between the requests, in seconds: a work item's links looked up before its
+    chunk writes (``lookup_s``: one point read per record, and the persons' range past the first
+    page), its link written after (``write_s``: its share of the chunk's Table transactions), the
+    local CPU of preparing it (``cpu_s``: reading it from the snapshot, the merge, validation, the
+    payloads); and per chunk, the first page of its persons' range (``range_s``: one scan per links
+    partition, merged). ``PUBLISHED`` assumes Azure Table Storage's published latencies and no CPU;
+    the plan measures the configured store and this machine (``golive.plan.calibrate``) and says
+    which it used (``source``)."""
+
+    lookup_s: float
+    write_s: float
+    cpu_s: float = 0.0
+    range_s: float = 0.0
+    source: str = "published"
+
+
+PUBLISHED = LocalCosts(
+    lookup_s=(1 / LINKS_PER_PAGE + 1 / READS_IN_FLIGHT) * TABLE_READ_MS / 1000.0,
+    write_s=TABLE_TRANSACTION_MS / LINKS_PER_TRANSACTION / 1000.0,
+)
+
+
+def _load(cost: ChunkCost, share: Share, local: LocalCosts = PUBLISHED) -> _Load:
     marketo_calls = cost.marketo_calls
     per_call = MARKETO_SYNC_MS[0] + MARKETO_SYNC_MS[1] * min(cost.marketo_records / max(marketo_calls, 1), 300)
     in_flight = _marketo_in_flight(share)
@@ -180,16 +209,14 @@ def _load(cost: ChunkCost, share: Share) -> _Load:
     )
     waves = math.ceil(cost.dataverse_calls / max(share.dataverse_parallel, 1)) if cost.dataverse_calls else 0
     per_message = dataverse_ms / cost.dataverse_calls if cost.dataverse_calls else 0.0
-    links = max(cost.marketo_records, cost.dataverse_created)
-    table = math.ceil(links / LINKS_PER_TRANSACTION) * TABLE_TRANSACTION_MS / 1000.0
-    # Before the writes, the chunk's links are looked up by both ids.
-    lookups = (math.ceil(links / LINKS_PER_PAGE) + links / READS_IN_FLIGHT) * TABLE_READ_MS / 1000.0
+    items = max(cost.marketo_records, cost.dataverse_created)  # one link looked up and written per item
     return _Load(
         marketo_request_s=marketo_calls * per_call / 1000.0,
         marketo_path_s=marketo,
         dataverse_request_s=dataverse_ms / 1000.0,
         dataverse_path_s=waves * per_message / 1000.0,
-        table_s=table + lookups,
+        table_s=items * (local.lookup_s + local.write_s) + cost.ranges * local.range_s,
+        cpu_s=items * local.cpu_s,
     )
 
 
@@ -202,45 +229,91 @@ def _rate(share: Share) -> float:
     return max(1, math.floor(MARKETO_RATE[0] * share.marketo_rate_share)) / MARKETO_RATE[1]
 
 
-def chunk_seconds(cost: ChunkCost, share: Share) -> float:
-    """How long a chunk takes on its own: the look-ups of its links by both ids, both sides' writes
-    at once (the longer counts), then its Table transactions."""
-    load = _load(cost, share)
-    return max(load.marketo_path_s, load.dataverse_path_s) + load.table_s
+def chunk_seconds(cost: ChunkCost, share: Share, local: LocalCosts = PUBLISHED) -> float:
+    """How long a chunk takes on its own: the look-ups of its links by both ids, its preparation,
+    both sides' writes at once (the longer counts), then its Table transactions."""
+    load = _load(cost, share, local)
+    return max(load.marketo_path_s, load.dataverse_path_s) + load.table_s + load.cpu_s
 
 
 @dataclass
 class ApplyTime:
     """The apply's time, its chunks added one by one. ``CHUNKS_IN_FLIGHT`` chunks run at once, so
-    the apply takes the longest of: its chunks' own times (``chunk_seconds``) over the chunks in
-    flight, or its longest chunk; Marketo's work under the share (every call's time over the calls
-    allowed in flight, or every call at the allowed rate); Dataverse's (every message's time over
-    the messages in flight); Table Storage's (one chunk's look-ups and writes at a time)."""
+    the apply takes the longest of: its chunks' own times (``chunk_seconds``: Table look-ups, CPU,
+    the services, Table writes, one after the other) over the chunks in flight, or its longest
+    chunk; Marketo's work under the share (every call's time over the calls allowed in flight, or
+    every call at the allowed rate); Dataverse's (every message's time over the messages in
+    flight); Table Storage's (one chunk's look-ups and writes at a time); the CPU's (one process:
+    the chunks' preparation does not overlap). Plus ``fixed_s`` once (the apply's start: its
+    clients, the schema, the open failures)."""
 
     share: Share
+    local: LocalCosts = PUBLISHED
+    fixed_s: float = 0.0
     path_s: float = 0.0
     longest_s: float = 0.0
     marketo_calls: int = 0
     marketo_request_s: float = 0.0
     dataverse_request_s: float = 0.0
     table_s: float = 0.0
+    cpu_s: float = 0.0
+    services_path_s: float = 0.0
 
     def add(self, cost: ChunkCost) -> None:
-        load = _load(cost, self.share)
-        own = max(load.marketo_path_s, load.dataverse_path_s) + load.table_s
+        load = _load(cost, self.share, self.local)
+        services = max(load.marketo_path_s, load.dataverse_path_s)
+        own = services + load.table_s + load.cpu_s
         self.path_s += own
+        self.services_path_s += services
         self.longest_s = max(self.longest_s, own)
         self.marketo_calls += cost.marketo_calls
         self.marketo_request_s += load.marketo_request_s
         self.dataverse_request_s += load.dataverse_request_s
         self.table_s += load.table_s
+        self.cpu_s += load.cpu_s
+
+    def _bounds(self) -> dict[str, float]:
+        share = self.share
+        return {
+            "chunks": max(self.path_s / CHUNKS_IN_FLIGHT, self.longest_s),
+            "marketo": max(
+                self.marketo_request_s / _marketo_in_flight(share), max(self.marketo_calls - 1, 0) / _rate(share)
+            ),
+            "dataverse": self.dataverse_request_s / max(share.dataverse_parallel, 1),
+            "table_storage": self.table_s,
+            "cpu": self.cpu_s,
+        }
 
     @property
     def seconds(self) -> float:
-        share = self.share
-        marketo = max(self.marketo_request_s / _marketo_in_flight(share), max(self.marketo_calls - 1, 0) / _rate(share))
-        dataverse = self.dataverse_request_s / max(share.dataverse_parallel, 1)
-        return max(self.path_s / CHUNKS_IN_FLIGHT, self.longest_s, marketo, dataverse, self.table_s)
+        return self.fixed_s + max(self._bounds().values())
+
+    def parts(self) -> dict[str, Any]:
+        """The ETA and what it is made of, for the plan's output: each part's total over the whole
+        apply (``services_s``: the chunks' API calls by the published speeds, ``table_storage_s``,
+        ``local_cpu_s``, ``start_s``), the chunks' paths over the chunks in flight (``chunks_s``:
+        where the parts overlap), the bound that decides, and the costs per item assumed."""
+        bounds = self._bounds()
+        bound = max(bounds, key=lambda name: bounds[name])
+        return {
+            "eta_seconds": round(self.seconds, 1),
+            "start_s": round(self.fixed_s, 1),
+            "services_s": round(
+                max(self.services_path_s / CHUNKS_IN_FLIGHT, bounds["marketo"], bounds["dataverse"]), 1
+            ),
+            "table_storage_s": round(self.table_s, 1),
+            "local_cpu_s": round(self.cpu_s, 1),
+            "chunks_s": round(bounds["chunks"], 1),
+            "bound": bound,
+            "chunks_in_flight": CHUNKS_IN_FLIGHT,
+            "per_item_ms": {
+                "link_lookup": round(self.local.lookup_s * 1000.0, 3),
+                "link_write": round(self.local.write_s * 1000.0, 3),
+                "cpu": round(self.local.cpu_s * 1000.0, 3),
+                "range_per_chunk": round(self.local.range_s * 1000.0, 1),
+                "source": self.local.source,
+            },
+        }
 
 
 @dataclass
@@ -262,7 +335,8 @@ def write_floor(
 
 
 def read_floor(*, windows: int, dataverse_rows: dict[str, int]) -> Floor:
-    """Reading both sides: a bulk export per 31-day window, Dataverse pages of 5,000 (one at least)."""
+    """Reading both sides: a bulk export per 31-day window, Dataverse pages of 5,000, the service's
+    largest (one at least; the plan reads smaller pages, ``golive.plan.READ_PAGE``)."""
     pages = sum(max(1, calls(rows, DATAVERSE_PAGE)) for rows in dataverse_rows.values())
     return Floor(BULK_CALLS_PER_WINDOW * windows, pages)
 

@@ -36,7 +36,7 @@ from sync_core.core.jobs import JobState as QueueJobState
 from sync_core.cycle.schema_cache import active_schema
 from sync_core.golive import queued
 from sync_core.golive.apply import Checkpoints, InitialSync, JobConflictError, outcome_against_plan
-from sync_core.golive.plan import OldestPersonUnknownError, PlanReport, decide, read_both_sides
+from sync_core.golive.plan import OldestPersonUnknownError, PlanReport, calibrate, decide, estimate, read_both_sides
 from sync_core.golive.snapshot import Snapshot
 from sync_core.settings import Settings
 from sync_core.wiring.services import Services, services_for
@@ -163,6 +163,10 @@ def _plan(
         "SYNC_INITIAL_MARKETO_ONLY": policy.marketo_only.value,
     }
     schema = active_schema(services.store, services.marketo, services.dataverse, services.field_map, now=started)
+    # The apply starts as this plan did (the interpreter, the clients, a token, the schema): as long.
+    start_s = _process_age()
+    if start_s is None:
+        start_s = time.perf_counter() - wall
     with Snapshot(path) as snapshot:
         try:
             read = read_both_sides(
@@ -175,7 +179,7 @@ def _plan(
         snapshot.put_meta("policy", report.policy)
         report.read = read["read"]
         report.read_seconds = round(time.perf_counter() - wall, 1)
-        decide(
+        costs = decide(
             snapshot,
             schema,
             policy,
@@ -186,6 +190,8 @@ def _plan(
         )
         if services.queue is not None:
             report.api_calls.update(queued.queue_calls(snapshot, batch_size=services.settings.dataverse_batch_size))
+        local = calibrate(services.store, snapshot, schema, policy)
+        estimate(report, costs, share=share, local=local, start_s=start_s)
     read_calls = _calls(calls_before, services.counters.snapshot())
     read_floor = golive.read_floor(
         windows=read["read"]["windows"],
@@ -220,6 +226,16 @@ def _plan(
         return 1
     out.write(json.dumps(report.as_json(), indent=2) + "\n")
     return 0
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started, from Linux's ``/proc``; None where there is none."""
+    try:
+        since_boot = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - since_boot / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def _calls(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, int]:

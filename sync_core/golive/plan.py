@@ -4,9 +4,9 @@ either service, what the apply will do and what it will cost.
 Reading: Marketo through Bulk Lead Extract, one job per ≤ 31-day ``createdAt`` window from the
 oldest person to the moment the plan started (persons created since are the cycle's: its change
 feed starts at that moment); each file streamed into the snapshot. Dataverse through its paged
-change-tracking read (5,000 rows a page), whose last page gives the delta link the cycle starts
-from. The links already in the state store are read too (those persons and records are the
-cycle's already).
+change-tracking read (1,000 rows a page: see ``READ_PAGE``), whose last page gives the delta link
+the cycle starts from. The links already in the state store are read too (those persons and
+records are the cycle's already).
 
 Deciding, by the rules of ``core.matching`` and ``core.merge``: a person that names a record by
 ``microsoftId``/``microsoftType`` is linked to it; otherwise persons and records meet by the
@@ -26,6 +26,7 @@ import json
 import logging
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,19 +34,28 @@ from typing import Any
 
 from sync_core.core import golive
 from sync_core.core.convert import to_dataverse, to_marketo
-from sync_core.core.entities import ENTITY_SETS, is_qualified_lead, read_columns, row_id
+from sync_core.core.entities import (
+    CREATED_ON,
+    ENTITY_SETS,
+    PRIMARY_IDS,
+    is_qualified_lead,
+    microsoft_fields,
+    read_columns,
+    row_id,
+)
 from sync_core.core.errors import ApiError
 from sync_core.core.fieldmap import FieldMap, FieldValueError, canonical_values
-from sync_core.core.golive import ChunkCost, InitialPolicy, MarketoOnlyPolicy, Share, WorkKind
+from sync_core.core.golive import ChunkCost, InitialPolicy, LocalCosts, MarketoOnlyPolicy, Share, WorkKind
 from sync_core.core.matching import email_key
 from sync_core.core.merge import merge_record
 from sync_core.core.merge import plan as write_plan
-from sync_core.core.models import EntityType
+from sync_core.core.models import EntityType, Link
 from sync_core.cycle.engine import MARKETO_CHANGES, dataverse_cursor
 from sync_core.cycle.schema_cache import ActiveSchema
-from sync_core.golive.snapshot import Snapshot
+from sync_core.golive.snapshot import Snapshot, WorkItem
 from sync_core.marketo._bulk import windows as export_windows
 from sync_core.marketo.client import ExportJob
+from sync_core.state import StateStore
 from sync_core.wiring.services import Services
 
 log = logging.getLogger(__name__)
@@ -53,6 +63,10 @@ log = logging.getLogger(__name__)
 ENTITIES = (EntityType.CONTACT, EntityType.LEAD)
 MARKETO_EXTRA_FIELDS = ("id", "createdAt", "microsoftId", "microsoftType")
 EXPORTS_IN_FLIGHT = 2  # Marketo processes two export jobs at a time (api-protocols §A11)
+# Rows per page of the Dataverse read. The service allows 5,000, but the plan's memory then grows
+# page after page (a 1.7 MB answer each; not Python objects, and not given back by malloc_trim),
+# 230 MB over 400,000 rows; at 1,000 a page it stays at 110 MB, for 5 times the (quota-free) reads.
+READ_PAGE = 1000
 AMBIGUOUS_SHOWN = 100  # groups printed in the plan; all of them are in the snapshot
 Progress = Callable[[str, int, int | None], None]
 PersonRow = tuple[int, str | None, str | None, str | None, dict[str, Any]]  # id, email key, known id/type, row
@@ -80,6 +94,7 @@ class PlanReport:
     chunks: int = 0
     api_calls: dict[str, Any] = field(default_factory=dict)
     eta_seconds: float = 0.0
+    eta: dict[str, Any] = field(default_factory=dict)  # the ETA's parts and what it assumed
     read_seconds: float = 0.0
     policy: dict[str, str] = field(default_factory=dict)
 
@@ -115,7 +130,7 @@ def read_both_sides(
         email_column = entity_email.column(entity) if entity_email else None
         done = 0
         link: str | None = None
-        for page in dataverse.iter_changes(ENTITY_SETS[entity], select=columns, delta_link=None, page_size=5000):
+        for page in dataverse.iter_changes(ENTITY_SETS[entity], select=columns, delta_link=None, page_size=READ_PAGE):
             done += snapshot.add_records(
                 entity.value,
                 (
@@ -261,8 +276,9 @@ def decide(
     share: Share,
     report: PlanReport,
     chunk_size: int = golive.CHUNK_SIZE,
-) -> None:
-    """Write the work into the snapshot, in chunks, and fill ``report`` with what it will do."""
+) -> list[ChunkCost]:
+    """Write the work into the snapshot, in chunks, and fill ``report`` with what it will do (its
+    ETA at ``golive.PUBLISHED`` costs: ``estimate`` replaces it); every chunk's cost, in order."""
     db = snapshot.db
     for name in ("p", "r", "idm", "g", "pairs", "creating"):
         db.execute(f"DROP TABLE IF EXISTS {name}")
@@ -353,6 +369,7 @@ def decide(
     report.chunks = snapshot.chunk_count()
     report.api_calls = builder.calls()
     report.eta_seconds = round(builder.time.seconds, 1)
+    return builder.costs
 
 
 def list_batches(snapshot: Snapshot, query: str, params: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -487,6 +504,7 @@ class _ChunkBuilder:
         self._next = 0
         self.total = ChunkCost()
         self.time = golive.ApplyTime(share)
+        self.costs: list[ChunkCost] = []
         self.by_kind: dict[str, int] = {}
         self._floor = {"linked": 0, "dynamics_updates": 0, "persons_email": 0, "persons_other": 0, "leads": 0}
 
@@ -508,6 +526,7 @@ class _ChunkBuilder:
         cost = self._cost(kind, chunk)
         self.total.add(cost)
         self.time.add(cost)
+        self.costs.append(cost)
 
     def _cost(self, kind: WorkKind, chunk: list[tuple[int | None, str | None, int]]) -> ChunkCost:
         flagged = sum(flag for _, _, flag in chunk)
@@ -532,3 +551,98 @@ class _ChunkBuilder:
             "apply": {"marketo": self.total.marketo_calls, "dataverse": self.total.dataverse_calls},
             "apply_floor": {"marketo": floor.marketo, "dataverse": floor.dataverse},
         }
+
+
+# -- the ETA: the services' speeds plus what this store and this machine take between requests ----
+
+PROBE_ITEMS = 500  # work items the calibration measures (a sixth of a chunk)
+
+
+def calibrate(
+    store: StateStore,
+    snapshot: Snapshot,
+    schema: ActiveSchema,
+    policy: InitialPolicy,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    items: int = PROBE_ITEMS,
+) -> LocalCosts:
+    """Measure what the apply does between its requests, on a sample of the plan's own work.
+
+    Table Storage: the sample's links as the apply looks them up and writes them (the persons'
+    range through ``iter_links``, timed apart as it is one per chunk; a point read per record;
+    then ``upsert_links``: the same code and requests), in a scratch space of the links table
+    (``StateStore.scratch_links``) that no reader uses, deleted before this returns. CPU: the same
+    items read from the snapshot as the apply reads a chunk, their Pending links built, merged,
+    validated and their payloads encoded as the apply does before and after its calls. Per item
+    (the range per chunk); ``golive.PUBLISHED`` when the plan has no link to measure with."""
+    field_map = schema.field_map
+    began = clock()
+    loaded = _probe_items(snapshot, items)  # the apply's own read of a chunk
+    if not loaded:
+        return golive.PUBLISHED
+    links: list[Link] = []
+    for item in loaded:
+        entity = EntityType(item.entity or "lead")
+        mappings = field_map.for_entity(entity)
+        marketo = canonical_values(mappings, item.marketo or {}, side="marketo")
+        try:
+            dynamics = canonical_values(mappings, item.dynamics or {}, side=entity.value)
+        except FieldValueError:
+            dynamics = {}
+        merge = merge_record(
+            mappings, entity, marketo=marketo, dynamics=dynamics, baseline={}, first_contact=policy.first_contact
+        )
+        planned = write_plan(field_map, entity, merge, metadata=schema.metadata.get(entity), described=schema.described)
+        extra = microsoft_fields(entity, str(item.dataverse_id), (item.dynamics or {}).get(CREATED_ON))
+        json.dumps({"input": [{"id": item.marketo_id, **planned.marketo, **extra}]})  # the request bodies
+        json.dumps({"Targets": [{PRIMARY_IDS[entity]: item.dataverse_id, **planned.dynamics}]})
+        links.append(
+            Link(
+                marketo_id=int(item.marketo_id or 0),
+                entity=entity,
+                dataverse_id=str(item.dataverse_id),
+                baseline=merge.merged,
+            )
+        )
+    cpu = (clock() - began) / len(links)
+    scratch = store.scratch_links(f"probe{uuid.uuid4().hex[:10]}")
+    ids = sorted(link.marketo_id for link in links)
+    try:
+        began = clock()
+        for link in scratch.iter_links(after_marketo_id=ids[0] - 1):  # the persons' range, as the apply
+            if link.marketo_id > ids[-1]:
+                break
+        ranged = clock() - began
+        began = clock()
+        for entity in {link.entity for link in links}:  # then a point read per record
+            scratch.get_links_by_dataverse_ids(entity, [link.dataverse_id for link in links if link.entity is entity])
+        lookup = (clock() - began) / len(links)
+        began = clock()
+        scratch.upsert_links(links)
+        write = (clock() - began) / len(links)
+    finally:
+        scratch.delete_links(links)
+    return LocalCosts(lookup_s=lookup, write_s=write, cpu_s=cpu, range_s=ranged, source="measured")
+
+
+def _probe_items(snapshot: Snapshot, items: int) -> list[WorkItem]:
+    """Up to ``items`` link work items from the first link chunk, in the apply's order."""
+    found = snapshot.db.execute("SELECT min(chunk) FROM work WHERE kind = ?", (WorkKind.LINK.value,)).fetchone()
+    if not found or found[0] is None:
+        return []
+    return [item for item in snapshot.chunk(int(found[0]))[:items] if item.marketo_id is not None]
+
+
+def estimate(
+    report: PlanReport, costs: Iterable[ChunkCost], *, share: Share, local: LocalCosts, start_s: float
+) -> None:
+    """The plan's ETA with ``local`` costs and the apply's start, its parts, and next to it the ETA
+    by the published speeds alone (what the plan said before it measured)."""
+    published = golive.ApplyTime(share)
+    calibrated = golive.ApplyTime(share, local=local, fixed_s=start_s)
+    for cost in costs:
+        published.add(cost)
+        calibrated.add(cost)
+    report.eta_seconds = round(calibrated.seconds, 1)
+    report.eta = calibrated.parts() | {"published_only_s": round(published.seconds, 1)}

@@ -91,6 +91,12 @@ class StateStore(Protocol):
         initial sync's look-up of a range of persons: stop iterating past its end)."""
         ...
 
+    def scratch_links(self, name: str) -> StateStore:
+        """This store, its links in partitions ``{name}-NN`` that no reader of links uses: the same
+        requests as the real link work, for measuring it (the go-live plan's probe). Delete what
+        you write there."""
+        ...
+
     def migrate_links(self, *, pages: int) -> LinkMigration:
         """Move up to ``pages`` pages of links from the one-partition layout to the spread one;
         ``done`` when none is left. Idempotent, resumable; the caller holds the cycle lease."""

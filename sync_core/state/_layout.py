@@ -122,7 +122,11 @@ class RowPlumbing:
 def link_partition(row: str) -> str:
     """The partition of a link row in layout 2: a stable hash of its RowKey, so a row is found by
     its key alone (a point read) and a cycle's rows spread evenly over ``LINK_BUCKETS``."""
-    return link_partition_name(int.from_bytes(hashlib.sha256(row.encode("ascii")).digest()[:4], "big") % LINK_BUCKETS)
+    return link_partition_name(link_bucket(row))
+
+
+def link_bucket(row: str) -> int:
+    return int.from_bytes(hashlib.sha256(row.encode("ascii")).digest()[:4], "big") % LINK_BUCKETS
 
 
 def link_partition_name(bucket: int) -> str:

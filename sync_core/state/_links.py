@@ -20,17 +20,23 @@ use. Deleting goes layout 1 first, then layout 2; the migration copies (insert-i
 writer has written since is newer and stays), reads the page again, removes the copies of rows
 that vanished meanwhile (a delete raced it), then deletes the page. Only one migration runs at a
 time (the caller holds the cycle lease); a deleter need not, because of the orders above.
+
+A scratch view (``scratch_links``) runs this same code with partitions ``{name}-NN`` instead of
+``link-NN``, outside the range every reader of links keeps to: the go-live plan measures the link
+work on the configured store with it, and removes its rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from azure.data.tables import EdmType, EntityProperty
 
@@ -56,7 +62,7 @@ from sync_core.state._layout import (
     PAGE,
     RowPlumbing,
     as_int,
-    link_partition,
+    link_bucket,
     link_partition_name,
 )
 from sync_core.state._rows import RowFilter, StoredRow
@@ -66,6 +72,7 @@ logger = logging.getLogger(__name__)
 LAYOUT_VERSION = 2
 SPREAD = RowFilter(partition_from=LINKS_FROM, partition_to=LINKS_TO, row_prefix="m:")  # every link, layout 2
 MERGE_PAGE = 250  # rows per page of each partition's scan in ``iter_links`` (32 pages held at once)
+SCRATCH = re.compile(r"^[a-z][a-z0-9]{2,30}$")  # a scratch space's name: sorts outside "link"…"link."
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,27 @@ class LinkRows(RowPlumbing):
     """Links and baselines (see the module docstring)."""
 
     _links_migrated = False  # once True (layout 2 only) it stays so: a migration is never undone
+    _scratch: str | None = None  # set on a ``scratch_links`` view: its partitions' name
+
+    def scratch_links(self, name: str) -> Self:
+        """A view of this store whose links live in partitions ``{name}-00`` … ``{name}-31`` of the
+        links table instead of ``link-NN``: the same code, keys, spread, transactions and requests,
+        in partitions that no reader of links (lookups, ``iter_links``, the migration, the row
+        counts: all keep to ``link``…``link.``) ever reads. For measuring what the link work costs
+        on this store (the go-live plan's probe); the caller deletes what it writes."""
+        if not SCRATCH.match(name) or name.startswith("link"):
+            raise ValueError(f"scratch name {name!r}: 3 to 31 lowercase letters or digits, not starting with 'link'")
+        view = copy.copy(self)
+        view._scratch = name
+        view._links_migrated = True  # a scratch space has no layout 1 rows
+        return view
+
+    def _partition(self, row: str) -> str:
+        """The partition of a link row (``_layout.link_partition``; in a scratch view, its own)."""
+        return self._partition_name(link_bucket(row))
+
+    def _partition_name(self, bucket: int) -> str:
+        return link_partition_name(bucket) if self._scratch is None else f"{self._scratch}-{bucket:02d}"
 
     # -- reads ----------------------------------------------------------------------------------
     def get_links_by_marketo_ids(self, marketo_ids: Iterable[int]) -> dict[int, Link]:
@@ -107,7 +135,7 @@ class LinkRows(RowPlumbing):
         if not keys:
             return []
         legacy = self._legacy_links()
-        rows = self._get_rows(self.tables.links, ((link_partition(key), key) for key in keys))
+        rows = self._get_rows(self.tables.links, ((self._partition(key), key) for key in keys))
         missing = keys - {row.row for row in rows}
         if legacy and missing:
             rows += self._query(self.tables.links, LINK, missing)
@@ -115,7 +143,7 @@ class LinkRows(RowPlumbing):
             # removed before the second): the ids found in neither are read once more in layout 2.
             missing -= {row.row for row in rows}
             if missing:
-                rows += self._get_rows(self.tables.links, ((link_partition(key), key) for key in missing))
+                rows += self._get_rows(self.tables.links, ((self._partition(key), key) for key in missing))
         return sorted(rows, key=lambda row: row.row)
 
     def iter_links(self, *, after_marketo_id: int | None = None) -> Iterator[Link]:
@@ -133,7 +161,7 @@ class LinkRows(RowPlumbing):
             where = RowFilter(partition=partition, row_prefix="m:", row_after=after)
             return self._rows.scan_rows(self.tables.links, where=where, page_size=page_size)
 
-        scans = [scan(link_partition_name(bucket), MERGE_PAGE) for bucket in range(LINK_BUCKETS)]
+        scans = [scan(self._partition_name(bucket), MERGE_PAGE) for bucket in range(LINK_BUCKETS)]
         if legacy:
             scans.append(scan(LINK, PAGE))
         seen: set[str] = set()
@@ -162,7 +190,7 @@ class LinkRows(RowPlumbing):
                     f"{link.entity.value} {link.dataverse_id}; pass one link per record"
                 )
             props = _link_props(link)
-            check_entity(link_partition(m_key), m_key, props, what=f"link for marketo id {link.marketo_id}")
+            check_entity(self._partition(m_key), m_key, props, what=f"link for marketo id {link.marketo_id}")
             written[m_key] = written[d_key] = props
         # A previous version's rows that the new rows do not overwrite must go: the d: row of a
         # lead qualified into a contact, or the m: row of a person merged into another one. They go
@@ -175,7 +203,7 @@ class LinkRows(RowPlumbing):
         }
         upserts: dict[str, list[list[RowOp]]] = {}
         for key, props in written.items():
-            upserts.setdefault(link_partition(key), []).append([RowOp("upsert", key, props)])
+            upserts.setdefault(self._partition(key), []).append([RowOp("upsert", key, props)])
         self._transact_spread(self.tables.links, upserts)
         if stale:
             self._delete_link_rows(stale)
@@ -196,7 +224,7 @@ class LinkRows(RowPlumbing):
             self._side_by_side(lambda key: self._rows.delete_row(self.tables.links, LINK, key), sorted(keys))
         deletes: dict[str, list[list[RowOp]]] = {}
         for key in sorted(keys):
-            deletes.setdefault(link_partition(key), []).append([RowOp("delete", key)])
+            deletes.setdefault(self._partition(key), []).append([RowOp("delete", key)])
         self._transact_spread(self.tables.links, deletes)
 
     # -- the layout and its migration -------------------------------------------------------------
@@ -242,7 +270,7 @@ class LinkRows(RowPlumbing):
             vanished = {row.row for row in page} - still
             deletes: dict[str, list[list[RowOp]]] = {}
             for key in sorted(vanished & set(copied)):
-                deletes.setdefault(link_partition(key), []).append([RowOp("delete", key)])
+                deletes.setdefault(self._partition(key), []).append([RowOp("delete", key)])
             self._transact_spread(self.tables.links, deletes)
             moved, dropped = moved + len(set(copied) - vanished), dropped + len(vanished)
             left = [[RowOp("delete", row.row)] for row in page if row.row in still]
@@ -258,7 +286,7 @@ class LinkRows(RowPlumbing):
         """Insert the page's rows into layout 2 where it has none; (keys copied, keys already there)."""
         inserts: dict[str, list[list[RowOp]]] = {}
         for row in page:
-            inserts.setdefault(link_partition(row.row), []).append([RowOp("insert", row.row, dict(row.props))])
+            inserts.setdefault(self._partition(row.row), []).append([RowOp("insert", row.row, dict(row.props))])
         batches = [
             (partition, ops) for partition, groups in sorted(inserts.items()) for ops in pack_transactions(groups)
         ]

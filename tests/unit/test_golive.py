@@ -13,10 +13,12 @@ from sync_core.core.fieldmap import load_field_map
 from sync_core.core.golive import (
     CHUNKS_IN_FLIGHT,
     JOB_CURSOR,
+    PUBLISHED,
     ApplyTime,
     InitialPolicy,
     JobState,
     JobStatus,
+    LocalCosts,
     Share,
     chunk_seconds,
     link_chunk_cost,
@@ -150,6 +152,63 @@ def test_apply_time_is_the_busiest_service_when_chunks_overlap() -> None:
     single = ApplyTime(share)
     single.add(link_chunk_cost(3000, 0, batch_size=1000))
     assert single.seconds == pytest.approx(alone)
+
+
+QUARTER = Share(marketo_rate_share=0.25, dataverse_parallel=4)
+
+
+def _ten_link_chunks(local: LocalCosts, *, start_s: float = 0.0) -> ApplyTime:
+    time = ApplyTime(QUARTER, local=local, fixed_s=start_s)
+    for _ in range(10):
+        time.add(link_chunk_cost(3000, 0, batch_size=1000))  # Marketo 10 calls: 9.5 s a chunk
+    return time
+
+
+@pytest.mark.parametrize(
+    ("local", "eta", "bound"),
+    [
+        # Table Storage measured at 8 ms an item: 30,000 items one at a time is 240 s, more than the
+        # chunks' paths ((9.5 + 24 + 3) x 10 / 2 = 182.5 s), Marketo's 95 s or the CPU's 30 s.
+        (LocalCosts(lookup_s=0.004, write_s=0.004, cpu_s=0.001), 5 + 240.0, "table_storage"),
+        # 2 ms of Table work and 2 ms of CPU an item: each chunk is 9.5 + 6 + 6 s, two overlap.
+        (LocalCosts(lookup_s=0.001, write_s=0.001, cpu_s=0.002), 5 + 21.5 * 10 / 2, "chunks"),
+        # CPU-bound: one process, so the chunks' preparation adds up (10 ms x 30,000).
+        (LocalCosts(lookup_s=0.0001, write_s=0.0001, cpu_s=0.010), 5 + 300.0, "cpu"),
+        # Next to nothing between the requests: Marketo's 100 calls of 1.9 s, 2 in flight.
+        (LocalCosts(lookup_s=0.0, write_s=0.0, cpu_s=0.0), 5 + 95.0, "marketo"),
+    ],
+)
+def test_the_eta_adds_what_happens_between_requests_where_it_does_not_overlap(
+    local: LocalCosts, eta: float, bound: str
+) -> None:
+    time = _ten_link_chunks(local, start_s=5.0)
+    assert time.seconds == pytest.approx(eta)
+    parts = time.parts()
+    assert parts["bound"] == bound
+    assert parts["eta_seconds"] == pytest.approx(eta, abs=0.05)
+    assert parts["start_s"] == 5.0
+    assert parts["table_storage_s"] == pytest.approx(30000 * (local.lookup_s + local.write_s), abs=0.05)
+    assert parts["local_cpu_s"] == pytest.approx(30000 * local.cpu_s, abs=0.05)
+    assert parts["services_s"] == pytest.approx(95.0)  # the services' share, whatever else is measured
+
+
+def test_a_range_look_up_costs_once_per_chunk_of_existing_persons() -> None:
+    local = LocalCosts(lookup_s=0.0, write_s=0.0, range_s=0.5)
+    links = ApplyTime(QUARTER, local=local)
+    links.add(link_chunk_cost(3000, 0, batch_size=1000))
+    persons = ApplyTime(QUARTER, local=local)
+    persons.add(person_chunk_cost(3000, 0))  # new persons: their links are looked up by record only
+    assert links.table_s == 0.5
+    assert persons.table_s == 0.0
+
+
+def test_the_published_costs_are_azures_latencies_and_no_cpu() -> None:
+    # A point read of 10 ms, 8 at a time, and a range page of 1,000 per 1,000 items; a transaction of
+    # 40 ms per 50 links (100 rows): the model the ETA had before it measured anything.
+    assert PUBLISHED.lookup_s * 3000 == pytest.approx((3 + 3000 / 8) * 0.010)
+    assert PUBLISHED.write_s * 3000 == pytest.approx(60 * 0.040)
+    assert PUBLISHED.cpu_s == 0.0
+    assert _ten_link_chunks(PUBLISHED).parts()["per_item_ms"]["source"] == "published"
 
 
 def test_export_windows_cover_the_span_in_31_days_and_never_overlap() -> None:
