@@ -68,7 +68,7 @@ from sync_core.core.report import Left, Outcome
 from sync_core.core.syncfilter import NO_FILTER, SyncFilter
 from sync_core.cycle import carry
 from sync_core.cycle.accounting import api_delta, build_report, store_delta
-from sync_core.cycle.apply import Applier
+from sync_core.cycle.apply import Applier, LinkedWrites
 from sync_core.cycle.lease import Heartbeat, LeaseLost
 from sync_core.cycle.ledger import OpenFailures, Pending, Tally
 from sync_core.cycle.overlap import MARKETO_CHANGES_TAIL, ReadTail, TailTracker
@@ -631,24 +631,32 @@ class _Cycle:
         flush_at = size * engine._dataverse.parallelism
         buffers: dict[EntityType, list[Pending]] = {entity: [] for entity in EntityType}
         done = 0
-        for ids in stage.pending_ids(size):
-            if self.may_stop("marketo persons"):
-                break
-            self.progressed = True
-            links = engine._store.get_links_by_marketo_ids(ids)
-            staged = self.take(ids)
-            for marketo_id, link in links.items():
-                buffers[link.entity].append(Pending(link, marketo=staged.get(marketo_id)))
-            applier.unlinked_persons({i: values for i, values in staged.items() if i not in links})
-            for entity, items in buffers.items():
-                if len(items) >= flush_at:
-                    applier.sync_linked(items)
-                    buffers[entity] = []
-            done += len(ids)
-            engine._progress("marketo persons", done, total)
-            self.keep_lease()
-        for items in buffers.values():
-            applier.sync_linked(items)
+        # A batch's writes are in flight while the next persons are looked up and merged (each
+        # person is in one batch, and a batch changes only its own persons' links: ``LinkedWrites``).
+        with LinkedWrites(applier) as writes:
+            for ids in stage.pending_ids(size):
+                if self.may_stop("marketo persons"):
+                    break
+                self.progressed = True
+                links = engine._store.get_links_by_marketo_ids(ids)
+                staged = self.take(ids)
+                for marketo_id, link in links.items():
+                    buffers[link.entity].append(Pending(link, marketo=staged.get(marketo_id)))
+                unlinked = {i: values for i, values in staged.items() if i not in links}
+                if unlinked and applier.sync_filter.marketo.active:
+                    # Admitted persons are linked to free Dynamics records: the batch in flight may
+                    # free one (a person found gone), so it is recorded first.
+                    writes.close()
+                    applier.unlinked_persons(unlinked)
+                for entity, items in buffers.items():
+                    if len(items) >= flush_at:
+                        writes.add(items)
+                        buffers[entity] = []
+                done += len(ids)
+                engine._progress("marketo persons", done, total)
+                self.keep_lease()
+            # The rest of both tables in one batch: their bulk messages share the places.
+            writes.add([item for items in buffers.values() for item in items])
 
 
 # -- entry points: the timer function and ``python -m sync_core run-once`` ---------------------
