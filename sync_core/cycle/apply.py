@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -318,7 +319,12 @@ class Applier:
                 self.field_map, entity, merge, metadata=self.metadata.get(entity), described=self.described
             )
             planned.append((item, merge, record_plan))
-        return _Planned(planned, out)
+        writes: dict[EntityType, int] = {}
+        for item, _, record_plan in planned:
+            if record_plan.dynamics and not record_plan.dynamics_problems:
+                writes[item.link.entity] = writes.get(item.link.entity, 0) + 1
+        size = self.dataverse.batch_size
+        return _Planned(planned, out, sum(-(-count // size) for count in writes.values()))
 
     def _send_linked(self, batch: _Planned) -> _Sent:
         """Start the batch's writes, both sides at once, on threads of their own; returns at once."""
@@ -693,6 +699,7 @@ class _Planned:
 
     planned: list[tuple[Pending, Merge, Plan]]
     out: Batch
+    messages: int  # the Dataverse bulk messages its writes take
 
 
 @dataclass
@@ -711,40 +718,68 @@ class _Sent:
 
 
 class LinkedWrites:
-    """Batches of linked records written as a pipeline: while one batch's writes are in flight, the
-    caller prepares the next (its link look-ups, staged changes, merge) and the batch before is
-    recorded; never more than one batch's writes at once, so each service's concurrency stays
-    what one batch uses. ``add`` merges a batch, waits for the one in flight, starts this one's
-    writes, then records the one that finished; leaving the ``with`` records the last one.
+    """Batches of linked records written as a pipeline: while batches' writes are in flight, the
+    caller prepares the next (its link look-ups, staged changes, merge) and the batches done are
+    recorded, in the order they were added. ``add`` merges a batch, waits until the bulk messages
+    in flight leave room for its own (at most ``messages`` at once across batches: the Dataverse
+    parallelism; a batch alone may take more, each of its calls then waits for a place as
+    ``update_tables`` does), starts its writes, then records the batches that finished; leaving
+    the ``with`` records the rest. Marketo's calls keep their own limit (the rate budget).
 
     Only for batches of distinct persons that the batches before cannot change (the persons step:
     each person once, a link written only by its own batch); a Dataverse page is not (a
     qualification or a match of one page changes the links the next one looks up), so there a
-    batch is recorded before the next is looked up (``Applier.sync_linked``). The order of what
-    is written does not change: a batch's Table writes follow its API writes, the cursors all of
-    them. When the caller fails between two batches, the batch in flight is still finished and
-    recorded (as it would have been before the caller went on), then the failure is raised; a
-    batch whose writes failed is not recorded and no later batch is sent."""
+    batch is recorded before the next is looked up (``Applier.sync_linked``). Within a batch the
+    order does not change (its Table writes follow its API writes; the cursors all of them). When
+    a batch's writes fail, no batch is sent after it; the batches in flight are waited for and
+    those whose writes went through are recorded (as they would have been one after the other),
+    then the failure is raised. When the caller fails between two batches, the batches in flight
+    are recorded the same way before its failure goes on."""
 
-    def __init__(self, applier: Applier) -> None:
+    def __init__(self, applier: Applier, *, messages: int = 1) -> None:
         self._applier = applier
-        self._in_flight: _Sent | None = None
+        self._limit = max(1, messages)
+        self._in_flight: deque[_Sent] = deque()
 
     def add(self, items: Sequence[Pending]) -> None:
         batch = self._applier._plan_linked(items)
         if batch is None:
             return
-        previous, self._in_flight = self._in_flight, None
-        if previous is not None:
-            previous.outcomes()  # its writes done (a failure is raised here: this batch is not sent)
-        self._in_flight = self._applier._send_linked(batch)
-        if previous is not None:
-            self._applier._finish_linked(previous)
+        need = max(1, batch.messages)
+        done: list[_Sent] = []
+        try:
+            while self._in_flight and sum(max(1, s.batch.messages) for s in self._in_flight) + need > self._limit:
+                sent = self._in_flight[0]
+                sent.outcomes()  # a failure is raised here: this batch is not sent
+                done.append(self._in_flight.popleft())
+        except BaseException:
+            self._in_flight.popleft()  # failed: not recorded
+            self._record_after_failure(done)
+            raise
+        self._in_flight.append(self._applier._send_linked(batch))
+        for sent in done:
+            self._applier._finish_linked(sent)
 
     def close(self) -> None:
-        """Record the batch in flight, once its writes are done."""
-        sent, self._in_flight = self._in_flight, None
-        if sent is not None:
+        """Record the batches in flight, in order, once their writes are done."""
+        while self._in_flight:
+            sent = self._in_flight[0]
+            try:
+                sent.outcomes()
+            except BaseException:
+                self._in_flight.popleft()
+                self._record_after_failure([])
+                raise
+            self._applier._finish_linked(self._in_flight.popleft())
+
+    def _record_after_failure(self, done: list[_Sent]) -> None:
+        """After a failure: the batches whose writes went through are recorded, the others not."""
+        rest, self._in_flight = [*done, *self._in_flight], deque()
+        for sent in rest:
+            try:
+                sent.outcomes()
+            except Exception:  # noqa: S112 - its writes failed too: not recorded
+                continue
             self._applier._finish_linked(sent)
 
     def __enter__(self) -> LinkedWrites:
@@ -755,9 +790,9 @@ class LinkedWrites:
             self.close()
             return
         try:
-            self.close()
+            self._record_after_failure([])
         except Exception:  # the caller's failure is the one to raise
-            log.warning("cycle %s: the batch in flight was not recorded either", self._applier._run_id)
+            log.warning("cycle %s: the batches in flight were not all recorded", self._applier._run_id)
 
 
 def _storable(value: Any) -> Any:

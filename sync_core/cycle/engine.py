@@ -627,13 +627,13 @@ class _Cycle:
         if not total:
             return
         size = engine._options.dataverse_batch_size
-        # Enough records per write for every bulk message the service lets us send at once.
-        flush_at = size * engine._dataverse.parallelism
         buffers: dict[EntityType, list[Pending]] = {entity: [] for entity in EntityType}
         done = 0
-        # A batch's writes are in flight while the next persons are looked up and merged (each
-        # person is in one batch, and a batch changes only its own persons' links: ``LinkedWrites``).
-        with LinkedWrites(applier) as writes:
+        # A batch (one bulk message's worth of a table) is written while the next persons are
+        # looked up and merged, up to as many bulk messages at once as the service lets us send
+        # (each person is in one batch, and a batch changes only its own persons' links:
+        # ``LinkedWrites``); the last short batch of each table goes together at the end.
+        with LinkedWrites(applier, messages=engine._dataverse.parallelism) as writes:
             for ids in stage.pending_ids(size):
                 if self.may_stop("marketo persons"):
                     break
@@ -649,9 +649,9 @@ class _Cycle:
                     writes.close()
                     applier.unlinked_persons(unlinked)
                 for entity, items in buffers.items():
-                    if len(items) >= flush_at:
-                        writes.add(items)
-                        buffers[entity] = []
+                    while len(items) >= size:  # full messages only: ⌈persons / size⌉ calls a table
+                        writes.add(items[:size])
+                        items = buffers[entity] = items[size:]
                 done += len(ids)
                 engine._progress("marketo persons", done, total)
                 self.keep_lease()
