@@ -627,12 +627,16 @@ class _Cycle:
         if not total:
             return
         size = engine._options.dataverse_batch_size
+        # Enough records per write for every bulk message the service lets us send at once. (Not
+        # fewer: persons whose merge writes nothing, e.g. the echoes of the last cycle's writes to
+        # Marketo, are in the batches too, and a smaller batch would send more short messages.)
+        flush_at = size * engine._dataverse.parallelism
         buffers: dict[EntityType, list[Pending]] = {entity: [] for entity in EntityType}
         done = 0
-        # A batch (one bulk message's worth of a table) is written while the next persons are
-        # looked up and merged, up to as many bulk messages at once as the service lets us send
-        # (each person is in one batch, and a batch changes only its own persons' links:
-        # ``LinkedWrites``); the last short batch of each table goes together at the end.
+        # A batch is written while the next persons are looked up and merged and the batches before
+        # are recorded, up to as many bulk messages at once as the service lets us send (each
+        # person is in one batch, and a batch changes only its own persons' links:
+        # ``LinkedWrites``); what is left of both tables goes together at the end.
         with LinkedWrites(applier, messages=engine._dataverse.parallelism) as writes:
             for ids in stage.pending_ids(size):
                 if self.may_stop("marketo persons"):
@@ -649,9 +653,9 @@ class _Cycle:
                     writes.close()
                     applier.unlinked_persons(unlinked)
                 for entity, items in buffers.items():
-                    while len(items) >= size:  # full messages only: ⌈persons / size⌉ calls a table
-                        writes.add(items[:size])
-                        items = buffers[entity] = items[size:]
+                    if len(items) >= flush_at:
+                        writes.add(items)
+                        buffers[entity] = []
                 done += len(ids)
                 engine._progress("marketo persons", done, total)
                 self.keep_lease()
