@@ -16,7 +16,9 @@ status view). The order is what makes it safe:
    then the accounts' delta, whose changed accounts' company fields go to their linked contacts'
    persons (``Applier.accounts_changed``, one way);
 4. the persons whose Marketo changes no Dataverse page took, in batches of the Dataverse batch
-   size per entity; then the failures due for a retry;
+   size times its parallelism per entity, written as a pipeline (``LinkedWrites``: a batch's writes
+   in flight while the next persons are looked up and the last batch is recorded); then the
+   failures due for a retry;
 5. only then the Marketo paging tokens are stored.
 
 A crash or a transient failure anywhere repeats the uncommitted window on the next run, and the
