@@ -295,6 +295,7 @@ def cycle_row(index: int, result: dict[str, Any], requests: list[dict[str, Any]]
     return {
         "cycle": index,
         "outcome": result["outcome"],
+        "error": report.get("error"),  # why a cycle ended early (an outage, a refused request)
         "wall_seconds": wall,
         "floor": floor,
         "wall_over_floor": round(wall / floor["floor_seconds"], 2) if floor["floor_seconds"] else None,
@@ -405,6 +406,8 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
             row = cycle_row(index, result, log.between(span_start, time.time()), limits)
             cycles.append(row)
             print(_row_line(n, row), file=sys.stderr, flush=True)
+            if row["error"]:
+                print(f"  cycle {row['cycle']} ended {row['outcome']}: {row['error']}", file=sys.stderr, flush=True)
             if finished(row):
                 break
         else:

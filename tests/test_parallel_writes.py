@@ -134,3 +134,47 @@ def test_sync_leads_chunks_go_side_by_side_up_to_the_in_flight_share() -> None:
     assert [result.id for result in results] == list(range(1, 1201))
     assert len([call for call in fake.calls if call.url.path == "/rest/v1/leads.json"]) == 4  # ⌈1200 / 300⌉
     assert fake.peak == 4  # four chunks at once: within half of Marketo's 10 in flight
+
+
+def test_two_tables_share_the_places_with_the_full_messages_first() -> None:
+    """Leads and contacts of one batch: their UpdateMultiple calls are those of each table alone,
+    sent side by side up to the hint across both tables (not one table after the other)."""
+    tables = {
+        "lead": {"LogicalName": "lead", "EntitySetName": "leads", "PrimaryIdAttribute": "leadid"},
+        "contact": {"LogicalName": "contact", "EntitySetName": "contacts", "PrimaryIdAttribute": "contactid"},
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"x-ms-dop-hint": "4"}
+        if "EntityDefinitions" in request.url.path:
+            found = [table for name, table in tables.items() if f"'{name}'" in request.url.params.get("$filter", "")]
+            return httpx.Response(200, json={"value": found}, headers=headers)
+        return httpx.Response(204, headers=headers)
+
+    fake = InFlight(answer)
+    contacts = [{"contactid": f"00000000-0000-0000-0001-{i:012d}", "firstname": f"C{i}"} for i in range(25)]
+    with httpx.Client(transport=httpx.MockTransport(fake)) as http:
+        client = DataverseClient(
+            http,
+            base_url=ORG,
+            credential=StaticTokenCredential("t"),
+            batch_size=10,
+            max_parallel=8,
+            sleep=lambda _: None,
+        )
+        client.update_multiple("lead", _rows(1))  # the first answer brings the hint
+        fake.calls.clear()
+        fake.peak = 0
+        leads_out, contacts_out = client.update_tables([("lead", _rows(25)), ("contact", contacts)])
+
+    assert [o.index for o in leads_out] == list(range(25))
+    assert all(o.ok for o in leads_out)
+    assert [o.index for o in contacts_out] == list(range(25))
+    assert all(o.ok for o in contacts_out)
+    posts = [call for call in fake.calls if call.url.path.endswith("UpdateMultiple")]
+    sizes = [(call.url.path.split("/")[-2], len(json.loads(call.content)["Targets"])) for call in posts]
+    assert sorted(sizes) == sorted(
+        [("leads", 10), ("leads", 10), ("leads", 5), ("contacts", 10), ("contacts", 10), ("contacts", 5)]
+    )
+    assert fake.peak == 4  # across both tables, within the hint
+    assert [size for _, size in sizes[:4]] == [10, 10, 10, 10]  # the full messages went first

@@ -29,10 +29,14 @@ Nothing here logs person data: ids and counts only.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -277,8 +281,14 @@ class Applier:
 
     def sync_linked(self, items: Sequence[Pending]) -> None:
         """Merge and write linked records (any mix of leads and contacts), then record the results."""
+        with LinkedWrites(self) as writes:
+            writes.add(items)
+
+    def _plan_linked(self, items: Sequence[Pending]) -> _Planned | None:
+        """The first half of ``sync_linked``: what is missing read, merged, validated (nothing written
+        yet, except the records found gone meanwhile). None when there is nothing to do."""
         if not items:
-            return
+            return None
         self.prepare()
         out = Batch()
         items = self._complete(items, out)
@@ -309,13 +319,31 @@ class Applier:
                 self.field_map, entity, merge, metadata=self.metadata.get(entity), described=self.described
             )
             planned.append((item, merge, record_plan))
-        # The two sides' writes are independent: both go at once (a failure of either ends the
-        # batch unrecorded, and the repeat merges to the same values, writing nothing twice).
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="marketo-write") as pool:
-            marketo_writes = pool.submit(self._write_marketo, planned)
-            d_outcomes = self._write_dynamics(planned)
-            m_results = marketo_writes.result()
-        for position, (item, merge, record_plan) in enumerate(planned):
+        writes: dict[EntityType, int] = {}
+        for item, _, record_plan in planned:
+            if record_plan.dynamics and not record_plan.dynamics_problems:
+                writes[item.link.entity] = writes.get(item.link.entity, 0) + 1
+        size = self.dataverse.batch_size
+        return _Planned(planned, out, sum(-(-count // size) for count in writes.values()))
+
+    def _send_linked(self, batch: _Planned) -> _Sent:
+        """Start the batch's writes, both sides at once, on threads of their own; returns at once."""
+        # The two sides' writes are independent: a failure of either ends the batch unrecorded, and
+        # the repeat merges to the same values, writing nothing twice.
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="linked-write")
+        try:
+            dynamics = pool.submit(contextvars.copy_context().run, self._write_dynamics, batch.planned)
+            marketo = pool.submit(contextvars.copy_context().run, self._write_marketo, batch.planned)
+        finally:
+            pool.shutdown(wait=False)
+        return _Sent(batch, dynamics, marketo)
+
+    def _finish_linked(self, sent: _Sent) -> None:
+        """The second half: the writes' outcomes settled into baselines, failures and collisions,
+        then recorded (``Ledger.record``)."""
+        d_outcomes, m_results = sent.outcomes()
+        out = sent.batch.out
+        for position, (item, merge, record_plan) in enumerate(sent.batch.planned):
             self._settle(item, merge, record_plan, d_outcomes.get(position), m_results.get(position), out)
         self.ledger.record(out)
 
@@ -463,8 +491,13 @@ class Applier:
                 row = {PRIMARY_IDS[item.link.entity]: item.link.dataverse_id, **record_plan.dynamics}
                 by_entity.setdefault(item.link.entity, []).append((position, row))
         outcomes: dict[int, WriteOutcome] = {}
-        for entity, rows in by_entity.items():
-            results = self.dataverse.update_multiple(self.metadata[entity], [row for _, row in rows])
+        if not by_entity:
+            return outcomes
+        # Leads and contacts share the bulk messages' places (not one table after the other).
+        answers = self.dataverse.update_tables(
+            [(self.metadata[entity], [row for _, row in rows]) for entity, rows in by_entity.items()]
+        )
+        for rows, results in zip(by_entity.values(), answers, strict=True):
             for (position, _), outcome in zip(rows, results, strict=True):
                 outcomes[position] = outcome
         return outcomes
@@ -658,6 +691,108 @@ class Applier:
             # Gone since, or linked meanwhile: nothing left to retry.
             self.ledger.resolve_now(record_key(entity, i) for i in ids if i not in found or i in already)
             self._new.link_new(entity, [row for row in rows if row_id(entity, row) not in already], take)
+
+
+@dataclass
+class _Planned:
+    """A batch of linked records merged and validated: what to write, and what to record so far."""
+
+    planned: list[tuple[Pending, Merge, Plan]]
+    out: Batch
+    messages: int  # the Dataverse bulk messages its writes take
+
+
+@dataclass
+class _Sent:
+    """A batch whose writes are in flight."""
+
+    batch: _Planned
+    dynamics: Future[dict[int, WriteOutcome]]
+    marketo: Future[dict[int, LeadWriteResult]]
+
+    def outcomes(self) -> tuple[dict[int, WriteOutcome], dict[int, LeadWriteResult]]:
+        """Both sides' outcomes, once both are done; a side's failure is raised (Dynamics' first)."""
+        both: list[Future[Any]] = [self.dynamics, self.marketo]
+        futures.wait(both)
+        return self.dynamics.result(), self.marketo.result()
+
+
+class LinkedWrites:
+    """Batches of linked records written as a pipeline: while batches' writes are in flight, the
+    caller prepares the next (its link look-ups, staged changes, merge) and the batches done are
+    recorded, in the order they were added. ``add`` merges a batch, waits until the bulk messages
+    in flight leave room for its own (at most ``messages`` at once across batches: the Dataverse
+    parallelism; a batch alone may take more, each of its calls then waits for a place as
+    ``update_tables`` does), starts its writes, then records the batches that finished; leaving
+    the ``with`` records the rest. Marketo's calls keep their own limit (the rate budget).
+
+    Only for batches of distinct persons that the batches before cannot change (the persons step:
+    each person once, a link written only by its own batch); a Dataverse page is not (a
+    qualification or a match of one page changes the links the next one looks up), so there a
+    batch is recorded before the next is looked up (``Applier.sync_linked``). Within a batch the
+    order does not change (its Table writes follow its API writes; the cursors all of them). When
+    a batch's writes fail, no batch is sent after it; the batches in flight are waited for and
+    those whose writes went through are recorded (as they would have been one after the other),
+    then the failure is raised. When the caller fails between two batches, the batches in flight
+    are recorded the same way before its failure goes on."""
+
+    def __init__(self, applier: Applier, *, messages: int = 1) -> None:
+        self._applier = applier
+        self._limit = max(1, messages)
+        self._in_flight: deque[_Sent] = deque()
+
+    def add(self, items: Sequence[Pending]) -> None:
+        batch = self._applier._plan_linked(items)
+        if batch is None:
+            return
+        need = max(1, batch.messages)
+        done: list[_Sent] = []
+        try:
+            while self._in_flight and sum(max(1, s.batch.messages) for s in self._in_flight) + need > self._limit:
+                sent = self._in_flight[0]
+                sent.outcomes()  # a failure is raised here: this batch is not sent
+                done.append(self._in_flight.popleft())
+        except BaseException:
+            self._in_flight.popleft()  # failed: not recorded
+            self._record_after_failure(done)
+            raise
+        self._in_flight.append(self._applier._send_linked(batch))
+        for sent in done:
+            self._applier._finish_linked(sent)
+
+    def close(self) -> None:
+        """Record the batches in flight, in order, once their writes are done."""
+        while self._in_flight:
+            sent = self._in_flight[0]
+            try:
+                sent.outcomes()
+            except BaseException:
+                self._in_flight.popleft()
+                self._record_after_failure([])
+                raise
+            self._applier._finish_linked(self._in_flight.popleft())
+
+    def _record_after_failure(self, done: list[_Sent]) -> None:
+        """After a failure: the batches whose writes went through are recorded, the others not."""
+        rest, self._in_flight = [*done, *self._in_flight], deque()
+        for sent in rest:
+            try:
+                sent.outcomes()
+            except Exception:  # noqa: S112 - its writes failed too: not recorded
+                continue
+            self._applier._finish_linked(sent)
+
+    def __enter__(self) -> LinkedWrites:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self._record_after_failure([])
+        except Exception:  # the caller's failure is the one to raise
+            log.warning("cycle %s: the batches in flight were not all recorded", self._applier._run_id)
 
 
 def _storable(value: Any) -> Any:

@@ -16,7 +16,9 @@ status view). The order is what makes it safe:
    then the accounts' delta, whose changed accounts' company fields go to their linked contacts'
    persons (``Applier.accounts_changed``, one way);
 4. the persons whose Marketo changes no Dataverse page took, in batches of the Dataverse batch
-   size per entity; then the failures due for a retry;
+   size times its parallelism per entity, written as a pipeline (``LinkedWrites``: a batch's writes
+   in flight while the next persons are looked up and the last batch is recorded); then the
+   failures due for a retry;
 5. only then the Marketo paging tokens are stored.
 
 A crash or a transient failure anywhere repeats the uncommitted window on the next run, and the
@@ -68,7 +70,7 @@ from sync_core.core.report import Left, Outcome
 from sync_core.core.syncfilter import NO_FILTER, SyncFilter
 from sync_core.cycle import carry
 from sync_core.cycle.accounting import api_delta, build_report, store_delta
-from sync_core.cycle.apply import Applier
+from sync_core.cycle.apply import Applier, LinkedWrites
 from sync_core.cycle.lease import Heartbeat, LeaseLost
 from sync_core.cycle.ledger import OpenFailures, Pending, Tally
 from sync_core.cycle.overlap import MARKETO_CHANGES_TAIL, ReadTail, TailTracker
@@ -627,28 +629,40 @@ class _Cycle:
         if not total:
             return
         size = engine._options.dataverse_batch_size
-        # Enough records per write for every bulk message the service lets us send at once.
+        # Enough records per write for every bulk message the service lets us send at once. (Not
+        # fewer: persons whose merge writes nothing, e.g. the echoes of the last cycle's writes to
+        # Marketo, are in the batches too, and a smaller batch would send more short messages.)
         flush_at = size * engine._dataverse.parallelism
         buffers: dict[EntityType, list[Pending]] = {entity: [] for entity in EntityType}
         done = 0
-        for ids in stage.pending_ids(size):
-            if self.may_stop("marketo persons"):
-                break
-            self.progressed = True
-            links = engine._store.get_links_by_marketo_ids(ids)
-            staged = self.take(ids)
-            for marketo_id, link in links.items():
-                buffers[link.entity].append(Pending(link, marketo=staged.get(marketo_id)))
-            applier.unlinked_persons({i: values for i, values in staged.items() if i not in links})
-            for entity, items in buffers.items():
-                if len(items) >= flush_at:
-                    applier.sync_linked(items)
-                    buffers[entity] = []
-            done += len(ids)
-            engine._progress("marketo persons", done, total)
-            self.keep_lease()
-        for items in buffers.values():
-            applier.sync_linked(items)
+        # A batch is written while the next persons are looked up and merged and the batches before
+        # are recorded, up to as many bulk messages at once as the service lets us send (each
+        # person is in one batch, and a batch changes only its own persons' links:
+        # ``LinkedWrites``); what is left of both tables goes together at the end.
+        with LinkedWrites(applier, messages=engine._dataverse.parallelism) as writes:
+            for ids in stage.pending_ids(size):
+                if self.may_stop("marketo persons"):
+                    break
+                self.progressed = True
+                links = engine._store.get_links_by_marketo_ids(ids)
+                staged = self.take(ids)
+                for marketo_id, link in links.items():
+                    buffers[link.entity].append(Pending(link, marketo=staged.get(marketo_id)))
+                unlinked = {i: values for i, values in staged.items() if i not in links}
+                if unlinked and applier.sync_filter.marketo.active:
+                    # Admitted persons are linked to free Dynamics records: the batch in flight may
+                    # free one (a person found gone), so it is recorded first.
+                    writes.close()
+                    applier.unlinked_persons(unlinked)
+                for entity, items in buffers.items():
+                    if len(items) >= flush_at:
+                        writes.add(items)
+                        buffers[entity] = []
+                done += len(ids)
+                engine._progress("marketo persons", done, total)
+                self.keep_lease()
+            # The rest of both tables in one batch: their bulk messages share the places.
+            writes.add([item for items in buffers.values() for item in items])
 
 
 # -- entry points: the timer function and ``python -m sync_core run-once`` ---------------------

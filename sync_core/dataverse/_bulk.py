@@ -151,40 +151,51 @@ class _Target:
 def write_multiple(
     api: WebApi,
     kind: Write,
-    ref: EntityRef,
-    rows: Sequence[Mapping[str, Any]],
+    tables: Sequence[tuple[EntityRef, Sequence[Mapping[str, Any]]]],
     *,
     key: tuple[str, ...] | None,
     batch_size: int,
     support: BulkSupport,
     parallel: int = 1,
-) -> list[WriteOutcome]:
-    """One outcome per row, in input order; rows that cannot be addressed are refused unsent.
+) -> list[list[WriteOutcome]]:
+    """Per table, one outcome per row, in input order; rows that cannot be addressed are refused unsent.
 
-    Chunks of ``batch_size`` go up to ``parallel`` at a time (each is independent: the service
-    applies or rolls back one message as a whole). Where ``support`` knows the message is not
-    enabled on the table, each chunk goes as a ``$batch``."""
-    outcomes: dict[int, WriteOutcome] = {}
-    ready: list[_Target] = []
-    for index, row in enumerate(rows):
-        try:
-            ready.append(_Target.of(kind, ref, index, row, key))
-        except ValueError as err:
-            outcomes[index] = WriteOutcome(index, False, code="invalid_input", message=str(err))
+    Each table's rows go in chunks of ``batch_size``; the chunks of all the tables go up to
+    ``parallel`` at a time (each is independent: the service applies or rolls back one message as a
+    whole), the full ones first, so that a short chunk does not hold a place while a full one waits
+    (the service's time grows with a message's records). The chunks, and so the calls, are those
+    each table would have alone. Where ``support`` knows the message is not enabled on a table,
+    each of its chunks goes as a ``$batch``."""
+    outcomes: list[dict[int, WriteOutcome]] = [{} for _ in tables]
+    chunks: list[tuple[int, EntityRef, list[_Target]]] = []
+    for position, (ref, rows) in enumerate(tables):
+        ready: list[_Target] = []
+        for index, row in enumerate(rows):
+            try:
+                ready.append(_Target.of(kind, ref, index, row, key))
+            except ValueError as err:
+                outcomes[position][index] = WriteOutcome(index, False, code="invalid_input", message=str(err))
+        chunks += [(position, ref, ready[start : start + batch_size]) for start in range(0, len(ready), batch_size)]
+    chunks.sort(key=lambda chunk: -len(chunk[2]))  # stable: each table's chunks keep their order
 
-    def write(chunk: Sequence[_Target]) -> list[WriteOutcome]:
+    def write(chunk: tuple[int, EntityRef, list[_Target]]) -> list[WriteOutcome]:
+        _, ref, targets = chunk
         if support.refused(kind, ref):
-            return _isolate(api, kind, ref, chunk)
-        return _write_chunk(api, kind, ref, chunk, support)
+            return _isolate(api, kind, ref, targets)
+        return _write_chunk(api, kind, ref, targets, support)
 
-    chunks = [ready[start : start + batch_size] for start in range(0, len(ready), batch_size)]
-    for written in in_parallel(write, chunks, workers=parallel, name="dataverse-write"):
+    for (position, _, _), written in zip(
+        chunks, in_parallel(write, chunks, workers=parallel, name="dataverse-write"), strict=True
+    ):
         for outcome in written:
-            outcomes[outcome.index] = outcome
-    failed = sum(1 for outcome in outcomes.values() if not outcome.ok)
-    if failed:
-        log.warning("dataverse %s %s: %d of %d row(s) failed", kind.value, ref.entity_set, failed, len(rows))
-    return [outcomes[index] for index in range(len(rows))]
+            outcomes[position][outcome.index] = outcome
+    answers: list[list[WriteOutcome]] = []
+    for (ref, rows), found in zip(tables, outcomes, strict=True):
+        failed = sum(1 for outcome in found.values() if not outcome.ok)
+        if failed:
+            log.warning("dataverse %s %s: %d of %d row(s) failed", kind.value, ref.entity_set, failed, len(rows))
+        answers.append([found[index] for index in range(len(rows))])
+    return answers
 
 
 def _write_chunk(

@@ -443,27 +443,37 @@ class DataverseClient:
 
     def update_multiple(self, entity: EntityMeta | str, rows: Sequence[Mapping[str, Any]]) -> list[WriteOutcome]:
         """Update existing rows (each with its primary key), ``batch_size`` per UpdateMultiple call."""
-        return self._write_multiple(Write.UPDATE, entity, rows, key=None)
+        return self.update_tables([(entity, rows)])[0]
+
+    def update_tables(
+        self, tables: Sequence[tuple[EntityMeta | str, Sequence[Mapping[str, Any]]]]
+    ) -> list[list[WriteOutcome]]:
+        """``update_multiple`` of several tables at once: their UpdateMultiple calls (the same ones
+        as table by table) share the ``parallelism`` places, so one table's last short message
+        does not wait for the other's. Per table, its outcomes in input order."""
+        return self._write_multiple(Write.UPDATE, tables, key=None)
 
     def upsert_multiple(
         self, entity: EntityMeta | str, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str] | None = None
     ) -> list[WriteOutcome]:
         """Create-or-update rows by primary key (``key=None``) or by an alternate key's columns."""
-        return self._write_multiple(Write.UPSERT, entity, rows, key=tuple(key) if key else None)
+        return self._write_multiple(Write.UPSERT, [(entity, rows)], key=tuple(key) if key else None)[0]
 
     def create_multiple(self, entity: EntityMeta | str, rows: Sequence[Mapping[str, Any]]) -> list[WriteOutcome]:
         """Create rows, ``batch_size`` per CreateMultiple call; each outcome carries the new GUID."""
-        return self._write_multiple(Write.CREATE, entity, rows, key=None)
+        return self._write_multiple(Write.CREATE, [(entity, rows)], key=None)[0]
 
     def _write_multiple(
-        self, kind: Write, entity: EntityMeta | str, rows: Sequence[Mapping[str, Any]], *, key: tuple[str, ...] | None
-    ) -> list[WriteOutcome]:
-        ref = self._ref(entity)
+        self,
+        kind: Write,
+        tables: Sequence[tuple[EntityMeta | str, Sequence[Mapping[str, Any]]]],
+        *,
+        key: tuple[str, ...] | None,
+    ) -> list[list[WriteOutcome]]:
         return write_multiple(
             self._api,
             kind,
-            ref,
-            rows,
+            [(self._ref(entity), rows) for entity, rows in tables],
             key=key,
             batch_size=self.batch_size,
             support=self._bulk_support,

@@ -1,0 +1,147 @@
+"""The persons step as a pipeline (issue 17, ``LinkedWrites``): a batch's writes are in flight while
+the next persons are looked up and merged and the batch before is recorded. What must hold: the
+cycle writes what it wrote batch by batch (the same values, baselines and calls); a failure while
+a batch is in flight still records that batch, moves no cursor and sends nothing more; a batch
+whose writes failed is not recorded and no later batch is sent; the next cycle writes nothing twice.
+
+The worlds use a Dataverse batch size of 2 (one bulk message in flight: the fake gives no dop
+hint), so a handful of persons makes several batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import httpx
+import pytest
+
+from sync_core.core.errors import TransientError
+from sync_core.core.models import EntityType, Link
+from sync_core.cycle import engine as engine_module
+from sync_core.cycle.apply import LinkedWrites
+from sync_core.cycle.engine import MARKETO_CHANGES, CycleOptions
+from sync_core.cycle.ledger import Pending
+from tests.unit.conftest import World, make_world
+
+BATCH = 2
+
+
+class OneAtATime(LinkedWrites):
+    """The persons step without the overlap: each batch written and recorded before the next."""
+
+    def add(self, items: Sequence[Pending]) -> None:
+        self._applier.sync_linked(items)
+
+
+def persons_edited_in_marketo(world: World, leads: int, contacts: int) -> list[int]:
+    """Linked leads and contacts whose persons are then edited in Marketo only: the persons step's work."""
+    persons = [world.linked_lead(i)[1] for i in range(leads)]
+    persons += [world.linked_contact(100 + i)[1] for i in range(contacts)]
+    for n, person in enumerate(persons):
+        world.marketo.edit(person, title=f"Title {n}")
+    return persons
+
+
+def titles(world: World) -> list[tuple[str, str | None]]:
+    return sorted(
+        (name, row.get("jobtitle")) for name in ("leads", "contacts") for row in world.dataverse.rows[name].values()
+    )
+
+
+def baselines(world: World, persons: Iterable[int]) -> list[Any]:
+    links = world.store.get_links_by_marketo_ids(persons)
+    return [(link.entity.value, sorted(link.baseline.items())) for link in links.values()]
+
+
+def bulk_calls(world: World) -> list[str]:
+    """The UpdateMultiple calls, by entity set."""
+    return [r.url.path.split("/")[-2] for r in world.dataverse.requests if r.url.path.endswith("UpdateMultiple")]
+
+
+def test_the_pipelined_persons_step_writes_what_batch_by_batch_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    pipelined, serial = (make_world(options=CycleOptions(dataverse_batch_size=BATCH)) for _ in range(2))
+    persons = {id(w): persons_edited_in_marketo(w, leads=7, contacts=5) for w in (pipelined, serial)}
+    for w in (pipelined, serial):
+        w.dataverse.requests.clear()
+
+    first = pipelined.cycle()
+    monkeypatch.setattr(engine_module, "LinkedWrites", OneAtATime)
+    second = serial.cycle()
+
+    assert first.outcome == second.outcome == "ok"
+    assert first.report.written == second.report.written
+    assert first.report.written.dynamics == 12
+    assert first.report.api_calls == second.report.api_calls
+    assert titles(pipelined) == titles(serial)
+    assert baselines(pipelined, persons[id(pipelined)]) == baselines(serial, persons[id(serial)])
+    # The same bulk messages, and several batches (the pipeline had something to overlap).
+    assert sorted(bulk_calls(pipelined)) == sorted(bulk_calls(serial))
+    assert len(bulk_calls(pipelined)) >= 5
+    assert pipelined.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
+
+
+def test_a_failed_look_up_records_the_batch_in_flight_and_moves_no_cursor(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = make_world(options=CycleOptions(dataverse_batch_size=BATCH))
+    persons = persons_edited_in_marketo(world, leads=6, contacts=0)
+    cursor = world.store.get_cursor(MARKETO_CHANGES)
+    look_up = world.store.get_links_by_marketo_ids
+    second_chunk = set(persons[BATCH : 2 * BATCH])
+
+    def failing(ids: Iterable[int]) -> dict[int, Link]:
+        ids = list(ids)
+        if set(ids) == second_chunk:  # the persons step's second chunk: the first batch is in flight
+            raise TransientError("Table Storage did not answer", service="tables")
+        return look_up(ids)
+
+    monkeypatch.setattr(world.store, "get_links_by_marketo_ids", failing)
+    failed = world.cycle()
+    monkeypatch.setattr(world.store, "get_links_by_marketo_ids", look_up)
+
+    assert failed.outcome == "transient"
+    assert world.store.get_cursor(MARKETO_CHANGES) == cursor  # nothing committed past the work
+    written = {row_id for _, _, row_id in world.dataverse.api_writes}
+    links = world.store.get_links_by_marketo_ids(persons)
+    # The batch in flight was written and recorded (its baselines hold the new titles); no other was sent.
+    first = [links[p] for p in persons[:BATCH]]
+    assert {link.dataverse_id for link in first} == written
+    assert [link.baseline.get("title") for link in first] == ["Title 0", "Title 1"]
+    assert all(links[p].baseline.get("title") is None for p in persons[BATCH:])
+
+    writes_before = len(world.dataverse.api_writes)
+    repeat = world.cycle()
+    assert repeat.outcome == "ok"
+    assert repeat.report.written.dynamics == len(persons) - BATCH  # the first batch is not written twice
+    assert len(world.dataverse.api_writes) == writes_before + len(persons) - BATCH
+    assert titles(world) == sorted(("leads", f"Title {n}") for n in range(len(persons)))
+
+
+def test_a_batch_whose_writes_failed_is_not_recorded_and_stops_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = make_world(options=CycleOptions(dataverse_batch_size=BATCH))
+    persons = persons_edited_in_marketo(world, leads=6, contacts=0)
+    cursor = world.store.get_cursor(MARKETO_CHANGES)
+    refused = world.store.get_links_by_marketo_ids([persons[BATCH]])[persons[BATCH]].dataverse_id
+    update_multiple = world.dataverse._update_multiple
+
+    def outage(entity_set: str, targets: list[dict[str, Any]]) -> httpx.Response:
+        if any(target.get("leadid") == refused for target in targets):  # the second batch
+            return httpx.Response(503, json={"error": {"code": "0x80040216", "message": "unavailable"}})
+        return update_multiple(entity_set, targets)
+
+    monkeypatch.setattr(world.dataverse, "_update_multiple", outage)
+    failed = world.cycle()
+    monkeypatch.setattr(world.dataverse, "_update_multiple", update_multiple)
+
+    assert failed.outcome == "transient"
+    assert world.store.get_cursor(MARKETO_CHANGES) == cursor
+    links = world.store.get_links_by_marketo_ids(persons)
+    assert [links[p].baseline.get("title") for p in persons[:BATCH]] == ["Title 0", "Title 1"]  # recorded
+    assert all(links[p].baseline.get("title") is None for p in persons[BATCH:])  # not recorded
+    sent = [r for r in world.dataverse.requests if r.url.path.endswith("UpdateMultiple")]
+    assert refused not in {row_id for _, _, row_id in world.dataverse.api_writes}
+    third = {links[p].dataverse_id for p in persons[2 * BATCH :]}
+    assert not any(row_id in third for _, _, row_id in world.dataverse.api_writes)  # nothing sent after it
+    assert sent  # the first batch went
+
+    assert world.cycle().outcome == "ok"
+    assert titles(world) == sorted(("leads", f"Title {n}") for n in range(len(persons)))
+    assert all(link.entity is EntityType.LEAD for link in world.store.get_links_by_marketo_ids(persons).values())
