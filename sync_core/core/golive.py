@@ -142,11 +142,17 @@ def person_chunk_cost(with_email: int, without_email: int) -> ChunkCost:
     )
 
 
+# The new leads' owner (``golive.apply.ChunkWork``): the calling user (``WhoAmI``) and its row, read
+# at most once by a chunk's worker (once a job in-process: an upper bound there).
+LEAD_OWNER_READS = 2
+
+
 def lead_chunk_cost(leads: int, *, batch_size: int) -> ChunkCost:
-    """Creating leads for Marketo-only persons, then writing the persons' ``microsoft*`` fields."""
+    """Creating leads for Marketo-only persons, then writing the persons' ``microsoft*`` fields and
+    their new lead's owner fields."""
     return ChunkCost(
         marketo_calls=calls(leads, MARKETO_BATCH),
-        dataverse_calls=calls(leads, batch_size),
+        dataverse_calls=calls(leads, batch_size) + (LEAD_OWNER_READS if leads > 0 else 0),
         marketo_records=leads,
         dataverse_created=leads,
         ranges=1,

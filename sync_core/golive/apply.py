@@ -32,8 +32,17 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
+from sync_core.core import oneway
 from sync_core.core.convert import to_dataverse
-from sync_core.core.entities import CREATED_ON, ENTITY_SETS, PRIMARY_IDS, microsoft_fields, read_columns, row_id
+from sync_core.core.entities import (
+    CREATED_ON,
+    ENTITY_SETS,
+    OWNER,
+    PRIMARY_IDS,
+    microsoft_fields,
+    read_columns,
+    row_id,
+)
 from sync_core.core.errors import StateConflictError
 from sync_core.core.fieldmap import FieldMap, FieldValueError, canonical_values
 from sync_core.core.golive import CHUNKS_IN_FLIGHT, JOB_CURSOR, InitialPolicy, JobState, JobStatus, WorkKind
@@ -270,6 +279,15 @@ class ChunkWork:
         self._lock = threading.Lock()
         self._one_way: OneWayValues | None = None
         self._field_map: FieldMap | None = None
+        self._caller: str | None = None
+
+    def _calling_user(self) -> str:
+        """The application user this job calls Dataverse as (``WhoAmI``, once per ``ChunkWork``): the
+        owner Dataverse gives a lead created without an ``ownerid``."""
+        with self._lock:
+            if self._caller is None:
+                self._caller = self._services.dataverse.who_am_i().lower()
+            return self._caller
 
     def apply_chunk(
         self, label: str, payload: Mapping[str, Any], items: Sequence[WorkItem] | None = None, *, resumed: bool
@@ -423,6 +441,7 @@ class ChunkWork:
         persons = {int(item.marketo_id or 0): item.marketo for item in items if item.marketo is not None}
         gone = {"gone": len(items) - len(persons)} if len(persons) < len(items) else {}
         existing: dict[str, str] = {}
+        found_rows: dict[str, dict[str, Any]] = {}  # lead id -> its owner and creation time, as read
         done_before = 0
         linked = self._linked_persons(sorted(persons))
         done_before = len(linked)
@@ -434,11 +453,12 @@ class ChunkWork:
             emails = [str(p.get(email.marketo)) for p in persons.values() if email and p.get(email.marketo)]
             if column and emails:
                 for row in services.dataverse.find_by_emails(
-                    ENTITY_SETS[entity], emails, select=[PRIMARY_IDS[entity]], attribute=column
+                    ENTITY_SETS[entity], emails, select=[PRIMARY_IDS[entity], OWNER, CREATED_ON], attribute=column
                 ):
                     key = email_key(row.get(column))
                     if key:
                         existing[key] = str(row[PRIMARY_IDS[entity]]).lower()
+                        found_rows[existing[key]] = row
         batch = Batch()
         ledger = applier.ledger
         to_create: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
@@ -472,15 +492,34 @@ class ChunkWork:
                     reason = f"Dynamics refused the lead: {outcome.message or outcome.status}"
                     ledger.fail_person(batch, stub, Direction.TO_DYNAMICS, [reason], code=outcome.code, keys=[])
         if links:
+            # The person gets what the cycle would write on seeing the lead: the sync-owned fields and
+            # the owner's fields (``core.oneway``), and its baseline records them, so the lead's
+            # creation, read back through the delta feed, is no change (no write, no echo). A lead
+            # created here is owned by the calling user (Dynamics' default: no ``ownerid`` is sent);
+            # one found by email (a resumed chunk) by the owner read with it.
+            caller = {OWNER: self._calling_user()} if any(did not in found_rows for _, did, _ in links) else {}
+            rows = [found_rows.get(did, caller) for _, did, _ in links]
+            owned = applier.one_way.values_for(entity, rows)
+            writes = [oneway.writes(values, {}, applier.one_way_fields) for values in owned]
             results = services.marketo.sync_leads(
-                [{"id": mid, **microsoft_fields(entity, did, None)} for mid, did, _ in links],
+                [
+                    {"id": mid, **written, **microsoft_fields(entity, did, row.get(CREATED_ON))}
+                    for (mid, did, _), row, written in zip(links, rows, writes, strict=True)
+                ],
                 action="updateOnly",
                 lookup_field="id",
             )
-            for (mid, did, values), result in zip(links, results, strict=True):
+            for (mid, did, values), row, written, result in zip(links, rows, writes, results, strict=True):
                 applier.tally.written_marketo += int(result.ok)
+                baseline = oneway.settled(
+                    values,
+                    {},
+                    edits={},
+                    written=written if result.ok else {},
+                    owner=applier.one_way.owner(oneway.owner_id(row)),
+                )
                 batch.links.append(
-                    Link(marketo_id=mid, entity=entity, dataverse_id=did, baseline=values, updated_at=applier.now)
+                    Link(marketo_id=mid, entity=entity, dataverse_id=did, baseline=baseline, updated_at=applier.now)
                 )
         ledger.record(batch)
         return {"leads_created": len(links) + done_before} | gone

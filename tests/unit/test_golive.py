@@ -4,12 +4,15 @@ a chunk costs, the export windows, the bulk file's CSV, and the status view's li
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 
-from sync_core.core.fieldmap import load_field_map
+from sync_core.core.fieldmap import DEFAULT_PATH, load_field_map
 from sync_core.core.golive import (
     CHUNKS_IN_FLIGHT,
     JOB_CURSOR,
@@ -19,7 +22,9 @@ from sync_core.core.golive import (
     JobState,
     JobStatus,
     LocalCosts,
+    MarketoOnlyPolicy,
     Share,
+    WorkKind,
     chunk_seconds,
     link_chunk_cost,
     person_chunk_cost,
@@ -27,10 +32,15 @@ from sync_core.core.golive import (
 )
 from sync_core.core.merge import merge_record
 from sync_core.core.models import Cursor, EntityType
+from sync_core.dataverse._types import WriteOutcome
+from sync_core.golive.apply import ChunkWork, chunk_payload
+from sync_core.golive.snapshot import WorkItem
 from sync_core.marketo._bulk import iter_csv_rows, window_body, windows
+from sync_core.settings import DynamicsDeletePolicy, MarketoDeletePolicy
 from sync_core.state import MemoryStateStore
 from sync_core.status.text import render_text
 from sync_core.status.view import build_status
+from tests.unit.conftest import World, make_world
 
 LEAD, CONTACT = EntityType.LEAD, EntityType.CONTACT
 FIELDS = load_field_map(None)
@@ -259,3 +269,74 @@ def test_status_shows_the_initial_sync_progress() -> None:
     assert status.initial_sync.eta_seconds == pytest.approx(90.0)
     assert "Initial sync 20250101T000000Z-abc: applying, 25.0 % (1/4 chunks)" in render_text(status)
     assert "linked 3,000" in render_text(status)
+
+
+class _CreatingDataverse:
+    """The real client over the fake, plus what the fake lacks: ``WhoAmI`` and ``CreateMultiple``
+    (a lead created without an ``ownerid`` is owned by the calling user, as in Dynamics)."""
+
+    def __init__(self, world: World, caller: str) -> None:
+        self._world, self._caller = world, caller
+        self.who_am_i_calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._world.dataverse_client, name)
+
+    def who_am_i(self) -> str:
+        self.who_am_i_calls += 1
+        return self._caller
+
+    def create_multiple(self, metadata: Any, rows: list[dict[str, Any]]) -> list[WriteOutcome]:
+        created = [self._world.dataverse.create("leads", **row, _ownerid_value=self._caller) for row in rows]
+        return [WriteOutcome(index=i, ok=True, id=lead_id) for i, lead_id in enumerate(created)]
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_the_cycle_after_creating_leads_for_marketo_only_persons_writes_nothing(resumed: bool) -> None:
+    """The job writes each Marketo-only person what the cycle would on reading its new lead (the
+    microsoft fields, the lead owner's fields) and keeps it in the baseline: the first cycle, which
+    reads the new leads through the delta feed, writes no person again (no echo). Resumed, a lead
+    the interrupted run made is found by email, with its owner and creation time."""
+    spec = json.loads(DEFAULT_PATH.read_text(encoding="utf-8"))
+    spec.pop("createDefaults")  # the fake's lead has no required topic: a default would be trimmed away
+    world = make_world(field_map=load_field_map(json.dumps(spec)))
+    caller = world.dataverse.create("systemusers", fullname="Sync App", internalemailaddress="sync@example.com")
+    persons = [world.marketo.create_person(email=f"only{i}@example.com", lastName=f"Only{i}") for i in range(3)]
+    dataverse = _CreatingDataverse(world, caller)
+    settings = SimpleNamespace(
+        dynamics_delete_policy=DynamicsDeletePolicy.FLAG, marketo_delete_policy=MarketoDeletePolicy.IGNORE
+    )
+    services = SimpleNamespace(
+        marketo=world.marketo_client,
+        dataverse=dataverse,
+        store=world.store,
+        field_map=world.field_map,
+        settings=settings,
+    )
+    work = ChunkWork(
+        services,  # type: ignore[arg-type]
+        job_id="j1",
+        policy=InitialPolicy(marketo_only=MarketoOnlyPolicy.CREATE_LEAD),
+        clock=world.clock,
+    )
+    items = [
+        WorkItem(WorkKind.LEAD, EntityType.LEAD.value, mid, None, world.marketo.person(mid), None) for mid in persons
+    ]
+    found = None
+    if resumed:  # the interrupted run created the first person's lead; someone reassigned it since
+        other = world.dataverse.create("systemusers", fullname="Sales", internalemailaddress="sales@example.com")
+        found = world.dataverse.create(
+            "leads", emailaddress1="only0@example.com", lastname="Only0", _ownerid_value=other
+        )
+    counts = work.apply_chunk("0", chunk_payload(items), items, resumed=resumed)
+    assert counts["leads_created"] == 3
+    assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
+    assert dataverse.who_am_i_calls == 1  # once for the job, not per person
+    for mid in persons:
+        person = world.marketo.person(mid)
+        owner = ("Sales", "sales@example.com") if found and mid == persons[0] else ("Sync App", "sync@example.com")
+        assert (person["microsoftOwnerName"], person["microsoftOwnerEmail"]) == owner
+    if found:
+        first = world.marketo.person(persons[0])
+        assert first["microsoftId"] == found
+        assert first["microsoftCreatedDate"] == world.dataverse.rows["leads"][found]["createdon"]
