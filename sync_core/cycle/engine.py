@@ -44,10 +44,12 @@ unchanged. The record-level work is ``_apply.Applier``; this module only orders 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -65,7 +67,7 @@ from sync_core.core.errors import (
     TransientError,
 )
 from sync_core.core.fieldmap import FieldMap
-from sync_core.core.models import Cursor, EntityType, Lease, RunReport
+from sync_core.core.models import Cursor, EntityType, Lease, Link, RunReport
 from sync_core.core.report import Left, Outcome
 from sync_core.core.syncfilter import NO_FILTER, SyncFilter
 from sync_core.cycle import carry
@@ -275,6 +277,28 @@ class SyncEngine:
         return report
 
 
+@dataclass(frozen=True)
+class _ReadAhead:
+    """A table's first delta page and its rows' links, read on a thread of its own while the change
+    feed is read (``_Cycle.read_ahead``): what it was asked for, and the read (its page iterator, to
+    be continued on the cycle's thread, the first page or None, that page's links)."""
+
+    entity: EntityType
+    delta_link: str | None
+    select: tuple[str, ...]
+    read: Future[tuple[Iterator[DeltaPage], DeltaPage | None, dict[str, Link]]]
+
+    def drop(self) -> None:
+        """Not used: wait for the read to end (its errors are not this cycle's) and close it."""
+        try:
+            pages, _, _ = self.read.result()
+        except Exception:  # the read is not used: its error does not matter
+            return
+        close = getattr(pages, "close", None)
+        if close is not None:
+            close()
+
+
 class _Cycle:
     """The state of one running cycle: its lease, stage, applier and cursor values."""
 
@@ -309,6 +333,7 @@ class _Cycle:
         self.carried = carry.Carry()  # what the last cut tick left, as loaded at the start
         self.resume: dict[str, carry.Resume] = {}  # where this tick leaves the table it was cut in
         self._stage: Stage | None = None
+        self._ahead: _ReadAhead | None = None  # the first table's first page, read during the feed
 
     # -- the time budget ------------------------------------------------------------------------
 
@@ -351,6 +376,7 @@ class _Cycle:
             try:
                 self._steps(stage)
             finally:
+                self._drop_ahead()
                 # What is left for later: staged changes not applied (the cycle ended early) and
                 # the failures waiting for their retry.
                 self.backlog = {"marketo": stage.pending_count(), "retries": len(self.open_failures)}
@@ -385,6 +411,7 @@ class _Cycle:
         tail_cursor = store.get_cursor(MARKETO_CHANGES_TAIL)
         tail = ReadTail.parse(tail_cursor.value if tail_cursor and changes_cursor else None)
         tracker = TailTracker(tail.token if tail else changes_start, tail)
+        self._read_ahead(ENTITY_ORDER[0])  # while the feed is read: nothing writes links before that page
         changes_token = self._stage_marketo_changes(stage, tracker)
         deletes_cursor: Cursor | None = None
         deletes_token: str | None = None
@@ -511,11 +538,11 @@ class _Cycle:
             again = self.carried.pages_done(entity.value, delta_link)
             try:
                 new_link: str | None = None
-                for page in self._pages(entity, delta_link):
+                for page, ahead in self._pages(entity, delta_link):
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
                     if full_reread:
                         stage.add_seen(entity.value, (row_id(entity, row) for row in page.rows))
-                    applier.dynamics_page(entity, page.rows, page.deleted_ids, self.take)
+                    applier.dynamics_page(entity, page.rows, page.deleted_ids, self.take, ahead=ahead)
                     done += len(page.rows) + len(page.deleted_ids)
                     self.engine._progress(f"dataverse {ENTITY_SETS[entity]}", done, None)
                     self.keep_lease()
@@ -588,14 +615,59 @@ class _Cycle:
                 applier.one_way_unreadable(oneway.ACCOUNT.logical_name, str(err)[:200])
                 return None
 
-    def _pages(self, entity: EntityType, delta_link: str | None) -> Iterator[DeltaPage]:
-        applier = self.applier
+    def _pages(
+        self, entity: EntityType, delta_link: str | None
+    ) -> Iterator[tuple[DeltaPage, Mapping[str, Link] | None]]:
+        """The table's delta pages from ``delta_link``, each with its rows' links when they were
+        read ahead (the first page's, read during the change feed: ``_read_ahead``), else None.
+        The read ahead is used only when it read what this read would (the same table, delta link
+        and columns); its error, if it failed, is raised here as this read's own."""
+        select = self.applier.dataverse_columns(entity)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and (ahead.entity, ahead.delta_link, ahead.select) == (entity, delta_link, tuple(select)):
+            pages, first, links = ahead.read.result()
+            if first is None:
+                return
+            yield first, links
+        else:
+            if ahead is not None:
+                ahead.drop()
+            pages = self._delta(entity, delta_link, select)
+        for page in pages:
+            yield page, None
+
+    def _delta(self, entity: EntityType, delta_link: str | None, select: Sequence[str]) -> Iterator[DeltaPage]:
         return self.engine._dataverse.iter_changes(
-            ENTITY_SETS[entity],
-            select=applier.dataverse_columns(entity),
-            delta_link=delta_link,
-            page_size=DATAVERSE_PAGE,
+            ENTITY_SETS[entity], select=select, delta_link=delta_link, page_size=DATAVERSE_PAGE
         )
+
+    def _read_ahead(self, entity: EntityType) -> None:
+        """Start reading ``entity``'s first delta page and looking its rows' links up, on a thread of
+        its own, for ``_pages`` to use. Nothing in the cycle writes links before that page is
+        applied (the feeds only stage, the schema refresh writes its cache, and the lease keeps
+        other cycles out), so the links it finds are current then; the ones it does not find are
+        read again (``Applier.dynamics_page``). When the page is not used (the time budget stopped
+        the cycle first, the field map changed), its one read is the only call it costs."""
+        cursor = self.engine._store.get_cursor(dataverse_cursor(entity))
+        delta_link = cursor.value if cursor else None
+        select = tuple(self.applier.dataverse_columns(entity))
+
+        def read() -> tuple[Iterator[DeltaPage], DeltaPage | None, dict[str, Link]]:
+            pages = self._delta(entity, delta_link, select)
+            first = next(pages, None)
+            links = self.applier.page_links(entity, first.rows) if first is not None and first.rows else {}
+            return pages, first, links
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
+        try:
+            self._ahead = _ReadAhead(entity, delta_link, select, pool.submit(contextvars.copy_context().run, read))
+        finally:
+            pool.shutdown(wait=False)
+
+    def _drop_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.drop()
 
     def _deleted_while_untracked(self, entity: EntityType, stage: Stage) -> None:
         """After a full read: linked records it did not return were deleted while no token covered them.
