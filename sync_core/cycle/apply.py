@@ -274,10 +274,11 @@ class Applier:
     ) -> None:
         """One page of a table's delta: its deletions, then its rows merged (linked) or linked.
 
-        ``ahead``: the rows' links as ``page_links`` read them earlier, while this cycle wrote no
-        links. Only the links found are taken from it: the ids it found unlinked are read again (a
-        record the webhook linked meanwhile: it makes new links, outside the cycle's lease), and it
-        is not used at all when this page's deletions unlink something first."""
+        ``ahead``: rows' links as ``page_links`` read them earlier, less those a write of this cycle
+        may have changed since (the engine's read ahead). Only the links it holds are taken from
+        it: the page's other ids are read again (found unlinked then, a record may have been linked
+        since: by this cycle, or by the webhook, which makes new links outside the cycle's lease),
+        and it is not used at all when this page's deletions unlink something first."""
         if deleted_ids:
             gone = self.store.get_links_by_dataverse_ids(entity, deleted_ids)
             if gone:

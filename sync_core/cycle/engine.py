@@ -74,7 +74,7 @@ from sync_core.cycle import carry
 from sync_core.cycle.accounting import api_delta, build_report, store_delta
 from sync_core.cycle.apply import Applier, LinkedWrites
 from sync_core.cycle.lease import Heartbeat, LeaseLost
-from sync_core.cycle.ledger import OpenFailures, Pending, Tally
+from sync_core.cycle.ledger import LinkWatch, OpenFailures, Pending, Tally
 from sync_core.cycle.overlap import MARKETO_CHANGES_TAIL, ReadTail, TailTracker
 from sync_core.cycle.staging import Stage
 from sync_core.dataverse.client import SCHEMA_ERROR_CODES, DataverseClient, DeltaPage
@@ -279,14 +279,16 @@ class SyncEngine:
 
 @dataclass(frozen=True)
 class _ReadAhead:
-    """A table's first delta page and its rows' links, read on a thread of its own while the change
-    feed is read (``_Cycle.read_ahead``): what it was asked for, and the read (its page iterator, to
-    be continued on the cycle's thread, the first page or None, that page's links)."""
+    """A table's first delta page and its rows' links, read on a thread of its own while the cycle
+    does something else (``_Cycle._read_ahead``): what it was asked for, the read (its page
+    iterator, to be continued on the cycle's thread, the first page or None, that page's links)
+    and the watch on the links the cycle wrote meanwhile."""
 
     entity: EntityType
     delta_link: str | None
     select: tuple[str, ...]
     read: Future[tuple[Iterator[DeltaPage], DeltaPage | None, dict[str, Link]]]
+    watch: LinkWatch
 
     def drop(self) -> None:
         """Not used: wait for the read to end (its errors are not this cycle's) and close it."""
@@ -333,7 +335,7 @@ class _Cycle:
         self.carried = carry.Carry()  # what the last cut tick left, as loaded at the start
         self.resume: dict[str, carry.Resume] = {}  # where this tick leaves the table it was cut in
         self._stage: Stage | None = None
-        self._ahead: _ReadAhead | None = None  # the first table's first page, read during the feed
+        self._ahead: _ReadAhead | None = None  # a table's first page, read while the cycle did something else
 
     # -- the time budget ------------------------------------------------------------------------
 
@@ -411,7 +413,7 @@ class _Cycle:
         tail_cursor = store.get_cursor(MARKETO_CHANGES_TAIL)
         tail = ReadTail.parse(tail_cursor.value if tail_cursor and changes_cursor else None)
         tracker = TailTracker(tail.token if tail else changes_start, tail)
-        self._read_ahead(ENTITY_ORDER[0])  # while the feed is read: nothing writes links before that page
+        self._read_ahead(ENTITY_ORDER[0])  # while the feed is read
         changes_token = self._stage_marketo_changes(stage, tracker)
         deletes_cursor: Cursor | None = None
         deletes_token: str | None = None
@@ -539,6 +541,9 @@ class _Cycle:
             try:
                 new_link: str | None = None
                 for page, ahead in self._pages(entity, delta_link):
+                    if page.delta_link is not None and entity is not ENTITY_ORDER[-1]:
+                        # The table's last page: the next table's first is read while it is applied.
+                        self._read_ahead(ENTITY_ORDER[ENTITY_ORDER.index(entity) + 1])
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
                     if full_reread:
                         stage.add_seen(entity.value, (row_id(entity, row) for row in page.rows))
@@ -618,20 +623,22 @@ class _Cycle:
     def _pages(
         self, entity: EntityType, delta_link: str | None
     ) -> Iterator[tuple[DeltaPage, Mapping[str, Link] | None]]:
-        """The table's delta pages from ``delta_link``, each with its rows' links when they were
-        read ahead (the first page's, read during the change feed: ``_read_ahead``), else None.
-        The read ahead is used only when it read what this read would (the same table, delta link
-        and columns); its error, if it failed, is raised here as this read's own."""
+        """The table's delta pages from ``delta_link``, each with those of its rows' links that were
+        read ahead and are current (``_read_ahead``: the first page's, when it was), else None. The
+        read ahead is used only when it read what this read would (the same table, delta link and
+        columns); its error, if it failed, is raised here as this read's own."""
         select = self.applier.dataverse_columns(entity)
         ahead, self._ahead = self._ahead, None
         if ahead is not None and (ahead.entity, ahead.delta_link, ahead.select) == (entity, delta_link, tuple(select)):
-            pages, first, links = ahead.read.result()
+            try:
+                pages, first, links = ahead.read.result()
+            finally:
+                self.applier.ledger.unwatch_links(ahead.watch)
             if first is None:
                 return
-            yield first, links
+            yield first, ahead.watch.untouched(entity, links)
         else:
-            if ahead is not None:
-                ahead.drop()
+            self._drop(ahead)
             pages = self._delta(entity, delta_link, select)
         for page in pages:
             yield page, None
@@ -643,14 +650,18 @@ class _Cycle:
 
     def _read_ahead(self, entity: EntityType) -> None:
         """Start reading ``entity``'s first delta page and looking its rows' links up, on a thread of
-        its own, for ``_pages`` to use. Nothing in the cycle writes links before that page is
-        applied (the feeds only stage, the schema refresh writes its cache, and the lease keeps
-        other cycles out), so the links it finds are current then; the ones it does not find are
-        read again (``Applier.dynamics_page``). When the page is not used (the time budget stopped
-        the cycle first, the field map changed), its one read is the only call it costs."""
+        its own, for ``_pages`` to use: during the change feed (the first table) and while the
+        table before's last page is applied (the next). The links the cycle writes meanwhile all
+        go through ``Ledger.record``, which the read's watch sees: those of the page's links that a
+        write may have changed are read again when the page is applied, as are the ids found
+        unlinked (``Applier.dynamics_page``: a record may have been linked meanwhile, by this cycle
+        or by the webhook). A read ahead not used (the time budget stopped the cycle first, the
+        columns changed) costs its one delta read."""
+        self._drop(self._ahead)
         cursor = self.engine._store.get_cursor(dataverse_cursor(entity))
         delta_link = cursor.value if cursor else None
         select = tuple(self.applier.dataverse_columns(entity))
+        watch = self.applier.ledger.watch_links()  # before the look-up starts
 
         def read() -> tuple[Iterator[DeltaPage], DeltaPage | None, dict[str, Link]]:
             pages = self._delta(entity, delta_link, select)
@@ -660,14 +671,22 @@ class _Cycle:
 
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
         try:
-            self._ahead = _ReadAhead(entity, delta_link, select, pool.submit(contextvars.copy_context().run, read))
+            read_future = pool.submit(contextvars.copy_context().run, read)
+        except BaseException:
+            self.applier.ledger.unwatch_links(watch)
+            raise
         finally:
             pool.shutdown(wait=False)
+        self._ahead = _ReadAhead(entity, delta_link, select, read_future, watch)
+
+    def _drop(self, ahead: _ReadAhead | None) -> None:
+        if ahead is not None:
+            self.applier.ledger.unwatch_links(ahead.watch)
+            ahead.drop()
 
     def _drop_ahead(self) -> None:
         ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            ahead.drop()
+        self._drop(ahead)
 
     def _deleted_while_untracked(self, entity: EntityType, stage: Stage) -> None:
         """After a full read: linked records it did not return were deleted while no token covered them.

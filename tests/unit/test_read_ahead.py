@@ -1,13 +1,14 @@
-"""The first Dataverse page read ahead (issue 17): while Marketo's change feed is read, the cycle
-reads the contacts' first delta page and looks its rows' links up (nothing in the cycle writes
-links before that page is applied). What must hold: the read ahead happens during the feed; it
-costs no API call; a record it found unlinked and that was linked meanwhile (the webhook links new
-records outside the cycle's lease) is taken as linked, not linked a second time."""
+"""Dataverse pages read ahead (issue 17): while Marketo's change feed is read, the cycle reads the
+contacts' first delta page and looks its rows' links up; while the contacts' last page is applied,
+the leads' first. What must hold: each read ahead happens while the other work runs; it costs no
+API call; a record found unlinked and linked meanwhile (by the webhook, outside the cycle's
+lease) is taken as linked; a link the contacts page moved (a qualification) is read again for the
+leads page, not taken as the read ahead found it."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -116,3 +117,66 @@ def test_a_record_linked_after_the_read_ahead_is_taken_as_linked(monkeypatch: py
     assert link.dataverse_id == contact
     assert len(world.marketo.leads) == persons  # no second person for the contact
     assert world.marketo.person(person)["title"] == "Webhook title"
+
+
+# -- the next table's first page, read while the table before's last page is applied ----------------
+
+
+def contact_links_wait_for_lead_look_up(monkeypatch: pytest.MonkeyPatch, world: World, lead: str) -> list[bool]:
+    """Make the contacts page's link writes wait until the lead's link was looked up; returns, per
+    such write, whether the look-up happened while it waited."""
+    looked_up = threading.Event()
+    look_up, upsert = world.store.get_links_by_dataverse_ids, world.store.upsert_links
+    during: list[bool] = []
+
+    def watched(entity: EntityType, ids: Iterable[str]) -> dict[str, Link]:
+        ids = list(ids)
+        found = look_up(entity, ids)
+        if entity is EntityType.LEAD and lead in ids:
+            looked_up.set()
+        return found
+
+    def waiting(links: Sequence[Link], **kwargs: Any) -> None:
+        if any(link.entity is CONTACT for link in links):
+            during.append(looked_up.wait(WAIT))
+        upsert(links, **kwargs)
+
+    monkeypatch.setattr(world.store, "get_links_by_dataverse_ids", watched)
+    monkeypatch.setattr(world.store, "upsert_links", waiting)
+    return during
+
+
+def test_the_leads_first_page_is_looked_up_while_the_contacts_page_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = make_world()
+    lead, lead_person = world.linked_lead(2)
+    contact, person = edited_on_both_sides(world)
+    world.dataverse.update("leads", lead, jobtitle="Lead title from Dynamics")
+    during = contact_links_wait_for_lead_look_up(monkeypatch, world, lead)
+
+    report = world.cycle()
+
+    assert during == [True]
+    assert report.outcome == "ok"
+    assert world.marketo.person(person)["title"] == "Title from Dynamics"
+    assert world.dataverse.rows["contacts"][contact]["telephone1"] == "+1 555 0100"
+    assert world.marketo.person(lead_person)["title"] == "Lead title from Dynamics"
+
+
+def test_a_link_the_contacts_page_moved_is_read_again_for_the_leads_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lead qualified into a contact: the contacts page moves the person's link to the contact
+    after the leads' page, which holds the qualified lead, was looked up with the lead's link."""
+    world = make_world()
+    lead, person = world.linked_lead(3)
+    contact = world.dataverse.qualify(lead)
+    world.dataverse.update("leads", lead, jobtitle="Edited before qualifying")
+    during = contact_links_wait_for_lead_look_up(monkeypatch, world, lead)
+
+    report = world.cycle()
+
+    assert during == [True]
+    assert report.outcome == "ok"
+    assert report.report.qualified == 1
+    link = world.link_of(person)
+    assert link is not None
+    assert (link.entity, link.dataverse_id) == (CONTACT, contact)
+    assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
