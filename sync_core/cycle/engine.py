@@ -8,7 +8,9 @@ status view). The order is what makes it safe:
    latest value per person and field, on local disk); the deleted-persons feed too when the
    Marketo delete policy sends deletes across;
 3. stream each Dataverse table's delta (contacts first, so a qualification moves its person's
-   link before the qualified lead is seen), page by page: the page's linked records are merged
+   link before the qualified lead is seen), page by page (a table's first page and its links read
+   ahead: the contacts' during step 2, the leads' while the contacts' last page is applied;
+   ``_read_ahead``): the page's linked records are merged
    with their staged Marketo changes, new records are linked or get a person, deletions flag
    and unlink; the table's delta link is stored once all its pages are done. A read without a
    delta token (the first one, or after the token expired) is a full read of that table, merged
@@ -657,7 +659,7 @@ class _Cycle:
         unlinked (``Applier.dynamics_page``: a record may have been linked meanwhile, by this cycle
         or by the webhook). A read ahead not used (the time budget stopped the cycle first, the
         columns changed) costs its one delta read."""
-        self._drop(self._ahead)
+        self._drop_ahead()
         cursor = self.engine._store.get_cursor(dataverse_cursor(entity))
         delta_link = cursor.value if cursor else None
         select = tuple(self.applier.dataverse_columns(entity))
