@@ -258,18 +258,43 @@ class Applier:
 
     # -- a page of the Dataverse delta ----------------------------------------------------------
 
+    def page_links(self, entity: EntityType, rows: Sequence[Mapping[str, Any]]) -> dict[str, Link]:
+        """The links of a delta page's rows, by lowercase Dataverse id: what ``dynamics_page`` looks
+        up, read ahead (the engine reads the first page while the change feed is read)."""
+        return self.store.get_links_by_dataverse_ids(entity, _rows_by_id(entity, rows))
+
     def dynamics_page(
-        self, entity: EntityType, rows: Sequence[Mapping[str, Any]], deleted_ids: Sequence[str], take: Take
+        self,
+        entity: EntityType,
+        rows: Sequence[Mapping[str, Any]],
+        deleted_ids: Sequence[str],
+        take: Take,
+        *,
+        ahead: Mapping[str, Link] | None = None,
     ) -> None:
+        """One page of a table's delta: its deletions, then its rows merged (linked) or linked.
+
+        ``ahead``: rows' links as ``page_links`` read them earlier, less those a write of this cycle
+        may have changed since (the engine's read ahead). Only the links it holds are taken from
+        it: the page's other ids are read again (found unlinked then, a record may have been linked
+        since: by this cycle, or by the webhook, which makes new links outside the cycle's lease),
+        and it is not used at all when this page's deletions unlink something first."""
         if deleted_ids:
             gone = self.store.get_links_by_dataverse_ids(entity, deleted_ids)
+            if gone:
+                ahead = None
             self.dynamics_deleted(list({link.marketo_id: link for link in gone.values()}.values()))
             self.ledger.resolve_now(record_key(entity, i) for i in deleted_ids)
         if not rows:
             return
-        primary = PRIMARY_IDS[entity]
-        by_id = {str(row[primary]).lower(): row for row in rows if row.get(primary)}
-        links = self.store.get_links_by_dataverse_ids(entity, by_id)
+        by_id = _rows_by_id(entity, rows)
+        if ahead is None:
+            links = self.store.get_links_by_dataverse_ids(entity, by_id)
+        else:
+            links = {i: ahead[i] for i in by_id if i in ahead}
+            unlinked_ahead = [i for i in by_id if i not in links]
+            if unlinked_ahead:
+                links.update(self.store.get_links_by_dataverse_ids(entity, unlinked_ahead))
         linked = [(links[i], row) for i, row in by_id.items() if i in links]
         unlinked = [row for i, row in by_id.items() if i not in links]
         staged = take([link.marketo_id for link, _ in linked])
@@ -793,6 +818,11 @@ class LinkedWrites:
             self._record_after_failure([])
         except Exception:  # the caller's failure is the one to raise
             log.warning("cycle %s: the batches in flight were not all recorded", self._applier._run_id)
+
+
+def _rows_by_id(entity: EntityType, rows: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    primary = PRIMARY_IDS[entity]
+    return {str(row[primary]).lower(): row for row in rows if row.get(primary)}
 
 
 def _storable(value: Any) -> Any:

@@ -8,7 +8,9 @@ status view). The order is what makes it safe:
    latest value per person and field, on local disk); the deleted-persons feed too when the
    Marketo delete policy sends deletes across;
 3. stream each Dataverse table's delta (contacts first, so a qualification moves its person's
-   link before the qualified lead is seen), page by page: the page's linked records are merged
+   link before the qualified lead is seen), page by page (a table's first page and its links read
+   ahead: the contacts' during step 2, the leads' while the contacts' last page is applied;
+   ``_read_ahead``): the page's linked records are merged
    with their staged Marketo changes, new records are linked or get a person, deletions flag
    and unlink; the table's delta link is stored once all its pages are done. A read without a
    delta token (the first one, or after the token expired) is a full read of that table, merged
@@ -44,10 +46,12 @@ unchanged. The record-level work is ``_apply.Applier``; this module only orders 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -65,14 +69,14 @@ from sync_core.core.errors import (
     TransientError,
 )
 from sync_core.core.fieldmap import FieldMap
-from sync_core.core.models import Cursor, EntityType, Lease, RunReport
+from sync_core.core.models import Cursor, EntityType, Lease, Link, RunReport
 from sync_core.core.report import Left, Outcome
 from sync_core.core.syncfilter import NO_FILTER, SyncFilter
 from sync_core.cycle import carry
 from sync_core.cycle.accounting import api_delta, build_report, store_delta
 from sync_core.cycle.apply import Applier, LinkedWrites
 from sync_core.cycle.lease import Heartbeat, LeaseLost
-from sync_core.cycle.ledger import OpenFailures, Pending, Tally
+from sync_core.cycle.ledger import LinkWatch, OpenFailures, Pending, Tally
 from sync_core.cycle.overlap import MARKETO_CHANGES_TAIL, ReadTail, TailTracker
 from sync_core.cycle.staging import Stage
 from sync_core.dataverse.client import SCHEMA_ERROR_CODES, DataverseClient, DeltaPage
@@ -275,6 +279,30 @@ class SyncEngine:
         return report
 
 
+@dataclass(frozen=True)
+class _ReadAhead:
+    """A table's first delta page and its rows' links, read on a thread of its own while the cycle
+    does something else (``_Cycle._read_ahead``): what it was asked for, the read (its page
+    iterator, to be continued on the cycle's thread, the first page or None, that page's links)
+    and the watch on the links the cycle wrote meanwhile."""
+
+    entity: EntityType
+    delta_link: str | None
+    select: tuple[str, ...]
+    read: Future[tuple[Iterator[DeltaPage], DeltaPage | None, dict[str, Link]]]
+    watch: LinkWatch
+
+    def drop(self) -> None:
+        """Not used: wait for the read to end (its errors are not this cycle's) and close it."""
+        try:
+            pages, _, _ = self.read.result()
+        except Exception:  # the read is not used: its error does not matter
+            return
+        close = getattr(pages, "close", None)
+        if close is not None:
+            close()
+
+
 class _Cycle:
     """The state of one running cycle: its lease, stage, applier and cursor values."""
 
@@ -309,6 +337,7 @@ class _Cycle:
         self.carried = carry.Carry()  # what the last cut tick left, as loaded at the start
         self.resume: dict[str, carry.Resume] = {}  # where this tick leaves the table it was cut in
         self._stage: Stage | None = None
+        self._ahead: _ReadAhead | None = None  # a table's first page, read while the cycle did something else
 
     # -- the time budget ------------------------------------------------------------------------
 
@@ -351,6 +380,7 @@ class _Cycle:
             try:
                 self._steps(stage)
             finally:
+                self._drop_ahead()
                 # What is left for later: staged changes not applied (the cycle ended early) and
                 # the failures waiting for their retry.
                 self.backlog = {"marketo": stage.pending_count(), "retries": len(self.open_failures)}
@@ -385,6 +415,7 @@ class _Cycle:
         tail_cursor = store.get_cursor(MARKETO_CHANGES_TAIL)
         tail = ReadTail.parse(tail_cursor.value if tail_cursor and changes_cursor else None)
         tracker = TailTracker(tail.token if tail else changes_start, tail)
+        self._read_ahead(ENTITY_ORDER[0])  # while the feed is read
         changes_token = self._stage_marketo_changes(stage, tracker)
         deletes_cursor: Cursor | None = None
         deletes_token: str | None = None
@@ -511,11 +542,14 @@ class _Cycle:
             again = self.carried.pages_done(entity.value, delta_link)
             try:
                 new_link: str | None = None
-                for page in self._pages(entity, delta_link):
+                for page, ahead in self._pages(entity, delta_link):
+                    if page.delta_link is not None and entity is not ENTITY_ORDER[-1]:
+                        # The table's last page: the next table's first is read while it is applied.
+                        self._read_ahead(ENTITY_ORDER[ENTITY_ORDER.index(entity) + 1])
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
                     if full_reread:
                         stage.add_seen(entity.value, (row_id(entity, row) for row in page.rows))
-                    applier.dynamics_page(entity, page.rows, page.deleted_ids, self.take)
+                    applier.dynamics_page(entity, page.rows, page.deleted_ids, self.take, ahead=ahead)
                     done += len(page.rows) + len(page.deleted_ids)
                     self.engine._progress(f"dataverse {ENTITY_SETS[entity]}", done, None)
                     self.keep_lease()
@@ -588,14 +622,73 @@ class _Cycle:
                 applier.one_way_unreadable(oneway.ACCOUNT.logical_name, str(err)[:200])
                 return None
 
-    def _pages(self, entity: EntityType, delta_link: str | None) -> Iterator[DeltaPage]:
-        applier = self.applier
+    def _pages(
+        self, entity: EntityType, delta_link: str | None
+    ) -> Iterator[tuple[DeltaPage, Mapping[str, Link] | None]]:
+        """The table's delta pages from ``delta_link``, each with those of its rows' links that were
+        read ahead and are current (``_read_ahead``: the first page's, when it was), else None. The
+        read ahead is used only when it read what this read would (the same table, delta link and
+        columns); its error, if it failed, is raised here as this read's own."""
+        select = self.applier.dataverse_columns(entity)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and (ahead.entity, ahead.delta_link, ahead.select) == (entity, delta_link, tuple(select)):
+            try:
+                pages, first, links = ahead.read.result()
+            finally:
+                self.applier.ledger.unwatch_links(ahead.watch)
+            if first is None:
+                return
+            yield first, ahead.watch.untouched(entity, links)
+        else:
+            self._drop(ahead)
+            pages = self._delta(entity, delta_link, select)
+        for page in pages:
+            yield page, None
+
+    def _delta(self, entity: EntityType, delta_link: str | None, select: Sequence[str]) -> Iterator[DeltaPage]:
         return self.engine._dataverse.iter_changes(
-            ENTITY_SETS[entity],
-            select=applier.dataverse_columns(entity),
-            delta_link=delta_link,
-            page_size=DATAVERSE_PAGE,
+            ENTITY_SETS[entity], select=select, delta_link=delta_link, page_size=DATAVERSE_PAGE
         )
+
+    def _read_ahead(self, entity: EntityType) -> None:
+        """Start reading ``entity``'s first delta page and looking its rows' links up, on a thread of
+        its own, for ``_pages`` to use: during the change feed (the first table) and while the
+        table before's last page is applied (the next). The links the cycle writes meanwhile all
+        go through ``Ledger.record``, which the read's watch sees: those of the page's links that a
+        write may have changed are read again when the page is applied, as are the ids found
+        unlinked (``Applier.dynamics_page``: a record may have been linked meanwhile, by this cycle
+        or by the webhook). A read ahead not used (the time budget stopped the cycle first, the
+        columns changed) costs its one delta read."""
+        self._drop_ahead()
+        cursor = self.engine._store.get_cursor(dataverse_cursor(entity))
+        delta_link = cursor.value if cursor else None
+        select = tuple(self.applier.dataverse_columns(entity))
+        watch = self.applier.ledger.watch_links()  # before the look-up starts
+
+        def read() -> tuple[Iterator[DeltaPage], DeltaPage | None, dict[str, Link]]:
+            pages = self._delta(entity, delta_link, select)
+            first = next(pages, None)
+            links = self.applier.page_links(entity, first.rows) if first is not None and first.rows else {}
+            return pages, first, links
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
+        try:
+            read_future = pool.submit(contextvars.copy_context().run, read)
+        except BaseException:
+            self.applier.ledger.unwatch_links(watch)
+            raise
+        finally:
+            pool.shutdown(wait=False)
+        self._ahead = _ReadAhead(entity, delta_link, select, read_future, watch)
+
+    def _drop(self, ahead: _ReadAhead | None) -> None:
+        if ahead is not None:
+            self.applier.ledger.unwatch_links(ahead.watch)
+            ahead.drop()
+
+    def _drop_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        self._drop(ahead)
 
     def _deleted_while_untracked(self, entity: EntityType, stage: Stage) -> None:
         """After a full read: linked records it did not return were deleted while no token covered them.

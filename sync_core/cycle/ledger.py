@@ -29,7 +29,7 @@ from sync_core.state import StateStore
 FAILURE_PAGE = 1000
 
 
-__all__ = ["Batch", "Ledger", "OpenFailures", "Pending", "Tally", "person_key", "record_key"]
+__all__ = ["Batch", "Ledger", "LinkWatch", "OpenFailures", "Pending", "Tally", "person_key", "record_key"]
 
 
 @dataclass
@@ -142,6 +142,29 @@ class OpenFailures:
         return False
 
 
+@dataclass
+class LinkWatch:
+    """The links ``Ledger.record`` wrote, replaced or deleted while this watch was on (by record and
+    by person): what a look-up made meanwhile may have read before or after (``Ledger.watch_links``)."""
+
+    records: set[tuple[EntityType, str]] = field(default_factory=set)
+    persons: set[int] = field(default_factory=set)
+
+    def add(self, links: Iterable[Link]) -> None:
+        for link in links:
+            self.records.add((link.entity, link.dataverse_id.lower()))
+            self.persons.add(link.marketo_id)
+
+    def untouched(self, entity: EntityType, links: Mapping[str, Link]) -> dict[str, Link]:
+        """Those of ``links`` (by lowercase Dataverse id of ``entity``) that no write while the watch
+        was on can have changed: neither their record's link nor their person's was written."""
+        return {
+            i: link
+            for i, link in links.items()
+            if (entity, i) not in self.records and link.marketo_id not in self.persons
+        }
+
+
 class Ledger:
     """Failures, resolutions and the batch's writes to the state store (see the module docstring)."""
 
@@ -161,6 +184,17 @@ class Ledger:
         self.open = open_failures
         self._run_id = run_id
         self._now = now
+        self._watches: list[LinkWatch] = []
+
+    def watch_links(self) -> LinkWatch:
+        """From now on, until ``unwatch_links``, every link ``record`` writes, replaces or deletes is
+        added to the returned watch (``record`` is the cycle's only writer of links)."""
+        watch = LinkWatch()
+        self._watches.append(watch)
+        return watch
+
+    def unwatch_links(self, watch: LinkWatch) -> None:
+        self._watches = [w for w in self._watches if w is not watch]
 
     def has_open_failure(self, marketo_id: int) -> bool:
         return any(person_key(direction, marketo_id) in self.open for direction in Direction)
@@ -249,6 +283,8 @@ class Ledger:
 
     def record(self, batch: Batch) -> None:
         """The batch's Table writes: links, collisions, failures; then the activity log."""
+        for watch in self._watches:  # before the writes: a look-up running meanwhile may see either
+            watch.add([*batch.links, *batch.replaced, *batch.unlinked])
         if batch.links or batch.replaced:
             self._store.upsert_links(batch.links, replaces=batch.replaced)
         # A link re-written in the same batch (e.g. qualified, then deleted) is not deleted twice.

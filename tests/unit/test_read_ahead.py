@@ -1,0 +1,182 @@
+"""Dataverse pages read ahead (issue 17): while Marketo's change feed is read, the cycle reads the
+contacts' first delta page and looks its rows' links up; while the contacts' last page is applied,
+the leads' first. What must hold: each read ahead happens while the other work runs; it costs no
+API call; a record found unlinked and linked meanwhile (by the webhook, outside the cycle's
+lease) is taken as linked; a link the contacts page moved (a qualification) is read again for the
+leads page, not taken as the read ahead found it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from sync_core.core.models import EntityType, Link
+from sync_core.cycle import engine as engine_module
+from tests.unit.conftest import World, make_world
+
+CONTACT = EntityType.CONTACT
+WAIT = 10.0  # seconds the feed waits for the look-up (only a broken read ahead waits that long)
+
+
+def feed_waiting_for_look_up(
+    monkeypatch: pytest.MonkeyPatch, world: World, contact: str, then: Callable[[], None] = lambda: None
+) -> list[bool]:
+    """Make the change feed wait, before its first page, until the contact's link was looked up
+    (then run ``then``); returns, per feed read, whether the look-up happened during it."""
+    looked_up = threading.Event()
+    look_up = world.store.get_links_by_dataverse_ids
+
+    def watched(entity: EntityType, ids: Iterable[str]) -> dict[str, Link]:
+        ids = list(ids)
+        found = look_up(entity, ids)
+        if entity is CONTACT and contact in ids:
+            looked_up.set()
+        return found
+
+    feed = world.marketo_client.iter_lead_changes
+    during: list[bool] = []
+
+    def waiting(token: str, **kwargs: Any) -> Iterator[Any]:
+        during.append(looked_up.wait(WAIT))
+        then()
+        yield from feed(token, **kwargs)
+
+    monkeypatch.setattr(world.store, "get_links_by_dataverse_ids", watched)
+    monkeypatch.setattr(world.marketo_client, "iter_lead_changes", waiting)
+    return during
+
+
+def edited_on_both_sides(world: World) -> tuple[str, int]:
+    """A linked contact edited in Dynamics (its title) and in Marketo (its phone)."""
+    contact, person = world.linked_contact(1)
+    world.dataverse.update("contacts", contact, jobtitle="Title from Dynamics")
+    world.marketo.edit(person, phone="+1 555 0100")
+    return contact, person
+
+
+def test_the_first_contacts_page_is_read_and_looked_up_while_the_change_feed_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = make_world()
+    contact, person = edited_on_both_sides(world)
+    during = feed_waiting_for_look_up(monkeypatch, world, contact)
+
+    report = world.cycle()
+
+    assert during == [True]
+    assert report.outcome == "ok"
+    assert world.marketo.person(person)["title"] == "Title from Dynamics"
+    assert world.dataverse.rows["contacts"][contact]["telephone1"] == "+1 555 0100"
+
+
+def test_reading_ahead_costs_no_call_and_writes_what_reading_in_turn_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    ahead, in_turn = make_world(), make_world()
+    pairs = {id(w): edited_on_both_sides(w) for w in (ahead, in_turn)}
+    for w in (ahead, in_turn):
+        w.dynamics_contact(7, jobtitle="A new contact")  # unlinked: linked by this cycle
+
+    first = ahead.cycle()
+    monkeypatch.setattr(engine_module._Cycle, "_read_ahead", lambda self, entity: None)
+    second = in_turn.cycle()
+
+    assert first.outcome == second.outcome == "ok"
+    assert first.report.api_calls == second.report.api_calls
+    assert first.report.written == second.report.written
+    for w in (ahead, in_turn):
+        contact, person = pairs[id(w)]
+        assert w.marketo.person(person)["title"] == "Title from Dynamics"
+        assert w.dataverse.rows["contacts"][contact]["telephone1"] == "+1 555 0100"
+        assert [p["title"] for p in w.marketo.find("email", "contact7@example.com")] == ["A new contact"]
+
+
+def test_a_record_linked_after_the_read_ahead_is_taken_as_linked(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = make_world()
+    world.linked_contact(0)
+    contact = world.dynamics_contact(5, jobtitle="Webhook title")
+    # The webhook's person (another email, so that no match would find it) and, once the read
+    # ahead has found the contact unlinked, its link.
+    person = world.marketo.create_person(email="form5@example.com", firstName="Contact5", lastName="Person5")
+    persons = len(world.marketo.leads)
+
+    def webhook_links() -> None:
+        world.store.upsert_links(
+            [Link(marketo_id=person, entity=CONTACT, dataverse_id=contact, updated_at=world.clock())]
+        )
+
+    during = feed_waiting_for_look_up(monkeypatch, world, contact, then=webhook_links)
+
+    report = world.cycle()
+
+    assert during == [True]
+    assert report.outcome == "ok"
+    link = world.link_of(person)
+    assert link is not None
+    assert link.dataverse_id == contact
+    assert len(world.marketo.leads) == persons  # no second person for the contact
+    assert world.marketo.person(person)["title"] == "Webhook title"
+
+
+# -- the next table's first page, read while the table before's last page is applied ----------------
+
+
+def contact_links_wait_for_lead_look_up(monkeypatch: pytest.MonkeyPatch, world: World, lead: str) -> list[bool]:
+    """Make the contacts page's link writes wait until the lead's link was looked up; returns, per
+    such write, whether the look-up happened while it waited."""
+    looked_up = threading.Event()
+    look_up, upsert = world.store.get_links_by_dataverse_ids, world.store.upsert_links
+    during: list[bool] = []
+
+    def watched(entity: EntityType, ids: Iterable[str]) -> dict[str, Link]:
+        ids = list(ids)
+        found = look_up(entity, ids)
+        if entity is EntityType.LEAD and lead in ids:
+            looked_up.set()
+        return found
+
+    def waiting(links: Sequence[Link], **kwargs: Any) -> None:
+        if any(link.entity is CONTACT for link in links):
+            during.append(looked_up.wait(WAIT))
+        upsert(links, **kwargs)
+
+    monkeypatch.setattr(world.store, "get_links_by_dataverse_ids", watched)
+    monkeypatch.setattr(world.store, "upsert_links", waiting)
+    return during
+
+
+def test_the_leads_first_page_is_looked_up_while_the_contacts_page_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = make_world()
+    lead, lead_person = world.linked_lead(2)
+    contact, person = edited_on_both_sides(world)
+    world.dataverse.update("leads", lead, jobtitle="Lead title from Dynamics")
+    during = contact_links_wait_for_lead_look_up(monkeypatch, world, lead)
+
+    report = world.cycle()
+
+    assert during == [True]
+    assert report.outcome == "ok"
+    assert world.marketo.person(person)["title"] == "Title from Dynamics"
+    assert world.dataverse.rows["contacts"][contact]["telephone1"] == "+1 555 0100"
+    assert world.marketo.person(lead_person)["title"] == "Lead title from Dynamics"
+
+
+def test_a_link_the_contacts_page_moved_is_read_again_for_the_leads_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lead qualified into a contact: the contacts page moves the person's link to the contact
+    after the leads' page, which holds the qualified lead, was looked up with the lead's link."""
+    world = make_world()
+    lead, person = world.linked_lead(3)
+    contact = world.dataverse.qualify(lead)
+    world.dataverse.update("leads", lead, jobtitle="Edited before qualifying")
+    during = contact_links_wait_for_lead_look_up(monkeypatch, world, lead)
+
+    report = world.cycle()
+
+    assert during == [True]
+    assert report.outcome == "ok"
+    assert report.report.qualified == 1
+    link = world.link_of(person)
+    assert link is not None
+    assert (link.entity, link.dataverse_id) == (CONTACT, contact)
+    assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
