@@ -166,6 +166,28 @@ def test_background_starts_are_paced_and_live_calls_find_the_rest_of_the_window(
     assert calls_until_stuck(live) == WIDE.max_calls - 50 // 4  # live: the rest of the window at once
 
 
+def test_the_background_pace_opens_again_a_quarter_window_after_its_grants_were_issued() -> None:
+    clock = Clock()
+    [budget] = instances(clock, 1, limit=WIDE, share=0.5, sleep=stuck)
+    with background_work():
+        assert calls_until_stuck(budget) == 50 // 4
+        clock.now += WIDE.per_seconds / 4 + 0.01  # the pace counts grants by when they were issued
+        with budget.slot():  # no skew, no validity on top: 25 calls per 20 s get through, not a third
+            pass
+
+
+def test_a_background_pool_without_a_place_takes_no_starts_from_the_pace() -> None:
+    clock = Clock()
+    holder, waiter = instances(clock, limit=WIDE, share=0.5, sleep=stuck)
+    with background_work(), ExitStack() as held:
+        for _ in range(5):  # every background place (half of 10), on one instance
+            held.enter_context(holder.slot())
+        granted = counted(holder)[0]
+        with pytest.raises(Stuck), waiter.slot():  # no place for it: it waits
+            pass
+        assert counted(holder)[0] == granted  # and took no starts it could not spend
+
+
 def test_background_work_spends_its_share_of_the_window_spread_over_it() -> None:
     clock = Clock()
     [budget] = instances(clock, 1, limit=WIDE, share=0.5)

@@ -8,7 +8,7 @@ and in-flight places, and its calls spend from that block in memory.
 
 The row holds two maps:
 
-- ``grants``: blocks of call starts, ``{grant id: [count, last start, background]}``. A grant may
+- ``grants``: blocks of call starts, ``{grant id: [count, last start, background, issued]}``. A grant may
   be spent for ``VALIDITY`` seconds (at most a quarter of the window) after it is written, so its
   starts lie before ``last start``; it counts against the window until ``last start`` + window +
   ``CLOCK_SKEW`` has passed. A grant is written at its full size and lowered to what was spent
@@ -26,8 +26,11 @@ work (``http.ratebudget.background_work``). Background grants and places count a
 ``background_share`` of each limit (``http.ratebudget.limit_for``), all of them against the whole
 limit, so live calls always find the rest (unlike the per-process ``RateBudget``, live calls beyond
 that rest do not shut background work out of its share); and background starts are paced, at most a
-quarter of their share per quarter window, so a backfill that starts first does not spend its whole
-share in one burst and live calls arriving seconds later still find most of the window. A live pool
+quarter of their share granted per quarter window (counted by when each grant was issued, so the
+pace lets the share through: counted by last start, with the clock skew and a block's validity on
+top, three hosts' backfill ran at a third of its share), so a backfill that starts first does not
+spend its whole share in one burst and live calls arriving seconds later still find most of the
+window. A live pool
 keeps a tenth of the in-flight limit leased while it is busy (none of Marketo's 5 at share 0.5, 5
 of Dataverse's 52), and a thread of its own renews a busy pool's block before it runs out
 (``_tend``): a live call normally takes a start and a place under a lock and sends nothing to Table
@@ -89,7 +92,8 @@ _MAX_WAIT = 1.0
 _TICK = LINGER / 2  # the renewal thread's look at the pools (no Table operation unless one is due)
 _TRIES = 20  # conflicting writes in a row before a lease gives up this round
 
-# grant id -> [count, last start, background]; holder id -> [places, lease until, background]
+# grant id -> [count, last start, background, issued]; holder id -> [places, lease until, background]
+# (a grant written before ``issued`` was kept has three entries: its last start stands for it)
 _Entry = list[Any]
 _State = tuple[dict[str, _Entry], dict[str, _Entry]]
 
@@ -98,6 +102,7 @@ _State = tuple[dict[str, _Entry], dict[str, _Entry]]
 class _Grant:
     key: str
     count: int
+    issued: float
     used: int = 0
     last_start: float = 0.0
 
@@ -357,7 +362,7 @@ class SharedRateBudget:
         for spent in due.lowered:
             if spent.key in grants:
                 if spent.used:
-                    grants[spent.key] = [spent.used, spent.last_start, pool.background]
+                    grants[spent.key] = [spent.used, spent.last_start, pool.background, spent.issued]
                 else:
                     del grants[spent.key]
         cap = limit_for(self.limit, self.background_share, background=pool.background)  # not this thread's kind
@@ -370,14 +375,15 @@ class SharedRateBudget:
                 room = min(room, cap.max_calls - sum(entry[0] for entry in counted if entry[2]))
                 # paced: a quarter of its share per quarter window, so live calls arriving after a
                 # backfill started still find most of the window free
-                recent = now - self.limit.per_seconds / 4 - CLOCK_SKEW
-                pace = max(1, cap.max_calls // 4)
-                room = min(room, pace - sum(entry[0] for entry in counted if entry[2] and entry[1] > recent))
+                paced = self._paced(counted, now)
+                room = min(room, max(1, cap.max_calls // 4) - sum(entry[0] for entry in paced))
             if room >= 1:
-                grant = _Grant(f"{pool.key}{next(self._serial)}", min(self._block, room))
-                grants[grant.key] = [grant.count, now + self._validity, pool.background]
+                grant = _Grant(f"{pool.key}{next(self._serial)}", min(self._block, room), issued=now)
+                grants[grant.key] = [grant.count, now + self._validity, pool.background, now]
             elif due.starved:
                 wait = self._window_wait(counted, cap, now)  # for the oldest grants to leave the window
+                if pool.background:
+                    wait = max(wait, self._pace_wait(counted, cap, now))
         places = due.keep
         if due.need_place and not (due.starved and grant is None):  # a place without a start waits for one
             others = [entry for key, entry in holders.items() if key != pool.key]
@@ -388,6 +394,9 @@ class SharedRateBudget:
             places = max(due.held, min(max(due.target, reserve, due.held + 1), room))
             if places <= due.held:
                 wait = wait or (_BACKGROUND_POLL if pool.background else _POLL)  # for a place to come back
+        if grant is not None and places == 0:  # no place to start it on: leave the starts to pools with one
+            del grants[grant.key]
+            grant = None
         if places > 0:
             holders[pool.key] = [places, now + self._lease_seconds, pool.background]
         else:
@@ -397,11 +406,26 @@ class SharedRateBudget:
     def _window_wait(self, counted: list[_Entry], cap: RateLimit, now: float) -> float:
         """Until enough of the oldest grants leave the window for one more start under ``cap``."""
         over = sum(entry[0] for entry in counted) - cap.max_calls + 1
-        for count, last, _ in sorted(counted, key=lambda entry: entry[1]):
-            over -= count
+        for entry in sorted(counted, key=lambda entry: entry[1]):
+            over -= entry[0]
             if over <= 0:
-                return float(last) + self.limit.per_seconds + CLOCK_SKEW - now
+                return float(entry[1]) + self.limit.per_seconds + CLOCK_SKEW - now
         return _POLL
+
+    def _paced(self, counted: list[_Entry], now: float) -> list[_Entry]:
+        """The background grants issued within the last quarter window (a soft pace, no skew)."""
+        recent = now - self.limit.per_seconds / 4
+        return [entry for entry in counted if entry[2] and _issued(entry) > recent]
+
+    def _pace_wait(self, counted: list[_Entry], cap: RateLimit, now: float) -> float:
+        """Until enough background grants leave the pace's quarter window for one more start."""
+        paced = self._paced(counted, now)
+        over = sum(entry[0] for entry in paced) - max(1, cap.max_calls // 4) + 1
+        for entry in sorted(paced, key=_issued):
+            over -= entry[0]
+            if over <= 0:
+                return _issued(entry) + self.limit.per_seconds / 4 - now
+        return 0.0
 
     def _commit(self, pool: _Pool, grant: _Grant | None, places: int, lowered: list[_Grant], now: float) -> None:
         done = {id(spent) for spent in lowered}
@@ -453,3 +477,8 @@ class SharedRateBudget:
                 with self._changed:
                     pool.leasing = False
                     self._changed.notify_all()
+
+
+def _issued(entry: _Entry) -> float:
+    """When a grant was written (its last start for a grant written without it)."""
+    return float(entry[3] if len(entry) > 3 else entry[1])
