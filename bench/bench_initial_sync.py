@@ -22,7 +22,11 @@ profile (300 s): ``--bulk-seconds`` shortens it for a quick run without touching
 the ETA models (``--time-scale`` scales those too, so the ETA is only comparable at 1).
 
     .venv/bin/python bench/bench_initial_sync.py [--sizes 100000,1000000] [--time-scale 1]
-        [--bulk-seconds 300] [--poll-seconds 60] [--plan-only]
+        [--bulk-seconds 300] [--poll-seconds 60] [--plan-only] [--queue-hosts H]
+
+``--queue-hosts H``: the apply on the job queue (Azurite's Queue service), its parts run by H local
+hosts sharing the API budget (``SYNC_SHARED_BUDGET``, ``SYNC_BACKGROUND_SHARE``); the plan is told
+``--instances H`` and its ``eta_queue`` is the ETA compared with the apply's time.
 
 Human lines and the table go to stderr, the JSON to stdout.
 """
@@ -44,11 +48,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _hosts import NO_TIMER, local_hosts
 from bench_realworld import Limits, RequestLog, service_floor
 
 from demo.sandbox_env import sandbox_settings
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers, _profile
-from sandbox.azurite import run_azurite
+from sandbox.azurite import run_azurite, run_azurite_queue
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,77 +97,20 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
             MARKETO_RATE_SHARE=str(args.marketo_rate_share),
             SYNC_INITIAL_API_SHARE=str(args.api_share),
         )
-        log = RequestLog(log_path)
-        workdir = tempfile.mkdtemp(prefix="initial-sync-")
-        plan_start = time.time()
-        plan = _measured(env, "--plan", "--dir", workdir, "--poll-seconds", str(args.poll_seconds))
-        plan_end = time.time()
-        print(f"N={n}: plan {plan['seconds']} s, peak RSS {plan['peak_rss_mb']} MB", file=sys.stderr, flush=True)
-        if args.plan_only:
-            return {
-                "n": persons + leads + contacts,
-                "plan": {
-                    "seconds": plan["seconds"],
-                    "peak_rss_mb": plan["peak_rss_mb"],
-                    "api_calls": plan["result"]["api_calls"]["plan_read"],
-                    "api_floor": plan["result"]["api_calls"]["plan_read_floor"],
-                    "eta": plan["result"].get("eta", {}),
-                },
+        if not args.queue_hosts:
+            return _phases(n, env, log_path, args, profile, (persons, leads, contacts))
+        with run_azurite_queue() as queues:
+            env |= {
+                "AzureWebJobsStorage": queues,
+                "SYNC_QUEUE_CONNECTION": queues,
+                "SYNC_JOBS_QUEUE": "q" + uuid.uuid4().hex[:12],
+                "SYNC_SHARED_BUDGET": "true",
+                "SYNC_BACKGROUND_SHARE": str(args.background_share),
+                "SYNC_SCHEDULE": NO_TIMER,
             }
-        apply = _measured(env, "--apply")
-        apply_end = time.time()
-        share = args.marketo_rate_share * args.api_share
-        limits = Limits(profile, share, max(1, int(8 * args.api_share)), "sustained")
-        floor = service_floor(log.between(plan_end, apply_end), limits)
-        plan_json, apply_json = plan["result"], apply["result"]
-        calls = plan_json["api_calls"]
-        eta = float(plan_json["eta_seconds"])
-        row = {
-            "n": persons + leads + contacts,
-            "persons": persons,
-            "leads": leads,
-            "contacts": contacts,
-            "plan": {
-                "seconds": plan["seconds"],
-                "peak_rss_mb": plan["peak_rss_mb"],
-                "api_calls": calls["plan_read"],
-                "api_floor": calls["plan_read_floor"],
-                "read_floor_seconds": service_floor(log.between(plan_start, plan_end), limits)["floor_seconds"],
-                "linked": plan_json["link"],
-                "create_persons": plan_json["create_persons"],
-                "marketo_only_left": plan_json["marketo_only_left"],
-                "ambiguous_groups": plan_json["ambiguous"]["groups"],
-            },
-            "apply": {
-                "seconds": apply["seconds"],
-                "peak_rss_mb": apply["peak_rss_mb"],
-                "api_calls": apply_json["api_calls"],
-                "api_floor": calls["apply_floor"],
-                "api_planned": calls["apply"],
-                "against_plan": apply_json["against_plan"],
-                "eta_seconds": eta,
-                "eta_error": round((eta - apply["seconds"]) / apply["seconds"], 3) if apply["seconds"] else None,
-                "eta_parts": plan_json.get("eta", {}),
-                "service_floor": floor,
-            },
-            "marketo_daily_quota": calls["marketo_daily_quota"],
-        }
-        marketo_total = calls["plan_read"]["marketo"] + apply_json["api_calls"]["marketo"]
-        row["marketo_quota_share"] = round(marketo_total / calls["marketo_daily_quota"], 3)
-        parts = plan_json.get("eta", {})
-        print(
-            f"N={n}: the plan's ETA {eta} s = {json.dumps(parts)}",
-            file=sys.stderr,
-            flush=True,
-        )
-        print(
-            f"N={n}: apply {apply['seconds']} s (plan's ETA {eta} s), peak RSS {apply['peak_rss_mb']} MB, "
-            f"calls {apply_json['api_calls']} (floor {calls['apply_floor']}), service floor "
-            f"{floor['floor_seconds']} s ({floor['dominant']})",
-            file=sys.stderr,
-            flush=True,
-        )
-        return row
+            host_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+            with local_hosts(host_env, args.queue_hosts):
+                return _phases(n, env, log_path, args, profile, (persons, leads, contacts))
     finally:
         try:
             parent.send("stop")
@@ -173,6 +121,96 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
         if sandbox.is_alive():
             sandbox.kill()
         log_path.unlink(missing_ok=True)
+
+
+def _phases(
+    n: int,
+    env: dict[str, str],
+    log_path: Path,
+    args: argparse.Namespace,
+    profile: _profile.Profile,
+    seeded: tuple[int, int, int],
+) -> dict[str, Any]:
+    """The plan, then (unless ``--plan-only``) the apply, each a process, measured."""
+    persons, leads, contacts = seeded
+    log = RequestLog(log_path)
+    workdir = tempfile.mkdtemp(prefix="initial-sync-")
+    plan_start = time.time()
+    instances = ["--instances", str(args.queue_hosts)] if args.queue_hosts else []
+    plan = _measured(env, "--plan", "--dir", workdir, "--poll-seconds", str(args.poll_seconds), *instances)
+    plan_end = time.time()
+    print(f"N={n}: plan {plan['seconds']} s, peak RSS {plan['peak_rss_mb']} MB", file=sys.stderr, flush=True)
+    if args.plan_only:
+        return {
+            "n": persons + leads + contacts,
+            "plan": {
+                "seconds": plan["seconds"],
+                "peak_rss_mb": plan["peak_rss_mb"],
+                "api_calls": plan["result"]["api_calls"]["plan_read"],
+                "api_floor": plan["result"]["api_calls"]["plan_read_floor"],
+                "eta": plan["result"].get("eta", {}),
+            },
+        }
+    apply = _measured(env, "--apply")
+    apply_end = time.time()
+    if args.queue_hosts:  # the parts are background work, on every host together
+        share = args.marketo_rate_share * args.background_share
+        parallel = args.queue_hosts * min(8, int(52 * args.background_share / args.queue_hosts))
+    else:
+        share = args.marketo_rate_share * args.api_share
+        parallel = max(1, int(8 * args.api_share))
+    limits = Limits(profile, share, parallel, "sustained")
+    floor = service_floor(log.between(plan_end, apply_end), limits)
+    plan_json, apply_json = plan["result"], apply["result"]
+    calls = plan_json["api_calls"]
+    eta_parts = plan_json["eta_queue"] if args.queue_hosts else plan_json.get("eta", {})
+    eta = float(eta_parts["eta_seconds"]) if args.queue_hosts else float(plan_json["eta_seconds"])
+    row = {
+        "n": persons + leads + contacts,
+        "persons": persons,
+        "leads": leads,
+        "contacts": contacts,
+        "plan": {
+            "seconds": plan["seconds"],
+            "peak_rss_mb": plan["peak_rss_mb"],
+            "api_calls": calls["plan_read"],
+            "api_floor": calls["plan_read_floor"],
+            "read_floor_seconds": service_floor(log.between(plan_start, plan_end), limits)["floor_seconds"],
+            "linked": plan_json["link"],
+            "create_persons": plan_json["create_persons"],
+            "marketo_only_left": plan_json["marketo_only_left"],
+            "ambiguous_groups": plan_json["ambiguous"]["groups"],
+        },
+        "apply": {
+            "seconds": apply["seconds"],
+            "peak_rss_mb": apply["peak_rss_mb"],
+            "api_calls": apply_json["api_calls"],
+            "api_floor": calls["apply_floor"],
+            "api_planned": calls["apply"],
+            "against_plan": apply_json["against_plan"],
+            "eta_seconds": eta,
+            "eta_error": round((eta - apply["seconds"]) / apply["seconds"], 3) if apply["seconds"] else None,
+            "eta_parts": eta_parts,
+            "queue_hosts": args.queue_hosts,
+            "service_floor": floor,
+        },
+        "marketo_daily_quota": calls["marketo_daily_quota"],
+    }
+    marketo_total = calls["plan_read"]["marketo"] + apply_json["api_calls"]["marketo"]
+    row["marketo_quota_share"] = round(marketo_total / calls["marketo_daily_quota"], 3)
+    print(
+        f"N={n}: the plan's ETA {eta} s = {json.dumps(eta_parts)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    print(
+        f"N={n}: apply {apply['seconds']} s (plan's ETA {eta} s), peak RSS {apply['peak_rss_mb']} MB, "
+        f"calls {apply_json['api_calls']} (floor {calls['apply_floor']}), service floor "
+        f"{floor['floor_seconds']} s ({floor['dominant']})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return row
 
 
 MILLION = 1_000_000
@@ -282,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         "--bulk-seconds", type=float, default=None, help="a bulk export's processing time (the profile's: 300 s)"
     )
     parser.add_argument("--plan-only", action="store_true", help="only the plan: its time, peak RSS and calls")
+    parser.add_argument(
+        "--queue-hosts", type=int, default=0, help="apply on the job queue with H local hosts (default 0: in process)"
+    )
+    parser.add_argument("--background-share", type=float, default=0.5, help="SYNC_BACKGROUND_SHARE (default 0.5)")
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {"time_scale": args.time_scale}
     if args.bulk_seconds is not None:

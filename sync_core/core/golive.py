@@ -36,6 +36,7 @@ DATAVERSE_UPDATE_MS = 30.0
 DATAVERSE_CREATE_MS = 10.0
 MARKETO_RATE = (100, 20.0)  # calls per window (seconds), per instance
 MARKETO_IN_FLIGHT = 10
+DATAVERSE_IN_FLIGHT = 52  # concurrent requests per user (service protection limits)
 TABLE_TRANSACTION_MS = 40.0  # one Table transaction of ≤ 100 operations (a link is 2 rows)
 LINKS_PER_TRANSACTION = 50
 # Before its writes a chunk looks its links up: its persons as one range of the links table (pages
@@ -244,18 +245,25 @@ def chunk_seconds(cost: ChunkCost, share: Share, local: LocalCosts = PUBLISHED) 
 
 @dataclass
 class ApplyTime:
-    """The apply's time, its chunks added one by one. ``CHUNKS_IN_FLIGHT`` chunks run at once, so
-    the apply takes the longest of: its chunks' own times (``chunk_seconds``: Table look-ups, CPU,
-    the services, Table writes, one after the other) over the chunks in flight, or its longest
-    chunk; Marketo's work under the share (every call's time over the calls allowed in flight, or
-    every call at the allowed rate); Dataverse's (every message's time over the messages in
-    flight); Table Storage's (one chunk's look-ups and writes at a time); the CPU's (one process:
-    the chunks' preparation does not overlap). Plus ``fixed_s`` once (the apply's start: its
-    clients, the schema, the open failures)."""
+    """The apply's time, its chunks added one by one. ``in_flight`` chunks run at once
+    (``CHUNKS_IN_FLIGHT`` in one process), so the apply takes the longest of: its chunks' own times
+    (``chunk_seconds``: Table look-ups, CPU, the services, Table writes, one after the other) over
+    the chunks in flight, or its longest chunk; Marketo's work under the share (every call's time
+    over the calls allowed in flight, or every call at the allowed rate); Dataverse's (every
+    message's time over the messages in flight, ``share.dataverse_parallel`` per process); Table
+    Storage's (one chunk's look-ups and writes at a time per process); the CPU's (the chunks'
+    preparation does not overlap within a process). Plus ``fixed_s`` once (the apply's start: its
+    clients, the schema, the open failures).
+
+    On the job queue (``queue_time``) the chunks are the queued parts (their re-reads included),
+    ``processes`` Function instances run ``QUEUE_PARTS_PER_INSTANCE`` parts each, and the share is
+    the background share of both services' limits, for all instances together."""
 
     share: Share
     local: LocalCosts = PUBLISHED
     fixed_s: float = 0.0
+    in_flight: int = CHUNKS_IN_FLIGHT
+    processes: int = 1
     path_s: float = 0.0
     longest_s: float = 0.0
     marketo_calls: int = 0
@@ -281,13 +289,13 @@ class ApplyTime:
     def _bounds(self) -> dict[str, float]:
         share = self.share
         return {
-            "chunks": max(self.path_s / CHUNKS_IN_FLIGHT, self.longest_s),
+            "chunks": max(self.path_s / self.in_flight, self.longest_s),
             "marketo": max(
                 self.marketo_request_s / _marketo_in_flight(share), max(self.marketo_calls - 1, 0) / _rate(share)
             ),
-            "dataverse": self.dataverse_request_s / max(share.dataverse_parallel, 1),
-            "table_storage": self.table_s,
-            "cpu": self.cpu_s,
+            "dataverse": self.dataverse_request_s / (max(share.dataverse_parallel, 1) * self.processes),
+            "table_storage": self.table_s / self.processes,
+            "cpu": self.cpu_s / self.processes,
         }
 
     @property
@@ -304,14 +312,12 @@ class ApplyTime:
         return {
             "eta_seconds": round(self.seconds, 1),
             "start_s": round(self.fixed_s, 1),
-            "services_s": round(
-                max(self.services_path_s / CHUNKS_IN_FLIGHT, bounds["marketo"], bounds["dataverse"]), 1
-            ),
-            "table_storage_s": round(self.table_s, 1),
-            "local_cpu_s": round(self.cpu_s, 1),
+            "services_s": round(max(self.services_path_s / self.in_flight, bounds["marketo"], bounds["dataverse"]), 1),
+            "table_storage_s": round(bounds["table_storage"], 1),
+            "local_cpu_s": round(bounds["cpu"], 1),
             "chunks_s": round(bounds["chunks"], 1),
             "bound": bound,
-            "chunks_in_flight": CHUNKS_IN_FLIGHT,
+            "chunks_in_flight": self.in_flight,
             "per_item_ms": {
                 "link_lookup": round(self.local.lookup_s * 1000.0, 3),
                 "link_write": round(self.local.write_s * 1000.0, 3),
@@ -320,6 +326,36 @@ class ApplyTime:
                 "source": self.local.source,
             },
         }
+
+
+# On the job queue one Function instance runs this many parts at once: host.json's
+# ``extensions.queues.batchSize`` (the local host's as Azure's; Azure may fetch the next batch at
+# ``newBatchThreshold``, so this is the lower figure).
+QUEUE_PARTS_PER_INSTANCE = 4
+
+
+def queue_time(
+    share: Share, *, background_share: float, instances: int, local: LocalCosts = PUBLISHED, fixed_s: float = 0.0
+) -> ApplyTime:
+    """An ``ApplyTime`` for the apply on the job queue: its parts (add each part's cost, its
+    re-reads included) on ``instances`` instances, under ``background_share`` of the limits (the
+    queue's calls are background work, their budget shared by every instance): Marketo's rate and
+    places, and Dataverse's 52 requests in flight, of which each instance sends at most its own
+    ``share.dataverse_parallel``."""
+    instances = max(1, instances)
+    queued = Share(
+        marketo_rate_share=share.marketo_rate_share * background_share,
+        dataverse_parallel=max(
+            1, min(share.dataverse_parallel, math.floor(DATAVERSE_IN_FLIGHT * background_share / instances))
+        ),
+    )
+    return ApplyTime(
+        queued,
+        local=local,
+        fixed_s=fixed_s,
+        in_flight=instances * QUEUE_PARTS_PER_INSTANCE,
+        processes=instances,
+    )
 
 
 @dataclass

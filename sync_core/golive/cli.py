@@ -36,7 +36,15 @@ from sync_core.core.jobs import JobState as QueueJobState
 from sync_core.cycle.schema_cache import active_schema
 from sync_core.golive import queued
 from sync_core.golive.apply import Checkpoints, InitialSync, JobConflictError, outcome_against_plan
-from sync_core.golive.plan import OldestPersonUnknownError, PlanReport, calibrate, decide, estimate, read_both_sides
+from sync_core.golive.plan import (
+    OldestPersonUnknownError,
+    PlanReport,
+    QueueEstimate,
+    calibrate,
+    decide,
+    estimate,
+    read_both_sides,
+)
 from sync_core.golive.snapshot import Snapshot
 from sync_core.settings import Settings
 from sync_core.wiring.services import Services, services_for
@@ -113,7 +121,15 @@ def initial_sync_main(
     parser.add_argument("--chunk-size", type=int, default=golive.CHUNK_SIZE, help=argparse.SUPPRESS)
     parser.add_argument("--poll-seconds", type=float, default=60.0, help="bulk export status poll (default 60)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="with a job queue: the Function instances expected to run its parts, for the plan's eta_queue (default 1)",
+    )
     args = parser.parse_args(argv)
+    if args.instances < 1:
+        parser.error("--instances must be 1 or more")
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
         settings = Settings.from_env(os.environ if environ is None else environ)
@@ -124,7 +140,18 @@ def initial_sync_main(
     progress = (lambda stage, done, total: None) if args.quiet else ProgressBar(err)
     if args.plan:
         since = datetime.fromisoformat(args.since).replace(tzinfo=UTC) if args.since else None
-        return _plan(services, settings, Path(args.dir), since, args.chunk_size, args.poll_seconds, progress, out, err)
+        return _plan(
+            services,
+            settings,
+            Path(args.dir),
+            since,
+            args.chunk_size,
+            args.poll_seconds,
+            progress,
+            out,
+            err,
+            instances=args.instances,
+        )
     return _apply(services, progress, out, err)
 
 
@@ -138,6 +165,8 @@ def _plan(
     progress: Any,
     out: TextIO,
     err: TextIO,
+    *,
+    instances: int = 1,
 ) -> int:
     checkpoints = Checkpoints(services)
     existing = checkpoints.load()
@@ -188,10 +217,18 @@ def _plan(
             report=report,
             chunk_size=chunk_size,
         )
+        queue: QueueEstimate | None = None
         if services.queue is not None:
-            report.api_calls.update(queued.queue_calls(snapshot, batch_size=services.settings.dataverse_batch_size))
+            parts = queued.part_costs(snapshot, batch_size=services.settings.dataverse_batch_size)
+            report.api_calls.update(queued.queue_calls(parts))
+            queue = QueueEstimate(
+                parts=[part.total for part in parts],
+                share=Share(settings.marketo_rate_share, settings.dataverse_max_parallel),  # the app's, not the job's
+                background_share=settings.background_share,
+                instances=instances,
+            )
         local = calibrate(services.store, snapshot, schema, policy)
-        estimate(report, costs, share=share, local=local, start_s=start_s)
+        estimate(report, costs, share=share, local=local, start_s=start_s, queue=queue)
     read_calls = _calls(calls_before, services.counters.snapshot())
     read_floor = golive.read_floor(
         windows=read["read"]["windows"],

@@ -95,6 +95,7 @@ class PlanReport:
     api_calls: dict[str, Any] = field(default_factory=dict)
     eta_seconds: float = 0.0
     eta: dict[str, Any] = field(default_factory=dict)  # the ETA's parts and what it assumed
+    eta_queue: dict[str, Any] = field(default_factory=dict)  # the same on the job queue, when one is configured
     read_seconds: float = 0.0
     policy: dict[str, str] = field(default_factory=dict)
 
@@ -634,11 +635,29 @@ def _probe_items(snapshot: Snapshot, items: int) -> list[WorkItem]:
     return [item for item in snapshot.chunk(int(found[0]))[:items] if item.marketo_id is not None]
 
 
+@dataclass(frozen=True)
+class QueueEstimate:
+    """What the ETA on the job queue needs: every part's cost (writes and re-reads), the app's own
+    share of the limits (not the in-process job's), the background share, and the instances."""
+
+    parts: list[ChunkCost]
+    share: Share
+    background_share: float
+    instances: int
+
+
 def estimate(
-    report: PlanReport, costs: Iterable[ChunkCost], *, share: Share, local: LocalCosts, start_s: float
+    report: PlanReport,
+    costs: Iterable[ChunkCost],
+    *,
+    share: Share,
+    local: LocalCosts,
+    start_s: float,
+    queue: QueueEstimate | None = None,
 ) -> None:
     """The plan's ETA with ``local`` costs and the apply's start, its parts, and next to it the ETA
-    by the published speeds alone (what the plan said before it measured)."""
+    by the published speeds alone (what the plan said before it measured). With ``queue``, also
+    the apply's ETA on the job queue (``eta_queue``): its parts on the instances it names."""
     published = golive.ApplyTime(share)
     calibrated = golive.ApplyTime(share, local=local, fixed_s=start_s)
     for cost in costs:
@@ -646,3 +665,14 @@ def estimate(
         calibrated.add(cost)
     report.eta_seconds = round(calibrated.seconds, 1)
     report.eta = calibrated.parts() | {"published_only_s": round(published.seconds, 1)}
+    if queue is not None:
+        on_queue = golive.queue_time(
+            queue.share,
+            background_share=queue.background_share,
+            instances=queue.instances,
+            local=local,
+            fixed_s=start_s,
+        )
+        for part in queue.parts:
+            on_queue.add(part)
+        report.eta_queue = on_queue.parts() | {"instances": queue.instances, "parts": len(queue.parts)}

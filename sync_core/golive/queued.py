@@ -18,13 +18,15 @@ outcome and sets the cycle's Marketo cursor back to the plan's moment (``apply.r
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sync_core import jobs
 from sync_core.core.golive import (
     QUEUE_CHUNK,
+    ChunkCost,
     InitialPolicy,
     JobState,
     JobStatus,
@@ -41,7 +43,7 @@ from sync_core.http.ratebudget import background_work
 from sync_core.jobs import JobKind
 from sync_core.wiring.services import Services
 
-__all__ = ["KIND", "payloads", "queue_calls", "queue_job_id", "queue_params"]
+__all__ = ["KIND", "PartCost", "part_costs", "payloads", "queue_calls", "queue_job_id", "queue_params"]
 
 log = logging.getLogger(__name__)
 
@@ -85,24 +87,47 @@ def payloads(state: JobState, snapshot: Snapshot, *, part: int = QUEUE_CHUNK) ->
             yield chunk_payload(items[start : start + part], **extra)
 
 
-def queue_calls(snapshot: Snapshot, *, batch_size: int, part: int = QUEUE_CHUNK) -> dict[str, dict[str, int]]:
-    """The apply's calls on the job queue: every plan chunk's parts written as their own batches,
-    plus each part's records read again by id (``reread``: Marketo 300 a call, Dataverse 100 a
-    ``$filter``)."""
+@dataclass(frozen=True)
+class PartCost:
+    """A queued part's calls: its plan chunk's writes for its own items, as their own batches, and
+    its records read again by id (Marketo 300 a call, Dataverse 100 a ``$filter``)."""
+
+    writes: ChunkCost
+    reads: ChunkCost
+
+    @property
+    def total(self) -> ChunkCost:
+        both = ChunkCost()
+        both.add(self.writes)
+        both.add(self.reads)
+        return both
+
+
+def part_costs(snapshot: Snapshot, *, batch_size: int, part: int = QUEUE_CHUNK) -> list[PartCost]:
+    """Every part the queued apply would send, in order (every plan chunk cut into ``part`` items)."""
     query = (
         "SELECT kind, count(*), coalesce(sum(writes_dynamics), 0) FROM (SELECT chunk, kind, writes_dynamics, "
         "(row_number() OVER (PARTITION BY chunk ORDER BY seq) - 1) / ? AS part FROM work) GROUP BY chunk, part"
     )
+    return [
+        PartCost(
+            chunk_cost(WorkKind(kind), int(items), int(flagged), batch_size=batch_size),
+            reread_cost(WorkKind(kind), int(items)),
+        )
+        for kind, items, flagged in snapshot.db.execute(query, (part,))
+    ]
+
+
+def queue_calls(parts: Iterable[PartCost]) -> dict[str, dict[str, int]]:
+    """The apply's calls on the job queue (``apply_queue``: the parts' writes plus their re-reads)
+    and the re-reads alone (``queue_reread``)."""
     apply = {"marketo": 0, "dataverse": 0}
     reread = {"marketo": 0, "dataverse": 0}
-    for kind_name, items, flagged in snapshot.db.execute(query, (part,)):
-        kind = WorkKind(kind_name)
-        writes = chunk_cost(kind, int(items), int(flagged), batch_size=batch_size)
-        reads = reread_cost(kind, int(items))
-        reread["marketo"] += reads.marketo_calls
-        reread["dataverse"] += reads.dataverse_calls
-        apply["marketo"] += writes.marketo_calls + reads.marketo_calls
-        apply["dataverse"] += writes.dataverse_calls + reads.dataverse_calls
+    for cost in parts:
+        reread["marketo"] += cost.reads.marketo_calls
+        reread["dataverse"] += cost.reads.dataverse_calls
+        apply["marketo"] += cost.writes.marketo_calls + cost.reads.marketo_calls
+        apply["dataverse"] += cost.writes.dataverse_calls + cost.reads.dataverse_calls
     return {"apply_queue": apply, "queue_reread": reread}
 
 

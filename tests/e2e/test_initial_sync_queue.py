@@ -130,8 +130,9 @@ def test_go_live_applied_through_the_job_queue_equals_the_in_process_apply(
     queue = {"SYNC_QUEUE_CONNECTION": queue_connection, "SYNC_JOBS_QUEUE": queue_name} if via == "queue" else {}
     world: World = world_factory(SYNC_INITIAL_MARKETO_ONLY="create-lead", **queue)
     seeded = _seed(world)
+    instances = ["--instances", "2"] if via == "queue" else []
     plan_run = _command(
-        world.env, "--plan", "--dir", str(tmp_path), "--chunk-size", str(CHUNK), "--poll-seconds", "0.2"
+        world.env, "--plan", "--dir", str(tmp_path), "--chunk-size", str(CHUNK), "--poll-seconds", "0.2", *instances
     )
     out, err = plan_run.communicate(timeout=120)
     assert plan_run.returncode == 0, err
@@ -148,6 +149,12 @@ def test_go_live_applied_through_the_job_queue_equals_the_in_process_apply(
         assert calls["queue_reread"]["marketo"] >= -(-(pairs + ONLY_PERSONS) // 300)
         assert calls["queue_reread"]["dataverse"] >= -(-(pairs + ONLY_LEADS + ONLY_CONTACTS) // 100)
         assert calls["apply_queue"]["marketo"] == calls["apply"]["marketo"] + calls["queue_reread"]["marketo"]
+        # and its ETA there: the parts (plan chunks of 50: one part each) on the instances it was told
+        assert (plan["eta_queue"]["instances"], plan["eta_queue"]["parts"]) == (2, plan["chunks"])
+        assert plan["eta_queue"]["chunks_in_flight"] == 2 * 4  # host.json's batchSize an instance
+        assert plan["eta_queue"]["eta_seconds"] > 0
+    else:
+        assert plan["eta_queue"] == {}
     assert world.api_creates() == 0
 
     services = services_from_env(world.env)

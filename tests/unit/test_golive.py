@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,6 +18,7 @@ from sync_core.core.golive import (
     CHUNKS_IN_FLIGHT,
     JOB_CURSOR,
     PUBLISHED,
+    QUEUE_PARTS_PER_INSTANCE,
     ApplyTime,
     InitialPolicy,
     JobState,
@@ -28,6 +30,7 @@ from sync_core.core.golive import (
     chunk_seconds,
     link_chunk_cost,
     person_chunk_cost,
+    queue_time,
     write_floor,
 )
 from sync_core.core.merge import merge_record
@@ -162,6 +165,37 @@ def test_apply_time_is_the_busiest_service_when_chunks_overlap() -> None:
     single = ApplyTime(share)
     single.add(link_chunk_cost(3000, 0, batch_size=1000))
     assert single.seconds == pytest.approx(alone)
+
+
+def test_on_the_job_queue_the_apply_takes_the_background_share_and_spreads_the_rest_over_the_instances() -> None:
+    app = Share(marketo_rate_share=0.5, dataverse_parallel=8)
+    parts = [link_chunk_cost(600, 0, batch_size=1000) for _ in range(50)]  # 2 Marketo calls each
+    local = LocalCosts(lookup_s=0.0, write_s=0.0, cpu_s=0.01)  # 6 s of CPU a part
+
+    def on(instances: int) -> ApplyTime:
+        time = queue_time(app, background_share=0.5, instances=instances, local=local)
+        for part in parts:
+            time.add(part)
+        return time
+
+    one, three = on(1), on(3)
+    # One instance: its CPU, 300 s, decides; its four parts at once do not share one interpreter's CPU.
+    assert one.seconds == pytest.approx(50 * 6.0)
+    assert one.parts()["bound"] == "cpu"
+    # Three: 100 s of CPU each. Six: 50 s each, and Marketo decides for every instance together:
+    # its 100 calls of 1.9 s on 2 places (10 x 0.5 x 0.5), 95 s, longer than the calls at
+    # 100 x 0.5 x 0.5 / 20 s = 1.25 a second (79.2 s).
+    assert three.parts()["bound"] == "cpu"
+    assert three.seconds == pytest.approx(100.0)
+    six = on(6)
+    assert six.parts()["bound"] == "marketo"
+    assert six.seconds == pytest.approx(100 * 1.9 / 2)
+    assert six.parts()["chunks_in_flight"] == 6 * QUEUE_PARTS_PER_INSTANCE
+
+
+def test_the_queue_parts_per_instance_are_host_json_batch_size() -> None:
+    host = json.loads((Path(__file__).resolve().parents[2] / "host.json").read_text(encoding="utf-8"))
+    assert host["extensions"]["queues"]["batchSize"] == QUEUE_PARTS_PER_INSTANCE
 
 
 QUARTER = Share(marketo_rate_share=0.25, dataverse_parallel=4)

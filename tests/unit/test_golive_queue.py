@@ -24,7 +24,7 @@ from sync_core.core.golive import (
 from sync_core.core.jobs import ChunkRecord, ChunkState, JobRecord
 from sync_core.core.models import Cursor
 from sync_core.golive.apply import chunk_payload
-from sync_core.golive.queued import payloads, queue_calls
+from sync_core.golive.queued import part_costs, payloads, queue_calls
 from sync_core.golive.snapshot import Snapshot, WorkItem
 from sync_core.state import MemoryStateStore
 from sync_core.state._keys import MAX_PROPERTY_BYTES, to_json
@@ -99,7 +99,7 @@ def test_plan_chunks_go_as_parts_and_a_chunk_started_in_process_goes_resumed(tmp
 
 def test_queue_calls_are_the_parts_writes_plus_their_rereads(tmp_path: Path) -> None:
     with _snapshot(tmp_path / "s.sqlite") as snapshot:
-        calls = queue_calls(snapshot, batch_size=1000)
+        calls = queue_calls(part_costs(snapshot, batch_size=1000))
     # Links: parts of 600 (600 updating), 600 (100 updating), 100; persons: one part of 250.
     parts = [(WorkKind.LINK, 600, 600), (WorkKind.LINK, 600, 100), (WorkKind.LINK, 100, 0), (WorkKind.PERSON, 250, 200)]
     writes = [chunk_cost(kind, n, flagged, batch_size=1000) for kind, n, flagged in parts]
