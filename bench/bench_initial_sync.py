@@ -165,6 +165,10 @@ def _phases(
     calls = plan_json["api_calls"]
     eta_parts = plan_json["eta_queue"] if args.queue_hosts else plan_json.get("eta", {})
     eta = float(eta_parts["eta_seconds"]) if args.queue_hosts else float(plan_json["eta_seconds"])
+    apply_calls = apply_json["api_calls"]
+    if args.queue_hosts:  # the command's own calls are few: the hosts made the rest (the request log)
+        requests = floor["requests"]
+        apply_calls = {"marketo": requests["marketo_rate_limited_calls"], "dataverse": requests["dataverse"]}
     row = {
         "n": persons + leads + contacts,
         "persons": persons,
@@ -184,9 +188,9 @@ def _phases(
         "apply": {
             "seconds": apply["seconds"],
             "peak_rss_mb": apply["peak_rss_mb"],
-            "api_calls": apply_json["api_calls"],
+            "api_calls": apply_calls,
             "api_floor": calls["apply_floor"],
-            "api_planned": calls["apply"],
+            "api_planned": calls["apply_queue"] if args.queue_hosts else calls["apply"],
             "against_plan": apply_json["against_plan"],
             "eta_seconds": eta,
             "eta_error": round((eta - apply["seconds"]) / apply["seconds"], 3) if apply["seconds"] else None,
@@ -196,7 +200,7 @@ def _phases(
         },
         "marketo_daily_quota": calls["marketo_daily_quota"],
     }
-    marketo_total = calls["plan_read"]["marketo"] + apply_json["api_calls"]["marketo"]
+    marketo_total = calls["plan_read"]["marketo"] + apply_calls["marketo"]
     row["marketo_quota_share"] = round(marketo_total / calls["marketo_daily_quota"], 3)
     print(
         f"N={n}: the plan's ETA {eta} s = {json.dumps(eta_parts)}",
@@ -205,7 +209,8 @@ def _phases(
     )
     print(
         f"N={n}: apply {apply['seconds']} s (plan's ETA {eta} s), peak RSS {apply['peak_rss_mb']} MB, "
-        f"calls {apply_json['api_calls']} (floor {calls['apply_floor']}), service floor "
+        f"calls {apply_calls} (floor {calls['apply_floor']}, planned {calls.get('apply_queue', calls['apply'])}), "
+        "service floor "
         f"{floor['floor_seconds']} s ({floor['dominant']})",
         file=sys.stderr,
         flush=True,
