@@ -7,11 +7,12 @@ Dataverse id). Each row lives in partition ``link-NN``, NN a stable hash of its 
 ``LINK_BUCKETS`` (``_layout.link_partition``), so a lookup reads each of its keys' partitions
 with one ``$filter`` per 14 of its keys there (the service reads a partition of 1/32 of the rows
 for it; one request per key cost the client twice the CPU: README "Performance") and a cycle's
-writes spread over 32 partitions, their transactions sent side by side. The two rows of a link are therefore in two
-partitions and no longer one transaction; the writes are ordered so that a reader by either id
-finds the link before or after the change, never neither: new rows first, then the rows they
-replace are deleted. An interrupted write leaves one row ahead of the other; the cycle that wrote
-it fails and does not store its cursors, so the next one writes the link again.
+writes spread over 32 partitions, their transactions sent side by side. The two rows of a link
+are therefore in two partitions and no longer one transaction; the writes are ordered so that a
+reader by either id finds the link before or after the change, never neither: new rows first,
+then the rows they replace are deleted. An interrupted write leaves one row ahead of the other;
+the cycle that wrote it fails and does not store its cursors, so the next one writes the link
+again.
 
 Layout 1 (before): both rows in the one partition ``link``. Until the ``layout``/``links`` row of
 ``{prefix}state`` says 2, the store reads a link there when layout 2 has no row for it, removes
