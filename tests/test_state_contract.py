@@ -39,7 +39,13 @@ from sync_core.core.report import CycleReport, PerSide
 from sync_core.core.retention import PruneReport, Retention
 from sync_core.core.syncfilter import Side
 from sync_core.state import LinkMigration, MemoryStateStore, StateStore, TableStateStore
-from sync_core.state._keys import RowOp, dataverse_link_key, marketo_link_key, newest_first_key
+from sync_core.state._keys import (
+    MAX_KEYS_PER_QUERY,
+    RowOp,
+    dataverse_link_key,
+    marketo_link_key,
+    newest_first_key,
+)
 from sync_core.state._layout import LINK, LINK_BUCKETS, PRUNE_PAGE, PRUNE_PARTITIONS, link_partition
 from sync_core.state._links import _link_props
 from sync_core.state._memory import MemoryRows
@@ -428,17 +434,45 @@ def test_a_scratch_space_cannot_be_named_like_the_links(store: StateStore, name:
         store.scratch_links(name)
 
 
+def _queries(keys: Sequence[str]) -> int:
+    """The ``$filter`` queries a lookup of these row keys takes: one per 14 keys of a partition."""
+    per_partition = Counter(link_partition(key) for key in set(keys))
+    return sum(-(-count // MAX_KEYS_PER_QUERY) for count in per_partition.values())
+
+
 @pytest.mark.parametrize("k", [1, 14, 15, 300])
-def test_a_lookup_of_k_links_is_k_point_reads_whatever_the_store_holds(store: StateStore, k: int) -> None:
+def test_a_lookup_costs_a_query_per_14_keys_of_a_partition_whatever_the_store_holds(store: StateStore, k: int) -> None:
     store.upsert_links([_link(marketo_id) for marketo_id in range(1, 601)])
     store.get_links_by_marketo_ids([1])  # the layout is looked up once per process
     ids = list(range(1, k + 1))
 
     cost = _cost(store, lambda: store.get_links_by_marketo_ids([*ids, 10_000]))
-    assert cost == StoreCounters(reads=k + 1)  # one per id asked for, found or not
+    # found or not, every id asked for is in its partition's query; one page each
+    assert cost == StoreCounters(reads=_queries([marketo_link_key(i) for i in [*ids, 10_000]]))
+    assert cost.reads <= min(k + 1, LINK_BUCKETS + (k + 1) // MAX_KEYS_PER_QUERY)
     dataverse_ids = [_link(marketo_id).dataverse_id for marketo_id in ids]
     cost = _cost(store, lambda: store.get_links_by_dataverse_ids(EntityType.LEAD, dataverse_ids))
-    assert cost == StoreCounters(reads=k)
+    assert cost == StoreCounters(reads=_queries([dataverse_link_key(EntityType.LEAD, i) for i in dataverse_ids]))
+
+
+def test_a_lookup_of_keys_with_quotes_returns_exactly_the_rows_asked_for_that_exist(store: StateStore) -> None:
+    # Row keys written as they are (no link key escapes them), 40 of them in one partition (three
+    # queries there), and asked for with absent keys built to widen an unescaped filter.
+    assert isinstance(store, RowStateStore)
+    crowded = link_partition("m:000000000001")
+    stored = [key for n in range(2000) if link_partition(key := f"m:it's {n}'") == crowded][:40]
+    stored += [f"d:lead:o'brien {n}' or RowKey ne '" for n in range(20)]
+    for key in stored:
+        store._rows.insert_row(store.tables.links, link_partition(key), key, _link_props(_link(7)))
+    absent = ["m:it's 1' or RowKey ne 'x", "m:' or '1' eq '1", "d:lead:o'brien 0' or RowKey gt '", "m:it''s 3'"]
+    asked = {*stored[::2], *absent}
+    store.get_links_by_marketo_ids([1])  # the layout row, read once, out of the count
+
+    found: list[StoredRow] = []
+    cost = _cost(store, lambda: found.extend(store._link_rows(asked)))
+    assert [row.row for row in found] == sorted(stored[::2])
+    assert all(row.partition == link_partition(row.row) for row in found)
+    assert cost == StoreCounters(reads=_queries(sorted(asked)))
 
 
 # -- the one-partition layout (before the spread) and its migration -----------------------------------
@@ -513,11 +547,11 @@ def test_the_migration_moves_every_link_a_page_at_a_time_and_loses_none(subject:
     assert _old_rows(store) == []
     assert store.migrate_links(pages=1) == LinkMigration(done=True)  # again: nothing to do
 
-    # another process (a fresh store on the same tables) reads layout 2 only: a point read per id
+    # another process (a fresh store on the same tables) reads layout 2 only: its queries
     peer = subject.make_peer() if subject.make_peer else store
     peer.get_links_by_marketo_ids([1])
     cost = _cost(peer, lambda: peer.get_links_by_marketo_ids(range(1, 601)))
-    assert cost == StoreCounters(reads=600)
+    assert cost == StoreCounters(reads=_queries([marketo_link_key(i) for i in range(1, 601)]))
     assert sorted(link.marketo_id for link in peer.iter_links()) == list(range(1, 601))
     assert peer.get_links_by_dataverse_ids(EntityType.LEAD, [old[599].dataverse_id]) == {
         old[599].dataverse_id: old[599]
@@ -559,8 +593,8 @@ class _MovingRows(MemoryRows):
     move: Callable[[], None] | None = None
 
     def query_rows(self, table: str, partition: str, rows: Sequence[str]) -> list[StoredRow]:
-        move, self.move = self.move, None
-        if move is not None and partition == LINK:
+        if self.move is not None and partition == LINK:
+            move, self.move = self.move, None
             move()
         return super().query_rows(table, partition, rows)
 
@@ -591,11 +625,11 @@ class _MeetingRows(MemoryRows):
         if self.meet and next(self._calls) < 2:
             self._first_two.wait()
 
-    def get_row(self, table: str, partition: str, row: str) -> StoredRow | None:
+    def query_rows(self, table: str, partition: str, rows: Sequence[str]) -> list[StoredRow]:
         self._wait()
-        if self._fail_on is not None and self._fail_on == row:
+        if self._fail_on is not None and self._fail_on in rows:
             raise TransientError("Table Storage read: connection failed", service="tables")
-        return super().get_row(table, partition, row)
+        return super().query_rows(table, partition, rows)
 
     def transact(self, table: str, partition: str, ops: Sequence[RowOp]) -> None:
         self._wait()
@@ -611,7 +645,7 @@ def test_one_lookups_reads_are_sent_side_by_side_and_answer_in_key_order() -> No
     rows.meet, rows.counters = True, StoreCounters()
     found = store.get_links_by_marketo_ids(range(250, 0, -1))
     assert list(found.items()) == [(link.marketo_id, link) for link in links]
-    assert rows.counters.reads == 250  # the same reads as one at a time
+    assert rows.counters.reads == _queries([marketo_link_key(link.marketo_id) for link in links])  # as one at a time
 
 
 def test_transactions_to_different_partitions_are_sent_side_by_side() -> None:

@@ -19,8 +19,9 @@ status view). The order is what makes it safe:
    persons (``Applier.accounts_changed``, one way);
 4. the persons whose Marketo changes no Dataverse page took, in batches of the Dataverse batch
    size times its parallelism per entity, written as a pipeline (``LinkedWrites``: a batch's writes
-   in flight while the next persons are looked up and the last batch is recorded); then the
-   failures due for a retry;
+   in flight while the next persons are looked up and the last batch is recorded; the first
+   batch's links looked up ahead, while the last Dataverse table's last page is applied:
+   ``_read_persons_ahead``); then the failures due for a retry;
 5. only then the Marketo paging tokens are stored.
 
 A crash or a transient failure anywhere repeats the uncommitted window on the next run, and the
@@ -46,6 +47,7 @@ unchanged. The record-level work is ``_apply.Applier``; this module only orders 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import time
@@ -303,6 +305,37 @@ class _ReadAhead:
             close()
 
 
+@dataclass(frozen=True)
+class _PersonsAhead:
+    """The links of the persons step's first persons (``ids``, the pending ones when it started),
+    looked up on a thread of its own (``_Cycle._read_persons_ahead``), and the watch on the links
+    the cycle wrote meanwhile."""
+
+    ids: frozenset[int]
+    read: Future[dict[int, Link]]
+    watch: LinkWatch
+
+    def links(self, ids: Sequence[int]) -> tuple[dict[int, Link], list[int]]:
+        """Of ``ids``: the links found ahead that no write since can have changed, and the ids to
+        look up now (not read ahead, found unlinked: the webhook may have linked them since, or
+        whose link or record a write of this cycle touched). The read's error is raised here."""
+        found = self.read.result()
+        current: dict[int, Link] = {}
+        again: list[int] = []
+        for marketo_id in ids:
+            link = found.get(marketo_id) if marketo_id in self.ids else None
+            if link is None or self.watch.touched(link):
+                again.append(marketo_id)
+            else:
+                current[marketo_id] = link
+        return current, again
+
+    def drop(self) -> None:
+        """Wait for the read to end (its errors are not this cycle's, if it is not used)."""
+        with contextlib.suppress(Exception):
+            self.read.result()
+
+
 class _Cycle:
     """The state of one running cycle: its lease, stage, applier and cursor values."""
 
@@ -338,6 +371,7 @@ class _Cycle:
         self.resume: dict[str, carry.Resume] = {}  # where this tick leaves the table it was cut in
         self._stage: Stage | None = None
         self._ahead: _ReadAhead | None = None  # a table's first page, read while the cycle did something else
+        self._persons_ahead: _PersonsAhead | None = None  # the persons step's first links, read likewise
 
     # -- the time budget ------------------------------------------------------------------------
 
@@ -381,6 +415,7 @@ class _Cycle:
                 self._steps(stage)
             finally:
                 self._drop_ahead()
+                self._drop_persons_ahead()
                 # What is left for later: staged changes not applied (the cycle ended early) and
                 # the failures waiting for their retry.
                 self.backlog = {"marketo": stage.pending_count(), "retries": len(self.open_failures)}
@@ -448,6 +483,7 @@ class _Cycle:
                 self.keep_lease()
         if self.cut is None:
             self._sync_marketo_rest(stage)
+        self._drop_persons_ahead()  # used or not (the budget cut the cycle before), its watch ends
         retries_left = False
         due = store.due_failures(now=self.started, limit=engine._options.max_retries)
         if due and not self.may_stop("retries"):
@@ -546,6 +582,9 @@ class _Cycle:
                     if page.delta_link is not None and entity is not ENTITY_ORDER[-1]:
                         # The table's last page: the next table's first is read while it is applied.
                         self._read_ahead(ENTITY_ORDER[ENTITY_ORDER.index(entity) + 1])
+                    elif page.delta_link is not None:
+                        # The last table's last page: the persons step's first links likewise.
+                        self._read_persons_ahead(stage)
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
                     if full_reread:
                         stage.add_seen(entity.value, (row_id(entity, row) for row in page.rows))
@@ -690,6 +729,53 @@ class _Cycle:
         ahead, self._ahead = self._ahead, None
         self._drop(ahead)
 
+    def _persons_batch(self) -> int:
+        """How many persons the persons step gathers per entity before it writes them."""
+        return self.engine._options.dataverse_batch_size * self.engine._dataverse.parallelism
+
+    def _read_persons_ahead(self, stage: Stage) -> None:
+        """Start looking up the links of the persons step's first batch (the first persons pending
+        now, up to ``_persons_batch``) on a thread of its own, while the last table's last page is
+        applied. That page may take some of them (they are then not asked for); the links the
+        cycle writes meanwhile go through ``Ledger.record``, which the watch sees, and the persons
+        step reads those again, as it does the ids found unlinked (``_PersonsAhead.links``)."""
+        self._drop_persons_ahead()
+        ids: list[int] = []
+        chunks = stage.pending_ids(self.engine._options.dataverse_batch_size)
+        for chunk in chunks:
+            ids.extend(chunk)
+            if len(ids) >= self._persons_batch():
+                break
+        if not ids:
+            return
+        watch = self.applier.ledger.watch_links()  # before the look-up starts
+        look_up = self.engine._store.get_links_by_marketo_ids
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
+        try:
+            read_future = pool.submit(contextvars.copy_context().run, look_up, ids)
+        except BaseException:
+            self.applier.ledger.unwatch_links(watch)
+            raise
+        finally:
+            pool.shutdown(wait=False)
+        self._persons_ahead = _PersonsAhead(frozenset(ids), read_future, watch)
+
+    def _drop_persons_ahead(self) -> None:
+        ahead, self._persons_ahead = self._persons_ahead, None
+        if ahead is not None:
+            self.applier.ledger.unwatch_links(ahead.watch)
+            ahead.drop()
+
+    def _person_links(self, ids: Sequence[int]) -> dict[int, Link]:
+        """The links of these persons: those read ahead and still current, the others looked up."""
+        ahead = self._persons_ahead
+        if ahead is None:
+            return self.engine._store.get_links_by_marketo_ids(ids)
+        links, again = ahead.links(ids)
+        if again:
+            links.update(self.engine._store.get_links_by_marketo_ids(again))
+        return links
+
     def _deleted_while_untracked(self, entity: EntityType, stage: Stage) -> None:
         """After a full read: linked records it did not return were deleted while no token covered them.
 
@@ -725,7 +811,7 @@ class _Cycle:
         # Enough records per write for every bulk message the service lets us send at once. (Not
         # fewer: persons whose merge writes nothing, e.g. the echoes of the last cycle's writes to
         # Marketo, are in the batches too, and a smaller batch would send more short messages.)
-        flush_at = size * engine._dataverse.parallelism
+        flush_at = self._persons_batch()
         buffers: dict[EntityType, list[Pending]] = {entity: [] for entity in EntityType}
         done = 0
         # A batch is written while the next persons are looked up and merged and the batches before
@@ -737,7 +823,7 @@ class _Cycle:
                 if self.may_stop("marketo persons"):
                     break
                 self.progressed = True
-                links = engine._store.get_links_by_marketo_ids(ids)
+                links = self._person_links(ids)
                 staged = self.take(ids)
                 for marketo_id, link in links.items():
                     buffers[link.entity].append(Pending(link, marketo=staged.get(marketo_id)))

@@ -155,6 +155,11 @@ class LinkWatch:
             self.records.add((link.entity, link.dataverse_id.lower()))
             self.persons.add(link.marketo_id)
 
+    def touched(self, link: Link) -> bool:
+        """Whether a write while the watch was on can have changed ``link``: its record's link or
+        its person's was written."""
+        return (link.entity, link.dataverse_id.lower()) in self.records or link.marketo_id in self.persons
+
     def untouched(self, entity: EntityType, links: Mapping[str, Link]) -> dict[str, Link]:
         """Those of ``links`` (by lowercase Dataverse id of ``entity``) that no write while the watch
         was on can have changed: neither their record's link nor their person's was written."""

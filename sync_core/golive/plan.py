@@ -571,7 +571,7 @@ def calibrate(
     """Measure what the apply does between its requests, on a sample of the plan's own work.
 
     Table Storage: the sample's links as the apply looks them up and writes them (the persons'
-    range through ``iter_links``, timed apart as it is one per chunk; a point read per record;
+    range through ``iter_links``, timed apart as it is one per chunk; its records by Dataverse id;
     then ``upsert_links``: the same code and requests), in a scratch space of the links table
     (``StateStore.scratch_links``) that no reader uses, deleted before this returns. CPU: the same
     items read from the snapshot as the apply reads a chunk, their Pending links built, merged,
@@ -616,7 +616,7 @@ def calibrate(
                 break
         ranged = clock() - began
         began = clock()
-        for entity in {link.entity for link in links}:  # then a point read per record
+        for entity in {link.entity for link in links}:  # then its records by Dataverse id
             scratch.get_links_by_dataverse_ids(entity, [link.dataverse_id for link in links if link.entity is entity])
         lookup = (clock() - began) / len(links)
         began = clock()

@@ -4,13 +4,15 @@ partitions, and the migration from the one-partition layout (design §4).
 Layout 2 (this one). A link is two rows, each carrying the whole link and its baseline: RowKey
 ``m:{marketo id:012d}`` (found by the Marketo id) and ``d:{entity}:{dataverse id}`` (found by the
 Dataverse id). Each row lives in partition ``link-NN``, NN a stable hash of its own RowKey over
-``LINK_BUCKETS`` (``_layout.link_partition``), so every lookup is a point read per id (no
-``$filter`` that makes the service read a partition) and a cycle's writes spread over 32
-partitions, their transactions sent side by side. The two rows of a link are therefore in two
-partitions and no longer one transaction; the writes are ordered so that a reader by either id
-finds the link before or after the change, never neither: new rows first, then the rows they
-replace are deleted. An interrupted write leaves one row ahead of the other; the cycle that wrote
-it fails and does not store its cursors, so the next one writes the link again.
+``LINK_BUCKETS`` (``_layout.link_partition``), so a lookup reads each of its keys' partitions
+with one ``$filter`` per 14 of its keys there (the service reads a partition of 1/32 of the rows
+for it; one request per key cost the client twice the CPU: README "Performance") and a cycle's
+writes spread over 32 partitions, their transactions sent side by side. The two rows of a link
+are therefore in two partitions and no longer one transaction; the writes are ordered so that a
+reader by either id finds the link before or after the change, never neither: new rows first,
+then the rows they replace are deleted. An interrupted write leaves one row ahead of the other;
+the cycle that wrote it fails and does not store its cursors, so the next one writes the link
+again.
 
 Layout 1 (before): both rows in the one partition ``link``. Until the ``layout``/``links`` row of
 ``{prefix}state`` says 2, the store reads a link there when layout 2 has no row for it, removes
@@ -130,12 +132,13 @@ class LinkRows(RowPlumbing):
         return found
 
     def _link_rows(self, keys: set[str]) -> list[StoredRow]:
-        """The rows of these keys: a point read each, up to ``query_workers`` at once; while layout
-        1 rows are left, the keys layout 2 lacks are then looked up there. In key order."""
+        """The rows of these keys: one ``$filter`` per 14 keys of a partition (``_query_spread``),
+        up to ``query_workers`` at once; while layout 1 rows are left, the keys layout 2 lacks are
+        then looked up there. In key order."""
         if not keys:
             return []
         legacy = self._legacy_links()
-        rows = self._get_rows(self.tables.links, ((self._partition(key), key) for key in keys))
+        rows = self._query_spread(self.tables.links, ((self._partition(key), key) for key in keys))
         missing = keys - {row.row for row in rows}
         if legacy and missing:
             rows += self._query(self.tables.links, LINK, missing)
@@ -143,7 +146,7 @@ class LinkRows(RowPlumbing):
             # removed before the second): the ids found in neither are read once more in layout 2.
             missing -= {row.row for row in rows}
             if missing:
-                rows += self._get_rows(self.tables.links, ((self._partition(key), key) for key in missing))
+                rows += self._query_spread(self.tables.links, ((self._partition(key), key) for key in missing))
         return sorted(rows, key=lambda row: row.row)
 
     def iter_links(self, *, after_marketo_id: int | None = None) -> Iterator[Link]:

@@ -9,7 +9,7 @@ Tables (``{prefix}`` + name), keys and why:
     state       PK cursor / RK name, PK lease / RK cycle      ETag-conditional point rows
     links       PK link-{hash of the RK mod 32:02d}            two rows per link, each in the
                 / RK m:{marketo id:012d} and                   partition its key hashes to: a
-                RK d:{entity}:{dataverse id}                   point read per id (``_links``)
+                RK d:{entity}:{dataverse id}                   $filter per 14 ids of a partition
     collisions  PK inverted day / RK inverted µs:id            a scan of the day partitions lists
                                                                newest first; the values live here
                 PK person / RK {marketo id:012d}:{day}:{row}   the person index: a pointer per
@@ -103,8 +103,8 @@ logger = logging.getLogger(__name__)
 class RowStateStore(LinkRows, JobRows, RetentionRows):
     """``StateStore`` over a ``Rows`` backend; see the module docstring for the layout.
 
-    ``query_workers``: how many of one call's independent requests (a lookup's point reads or
-    queries, the transactions of different partitions) may be in flight at once: a backend over
+    ``query_workers``: how many of one call's independent requests (a lookup's queries, the
+    transactions of different partitions) may be in flight at once: a backend over
     the network (each a round trip) sends them side by side; in memory there is nothing to overlap."""
 
     # -- cursors --------------------------------------------------------------------------------

@@ -180,3 +180,102 @@ def test_a_link_the_contacts_page_moved_is_read_again_for_the_leads_page(monkeyp
     assert link is not None
     assert (link.entity, link.dataverse_id) == (CONTACT, contact)
     assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
+
+
+# -- the persons step's first links, read while the last table's last page is applied ---------------
+
+
+def lead_links_wait_for_person_look_up(monkeypatch: pytest.MonkeyPatch, world: World, person: int) -> list[bool]:
+    """Make the leads page's link writes wait until the person's link was looked up by Marketo id;
+    returns, per such write, whether the look-up happened while it waited."""
+    looked_up = threading.Event()
+    look_up, upsert = world.store.get_links_by_marketo_ids, world.store.upsert_links
+    during: list[bool] = []
+
+    def watched(ids: Iterable[int]) -> dict[int, Link]:
+        ids = list(ids)
+        found = look_up(ids)
+        if person in ids:
+            looked_up.set()
+        return found
+
+    def waiting(links: Sequence[Link], **kwargs: Any) -> None:
+        if any(link.entity is EntityType.LEAD for link in links):
+            during.append(looked_up.wait(WAIT))
+        upsert(links, **kwargs)
+
+    monkeypatch.setattr(world.store, "get_links_by_marketo_ids", watched)
+    monkeypatch.setattr(world.store, "upsert_links", waiting)
+    return during
+
+
+def edited_lead_and_person(world: World) -> tuple[str, int, str, int]:
+    """A linked lead edited in Dynamics (leads page) and another linked lead's person edited in
+    Marketo only (the persons step)."""
+    lead, lead_person = world.linked_lead(2)
+    other, person = world.linked_lead(3)
+    world.dataverse.update("leads", lead, jobtitle="Lead title from Dynamics")
+    world.marketo.edit(person, phone="+1 555 0133")
+    return lead, lead_person, other, person
+
+
+def test_the_persons_steps_links_are_looked_up_while_the_last_leads_page_is_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = make_world()
+    _, lead_person, other, person = edited_lead_and_person(world)
+    during = lead_links_wait_for_person_look_up(monkeypatch, world, person)
+
+    report = world.cycle()
+
+    assert during[0]  # the leads page's write (then the persons step's own)
+    assert report.outcome == "ok"
+    assert world.marketo.person(lead_person)["title"] == "Lead title from Dynamics"
+    assert world.dataverse.rows["leads"][other]["telephone1"] == "+1 555 0133"
+
+
+def test_reading_the_persons_ahead_costs_no_call_and_writes_what_reading_in_turn_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ahead, in_turn = make_world(), make_world()
+    records = {id(w): edited_lead_and_person(w) for w in (ahead, in_turn)}
+
+    first = ahead.cycle()
+    monkeypatch.setattr(engine_module._Cycle, "_read_persons_ahead", lambda self, stage: None)
+    second = in_turn.cycle()
+
+    assert first.outcome == second.outcome == "ok"
+    assert first.report.api_calls == second.report.api_calls
+    assert first.report.written == second.report.written
+    for w in (ahead, in_turn):
+        _, _, other, _ = records[id(w)]
+        assert w.dataverse.rows["leads"][other]["telephone1"] == "+1 555 0133"
+
+
+def test_a_persons_link_the_leads_page_removed_after_the_read_ahead_is_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The person's lead is deleted in Dynamics and the person edited in Marketo: the read ahead
+    (made to finish first) finds the link, the leads page then unlinks it; the persons step must
+    not write the person's change to the deleted lead."""
+    world = make_world()
+    lead, person = world.linked_lead(4)
+    world.dataverse.delete("leads", lead)
+    world.marketo.edit(person, phone="+1 555 0144")
+    read_ahead = engine_module._Cycle._read_persons_ahead
+    found_ahead: list[bool] = []
+
+    def read_first(self: Any, stage: Any) -> None:
+        read_ahead(self, stage)
+        found_ahead.append(person in self._persons_ahead.read.result())  # the link, before the page
+
+    monkeypatch.setattr(engine_module._Cycle, "_read_persons_ahead", read_first)
+
+    report = world.cycle()
+
+    assert found_ahead == [True]
+    assert report.outcome == "ok"
+    assert world.link_of(person) is None
+    assert world.marketo.person(person)["microsoftIsDeleted"] is True
+    assert "dataverse.updatemultiple" not in report.report.api_calls.by_operation  # nothing sent to the lead
+    assert report.report.written.dynamics == 0
