@@ -8,7 +8,6 @@ nothing here depends on timing."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 from azure.data.tables import TableServiceClient
@@ -32,11 +31,11 @@ def waits(_: object = None) -> float:
 
 
 @pytest.fixture
-def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveFirst]:
+def gate(monkeypatch: pytest.MonkeyPatch) -> LiveFirst:
     """The process's gate, replaced by one on which any wait raises ``Waited``."""
     gate = LiveFirst(clock=waits)
     monkeypatch.setattr(ratebudget, "LIVE_FIRST", gate)
-    yield gate
+    return gate
 
 
 def test_background_work_waits_while_live_work_runs(gate: LiveFirst) -> None:
