@@ -16,7 +16,7 @@ Reported: both phases and their ratios (during ÷ idle), the backfill's wall tim
 Marketo calls of the busiest 20 s window against the shared budget (``MARKETO_RATE_SHARE`` of 100).
 
     .venv/bin/python bench/bench_backfill_live.py [--leads 2000] [--chunk-size 50] [--hosts 3] [--webhooks 10]
-        [--cycle-leads 20] [--background-share 0.5] [--rate-share 0.5] [--per-process-budget]
+        [--cycle-leads 20] [--background-share 0.5] [--rate-share 0.5] [--per-process-budget] [--keep-request-log]
 """
 
 from __future__ import annotations
@@ -179,6 +179,7 @@ def run(
     background_share: float,
     rate_share: float,
     shared: bool = True,
+    keep_request_log: bool = False,
 ) -> dict[str, Any]:
     request_log = tempfile.mktemp(suffix=".jsonl")  # noqa: S306 (the child process creates it)
     ctx = mp.get_context("spawn")
@@ -273,7 +274,10 @@ def run(
                 proc.kill()
         parent.send(("stop", None))
         sandbox.join(timeout=30)
-        Path(request_log).unlink(missing_ok=True)
+        if keep_request_log:
+            print(f"request log kept: {request_log}", file=sys.stderr)
+        else:
+            Path(request_log).unlink(missing_ok=True)
 
     def ratio(key: str) -> float:
         return round(during["webhook"][key] / idle["webhook"][key], 2)
@@ -315,6 +319,9 @@ def main() -> None:
     parser.add_argument("--background-share", type=float, default=0.5)
     parser.add_argument("--rate-share", type=float, default=0.5)
     parser.add_argument("--per-process-budget", action="store_true", help="SYNC_SHARED_BUDGET=false (to compare)")
+    parser.add_argument(
+        "--keep-request-log", action="store_true", help="keep the simulators' request log (start and ms per request)"
+    )
     args = parser.parse_args()
     result = run(
         leads=args.leads,
@@ -325,6 +332,7 @@ def main() -> None:
         background_share=args.background_share,
         rate_share=args.rate_share,
         shared=not args.per_process_budget,
+        keep_request_log=args.keep_request_log,
     )
     print(json.dumps(result, indent=2))
     idle, during = result["idle"], result["during_backfill"]

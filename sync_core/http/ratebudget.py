@@ -14,6 +14,15 @@ Priority: work run inside ``background_work()`` (chunked jobs: initial sync, bac
 only ``background_share`` of each limit — of the calls in a window and of the calls in flight —
 so however much bulk work is queued, the sync cycle and the webhook always find the rest free
 and keep their latency. ``limit_for(limit, share)`` is that rule, in one place for both budgets.
+
+Live first, in a process: while live work runs here (a webhook call: ``live_work()``), background
+work pauses at its next API call or Table operation (``yield_to_live()``, called by both budgets'
+``slot()`` and by the state store's row verbs) until the live work is done, for at most
+``LIVE_FIRST_MAX_WAIT`` s each time, so the background work keeps going under a stream of
+webhooks. The budgets share the limits between instances; this shares one instance's CPU (one
+GIL): a host running chunks of a backfill answers a webhook almost as fast as an idle one. It
+holds nothing while it waits, and it does not wait inside the shared budget's own Table writes
+(made under that budget's locks, which a live call may need).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import contextvars
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -76,6 +86,67 @@ def is_background() -> bool:
     return _BACKGROUND.get()
 
 
+LIVE_FIRST_MAX_WAIT = 1.0  # a background call or Table operation waits at most this long for live work
+
+
+class LiveFirst:
+    """Live work in progress in this process, and background work waiting for it to end."""
+
+    def __init__(self, *, max_wait: float = LIVE_FIRST_MAX_WAIT, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_wait = max_wait
+        self._clock = clock
+        self._changed = threading.Condition()
+        self._live = 0
+        self._waiting = 0
+
+    @contextmanager
+    def live(self) -> Iterator[None]:
+        """Background work in this process yields to the work done inside."""
+        with self._changed:
+            self._live += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._live -= 1
+                self._changed.notify_all()
+
+    def yield_to_live(self) -> None:
+        """From background work: wait while live work runs here (at most ``max_wait`` s). Live work
+        never waits."""
+        if not is_background():
+            return
+        with self._changed:
+            if not self._live:
+                return
+            until = self._clock() + self.max_wait
+            self._waiting += 1
+            try:
+                while self._live and (left := until - self._clock()) > 0:
+                    self._changed.wait(left)
+            finally:
+                self._waiting -= 1
+
+    @property
+    def waiting(self) -> int:
+        """Background callers waiting now (for tests)."""
+        with self._changed:
+            return self._waiting
+
+
+LIVE_FIRST = LiveFirst()  # one per process: the CPU it shares out is the process's
+
+
+def live_work() -> AbstractContextManager[None]:
+    """Live work (a webhook call): background work in this process yields to it (see module doc)."""
+    return LIVE_FIRST.live()
+
+
+def yield_to_live() -> None:
+    """Background work's turn: wait while live work runs in this process (see module doc)."""
+    LIVE_FIRST.yield_to_live()
+
+
 def limit_for(limit: RateLimit, background_share: float, *, background: bool | None = None) -> RateLimit:
     """The limit the current call (or, given ``background``, a call of that kind) may use: all of
     it, or ``background_share`` of it for background work."""
@@ -117,6 +188,7 @@ class RateBudget:
     def slot(self) -> Iterator[None]:
         """Hold one in-flight place and one window entry for the duration of a call."""
         limit = limit_for(self.limit, self.background_share)
+        yield_to_live()
         with self._flight:
             self._flight.wait_for(lambda: self._in_flight < limit.max_concurrent)
             self._in_flight += 1

@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from sync_core.core.models import StoreCounters
+from sync_core.http.ratebudget import yield_to_live
 from sync_core.state._keys import RowOp, as_utc, check_key_count
 
 __all__ = ["RowFilter", "RowOp", "Rows", "StoredRow", "row_props"]
@@ -93,11 +94,19 @@ def _mapped(ops: Sequence[RowOp]) -> list[RowOp]:
 
 
 class Rows(ABC):
-    """The row verbs, counted under a lock (webhooks run concurrently), over a backend's ``_``-verbs."""
+    """The row verbs, counted under a lock (webhooks run concurrently), over a backend's ``_``-verbs.
+    Background work's verbs first wait while live work runs in this process
+    (``http.ratebudget.yield_to_live``), unless ``yields_to_live`` is off (the shared API budget's
+    rows: its writes run under locks a live call may need)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, yields_to_live: bool = True) -> None:
         self.counters = StoreCounters()
         self._count_lock = threading.Lock()
+        self._yields_to_live = yields_to_live
+
+    def _turn(self) -> None:
+        if self._yields_to_live:
+            yield_to_live()
 
     def _count(self, *, reads: int = 0, writes: int = 0, transactions: int = 0, operations: int = 0) -> None:
         with self._count_lock:
@@ -108,21 +117,25 @@ class Rows(ABC):
 
     # -- the verbs RowStateStore calls ---------------------------------------------------------
     def get_row(self, table: str, partition: str, row: str) -> StoredRow | None:
+        self._turn()
         self._count(reads=1)
         return self._get(table, partition, row)
 
     def insert_row(self, table: str, partition: str, row: str, props: Mapping[str, Any]) -> str:
         """Create the row; ``StateConflictError`` if it exists. Returns the new ETag."""
+        self._turn()
         self._count(writes=1)
         return self._insert(table, partition, row, row_props(props))
 
     def replace_row(self, table: str, partition: str, row: str, props: Mapping[str, Any], *, etag: str) -> str:
         """Replace the row if its ETag is still ``etag``; ``StateConflictError`` otherwise (or if gone)."""
+        self._turn()
         self._count(writes=1)
         return self._replace(table, partition, row, row_props(props), etag=etag)
 
     def delete_row(self, table: str, partition: str, row: str, *, etag: str | None = None) -> None:
         """Delete the row (only if its ETag is ``etag``, when given). A missing row is not an error."""
+        self._turn()
         self._count(writes=1)
         self._delete(table, partition, row, etag=etag)
 
@@ -153,6 +166,7 @@ class Rows(ABC):
 
     def transact(self, table: str, partition: str, ops: Sequence[RowOp]) -> None:
         """Apply ``ops`` atomically: all of them or none. ≤ 100 ops, each on a different row."""
+        self._turn()
         self._count(transactions=1, operations=len(ops))
         self._transact(table, partition, _mapped(ops))
 
@@ -161,6 +175,7 @@ class Rows(ABC):
         fetched = 0
         while max_pages is None or fetched < max_pages:
             fetched += 1
+            self._turn()
             try:
                 page = next(pages)
             except StopIteration:  # nothing left to fetch: nothing was sent

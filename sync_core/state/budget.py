@@ -75,7 +75,7 @@ from typing import Any
 
 from sync_core.core.errors import StateConflictError
 from sync_core.core.models import StoreCounters
-from sync_core.http.ratebudget import RateLimit, is_background, limit_for
+from sync_core.http.ratebudget import RateLimit, is_background, limit_for, yield_to_live
 from sync_core.state._rows import Rows
 
 _LOG = logging.getLogger(__name__)
@@ -201,6 +201,7 @@ class SharedRateBudget:
     @contextmanager
     def slot(self) -> Iterator[None]:
         pool = self._pools[is_background()]
+        yield_to_live()  # background calls wait while live work runs in this process
         self._take(pool)
         try:
             yield

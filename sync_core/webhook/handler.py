@@ -26,7 +26,8 @@ API calls for a created lead, warm: Marketo read, Dataverse ``$batch``, Datavers
 write: 4 (``QualifyLead`` adds one for a contact). The clients retry briefly (a webhook caller
 waits seconds, not minutes); Marketo or Dataverse down or throttled → 503 with ``Retry-After``,
 and since nothing is written before the create, nothing is half-written. Logs carry the lead id
-and outcomes only, never person values.
+and outcomes only, never person values. While a call runs, background work in the process (a
+backfill's chunks) waits at its next API call or Table operation (``http.ratebudget.live_work``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from sync_core.core.models import Claim, Direction, EntityType, Link
 from sync_core.cycle.schema_cache import ActiveSchema, active_schema
 from sync_core.dataverse import odata as _odata
 from sync_core.dataverse.client import DataverseClient
+from sync_core.http.ratebudget import live_work
 from sync_core.http.retry import RetryPolicy
 from sync_core.marketo.activity import SyncFailure, log_sync_failures
 from sync_core.marketo.client import MarketoClient
@@ -157,7 +159,8 @@ def handle_webhook(
     """One webhook call, whatever the flow; never raises (every outcome is an ``Answer``, recorded
     as telemetry)."""
     timer = WebhookTimer()
-    answer = _answer(flow, environ, body=body, headers=headers, services=services, clock=clock, sleep=sleep)
+    with live_work():  # background work in this process (a backfill's chunks) waits for the call
+        answer = _answer(flow, environ, body=body, headers=headers, services=services, clock=clock, sleep=sleep)
     (telemetry or default_telemetry()).record_webhook(
         webhook=flow.name,
         status=answer.status,
