@@ -377,7 +377,7 @@ class SharedRateBudget:
                 # paced: a quarter of its share per quarter window, so live calls arriving after a
                 # backfill started still find most of the window free
                 paced = self._paced(counted, now)
-                room = min(room, max(1, cap.max_calls // 4) - sum(entry[0] for entry in paced))
+                room = min(room, _pace(cap) - sum(entry[0] for entry in paced))
             if room >= 1:
                 grant = _Grant(f"{pool.key}{next(self._serial)}", min(self._block, room), issued=now)
                 grants[grant.key] = [grant.count, now + self._validity, pool.background, now]
@@ -406,12 +406,8 @@ class SharedRateBudget:
 
     def _window_wait(self, counted: list[_Entry], cap: RateLimit, now: float) -> float:
         """Until enough of the oldest grants leave the window for one more start under ``cap``."""
-        over = sum(entry[0] for entry in counted) - cap.max_calls + 1
-        for entry in sorted(counted, key=lambda entry: entry[1]):
-            over -= entry[0]
-            if over <= 0:
-                return float(entry[1]) + self.limit.per_seconds + CLOCK_SKEW - now
-        return _POLL
+        span = self.limit.per_seconds + CLOCK_SKEW
+        return _until_room(counted, cap.max_calls, lambda entry: float(entry[1]), span, now, otherwise=_POLL)
 
     def _paced(self, counted: list[_Entry], now: float) -> list[_Entry]:
         """The background grants issued within the last quarter window (a soft pace, no skew)."""
@@ -421,12 +417,7 @@ class SharedRateBudget:
     def _pace_wait(self, counted: list[_Entry], cap: RateLimit, now: float) -> float:
         """Until enough background grants leave the pace's quarter window for one more start."""
         paced = self._paced(counted, now)
-        over = sum(entry[0] for entry in paced) - max(1, cap.max_calls // 4) + 1
-        for entry in sorted(paced, key=_issued):
-            over -= entry[0]
-            if over <= 0:
-                return _issued(entry) + self.limit.per_seconds / 4 - now
-        return 0.0
+        return _until_room(paced, _pace(cap), _issued, self.limit.per_seconds / 4, now, otherwise=0.0)
 
     def _commit(self, pool: _Pool, grant: _Grant | None, places: int, lowered: list[_Grant], now: float) -> None:
         done = {id(spent) for spent in lowered}
@@ -483,3 +474,22 @@ class SharedRateBudget:
 def _issued(entry: _Entry) -> float:
     """When a grant was written (its last start for a grant written without it)."""
     return float(entry[3] if len(entry) > 3 else entry[1])
+
+
+def _pace(cap: RateLimit) -> int:
+    """Background starts granted per quarter window: a quarter of their share."""
+    return max(1, cap.max_calls // 4)
+
+
+def _until_room(
+    entries: list[_Entry], limit: int, time_of: Callable[[_Entry], float], span: float, now: float, *, otherwise: float
+) -> float:
+    """Seconds until enough of ``entries`` (oldest by ``time_of`` first) have been out of a window
+    of ``span`` for their counts to leave room for one more under ``limit``; ``otherwise`` when
+    leaving them all would not."""
+    over = sum(entry[0] for entry in entries) - limit + 1
+    for entry in sorted(entries, key=time_of):
+        over -= entry[0]
+        if over <= 0:
+            return time_of(entry) + span - now
+    return otherwise
