@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._hosts import NO_TIMER, local_hosts
 from bench.bench_webhook import ROUTE, SECRET, percentiles
 from demo.sandbox_env import sandbox_settings
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
@@ -187,9 +189,9 @@ def run(
     sandbox = ctx.Process(target=sandbox_process, args=(child, request_log))
     sandbox.start()
     marketo_url, dataverse_url = parent.recv()
-    procs: list[subprocess.Popen[str]] = []
+    procs: list[subprocess.Popen[str]] = []  # the backfill (the hosts are ``local_hosts``')
     try:
-        with run_azurite() as tables, run_azurite_queue() as queues:
+        with run_azurite() as tables, run_azurite_queue() as queues, ExitStack() as running:
             env = {
                 **{k: v for k, v in os.environ.items() if not k.startswith(("SYNC_", "MARKETO_", "DATAVERSE_"))},
                 **sandbox_settings(
@@ -205,7 +207,7 @@ def run(
                 "SYNC_SHARED_BUDGET": str(shared).lower(),
                 "SYNC_BACKGROUND_SHARE": str(background_share),
                 "MARKETO_RATE_SHARE": str(rate_share),
-                "SYNC_SCHEDULE": "0 0 0 1 1 *",  # no timer cycle: the bench runs its own
+                "SYNC_SCHEDULE": NO_TIMER,  # no timer cycle: the bench runs its own
             }
             _ask(parent, "leads", (0, leads))
             golive = _run(["run-once"], {**env, "SYNC_FIELD_MAP": _field_map_without_title()})
@@ -215,18 +217,7 @@ def run(
             # nothing to write. This one moves the cursor past the title changes.
             cycle_env = {**env, "SYNC_FIELD_MAP": _field_map_without_title()}
             _run(["run-once"], cycle_env)
-            for _ in range(hosts):
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-m", "sync_core", "host", "--port", "0"],
-                        cwd=ROOT,
-                        env=env,
-                        stdout=subprocess.PIPE,
-                        stderr=subprocess.DEVNULL,
-                        text=True,
-                    )
-                )
-            urls = [json.loads(proc.stdout.readline() if proc.stdout else "{}")["url"] for proc in procs]
+            urls = running.enter_context(local_hosts(env, hosts))
             _webhooks(urls, _ask(parent, "persons", hosts))  # warm-up: each host builds its clients
             time.sleep(WINDOW + 1)  # Marketo's window empties of the go-live's calls
             idle = _phase(parent, urls, cycle_env, webhooks=webhooks, cycle_leads=cycle_leads, first=leads)
