@@ -37,13 +37,19 @@ def local_hosts(env: dict[str, str], count: int) -> Iterator[list[str]]:
             urls.append(str(json.loads(line)["url"]))
         yield urls
     finally:
-        for proc in procs:
+        stop(procs)
+
+
+def stop(procs: list[subprocess.Popen[str]]) -> None:
+    """Terminate the processes still running, wait for each (killed after 15 s), close their stdout."""
+    for proc in procs:
+        if proc.poll() is None:
             proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

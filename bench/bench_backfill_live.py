@@ -39,7 +39,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._hosts import NO_TIMER, local_hosts
+from bench._hosts import NO_TIMER, local_hosts, stop
 from bench.bench_webhook import ROUTE, SECRET, percentiles
 from demo.sandbox_env import sandbox_settings
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
@@ -255,14 +255,7 @@ def run(
             filled = _ask(parent, "filled")
             busiest = _busiest_window(request_log, since)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs)
         parent.send(("stop", None))
         sandbox.join(timeout=30)
         if keep_request_log:
