@@ -56,7 +56,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sync_core.core import oneway
 from sync_core.core.entities import ENTITY_SETS, row_id
@@ -90,6 +90,8 @@ from sync_core.settings import DynamicsDeletePolicy, MarketoDeletePolicy, Settin
 from sync_core.state import StateStore
 from sync_core.telemetry import Telemetry, default_telemetry
 from sync_core.wiring.services import Services, services_for
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -702,7 +704,6 @@ class _Cycle:
         cursor = self.engine._store.get_cursor(dataverse_cursor(entity))
         delta_link = cursor.value if cursor else None
         select = tuple(self.applier.dataverse_columns(entity))
-        watch = self.applier.ledger.watch_links()  # before the look-up starts
 
         def read() -> tuple[Iterator[DeltaPage], DeltaPage | None, dict[str, Link]]:
             pages = self._delta(entity, delta_link, select)
@@ -710,17 +711,23 @@ class _Cycle:
             links = self.applier.page_links(entity, first.rows) if first is not None and first.rows else {}
             return pages, first, links
 
+        read_future, watch = self._watched(read)
+        self._ahead = _ReadAhead(entity, delta_link, select, read_future, watch)
+
+    def _watched(self, read: Callable[[], _T]) -> tuple[Future[_T], LinkWatch]:
+        """``read`` started on a thread of its own, and the watch on the links the cycle writes
+        from before it starts (a read ahead's)."""
+        watch = self.applier.ledger.watch_links()  # before the look-up starts
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
         try:
-            read_future = pool.submit(contextvars.copy_context().run, read)
+            return pool.submit(contextvars.copy_context().run, read), watch
         except BaseException:
             self.applier.ledger.unwatch_links(watch)
             raise
         finally:
             pool.shutdown(wait=False)
-        self._ahead = _ReadAhead(entity, delta_link, select, read_future, watch)
 
-    def _drop(self, ahead: _ReadAhead | None) -> None:
+    def _drop(self, ahead: _ReadAhead | _PersonsAhead | None) -> None:
         if ahead is not None:
             self.applier.ledger.unwatch_links(ahead.watch)
             ahead.drop()
@@ -748,23 +755,13 @@ class _Cycle:
                 break
         if not ids:
             return
-        watch = self.applier.ledger.watch_links()  # before the look-up starts
         look_up = self.engine._store.get_links_by_marketo_ids
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
-        try:
-            read_future = pool.submit(contextvars.copy_context().run, look_up, ids)
-        except BaseException:
-            self.applier.ledger.unwatch_links(watch)
-            raise
-        finally:
-            pool.shutdown(wait=False)
+        read_future, watch = self._watched(lambda: look_up(ids))
         self._persons_ahead = _PersonsAhead(frozenset(ids), read_future, watch)
 
     def _drop_persons_ahead(self) -> None:
         ahead, self._persons_ahead = self._persons_ahead, None
-        if ahead is not None:
-            self.applier.ledger.unwatch_links(ahead.watch)
-            ahead.drop()
+        self._drop(ahead)
 
     def _person_links(self, ids: Sequence[int]) -> dict[int, Link]:
         """The links of these persons: those read ahead and still current, the others looked up."""
