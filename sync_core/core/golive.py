@@ -36,7 +36,9 @@ DATAVERSE_UPDATE_MS = 30.0
 DATAVERSE_CREATE_MS = 10.0
 MARKETO_RATE = (100, 20.0)  # calls per window (seconds), per instance
 MARKETO_IN_FLIGHT = 10
-DATAVERSE_IN_FLIGHT = 52  # concurrent requests per user (service protection limits)
+# Requests in flight per user that never meet Dataverse's execution-time limit (1,200 s per 300 s;
+# dataverse.client.RATE_LIMIT, which the shared budget keeps over every instance).
+DATAVERSE_IN_FLIGHT = 4
 TABLE_TRANSACTION_MS = 40.0  # one Table transaction of ≤ 100 operations (a link is 2 rows)
 LINKS_PER_TRANSACTION = 50
 # Before its writes a chunk looks its links up: its persons as one range of the links table (pages
@@ -250,7 +252,8 @@ class ApplyTime:
     (``chunk_seconds``: Table look-ups, CPU, the services, Table writes, one after the other) over
     the chunks in flight, or its longest chunk; Marketo's work under the share (every call's time
     over the calls allowed in flight, or every call at the allowed rate); Dataverse's (every
-    message's time over the messages in flight, ``share.dataverse_parallel`` per process); Table
+    message's time over the messages in flight, ``share.dataverse_parallel`` per process and at most
+    ``dataverse_in_flight`` over all of them); Table
     Storage's (one chunk's look-ups and writes at a time per process); the CPU's (the chunks'
     preparation does not overlap within a process). Plus ``fixed_s`` once (the apply's start: its
     clients, the schema, the open failures).
@@ -264,6 +267,7 @@ class ApplyTime:
     fixed_s: float = 0.0
     in_flight: int = CHUNKS_IN_FLIGHT
     processes: int = 1
+    dataverse_in_flight: int | None = None  # messages in flight over every process; None: per process only
     path_s: float = 0.0
     longest_s: float = 0.0
     marketo_calls: int = 0
@@ -293,10 +297,14 @@ class ApplyTime:
             "marketo": max(
                 self.marketo_request_s / _marketo_in_flight(share), max(self.marketo_calls - 1, 0) / _rate(share)
             ),
-            "dataverse": self.dataverse_request_s / (max(share.dataverse_parallel, 1) * self.processes),
+            "dataverse": self.dataverse_request_s / self._dataverse_places(),
             "table_storage": self.table_s / self.processes,
             "cpu": self.cpu_s / self.processes,
         }
+
+    def _dataverse_places(self) -> int:
+        places = max(self.share.dataverse_parallel, 1) * self.processes
+        return places if self.dataverse_in_flight is None else max(1, min(places, self.dataverse_in_flight))
 
     @property
     def seconds(self) -> float:
@@ -340,14 +348,13 @@ def queue_time(
     """An ``ApplyTime`` for the apply on the job queue: its parts (add each part's cost, its
     re-reads included) on ``instances`` instances, under ``background_share`` of the limits (the
     queue's calls are background work, their budget shared by every instance): Marketo's rate and
-    places, and Dataverse's 52 requests in flight, of which each instance sends at most its own
-    ``share.dataverse_parallel``."""
+    places, and Dataverse's ``DATAVERSE_IN_FLIGHT`` requests, shared by the instances, each of which
+    sends at most its own ``share.dataverse_parallel``."""
     instances = max(1, instances)
+    places = max(1, math.floor(DATAVERSE_IN_FLIGHT * background_share))
     queued = Share(
         marketo_rate_share=share.marketo_rate_share * background_share,
-        dataverse_parallel=max(
-            1, min(share.dataverse_parallel, math.floor(DATAVERSE_IN_FLIGHT * background_share / instances))
-        ),
+        dataverse_parallel=max(1, min(share.dataverse_parallel, places)),
     )
     return ApplyTime(
         queued,
@@ -355,6 +362,7 @@ def queue_time(
         fixed_s=fixed_s,
         in_flight=instances * QUEUE_PARTS_PER_INSTANCE,
         processes=instances,
+        dataverse_in_flight=places,
     )
 
 

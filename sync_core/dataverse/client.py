@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -111,8 +112,21 @@ def _delta_page(
     return DeltaPage(rows, deleted, None if next_link else str(new_delta))
 
 
-# Service protection per user, per 5-minute window: 6,000 requests and 52 at once (api-protocols Part B).
-RATE_LIMIT = RateLimit(max_calls=6000, per_seconds=300.0, max_concurrent=52)
+def service_protection_limit(
+    *, requests: int, window_seconds: float, concurrent: int, execution_seconds: float
+) -> RateLimit:
+    """The limit a budget over Dataverse keeps, from its service protection limits per user and
+    window. A request executes only while it is in flight, so at most ``execution_seconds ÷
+    window_seconds`` requests in flight (over every instance: the shared budget) never meet the
+    combined execution-time limit (429 ``0x80072321``), which bulk messages, each seconds long,
+    reach long before the concurrency limit: the in-flight limit is the smaller of the two."""
+    by_execution = max(1, math.floor(execution_seconds / window_seconds))
+    return RateLimit(max_calls=requests, per_seconds=window_seconds, max_concurrent=min(concurrent, by_execution))
+
+
+# Per user, per 5-minute window (api-protocols Part B): 6,000 requests, 52 at once, 1,200 s of
+# combined execution time; so 4 in flight.
+RATE_LIMIT = service_protection_limit(requests=6000, window_seconds=300.0, concurrent=52, execution_seconds=1200.0)
 
 
 class DataverseClient:

@@ -21,6 +21,11 @@ The API, small on purpose (initial sync and field backfill plug into it):
   twice only if a worker dies between its writes and its mark, which idempotent work makes
   harmless. A chunk that raises is released (``pending``, with the error) and the error re-raised,
   so the host retries it and, after ``maxDequeueCount`` (host.json), moves it to the poison queue.
+  Except a chunk a service throttled beyond its client's patience (``RateLimitedError``: 429, 606,
+  615; ``QuotaExceededError``: Marketo's daily quota): released the same way, but its message is
+  sent again for when the service asks (``Retry-After``, or ``THROTTLED_WAIT`` /
+  ``QUOTA_WAIT``) and the delivery ends well (``throttled``), so waiting for a service never uses
+  up the deliveries that send a broken chunk to the poison queue.
 - ``job_progress(store, job_id)``, ``finish_if_complete(services, job_id)`` (what the worker of the
   last chunk does; a follower calls it too, in case that worker died before it),
   ``resume_job(services, job_id, now=…)`` (enqueue again every chunk not done and not held: after
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -44,9 +50,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sync_core.core.errors import StateConflictError
+from sync_core.core.errors import QuotaExceededError, RateLimitedError, StateConflictError
 from sync_core.core.jobs import ChunkRecord, ChunkState, JobProgress, JobRecord, JobState
 from sync_core.state import StateStore
+from sync_core.state.queue import JobQueue
 from sync_core.wiring.services import Services
 
 __all__ = [
@@ -69,6 +76,8 @@ log = logging.getLogger(__name__)
 CHUNK_LEASE = timedelta(minutes=10)  # a chunk's claim; well inside functionTimeout (30 min)
 _WRITE_BATCH = 100  # chunk rows per transaction, messages sent after their rows exist
 _ERROR_CHARS = 300
+THROTTLED_WAIT = 30  # seconds before a throttled chunk's next try when the service gave no Retry-After
+QUOTA_WAIT = 3600  # the same after Marketo's daily quota ran out (it resets at midnight, US Central)
 
 RunChunk = Callable[[Services, JobRecord, ChunkRecord], Mapping[str, int]]
 Complete = Callable[[Services, JobRecord, JobProgress], None]
@@ -154,8 +163,9 @@ def process_message(
     lease: timedelta = CHUNK_LEASE,
 ) -> str:
     """Handle one chunk message: ``done``, ``duplicate`` (done already), ``deferred`` (held by a live
-    worker: sent again for when its lease ends) or ``unknown`` (no such job or chunk: dropped).
-    Raises what the chunk's work raised, after releasing the chunk."""
+    worker: sent again for when its lease ends), ``throttled`` (a service asked to wait: released and
+    sent again for then) or ``unknown`` (no such job or chunk: dropped). Raises what the chunk's
+    work raised otherwise (or when there is no queue to send it to), after releasing the chunk."""
     try:
         message = json.loads(body)
         job_id, index = str(message["job"]), int(message["chunk"])
@@ -191,6 +201,11 @@ def process_message(
         return _defer(services, current, started)
     try:
         counts = dict(_KINDS[job.kind].run_chunk(services, job, claimed))
+    except (RateLimitedError, QuotaExceededError) as err:
+        if services.queue is None:
+            _release(store, claimed, err)
+            raise
+        return _throttled(services.queue, store, claimed, err)
     except Exception as err:
         _release(store, claimed, err)
         raise
@@ -221,8 +236,20 @@ def _defer(services: Services, chunk: ChunkRecord, now: datetime) -> str:
     return "deferred"
 
 
-def _release(store: StateStore, claimed: ChunkRecord, err: Exception) -> None:
-    text = f"{type(err).__name__}: {err}"[:_ERROR_CHARS]
+def _throttled(
+    queue: JobQueue, store: StateStore, claimed: ChunkRecord, err: RateLimitedError | QuotaExceededError
+) -> str:
+    if isinstance(err, QuotaExceededError):
+        wait = QUOTA_WAIT
+    else:
+        wait = THROTTLED_WAIT if err.retry_after is None else max(1, math.ceil(err.retry_after))
+    _release(store, claimed, err, note=f"sent again in {wait} s")
+    queue.send(message_body(claimed.job_id, claimed.index), delay_seconds=wait)
+    return "throttled"
+
+
+def _release(store: StateStore, claimed: ChunkRecord, err: Exception, *, note: str = "") -> None:
+    text = f"{type(err).__name__}: {err}"[: _ERROR_CHARS - len(note) - 2] + (f"; {note}" if note else "")
     with suppress(StateConflictError):  # taken over already
         store.put_chunk(
             claimed.model_copy(update={"state": ChunkState.PENDING, "owner": None, "lease_until": None, "error": text})

@@ -31,8 +31,8 @@ pace lets the share through: counted by last start, with the clock skew and a bl
 top, three hosts' backfill ran at a third of its share), so a backfill that starts first does not
 spend its whole share in one burst and live calls arriving seconds later still find most of the
 window. A live pool
-keeps a tenth of the in-flight limit leased while it is busy (none of Marketo's 5 at share 0.5, 5
-of Dataverse's 52), and a thread of its own renews a busy pool's block before it runs out
+keeps a tenth of the in-flight limit leased while it is busy (none of Marketo's 5 at share 0.5,
+none of Dataverse's 4), and a thread of its own renews a busy pool's block before it runs out
 (``_tend``): a live call normally takes a start and a place under a lock and sends nothing to Table
 Storage. Places above that reserve go back after ``LINGER`` s unused (a webhook's second Marketo
 call finds the first one's place), a spent grant is lowered in passing with the pool's next write

@@ -16,6 +16,7 @@ import pytest
 from sync_core.core.fieldmap import DEFAULT_PATH, load_field_map
 from sync_core.core.golive import (
     CHUNKS_IN_FLIGHT,
+    DATAVERSE_IN_FLIGHT,
     JOB_CURSOR,
     PUBLISHED,
     QUEUE_PARTS_PER_INSTANCE,
@@ -36,6 +37,7 @@ from sync_core.core.golive import (
 from sync_core.core.merge import merge_record
 from sync_core.core.models import Cursor, EntityType
 from sync_core.dataverse._types import WriteOutcome
+from sync_core.dataverse.client import RATE_LIMIT as DATAVERSE_LIMIT
 from sync_core.golive.apply import ChunkWork, chunk_payload
 from sync_core.golive.snapshot import WorkItem
 from sync_core.marketo._bulk import iter_csv_rows, window_body, windows
@@ -191,6 +193,26 @@ def test_on_the_job_queue_the_apply_takes_the_background_share_and_spreads_the_r
     assert six.parts()["bound"] == "marketo"
     assert six.seconds == pytest.approx(100 * 1.9 / 2)
     assert six.parts()["chunks_in_flight"] == 6 * QUEUE_PARTS_PER_INSTANCE
+
+
+def test_on_the_job_queue_dataverses_places_are_shared_by_the_instances_not_multiplied() -> None:
+    # Dataverse's execution-time limit is 4 requests in flight per user over every instance (the
+    # shared budget's places): the queue's background half is 2, however many instances run.
+    assert DATAVERSE_IN_FLIGHT == DATAVERSE_LIMIT.max_concurrent
+    app = Share(marketo_rate_share=0.5, dataverse_parallel=8)
+    local = LocalCosts(lookup_s=0.0, write_s=0.0, cpu_s=0.0)
+    part = link_chunk_cost(1000, 1000, batch_size=1000)  # one UpdateMultiple of 1,000: 30.07 s
+
+    def on(instances: int) -> ApplyTime:
+        time = queue_time(app, background_share=0.5, instances=instances, local=local)
+        for _ in range(12):
+            time.add(part)
+        return time
+
+    for instances in (1, 3, 6):
+        time = on(instances)
+        assert time.parts()["bound"] == "dataverse"
+        assert time.seconds == pytest.approx(12 * 30.07 / 2)
 
 
 def test_the_queue_parts_per_instance_are_host_json_batch_size() -> None:

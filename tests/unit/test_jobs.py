@@ -1,6 +1,7 @@
 """The chunked-job layer (sync_core.jobs) over the memory store and queue: every chunk is marked
 done exactly once whatever the deliveries, a dead worker's chunk is taken over after its lease, a
-failing chunk is released with its error, and the job completes once."""
+failing chunk is released with its error, a throttled one waits for the service instead of
+spending its deliveries, and the job completes once."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sync_core import jobs
+from sync_core.core.errors import QuotaExceededError, RateLimitedError
 from sync_core.core.jobs import ChunkRecord, ChunkState, JobRecord, JobState
 from sync_core.jobs import JobKind, JobProgress
 from sync_core.settings import Settings
@@ -34,9 +36,13 @@ class Recorder:
         self.runs: list[int] = []
         self.completions: list[str] = []
         self.fail_on: set[int] = set()
+        self.throttle: Exception | None = None  # raised once, by the next chunk run
 
     def run_chunk(self, services: Services, job: JobRecord, chunk: ChunkRecord) -> Mapping[str, int]:
         self.runs.append(chunk.index)
+        if self.throttle is not None:
+            err, self.throttle = self.throttle, None
+            raise err
         if chunk.index in self.fail_on:
             raise RuntimeError("the service said no")
         return {"records": len(chunk.payload["ids"])}
@@ -164,3 +170,64 @@ def test_a_job_without_chunks_is_done_at_once(services: Services, recorder: Reco
     job = jobs.start_job(services, KIND, {}, [])
     assert job.state is JobState.DONE
     assert recorder.completions == [job.id]
+
+
+class QueueClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("throttle", "wait"),
+    [
+        (RateLimitedError("dataverse: 429 0x80072321", service="dataverse", retry_after=41.2), 42),
+        (RateLimitedError("marketo: 606", service="marketo"), jobs.THROTTLED_WAIT),
+        (QuotaExceededError("marketo: 607 daily quota reached", service="marketo"), jobs.QUOTA_WAIT),
+    ],
+)
+def test_a_throttled_chunk_is_sent_again_for_when_the_service_asks_without_spending_a_delivery(
+    recorder: Recorder, throttle: Exception, wait: int
+) -> None:
+    clock = QueueClock()
+    queue = MemoryJobQueue(clock=clock)
+    services = build_services(Settings.from_env(ENV), store=MemoryStateStore(), queue=queue)
+    job = jobs.start_job(services, KIND, {}, [{"ids": [1, 2]}])
+    recorder.throttle = throttle
+    [message] = queue.receive(max_messages=1, visibility_timeout=10)
+    # The delivery ends well (the host deletes its message: no step towards the poison queue) ...
+    assert jobs.process_message(services, message.body, owner="w1") == "throttled"
+    queue.delete(message)
+    released = services.store.get_chunk(job.id, 0)
+    assert released is not None
+    assert released.state is ChunkState.PENDING
+    assert released.error is not None
+    assert released.error.endswith(f"sent again in {wait} s")
+    assert type(throttle).__name__ in released.error
+    # ... and a new message waits for the service's time.
+    assert len(queue) == 1
+    clock.now = wait - 0.5
+    assert queue.receive(max_messages=1, visibility_timeout=10) == []
+    clock.now = wait
+    assert drain(services) == ["done"]
+    assert recorder.runs == [0, 0]
+    assert queue.poison_count() == 0
+    final = jobs.job_progress(services.store, job.id)
+    assert final is not None
+    assert final.job.state is JobState.DONE
+    assert final.errors == []
+
+
+def test_without_a_queue_a_throttled_chunk_is_released_and_the_error_raised(recorder: Recorder) -> None:
+    local = build_services(Settings.from_env(ENV), store=MemoryStateStore())
+    assert local.queue is None
+    job = jobs.start_job(local, KIND, {}, [{"ids": [1]}], enqueue=False)
+    recorder.throttle = RateLimitedError("dataverse: 429", service="dataverse", retry_after=3.0)
+    with pytest.raises(RateLimitedError):
+        jobs.process_message(local, jobs.message_body(job.id, 0), owner="inline")
+    released = local.store.get_chunk(job.id, 0)
+    assert released is not None
+    assert released.state is ChunkState.PENDING
+    assert "RateLimitedError" in (released.error or "")
