@@ -2,7 +2,9 @@
 the next persons are looked up and merged and the batch before is recorded. What must hold: the
 cycle writes what it wrote batch by batch (the same values, baselines and calls); a failure while
 a batch is in flight still records that batch, moves no cursor and sends nothing more; a batch
-whose writes failed is not recorded and no later batch is sent; the next cycle writes nothing twice.
+whose writes failed is not recorded (but for the records of its messages that were answered) and
+no later batch is sent; a batch's records are recorded as their messages are answered, while its
+other messages are in flight; the next cycle writes nothing twice.
 
 The worlds use a Dataverse batch size of 2 (one bulk message in flight: the fake gives no dop
 hint), so a handful of persons makes several batches."""
