@@ -844,10 +844,12 @@ class LinkedWrites:
     in flight leave room for its own (at most ``messages`` at once across batches: the Dataverse
     parallelism; a batch alone may take more, each of its calls then waits for a place as
     ``update_tables`` does), starts its writes, then records the batches that finished; leaving
-    the ``with`` records the rest. Marketo's calls keep their own limit (the rate budget). While
-    it waits for a batch, the records of its bulk messages already answered are recorded (once its
-    Marketo writes are done: ``Applier._record_written``), so their Table writes overlap the
-    messages still in flight; the rest of the batch is recorded once all its writes are done.
+    the ``with`` records the rest. Marketo's calls keep their own limit (the rate budget). Leaving
+    the ``with`` (``close``), while it waits for a batch, the records of its bulk messages already
+    answered are recorded (once its Marketo writes are done: ``Applier._record_written``), so their
+    Table writes overlap the messages still in flight; the rest of the batch is recorded once all
+    its writes are done. (``add`` does not: there, the batch waited for is recorded after the next
+    one is sent, which nothing should delay.)
 
     Only for batches of distinct persons that the batches before cannot change (the persons step:
     each person once, a link written only by its own batch); a Dataverse page is not (a
@@ -873,9 +875,9 @@ class LinkedWrites:
         done: list[_Sent] = []
         try:
             while self._in_flight and sum(max(1, s.batch.messages) for s in self._in_flight) + need > self._limit:
-                sent = self._in_flight[0]
-                self._await(sent)
-                sent.outcomes()  # a failure is raised here: this batch is not sent
+                # Not recorded while waiting for room: the next batch goes as soon as it has room,
+                # and the batches done are recorded while it is in flight (below).
+                self._in_flight[0].outcomes()  # a failure is raised here: this batch is not sent
                 done.append(self._in_flight.popleft())
         except BaseException:
             self._failed(self._in_flight.popleft())

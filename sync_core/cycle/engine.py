@@ -19,8 +19,8 @@ status view). The order is what makes it safe:
    persons (``Applier.accounts_changed``, one way);
 4. the persons whose Marketo changes no Dataverse page took, in batches of the Dataverse batch
    size times its parallelism per entity, written as a pipeline (``LinkedWrites``: a batch's writes
-   in flight while the next persons are looked up and the last batch is recorded, and a batch's
-   records recorded as their bulk messages are answered, while its other messages are in flight;
+   in flight while the next persons are looked up and the last batch is recorded; at the end, a
+   batch's records recorded as their bulk messages are answered, while its others are in flight;
    the first batch's links looked up ahead, while the last Dataverse table's last page is applied:
    ``_read_persons_ahead``); then the failures due for a retry;
 5. only then the Marketo paging tokens are stored.
