@@ -274,8 +274,13 @@ class Applier:
         take: Take,
         *,
         ahead: Mapping[str, Link] | None = None,
+        hold: bool = False,
     ) -> None:
         """One page of a table's delta: its deletions, then its rows merged (linked) or linked.
+
+        ``hold``: the page's linked records are recorded held (``Ledger.hold``: the engine writes
+        them while the persons step's first messages are in flight), when they are the page's last
+        work (no unlinked rows, whose linking reads links after them).
 
         ``ahead``: rows' links as ``page_links`` read them earlier, less those a write of this cycle
         may have changed since (the engine's read ahead). Only the links it holds are taken from
@@ -301,6 +306,8 @@ class Applier:
         linked = [(links[i], row) for i, row in by_id.items() if i in links]
         unlinked = [row for i, row in by_id.items() if i not in links]
         staged = take([link.marketo_id for link, _ in linked])
+        if hold and not unlinked:
+            self.ledger.hold()
         self.sync_linked([Pending(link, marketo=staged.get(link.marketo_id), dynamics=row) for link, row in linked])
         if unlinked:
             self._new.link_new(entity, unlinked, take)

@@ -373,6 +373,7 @@ class _Cycle:
         self.carried = carry.Carry()  # what the last cut tick left, as loaded at the start
         self.resume: dict[str, carry.Resume] = {}  # where this tick leaves the table it was cut in
         self._stage: Stage | None = None
+        self._held_commits: list[tuple[Cursor | None, str, str | None]] = []  # cursors after held records
         self._ahead: _ReadAhead | None = None  # a table's first page, read while the cycle did something else
         self._persons_ahead: _PersonsAhead | None = None  # the persons step's first links, read likewise
 
@@ -417,6 +418,11 @@ class _Cycle:
             try:
                 self._steps(stage)
             finally:
+                if self.applier.ledger.holding:  # the cycle failed: what it holds went through its API writes
+                    try:
+                        self.applier.ledger.flush()
+                    except Exception:  # the cycle's own failure is the one to raise
+                        log.warning("cycle %s: the held records were not all written", self.run_id)
                 self._drop_ahead()
                 self._drop_persons_ahead()
                 # What is left for later: staged changes not applied (the cycle ended early) and
@@ -481,11 +487,13 @@ class _Cycle:
         else:
             unfinished.append(oneway.ACCOUNT.logical_name)
         if deletes_token is not None and self.cut is None:
+            self._release()  # the deletes look links up
             for ids in stage.deleted_ids(engine._options.dataverse_batch_size):
                 applier.marketo_deleted(ids)
                 self.keep_lease()
         if self.cut is None:
             self._sync_marketo_rest(stage)
+        self._release()
         self._drop_persons_ahead()  # used or not (the budget cut the cycle before), its watch ends
         retries_left = False
         due = store.due_failures(now=self.started, limit=engine._options.max_retries)
@@ -513,9 +521,21 @@ class _Cycle:
             return
         prune_state(store, now=self.started)  # retention, in bounded work (privacy.prune)
 
+    def _release(self) -> None:
+        """Write the records the ledger holds (``Ledger.hold``: the last Dataverse page's), then the
+        cursors that waited for them."""
+        self.applier.ledger.flush()
+        commits, self._held_commits = self._held_commits, []
+        for cursor, name, value in commits:
+            self._commit(cursor, name, value)
+
     def _commit(self, cursor: Cursor | None, name: str, value: str | None) -> None:
-        """Store a cursor (ETag-conditional: a concurrent writer makes this cycle stop)."""
+        """Store a cursor (ETag-conditional: a concurrent writer makes this cycle stop); while the
+        ledger holds records, after them (``_release``)."""
         if value is None or (cursor is not None and cursor.value == value):
+            return
+        if self.applier.ledger.holding:
+            self._held_commits.append((cursor, name, value))
             return
         self.keep_lease()
         store = self.engine._store
@@ -591,7 +611,10 @@ class _Cycle:
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
                     if full_reread:
                         stage.add_seen(entity.value, (row_id(entity, row) for row in page.rows))
-                    applier.dynamics_page(entity, page.rows, page.deleted_ids, self.take, ahead=ahead)
+                    # The last table's last page is recorded while the persons step's first messages
+                    # are in flight (``_release``), unless a check of the whole table reads links after it.
+                    hold = page.delta_link is not None and entity is ENTITY_ORDER[-1] and not full_reread
+                    applier.dynamics_page(entity, page.rows, page.deleted_ids, self.take, ahead=ahead, hold=hold)
                     done += len(page.rows) + len(page.deleted_ids)
                     self.engine._progress(f"dataverse {ENTITY_SETS[entity]}", done, None)
                     self.keep_lease()
@@ -638,6 +661,8 @@ class _Cycle:
                     formatted=True,
                 ):
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
+                    if page.rows:
+                        self._release()  # the accounts' contacts' links are looked up
                     applier.accounts_changed(page.rows, page.deleted_ids, self.take)
                     done += len(page.rows) + len(page.deleted_ids)
                     self.engine._progress("dataverse accounts", done, None)
@@ -765,12 +790,13 @@ class _Cycle:
         self._drop(ahead)
 
     def _person_links(self, ids: Sequence[int]) -> dict[int, Link]:
-        """The links of these persons: those read ahead and still current, the others looked up."""
+        """The links of these persons: those read ahead and still current, the others looked up
+        (after the records the ledger holds, when those write any of their links)."""
         ahead = self._persons_ahead
-        if ahead is None:
-            return self.engine._store.get_links_by_marketo_ids(ids)
-        links, again = ahead.links(ids)
+        links, again = ({}, list(ids)) if ahead is None else ahead.links(ids)
         if again:
+            if self.applier.ledger.touches(again):
+                self._release()
             links.update(self.engine._store.get_links_by_marketo_ids(again))
         return links
 
@@ -830,16 +856,19 @@ class _Cycle:
                     # Admitted persons are linked to free Dynamics records: the batch in flight may
                     # free one (a person found gone), so it is recorded first.
                     writes.close()
+                    self._release()
                     applier.unlinked_persons(unlinked)
                 for entity, items in buffers.items():
                     if len(items) >= flush_at:
                         writes.add(items)
                         buffers[entity] = []
+                        self._release()  # the last page's records, while this batch is in flight
                 done += len(ids)
                 engine._progress("marketo persons", done, total)
                 self.keep_lease()
             # The rest of both tables in one batch: their bulk messages share the places.
             writes.add([item for items in buffers.values() for item in items])
+            self._release()  # the last page's records, while this batch is in flight
 
 
 # -- entry points: the timer function and ``python -m sync_core run-once`` ---------------------
