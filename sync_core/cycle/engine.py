@@ -12,7 +12,9 @@ status view). The order is what makes it safe:
    ahead: the contacts' during step 2, the leads' while the contacts' last page is applied;
    ``_read_ahead``): the page's linked records are merged
    with their staged Marketo changes, new records are linked or get a person, deletions flag
-   and unlink; the table's delta link is stored once all its pages are done. A read without a
+   and unlink; the table's delta link is stored once all its pages are done (the last table's
+   last page's record is held, ``Ledger.hold``, and written while the persons step's first batch
+   is in flight, ``_release``, the delta links after it). A read without a
    delta token (the first one, or after the token expired) is a full read of that table, merged
    the same way, and a check of which linked records it no longer returns (deleted meanwhile);
    then the accounts' delta, whose changed accounts' company fields go to their linked contacts'
@@ -418,7 +420,9 @@ class _Cycle:
             try:
                 self._steps(stage)
             finally:
-                if self.applier.ledger.holding:  # the cycle failed: what it holds went through its API writes
+                # The cycle failed with records held: their API writes went through, so they are
+                # written (unless another cycle has the lease now: it repeats this window anyway).
+                if self.applier.ledger.holding and not self.heartbeat.lost:
                     try:
                         self.applier.ledger.flush()
                     except Exception:  # the cycle's own failure is the one to raise
