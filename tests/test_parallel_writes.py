@@ -165,7 +165,11 @@ def test_two_tables_share_the_places_with_the_full_messages_first() -> None:
         client.update_multiple("lead", _rows(1))  # the first answer brings the hint
         fake.calls.clear()
         fake.peak = 0
-        leads_out, contacts_out = client.update_tables([("lead", _rows(25)), ("contact", contacts)])
+        answered: list[tuple[int, list[int]]] = []
+        leads_out, contacts_out = client.update_tables(
+            [("lead", _rows(25)), ("contact", contacts)],
+            on_written=lambda table, outcomes: answered.append((table, [o.index for o in outcomes if o.ok])),
+        )
 
     assert [o.index for o in leads_out] == list(range(25))
     assert all(o.ok for o in leads_out)
@@ -178,3 +182,6 @@ def test_two_tables_share_the_places_with_the_full_messages_first() -> None:
     )
     assert fake.peak == 4  # across both tables, within the hint
     assert [size for _, size in sizes[:4]] == [10, 10, 10, 10]  # the full messages went first
+    # Each message's outcomes were handed over as it was answered (table position, input indexes).
+    chunks = [(0, list(range(s, min(s + 10, 25)))) for s in (0, 10, 20)]
+    assert sorted(answered) == sorted([*chunks, *((1, indexes) for _, indexes in chunks)])

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import queue
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +56,7 @@ from sync_core.cycle.ledger import Batch, Ledger, OpenFailures, Pending, Tally, 
 from sync_core.cycle.newrecords import NewRecords
 from sync_core.cycle.oneway import OneWayValues
 from sync_core.dataverse.client import DataverseClient, WriteOutcome
+from sync_core.marketo.activity import SyncFailure
 from sync_core.marketo.client import LeadOutcome, LeadWriteResult, MarketoClient
 from sync_core.settings import DynamicsDeletePolicy, MarketoDeletePolicy
 from sync_core.state import StateStore
@@ -271,8 +274,13 @@ class Applier:
         take: Take,
         *,
         ahead: Mapping[str, Link] | None = None,
+        hold: bool = False,
     ) -> None:
         """One page of a table's delta: its deletions, then its rows merged (linked) or linked.
+
+        ``hold``: the page's linked records are recorded held (``Ledger.hold``: the engine writes
+        them while the persons step's first messages are in flight), when they are the page's last
+        work (no unlinked rows, whose linking reads links after them).
 
         ``ahead``: rows' links as ``page_links`` read them earlier, less those a write of this cycle
         may have changed since (the engine's read ahead). Only the links it holds are taken from
@@ -298,6 +306,8 @@ class Applier:
         linked = [(links[i], row) for i, row in by_id.items() if i in links]
         unlinked = [row for i, row in by_id.items() if i not in links]
         staged = take([link.marketo_id for link, _ in linked])
+        if hold and not unlinked:
+            self.ledger.hold()
         self.sync_linked([Pending(link, marketo=staged.get(link.marketo_id), dynamics=row) for link, row in linked])
         if unlinked:
             self._new.link_new(entity, unlinked, take)
@@ -346,30 +356,86 @@ class Applier:
             planned.append((item, merge, record_plan))
         writes: dict[EntityType, int] = {}
         for item, _, record_plan in planned:
-            if record_plan.dynamics and not record_plan.dynamics_problems:
+            if _writes_dynamics(record_plan):
                 writes[item.link.entity] = writes.get(item.link.entity, 0) + 1
         size = self.dataverse.batch_size
         return _Planned(planned, out, sum(-(-count // size) for count in writes.values()))
 
     def _send_linked(self, batch: _Planned) -> _Sent:
         """Start the batch's writes, both sides at once, on threads of their own; returns at once."""
-        # The two sides' writes are independent: a failure of either ends the batch unrecorded, and
-        # the repeat merges to the same values, writing nothing twice.
+        # The two sides' writes are independent: a failure of either ends the batch's recording (the
+        # records whose writes both went through may have been recorded already: ``_record_written``),
+        # and the repeat merges to the same values, writing nothing twice.
+        written: queue.SimpleQueue[dict[int, WriteOutcome]] = queue.SimpleQueue()
+        news = threading.Event()
+
+        def on_written(outcomes: dict[int, WriteOutcome]) -> None:
+            written.put(outcomes)
+            news.set()
+
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="linked-write")
         try:
-            dynamics = pool.submit(contextvars.copy_context().run, self._write_dynamics, batch.planned)
+            dynamics = pool.submit(contextvars.copy_context().run, self._write_dynamics, batch.planned, on_written)
             marketo = pool.submit(contextvars.copy_context().run, self._write_marketo, batch.planned)
         finally:
             pool.shutdown(wait=False)
-        return _Sent(batch, dynamics, marketo)
+        for side in (dynamics, marketo):
+            side.add_done_callback(lambda _: news.set())
+        return _Sent(batch, dynamics, marketo, written, news)
+
+    def _record_written(self, sent: _Sent) -> None:
+        """While a batch is in flight: record its records whose writes are done on both sides (its
+        Marketo writes, and the bulk message that carried its Dynamics write, if any), so that their
+        Table writes overlap the messages still in flight. Nothing before the Marketo side has
+        ended well (its calls answer for all the batch's records at once)."""
+        if not sent.marketo.done() or sent.marketo.exception() is not None:
+            return
+        d_outcomes = sent.written()
+        ready = [
+            position
+            for position, (_, _, record_plan) in enumerate(sent.batch.planned)
+            if position not in sent.recorded and (position in d_outcomes or not _writes_dynamics(record_plan))
+        ]
+        if ready:
+            self._record_settled(sent, ready, d_outcomes, sent.marketo.result(), Batch())
 
     def _finish_linked(self, sent: _Sent) -> None:
         """The second half: the writes' outcomes settled into baselines, failures and collisions,
-        then recorded (``Ledger.record``)."""
+        then recorded (``Ledger.record``), with what the plan found (``_Planned.out``) and the
+        activity-log lines of the records recorded while the batch was in flight."""
         d_outcomes, m_results = sent.outcomes()
-        out = sent.batch.out
-        for position, (item, merge, record_plan) in enumerate(sent.batch.planned):
+        rest = [position for position in range(len(sent.batch.planned)) if position not in sent.recorded]
+        self._record_settled(sent, rest, d_outcomes, m_results, sent.batch.out, last=True)
+
+    def _record_failed(self, sent: _Sent) -> None:
+        """A batch whose writes failed: the records whose writes went through on both sides are
+        recorded (with the activity-log lines of those recorded before), the others are not."""
+        self._record_written(sent)
+        if sent.activities:
+            self._record_settled(sent, [], {}, {}, Batch(), last=True)
+
+    def _record_settled(
+        self,
+        sent: _Sent,
+        positions: Sequence[int],
+        d_outcomes: Mapping[int, WriteOutcome],
+        m_results: Mapping[int, LeadWriteResult],
+        out: Batch,
+        *,
+        last: bool = False,
+    ) -> None:
+        """These records of a batch settled into ``out`` and recorded. The activity-log lines wait
+        for the batch's ``last`` record (one Marketo call for the batch, as before)."""
+        planned = sent.batch.planned
+        for position in positions:
+            item, merge, record_plan = planned[position]
             self._settle(item, merge, record_plan, d_outcomes.get(position), m_results.get(position), out)
+            sent.recorded.add(position)
+        if last:
+            out.activities[:0], sent.activities = sent.activities, []
+        else:
+            sent.activities += out.activities
+            out.activities = []
         self.ledger.record(out)
 
     def _complete(self, items: Sequence[Pending], out: Batch) -> list[Pending]:
@@ -509,18 +575,31 @@ class Applier:
         self.tally.account_contacts += len(items)
         self.sync_linked(items)
 
-    def _write_dynamics(self, planned: Sequence[tuple[Pending, Merge, Plan]]) -> dict[int, WriteOutcome]:
+    def _write_dynamics(
+        self,
+        planned: Sequence[tuple[Pending, Merge, Plan]],
+        on_written: Callable[[dict[int, WriteOutcome]], None] | None = None,
+    ) -> dict[int, WriteOutcome]:
+        """The batch's Dynamics writes; ``on_written`` gets each bulk message's outcomes (by position
+        in ``planned``) as it is answered."""
         by_entity: dict[EntityType, list[tuple[int, dict[str, Any]]]] = {}
         for position, (item, _, record_plan) in enumerate(planned):
-            if record_plan.dynamics and not record_plan.dynamics_problems:
+            if _writes_dynamics(record_plan):
                 row = {PRIMARY_IDS[item.link.entity]: item.link.dataverse_id, **record_plan.dynamics}
                 by_entity.setdefault(item.link.entity, []).append((position, row))
         outcomes: dict[int, WriteOutcome] = {}
         if not by_entity:
             return outcomes
+        tables = list(by_entity.values())
+
+        def written(table: int, answered: Sequence[WriteOutcome]) -> None:
+            if on_written is not None:
+                on_written({tables[table][outcome.index][0]: outcome for outcome in answered})
+
         # Leads and contacts share the bulk messages' places (not one table after the other).
         answers = self.dataverse.update_tables(
-            [(self.metadata[entity], [row for _, row in rows]) for entity, rows in by_entity.items()]
+            [(self.metadata[entity], [row for _, row in rows]) for entity, rows in by_entity.items()],
+            on_written=written,
         )
         for rows, results in zip(by_entity.values(), answers, strict=True):
             for (position, _), outcome in zip(rows, results, strict=True):
@@ -729,11 +808,34 @@ class _Planned:
 
 @dataclass
 class _Sent:
-    """A batch whose writes are in flight."""
+    """A batch whose writes are in flight: both sides' futures, the Dynamics outcomes of each bulk
+    message as it is answered (``written``), an event set on each answer and when a side ends, and
+    the records recorded so far (``Applier._record_written``)."""
 
     batch: _Planned
     dynamics: Future[dict[int, WriteOutcome]]
     marketo: Future[dict[int, LeadWriteResult]]
+    _answers: queue.SimpleQueue[dict[int, WriteOutcome]]
+    _news: threading.Event
+    _written: dict[int, WriteOutcome] = field(default_factory=dict)
+    recorded: set[int] = field(default_factory=set)  # positions in ``batch.planned``
+    activities: list[SyncFailure] = field(default_factory=list)  # activity-log lines kept for the last record
+
+    def done(self) -> bool:
+        return self.dynamics.done() and self.marketo.done()
+
+    def wait(self) -> None:
+        """Until a bulk message is answered or a side ends since the last ``wait`` (at once if one was)."""
+        self._news.wait()
+        self._news.clear()  # what came before is seen by the caller's next look (it follows this)
+
+    def written(self) -> dict[int, WriteOutcome]:
+        """The Dynamics outcomes answered so far, by position in ``batch.planned``."""
+        while True:
+            try:
+                self._written.update(self._answers.get_nowait())
+            except queue.Empty:
+                return self._written
 
     def outcomes(self) -> tuple[dict[int, WriteOutcome], dict[int, LeadWriteResult]]:
         """Both sides' outcomes, once both are done; a side's failure is raised (Dynamics' first)."""
@@ -749,17 +851,23 @@ class LinkedWrites:
     in flight leave room for its own (at most ``messages`` at once across batches: the Dataverse
     parallelism; a batch alone may take more, each of its calls then waits for a place as
     ``update_tables`` does), starts its writes, then records the batches that finished; leaving
-    the ``with`` records the rest. Marketo's calls keep their own limit (the rate budget).
+    the ``with`` records the rest. Marketo's calls keep their own limit (the rate budget). Leaving
+    the ``with`` (``close``), while it waits for a batch, the records of its bulk messages already
+    answered are recorded (once its Marketo writes are done: ``Applier._record_written``), so their
+    Table writes overlap the messages still in flight; the rest of the batch is recorded once all
+    its writes are done. (``add`` does not: there, the batch waited for is recorded after the next
+    one is sent, which nothing should delay.)
 
     Only for batches of distinct persons that the batches before cannot change (the persons step:
     each person once, a link written only by its own batch); a Dataverse page is not (a
     qualification or a match of one page changes the links the next one looks up), so there a
     batch is recorded before the next is looked up (``Applier.sync_linked``). Within a batch the
-    order does not change (its Table writes follow its API writes; the cursors all of them). When
-    a batch's writes fail, no batch is sent after it; the batches in flight are waited for and
-    those whose writes went through are recorded (as they would have been one after the other),
-    then the failure is raised. When the caller fails between two batches, the batches in flight
-    are recorded the same way before its failure goes on."""
+    order does not change (a record's Table writes follow its API writes; the cursors all of
+    them). When a batch's writes fail, no batch is sent after it; the batches in flight are waited
+    for and those whose writes went through are recorded (as they would have been one after the
+    other), and of the failed batch the records whose writes went through (their bulk message was
+    answered, and its Marketo writes ended), then the failure is raised. When the caller fails
+    between two batches, the batches in flight are recorded the same way before its failure goes on."""
 
     def __init__(self, applier: Applier, *, messages: int = 1) -> None:
         self._applier = applier
@@ -774,11 +882,12 @@ class LinkedWrites:
         done: list[_Sent] = []
         try:
             while self._in_flight and sum(max(1, s.batch.messages) for s in self._in_flight) + need > self._limit:
-                sent = self._in_flight[0]
-                sent.outcomes()  # a failure is raised here: this batch is not sent
+                # Not recorded while waiting for room: the next batch goes as soon as it has room,
+                # and the batches done are recorded while it is in flight (below).
+                self._in_flight[0].outcomes()  # a failure is raised here: this batch is not sent
                 done.append(self._in_flight.popleft())
         except BaseException:
-            self._in_flight.popleft()  # failed: not recorded
+            self._failed(self._in_flight.popleft())
             self._record_after_failure(done)
             raise
         self._in_flight.append(self._applier._send_linked(batch))
@@ -790,20 +899,37 @@ class LinkedWrites:
         while self._in_flight:
             sent = self._in_flight[0]
             try:
+                self._await(sent)
                 sent.outcomes()
             except BaseException:
-                self._in_flight.popleft()
+                self._failed(self._in_flight.popleft())
                 self._record_after_failure([])
                 raise
             self._applier._finish_linked(self._in_flight.popleft())
 
+    def _await(self, sent: _Sent) -> None:
+        """Wait until both sides of a batch's writes have ended, recording its records as their
+        writes are answered."""
+        while not sent.done():
+            sent.wait()
+            self._applier._record_written(sent)
+
+    def _failed(self, sent: _Sent) -> None:
+        """A batch whose writes failed: only its records whose writes went through are recorded."""
+        try:
+            self._applier._record_failed(sent)
+        except Exception:  # the writes' failure is the one to raise
+            log.warning("cycle %s: the records written before a failure were not all recorded", self._applier._run_id)
+
     def _record_after_failure(self, done: list[_Sent]) -> None:
-        """After a failure: the batches whose writes went through are recorded, the others not."""
+        """After a failure: the batches whose writes went through are recorded; of those whose
+        writes failed, the records whose writes went through (``_failed``)."""
         rest, self._in_flight = [*done, *self._in_flight], deque()
         for sent in rest:
             try:
                 sent.outcomes()
-            except Exception:  # noqa: S112 - its writes failed too: not recorded
+            except Exception:  # its writes failed too: only what went through is recorded
+                self._failed(sent)
                 continue
             self._applier._finish_linked(sent)
 
@@ -854,3 +980,8 @@ def marketo_refusal(result: LeadWriteResult) -> tuple[list[str], str | None]:
     """The reasons and code a failure records for a person write Marketo refused."""
     reasons = [f"Marketo: {r.message}" + (f" ({r.code})" if r.code else "") for r in result.reasons]
     return reasons or ["Marketo skipped the update"], result.outcome.value
+
+
+def _writes_dynamics(record_plan: Plan) -> bool:
+    """Whether a planned record has a Dynamics write (one row of a bulk message)."""
+    return bool(record_plan.dynamics) and not record_plan.dynamics_problems

@@ -12,15 +12,18 @@ status view). The order is what makes it safe:
    ahead: the contacts' during step 2, the leads' while the contacts' last page is applied;
    ``_read_ahead``): the page's linked records are merged
    with their staged Marketo changes, new records are linked or get a person, deletions flag
-   and unlink; the table's delta link is stored once all its pages are done. A read without a
+   and unlink; the table's delta link is stored once all its pages are done (the last table's
+   last page's record is held, ``Ledger.hold``, and written while the persons step's first batch
+   is in flight, ``_release``, the delta links after it). A read without a
    delta token (the first one, or after the token expired) is a full read of that table, merged
    the same way, and a check of which linked records it no longer returns (deleted meanwhile);
    then the accounts' delta, whose changed accounts' company fields go to their linked contacts'
    persons (``Applier.accounts_changed``, one way);
 4. the persons whose Marketo changes no Dataverse page took, in batches of the Dataverse batch
    size times its parallelism per entity, written as a pipeline (``LinkedWrites``: a batch's writes
-   in flight while the next persons are looked up and the last batch is recorded; the first
-   batch's links looked up ahead, while the last Dataverse table's last page is applied:
+   in flight while the next persons are looked up and the last batch is recorded; at the end, a
+   batch's records recorded as their bulk messages are answered, while its others are in flight;
+   the first batch's links looked up ahead, while the last Dataverse table's last page is applied:
    ``_read_persons_ahead``); then the failures due for a retry;
 5. only then the Marketo paging tokens are stored.
 
@@ -372,6 +375,7 @@ class _Cycle:
         self.carried = carry.Carry()  # what the last cut tick left, as loaded at the start
         self.resume: dict[str, carry.Resume] = {}  # where this tick leaves the table it was cut in
         self._stage: Stage | None = None
+        self._held_commits: list[tuple[Cursor | None, str, str | None]] = []  # cursors after held records
         self._ahead: _ReadAhead | None = None  # a table's first page, read while the cycle did something else
         self._persons_ahead: _PersonsAhead | None = None  # the persons step's first links, read likewise
 
@@ -416,6 +420,13 @@ class _Cycle:
             try:
                 self._steps(stage)
             finally:
+                # The cycle failed with records held: their API writes went through, so they are
+                # written (unless another cycle has the lease now: it repeats this window anyway).
+                if self.applier.ledger.holding and not self.heartbeat.lost:
+                    try:
+                        self.applier.ledger.flush()
+                    except Exception:  # the cycle's own failure is the one to raise
+                        log.warning("cycle %s: the held records were not all written", self.run_id)
                 self._drop_ahead()
                 self._drop_persons_ahead()
                 # What is left for later: staged changes not applied (the cycle ended early) and
@@ -480,11 +491,13 @@ class _Cycle:
         else:
             unfinished.append(oneway.ACCOUNT.logical_name)
         if deletes_token is not None and self.cut is None:
+            self._release()  # the deletes look links up
             for ids in stage.deleted_ids(engine._options.dataverse_batch_size):
                 applier.marketo_deleted(ids)
                 self.keep_lease()
         if self.cut is None:
             self._sync_marketo_rest(stage)
+        self._release()
         self._drop_persons_ahead()  # used or not (the budget cut the cycle before), its watch ends
         retries_left = False
         due = store.due_failures(now=self.started, limit=engine._options.max_retries)
@@ -512,9 +525,21 @@ class _Cycle:
             return
         prune_state(store, now=self.started)  # retention, in bounded work (privacy.prune)
 
+    def _release(self) -> None:
+        """Write the records the ledger holds (``Ledger.hold``: the last Dataverse page's), then the
+        cursors that waited for them."""
+        self.applier.ledger.flush()
+        commits, self._held_commits = self._held_commits, []
+        for cursor, name, value in commits:
+            self._commit(cursor, name, value)
+
     def _commit(self, cursor: Cursor | None, name: str, value: str | None) -> None:
-        """Store a cursor (ETag-conditional: a concurrent writer makes this cycle stop)."""
+        """Store a cursor (ETag-conditional: a concurrent writer makes this cycle stop); while the
+        ledger holds records, after them (``_release``)."""
         if value is None or (cursor is not None and cursor.value == value):
+            return
+        if self.applier.ledger.holding:
+            self._held_commits.append((cursor, name, value))
             return
         self.keep_lease()
         store = self.engine._store
@@ -590,7 +615,10 @@ class _Cycle:
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
                     if full_reread:
                         stage.add_seen(entity.value, (row_id(entity, row) for row in page.rows))
-                    applier.dynamics_page(entity, page.rows, page.deleted_ids, self.take, ahead=ahead)
+                    # The last table's last page is recorded while the persons step's first messages
+                    # are in flight (``_release``), unless a check of the whole table reads links after it.
+                    hold = page.delta_link is not None and entity is ENTITY_ORDER[-1] and not full_reread
+                    applier.dynamics_page(entity, page.rows, page.deleted_ids, self.take, ahead=ahead, hold=hold)
                     done += len(page.rows) + len(page.deleted_ids)
                     self.engine._progress(f"dataverse {ENTITY_SETS[entity]}", done, None)
                     self.keep_lease()
@@ -637,6 +665,8 @@ class _Cycle:
                     formatted=True,
                 ):
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
+                    if page.rows:
+                        self._release()  # the accounts' contacts' links are looked up
                     applier.accounts_changed(page.rows, page.deleted_ids, self.take)
                     done += len(page.rows) + len(page.deleted_ids)
                     self.engine._progress("dataverse accounts", done, None)
@@ -764,12 +794,13 @@ class _Cycle:
         self._drop(ahead)
 
     def _person_links(self, ids: Sequence[int]) -> dict[int, Link]:
-        """The links of these persons: those read ahead and still current, the others looked up."""
+        """The links of these persons: those read ahead and still current, the others looked up
+        (after the records the ledger holds, when those write any of their links)."""
         ahead = self._persons_ahead
-        if ahead is None:
-            return self.engine._store.get_links_by_marketo_ids(ids)
-        links, again = ahead.links(ids)
+        links, again = ({}, list(ids)) if ahead is None else ahead.links(ids)
         if again:
+            if self.applier.ledger.touches(again):
+                self._release()
             links.update(self.engine._store.get_links_by_marketo_ids(again))
         return links
 
@@ -829,16 +860,19 @@ class _Cycle:
                     # Admitted persons are linked to free Dynamics records: the batch in flight may
                     # free one (a person found gone), so it is recorded first.
                     writes.close()
+                    self._release()
                     applier.unlinked_persons(unlinked)
                 for entity, items in buffers.items():
                     if len(items) >= flush_at:
                         writes.add(items)
                         buffers[entity] = []
+                        self._release()  # the last page's records, while this batch is in flight
                 done += len(ids)
                 engine._progress("marketo persons", done, total)
                 self.keep_lease()
             # The rest of both tables in one batch: their bulk messages share the places.
             writes.add([item for items in buffers.values() for item in items])
+            self._release()  # the last page's records, while this batch is in flight
 
 
 # -- entry points: the timer function and ``python -m sync_core run-once`` ---------------------

@@ -190,6 +190,8 @@ class Ledger:
         self._run_id = run_id
         self._now = now
         self._watches: list[LinkWatch] = []
+        self._holding = False
+        self._held: list[Batch] = []
 
     def watch_links(self) -> LinkWatch:
         """From now on, until ``unwatch_links``, every link ``record`` writes, replaces or deletes is
@@ -200,6 +202,30 @@ class Ledger:
 
     def unwatch_links(self, watch: LinkWatch) -> None:
         self._watches = [w for w in self._watches if w is not watch]
+
+    def hold(self) -> None:
+        """From now on, until ``flush``, ``record`` tells the watches what a batch writes at once but
+        keeps its writes, so that they may overlap requests the cycle makes next (the last Dataverse
+        page's, written while the persons step's first messages are in flight). Whoever holds
+        must not read what a held batch writes before ``flush`` (``touches`` says whether it
+        does), nor move a cursor past it."""
+        self._holding = True
+
+    @property
+    def holding(self) -> bool:
+        """Whether batches are held or may be (``hold`` until ``flush``)."""
+        return self._holding
+
+    def touches(self, marketo_ids: Iterable[int]) -> bool:
+        """Whether a held batch writes, replaces or deletes the link of any of these persons."""
+        held = {link.marketo_id for batch in self._held for link in (*batch.links, *batch.replaced, *batch.unlinked)}
+        return not held.isdisjoint(marketo_ids)
+
+    def flush(self) -> None:
+        """Write the held batches, in the order they were recorded; ``record`` writes at once again."""
+        self._holding = False
+        while self._held:
+            self._write(self._held.pop(0))
 
     def has_open_failure(self, marketo_id: int) -> bool:
         return any(person_key(direction, marketo_id) in self.open for direction in Direction)
@@ -287,9 +313,16 @@ class Ledger:
                 self.tally.resolved += 1
 
     def record(self, batch: Batch) -> None:
-        """The batch's Table writes: links, collisions, failures; then the activity log."""
+        """The batch's Table writes: links, collisions, failures; then the activity log (held until
+        ``flush`` while the ledger holds)."""
         for watch in self._watches:  # before the writes: a look-up running meanwhile may see either
             watch.add([*batch.links, *batch.replaced, *batch.unlinked])
+        if self._holding:
+            self._held.append(batch)
+            return
+        self._write(batch)
+
+    def _write(self, batch: Batch) -> None:
         if batch.links or batch.replaced:
             self._store.upsert_links(batch.links, replaces=batch.replaced)
         # A link re-written in the same batch (e.g. qualified, then deleted) is not deleted twice.

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -157,6 +157,7 @@ def write_multiple(
     batch_size: int,
     support: BulkSupport,
     parallel: int = 1,
+    on_written: Callable[[int, Sequence[WriteOutcome]], None] | None = None,
 ) -> list[list[WriteOutcome]]:
     """Per table, one outcome per row, in input order; rows that cannot be addressed are refused unsent.
 
@@ -165,7 +166,10 @@ def write_multiple(
     whole), the full ones first, so that a short chunk does not hold a place while a full one waits
     (the service's time grows with a message's records). The chunks, and so the calls, are those
     each table would have alone. Where ``support`` knows the message is not enabled on a table,
-    each of its chunks goes as a ``$batch``."""
+    each of its chunks goes as a ``$batch``. ``on_written(table position, outcomes)`` is called, on
+    the thread that wrote it, as each chunk's rows are answered (the others may still be in
+    flight), so a caller may use those outcomes before the slowest chunk ends; the rows refused
+    unsent come only in the answer."""
     outcomes: list[dict[int, WriteOutcome]] = [{} for _ in tables]
     chunks: list[tuple[int, EntityRef, list[_Target]]] = []
     for position, (ref, rows) in enumerate(tables):
@@ -179,10 +183,14 @@ def write_multiple(
     chunks.sort(key=lambda chunk: -len(chunk[2]))  # stable: each table's chunks keep their order
 
     def write(chunk: tuple[int, EntityRef, list[_Target]]) -> list[WriteOutcome]:
-        _, ref, targets = chunk
+        position, ref, targets = chunk
         if support.refused(kind, ref):
-            return _isolate(api, kind, ref, targets)
-        return _write_chunk(api, kind, ref, targets, support)
+            written = _isolate(api, kind, ref, targets)
+        else:
+            written = _write_chunk(api, kind, ref, targets, support)
+        if on_written is not None:
+            on_written(position, written)
+        return written
 
     for (position, _, _), written in zip(
         chunks, in_parallel(write, chunks, workers=parallel, name="dataverse-write"), strict=True

@@ -460,12 +460,17 @@ class DataverseClient:
         return self.update_tables([(entity, rows)])[0]
 
     def update_tables(
-        self, tables: Sequence[tuple[EntityMeta | str, Sequence[Mapping[str, Any]]]]
+        self,
+        tables: Sequence[tuple[EntityMeta | str, Sequence[Mapping[str, Any]]]],
+        *,
+        on_written: Callable[[int, Sequence[WriteOutcome]], None] | None = None,
     ) -> list[list[WriteOutcome]]:
         """``update_multiple`` of several tables at once: their UpdateMultiple calls (the same ones
         as table by table) share the ``parallelism`` places, so one table's last short message
-        does not wait for the other's. Per table, its outcomes in input order."""
-        return self._write_multiple(Write.UPDATE, tables, key=None)
+        does not wait for the other's. Per table, its outcomes in input order. ``on_written(table
+        position, outcomes)``: called as each message is answered, while the others may still be
+        in flight (``write_multiple``)."""
+        return self._write_multiple(Write.UPDATE, tables, key=None, on_written=on_written)
 
     def upsert_multiple(
         self, entity: EntityMeta | str, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str] | None = None
@@ -483,6 +488,7 @@ class DataverseClient:
         tables: Sequence[tuple[EntityMeta | str, Sequence[Mapping[str, Any]]]],
         *,
         key: tuple[str, ...] | None,
+        on_written: Callable[[int, Sequence[WriteOutcome]], None] | None = None,
     ) -> list[list[WriteOutcome]]:
         return write_multiple(
             self._api,
@@ -492,6 +498,7 @@ class DataverseClient:
             batch_size=self.batch_size,
             support=self._bulk_support,
             parallel=self.parallelism,
+            on_written=on_written,
         )
 
     @property

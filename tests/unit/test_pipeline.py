@@ -2,13 +2,16 @@
 the next persons are looked up and merged and the batch before is recorded. What must hold: the
 cycle writes what it wrote batch by batch (the same values, baselines and calls); a failure while
 a batch is in flight still records that batch, moves no cursor and sends nothing more; a batch
-whose writes failed is not recorded and no later batch is sent; the next cycle writes nothing twice.
+whose writes failed is not recorded (but for the records of its messages that were answered) and
+no later batch is sent; a batch's records are recorded as their messages are answered, while its
+other messages are in flight; the next cycle writes nothing twice.
 
 The worlds use a Dataverse batch size of 2 (one bulk message in flight: the fake gives no dop
 hint), so a handful of persons makes several batches."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -145,3 +148,71 @@ def test_a_batch_whose_writes_failed_is_not_recorded_and_stops_the_pipeline(monk
     assert world.cycle().outcome == "ok"
     assert titles(world) == sorted(("leads", f"Title {n}") for n in range(len(persons)))
     assert all(link.entity is EntityType.LEAD for link in world.store.get_links_by_marketo_ids(persons).values())
+
+
+def test_a_batchs_records_are_recorded_as_their_messages_are_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One batch of two bulk messages (a lead and a contact): the record of the first message answered
+    is recorded while the second is in flight, not after it."""
+    world = make_world(options=CycleOptions(dataverse_batch_size=BATCH))
+    persons = persons_edited_in_marketo(world, leads=1, contacts=1)
+    update_multiple = world.dataverse._update_multiple
+    sent: list[str] = []
+    seen_recorded: list[list[str | None]] = []
+
+    def second_waits(entity_set: str, targets: list[dict[str, Any]]) -> httpx.Response:
+        sent.append(entity_set)
+        if len(sent) == 2:  # the first message was answered: its record is recorded meanwhile
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                found = [link.baseline.get("title") for link in world.store.get_links_by_marketo_ids(persons).values()]
+                if any(found):
+                    break
+                time.sleep(0.01)
+            seen_recorded.append(sorted(found, key=str))
+        return update_multiple(entity_set, targets)
+
+    monkeypatch.setattr(world.dataverse, "_update_multiple", second_waits)
+    report = world.cycle()
+
+    assert report.outcome == "ok"
+    assert sorted(sent) == ["contacts", "leads"]  # one batch, two messages, one after the other
+    first = 0 if sent[0] == "leads" else 1  # persons[0] is the lead
+    assert seen_recorded == [sorted([f"Title {first}", None], key=str)]  # only the first message's record
+    links = world.store.get_links_by_marketo_ids(persons)
+    assert [links[p].baseline.get("title") for p in persons] == ["Title 0", "Title 1"]
+    assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
+
+
+def test_a_failed_message_leaves_its_records_unrecorded_and_those_answered_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One batch of two bulk messages whose second fails: the first message's record is recorded (its
+    write went through), the second's is not, no cursor moves, and the next cycle writes only it."""
+    world = make_world(options=CycleOptions(dataverse_batch_size=BATCH))
+    persons = persons_edited_in_marketo(world, leads=1, contacts=1)
+    cursor = world.store.get_cursor(MARKETO_CHANGES)
+    update_multiple = world.dataverse._update_multiple
+    sent: list[str] = []
+
+    def second_fails(entity_set: str, targets: list[dict[str, Any]]) -> httpx.Response:
+        sent.append(entity_set)
+        if entity_set != sent[0]:  # the second message, every time it is tried
+            return httpx.Response(503, json={"error": {"code": "0x80040216", "message": "unavailable"}})
+        return update_multiple(entity_set, targets)
+
+    monkeypatch.setattr(world.dataverse, "_update_multiple", second_fails)
+    failed = world.cycle()
+    monkeypatch.setattr(world.dataverse, "_update_multiple", update_multiple)
+
+    assert failed.outcome == "transient"
+    assert world.store.get_cursor(MARKETO_CHANGES) == cursor
+    written, refused = (0, 1) if sent[0] == "leads" else (1, 0)  # persons[0] is the lead
+    links = world.store.get_links_by_marketo_ids(persons)
+    assert links[persons[written]].baseline.get("title") == f"Title {written}"  # recorded
+    assert links[persons[refused]].baseline.get("title") is None  # not recorded
+
+    repeat = world.cycle()
+    assert repeat.outcome == "ok"
+    assert repeat.report.written.dynamics == 1  # the answered message is not written twice
+    links = world.store.get_links_by_marketo_ids(persons)
+    assert [links[p].baseline.get("title") for p in persons] == ["Title 0", "Title 1"]

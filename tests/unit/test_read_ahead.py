@@ -8,13 +8,17 @@ leads page, not taken as the read ahead found it."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import httpx
 import pytest
 
+from sync_core.core.errors import TransientError
 from sync_core.core.models import EntityType, Link
 from sync_core.cycle import engine as engine_module
+from sync_core.cycle.ledger import Ledger
 from tests.unit.conftest import World, make_world
 
 CONTACT = EntityType.CONTACT
@@ -279,3 +283,79 @@ def test_a_persons_link_the_leads_page_removed_after_the_read_ahead_is_read_agai
     assert world.marketo.person(person)["microsoftIsDeleted"] is True
     assert "dataverse.updatemultiple" not in report.report.api_calls.by_operation  # nothing sent to the lead
     assert report.report.written.dynamics == 0
+
+
+def test_the_last_leads_page_is_recorded_while_the_persons_steps_messages_are_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The leads page's record (its baselines) is held until the persons step's first batch is sent,
+    then written while that batch's bulk message is in flight; its delta link moves after it."""
+    world = make_world()
+    _, lead_person, other, _ = edited_lead_and_person(world)
+    update_multiple = world.dataverse._update_multiple
+    sent = threading.Event()
+    seen: list[tuple[str, bool]] = []
+
+    def page_recorded() -> bool:
+        link = world.link_of(lead_person)
+        return link is not None and link.baseline.get("title") == "Lead title from Dynamics"
+
+    def waits_for_the_page(entity_set: str, targets: list[dict[str, Any]]) -> httpx.Response:
+        seen.append(("at send", page_recorded()))
+        sent.set()
+        deadline = time.monotonic() + WAIT
+        while not page_recorded() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(("in flight", page_recorded()))
+        return update_multiple(entity_set, targets)
+
+    flush = Ledger.flush
+
+    def flush_once_sent(self: Ledger) -> None:
+        if self._held:  # the page's record: not before the message is in flight
+            sent.wait(WAIT)
+        flush(self)
+
+    monkeypatch.setattr(world.dataverse, "_update_multiple", waits_for_the_page)
+    monkeypatch.setattr(Ledger, "flush", flush_once_sent)
+    report = world.cycle()
+
+    assert seen == [("at send", False), ("in flight", True)]
+    assert report.outcome == "ok"
+    assert world.marketo.person(lead_person)["title"] == "Lead title from Dynamics"
+    assert world.dataverse.rows["leads"][other]["telephone1"] == "+1 555 0133"
+    assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
+
+
+def test_a_persons_step_failing_before_its_first_batch_writes_the_held_page_record_and_moves_no_cursor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The persons step's look-up fails before its first batch is sent, the leads page applied with
+    its record held: the page's record is written all the same (its Marketo writes went through),
+    the leads' delta link and the Marketo token stay where they were (the held link with them), and
+    the next cycle writes nothing twice."""
+    world = make_world()
+    _, lead_person, other, _ = edited_lead_and_person(world)
+    leads_cursor = world.store.get_cursor(engine_module.dataverse_cursor(EntityType.LEAD))
+    changes_cursor = world.store.get_cursor(engine_module.MARKETO_CHANGES)
+    look_up = world.store.get_links_by_marketo_ids
+
+    def failing(ids: Iterable[int]) -> dict[int, Link]:
+        raise TransientError("Table Storage did not answer", service="tables")
+
+    monkeypatch.setattr(world.store, "get_links_by_marketo_ids", failing)
+    failed = world.cycle()
+    monkeypatch.setattr(world.store, "get_links_by_marketo_ids", look_up)
+
+    assert failed.outcome == "transient"
+    assert failed.report.written.model_dump() == {"marketo": 1, "dynamics": 0}  # the leads page's write
+    link = world.link_of(lead_person)
+    assert link is not None
+    assert link.baseline.get("title") == "Lead title from Dynamics"  # its record was written
+    assert world.store.get_cursor(engine_module.dataverse_cursor(EntityType.LEAD)) == leads_cursor
+    assert world.store.get_cursor(engine_module.MARKETO_CHANGES) == changes_cursor
+
+    repeat = world.cycle()
+    assert repeat.outcome == "ok"
+    assert repeat.report.written.model_dump() == {"marketo": 0, "dynamics": 1}  # only the person's write
+    assert world.dataverse.rows["leads"][other]["telephone1"] == "+1 555 0133"
