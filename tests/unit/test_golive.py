@@ -198,7 +198,7 @@ def test_on_the_job_queue_the_apply_takes_the_background_share_and_spreads_the_r
 def test_on_the_job_queue_dataverses_places_are_shared_by_the_instances_not_multiplied() -> None:
     # Dataverse's execution-time limit is 4 requests in flight per user over every instance (the
     # shared budget's places): the queue's background half is 2, however many instances run.
-    assert DATAVERSE_IN_FLIGHT == DATAVERSE_LIMIT.max_concurrent
+    assert DATAVERSE_LIMIT.max_concurrent == DATAVERSE_IN_FLIGHT
     app = Share(marketo_rate_share=0.5, dataverse_parallel=8)
     local = LocalCosts(lookup_s=0.0, write_s=0.0, cpu_s=0.0)
     part = link_chunk_cost(1000, 1000, batch_size=1000)  # one UpdateMultiple of 1,000: 30.07 s
