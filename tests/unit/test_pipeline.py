@@ -12,7 +12,7 @@ hint), so a handful of persons makes several batches."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import httpx
@@ -59,6 +59,22 @@ def baselines(world: World, persons: Iterable[int]) -> list[Any]:
 def bulk_calls(world: World) -> list[str]:
     """The UpdateMultiple calls, by entity set."""
     return [r.url.path.split("/")[-2] for r in world.dataverse.requests if r.url.path.endswith("UpdateMultiple")]
+
+
+def unavailable_when(
+    world: World, refuse: Callable[[str, list[dict[str, Any]]], bool], monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str, list[dict[str, Any]]], httpx.Response]:
+    """Make the simulator answer 503 to the UpdateMultiple messages ``refuse`` picks (entity set,
+    targets); returns the real sender, to put back."""
+    update_multiple = world.dataverse._update_multiple
+
+    def outage(entity_set: str, targets: list[dict[str, Any]]) -> httpx.Response:
+        if refuse(entity_set, targets):
+            return httpx.Response(503, json={"error": {"code": "0x80040216", "message": "unavailable"}})
+        return update_multiple(entity_set, targets)
+
+    monkeypatch.setattr(world.dataverse, "_update_multiple", outage)
+    return update_multiple
 
 
 def test_the_pipelined_persons_step_writes_what_batch_by_batch_writes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,14 +139,9 @@ def test_a_batch_whose_writes_failed_is_not_recorded_and_stops_the_pipeline(monk
     persons = persons_edited_in_marketo(world, leads=6, contacts=0)
     cursor = world.store.get_cursor(MARKETO_CHANGES)
     refused = world.store.get_links_by_marketo_ids([persons[BATCH]])[persons[BATCH]].dataverse_id
-    update_multiple = world.dataverse._update_multiple
-
-    def outage(entity_set: str, targets: list[dict[str, Any]]) -> httpx.Response:
-        if any(target.get("leadid") == refused for target in targets):  # the second batch
-            return httpx.Response(503, json={"error": {"code": "0x80040216", "message": "unavailable"}})
-        return update_multiple(entity_set, targets)
-
-    monkeypatch.setattr(world.dataverse, "_update_multiple", outage)
+    update_multiple = unavailable_when(  # the second batch
+        world, lambda _, targets: any(target.get("leadid") == refused for target in targets), monkeypatch
+    )
     failed = world.cycle()
     monkeypatch.setattr(world.dataverse, "_update_multiple", update_multiple)
 
@@ -191,16 +202,13 @@ def test_a_failed_message_leaves_its_records_unrecorded_and_those_answered_recor
     world = make_world(options=CycleOptions(dataverse_batch_size=BATCH))
     persons = persons_edited_in_marketo(world, leads=1, contacts=1)
     cursor = world.store.get_cursor(MARKETO_CHANGES)
-    update_multiple = world.dataverse._update_multiple
     sent: list[str] = []
 
-    def second_fails(entity_set: str, targets: list[dict[str, Any]]) -> httpx.Response:
+    def second_message(entity_set: str, targets: list[dict[str, Any]]) -> bool:
         sent.append(entity_set)
-        if entity_set != sent[0]:  # the second message, every time it is tried
-            return httpx.Response(503, json={"error": {"code": "0x80040216", "message": "unavailable"}})
-        return update_multiple(entity_set, targets)
+        return entity_set != sent[0]  # every time it is tried
 
-    monkeypatch.setattr(world.dataverse, "_update_multiple", second_fails)
+    update_multiple = unavailable_when(world, second_message, monkeypatch)
     failed = world.cycle()
     monkeypatch.setattr(world.dataverse, "_update_multiple", update_multiple)
 
