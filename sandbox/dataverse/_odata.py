@@ -339,6 +339,24 @@ def evaluate(node: Node, get: Getter) -> bool:
     return bool(left <= right)
 
 
+def key_values(node: Node, prop: str) -> frozenset[str] | None:
+    """The ``prop`` GUIDs a filter can only match rows among (``prop eq <guid>`` joined by ``or``, or
+    one side of an ``and``), so a query by primary key reads those rows, as the real service reads its
+    index, instead of every row; None when the filter does not bound them."""
+    if isinstance(node, BoolOp):
+        left, right = key_values(node.left, prop), key_values(node.right, prop)
+        if node.op == "or":
+            return None if left is None or right is None else left | right
+        if left is None or right is None:
+            return left if right is None else right
+        return left & right
+    if isinstance(node, Compare) and node.op == "eq":
+        for side, other in ((node.left, node.right), (node.right, node.left)):
+            if isinstance(side, Prop) and side.path == prop and isinstance(other, Lit) and other.edm == "Edm.Guid":
+                return frozenset((str(other.value),))
+    return None
+
+
 def _value(operand: Operand, get: Getter) -> Any:
     value = operand.value if isinstance(operand, Lit) else get(operand.path)
     return comparable(value)

@@ -22,7 +22,15 @@ from urllib.parse import quote, unquote
 
 from sandbox._http import Request
 from sandbox.dataverse import _errors as err
-from sandbox.dataverse._odata import Node, comparable, evaluate, parse_filter, parse_orderby, parse_select
+from sandbox.dataverse._odata import (
+    Node,
+    comparable,
+    evaluate,
+    key_values,
+    parse_filter,
+    parse_orderby,
+    parse_select,
+)
 from sandbox.dataverse._records import render
 from sandbox.dataverse._schema import Table
 from sandbox.dataverse._store import Row, Store
@@ -140,7 +148,9 @@ class Query:
         cached = self.cache.get(signature, self.store.version)
         if cached is not None:
             return cached
-        rows: list[Row] = list(self.store.tables[self.table.logical].rows.values())
+        stored = self.store.tables[self.table.logical].rows
+        ids = key_values(self.filter, self.table.primary_id) if self.filter is not None else None
+        rows: list[Row] = list(stored.values()) if ids is None else [stored[i] for i in ids if i in stored]
         if self.filter is not None:
             node = self.filter
             rows = [r for r in rows if evaluate(node, getter(self.table, r))]

@@ -670,3 +670,15 @@ def test_bulk_message_probe_and_who_am_i(org: Org) -> None:
     assert len(probe) == 1
     assert set(probe[0]) == {"sdkmessagefilterid"}
     assert org.http.get("WhoAmI").json()["UserId"] == INTEGRATION_USER_ID
+
+
+def test_filter_by_primary_keys_reads_those_rows_and_applies_the_rest(org: Org) -> None:
+    ada = org.lead(firstname="Ada")
+    bob = org.lead(firstname="Bob")
+    org.lead(firstname="Ada")  # matches the other condition, not the keys
+    absent = "00000000-0000-0000-0000-000000000001"
+    keys = f"(leadid eq {ada} or leadid eq {bob.upper()} or leadid eq {absent})"
+    both = org.http.get("leads", params={"$select": "firstname", "$filter": keys}).json()["value"]
+    assert sorted(row["leadid"] for row in both) == sorted([ada, bob])
+    only = org.http.get("leads", params={"$select": "firstname", "$filter": f"{keys} and firstname eq 'ada'"}).json()
+    assert [row["leadid"] for row in only["value"]] == [ada]

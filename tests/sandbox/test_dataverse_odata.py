@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from sandbox.dataverse import DataverseError
-from sandbox.dataverse._odata import evaluate, parse_filter, parse_key, parse_prefer, quote_literal
+from sandbox.dataverse._odata import evaluate, key_values, parse_filter, parse_key, parse_prefer, quote_literal
 from sandbox.dataverse._query import resolver
 from sandbox.dataverse._schema import LEAD
 
@@ -118,3 +118,27 @@ def test_prefer_header_keeps_quoted_values_whole() -> None:
         "odata.include-annotations": '"a,b"',
         "return": "representation",
     }
+
+
+A, B = "3f2504e0-4f89-11d3-9a0c-0305e82c3301", "3f2504e0-4f89-11d3-9a0c-0305e82c3302"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"leadid eq {A}", {A}),
+        (f"{A} eq leadid", {A}),
+        (f"leadid eq {A} or leadid eq {B.upper()}", {A, B}),
+        (f"(leadid eq {A} or leadid eq {B}) and firstname eq 'Ada'", {A, B}),
+        (f"firstname eq 'Ada' and leadid eq {B}", {B}),
+        (f"leadid eq {A} and leadid eq {B}", set()),
+        (f"leadid eq {A} or firstname eq 'Ada'", None),  # the other side can match any row
+        (f"leadid ne {A}", None),
+        (f"not (leadid eq {A})", None),
+        ("firstname eq 'Ada'", None),
+        (f"_ownerid_value eq {A}", None),  # a lookup's GUID is not the row's key
+    ],
+)
+def test_a_filter_by_primary_key_names_the_only_rows_it_can_match(text: str, expected: set[str] | None) -> None:
+    found = key_values(parse_filter(text, resolver(LEAD), LEAD.odata_type), LEAD.primary_id)
+    assert found == (None if expected is None else frozenset(expected))
