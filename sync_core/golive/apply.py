@@ -281,6 +281,10 @@ class ChunkWork:
         self._field_map: FieldMap | None = None
         self._caller: str | None = None
 
+    @property
+    def services(self) -> Services:
+        return self._services
+
     def _calling_user(self) -> str:
         """The application user this job calls Dataverse as (``WhoAmI``, once per ``ChunkWork``): the
         owner Dataverse gives a lead created without an ``ownerid``."""

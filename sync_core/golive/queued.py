@@ -18,6 +18,7 @@ outcome and sets the cycle's Marketo cursor back to the plan's moment (``apply.r
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -140,11 +141,33 @@ def _policy(params: Mapping[str, Any]) -> InitialPolicy:
     )
 
 
+# The go-live jobs' ``ChunkWork`` in this process, by go-live job id: the parts an instance runs
+# share one, as the in-process apply's chunks do, so the calling user, the owners and accounts
+# looked up and the open failures are read once an instance, not once a part. A few jobs at most
+# (one runs at a time; an older one is dropped first).
+_WORKS: dict[str, ChunkWork] = {}
+_WORKS_LOCK = threading.Lock()
+_WORKS_KEPT = 4
+
+
+def _work(services: Services, job: JobRecord) -> ChunkWork:
+    key = str(job.params["golive_job"])
+    with _WORKS_LOCK:
+        work = _WORKS.pop(key, None)
+        if work is None or work.services is not services:
+            work = ChunkWork(services, job_id=key, policy=_policy(job.params))
+        while len(_WORKS) >= _WORKS_KEPT:
+            del _WORKS[next(iter(_WORKS))]
+        _WORKS[key] = work  # the most recent last
+        return work
+
+
 def run_chunk(services: Services, job: JobRecord, chunk: ChunkRecord) -> Mapping[str, int]:
-    """One part: its records read again by id, then the in-process apply's chunk work."""
+    """One part: its records read again by id, then the in-process apply's chunk work (this
+    instance's ``ChunkWork`` for the job)."""
     payload = chunk.payload
     resumed = chunk.attempts > 1 or bool(payload.get("resumed"))
-    work = ChunkWork(services, job_id=str(job.params["golive_job"]), policy=_policy(job.params))
+    work = _work(services, job)
     with background_work():
         return work.apply_chunk(f"q{chunk.index}", payload, resumed=resumed)
 

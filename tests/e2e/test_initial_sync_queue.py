@@ -272,6 +272,10 @@ def _apply_on_queue(
             time.sleep(0.1)
     out, err = apply_run.communicate(timeout=30)
     assert apply_run.returncode == 0, err
+    # This process's parts share its look-ups (``queued._work``): the records' owner and the calling
+    # user's row were read once each, not once a part.
+    assert len(chunks) > 2
+    assert sum(world.dataverse.stats.to_json()["calls"]["systemusers"].values()) <= 2
     assert outcomes["done"] == len(chunks)
     assert outcomes["duplicate"] >= len(chunks) // 3
     result = json.loads(out)
