@@ -3,7 +3,9 @@
 Starts its own in-memory Azurite on a free loopback port, writes the same entities one request
 at a time and then in transactions of 100, and does the same through the state store (links: two
 rows each, batched lookups; failures read back a page at a time), then looks links up in a table
-that holds many (``--stored``: the lookups' cost should not grow with it). Prints one JSON object;
+that holds many (``--stored``), each way of reading many keys on its own (a ``$filter`` per 14 keys
+of a partition, a point read per key: ``state._layout.LookupChoice``) and then as the store
+chooses once it has timed both (the cost should not grow with the links stored). Prints one JSON object;
 stops Azurite. Run from the repository root:
 
     .venv/bin/python bench/bench_tables.py [--entities 2000] [--payload 100] [--stored 20000]
@@ -28,6 +30,7 @@ from azure.data.tables import TableServiceClient, UpdateMode
 from sandbox.azurite import azurite_version, run_azurite
 from sync_core.core.models import Direction, EntityType, Link, RecordFailure, StoreCounters
 from sync_core.state import TableStateStore
+from sync_core.state._layout import LookupChoice
 
 
 def _rate(operations: int, seconds: float) -> dict[str, Any]:
@@ -144,22 +147,38 @@ def bench_stored(connection_string: str, stored: int, asked: int) -> dict[str, A
         store.upsert_links(links[first : first + 5000])
     fill = _rate(stored, time.perf_counter() - start) | {"transactions": store.counters.transactions}
     wanted = random.Random(17).sample(links, asked)
-    store.counters = StoreCounters()
-    start = time.perf_counter()
-    found = store.get_links_by_marketo_ids(link.marketo_id for link in wanted)
-    by_marketo = _rate(len(found), time.perf_counter() - start) | {"reads": store.counters.reads}
-    store.counters = StoreCounters()
-    start = time.perf_counter()
-    found_dv = store.get_links_by_dataverse_ids(EntityType.LEAD, (link.dataverse_id for link in wanted))
-    by_dataverse = _rate(len(found_dv), time.perf_counter() - start) | {"reads": store.counters.reads}
-    if len(found) != asked or len(found_dv) != asked:
-        raise SystemExit(f"lookups found {len(found)} / {len(found_dv)} of {asked} links")
-    return {
-        "stored_links": stored,
-        "upsert_links": fill,
-        "get_links_by_marketo_ids": by_marketo,
-        "get_links_by_dataverse_ids": by_dataverse,
-    }
+    out: dict[str, Any] = {"stored_links": stored, "upsert_links": fill}
+    chosen = store.lookups
+    for way in (LookupChoice.FILTER, LookupChoice.POINT, "chosen"):
+        # each way on its own (the store's choice set aside), then the store's own after it has timed both
+        store.lookups = chosen if way == "chosen" else _Forced(way)
+        if way == "chosen":
+            for _ in range(2 * LookupChoice.PROBE_EVERY):  # reads that probe both ways
+                store.get_links_by_marketo_ids(link.marketo_id for link in wanted[:1000])
+        store.counters = StoreCounters()
+        start = time.perf_counter()
+        found = store.get_links_by_marketo_ids(link.marketo_id for link in wanted)
+        by_marketo = _rate(len(found), time.perf_counter() - start) | {"reads": store.counters.reads}
+        store.counters = StoreCounters()
+        start = time.perf_counter()
+        found_dv = store.get_links_by_dataverse_ids(EntityType.LEAD, (link.dataverse_id for link in wanted))
+        by_dataverse = _rate(len(found_dv), time.perf_counter() - start) | {"reads": store.counters.reads}
+        if len(found) != asked or len(found_dv) != asked:
+            raise SystemExit(f"lookups found {len(found)} / {len(found_dv)} of {asked} links")
+        out[way] = {"get_links_by_marketo_ids": by_marketo, "get_links_by_dataverse_ids": by_dataverse}
+    out["chosen"]["seconds_a_key"] = {name: round(cost, 6) for name, cost in chosen.costs(store.tables.links).items()}
+    return out
+
+
+class _Forced(LookupChoice):
+    """One way of reading many keys, always (to time each way on its own)."""
+
+    def __init__(self, way: str) -> None:
+        super().__init__()
+        self._way = way
+
+    def way(self, table: str, keys: int) -> tuple[str | None, str | None]:
+        return self._way, None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,7 @@ from sync_core.state._keys import (
     marketo_link_key,
     newest_first_key,
 )
-from sync_core.state._layout import LINK, LINK_BUCKETS, PRUNE_PAGE, PRUNE_PARTITIONS, link_partition
+from sync_core.state._layout import LINK, LINK_BUCKETS, PRUNE_PAGE, PRUNE_PARTITIONS, LookupChoice, link_partition
 from sync_core.state._links import _link_props
 from sync_core.state._memory import MemoryRows
 from sync_core.state._rows import Rows, StoredRow
@@ -608,6 +608,76 @@ def test_a_link_moved_between_a_readers_two_reads_is_still_found() -> None:
 
     assert reader.get_links_by_marketo_ids([1, 2, 3]) == {link.marketo_id: link for link in old}
     assert _old_rows(reader) == []
+
+
+def test_a_lookup_choice_keeps_to_filters_until_point_reads_have_cost_less_a_key() -> None:
+    choice = LookupChoice()
+    big = LookupChoice.MIN_KEYS
+    assert choice.way("links", big - 1) == (None, None)  # too small to time: filters
+    ways = [choice.way("links", big) for _ in range(LookupChoice.PROBE_EVERY)]
+    probe = (LookupChoice.FILTER, LookupChoice.POINT)  # filters, with a sample read by point reads first
+    assert ways == [(LookupChoice.FILTER, None)] * (LookupChoice.PROBE_EVERY - 1) + [probe]
+    choice.timed("links", LookupChoice.FILTER, 1000, 2.0)
+    choice.timed("links", LookupChoice.POINT, 1000, 3.0)
+    assert choice.way("links", big) == (LookupChoice.FILTER, None)
+    choice.timed("links", LookupChoice.FILTER, 1000, 9.0)  # the partitions grew: filters now cost more
+    choice.timed("links", LookupChoice.FILTER, 1000, 9.0)
+    costs = choice.costs("links")
+    assert costs[LookupChoice.FILTER] > costs[LookupChoice.POINT]
+    ways = [choice.way("links", big) for _ in range(LookupChoice.PROBE_EVERY)]
+    assert {main for main, _ in ways} == {LookupChoice.POINT}
+    assert [sample for _, sample in ways if sample] == [LookupChoice.FILTER]  # filters are still sampled now and then
+    assert choice.way("claims", big) == (LookupChoice.FILTER, None)  # each table on its own figures
+    assert choice.costs("claims") == {}
+
+
+def test_a_probe_of_filters_samples_full_filters_of_the_fullest_partitions() -> None:
+    few = [(partition, "1") for partition in "bcdefgh"]
+    keys = sorted([("a", f"{i:03d}") for i in range(30)] + few + [("z", f"{i:03d}") for i in range(20)])
+    # four full-as-can-be filters: 14 keys of a, 14 of z, then the 1 key of b and of c
+    expected = sorted([("a", f"{i:03d}") for i in range(14)] + [("z", f"{i:03d}") for i in range(14)] + few[:2])
+    assert LookupChoice().sample(LookupChoice.FILTER, keys) == expected
+    assert LookupChoice().sample(LookupChoice.POINT, keys) == keys[: LookupChoice.SAMPLE]
+
+
+@pytest.mark.parametrize("way", [LookupChoice.FILTER, LookupChoice.POINT])
+def test_a_lookup_by_point_reads_finds_what_filters_find(way: str) -> None:
+    rows = MemoryRows()
+    store = RowStateStore(rows, prefix="p", query_workers=8)
+    links = [_link(marketo_id) for marketo_id in range(1, 301)]
+    store.upsert_links(links)
+    store.get_links_by_marketo_ids([1])
+    other = LookupChoice.POINT if way == LookupChoice.FILTER else LookupChoice.FILTER
+    store.lookups.timed("plinks", way, 1, 0.001)
+    store.lookups.timed("plinks", other, 1, 1.0)
+    asked = [*range(300, 0, -1), 10_000, 20_000]  # two that no link has
+    cost = _cost(store, lambda: store.get_links_by_marketo_ids(asked))
+    assert store.get_links_by_marketo_ids(asked) == {link.marketo_id: link for link in links}
+    keys = [marketo_link_key(i) for i in asked]
+    assert cost.reads == (len(keys) if way == LookupChoice.POINT else _queries(keys))
+
+
+def test_a_lookup_that_probes_reads_a_sample_the_other_way_and_returns_every_row_in_order() -> None:
+    rows = MemoryRows()
+    store = RowStateStore(rows, prefix="p", query_workers=8)
+    links = [_link(marketo_id) for marketo_id in range(1, 1001)]
+    store.upsert_links(links)
+    store.get_links_by_marketo_ids([1])
+    asked = list(range(1000, 0, -1))
+    for read in range(1, LookupChoice.PROBE_EVERY + 1):
+        cost = _cost(store, lambda: store.get_links_by_marketo_ids(asked))
+        if read < LookupChoice.PROBE_EVERY:
+            assert cost.reads == _queries([marketo_link_key(i) for i in asked])
+    # the probe: a sample by point reads, the rest by filters; every link found, in key order
+    keys = sorted((link_partition(marketo_link_key(i)), marketo_link_key(i)) for i in asked)
+    sample = LookupChoice().sample(LookupChoice.POINT, keys)
+    rest = [key for key in keys if key not in set(sample)]
+    assert cost.reads == len(sample) + _queries([row for _, row in rest])
+    assert set(store.lookups.costs(store.tables.links)) == {LookupChoice.FILTER, LookupChoice.POINT}
+    found = store.get_links_by_marketo_ids(asked)
+    assert list(found.items()) == [(link.marketo_id, link) for link in links]
+    by_dataverse = store.get_links_by_dataverse_ids(EntityType.LEAD, [link.dataverse_id for link in links])
+    assert by_dataverse == {link.dataverse_id: link for link in links}
 
 
 class _MeetingRows(MemoryRows):

@@ -6,8 +6,9 @@ Layout 2 (this one). A link is two rows, each carrying the whole link and its ba
 Dataverse id). Each row lives in partition ``link-NN``, NN a stable hash of its own RowKey over
 ``LINK_BUCKETS`` (``_layout.link_partition``), so a lookup reads each of its keys' partitions
 with one ``$filter`` per 14 of its keys there (the service reads a partition of 1/32 of the rows
-for it; one request per key cost the client twice the CPU: README "Performance") and a cycle's
-writes spread over 32 partitions, their transactions sent side by side. The two rows of a link
+for it; one request per key cost the client twice the CPU: README "Performance"), or with a
+point read per key once the partitions have grown so that those cost less (``_layout.LookupChoice``),
+and a cycle's writes spread over 32 partitions, their transactions sent side by side. The two rows of a link
 are therefore in two partitions and no longer one transaction; the writes are ordered so that a
 reader by either id finds the link before or after the change, never neither: new rows first,
 then the rows they replace are deleted. An interrupted write leaves one row ahead of the other;
