@@ -37,6 +37,22 @@ def _rate(operations: int, seconds: float) -> dict[str, Any]:
     return {"ops": operations, "seconds": round(seconds, 3), "ops_per_s": round(operations / seconds, 1)}
 
 
+def _timed_lookups(store: TableStateStore, links: list[Link], *, counted: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``links`` looked up by Marketo id, then by Dataverse id, each timed with its read requests
+    (as ``counted``); every link must be found."""
+    store.counters = StoreCounters()
+    start = time.perf_counter()
+    found = store.get_links_by_marketo_ids(link.marketo_id for link in links)
+    by_marketo = _rate(len(found), time.perf_counter() - start) | {counted: store.counters.reads}
+    store.counters = StoreCounters()
+    start = time.perf_counter()
+    found_dv = store.get_links_by_dataverse_ids(EntityType.LEAD, (link.dataverse_id for link in links))
+    by_dataverse = _rate(len(found_dv), time.perf_counter() - start) | {counted: store.counters.reads}
+    if len(found) != len(links) or len(found_dv) != len(links):
+        raise SystemExit(f"lookups found {len(found)} / {len(found_dv)} of {len(links)} links")
+    return by_marketo, by_dataverse
+
+
 def bench_raw(service: TableServiceClient, entities: int, payload: int) -> dict[str, Any]:
     table = service.create_table("bench" + uuid.uuid4().hex[:8])
     body = "x" * payload
@@ -86,17 +102,7 @@ def bench_store(connection_string: str, links: int) -> dict[str, Any]:
     store.upsert_links(batch)
     write = _rate(links, time.perf_counter() - start) | {"transactions": store.counters.transactions}
 
-    store.counters = StoreCounters()
-    start = time.perf_counter()
-    found = store.get_links_by_marketo_ids(link.marketo_id for link in batch)
-    lookup = _rate(len(found), time.perf_counter() - start) | {"queries": store.counters.reads}
-
-    store.counters = StoreCounters()
-    start = time.perf_counter()
-    found_by_dv = store.get_links_by_dataverse_ids(EntityType.LEAD, (link.dataverse_id for link in batch))
-    lookup_dv = _rate(len(found_by_dv), time.perf_counter() - start) | {"queries": store.counters.reads}
-    if len(found) != links or len(found_by_dv) != links:
-        raise SystemExit(f"lookups found {len(found)} / {len(found_by_dv)} of {links} links")
+    lookup, lookup_dv = _timed_lookups(store, batch, counted="queries")
 
     now = datetime.now(UTC)
     store.upsert_failures(
@@ -155,16 +161,7 @@ def bench_stored(connection_string: str, stored: int, asked: int) -> dict[str, A
         if way == "chosen":
             for _ in range(2 * LookupChoice.PROBE_EVERY):  # reads that probe both ways
                 store.get_links_by_marketo_ids(link.marketo_id for link in wanted[:1000])
-        store.counters = StoreCounters()
-        start = time.perf_counter()
-        found = store.get_links_by_marketo_ids(link.marketo_id for link in wanted)
-        by_marketo = _rate(len(found), time.perf_counter() - start) | {"reads": store.counters.reads}
-        store.counters = StoreCounters()
-        start = time.perf_counter()
-        found_dv = store.get_links_by_dataverse_ids(EntityType.LEAD, (link.dataverse_id for link in wanted))
-        by_dataverse = _rate(len(found_dv), time.perf_counter() - start) | {"reads": store.counters.reads}
-        if len(found) != asked or len(found_dv) != asked:
-            raise SystemExit(f"lookups found {len(found)} / {len(found_dv)} of {asked} links")
+        by_marketo, by_dataverse = _timed_lookups(store, wanted, counted="reads")
         out[way] = {"get_links_by_marketo_ids": by_marketo, "get_links_by_dataverse_ids": by_dataverse}
     out["chosen"]["seconds_a_key"] = {name: round(cost, 6) for name, cost in chosen.costs(store.tables.links).items()}
     return out

@@ -610,6 +610,15 @@ def test_a_link_moved_between_a_readers_two_reads_is_still_found() -> None:
     assert _old_rows(reader) == []
 
 
+def _store_with_links(rows: Rows, count: int) -> tuple[RowStateStore, list[Link]]:
+    """A store over ``rows`` (8 reads side by side) holding links to persons 1 … ``count``, its layout looked up."""
+    store = RowStateStore(rows, prefix="p", query_workers=8)
+    links = [_link(marketo_id) for marketo_id in range(1, count + 1)]
+    store.upsert_links(links)
+    store.get_links_by_marketo_ids([1])
+    return store, links
+
+
 def test_a_lookup_choice_keeps_to_filters_until_point_reads_have_cost_less_a_key() -> None:
     choice = LookupChoice()
     big = LookupChoice.MIN_KEYS
@@ -643,10 +652,7 @@ def test_a_probe_of_filters_samples_full_filters_of_the_fullest_partitions() -> 
 @pytest.mark.parametrize("way", [LookupChoice.FILTER, LookupChoice.POINT])
 def test_a_lookup_by_point_reads_finds_what_filters_find(way: str) -> None:
     rows = MemoryRows()
-    store = RowStateStore(rows, prefix="p", query_workers=8)
-    links = [_link(marketo_id) for marketo_id in range(1, 301)]
-    store.upsert_links(links)
-    store.get_links_by_marketo_ids([1])
+    store, links = _store_with_links(rows, 300)
     other = LookupChoice.POINT if way == LookupChoice.FILTER else LookupChoice.FILTER
     store.lookups.timed("plinks", way, 1, 0.001)
     store.lookups.timed("plinks", other, 1, 1.0)
@@ -659,10 +665,7 @@ def test_a_lookup_by_point_reads_finds_what_filters_find(way: str) -> None:
 
 def test_a_lookup_that_probes_reads_a_sample_the_other_way_and_returns_every_row_in_order() -> None:
     rows = MemoryRows()
-    store = RowStateStore(rows, prefix="p", query_workers=8)
-    links = [_link(marketo_id) for marketo_id in range(1, 1001)]
-    store.upsert_links(links)
-    store.get_links_by_marketo_ids([1])
+    store, links = _store_with_links(rows, 1000)
     asked = list(range(1000, 0, -1))
     for read in range(1, LookupChoice.PROBE_EVERY + 1):
         cost = _cost(store, lambda: store.get_links_by_marketo_ids(asked))
@@ -708,10 +711,7 @@ class _MeetingRows(MemoryRows):
 
 def test_one_lookups_reads_are_sent_side_by_side_and_answer_in_key_order() -> None:
     rows = _MeetingRows()
-    store = RowStateStore(rows, prefix="p", query_workers=8)
-    links = [_link(marketo_id) for marketo_id in range(1, 251)]
-    store.upsert_links(links)
-    store.get_links_by_marketo_ids([1])
+    store, links = _store_with_links(rows, 250)
     rows.meet, rows.counters = True, StoreCounters()
     found = store.get_links_by_marketo_ids(range(250, 0, -1))
     assert list(found.items()) == [(link.marketo_id, link) for link in links]
