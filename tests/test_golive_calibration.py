@@ -63,12 +63,15 @@ def test_the_calibration_measures_the_link_work_and_leaves_no_row_behind(store: 
     schema = ActiveSchema(metadata={}, described={}, drift=[], field_map=load_field_map(None))
     ticks = iter(range(1000))
 
-    local = calibrate(store, snapshot, schema, InitialPolicy(), clock=lambda: float(next(ticks)))
+    local = calibrate(store, snapshot, schema, InitialPolicy(), clock=lambda: float(next(ticks)), links_at_end=200)
 
     # Each timed step is one tick of the fake clock, spread over the sample's items.
     assert local.source == "measured"
     assert (local.cpu_s, local.lookup_s, local.write_s) == (1 / PAIRS, 1 / PAIRS, 1 / PAIRS)
     assert local.range_s == 1.0  # one range look-up per chunk, not per item
+    # The growth is timed on the store itself (20 links filled and emptied), not by the fake clock.
+    assert local.growth.point_s is not None
+    assert local.growth.point_s > 0
     assert _link_rows(store) == before
     assert list(store.iter_links()) == [existing]
 

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -39,6 +40,7 @@ from sync_core.core.report import CycleReport, PerSide
 from sync_core.core.retention import PruneReport, Retention
 from sync_core.core.syncfilter import Side
 from sync_core.state import LinkMigration, MemoryStateStore, StateStore, TableStateStore
+from sync_core.state import _links as _links_module
 from sync_core.state._keys import (
     MAX_KEYS_PER_QUERY,
     RowOp,
@@ -49,7 +51,7 @@ from sync_core.state._keys import (
 from sync_core.state._layout import LINK, LINK_BUCKETS, PRUNE_PAGE, PRUNE_PARTITIONS, LookupChoice, link_partition
 from sync_core.state._links import _link_props
 from sync_core.state._memory import MemoryRows
-from sync_core.state._rows import Rows, StoredRow
+from sync_core.state._rows import RowFilter, Rows, StoredRow
 from sync_core.state._store import RowStateStore
 from sync_core.state._table import AzureRows
 
@@ -426,6 +428,68 @@ def test_scratch_links_live_apart_and_no_reader_of_links_sees_them(store: StateS
     scratch.delete_links(links)
     assert {row.partition for row in _stored_link_rows(store)} <= {f"link-{b:02d}" for b in range(LINK_BUCKETS)}
     assert [link.marketo_id for link in store.iter_links()] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("links", "cap", "filled"), [(160, 15_000, 16), (2000, 15_000, 200), (10**6, 50, 50)])
+def test_link_read_growth_fills_the_scratch_space_and_leaves_nothing(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch, links: int, cap: int, filled: int
+) -> None:
+    # A tenth of the links the table will hold (at most ``GROWTH_LINKS``), two rows each, written
+    # and deleted; the real links untouched.
+    monkeypatch.setattr(_links_module, "GROWTH_LINKS", cap)
+    real = [_link(marketo_id) for marketo_id in range(1, 4)]
+    store.upsert_links(real)
+    before = _stored_link_rows(store)
+    store.counters = StoreCounters()
+
+    growth = store.scratch_links("probe1").link_read_growth(links, like=real[0])
+
+    assert store.counters.operations == 4 * filled
+    assert _stored_link_rows(store) == before
+    assert growth.point_s is not None
+    assert growth.point_s > 0
+    assert growth.filter_growth_s >= 0
+    assert growth.range_growth_s >= 0
+    with pytest.raises(ValueError, match="scratch_links view"):
+        store.link_read_growth(links, like=real[0])
+
+
+class _ClockedRows(MemoryRows):
+    """Rows whose reads take a fake time: a $filter 1 ms + 1 µs a row of its table, a scan 2 ms +
+    10 µs a row of its partition, a point read 0.5 ms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def _query_pages(self, table: str, partition: str, rows: list[str]) -> Iterator[list[StoredRow]]:
+        self.now += 0.001 + 1e-6 * len(self._table(table))
+        return super()._query_pages(table, partition, rows)
+
+    def _scan_pages(self, table: str, where: RowFilter, page_size: int) -> Iterator[list[StoredRow]]:
+        self.now += 0.002 + 1e-5 * sum(1 for key in self._table(table) if key[0] == where.partition)
+        return super()._scan_pages(table, where, page_size)
+
+    def _get(self, table: str, partition: str, row: str) -> StoredRow | None:
+        self.now += 0.0005
+        return super()._get(table, partition, row)
+
+
+def test_link_read_growth_is_the_difference_per_link_written(
+    table_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = _ClockedRows()
+    store = MemoryStateStore(prefix=table_prefix)
+    store._rows = rows
+    monkeypatch.setattr(_links_module, "time", SimpleNamespace(perf_counter=lambda: rows.now))
+
+    growth = store.scratch_links("probe1").link_read_growth(30_000, like=_link(1))
+
+    # 3,000 links, 6,000 rows: a full filter of 14 keys reads 1 µs more for each row (two a link).
+    assert growth.filter_growth_s == pytest.approx(2e-6 / MAX_KEYS_PER_QUERY)
+    # A range read scans every partition: 10 µs a row, two rows a link.
+    assert growth.range_growth_s == pytest.approx(2e-5)
+    assert growth.point_s == pytest.approx(0.0005)
 
 
 @pytest.mark.parametrize("name", ["link", "linkx1", "Probe", "p-1", "ab"])

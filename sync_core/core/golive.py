@@ -93,6 +93,11 @@ class ChunkCost:
         self.dataverse_created += other.dataverse_created
         self.ranges += other.ranges
 
+    @property
+    def items(self) -> int:
+        """Its work items: one link looked up and written for each."""
+        return max(self.marketo_records, self.dataverse_created)
+
 
 def calls(records: int, per_call: int) -> int:
     return math.ceil(records / per_call) if records > 0 else 0
@@ -183,21 +188,49 @@ class _Load:
 
 
 @dataclass(frozen=True)
+class LinkGrowth:
+    """How a link's Table reads grow with the links stored, as the store measures it
+    (``StateStore.link_read_growth``): a look-up by ``$filter`` costs ``filter_growth_s`` more a key
+    per link stored (the service reads the key's partition for it), a point read costs ``point_s``
+    a key whatever the table holds (None: not measured), and the store reads by whichever costs
+    less (``state._layout.LookupChoice``); a range read (a chunk's persons) costs
+    ``range_growth_s`` more per link stored. All zero: reads that do not grow."""
+
+    filter_growth_s: float = 0.0
+    point_s: float | None = None
+    range_growth_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class LocalCosts:
     """What happens between the requests, in seconds: a work item's links looked up before its
     chunk writes (``lookup_s``: one point read per record, and the persons' range past the first
     page), its link written after (``write_s``: its share of the chunk's Table transactions), the
     local CPU of preparing it (``cpu_s``: reading it from the snapshot, the merge, validation, the
     payloads); and per chunk, the first page of its persons' range (``range_s``: one scan per links
-    partition, merged). ``PUBLISHED`` assumes Azure Table Storage's published latencies and no CPU;
-    the plan measures the configured store and this machine (``golive.plan.calibrate``) and says
-    which it used (``source``)."""
+    partition, merged). ``lookup_s`` and ``range_s`` are their costs in an empty table; ``growth``
+    says how they grow with the links stored (``lookup_at``, ``range_at``). ``PUBLISHED`` assumes
+    Azure Table Storage's published latencies, no growth and no CPU; the plan measures the
+    configured store and this machine (``golive.plan.calibrate``) and says which it used
+    (``source``)."""
 
     lookup_s: float
     write_s: float
     cpu_s: float = 0.0
     range_s: float = 0.0
     source: str = "published"
+    growth: LinkGrowth = LinkGrowth()
+
+    def lookup_at(self, links: int) -> float:
+        """A work item's look-up with ``links`` stored: the filters' cost grown, or a point read's
+        if that is less (the store reads the cheaper way)."""
+        grown = self.lookup_s + self.growth.filter_growth_s * links
+        point = self.growth.point_s
+        return grown if point is None else min(grown, point)
+
+    def range_at(self, links: int) -> float:
+        """A chunk's range read with ``links`` stored."""
+        return self.range_s + self.growth.range_growth_s * links
 
 
 PUBLISHED = LocalCosts(
@@ -206,7 +239,8 @@ PUBLISHED = LocalCosts(
 )
 
 
-def _load(cost: ChunkCost, share: Share, local: LocalCosts = PUBLISHED) -> _Load:
+def _load(cost: ChunkCost, share: Share, local: LocalCosts = PUBLISHED, links: int = 0) -> _Load:
+    """What ``cost`` asks of each service and of Table Storage, with ``links`` stored before it."""
     marketo_calls = cost.marketo_calls
     per_call = MARKETO_SYNC_MS[0] + MARKETO_SYNC_MS[1] * min(cost.marketo_records / max(marketo_calls, 1), 300)
     in_flight = _marketo_in_flight(share)
@@ -218,13 +252,13 @@ def _load(cost: ChunkCost, share: Share, local: LocalCosts = PUBLISHED) -> _Load
     )
     waves = math.ceil(cost.dataverse_calls / max(share.dataverse_parallel, 1)) if cost.dataverse_calls else 0
     per_message = dataverse_ms / cost.dataverse_calls if cost.dataverse_calls else 0.0
-    items = max(cost.marketo_records, cost.dataverse_created)  # one link looked up and written per item
+    items = cost.items
     return _Load(
         marketo_request_s=marketo_calls * per_call / 1000.0,
         marketo_path_s=marketo,
         dataverse_request_s=dataverse_ms / 1000.0,
         dataverse_path_s=waves * per_message / 1000.0,
-        table_s=items * (local.lookup_s + local.write_s) + cost.ranges * local.range_s,
+        table_s=items * (local.lookup_at(links) + local.write_s) + cost.ranges * local.range_at(links),
         cpu_s=items * local.cpu_s,
     )
 
@@ -256,7 +290,9 @@ class ApplyTime:
     ``dataverse_in_flight`` over all of them); Table
     Storage's (one chunk's look-ups and writes at a time per process); the CPU's (the chunks'
     preparation does not overlap within a process). Plus ``fixed_s`` once (the apply's start: its
-    clients, the schema, the open failures).
+    clients, the schema, the open failures). Each chunk's Table work is priced at the links stored
+    when it starts (``links``: those there before the apply, then every chunk's items; see
+    ``LocalCosts.lookup_at``), as look-ups grow with the table.
 
     On the job queue (``queue_time``) the chunks are the queued parts (their re-reads included),
     ``processes`` Function instances run ``QUEUE_PARTS_PER_INSTANCE`` parts each, and the share is
@@ -268,6 +304,7 @@ class ApplyTime:
     in_flight: int = CHUNKS_IN_FLIGHT
     processes: int = 1
     dataverse_in_flight: int | None = None  # messages in flight over every process; None: per process only
+    links: int = 0  # links stored when the next chunk starts
     path_s: float = 0.0
     longest_s: float = 0.0
     marketo_calls: int = 0
@@ -278,7 +315,8 @@ class ApplyTime:
     services_path_s: float = 0.0
 
     def add(self, cost: ChunkCost) -> None:
-        load = _load(cost, self.share, self.local)
+        load = _load(cost, self.share, self.local, self.links)
+        self.links += cost.items
         services = max(load.marketo_path_s, load.dataverse_path_s)
         own = services + load.table_s + load.cpu_s
         self.path_s += own
@@ -314,7 +352,8 @@ class ApplyTime:
         """The ETA and what it is made of, for the plan's output: each part's total over the whole
         apply (``services_s``: the chunks' API calls by the published speeds, ``table_storage_s``,
         ``local_cpu_s``, ``start_s``), the chunks' paths over the chunks in flight (``chunks_s``:
-        where the parts overlap), the bound that decides, and the costs per item assumed."""
+        where the parts overlap), the bound that decides, and the costs per item assumed: in an empty
+        table, and grown to the links stored at the end (``links_at_end``)."""
         bounds = self._bounds()
         bound = max(bounds, key=lambda name: bounds[name])
         return {
@@ -331,8 +370,11 @@ class ApplyTime:
                 "link_write": round(self.local.write_s * 1000.0, 3),
                 "cpu": round(self.local.cpu_s * 1000.0, 3),
                 "range_per_chunk": round(self.local.range_s * 1000.0, 1),
+                "link_lookup_at_end": round(self.local.lookup_at(self.links) * 1000.0, 3),
+                "range_per_chunk_at_end": round(self.local.range_at(self.links) * 1000.0, 1),
                 "source": self.local.source,
             },
+            "links_at_end": self.links,
         }
 
 
@@ -343,13 +385,19 @@ QUEUE_PARTS_PER_INSTANCE = 4
 
 
 def queue_time(
-    share: Share, *, background_share: float, instances: int, local: LocalCosts = PUBLISHED, fixed_s: float = 0.0
+    share: Share,
+    *,
+    background_share: float,
+    instances: int,
+    local: LocalCosts = PUBLISHED,
+    fixed_s: float = 0.0,
+    links: int = 0,
 ) -> ApplyTime:
     """An ``ApplyTime`` for the apply on the job queue: its parts (add each part's cost, its
     re-reads included) on ``instances`` instances, under ``background_share`` of the limits (the
     queue's calls are background work, their budget shared by every instance): Marketo's rate and
     places, and Dataverse's ``DATAVERSE_IN_FLIGHT`` requests, shared by the instances, each of which
-    sends at most its own ``share.dataverse_parallel``."""
+    sends at most its own ``share.dataverse_parallel``. ``links``: stored before the apply."""
     instances = max(1, instances)
     places = max(1, math.floor(DATAVERSE_IN_FLIGHT * background_share))
     queued = Share(
@@ -363,6 +411,7 @@ def queue_time(
         in_flight=instances * QUEUE_PARTS_PER_INSTANCE,
         processes=instances,
         dataverse_in_flight=places,
+        links=links,
     )
 
 

@@ -227,7 +227,8 @@ def _plan(
                 background_share=settings.background_share,
                 instances=instances,
             )
-        local = calibrate(services.store, snapshot, schema, policy)
+        links_at_end = report.already_linked + sum(cost.items for cost in costs)
+        local = calibrate(services.store, snapshot, schema, policy, links_at_end=links_at_end)
         estimate(report, costs, share=share, local=local, start_s=start_s, queue=queue)
     read_calls = _calls(calls_before, services.counters.snapshot())
     read_floor = golive.read_floor(

@@ -567,13 +567,16 @@ def calibrate(
     *,
     clock: Callable[[], float] = time.perf_counter,
     items: int = PROBE_ITEMS,
+    links_at_end: int = 0,
 ) -> LocalCosts:
     """Measure what the apply does between its requests, on a sample of the plan's own work.
 
     Table Storage: the sample's links as the apply looks them up and writes them (the persons'
     range through ``iter_links``, timed apart as it is one per chunk; its records by Dataverse id;
     then ``upsert_links``: the same code and requests), in a scratch space of the links table
-    (``StateStore.scratch_links``) that no reader uses, deleted before this returns. CPU: the same
+    (``StateStore.scratch_links``) that no reader uses, deleted before this returns; and how those
+    reads grow as the apply fills the table to ``links_at_end`` links (``StateStore.link_read_growth``: a
+    look-up by ``$filter`` reads its partition, so it slows as that grows). CPU: the same
     items read from the snapshot as the apply reads a chunk, their Pending links built, merged,
     validated and their payloads encoded as the apply does before and after its calls. Per item
     (the range per chunk); ``golive.PUBLISHED`` when the plan has no link to measure with."""
@@ -624,7 +627,8 @@ def calibrate(
         write = (clock() - began) / len(links)
     finally:
         scratch.delete_links(links)
-    return LocalCosts(lookup_s=lookup, write_s=write, cpu_s=cpu, range_s=ranged, source="measured")
+    growth = scratch.link_read_growth(links_at_end, like=links[0])
+    return LocalCosts(lookup_s=lookup, write_s=write, cpu_s=cpu, range_s=ranged, source="measured", growth=growth)
 
 
 def _probe_items(snapshot: Snapshot, items: int) -> list[WorkItem]:
@@ -659,7 +663,7 @@ def estimate(
     by the published speeds alone (what the plan said before it measured). With ``queue``, also
     the apply's ETA on the job queue (``eta_queue``): its parts on the instances it names."""
     published = golive.ApplyTime(share)
-    calibrated = golive.ApplyTime(share, local=local, fixed_s=start_s)
+    calibrated = golive.ApplyTime(share, local=local, fixed_s=start_s, links=report.already_linked)
     for cost in costs:
         published.add(cost)
         calibrated.add(cost)
@@ -672,6 +676,7 @@ def estimate(
             instances=queue.instances,
             local=local,
             fixed_s=start_s,
+            links=report.already_linked,
         )
         for part in queue.parts:
             on_queue.add(part)

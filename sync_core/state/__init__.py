@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from sync_core.core.golive import LinkGrowth
 from sync_core.core.jobs import ChunkRecord, JobRecord
 from sync_core.core.models import (
     ActionRecord,
@@ -95,6 +96,13 @@ class StateStore(Protocol):
         """This store, its links in partitions ``{name}-NN`` that no reader of links uses: the same
         requests as the real link work, for measuring it (the go-live plan's probe). Delete what
         you write there."""
+        ...
+
+    def link_read_growth(self, links: int, *, like: Link) -> LinkGrowth:
+        """On a ``scratch_links`` view: how a look-up of many links (by ``$filter``; by point read)
+        and a range read grow with the links stored, up to ``links``, measured on this store with
+        copies of ``like`` written to one of the view's partitions and deleted before this returns
+        (the go-live plan's probe)."""
         ...
 
     def migrate_links(self, *, pages: int) -> LinkMigration:

@@ -37,6 +37,8 @@ import heapq
 import json
 import logging
 import re
+import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
@@ -44,9 +46,11 @@ from typing import Any, Self
 from azure.data.tables import EdmType, EntityProperty
 
 from sync_core.core.errors import StateConflictError
+from sync_core.core.golive import LinkGrowth
 from sync_core.core.models import EntityType, Link
 from sync_core.core.syncfilter import Side
 from sync_core.state._keys import (
+    MAX_KEYS_PER_QUERY,
     RowOp,
     as_utc,
     check_entity,
@@ -63,6 +67,7 @@ from sync_core.state._layout import (
     LINKS_FROM,
     LINKS_TO,
     PAGE,
+    LookupChoice,
     RowPlumbing,
     as_int,
     link_bucket,
@@ -75,6 +80,11 @@ logger = logging.getLogger(__name__)
 LAYOUT_VERSION = 2
 SPREAD = RowFilter(partition_from=LINKS_FROM, partition_to=LINKS_TO, row_prefix="m:")  # every link, layout 2
 MERGE_PAGE = 250  # rows per page of each partition's scan in ``iter_links`` (32 pages held at once)
+GROWTH_LINKS = 15_000  # the most links ``link_read_growth`` writes (30,000 rows)
+GROWTH_SHARE = 10  # it writes this share of the links the table will hold, up to GROWTH_LINKS
+GROWTH_KEY_SHARE = 2 * MAX_KEYS_PER_QUERY  # keys a partition it reads by $filter (64 filters in all)
+GROWTH_RANGES = 4  # range reads it times each time
+GROWTH_PAST_ID = 10**11  # a Marketo id past every person: where its range reads start
 SCRATCH = re.compile(r"^[a-z][a-z0-9]{2,30}$")  # a scratch space's name: sorts outside "link"…"link."
 
 
@@ -181,6 +191,66 @@ class LinkRows(RowPlumbing):
             for row in self._rows.scan_rows(self.tables.links, where=SPREAD, page_size=PAGE):
                 if row.row not in seen and (after is None or row.row > after):
                     yield _link_from(row)
+
+    def link_read_growth(self, links: int, *, like: Link) -> LinkGrowth:
+        """On a scratch view: how a look-up of many links and a range read (``iter_links``) grow
+        with the links stored, measured on this store. The view is timed empty, filled with
+        copies of ``like`` (a ``GROWTH_SHARE``-th of the ``links`` the table will hold, at most
+        ``GROWTH_LINKS``), timed again and emptied: ``GROWTH_KEY_SHARE`` absent keys in every partition read
+        by ``$filter`` (full ones of 14 keys, ``query_workers`` at once, as a look-up sends them), a
+        point read each for ``2 * SAMPLE`` of them, and ``GROWTH_RANGES`` range reads past every
+        person (as a chunk's range read finds its persons not linked yet). The growth is the
+        difference per link written; never below zero (timing noise in a small fill). The service
+        reads a key's partition for a ``$filter`` (Azurite, the whole table as well), so both
+        grow; a point read does not, and is timed once."""
+        if self._scratch is None:
+            raise ValueError("link_read_growth writes rows: call it on a scratch_links view")
+        filled = min(GROWTH_LINKS, links // GROWTH_SHARE)
+        keys = self._absent_keys(like.entity)
+        filter_empty, range_empty = self._time_link_reads(keys)
+        point_keys = keys[: 2 * LookupChoice.SAMPLE]
+        started = time.perf_counter()
+        self._read_keys(self.tables.links, point_keys, LookupChoice.POINT)
+        point = (time.perf_counter() - started) / len(point_keys)
+        if filled == 0:
+            return LinkGrowth(point_s=point)
+        copies = [
+            like.model_copy(update={"marketo_id": number, "dataverse_id": str(uuid.uuid4())})
+            for number in range(1, filled + 1)
+        ]
+        try:
+            self.upsert_links(copies)
+            filter_full, range_full = self._time_link_reads(keys)
+        finally:
+            self.delete_links(copies)
+        return LinkGrowth(
+            filter_growth_s=max(0.0, (filter_full - filter_empty) / filled),
+            point_s=point,
+            range_growth_s=max(0.0, (range_full - range_empty) / filled),
+        )
+
+    def _absent_keys(self, entity: EntityType) -> list[tuple[str, str]]:
+        """``GROWTH_KEY_SHARE`` keys of records no link has, in each partition (sorted): full
+        ``$filter``s."""
+        by_partition: dict[str, list[str]] = {self._partition_name(bucket): [] for bucket in range(LINK_BUCKETS)}
+        while any(len(keys) < GROWTH_KEY_SHARE for keys in by_partition.values()):
+            key = dataverse_link_key(entity, str(uuid.uuid4()))
+            keys_there = by_partition[self._partition(key)]
+            if len(keys_there) < GROWTH_KEY_SHARE:
+                keys_there.append(key)
+        return sorted((partition, key) for partition, keys in by_partition.items() for key in keys)
+
+    def _time_link_reads(self, keys: Sequence[tuple[str, str]]) -> tuple[float, float]:
+        """Seconds a key of ``keys`` read by ``$filter``s, and seconds a range read past every
+        person (``link_read_growth``)."""
+        started = time.perf_counter()
+        self._read_keys(self.tables.links, keys, LookupChoice.FILTER)
+        per_key = (time.perf_counter() - started) / len(keys)
+        started = time.perf_counter()
+        for _ in range(GROWTH_RANGES):
+            for _link in self.iter_links(after_marketo_id=GROWTH_PAST_ID):
+                break
+        return per_key, (time.perf_counter() - started) / GROWTH_RANGES
 
     # -- writes ---------------------------------------------------------------------------------
     def upsert_links(self, links: Sequence[Link], *, replaces: Sequence[Link] = ()) -> None:

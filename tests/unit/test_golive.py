@@ -24,6 +24,7 @@ from sync_core.core.golive import (
     InitialPolicy,
     JobState,
     JobStatus,
+    LinkGrowth,
     LocalCosts,
     MarketoOnlyPolicy,
     Share,
@@ -266,6 +267,41 @@ def test_a_range_look_up_costs_once_per_chunk_of_existing_persons() -> None:
     persons.add(person_chunk_cost(3000, 0))  # new persons: their links are looked up by record only
     assert links.table_s == 0.5
     assert persons.table_s == 0.0
+
+
+def test_each_chunks_table_work_is_priced_at_the_links_stored_when_it_starts() -> None:
+    # Filters 1 ms a key in an empty table and 0.1 µs more per link stored, capped by point reads
+    # at 2 ms; a range read 0.1 s and 10 µs more per link. Ten chunks of 3,000 links each: chunk k
+    # starts with 3,000 k links.
+    local = LocalCosts(
+        lookup_s=0.001,
+        write_s=0.0,
+        range_s=0.1,
+        growth=LinkGrowth(filter_growth_s=1e-7, point_s=0.002, range_growth_s=1e-5),
+    )
+    lookups = [min(0.001 + 1e-7 * 3000 * k, 0.002) for k in range(10)]  # 1.0, 1.3, 1.6, 1.9, then 2 ms
+    ranges = [0.1 + 1e-5 * 3000 * k for k in range(10)]
+    fresh = ApplyTime(QUARTER, local=local)
+    for _ in range(10):
+        fresh.add(link_chunk_cost(3000, 0, batch_size=1000))
+    assert fresh.table_s == pytest.approx(3000 * sum(lookups) + sum(ranges))
+    assert fresh.links == 30_000
+    assert fresh.parts()["per_item_ms"]["link_lookup_at_end"] == 2.0
+    # With 100,000 links there already every look-up costs a point read's.
+    full = ApplyTime(QUARTER, local=local, links=100_000)
+    for _ in range(10):
+        full.add(link_chunk_cost(3000, 0, batch_size=1000))
+    assert full.table_s == pytest.approx(30_000 * 0.002 + sum(range_ + 1.0 for range_ in ranges))
+    # No growth measured (the published costs): the empty table's costs throughout.
+    flat = _ten_link_chunks(LocalCosts(lookup_s=0.001, write_s=0.0, range_s=0.1))
+    assert flat.table_s == pytest.approx(30_000 * 0.001 + 10 * 0.1)
+
+
+def test_a_look_up_costs_the_cheaper_way_and_grows_without_a_point_read_figure() -> None:
+    cheap_points = LocalCosts(lookup_s=0.002, write_s=0.0, growth=LinkGrowth(filter_growth_s=1e-7, point_s=0.001))
+    assert cheap_points.lookup_at(0) == 0.001
+    filters_only = LocalCosts(lookup_s=0.002, write_s=0.0, growth=LinkGrowth(filter_growth_s=1e-8))
+    assert filters_only.lookup_at(10**5) == pytest.approx(0.003)
 
 
 def test_the_published_costs_are_azures_latencies_and_no_cpu() -> None:
