@@ -101,8 +101,8 @@ class StateStore(Protocol):
     def link_read_growth(self, links: int, *, like: Link) -> LinkGrowth:
         """On a ``scratch_links`` view: how a look-up of many links (by ``$filter``; by point read)
         and a range read grow with the links stored, up to ``links``, measured on this store with
-        copies of ``like`` written to one of the view's partitions and deleted before this returns
-        (the go-live plan's probe)."""
+        copies of ``like`` under new ids (spread over the view's partitions as links are), deleted
+        before this returns (the go-live plan's probe)."""
         ...
 
     def migrate_links(self, *, pages: int) -> LinkMigration:
