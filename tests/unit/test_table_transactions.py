@@ -1,0 +1,130 @@
+"""How ``AzureRows`` reads a ``$batch`` answer it cannot take at face value.
+
+The answers come from a canned HTTP server on 127.0.0.1 (the service's side of the wire); the
+request goes through the SDK's real pipeline, signed with a shared key. What Azurite answers to
+real transactions is in ``tests/test_state_contract.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.data.tables import TableServiceClient
+
+from sync_core.core.errors import ApiError, StateConflictError, TransientError
+from sync_core.state._keys import RowOp
+from sync_core.state._table import AzureRows
+
+KEY = "a2V5"  # base64 of "key": only the signature's input, never checked by the canned server
+
+
+class _Canned(BaseHTTPRequestHandler):
+    answers: list[tuple[int, dict[str, str], str]] = []
+    bodies: list[bytes] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        type(self).bodies.append(self.rfile.read(length))
+        if self.path.endswith("/Tables"):  # create the table: it exists
+            status, headers, body = 409, {"x-ms-error-code": "TableAlreadyExists"}, ""
+        else:
+            status, headers, body = type(self).answers.pop(0)
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body.encode())))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+@pytest.fixture
+def canned() -> Iterator[tuple[AzureRows, type[_Canned]]]:
+    handler = type("Handler", (_Canned,), {"answers": [], "bodies": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    service = TableServiceClient(
+        endpoint=f"http://127.0.0.1:{server.server_address[1]}/acct",
+        credential=AzureNamedKeyCredential("acct", KEY),
+        retry_total=0,
+    )
+    yield AzureRows(service), handler
+    server.shutdown()
+    server.server_close()
+
+
+def _changeset(*parts: str) -> tuple[int, dict[str, str], str]:
+    body = "--batchresponse_1\r\nContent-Type: multipart/mixed; boundary=changesetresponse_1\r\n\r\n"
+    for part in parts:
+        body += (
+            "--changesetresponse_1\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+            f"{part}\r\n"
+        )
+    body += "--changesetresponse_1--\r\n--batchresponse_1--\r\n"
+    return 202, {"Content-Type": "multipart/mixed; boundary=batchresponse_1"}, body
+
+
+NO_CONTENT = 'HTTP/1.1 204 No Content\r\nETag: W/"x"\r\n'
+
+
+def _refused(status: str, code: str, message: str) -> str:
+    error = json.dumps({"odata.error": {"code": code, "message": {"lang": "en-US", "value": message}}})
+    return f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n\r\n{error}"
+
+
+def test_every_operation_answered_is_a_written_transaction(canned: tuple[AzureRows, type[_Canned]]) -> None:
+    rows, server = canned
+    server.answers.append(_changeset(NO_CONTENT, NO_CONTENT))
+    rows.transact("t", "p", [RowOp("upsert", "a", {"n": 1}), RowOp("delete", "b")])
+    sent = server.bodies[-1]
+    assert sent.count(b"Content-Type: application/http") == 2
+    assert b"PUT http://127.0.0.1:" in sent
+    assert b"/acct/t(PartitionKey='p',RowKey='a') HTTP/1.1" in sent
+    assert b"/acct/t(PartitionKey='p',RowKey='b') HTTP/1.1\r\n" in sent
+    assert b"If-Match: *" in sent
+
+
+def test_a_refused_operation_is_found_by_the_index_in_its_message(canned: tuple[AzureRows, type[_Canned]]) -> None:
+    rows, server = canned
+    server.answers.append(_changeset(_refused("412 Precondition Failed", "UpdateConditionNotSatisfied", "1:stale")))
+    with pytest.raises(StateConflictError, match=r"t/p/b: conflict at operation 1 .*UpdateConditionNotSatisfied"):
+        rows.transact("t", "p", [RowOp("upsert", "a"), RowOp("delete", "b", etag='W/"old"')])
+
+
+def test_a_missing_row_deleted_is_dropped_and_the_rest_sent_again(canned: tuple[AzureRows, type[_Canned]]) -> None:
+    rows, server = canned
+    server.answers += [_changeset(_refused("404 Not Found", "ResourceNotFound", "0:gone")), _changeset(NO_CONTENT)]
+    rows.transact("t", "p", [RowOp("delete", "gone"), RowOp("upsert", "a")])
+    assert b"RowKey='gone'" in server.bodies[-2]
+    assert b"RowKey='gone'" not in server.bodies[-1]
+    assert rows.counters.transactions == 2
+
+
+def test_a_refusal_without_an_index_is_the_first_operations(canned: tuple[AzureRows, type[_Canned]]) -> None:
+    rows, server = canned
+    server.answers.append(_changeset(_refused("400 Bad Request", "InvalidInput", "no index here")))
+    with pytest.raises(ApiError) as err:
+        rows.transact("t", "p", [RowOp("upsert", "a"), RowOp("upsert", "b")])
+    assert (err.value.status, err.value.code) == (400, "InvalidInput")
+
+
+def test_a_throttled_or_failing_service_is_transient(canned: tuple[AzureRows, type[_Canned]]) -> None:
+    rows, server = canned
+    server.answers.append((503, {"x-ms-error-code": "ServerBusy"}, ""))
+    with pytest.raises(TransientError, match="status 503 ServerBusy"):
+        rows.transact("t", "p", [RowOp("upsert", "a")])
+
+
+def test_an_answer_short_of_operations_is_an_error_not_a_success(canned: tuple[AzureRows, type[_Canned]]) -> None:
+    rows, server = canned
+    server.answers.append(_changeset(NO_CONTENT))
+    with pytest.raises(ApiError, match="1 answers to 2 operations"):
+        rows.transact("t", "p", [RowOp("upsert", "a"), RowOp("upsert", "b")])
