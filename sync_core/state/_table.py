@@ -247,9 +247,6 @@ class Refused(NamedTuple):
     code: str | None
 
 
-_PART_HEADERS = (
-    "x-ms-version: 2019-02-02\r\nDataServiceVersion: 3.0\r\nAccept: application/json;odata=minimalmetadata\r\n"
-)
 _STATUS_LINE = re.compile(r"^HTTP/1\.1 (\d{3})", re.MULTILINE)
 
 
@@ -272,6 +269,11 @@ class _Batch:
         self._base = f"{client.scheme}://{client._primary_hostname}"
         self._table = table
         self._partition = partition
+        self._version = client.api_version
+        self._headers = (
+            f"x-ms-version: {self._version}\r\nDataServiceVersion: 3.0\r\n"
+            "Accept: application/json;odata=minimalmetadata\r\n"
+        )
 
     def submit(self, ops: list[RowOp]) -> Refused | None:
         """Send ``ops`` as one transaction: ``None`` once all are written, else the one refused."""
@@ -285,7 +287,7 @@ class _Batch:
             "POST",
             f"{self._base}/$batch",
             headers={
-                "x-ms-version": "2019-02-02",
+                "x-ms-version": self._version,
                 "DataServiceVersion": "3.0",
                 "MaxDataServiceVersion": "3.0;NetFx",
                 "Content-Type": f"multipart/mixed; boundary={batch}",
@@ -326,9 +328,7 @@ class _Batch:
         else:
             keys = f"PartitionKey='{_url_key(self._partition)}',RowKey='{_url_key(op.row)}'"
             line = f"{'DELETE' if op.kind == 'delete' else 'PUT'} {self._base}/{table}({keys})"
-        headers = (
-            "x-ms-version: 2019-02-02\r\nDataServiceVersion: 3.0\r\nAccept: application/json;odata=minimalmetadata\r\n"
-        )
+        headers = self._headers
         if op.kind == "delete":
             headers += f"If-Match: {op.etag or '*'}\r\n"
             content = ""
