@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -220,7 +221,7 @@ class AzureRows(Rows):
         pending = list(ops)
         while pending:
             with _service_errors(f"transaction on {table}"):
-                refused = batch.submit(pending)
+                refused = self._submit(batch, pending)
             if refused is None:
                 return
             failed = pending[refused.at] if 0 <= refused.at < len(pending) else None
@@ -237,6 +238,40 @@ class AzureRows(Rows):
                     f"{refused.at} of the transaction ({refused.code or refused.status}); nothing was written"
                 )
             raise _status_error(f"transaction on {table}", refused.status, refused.code)
+
+    def _submit(self, batch: _Batch, ops: list[RowOp]) -> Refused | None:
+        """``batch.submit(ops)``, sent again after a dropped connection where that is safe.
+
+        The SDK's retry policy never sends a POST again, and ``$batch`` is one: a connection the
+        service (or Azurite under load) dropped would end the cycle ``transient``. A request that
+        was never sent (``ServiceRequestError``) is always sent again; one sent and not answered
+        (``ServiceResponseError``) may have been written, so only if writing it twice leaves what
+        writing it once does: upserts and unconditional deletes (a row already gone is then a 404,
+        which ``_transact`` drops). An insert or an ETag condition would fail on its own first write.
+        """
+        resends = 0
+        while True:
+            try:
+                return batch.submit(ops)
+            except ServiceRequestError:
+                if resends == RESENDS:
+                    raise
+            except ServiceResponseError:
+                if resends == RESENDS or not all(op.kind == "upsert" or _unconditional_delete(op) for op in ops):
+                    raise
+            resends += 1
+            self._count(transactions=1, operations=len(ops))
+            time.sleep(RESEND_PAUSE_SECONDS * resends)
+
+
+def _unconditional_delete(op: RowOp) -> bool:
+    return op.kind == "delete" and op.etag is None
+
+
+# A transaction sent again after a dropped connection (``AzureRows._submit``): at most twice, after
+# 0.5 s and then 1 s (the SDK's own retries of other requests start at 0.8 s).
+RESENDS = 2
+RESEND_PAUSE_SECONDS = 0.5
 
 
 class Refused(NamedTuple):

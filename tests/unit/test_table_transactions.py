@@ -17,6 +17,7 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.data.tables import TableServiceClient
 
 from sync_core.core.errors import ApiError, StateConflictError, TransientError
+from sync_core.state import _table
 from sync_core.state._keys import RowOp
 from sync_core.state._table import AzureRows
 
@@ -24,7 +25,7 @@ KEY = "a2V5"  # base64 of "key": only the signature's input, never checked by th
 
 
 class _Canned(BaseHTTPRequestHandler):
-    answers: list[tuple[int, dict[str, str], str]] = []
+    answers: list[tuple[int, dict[str, str], str] | None] = []
     bodies: list[bytes] = []
 
     def do_POST(self) -> None:
@@ -33,7 +34,11 @@ class _Canned(BaseHTTPRequestHandler):
         if self.path.endswith("/Tables"):  # create the table: it exists
             status, headers, body = 409, {"x-ms-error-code": "TableAlreadyExists"}, ""
         else:
-            status, headers, body = type(self).answers.pop(0)
+            answer = type(self).answers.pop(0)
+            if answer is None:  # read the request, then drop the connection unanswered
+                self.close_connection = True
+                return
+            status, headers, body = answer
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -128,3 +133,46 @@ def test_an_answer_short_of_operations_is_an_error_not_a_success(canned: tuple[A
     server.answers.append(_changeset(NO_CONTENT))
     with pytest.raises(ApiError, match="1 answers to 2 operations"):
         rows.transact("t", "p", [RowOp("upsert", "a"), RowOp("upsert", "b")])
+
+
+def _batches(server: type[_Canned]) -> list[bytes]:
+    return [body for body in server.bodies if b"changeset_" in body]
+
+
+@pytest.fixture
+def no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_table, "RESEND_PAUSE_SECONDS", 0.0)
+
+
+@pytest.mark.usefixtures("no_pause")
+def test_upserts_and_plain_deletes_are_sent_again_after_a_dropped_connection(
+    canned: tuple[AzureRows, type[_Canned]],
+) -> None:
+    rows, server = canned
+    server.answers += [None, _changeset(NO_CONTENT, NO_CONTENT)]
+    rows.transact("t", "p", [RowOp("upsert", "a"), RowOp("delete", "b")])
+    sent = _batches(server)
+    assert len(sent) == 2
+    assert all(b"RowKey='a'" in body and b"RowKey='b'" in body for body in sent)  # the same operations
+    assert rows.counters.transactions == 2
+
+
+@pytest.mark.usefixtures("no_pause")
+@pytest.mark.parametrize("op", [RowOp("insert", "b"), RowOp("delete", "b", etag='W/"seen"')])
+def test_an_insert_or_a_conditional_delete_is_not_sent_twice(
+    canned: tuple[AzureRows, type[_Canned]], op: RowOp
+) -> None:
+    rows, server = canned
+    server.answers += [None, _changeset(NO_CONTENT, NO_CONTENT)]
+    with pytest.raises(TransientError, match="connection failed"):
+        rows.transact("t", "p", [RowOp("upsert", "a"), op])
+    assert len(_batches(server)) == 1  # it may have been written: a second write would be refused as a conflict
+
+
+@pytest.mark.usefixtures("no_pause")
+def test_a_connection_dropped_three_times_ends_transient(canned: tuple[AzureRows, type[_Canned]]) -> None:
+    rows, server = canned
+    server.answers += [None, None, None, _changeset(NO_CONTENT)]
+    with pytest.raises(TransientError, match="connection failed"):
+        rows.transact("t", "p", [RowOp("upsert", "a")])
+    assert len(_batches(server)) == 1 + _table.RESENDS
