@@ -20,6 +20,7 @@ or endpoint + managed identity from the settings. Nothing here logs entity conte
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -50,6 +51,8 @@ from sync_core.state._rows import RowFilter, Rows, StoredRow
 from sync_core.state._store import RowStateStore
 
 __all__ = ["AzureRows", "TableStateStore"]
+
+logger = logging.getLogger(__name__)
 
 TableCredential = TokenCredential | AzureNamedKeyCredential | AzureSasCredential
 
@@ -260,6 +263,12 @@ class AzureRows(Rows):
                 if resends == RESENDS or not all(op.kind == "upsert" or _unconditional_delete(op) for op in ops):
                     raise
             resends += 1
+            logger.warning(
+                "Table Storage transaction on %s: connection dropped, sent again (%d of %d)",
+                batch.table,
+                resends,
+                RESENDS,
+            )
             self._count(transactions=1, operations=len(ops))
             time.sleep(RESEND_PAUSE_SECONDS * resends)
 
@@ -302,7 +311,7 @@ class _Batch:
         self._client = client
         # The SDK's own $batch address; the pipeline adds a SAS token where there is one.
         self._base = f"{client.scheme}://{client._primary_hostname}"
-        self._table = table
+        self.table = table
         self._partition = partition
         self._version = client.api_version
         self._headers = (
@@ -338,7 +347,7 @@ class _Batch:
             response.close()
         if response.status_code != 202:
             code = response.headers.get("x-ms-error-code") or _error_body(text).get("code")
-            raise _status_error(f"transaction on {self._table}", response.status_code, str(code or "") or None)
+            raise _status_error(f"transaction on {self.table}", response.status_code, str(code or "") or None)
         lines = list(_STATUS_LINE.finditer(text))
         statuses = [int(line.group(1)) for line in lines]
         refused = next((index for index, status in enumerate(statuses) if not 200 <= status < 300), None)
@@ -346,7 +355,7 @@ class _Batch:
             if len(statuses) == len(ops):
                 return None
             raise ApiError(
-                f"Table Storage transaction on {self._table}: {len(statuses)} answers to {len(ops)} operations",
+                f"Table Storage transaction on {self.table}: {len(statuses)} answers to {len(ops)} operations",
                 service="tables",
                 status=response.status_code,
             )
@@ -357,7 +366,7 @@ class _Batch:
         return Refused(int(head) if head.isdigit() else 0, statuses[refused], str(error.get("code") or "") or None)
 
     def _part(self, changeset: str, index: int, op: RowOp) -> str:
-        table = quote(self._table, safe="")
+        table = quote(self.table, safe="")
         if op.kind == "insert":
             line = f"POST {self._base}/{table}"
         else:

@@ -8,6 +8,7 @@ real transactions is in ``tests/test_state_contract.py``.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -146,11 +147,15 @@ def no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("no_pause")
 def test_upserts_and_plain_deletes_are_sent_again_after_a_dropped_connection(
-    canned: tuple[AzureRows, type[_Canned]],
+    canned: tuple[AzureRows, type[_Canned]], caplog: pytest.LogCaptureFixture
 ) -> None:
     rows, server = canned
     server.answers += [None, _changeset(NO_CONTENT, NO_CONTENT)]
-    rows.transact("t", "p", [RowOp("upsert", "a"), RowOp("delete", "b")])
+    with caplog.at_level(logging.WARNING, logger=_table.__name__):
+        rows.transact("t", "p", [RowOp("upsert", "a"), RowOp("delete", "b")])
+    assert [record.getMessage() for record in caplog.records] == [
+        "Table Storage transaction on t: connection dropped, sent again (1 of 2)"
+    ]
     sent = _batches(server)
     assert len(sent) == 2
     assert all(b"RowKey='a'" in body and b"RowKey='b'" in body for body in sent)  # the same operations
