@@ -8,11 +8,12 @@ caller iterates. A transaction (``$batch``) is written by ``_Batch``: the same r
 ``submit_transaction``, sent through the SDK's own pipeline (its signing, retries and hooks) with
 the SDK's own entity serialisation, but with the multipart body written and read as text. The
 SDK builds each operation as a request run through its policies and an ``email`` message, and
-parses the answer with the ``email`` package: about 0.55 ms of CPU per operation, ten times what
-the text costs, and a sync cycle writes two rows per link (README "Performance").
+parses the answer with the ``email`` package: 1.5 ms of CPU a link written (two rows) against
+0.13 to 0.16 ms as text (``bench/bench_tables.py``; README "Performance").
 Tables are created on first use. Service answers become the project's errors: a lost condition
-is ``StateConflictError`` (chained from the SDK's error), throttling, 5xx and dropped
-connections are ``TransientError``, anything else is ``ApiError(service="tables")``.
+is ``StateConflictError``, throttling, 5xx and dropped connections are ``TransientError``
+(a transaction is first sent again where that is safe, ``AzureRows._submit``), anything else is
+``ApiError(service="tables")``.
 ``TableStateStore`` is ``RowStateStore`` over it; ``wiring.build_state_store`` picks connection string
 or endpoint + managed identity from the settings. Nothing here logs entity contents.
 """
