@@ -32,7 +32,9 @@ from sync_core.wiring.state import build_state_store
 
 # httpx logs every request's URL at INFO, and our URLs carry person data (Marketo filterValues,
 # Dataverse $filter on email): whatever level the host logs at, those lines never leave the process.
-for _noisy in ("httpx", "httpcore"):
+# The Azure SDK's HttpLoggingPolicy logs every Table Storage request at INFO too (URL, then each
+# header on a line): ids only, but tens of thousands a cycle, which Application Insights would bill.
+for _noisy in ("httpx", "httpcore", "azure.core.pipeline.policies.http_logging_policy"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 # Connections per API: Marketo allows 10 in flight per instance (we use a share of it),
