@@ -66,8 +66,12 @@ def _service_errors(what: str) -> Iterator[None]:
     except (ServiceRequestError, ServiceResponseError) as err:
         raise TransientError(f"Table Storage {what}: connection failed", service="tables") from err
     except HttpResponseError as err:
-        code = str(getattr(err, "error_code", None) or "") or None
-        raise _status_error(what, err.status_code, code) from err
+        raise _status_error(what, err.status_code, _code(getattr(err, "error_code", None))) from err
+
+
+def _code(value: object) -> str | None:
+    """A service's error code as text, or None when it gave none."""
+    return str(value or "") or None
 
 
 def _status_error(what: str, status: int | None, code: str | None) -> TransientError | ApiError:
@@ -314,6 +318,10 @@ class _Batch:
         self._base = f"{client.scheme}://{client._primary_hostname}"
         self.table = table
         self._partition = partition
+        # What every operation's request line shares: the table's URL, and an entity's up to its RowKey.
+        table_url = f"{self._base}/{quote(table, safe='')}"
+        self._insert_line = f"POST {table_url}"
+        self._entity_url = f"{table_url}(PartitionKey='{_url_key(partition)}',RowKey="
         self._version = client.api_version
         self._headers = (
             f"x-ms-version: {self._version}\r\nDataServiceVersion: 3.0\r\n"
@@ -348,7 +356,7 @@ class _Batch:
             response.close()
         if response.status_code != 202:
             code = response.headers.get("x-ms-error-code") or _error_body(text).get("code")
-            raise _status_error(f"transaction on {self.table}", response.status_code, str(code or "") or None)
+            raise _status_error(f"transaction on {self.table}", response.status_code, _code(code))
         lines = list(_STATUS_LINE.finditer(text))
         statuses = [int(line.group(1)) for line in lines]
         refused = next((index for index, status in enumerate(statuses) if not 200 <= status < 300), None)
@@ -364,15 +372,13 @@ class _Batch:
         error = _error_body(text[lines[refused].end() : end])
         message = error.get("message")
         head = str(message.get("value", "")).split(":", 1)[0] if isinstance(message, dict) else ""
-        return Refused(int(head) if head.isdigit() else 0, statuses[refused], str(error.get("code") or "") or None)
+        return Refused(int(head) if head.isdigit() else 0, statuses[refused], _code(error.get("code")))
 
     def _part(self, changeset: str, index: int, op: RowOp) -> str:
-        table = quote(self.table, safe="")
         if op.kind == "insert":
-            line = f"POST {self._base}/{table}"
+            line = self._insert_line
         else:
-            keys = f"PartitionKey='{_url_key(self._partition)}',RowKey='{_url_key(op.row)}'"
-            line = f"{'DELETE' if op.kind == 'delete' else 'PUT'} {self._base}/{table}({keys})"
+            line = f"{'DELETE' if op.kind == 'delete' else 'PUT'} {self._entity_url}'{_url_key(op.row)}')"
         headers = self._headers
         if op.kind == "delete":
             headers += f"If-Match: {op.etag or '*'}\r\n"
