@@ -20,8 +20,9 @@ Per cycle:
   scales every latency but not the limits' windows, so at ``--time-scale 0.1`` the rate bounds
   weigh ten times more; the report says which bound dominates;
 - API calls per service next to the call floor for what the cycle did (Marketo ⌈changes read
-  /300⌉ + ⌈persons written/300⌉; Dataverse ⌈records written/1000⌉ + ⌈rows/5000⌉ delta pages per
-  table), Table transactions, peak RSS of the cycle's process;
+  /300⌉ + ⌈persons written/300⌉; Dataverse, per table, ⌈records its bulk messages wrote/1000⌉ (a
+  message writes one table; the request log's ``records``) + ⌈rows/5000⌉ delta pages per table),
+  Table transactions, peak RSS of the cycle's process;
 - where the time goes: per service, Σ ms and requests by method and path pattern; the time any
   request was in flight, so ``wall - in flight`` is the time spent on neither service (Table
   Storage, the engine's CPU).
@@ -247,13 +248,21 @@ def service_floor(requests: list[dict[str, Any]], limits: Limits) -> dict[str, A
     }
 
 
-def call_floor(report: dict[str, Any]) -> dict[str, int]:
-    """The fewest API calls the batch sizes allow for what this cycle read and wrote."""
+def call_floor(report: dict[str, Any], requests: list[dict[str, Any]]) -> dict[str, int]:
+    """The fewest API calls the batch sizes allow for what this cycle read and wrote. A bulk message
+    writes one table, so the Dataverse writes' floor is, per table, ⌈records / 1000⌉ (the records of
+    its bulk messages answered, from the request log), plus ⌈records written otherwise / 1000⌉."""
     pulled, written = report.get("pulled", {}), report.get("written", {})
     marketo = max(1, math.ceil(pulled.get("marketo", 0) / 300)) + math.ceil(written.get("marketo", 0) / 300)
     # One delta read per table at least (leads, contacts), 5,000 rows a page; rows split evenly.
     delta = 2 * max(1, math.ceil(pulled.get("dynamics", 0) / 2 / 5000))
-    return {"marketo": marketo, "dataverse": math.ceil(written.get("dynamics", 0) / 1000) + delta}
+    bulk: dict[str, int] = defaultdict(int)
+    for r in requests:
+        if r["service"] == "dataverse" and r.get("records") and r["status"] < 300:
+            bulk[r["path"].rsplit("/", 2)[-2]] += r["records"]  # …/leads/Microsoft.Dynamics.CRM.UpdateMultiple
+    other = max(0, written.get("dynamics", 0) - sum(bulk.values()))
+    writes = sum(math.ceil(records / 1000) for records in bulk.values()) + math.ceil(other / 1000)
+    return {"marketo": marketo, "dataverse": writes + delta}
 
 
 # -- the measured cycles -----------------------------------------------------------------------
@@ -290,7 +299,7 @@ def cycle_row(index: int, result: dict[str, Any], requests: list[dict[str, Any]]
     report = result["report"]
     floor = service_floor(requests, limits)
     calls, table = report.get("api_calls", {}), report.get("table", {})
-    call_floors = call_floor(report)
+    call_floors = call_floor(report, requests)
     wall = result["wall_seconds"]
     return {
         "cycle": index,

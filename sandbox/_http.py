@@ -37,6 +37,7 @@ class Request:
     body: bytes
     base_url: str  # scheme://host[:port] as the client addressed it (from the Host header)
     raw_target: str = ""  # the request target as sent (path + query)
+    notes: dict[str, Any] = field(default_factory=dict)  # the app's additions to its request log line
 
     def header(self, name: str, default: str | None = None) -> str | None:
         value = self.headers.get(name)
@@ -183,7 +184,8 @@ class _Server(ThreadingHTTPServer):
 
     def log(self, request: Request, status: int, started: tuple[float, float]) -> None:
         """One JSON line: when the request started (epoch seconds), what it was, and how long
-        it took to answer in ms (``start`` and ``ms`` give a benchmark each request's interval)."""
+        it took to answer in ms (``start`` and ``ms`` give a benchmark each request's interval),
+        and what the app noted on the request (a Dataverse bulk message's ``records``)."""
         if self.request_log is None:
             return
         epoch, counter = started
@@ -195,6 +197,7 @@ class _Server(ThreadingHTTPServer):
                 "status": status,
                 "start": round(epoch, 6),
                 "ms": round((time.perf_counter() - counter) * 1000, 2),
+                **request.notes,
             }
         )
         with self._log_lock:

@@ -1,6 +1,7 @@
 """Concurrent writes (issue 17): Dataverse bulk messages go side by side up to ``x-ms-dop-hint``
 capped by ``DATAVERSE_MAX_PARALLEL``; Marketo's Sync Leads chunks up to the app's in-flight share.
-The number of calls is unchanged (the same chunks, sent at once), and outcomes keep input order.
+The number of calls is unchanged (the same chunks, sent at once; the cycle's writes spread an
+unfilled last wave of messages over the places, ``message_sizes``), and outcomes keep input order.
 Fakes are ``httpx.MockTransport`` handlers that hold each request a little and record how many
 were in flight at once."""
 
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sync_core.dataverse._bulk import message_sizes
 from sync_core.dataverse.client import DataverseClient
 from sync_core.marketo.client import MarketoClient
 from sync_core.wiring.credentials import StaticTokenCredential
@@ -185,3 +187,72 @@ def test_two_tables_share_the_places_with_the_full_messages_first() -> None:
     # Each message's outcomes were handed over as it was answered (table position, input indexes).
     chunks = [(0, list(range(s, min(s + 10, 25)))) for s in (0, 10, 20)]
     assert sorted(answered) == sorted([*chunks, *((1, indexes) for _, indexes in chunks)])
+
+
+@pytest.mark.parametrize(
+    ("counts", "places", "sizes"),
+    [
+        ([2500, 2500], 1, [[1000, 1000, 500], [1000, 1000, 500]]),  # alone: full messages, the rest last
+        ([2500, 2500], 4, [[625] * 4, [625] * 4]),  # 6 → 8: two full waves of 625, not 1,500 on two places
+        ([2500, 500], 4, [[834, 833, 833], [500]]),  # a full wave already: no more calls, split evenly
+        ([4000, 4000], 4, [[1000] * 4, [1000] * 4]),  # whole waves: unchanged
+        ([1500], 4, [[500, 500, 500]]),  # not below half a batch: 3 of 500, not 4 of 375
+        ([10], 4, [[10]]),  # a small write stays one message
+        ([0, 7], 4, [[], [7]]),
+    ],
+)
+def test_message_sizes_fill_an_unfilled_last_wave(counts: list[int], places: int, sizes: list[list[int]]) -> None:
+    assert message_sizes(counts, batch_size=1000, places=places) == sizes
+    # Every row in exactly one message, none over the batch size, at most a wave's worth more calls.
+    assert [sum(table) for table in sizes] == counts
+    assert all(0 < size <= 1000 for table in sizes for size in table)
+    fewest = sum(-(-count // 1000) for count in counts)
+    assert fewest <= sum(len(table) for table in sizes) <= fewest + places - 1
+
+
+def test_filled_places_send_the_last_wave_as_more_even_messages() -> None:
+    """``update_tables(fill_places=True)``: the messages of ``message_sizes`` (the count that
+    ``messages_for`` gives the pipeline), each table's rows split evenly, outcomes in input order."""
+    tables = {
+        "lead": {"LogicalName": "lead", "EntitySetName": "leads", "PrimaryIdAttribute": "leadid"},
+        "contact": {"LogicalName": "contact", "EntitySetName": "contacts", "PrimaryIdAttribute": "contactid"},
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"x-ms-dop-hint": "4"}
+        if "EntityDefinitions" in request.url.path:
+            found = [table for name, table in tables.items() if f"'{name}'" in request.url.params.get("$filter", "")]
+            return httpx.Response(200, json={"value": found}, headers=headers)
+        return httpx.Response(204, headers=headers)
+
+    fake = InFlight(answer, hold=0.01)
+    contacts = [{"contactid": f"00000000-0000-0000-0001-{i:012d}", "firstname": f"C{i}"} for i in range(25)]
+    with httpx.Client(transport=httpx.MockTransport(fake)) as http:
+        client = DataverseClient(
+            http,
+            base_url=ORG,
+            credential=StaticTokenCredential("t"),
+            batch_size=10,
+            max_parallel=8,
+            sleep=lambda _: None,
+        )
+        assert client.messages_for([25, 25]) == 6  # no hint yet: one place, the fewest messages
+        client.update_multiple("lead", _rows(1))  # the first answer brings the hint
+        fake.calls.clear()
+        assert client.messages_for([25, 25]) == 8
+        leads_out, contacts_out = client.update_tables([("lead", _rows(25)), ("contact", contacts)], fill_places=True)
+
+    assert [o.index for o in leads_out] == list(range(25))
+    assert [o.index for o in contacts_out] == list(range(25))
+    assert all(o.ok for o in [*leads_out, *contacts_out])
+    posts = [call for call in fake.calls if call.url.path.endswith("UpdateMultiple")]
+    sent = {
+        (
+            call.url.path.split("/")[-2],
+            tuple(t.get("leadid") or t.get("contactid") for t in json.loads(call.content)["Targets"]),
+        )
+        for call in posts
+    }
+    assert sorted(len(ids) for table, ids in sent if table == "leads") == [6, 6, 6, 7]
+    assert sorted(len(ids) for table, ids in sent if table == "contacts") == [6, 6, 6, 7]
+    assert len({row_id for _, ids in sent for row_id in ids}) == 50  # each row once

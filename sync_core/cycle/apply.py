@@ -358,8 +358,7 @@ class Applier:
         for item, _, record_plan in planned:
             if _writes_dynamics(record_plan):
                 writes[item.link.entity] = writes.get(item.link.entity, 0) + 1
-        size = self.dataverse.batch_size
-        return _Planned(planned, out, sum(-(-count // size) for count in writes.values()))
+        return _Planned(planned, out, self.dataverse.messages_for(list(writes.values())))
 
     def _send_linked(self, batch: _Planned) -> _Sent:
         """Start the batch's writes, both sides at once, on threads of their own; returns at once."""
@@ -596,9 +595,11 @@ class Applier:
             if on_written is not None:
                 on_written({tables[table][outcome.index][0]: outcome for outcome in answered})
 
-        # Leads and contacts share the bulk messages' places (not one table after the other).
+        # Leads and contacts share the bulk messages' places (not one table after the other), and
+        # a last wave of messages that would leave places idle is spread over them.
         answers = self.dataverse.update_tables(
             [(self.metadata[entity], [row for _, row in rows]) for entity, rows in by_entity.items()],
+            fill_places=True,
             on_written=written,
         )
         for rows, results in zip(by_entity.values(), answers, strict=True):

@@ -148,6 +148,45 @@ class _Target:
         return self.failed(answer.status, code, message)
 
 
+def message_sizes(counts: Sequence[int], *, batch_size: int, places: int = 1) -> list[list[int]]:
+    """Per table, the records of each bulk message its ``counts[i]`` rows go in.
+
+    With ``places`` 1: the fewest messages, ``batch_size`` each and the rest in the last (the
+    chunks each table would have alone). With more places (the messages in flight at once), the
+    rows that the fewest messages would send in an unfilled last wave are spread over that wave:
+    more messages, up to a whole wave (at most ``places - 1`` more, and none below half of
+    ``batch_size``), each table's rows split evenly. The service's time for a message grows with
+    its records and the messages share the places, so the last message ends when the wave's
+    average does: two tables of 2,500 rows on 4 places go as 8 messages of 625 (two waves of
+    625), not 6 of 1,000, 1,000 and 500 (1,500 on the two places that take two)."""
+    size = max(1, batch_size)
+    wanted = [-(-count // size) for count in counts]
+    if places <= 1:
+        return [
+            [size] * (messages - 1) + [count - size * (messages - 1)] if messages else []
+            for count, messages in zip(counts, wanted, strict=True)
+        ]
+    fewest, total = sum(wanted), sum(counts)
+    if fewest % places:
+        spread = min(places * -(-fewest // places), max(fewest, total // max(1, size // 2)))
+        for _ in range(spread - fewest):
+            # One more message for the table whose messages are the largest, while it has rows for it.
+            split = [i for i, count in enumerate(counts) if count > wanted[i]]
+            if not split:
+                break
+            widest = max(split, key=lambda i: -(-counts[i] // wanted[i]))
+            wanted[widest] += 1
+    return [_even(count, messages) for count, messages in zip(counts, wanted, strict=True)]
+
+
+def _even(count: int, messages: int) -> list[int]:
+    """``count`` rows in ``messages`` messages whose sizes differ by at most one, the larger first."""
+    if not messages:
+        return []
+    base, extra = divmod(count, messages)
+    return [base + 1] * extra + [base] * (messages - extra)
+
+
 def write_multiple(
     api: WebApi,
     kind: Write,
@@ -157,6 +196,7 @@ def write_multiple(
     batch_size: int,
     support: BulkSupport,
     parallel: int = 1,
+    fill_places: bool = False,
     on_written: Callable[[int, Sequence[WriteOutcome]], None] | None = None,
 ) -> list[list[WriteOutcome]]:
     """Per table, one outcome per row, in input order; rows that cannot be addressed are refused unsent.
@@ -165,21 +205,27 @@ def write_multiple(
     ``parallel`` at a time (each is independent: the service applies or rolls back one message as a
     whole), the full ones first, so that a short chunk does not hold a place while a full one waits
     (the service's time grows with a message's records). The chunks, and so the calls, are those
-    each table would have alone. Where ``support`` knows the message is not enabled on a table,
-    each of its chunks goes as a ``$batch``. ``on_written(table position, outcomes)`` is called, on
-    the thread that wrote it, as each chunk's rows are answered (the others may still be in
-    flight), so a caller may use those outcomes before the slowest chunk ends; the rows refused
-    unsent come only in the answer."""
+    each table would have alone; with ``fill_places``, those of ``message_sizes`` over ``parallel``
+    places (an unfilled last wave spread over more messages). Where ``support`` knows the message
+    is not enabled on a table, each of its chunks goes as a ``$batch``. ``on_written(table
+    position, outcomes)`` is called, on the thread that wrote it, as each chunk's rows are answered
+    (the others may still be in flight), so a caller may use those outcomes before the slowest
+    chunk ends; the rows refused unsent come only in the answer."""
     outcomes: list[dict[int, WriteOutcome]] = [{} for _ in tables]
-    chunks: list[tuple[int, EntityRef, list[_Target]]] = []
+    ready: list[list[_Target]] = [[] for _ in tables]
     for position, (ref, rows) in enumerate(tables):
-        ready: list[_Target] = []
         for index, row in enumerate(rows):
             try:
-                ready.append(_Target.of(kind, ref, index, row, key))
+                ready[position].append(_Target.of(kind, ref, index, row, key))
             except ValueError as err:
                 outcomes[position][index] = WriteOutcome(index, False, code="invalid_input", message=str(err))
-        chunks += [(position, ref, ready[start : start + batch_size]) for start in range(0, len(ready), batch_size)]
+    sizes = message_sizes([len(r) for r in ready], batch_size=batch_size, places=parallel if fill_places else 1)
+    chunks: list[tuple[int, EntityRef, list[_Target]]] = []
+    for position, ((ref, _), targets, table_sizes) in enumerate(zip(tables, ready, sizes, strict=True)):
+        start = 0
+        for size in table_sizes:
+            chunks.append((position, ref, targets[start : start + size]))
+            start += size
     chunks.sort(key=lambda chunk: -len(chunk[2]))  # stable: each table's chunks keep their order
 
     def write(chunk: tuple[int, EntityRef, list[_Target]]) -> list[WriteOutcome]:

@@ -42,7 +42,7 @@ from sync_core.dataverse._api import (
 )
 from sync_core.dataverse._auth import CredentialAuth
 from sync_core.dataverse._batch import BatchPart
-from sync_core.dataverse._bulk import ENTITY_ID, BulkSupport, Write, write_multiple
+from sync_core.dataverse._bulk import ENTITY_ID, BulkSupport, Write, message_sizes, write_multiple
 from sync_core.dataverse._metadata import Catalog, EntityRef
 from sync_core.dataverse._types import DeltaPage, WriteOutcome
 from sync_core.http.counters import ApiCounters
@@ -463,14 +463,20 @@ class DataverseClient:
         self,
         tables: Sequence[tuple[EntityMeta | str, Sequence[Mapping[str, Any]]]],
         *,
+        fill_places: bool = False,
         on_written: Callable[[int, Sequence[WriteOutcome]], None] | None = None,
     ) -> list[list[WriteOutcome]]:
         """``update_multiple`` of several tables at once: their UpdateMultiple calls (the same ones
         as table by table) share the ``parallelism`` places, so one table's last short message
-        does not wait for the other's. Per table, its outcomes in input order. ``on_written(table
-        position, outcomes)``: called as each message is answered, while the others may still be
-        in flight (``write_multiple``)."""
-        return self._write_multiple(Write.UPDATE, tables, key=None, on_written=on_written)
+        does not wait for the other's. With ``fill_places``, the messages are those of
+        ``messages_for``: an unfilled last wave is spread over more, smaller messages. Per table,
+        its outcomes in input order. ``on_written(table position, outcomes)``: called as each
+        message is answered, while the others may still be in flight (``write_multiple``)."""
+        return self._write_multiple(Write.UPDATE, tables, key=None, fill_places=fill_places, on_written=on_written)
+
+    def messages_for(self, counts: Sequence[int]) -> int:
+        """The bulk messages ``update_tables(..., fill_places=True)`` sends for tables of these row counts now."""
+        return sum(len(sizes) for sizes in message_sizes(counts, batch_size=self.batch_size, places=self.parallelism))
 
     def upsert_multiple(
         self, entity: EntityMeta | str, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str] | None = None
@@ -488,6 +494,7 @@ class DataverseClient:
         tables: Sequence[tuple[EntityMeta | str, Sequence[Mapping[str, Any]]]],
         *,
         key: tuple[str, ...] | None,
+        fill_places: bool = False,
         on_written: Callable[[int, Sequence[WriteOutcome]], None] | None = None,
     ) -> list[list[WriteOutcome]]:
         return write_multiple(
@@ -498,6 +505,7 @@ class DataverseClient:
             batch_size=self.batch_size,
             support=self._bulk_support,
             parallel=self.parallelism,
+            fill_places=fill_places,
             on_written=on_written,
         )
 

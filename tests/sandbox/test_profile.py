@@ -24,7 +24,7 @@ from sandbox import _profile
 from sandbox.__main__ import main
 from sandbox._http import HttpServer, Request, Response
 from sandbox._profile import DataverseProfile, MarketoProfile, Profile
-from sandbox.dataverse import DataverseOptions
+from sandbox.dataverse import DataverseOptions, DataverseSandbox
 from sandbox.marketo import MarketoOptions
 from tests.sandbox._marketo_support import CREDENTIALS, FakeClock, Marketo, error_code
 from tests.sandbox.test_dataverse_api import Org, error_of, running
@@ -310,6 +310,26 @@ def test_request_log_has_each_requests_start_and_duration() -> None:
     assert set(entry) == {"service", "method", "path", "status", "start", "ms"}
     assert before <= entry["start"] <= before + 1
     assert entry["ms"] >= 30
+
+
+def test_request_log_has_the_records_of_each_bulk_message() -> None:
+    """A bulk message's line carries its ``records`` (a benchmark's call floor per table); others none."""
+    log = io.StringIO()
+    sandbox = DataverseSandbox(DataverseOptions(clock=FakeClock()), sleep=time.sleep)
+    with HttpServer(sandbox.handle, service="dataverse", request_log=log) as server:
+        headers = {"Authorization": "Bearer sandbox-token", "Accept": "application/json"}
+        with httpx.Client(base_url=f"{server.base_url}/api/data/v9.2/", headers=headers, verify=_SSL) as http:
+            targets = [
+                {"@odata.type": "Microsoft.Dynamics.CRM.lead", "lastname": f"L{i}", "companyname": "C"}
+                for i in range(7)
+            ]
+            created = http.post("leads/Microsoft.Dynamics.CRM.CreateMultiple", json={"Targets": targets})
+            page = http.get("leads", params={"$select": "lastname"})
+    assert created.status_code == 200, created.text
+    assert page.status_code == 200
+    bulk, read = map(json.loads, log.getvalue().splitlines())
+    assert (bulk["path"], bulk["records"]) == ("/api/data/v9.2/leads/Microsoft.Dynamics.CRM.CreateMultiple", 7)
+    assert "records" not in read
 
 
 def test_cli_refuses_an_unknown_profile_or_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
