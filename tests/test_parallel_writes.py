@@ -71,6 +71,36 @@ def _rows(n: int) -> list[dict[str, Any]]:
     return [{"leadid": f"00000000-0000-0000-0000-{i:012d}", "firstname": f"F{i}"} for i in range(n)]
 
 
+def _contacts(n: int) -> list[dict[str, Any]]:
+    return [{"contactid": f"00000000-0000-0000-0001-{i:012d}", "firstname": f"C{i}"} for i in range(n)]
+
+
+TABLES = {
+    "lead": {"LogicalName": "lead", "EntitySetName": "leads", "PrimaryIdAttribute": "leadid"},
+    "contact": {"LogicalName": "contact", "EntitySetName": "contacts", "PrimaryIdAttribute": "contactid"},
+}
+
+
+def _two_tables(request: httpx.Request) -> httpx.Response:
+    """Leads and contacts; 4 bulk messages at once suggested; every write taken."""
+    headers = {"x-ms-dop-hint": "4"}
+    if "EntityDefinitions" in request.url.path:
+        found = [table for name, table in TABLES.items() if f"'{name}'" in request.url.params.get("$filter", "")]
+        return httpx.Response(200, json={"value": found}, headers=headers)
+    return httpx.Response(204, headers=headers)
+
+
+def _client(http: httpx.Client, *, batch_size: int, max_parallel: int) -> DataverseClient:
+    return DataverseClient(
+        http,
+        base_url=ORG,
+        credential=StaticTokenCredential("t"),
+        batch_size=batch_size,
+        max_parallel=max_parallel,
+        sleep=lambda _: None,
+    )
+
+
 @pytest.mark.parametrize(
     ("dop", "max_parallel", "peak"),
     [(None, 8, 1), ("4", 8, 3), ("2", 8, 2), ("4", 1, 1)],
@@ -81,14 +111,7 @@ def test_bulk_messages_go_side_by_side_up_to_the_dop_hint_capped_by_the_setting(
 ) -> None:
     fake = InFlight(_dataverse(dop))
     with httpx.Client(transport=httpx.MockTransport(fake)) as http:
-        client = DataverseClient(
-            http,
-            base_url=ORG,
-            credential=StaticTokenCredential("t"),
-            batch_size=1000,
-            max_parallel=max_parallel,
-            sleep=lambda _: None,
-        )
+        client = _client(http, batch_size=1000, max_parallel=max_parallel)
         outcomes = client.update_multiple("leads", _rows(2500))
 
     assert [outcome.index for outcome in outcomes] == list(range(2500))
@@ -101,14 +124,7 @@ def test_bulk_messages_go_side_by_side_up_to_the_dop_hint_capped_by_the_setting(
 def test_a_failing_chunk_is_raised_only_after_the_other_chunks_were_sent() -> None:
     fake = InFlight(_dataverse("4"), hold=0.01)
     with httpx.Client(transport=httpx.MockTransport(fake)) as http:
-        client = DataverseClient(
-            http,
-            base_url=ORG,
-            credential=StaticTokenCredential("t"),
-            batch_size=10,
-            max_parallel=4,
-            sleep=lambda _: None,
-        )
+        client = _client(http, batch_size=10, max_parallel=4)
         rows = _rows(40)
         rows[25]["firstname"] = "refused"
         with pytest.raises(Exception):  # noqa: B017, PT011 - the fake has no $batch: the isolation itself fails
@@ -141,29 +157,10 @@ def test_sync_leads_chunks_go_side_by_side_up_to_the_in_flight_share() -> None:
 def test_two_tables_share_the_places_with_the_full_messages_first() -> None:
     """Leads and contacts of one batch: their UpdateMultiple calls are those of each table alone,
     sent side by side up to the hint across both tables (not one table after the other)."""
-    tables = {
-        "lead": {"LogicalName": "lead", "EntitySetName": "leads", "PrimaryIdAttribute": "leadid"},
-        "contact": {"LogicalName": "contact", "EntitySetName": "contacts", "PrimaryIdAttribute": "contactid"},
-    }
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        headers = {"x-ms-dop-hint": "4"}
-        if "EntityDefinitions" in request.url.path:
-            found = [table for name, table in tables.items() if f"'{name}'" in request.url.params.get("$filter", "")]
-            return httpx.Response(200, json={"value": found}, headers=headers)
-        return httpx.Response(204, headers=headers)
-
-    fake = InFlight(answer)
-    contacts = [{"contactid": f"00000000-0000-0000-0001-{i:012d}", "firstname": f"C{i}"} for i in range(25)]
+    fake = InFlight(_two_tables)
+    contacts = _contacts(25)
     with httpx.Client(transport=httpx.MockTransport(fake)) as http:
-        client = DataverseClient(
-            http,
-            base_url=ORG,
-            credential=StaticTokenCredential("t"),
-            batch_size=10,
-            max_parallel=8,
-            sleep=lambda _: None,
-        )
+        client = _client(http, batch_size=10, max_parallel=8)
         client.update_multiple("lead", _rows(1))  # the first answer brings the hint
         fake.calls.clear()
         fake.peak = 0
@@ -213,29 +210,10 @@ def test_message_sizes_fill_an_unfilled_last_wave(counts: list[int], places: int
 def test_filled_places_send_the_last_wave_as_more_even_messages() -> None:
     """``update_tables(fill_places=True)``: the messages of ``message_sizes`` (the count that
     ``messages_for`` gives the pipeline), each table's rows split evenly, outcomes in input order."""
-    tables = {
-        "lead": {"LogicalName": "lead", "EntitySetName": "leads", "PrimaryIdAttribute": "leadid"},
-        "contact": {"LogicalName": "contact", "EntitySetName": "contacts", "PrimaryIdAttribute": "contactid"},
-    }
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        headers = {"x-ms-dop-hint": "4"}
-        if "EntityDefinitions" in request.url.path:
-            found = [table for name, table in tables.items() if f"'{name}'" in request.url.params.get("$filter", "")]
-            return httpx.Response(200, json={"value": found}, headers=headers)
-        return httpx.Response(204, headers=headers)
-
-    fake = InFlight(answer, hold=0.01)
-    contacts = [{"contactid": f"00000000-0000-0000-0001-{i:012d}", "firstname": f"C{i}"} for i in range(25)]
+    fake = InFlight(_two_tables, hold=0.01)
+    contacts = _contacts(25)
     with httpx.Client(transport=httpx.MockTransport(fake)) as http:
-        client = DataverseClient(
-            http,
-            base_url=ORG,
-            credential=StaticTokenCredential("t"),
-            batch_size=10,
-            max_parallel=8,
-            sleep=lambda _: None,
-        )
+        client = _client(http, batch_size=10, max_parallel=8)
         assert client.messages_for([25, 25]) == 6  # no hint yet: one place, the fewest messages
         client.update_multiple("lead", _rows(1))  # the first answer brings the hint
         fake.calls.clear()
