@@ -214,10 +214,11 @@ def test_filled_places_send_the_last_wave_as_more_even_messages() -> None:
     contacts = _contacts(25)
     with httpx.Client(transport=httpx.MockTransport(fake)) as http:
         client = _client(http, batch_size=10, max_parallel=8)
-        assert client.messages_for([25, 25]) == 6  # no hint yet: one place, the fewest messages
+        assert client.messages_for([25, 25], fill_places=True) == 6  # no hint yet: one place, the fewest
         client.update_multiple("lead", _rows(1))  # the first answer brings the hint
         fake.calls.clear()
-        assert client.messages_for([25, 25]) == 8
+        assert client.messages_for([25, 25], fill_places=True) == 8
+        assert client.messages_for([25, 25], fill_places=False) == 6
         leads_out, contacts_out = client.update_tables([("lead", _rows(25)), ("contact", contacts)], fill_places=True)
 
     assert [o.index for o in leads_out] == list(range(25))

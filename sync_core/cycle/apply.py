@@ -86,6 +86,7 @@ class Applier:
         open_failures: OpenFailures,
         tally: Tally,
         sync_filter: SyncFilter = NO_FILTER,
+        spread_messages: bool = True,
     ) -> None:
         self.marketo = marketo
         self.dataverse = dataverse
@@ -98,6 +99,9 @@ class Applier:
         self.now = now
         self.tally = tally
         self.sync_filter = sync_filter
+        # A batch's last wave of bulk messages spread over the places (``message_sizes``): off where
+        # batches run side by side and share the places, and their calls are planned (the go-live).
+        self._spread_messages = spread_messages
         self._cached_columns: dict[EntityType, set[str]] | None = None  # see ``_known_columns``
         self.ledger = Ledger(
             store=store, marketo=marketo, tally=tally, open_failures=open_failures, run_id=run_id, now=now
@@ -363,7 +367,8 @@ class Applier:
         for item, _, record_plan in planned:
             if _writes_dynamics(record_plan):
                 writes[item.link.entity] = writes.get(item.link.entity, 0) + 1
-        return _Planned(planned, out, self.dataverse.messages_for(list(writes.values())))
+        messages = self.dataverse.messages_for(list(writes.values()), fill_places=self._spread_messages)
+        return _Planned(planned, out, messages)
 
     def _send_linked(self, batch: _Planned) -> _Sent:
         """Start the batch's writes, both sides at once, on threads of their own; returns at once."""
@@ -604,7 +609,7 @@ class Applier:
         # a last wave of messages that would leave places idle is spread over them.
         answers = self.dataverse.update_tables(
             [(self.metadata[entity], [row for _, row in rows]) for entity, rows in by_entity.items()],
-            fill_places=True,
+            fill_places=self._spread_messages,
             on_written=written,
         )
         for rows, results in zip(by_entity.values(), answers, strict=True):

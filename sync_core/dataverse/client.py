@@ -474,9 +474,10 @@ class DataverseClient:
         message is answered, while the others may still be in flight (``write_multiple``)."""
         return self._write_multiple(Write.UPDATE, tables, key=None, fill_places=fill_places, on_written=on_written)
 
-    def messages_for(self, counts: Sequence[int]) -> int:
-        """The bulk messages ``update_tables(..., fill_places=True)`` sends for tables of these row counts now."""
-        return sum(len(sizes) for sizes in message_sizes(counts, batch_size=self.batch_size, places=self.parallelism))
+    def messages_for(self, counts: Sequence[int], *, fill_places: bool) -> int:
+        """The bulk messages ``update_tables(..., fill_places=…)`` sends for tables of these row counts now."""
+        places = self.parallelism if fill_places else 1
+        return sum(len(sizes) for sizes in message_sizes(counts, batch_size=self.batch_size, places=places))
 
     def upsert_multiple(
         self, entity: EntityMeta | str, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str] | None = None

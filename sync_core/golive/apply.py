@@ -314,6 +314,9 @@ class ChunkWork:
             now=self._clock(),
             open_failures=self.open_failures,
             tally=tally,
+            # Chunks run side by side and share the places, and the plan counts ⌈writes / batch⌉
+            # calls a chunk: no chunk spreads its last wave of messages.
+            spread_messages=False,
         )
         applier.first_contact = self._policy.first_contact
         # The owners and accounts looked up stay known for the whole job (not one chunk): a few

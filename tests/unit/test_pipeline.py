@@ -13,6 +13,7 @@ hint), so a handful of persons makes several batches."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,9 +25,11 @@ import pytest
 from sync_core.core.errors import TransientError
 from sync_core.core.models import EntityType, Link
 from sync_core.cycle import engine as engine_module
-from sync_core.cycle.apply import LinkedWrites
+from sync_core.cycle.apply import Applier, LinkedWrites
 from sync_core.cycle.engine import MARKETO_CHANGES, CycleOptions, dataverse_cursor
-from sync_core.cycle.ledger import Pending
+from sync_core.cycle.ledger import OpenFailures, Pending, Tally
+from sync_core.dataverse.client import DataverseClient
+from sync_core.settings import DynamicsDeletePolicy
 from tests.unit.conftest import World, make_world
 
 BATCH = 2
@@ -319,3 +322,35 @@ def test_a_last_page_whose_writes_fail_after_the_persons_step_sent_moves_no_curs
     assert repeat.report.written.model_dump() == {"marketo": 1, "dynamics": 0}  # the contact not twice
     assert world.marketo.person(lead_person)["title"] == "Changed in Dynamics"
     assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
+
+
+@pytest.mark.parametrize(("spread", "sizes"), [(True, [1, 1, 1]), (False, [1, 2])], ids=["cycle", "go-live"])
+def test_an_applier_spreads_its_last_wave_of_messages_unless_told_not_to(
+    monkeypatch: pytest.MonkeyPatch, spread: bool, sizes: list[int]
+) -> None:
+    """Three leads at a batch size of 2 on four places: the cycle's applier sends three messages of one
+    (an even wave), the go-live's (``spread_messages=False``: its chunks share the places, and its plan
+    counts the fewest messages) two, of two and one."""
+    world = make_world(options=CycleOptions(dataverse_batch_size=BATCH))
+    persons = [world.linked_lead(i)[1] for i in range(3)]
+    monkeypatch.setattr(DataverseClient, "parallelism", property(lambda _: 4))
+    monkeypatch.setattr(world.dataverse_client, "batch_size", BATCH)
+    applier = Applier(
+        marketo=world.marketo_client,
+        dataverse=world.dataverse_client,
+        store=world.store,
+        field_map=world.field_map,
+        dynamics_delete_policy=DynamicsDeletePolicy.FLAG,
+        run_id="unit-run",
+        now=world.clock(),
+        open_failures=OpenFailures(world.store),
+        tally=Tally(),
+        spread_messages=spread,
+    )
+    links = world.store.get_links_by_marketo_ids(persons)
+    world.dataverse.requests.clear()
+    applier.sync_linked([Pending(links[p], marketo={"title": f"Title {n}"}) for n, p in enumerate(persons)])
+
+    sent = [r for r in world.dataverse.requests if r.url.path.endswith("UpdateMultiple")]
+    assert sorted(len(json.loads(r.content)["Targets"]) for r in sent) == sizes
+    assert titles(world) == [("leads", f"Title {n}") for n in range(3)]
