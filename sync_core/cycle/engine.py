@@ -13,9 +13,8 @@ status view). The order is what makes it safe:
    ``_read_ahead``): the page's linked records are merged
    with their staged Marketo changes, new records are linked or get a person, deletions flag
    and unlink; the table's delta link is stored once all its pages are done (the last table's
-   last page's writes are left in flight and its record held, ``Ledger.hold``: both are finished
-   while the persons step's first batch is in flight, ``_release``, the delta links after them).
-   A read without a
+   last page's record is held, ``Ledger.hold``, and written while the persons step's first batch
+   is in flight, ``_release``, the delta links after it). A read without a
    delta token (the first one, or after the token expired) is a full read of that table, merged
    the same way, and a check of which linked records it no longer returns (deleted meanwhile);
    then the accounts' delta, whose changed accounts' company fields go to their linked contacts'
