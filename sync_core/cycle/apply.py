@@ -35,7 +35,7 @@ import queue
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -278,15 +278,13 @@ class Applier:
         take: Take,
         *,
         ahead: Mapping[str, Link] | None = None,
-        hold: LinkedWrites | None = None,
+        hold: bool = False,
     ) -> None:
         """One page of a table's delta: its deletions, then its rows merged (linked) or linked.
 
-        ``hold``: when the page's linked records are its last work (no unlinked rows, whose linking
-        reads links after them), their writes are started in ``hold`` and this returns while they
-        are in flight; the records are recorded held (``Ledger.hold``) when the engine closes it,
-        and written after. So the engine starts the persons step's first messages while the page's
-        writes and then its Table writes are still going.
+        ``hold``: the page's linked records are recorded held (``Ledger.hold``: the engine writes
+        them while the persons step's first messages are in flight), when they are the page's last
+        work (no unlinked rows, whose linking reads links after them).
 
         ``ahead``: rows' links as ``page_links`` read them earlier, less those a write of this cycle
         may have changed since (the engine's read ahead). Only the links it holds are taken from
@@ -312,12 +310,9 @@ class Applier:
         linked = [(links[i], row) for i, row in by_id.items() if i in links]
         unlinked = [row for i, row in by_id.items() if i not in links]
         staged = take([link.marketo_id for link, _ in linked])
-        items = [Pending(link, marketo=staged.get(link.marketo_id), dynamics=row) for link, row in linked]
-        if hold is not None and not unlinked:
+        if hold and not unlinked:
             self.ledger.hold()
-            hold.add(items)
-        else:
-            self.sync_linked(items)
+        self.sync_linked([Pending(link, marketo=staged.get(link.marketo_id), dynamics=row) for link, row in linked])
         if unlinked:
             self._new.link_new(entity, unlinked, take)
 
@@ -905,11 +900,6 @@ class LinkedWrites:
         for sent in done:
             self._applier._finish_linked(sent)
 
-    def touches(self, marketo_ids: Iterable[int]) -> bool:
-        """Whether a batch in flight (not recorded yet) is of any of these persons."""
-        ids = set(marketo_ids)
-        return any(item.link.marketo_id in ids for sent in self._in_flight for item, _, _ in sent.batch.planned)
-
     def close(self) -> None:
         """Record the batches in flight, in order, once their writes are done."""
         while self._in_flight:
@@ -955,15 +945,10 @@ class LinkedWrites:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc is None:
             self.close()
-        else:
-            self.settle()
-
-    def settle(self) -> None:
-        """After the caller failed: wait for the batches in flight and record those whose writes
-        went through (``_record_after_failure``); the caller's failure is the one to raise."""
+            return
         try:
             self._record_after_failure([])
-        except Exception:
+        except Exception:  # the caller's failure is the one to raise
             log.warning("cycle %s: the batches in flight were not all recorded", self._applier._run_id)
 
 

@@ -378,7 +378,6 @@ class _Cycle:
         self._held_commits: list[tuple[Cursor | None, str, str | None]] = []  # cursors after held records
         self._ahead: _ReadAhead | None = None  # a table's first page, read while the cycle did something else
         self._persons_ahead: _PersonsAhead | None = None  # the persons step's first links, read likewise
-        self._last_page: LinkedWrites | None = None  # the last Dataverse page's writes, in flight (``_release``)
 
     # -- the time budget ------------------------------------------------------------------------
 
@@ -421,9 +420,6 @@ class _Cycle:
             try:
                 self._steps(stage)
             finally:
-                last, self._last_page = self._last_page, None
-                if last is not None:  # the cycle failed with the last page's writes in flight
-                    last.settle()
                 # The cycle failed with records held: their API writes went through, so they are
                 # written (unless another cycle has the lease now: it repeats this window anyway).
                 if self.applier.ledger.holding and not self.heartbeat.lost:
@@ -530,12 +526,8 @@ class _Cycle:
         prune_state(store, now=self.started)  # retention, in bounded work (privacy.prune)
 
     def _release(self) -> None:
-        """Wait for the last Dataverse page's writes and record them (``Applier.dynamics_page``'s
-        ``hold``), write the records the ledger holds (``Ledger.hold``: that page's), then the
+        """Write the records the ledger holds (``Ledger.hold``: the last Dataverse page's), then the
         cursors that waited for them."""
-        last, self._last_page = self._last_page, None
-        if last is not None:
-            last.close()
         self.applier.ledger.flush()
         commits, self._held_commits = self._held_commits, []
         for cursor, name, value in commits:
@@ -623,12 +615,9 @@ class _Cycle:
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
                     if full_reread:
                         stage.add_seen(entity.value, (row_id(entity, row) for row in page.rows))
-                    # The last table's last page is written and recorded while the persons step's first
-                    # messages are in flight (``_release``), unless a check of the whole table reads
-                    # links after it.
-                    hold = None
-                    if page.delta_link is not None and entity is ENTITY_ORDER[-1] and not full_reread:
-                        hold = self._last_page = self._last_page or LinkedWrites(applier)
+                    # The last table's last page is recorded while the persons step's first messages
+                    # are in flight (``_release``), unless a check of the whole table reads links after it.
+                    hold = page.delta_link is not None and entity is ENTITY_ORDER[-1] and not full_reread
                     applier.dynamics_page(entity, page.rows, page.deleted_ids, self.take, ahead=ahead, hold=hold)
                     done += len(page.rows) + len(page.deleted_ids)
                     self.engine._progress(f"dataverse {ENTITY_SETS[entity]}", done, None)
@@ -810,8 +799,7 @@ class _Cycle:
         ahead = self._persons_ahead
         links, again = ({}, list(ids)) if ahead is None else ahead.links(ids)
         if again:
-            in_flight = self._last_page is not None and self._last_page.touches(again)
-            if in_flight or self.applier.ledger.touches(again):
+            if self.applier.ledger.touches(again):
                 self._release()
             links.update(self.engine._store.get_links_by_marketo_ids(again))
         return links

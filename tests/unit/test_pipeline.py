@@ -4,9 +4,7 @@ cycle writes what it wrote batch by batch (the same values, baselines and calls)
 a batch is in flight still records that batch, moves no cursor and sends nothing more; a batch
 whose writes failed is not recorded (but for the records of its messages that were answered) and
 no later batch is sent; a batch's records are recorded as their messages are answered, while its
-other messages are in flight; the next cycle writes nothing twice. The last Dataverse page's writes
-are in flight while the persons step sends its first batch, and their failure, found after it,
-moves no cursor.
+other messages are in flight; the next cycle writes nothing twice.
 
 The worlds use a Dataverse batch size of 2 (one bulk message in flight: the fake gives no dop
 hint), so a handful of persons makes several batches."""
@@ -14,7 +12,6 @@ hint), so a handful of persons makes several batches."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -26,7 +23,7 @@ from sync_core.core.errors import TransientError
 from sync_core.core.models import EntityType, Link
 from sync_core.cycle import engine as engine_module
 from sync_core.cycle.apply import Applier, LinkedWrites
-from sync_core.cycle.engine import MARKETO_CHANGES, CycleOptions, dataverse_cursor
+from sync_core.cycle.engine import MARKETO_CHANGES, CycleOptions
 from sync_core.cycle.ledger import OpenFailures, Pending, Tally
 from sync_core.dataverse.client import DataverseClient
 from sync_core.settings import DynamicsDeletePolicy
@@ -230,98 +227,6 @@ def test_a_failed_message_leaves_its_records_unrecorded_and_those_answered_recor
     assert repeat.report.written.dynamics == 1  # the answered message is not written twice
     links = world.store.get_links_by_marketo_ids(persons)
     assert [links[p].baseline.get("title") for p in persons] == ["Title 0", "Title 1"]
-
-
-# -- the last Dataverse page's writes, in flight while the persons step starts -------------------------
-
-
-def last_page_and_persons_step(world: World) -> tuple[int, int]:
-    """A linked lead edited in Dynamics (the last table's last page: written to Marketo) and a linked
-    contact's person edited in Marketo (the persons step: written to Dynamics)."""
-    lead_id, lead_person = world.linked_lead(1)
-    [contact_person] = persons_edited_in_marketo(world, leads=0, contacts=1)
-    world.dataverse.update("leads", lead_id, jobtitle="Changed in Dynamics")
-    return lead_person, contact_person
-
-
-def is_lead_write(request: httpx.Request) -> bool:
-    return request.method == "POST" and request.url.path.endswith("/leads.json") and "_method" not in request.url.params
-
-
-def persons_step_sent(world: World, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """An event set as the persons step's first bulk message reaches Dataverse."""
-    sent = threading.Event()
-    update_multiple = world.dataverse._update_multiple
-
-    def first(entity_set: str, targets: list[dict[str, Any]]) -> httpx.Response:
-        sent.set()
-        return update_multiple(entity_set, targets)
-
-    monkeypatch.setattr(world.dataverse, "_update_multiple", first)
-    return sent
-
-
-def test_the_last_pages_writes_are_in_flight_while_the_persons_step_sends(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The last page's Marketo write is answered only once the persons step's message was sent: the
-    cycle does not wait for the one before it starts the other."""
-    world = make_world()
-    lead_person, contact_person = last_page_and_persons_step(world)
-    sent = persons_step_sent(world, monkeypatch)
-    answer = world.marketo._answer
-    waited: list[bool] = []
-
-    def page_write_waits(request: httpx.Request) -> httpx.Response:
-        if is_lead_write(request):
-            waited.append(sent.wait(timeout=5))
-        return answer(request)
-
-    monkeypatch.setattr(world.marketo, "_answer", page_write_waits)
-    report = world.cycle()
-
-    assert report.outcome == "ok"
-    assert waited == [True]  # the persons step's message went while the page's write was in flight
-    assert report.report.written.model_dump() == {"marketo": 1, "dynamics": 1}
-    assert world.marketo.person(lead_person)["title"] == "Changed in Dynamics"
-    links = world.store.get_links_by_marketo_ids([lead_person, contact_person])
-    assert (world.dataverse.row("contacts", links[contact_person].dataverse_id) or {}).get("jobtitle") == "Title 0"
-    assert links[lead_person].baseline.get("title") == "Changed in Dynamics"
-    assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
-
-
-def test_a_last_page_whose_writes_fail_after_the_persons_step_sent_moves_no_cursor(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The page's failure surfaces once the persons step's first batch is in flight: that batch is
-    still recorded, no cursor moves, and the next cycle writes the page's record and nothing twice."""
-    world = make_world()
-    lead_person, contact_person = last_page_and_persons_step(world)
-    cursors = {name: world.store.get_cursor(name) for name in (MARKETO_CHANGES, dataverse_cursor(EntityType.LEAD))}
-    sent = persons_step_sent(world, monkeypatch)
-    answer = world.marketo._answer
-    failing = True
-
-    def page_write_fails(request: httpx.Request) -> httpx.Response:
-        if failing and is_lead_write(request):
-            sent.wait(timeout=5)
-            return httpx.Response(503)
-        return answer(request)
-
-    monkeypatch.setattr(world.marketo, "_answer", page_write_fails)
-    failed = world.cycle()
-
-    assert failed.outcome == "transient"
-    assert sent.is_set()
-    assert {name: world.store.get_cursor(name) for name in cursors} == cursors
-    contact = world.store.get_links_by_marketo_ids([contact_person])[contact_person]
-    assert contact.baseline.get("title") == "Title 0"  # recorded: its message went through
-    assert world.marketo.person(lead_person).get("title") != "Changed in Dynamics"
-
-    failing = False
-    repeat = world.cycle()
-    assert repeat.outcome == "ok"
-    assert repeat.report.written.model_dump() == {"marketo": 1, "dynamics": 0}  # the contact not twice
-    assert world.marketo.person(lead_person)["title"] == "Changed in Dynamics"
-    assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
 
 
 @pytest.mark.parametrize(("spread", "sizes"), [(True, [1, 1, 1]), (False, [1, 2])], ids=["cycle", "go-live"])
