@@ -296,6 +296,8 @@ class Applier:
             if gone:
                 ahead = None
             self.dynamics_deleted(list({link.marketo_id: link for link in gone.values()}.values()))
+            handled = {link.marketo_id for link in gone.values()}
+            self._deleted_unlinked(entity, [i.lower() for i in deleted_ids if i.lower() not in gone], handled)
             self.ledger.resolve_now(record_key(entity, i) for i in deleted_ids)
         if not rows:
             return
@@ -736,6 +738,26 @@ class Applier:
         for link in links:
             self.ledger.unlink(out, link)
         self.ledger.record(out)
+
+    def _deleted_unlinked(self, entity: EntityType, dataverse_ids: Sequence[str], handled: set[int]) -> None:
+        """Deleted records that no link names. A person whose ``microsoftId`` is one of them and who is
+        linked to nothing was written by a cycle that failed before it recorded the link (the
+        record was matched or created, then deleted before the next cycle): it is flagged as the
+        linked person would be (B3). One Marketo read per page that has such deletions."""
+        if not dataverse_ids:
+            return
+        found = self.marketo.find_leads("microsoftId", dataverse_ids, fields=["id", "microsoftId"])
+        persons = {
+            int(p["id"]): str(p["microsoftId"]).lower()
+            for p in found
+            if p.get("microsoftId") and int(p["id"]) not in handled  # ``handled``: flagged by their link
+        }
+        if not persons:
+            return
+        linked = self.store.get_links_by_marketo_ids(list(persons))
+        self.dynamics_deleted(
+            [Link(marketo_id=i, entity=entity, dataverse_id=d) for i, d in persons.items() if i not in linked]
+        )
 
     def marketo_deleted(self, marketo_ids: Sequence[int]) -> None:
         """Persons deleted in Marketo, with policy ``delete``: their Dynamics records go too."""

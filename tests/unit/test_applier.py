@@ -151,6 +151,25 @@ def test_a_record_gone_from_dynamics_on_write_flags_the_person_and_unlinks(world
     assert (applier.tally.flagged_deleted, applier.tally.unlinked) == (1, 1)
 
 
+def test_a_dynamics_delete_flags_the_unlinked_person_a_failed_cycle_wrote_its_id_to(world: World) -> None:
+    """A cycle matched a person (its microsoftId written) and failed before recording the link; the
+    record is deleted before the next: the deletion flags that person. A person linked to another
+    record is left alone, and a deletion nobody names writes nothing."""
+    _, linked = world.linked_lead(2)
+    lead_id = world.dynamics_lead(1)
+    orphan = world.marketo.create_person(email="lead1@example.com", microsoftId=lead_id)
+    world.marketo.edit(linked, microsoftId=lead_id)  # stale: its link names the other lead
+    world.dataverse.delete("leads", lead_id)
+    applier = applier_for(world)
+    applier.dynamics_page(LEAD, [], [lead_id.upper()], nothing_staged)
+    assert world.marketo.person(orphan)["microsoftIsDeleted"] is True
+    assert not world.marketo.person(linked).get("microsoftIsDeleted")
+    assert world.link_of(linked) is not None
+    assert applier.tally.flagged_deleted == 1
+    applier.dynamics_page(LEAD, [], ["00000000-0000-0000-0000-000000000000"], nothing_staged)
+    assert applier.tally.flagged_deleted == 1
+
+
 def test_a_dynamics_delete_in_the_delta_flags_and_unlinks(world: World) -> None:
     lead_id, person = world.linked_lead(1)
     applier = applier_for(world)
