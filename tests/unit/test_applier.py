@@ -18,7 +18,9 @@ from sync_core.state._keys import dataverse_link_key
 from tests.unit.conftest import CONTACT, LEAD, World
 
 
-def applier_for(world: World, policy: DynamicsDeletePolicy = DynamicsDeletePolicy.FLAG) -> Applier:
+def applier_for(
+    world: World, policy: DynamicsDeletePolicy = DynamicsDeletePolicy.FLAG, *, spread_messages: bool = True
+) -> Applier:
     return Applier(
         marketo=world.marketo_client,
         dataverse=world.dataverse_client,
@@ -29,6 +31,7 @@ def applier_for(world: World, policy: DynamicsDeletePolicy = DynamicsDeletePolic
         now=world.clock(),
         open_failures=OpenFailures(world.store),
         tally=Tally(),
+        spread_messages=spread_messages,
     )
 
 

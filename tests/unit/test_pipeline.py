@@ -22,12 +22,12 @@ import pytest
 from sync_core.core.errors import TransientError
 from sync_core.core.models import EntityType, Link
 from sync_core.cycle import engine as engine_module
-from sync_core.cycle.apply import Applier, LinkedWrites
+from sync_core.cycle.apply import LinkedWrites
 from sync_core.cycle.engine import MARKETO_CHANGES, CycleOptions
-from sync_core.cycle.ledger import OpenFailures, Pending, Tally
+from sync_core.cycle.ledger import Pending
 from sync_core.dataverse.client import DataverseClient
-from sync_core.settings import DynamicsDeletePolicy
 from tests.unit.conftest import World, make_world
+from tests.unit.test_applier import applier_for
 
 BATCH = 2
 
@@ -240,18 +240,7 @@ def test_an_applier_spreads_its_last_wave_of_messages_unless_told_not_to(
     persons = [world.linked_lead(i)[1] for i in range(3)]
     monkeypatch.setattr(DataverseClient, "parallelism", property(lambda _: 4))
     monkeypatch.setattr(world.dataverse_client, "batch_size", BATCH)
-    applier = Applier(
-        marketo=world.marketo_client,
-        dataverse=world.dataverse_client,
-        store=world.store,
-        field_map=world.field_map,
-        dynamics_delete_policy=DynamicsDeletePolicy.FLAG,
-        run_id="unit-run",
-        now=world.clock(),
-        open_failures=OpenFailures(world.store),
-        tally=Tally(),
-        spread_messages=spread,
-    )
+    applier = applier_for(world, spread_messages=spread)
     links = world.store.get_links_by_marketo_ids(persons)
     world.dataverse.requests.clear()
     applier.sync_linked([Pending(links[p], marketo={"title": f"Title {n}"}) for n, p in enumerate(persons)])
