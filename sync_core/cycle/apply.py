@@ -723,7 +723,14 @@ class Applier:
         """Dynamics records deleted (B3): flag the person (policy ``flag``) and unlink."""
         if not links:
             return
+        self._flag_deleted(links)
         out = Batch()
+        for link in links:
+            self.ledger.unlink(out, link)
+        self.ledger.record(out)
+
+    def _flag_deleted(self, links: Sequence[Link]) -> None:
+        """Flag the persons of deleted Dynamics records ``microsoftIsDeleted`` (policy ``flag``)."""
         # A pair the filter keeps out is not written: its person is not flagged, only unlinked.
         flag = [link for link in links if not link.filtered_out]
         if self._dynamics_delete_policy is DynamicsDeletePolicy.FLAG and flag:
@@ -735,9 +742,6 @@ class Applier:
             flagged = sum(1 for result in results if result.ok)
             self.tally.flagged_deleted += flagged
             self.tally.written_marketo += flagged
-        for link in links:
-            self.ledger.unlink(out, link)
-        self.ledger.record(out)
 
     def _deleted_unlinked(self, entity: EntityType, dataverse_ids: Sequence[str], handled: set[int]) -> None:
         """Deleted records that no link names. A person whose ``microsoftId`` is one of them and who is
@@ -755,9 +759,16 @@ class Applier:
         if not persons:
             return
         linked = self.store.get_links_by_marketo_ids(list(persons))
-        self.dynamics_deleted(
-            [Link(marketo_id=i, entity=entity, dataverse_id=d) for i, d in persons.items() if i not in linked]
-        )
+        orphans = [i for i in persons if i not in linked]
+        if not orphans:
+            return
+        # Flagged as a linked person would be; there is no link to remove (nor to count as unlinked),
+        # only the failures the failed cycle left for the person, with nothing left to retry.
+        self._flag_deleted([Link(marketo_id=i, entity=entity, dataverse_id=persons[i]) for i in orphans])
+        out = Batch()
+        for marketo_id in orphans:
+            self.ledger.resolve_person(out, marketo_id)
+        self.ledger.record(out)
 
     def marketo_deleted(self, marketo_ids: Sequence[int]) -> None:
         """Persons deleted in Marketo, with policy ``delete``: their Dynamics records go too."""

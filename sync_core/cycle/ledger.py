@@ -232,9 +232,13 @@ class Ledger:
 
     def unlink(self, batch: Batch, link: Link) -> None:
         batch.unlinked.append(link)
-        for direction in Direction:
-            self.resolve(batch, person_key(direction, link.marketo_id))
+        self.resolve_person(batch, link.marketo_id)
         self.tally.unlinked += 1
+
+    def resolve_person(self, batch: Batch, marketo_id: int) -> None:
+        """The person's open failures, either way: resolved with the batch."""
+        for direction in Direction:
+            self.resolve(batch, person_key(direction, marketo_id))
 
     def resolve(self, batch: Batch, key: str) -> None:
         if key in self.open:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from sync_core.core.models import EntityType
+from sync_core.core.models import Direction, EntityType, RecordFailure
 from sync_core.cycle.apply import Applier
-from sync_core.cycle.ledger import OpenFailures, Pending, Tally
+from sync_core.cycle.ledger import OpenFailures, Pending, Tally, person_key
 from sync_core.settings import DynamicsDeletePolicy
 from sync_core.state._keys import dataverse_link_key
 from tests.unit.conftest import CONTACT, LEAD, World
@@ -163,12 +163,32 @@ def test_a_dynamics_delete_flags_the_unlinked_person_a_failed_cycle_wrote_its_id
     orphan = world.marketo.create_person(email="lead1@example.com", microsoftId=lead_id)
     world.marketo.edit(linked, microsoftId=lead_id)  # stale: its link names the other lead
     world.dataverse.delete("leads", lead_id)
+    now = world.clock()
+    left = person_key(Direction.TO_DYNAMICS, orphan)  # what the failed cycle left to retry
+    world.store.upsert_failures(
+        [
+            RecordFailure(
+                key=left,
+                direction=Direction.TO_DYNAMICS,
+                entity=LEAD,
+                marketo_id=orphan,
+                reasons=["a write the failed cycle could not make"],
+                code="transient",
+                fields=["firstName"],
+                first_failed_at=now,
+                last_failed_at=now,
+                next_retry_at=now,
+            )
+        ]
+    )
     applier = applier_for(world)
     applier.dynamics_page(LEAD, [], [lead_id.upper()], nothing_staged)
     assert world.marketo.person(orphan)["microsoftIsDeleted"] is True
     assert not world.marketo.person(linked).get("microsoftIsDeleted")
     assert world.link_of(linked) is not None
     assert applier.tally.flagged_deleted == 1
+    assert applier.tally.unlinked == 0  # there was no link to remove
+    assert world.store.get_failures([left]) == {}  # the record is gone: nothing left to retry
     applier.dynamics_page(LEAD, [], ["00000000-0000-0000-0000-000000000000"], nothing_staged)
     assert applier.tally.flagged_deleted == 1
 
