@@ -8,9 +8,10 @@ status view). The order is what makes it safe:
    latest value per person and field, on local disk); the deleted-persons feed too when the
    Marketo delete policy sends deletes across;
 3. stream each Dataverse table's delta (contacts first, so a qualification moves its person's
-   link before the qualified lead is seen), page by page (a table's first page and its links read
-   ahead: the contacts' during step 2, the leads' while the contacts' last page is applied;
-   ``_read_ahead``): the page's linked records are merged
+   link before the qualified lead is seen), page by page (each page and its links read ahead: a
+   table's first, the contacts' during step 2, the leads' while the contacts' last page is
+   applied, ``_read_ahead``; each next one while the page before is applied, ``_pages``): the
+   page's linked records are merged
    with their staged Marketo changes, new records are linked or get a person, deletions flag
    and unlink; the table's delta link is stored once all its pages are done (the last table's
    last page's record is held, ``Ledger.hold``, and written while the persons step's first batch
@@ -288,10 +289,10 @@ class SyncEngine:
 
 @dataclass(frozen=True)
 class _ReadAhead:
-    """A table's first delta page and its rows' links, read on a thread of its own while the cycle
-    does something else (``_Cycle._read_ahead``): what it was asked for, the read (its page
-    iterator, to be continued on the cycle's thread, the first page or None, that page's links)
-    and the watch on the links the cycle wrote meanwhile."""
+    """A table's next delta page and its rows' links, read on a thread of its own while the cycle
+    does something else (``_Cycle._read_page``): what it was asked for (the table, its delta link
+    and columns), the read (its page iterator, continued by the next read, the page or None, that
+    page's links) and the watch on the links the cycle wrote meanwhile."""
 
     entity: EntityType
     delta_link: str | None
@@ -302,9 +303,14 @@ class _ReadAhead:
     def drop(self) -> None:
         """Not used: wait for the read to end (its errors are not this cycle's) and close it."""
         try:
-            pages, _, _ = self.read.result()
+            self.read.result()
         except Exception:  # the read is not used: its error does not matter
             return
+        self.close()
+
+    def close(self) -> None:
+        """Close the read's page iterator (after its last page, or when it is not used)."""
+        pages, _, _ = self.read.result()
         close = getattr(pages, "close", None)
         if close is not None:
             close()
@@ -376,7 +382,7 @@ class _Cycle:
         self.resume: dict[str, carry.Resume] = {}  # where this tick leaves the table it was cut in
         self._stage: Stage | None = None
         self._held_commits: list[tuple[Cursor | None, str, str | None]] = []  # cursors after held records
-        self._ahead: _ReadAhead | None = None  # a table's first page, read while the cycle did something else
+        self._ahead: _ReadAhead | None = None  # a table's next page, read while the cycle does something else
         self._persons_ahead: _PersonsAhead | None = None  # the persons step's first links, read likewise
 
     # -- the time budget ------------------------------------------------------------------------
@@ -697,24 +703,33 @@ class _Cycle:
         self, entity: EntityType, delta_link: str | None
     ) -> Iterator[tuple[DeltaPage, Mapping[str, Link] | None]]:
         """The table's delta pages from ``delta_link``, each with those of its rows' links that were
-        read ahead and are current (``_read_ahead``: the first page's, when it was), else None. The
-        read ahead is used only when it read what this read would (the same table, delta link and
-        columns); its error, if it failed, is raised here as this read's own."""
-        select = self.applier.dataverse_columns(entity)
+        read ahead and are current. Every page is read ahead, its links looked up with it: the first
+        while the cycle did something else (``_read_ahead``; used only when it read what this read
+        would: the same table, delta link and columns), each next one while the page before is
+        applied. A read's error is raised here as this read's own."""
+        select = tuple(self.applier.dataverse_columns(entity))
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and (ahead.entity, ahead.delta_link, ahead.select) == (entity, delta_link, tuple(select)):
+        if ahead is None or (ahead.entity, ahead.delta_link, ahead.select) != (entity, delta_link, select):
+            self._drop(ahead)
+            ahead = self._read_page(entity, delta_link, select)
+        while True:
             try:
-                pages, first, links = ahead.read.result()
+                pages, page, links = ahead.read.result()
             finally:
                 self.applier.ledger.unwatch_links(ahead.watch)
-            if first is None:
+            if page is None:
                 return
-            yield first, ahead.watch.untouched(entity, links)
-        else:
-            self._drop(ahead)
-            pages = self._delta(entity, delta_link, select)
-        for page in pages:
-            yield page, None
+            current = ahead.watch.untouched(entity, links)
+            if page.delta_link is not None:  # the table's last page
+                ahead.close()
+                yield page, current
+                return
+            # The next page, read while this one is applied (dropped with ``_drop_ahead`` if the
+            # cycle stops before it).
+            ahead = self._ahead = self._read_page(entity, delta_link, select, pages)
+            yield page, current
+            if self._ahead is ahead:
+                self._ahead = None
 
     def _delta(self, entity: EntityType, delta_link: str | None, select: Sequence[str]) -> Iterator[DeltaPage]:
         return self.engine._dataverse.iter_changes(
@@ -724,25 +739,35 @@ class _Cycle:
     def _read_ahead(self, entity: EntityType) -> None:
         """Start reading ``entity``'s first delta page and looking its rows' links up, on a thread of
         its own, for ``_pages`` to use: during the change feed (the first table) and while the
-        table before's last page is applied (the next). The links the cycle writes meanwhile all
-        go through ``Ledger.record``, which the read's watch sees: those of the page's links that a
-        write may have changed are read again when the page is applied, as are the ids found
-        unlinked (``Applier.dynamics_page``: a record may have been linked meanwhile, by this cycle
-        or by the webhook). A read ahead not used (the time budget stopped the cycle first, the
-        columns changed) costs its one delta read."""
+        table before's last page is applied (the next). A read ahead not used (the time budget
+        stopped the cycle first, the columns changed) costs its one delta read."""
         self._drop_ahead()
         cursor = self.engine._store.get_cursor(dataverse_cursor(entity))
         delta_link = cursor.value if cursor else None
-        select = tuple(self.applier.dataverse_columns(entity))
+        self._ahead = self._read_page(entity, delta_link, tuple(self.applier.dataverse_columns(entity)))
+
+    def _read_page(
+        self,
+        entity: EntityType,
+        delta_link: str | None,
+        select: tuple[str, ...],
+        pages: Iterator[DeltaPage] | None = None,
+    ) -> _ReadAhead:
+        """Start reading a table's next delta page (the first, from ``delta_link``, when ``pages`` is
+        None) and looking its rows' links up, on a thread of its own. The links the cycle writes
+        meanwhile all go through ``Ledger.record``, which the read's watch sees: those of the
+        page's links that a write may have changed are read again when the page is applied, as
+        are the ids found unlinked (``Applier.dynamics_page``: a record may have been linked
+        meanwhile, by this cycle or by the webhook)."""
 
         def read() -> tuple[Iterator[DeltaPage], DeltaPage | None, dict[str, Link]]:
-            pages = self._delta(entity, delta_link, select)
-            first = next(pages, None)
-            links = self.applier.page_links(entity, first.rows) if first is not None and first.rows else {}
-            return pages, first, links
+            rest = self._delta(entity, delta_link, select) if pages is None else pages
+            page = next(rest, None)
+            links = self.applier.page_links(entity, page.rows) if page is not None and page.rows else {}
+            return rest, page, links
 
         read_future, watch = self._watched(read)
-        self._ahead = _ReadAhead(entity, delta_link, select, read_future, watch)
+        return _ReadAhead(entity, delta_link, select, read_future, watch)
 
     def _watched(self, read: Callable[[], _T]) -> tuple[Future[_T], LinkWatch]:
         """``read`` started on a thread of its own, and the watch on the links the cycle writes

@@ -54,6 +54,7 @@ from hypothesis.stateful import (
 
 from sandbox import DataverseOptions, MarketoOptions, SandboxServers
 from sync_core.core.models import Direction, EntityType, RunReport
+from sync_core.cycle import engine as engine_module
 from sync_core.cycle.engine import ACCOUNTS_CURSOR, MARKETO_CHANGES, SyncEngine, dataverse_cursor
 from sync_core.settings import Settings
 from sync_core.state import TableStateStore
@@ -72,6 +73,7 @@ FIELDS = (("firstName", "firstname"), ("title", "jobtitle"), ("phone", "telephon
 # (sandbox/dataverse/_schema.py, leads and contacts alike); Marketo takes strings up to 255.
 TOO_LONG = {"firstName": ("firstname", 50), "title": ("jobtitle", 100)}
 POLICIES = ("ignore", "delete")  # SYNC_MARKETO_DELETES
+PAGES = (2, engine_module.DATAVERSE_PAGE)  # rows per Dataverse delta page; the last is the engine's own
 CURSORS = (MARKETO_CHANGES, dataverse_cursor(EntityType.CONTACT), dataverse_cursor(EntityType.LEAD), ACCOUNTS_CURSOR)
 OUTAGES: dict[str, tuple[str, dict[str, Any]]] = {
     "dataverse writes down": ("dataverse", {"path": "UpdateMultiple", "action": {"status": 503, "retry_after": 0}}),
@@ -181,10 +183,13 @@ class SyncMachine(RuleBasedStateMachine):
         ]
         self.accounts = [dataverse.create("accounts", {"name": f"Account {i}"}) for i in range(2)]
 
-    @initialize(policy=st.sampled_from(POLICIES))
-    def start(self, policy: str) -> None:
+    @initialize(policy=st.sampled_from(POLICIES), page=st.sampled_from(PAGES))
+    def start(self, policy: str, page: int) -> None:
         assert ENV is not None
         self.policy = policy
+        # Delta pages of 2 rows: a table's few changes come as several pages, each read ahead while
+        # the page before is applied (its links looked up while that page writes links).
+        engine_module.DATAVERSE_PAGE = page
         prefix = "p" + uuid.uuid4().hex[:10]
         # Bulk messages of 3 records: a cycle's few writes split into several messages, sent side by
         # side (the simulator hints a degree of parallelism of 4), so the rules are checked with
@@ -207,6 +212,7 @@ class SyncMachine(RuleBasedStateMachine):
             self._clean_up()
 
     def _clean_up(self) -> None:
+        engine_module.DATAVERSE_PAGE = PAGES[-1]
         self.sandbox.dataverse.clear_faults()
         self.sandbox.marketo.clear_faults()
         self.services.close()

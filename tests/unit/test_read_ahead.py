@@ -19,6 +19,7 @@ from sync_core.core.errors import TransientError
 from sync_core.core.models import EntityType, Link
 from sync_core.cycle import engine as engine_module
 from sync_core.cycle.ledger import Ledger
+from sync_core.dataverse.client import DeltaPage
 from tests.unit.conftest import World, make_world
 
 CONTACT = EntityType.CONTACT
@@ -359,3 +360,102 @@ def test_a_persons_step_failing_before_its_first_batch_writes_the_held_page_reco
     assert repeat.outcome == "ok"
     assert repeat.report.written.model_dump() == {"marketo": 0, "dynamics": 1}  # only the person's write
     assert world.dataverse.rows["leads"][other]["telephone1"] == "+1 555 0133"
+
+
+# -- each next page of a table, read while the page before is applied ------------------------------------
+
+
+def one_row_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every delta read answers a row (or a deletion) a page, as a paged service would; the last page
+    carries the delta link."""
+    delta = engine_module._Cycle._delta
+
+    def paged(self: Any, entity: EntityType, delta_link: str | None, select: Sequence[str]) -> Iterator[DeltaPage]:
+        for page in delta(self, entity, delta_link, select):
+            parts = [DeltaPage([row], []) for row in page.rows] + [DeltaPage([], [i]) for i in page.deleted_ids]
+            if not parts:
+                yield page
+                continue
+            *rest, last = parts
+            yield from rest
+            yield DeltaPage(last.rows, last.deleted_ids, page.delta_link)
+
+    monkeypatch.setattr(engine_module._Cycle, "_delta", paged)
+
+
+def two_contacts_edited(world: World) -> list[tuple[str, int]]:
+    """Two linked contacts edited in Dynamics, in this order (the delta's, a page each)."""
+    pairs = [world.linked_contact(i) for i in (1, 2)]
+    for i, (contact, _) in enumerate(pairs, 1):
+        world.dataverse.update("contacts", contact, jobtitle=f"Dynamics title {i}")
+    return pairs
+
+
+def test_a_tables_next_page_is_read_and_looked_up_while_the_page_before_is_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = make_world()
+    (first, _), (second, _) = pairs = two_contacts_edited(world)
+    one_row_pages(monkeypatch)
+    looked_up = threading.Event()
+    look_up, upsert = world.store.get_links_by_dataverse_ids, world.store.upsert_links
+    during: list[bool] = []
+
+    def watched(entity: EntityType, ids: Iterable[str]) -> dict[str, Link]:
+        ids = list(ids)
+        found = look_up(entity, ids)
+        if second in ids:
+            looked_up.set()
+        return found
+
+    def waiting(links: Sequence[Link], **kwargs: Any) -> None:
+        if any(link.dataverse_id == first for link in links):  # the first page's record
+            during.append(looked_up.wait(WAIT))
+        upsert(links, **kwargs)
+
+    monkeypatch.setattr(world.store, "get_links_by_dataverse_ids", watched)
+    monkeypatch.setattr(world.store, "upsert_links", waiting)
+
+    report = world.cycle()
+
+    assert during == [True]
+    assert report.outcome == "ok"
+    assert [world.marketo.person(person)["title"] for _, person in pairs] == ["Dynamics title 1", "Dynamics title 2"]
+
+
+def test_reading_each_page_ahead_costs_no_call_and_writes_what_reading_in_turn_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pages of one row, read ahead or each when its turn comes: the same calls and writes, a link
+    the page before moved (a qualification) read again, a new record linked once."""
+    one_row_pages(monkeypatch)
+    worlds = ahead, in_turn = make_world(), make_world()
+    qualified: dict[int, int] = {}
+    for w in worlds:
+        two_contacts_edited(w)
+        lead, qualified[id(w)] = w.linked_lead(3)
+        w.dataverse.qualify(lead)  # a contacts page moves the person's link to the new contact
+        w.dataverse.update("leads", lead, jobtitle="Edited before qualifying")
+        w.dynamics_contact(7, jobtitle="A new contact")
+
+    first = ahead.cycle()
+    read_page = engine_module._Cycle._read_page
+
+    def in_its_turn(self: Any, *args: Any) -> Any:
+        read = read_page(self, *args)
+        read.read.result()  # done before the cycle goes on
+        return read
+
+    monkeypatch.setattr(engine_module._Cycle, "_read_page", in_its_turn)
+    second = in_turn.cycle()
+
+    assert first.outcome == second.outcome == "ok"
+    assert first.report.api_calls == second.report.api_calls
+    assert first.report.written == second.report.written
+    assert first.report.qualified == second.report.qualified == 1
+    for w in worlds:
+        link = w.link_of(qualified[id(w)])
+        assert link is not None
+        assert link.entity is CONTACT
+        assert [p["title"] for p in w.marketo.find("email", "contact7@example.com")] == ["A new contact"]
+        assert w.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
