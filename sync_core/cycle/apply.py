@@ -415,8 +415,21 @@ class Applier:
 
     def _record_failed(self, sent: _Sent) -> None:
         """A batch whose writes failed: the records whose writes went through on both sides are
-        recorded (with the activity-log lines of those recorded before), the others are not."""
+        recorded (with the activity-log lines of those recorded before). When its Dynamics writes
+        failed after its Marketo writes went through, so are the records whose bulk message was
+        not answered: their Marketo half (its baseline), with the Dynamics half a failure that is
+        retried (``_unanswered``). Left unrecorded, the values the batch wrote to Marketo would have
+        no baseline, and the next cycle would read them back from the change feed as a Marketo
+        user's edits, winning a lead's collision with an edit made in Dynamics since. (When the
+        Marketo writes failed, which of them landed is not known: those records are not recorded.)"""
         self._record_written(sent)
+        if sent.marketo.done() and sent.marketo.exception() is None and sent.dynamics.done():
+            error = sent.dynamics.exception()
+            answered = sent.written()
+            positions = [p for p in range(len(sent.batch.planned)) if p not in sent.recorded and p not in answered]
+            if error is not None and positions:
+                outcomes = dict.fromkeys(positions, _unanswered(error))
+                self._record_settled(sent, positions, outcomes, sent.marketo.result(), Batch())
         if sent.activities:
             self._record_settled(sent, [], {}, {}, Batch(), last=True)
 
@@ -1019,6 +1032,15 @@ def marketo_refusal(result: LeadWriteResult) -> tuple[list[str], str | None]:
     """The reasons and code a failure records for a person write Marketo refused."""
     reasons = [f"Marketo: {r.message}" + (f" ({r.code})" if r.code else "") for r in result.reasons]
     return reasons or ["Marketo skipped the update"], result.outcome.value
+
+
+def _unanswered(error: BaseException) -> WriteOutcome:
+    """The outcome of a record whose bulk message failed as a whole with ``error``: not written,
+    transient unless the service refused the message with a status that says otherwise."""
+    status = getattr(error, "status", None)
+    if not isinstance(status, int) or status < 400:
+        status = 503
+    return WriteOutcome(index=-1, ok=False, status=status, code=getattr(error, "code", None), message=str(error)[:300])
 
 
 def _writes_dynamics(record_plan: Plan) -> bool:
