@@ -482,6 +482,13 @@ def test_what_a_failed_cycle_wrote_to_marketo_is_not_taken_for_a_marketo_edit_af
     assert world.cycle().outcome == "transient"
     world.dataverse.clear_faults()
     assert world.marketo.get_lead(person)["firstName"] == "First"  # written before the cycle failed
+    link = world.link_of(person)  # its Marketo half recorded: the link, that baseline
+    assert link is not None
+    assert (link.dataverse_id, link.baseline.get("firstName")) == (lead_id, "First")
+    assert "lastName" not in link.baseline  # its Dynamics half was not written: no baseline
+    [failure] = world.store.list_failures()
+    assert (failure.marketo_id, failure.direction.value, failure.code) == (person, "to_dynamics", "503")
+    assert world.failure_activities(person) == []  # an outage, retried: not a refusal to log
     world.dataverse.update("leads", lead_id, {"firstname": "Edited in Dynamics"})
 
     assert world.cycle().outcome == "ok"
@@ -491,6 +498,7 @@ def test_what_a_failed_cycle_wrote_to_marketo_is_not_taken_for_a_marketo_edit_af
     after = world.marketo.get_lead(person)
     assert (row["firstname"], after["firstName"]) == ("Edited in Dynamics", "Edited in Dynamics")
     assert (row["lastname"], after["lastName"]) == ("Marketo", "Marketo")  # the collision, as the match settled it
+    assert world.store.list_failures() == []
     assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
 
 
