@@ -279,19 +279,25 @@ class Applier:
         *,
         ahead: Mapping[str, Link] | None = None,
         hold: bool = False,
+        release: Callable[[], None] | None = None,
     ) -> None:
         """One page of a table's delta: its deletions, then its rows merged (linked) or linked.
 
-        ``hold``: the page's linked records are recorded held (``Ledger.hold``: the engine writes
-        them while the persons step's first messages are in flight), when they are the page's last
-        work (no unlinked rows, whose linking reads links after them).
+        ``hold``: the page's linked records are recorded held (``Ledger.hold``), when they are the
+        page's last work (no unlinked rows, whose linking reads links after them): the engine
+        writes them while the next page's writes (or the persons step's first) are in flight.
+        ``release`` writes the records held (the page before's) and what waits for them (the
+        engine's ``_release``; ``Ledger.flush`` by default): before this page reads a link, and
+        once this page's writes are in flight.
 
         ``ahead``: rows' links as ``page_links`` read them earlier, less those a write of this cycle
         may have changed since (the engine's read ahead). Only the links it holds are taken from
         it: the page's other ids are read again (found unlinked then, a record may have been linked
         since: by this cycle, or by the webhook, which makes new links outside the cycle's lease),
         and it is not used at all when this page's deletions unlink something first."""
+        release = release or self.ledger.flush
         if deleted_ids:
+            release()
             gone = self.store.get_links_by_dataverse_ids(entity, deleted_ids)
             if gone:
                 ahead = None
@@ -303,18 +309,22 @@ class Applier:
             return
         by_id = _rows_by_id(entity, rows)
         if ahead is None:
+            release()
             links = self.store.get_links_by_dataverse_ids(entity, by_id)
         else:
             links = {i: ahead[i] for i in by_id if i in ahead}
             unlinked_ahead = [i for i in by_id if i not in links]
             if unlinked_ahead:
+                release()
                 links.update(self.store.get_links_by_dataverse_ids(entity, unlinked_ahead))
         linked = [(links[i], row) for i, row in by_id.items() if i in links]
         unlinked = [row for i, row in by_id.items() if i not in links]
         staged = take([link.marketo_id for link, _ in linked])
-        if hold and not unlinked:
-            self.ledger.hold()
-        self.sync_linked([Pending(link, marketo=staged.get(link.marketo_id), dynamics=row) for link, row in linked])
+        with LinkedWrites(self) as writes:
+            writes.add([Pending(link, marketo=staged.get(link.marketo_id), dynamics=row) for link, row in linked])
+            release()  # the page before's records, while this page's writes are in flight
+            if hold and not unlinked:
+                self.ledger.hold()
         if unlinked:
             self._new.link_new(entity, unlinked, take)
 

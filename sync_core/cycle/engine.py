@@ -13,9 +13,9 @@ status view). The order is what makes it safe:
    applied, ``_read_ahead``; each next one while the page before is applied, ``_pages``): the
    page's linked records are merged
    with their staged Marketo changes, new records are linked or get a person, deletions flag
-   and unlink; the table's delta link is stored once all its pages are done (the last table's
-   last page's record is held, ``Ledger.hold``, and written while the persons step's first batch
-   is in flight, ``_release``, the delta links after it). A read without a
+   and unlink; the table's delta link is stored once all its pages are done (each page's
+   record is held, ``Ledger.hold``, and written while the next page's writes, or the persons
+   step's first batch, are in flight, ``_release``, the delta links after it). A read without a
    delta token (the first one, or after the token expired) is a full read of that table, merged
    the same way, and a check of which linked records it no longer returns (deleted meanwhile);
    then the accounts' delta, whose changed accounts' company fields go to their linked contacts'
@@ -532,7 +532,7 @@ class _Cycle:
         prune_state(store, now=self.started)  # retention, in bounded work (privacy.prune)
 
     def _release(self) -> None:
-        """Write the records the ledger holds (``Ledger.hold``: the last Dataverse page's), then the
+        """Write the records the ledger holds (``Ledger.hold``: a Dataverse page's), then the
         cursors that waited for them."""
         self.applier.ledger.flush()
         commits, self._held_commits = self._held_commits, []
@@ -621,10 +621,18 @@ class _Cycle:
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
                     if full_reread:
                         stage.add_seen(entity.value, (row_id(entity, row) for row in page.rows))
-                    # The last table's last page is recorded while the persons step's first messages
-                    # are in flight (``_release``), unless a check of the whole table reads links after it.
-                    hold = page.delta_link is not None and entity is ENTITY_ORDER[-1] and not full_reread
-                    applier.dynamics_page(entity, page.rows, page.deleted_ids, self.take, ahead=ahead, hold=hold)
+                    # A page is recorded while the next page's writes (or the persons step's first
+                    # messages) are in flight (``_release``), unless a check of the whole table reads
+                    # links after it.
+                    applier.dynamics_page(
+                        entity,
+                        page.rows,
+                        page.deleted_ids,
+                        self.take,
+                        ahead=ahead,
+                        hold=not full_reread,
+                        release=self._release,
+                    )
                     done += len(page.rows) + len(page.deleted_ids)
                     self.engine._progress(f"dataverse {ENTITY_SETS[entity]}", done, None)
                     self.keep_lease()
@@ -635,6 +643,7 @@ class _Cycle:
                         self.resume[entity.value] = carry.Resume(delta_link or "", pages)
                         return None
                 if full_reread:
+                    self._release()  # the check reads links
                     self._deleted_while_untracked(entity, stage)
                 return new_link
             except DeltaTokenExpiredError:

@@ -195,8 +195,11 @@ class Ledger:
 
     def watch_links(self) -> LinkWatch:
         """From now on, until ``unwatch_links``, every link ``record`` writes, replaces or deletes is
-        added to the returned watch (``record`` is the cycle's only writer of links)."""
+        added to the returned watch (``record`` is the cycle's only writer of links), and so are
+        those of the batches held now (``hold``), which are written later."""
         watch = LinkWatch()
+        for batch in self._held:  # written after the watch starts: a look-up may read either
+            watch.add([*batch.links, *batch.replaced, *batch.unlinked])
         self._watches.append(watch)
         return watch
 
@@ -205,8 +208,8 @@ class Ledger:
 
     def hold(self) -> None:
         """From now on, until ``flush``, ``record`` tells the watches what a batch writes at once but
-        keeps its writes, so that they may overlap requests the cycle makes next (the last Dataverse
-        page's, written while the persons step's first messages are in flight). Whoever holds
+        keeps its writes, so that they may overlap requests the cycle makes next (a Dataverse page's,
+        written while the next page's or the persons step's first messages are in flight). Whoever holds
         must not read what a held batch writes before ``flush`` (``touches`` says whether it
         does), nor move a cursor past it."""
         self._holding = True

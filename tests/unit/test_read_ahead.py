@@ -18,9 +18,10 @@ import pytest
 from sync_core.core.errors import TransientError
 from sync_core.core.models import EntityType, Link
 from sync_core.cycle import engine as engine_module
-from sync_core.cycle.ledger import Ledger
+from sync_core.cycle.ledger import Batch, Ledger
 from sync_core.dataverse.client import DeltaPage
 from tests.unit.conftest import World, make_world
+from tests.unit.test_applier import applier_for
 
 CONTACT = EntityType.CONTACT
 WAIT = 10.0  # seconds the feed waits for the look-up (only a broken read ahead waits that long)
@@ -459,3 +460,67 @@ def test_reading_each_page_ahead_costs_no_call_and_writes_what_reading_in_turn_w
         assert link.entity is CONTACT
         assert [p["title"] for p in w.marketo.find("email", "contact7@example.com")] == ["A new contact"]
         assert w.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
+
+
+def test_a_page_is_recorded_while_the_next_pages_writes_are_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page's record (its baselines) is held until the next page's writes are sent, then written
+    while they are in flight; the table's delta link moves after both."""
+    world = make_world()
+    (first, first_person), (_, second_person) = two_contacts_edited(world)
+    one_row_pages(monkeypatch)
+    sync_leads = world.marketo_client.sync_leads
+    sent = threading.Event()
+    seen: list[tuple[str, bool]] = []
+
+    def first_recorded() -> bool:
+        link = world.link_of(first_person)
+        return link is not None and link.baseline.get("title") == "Dynamics title 1"
+
+    def waits_for_the_page(leads: Sequence[dict[str, Any]], **kwargs: Any) -> Any:
+        if any(lead.get("id") == second_person for lead in leads):  # the second page's write
+            seen.append(("at send", first_recorded()))
+            sent.set()
+            deadline = time.monotonic() + WAIT
+            while not first_recorded() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen.append(("in flight", first_recorded()))
+        return sync_leads(leads, **kwargs)
+
+    flush = Ledger.flush
+
+    def flush_once_sent(self: Ledger) -> None:
+        if self._held and not sent.is_set():  # the first page's record: not before the next is in flight
+            sent.wait(WAIT)
+        flush(self)
+
+    monkeypatch.setattr(world.marketo_client, "sync_leads", waits_for_the_page)
+    monkeypatch.setattr(Ledger, "flush", flush_once_sent)
+    cursor = engine_module.dataverse_cursor(CONTACT)
+    before = world.store.get_cursor(cursor)
+
+    report = world.cycle()
+
+    assert seen == [("at send", False), ("in flight", True)]
+    assert report.outcome == "ok"
+    assert world.store.get_cursor(cursor) != before
+    assert world.marketo.person(second_person)["title"] == "Dynamics title 2"
+    assert world.link_of(first_person) is not None
+    assert world.dataverse.rows["contacts"][first]["jobtitle"] == "Dynamics title 1"
+    assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
+
+
+def test_a_look_up_started_while_records_are_held_reads_their_links_again() -> None:
+    """Links of a batch held when a watch starts are written after it: the watch counts them as
+    touched, as it does those recorded while it is on."""
+    world = make_world()
+    ledger = applier_for(world).ledger
+    held = Link(marketo_id=1, entity=CONTACT, dataverse_id="C-HELD")
+    later = Link(marketo_id=2, entity=CONTACT, dataverse_id="C-LATER")
+    ledger.hold()
+    ledger.record(Batch(links=[held]))
+    watch = ledger.watch_links()
+    ledger.record(Batch(links=[later]))
+    other = Link(marketo_id=3, entity=CONTACT, dataverse_id="C-OTHER")
+    assert [watch.touched(link) for link in (held, later, other)] == [True, True, False]
+    ledger.flush()
+    assert world.link_of(1) == held
