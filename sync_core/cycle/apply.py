@@ -425,23 +425,36 @@ class Applier:
 
     def _record_failed(self, sent: _Sent) -> None:
         """A batch whose writes failed: the records whose writes went through on both sides are
-        recorded (with the activity-log lines of those recorded before). When its Dynamics writes
-        failed after its Marketo writes went through, so are the records whose bulk message was
-        not answered: their Marketo half (its baseline), with the Dynamics half a failure that is
-        retried (``_unanswered``). Left unrecorded, the values the batch wrote to Marketo would have
-        no baseline, and the next cycle would read them back from the change feed as a Marketo
-        user's edits, winning a lead's collision with an edit made in Dynamics since. (When the
-        Marketo writes failed, which of them landed is not known: those records are not recorded.)"""
+        recorded (with the activity-log lines of those recorded before), and so are those whose
+        writes went through on one side only, when the other side's failed as a whole: their
+        written half becomes their baseline, the other half a failure that is retried. Left
+        unrecorded, the values the batch wrote to one side would have no baseline, and the next
+        cycle would read them back from that side's changes as its user's edits, winning a
+        collision with an edit made on the other side since (Marketo's on a lead, Dynamics' on a
+        contact). Not recorded: records whose write to the side that failed was not attempted
+        apart (a new or moved link's Marketo ids must land before the link is recorded), nor
+        those with no write that went through."""
         self._record_written(sent)
-        if sent.marketo.done() and sent.marketo.exception() is None and sent.dynamics.done():
-            error = sent.dynamics.exception()
-            answered = sent.written()
-            positions = [p for p in range(len(sent.batch.planned)) if p not in sent.recorded and p not in answered]
-            if error is not None and positions:
-                outcomes = dict.fromkeys(positions, _unanswered(error))
-                self._record_settled(sent, positions, outcomes, sent.marketo.result(), Batch())
+        if sent.done():
+            self._record_one_side(sent)
         if sent.activities:
             self._record_settled(sent, [], {}, {}, Batch(), last=True)
+
+    def _record_one_side(self, sent: _Sent) -> None:
+        """Of a failed batch, the records whose writes went through on one side (``_record_failed``)."""
+        d_error, m_error = sent.dynamics.exception(), sent.marketo.exception()
+        answered = sent.written()
+        planned = sent.batch.planned
+        rest = [p for p in range(len(planned)) if p not in sent.recorded]
+        if m_error is None and d_error is not None:
+            # Its Marketo writes went through: the records whose bulk message was not answered.
+            outcomes = dict.fromkeys((p for p in rest if p not in answered), _unanswered(d_error))
+            self._record_settled(sent, list(outcomes), outcomes, sent.marketo.result(), Batch())
+        elif m_error is not None:
+            # Its Marketo call failed: the records whose Dynamics write was answered (no Marketo
+            # verdict: ``_settle`` records that half as not written, to be retried).
+            written = [p for p in rest if p in answered and not planned[p][0].marketo_extra]
+            self._record_settled(sent, written, answered, {}, Batch())
 
     def _record_settled(
         self,
@@ -713,7 +726,11 @@ class Applier:
         if (merge.to_marketo and not m_ok) or one_way_failed:
             reasons, code = _marketo_reasons(record_plan, m_result)
             keys = [*merge.to_marketo, *(oneway.KEY_PREFIX + name for name in item.one_way_writes)]
-            self.ledger.fail_person(out, link, Direction.TO_MARKETO, reasons, code=code, keys=keys)
+            # No verdict: the Marketo call failed as a whole (``_record_failed``), to be retried.
+            unanswered = m_result is None and not record_plan.marketo_problems
+            self.ledger.fail_person(
+                out, link, Direction.TO_MARKETO, reasons, code=code, keys=keys, transient=unanswered
+            )
         else:
             self.ledger.resolve(out, person_key(Direction.TO_MARKETO, link.marketo_id))
         new_baseline = oneway.settled(
@@ -1034,7 +1051,7 @@ def _marketo_reasons(record_plan: Plan, result: LeadWriteResult | None) -> tuple
     if record_plan.marketo_problems:
         return record_plan.marketo_problems, "validation"
     if result is None:
-        return ["not written"], None
+        return ["not written: the Marketo call failed"], "unanswered"
     return marketo_refusal(result)
 
 

@@ -502,6 +502,42 @@ def test_what_a_failed_cycle_wrote_to_marketo_is_not_taken_for_a_marketo_edit_af
     assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
 
 
+def test_what_a_failed_cycle_wrote_to_dynamics_is_not_taken_for_a_dynamics_edit_after_it(world: World) -> None:
+    """The same on the other side: a contact edited on both sides (other fields); its Dynamics
+    write goes through and its Marketo write fails (the daily quota), so the cycle fails. A
+    Marketo user then edits the field the failed cycle wrote to Dynamics. That value comes back in
+    the contact's delta; it is the sync's own, and must not win (Dynamics wins on contacts) over
+    the Marketo edit."""
+    contact_id, person = linked_contact(world, 1)
+    world.marketo.update_lead(person, {"phone": "+1 555 0001"})
+    world.dataverse.update("contacts", contact_id, {"jobtitle": "Title from Dynamics"})
+    quota = {"path": "leads.json", "method": "POST", "times": -1, "action": {"marketo_error": "607"}}
+    world.marketo.set_faults([quota])
+    assert world.cycle().outcome == "quota"
+    world.marketo.clear_faults()
+    row = world.dynamics_row(CONTACT, contact_id)
+    assert row is not None
+    assert row["telephone1"] == "+1 555 0001"  # written before the cycle failed
+    link = world.link_of(person)  # its Dynamics half recorded: that baseline
+    assert link is not None
+    assert link.baseline.get("phone") == "+1 555 0001"
+    assert link.baseline.get("title") != "Title from Dynamics"  # its Marketo half was not written
+    [failure] = world.store.list_failures()
+    assert (failure.marketo_id, failure.direction.value, failure.code) == (person, "to_marketo", "unanswered")
+    assert world.failure_activities(person) == []
+    world.marketo.update_lead(person, {"phone": "+1 555 0002"})
+
+    assert world.cycle().outcome == "ok"
+
+    row = world.dynamics_row(CONTACT, contact_id)
+    assert row is not None
+    after = world.marketo.get_lead(person)
+    assert (row["telephone1"], after["phone"]) == ("+1 555 0002", "+1 555 0002")
+    assert (row["jobtitle"], after["title"]) == ("Title from Dynamics", "Title from Dynamics")
+    assert world.store.list_failures() == []
+    assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
+
+
 class Crash(BaseException):
     """The process dies (not an error the engine could catch)."""
 
