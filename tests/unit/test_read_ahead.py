@@ -128,8 +128,10 @@ def test_a_record_linked_after_the_read_ahead_is_taken_as_linked(monkeypatch: py
 # -- the next table's first page, read while the table before's last page is applied ----------------
 
 
-def contact_links_wait_for_lead_look_up(monkeypatch: pytest.MonkeyPatch, world: World, lead: str) -> list[bool]:
-    """Make the contacts page's link writes wait until the lead's link was looked up; returns, per
+def writes_wait_for_look_up(
+    monkeypatch: pytest.MonkeyPatch, world: World, record: str, waits: Callable[[Link], bool]
+) -> list[bool]:
+    """Make the link writes ``waits`` picks wait until ``record``'s link was looked up; returns, per
     such write, whether the look-up happened while it waited."""
     looked_up = threading.Event()
     look_up, upsert = world.store.get_links_by_dataverse_ids, world.store.upsert_links
@@ -138,18 +140,23 @@ def contact_links_wait_for_lead_look_up(monkeypatch: pytest.MonkeyPatch, world: 
     def watched(entity: EntityType, ids: Iterable[str]) -> dict[str, Link]:
         ids = list(ids)
         found = look_up(entity, ids)
-        if entity is EntityType.LEAD and lead in ids:
+        if record in ids:
             looked_up.set()
         return found
 
     def waiting(links: Sequence[Link], **kwargs: Any) -> None:
-        if any(link.entity is CONTACT for link in links):
+        if any(waits(link) for link in links):
             during.append(looked_up.wait(WAIT))
         upsert(links, **kwargs)
 
     monkeypatch.setattr(world.store, "get_links_by_dataverse_ids", watched)
     monkeypatch.setattr(world.store, "upsert_links", waiting)
     return during
+
+
+def contact_links_wait_for_lead_look_up(monkeypatch: pytest.MonkeyPatch, world: World, lead: str) -> list[bool]:
+    """Make the contacts page's link writes wait until the lead's link was looked up."""
+    return writes_wait_for_look_up(monkeypatch, world, lead, lambda link: link.entity is CONTACT)
 
 
 def test_the_leads_first_page_is_looked_up_while_the_contacts_page_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -287,6 +294,34 @@ def test_a_persons_link_the_leads_page_removed_after_the_read_ahead_is_read_agai
     assert report.report.written.dynamics == 0
 
 
+def flush_waits_for_a_send(
+    monkeypatch: pytest.MonkeyPatch, recorded: Callable[[], bool]
+) -> tuple[Callable[[], None], list[tuple[str, bool]]]:
+    """Make the held records' write wait until a write is sent: the returned ``sending``, called
+    by the write, notes whether ``recorded()`` held when it was sent and while it was in flight
+    (into the returned list)."""
+    sent = threading.Event()
+    seen: list[tuple[str, bool]] = []
+
+    def sending() -> None:
+        seen.append(("at send", recorded()))
+        sent.set()
+        deadline = time.monotonic() + WAIT
+        while not recorded() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(("in flight", recorded()))
+
+    flush = Ledger.flush
+
+    def flush_once_sent(self: Ledger) -> None:
+        if self._held:  # the held record: not before the write is in flight
+            sent.wait(WAIT)
+        flush(self)
+
+    monkeypatch.setattr(Ledger, "flush", flush_once_sent)
+    return sending, seen
+
+
 def test_the_last_leads_page_is_recorded_while_the_persons_steps_messages_are_in_flight(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -295,31 +330,18 @@ def test_the_last_leads_page_is_recorded_while_the_persons_steps_messages_are_in
     world = make_world()
     _, lead_person, other, _ = edited_lead_and_person(world)
     update_multiple = world.dataverse._update_multiple
-    sent = threading.Event()
-    seen: list[tuple[str, bool]] = []
 
     def page_recorded() -> bool:
         link = world.link_of(lead_person)
         return link is not None and link.baseline.get("title") == "Lead title from Dynamics"
 
+    sending, seen = flush_waits_for_a_send(monkeypatch, page_recorded)
+
     def waits_for_the_page(entity_set: str, targets: list[dict[str, Any]]) -> httpx.Response:
-        seen.append(("at send", page_recorded()))
-        sent.set()
-        deadline = time.monotonic() + WAIT
-        while not page_recorded() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        seen.append(("in flight", page_recorded()))
+        sending()
         return update_multiple(entity_set, targets)
 
-    flush = Ledger.flush
-
-    def flush_once_sent(self: Ledger) -> None:
-        if self._held:  # the page's record: not before the message is in flight
-            sent.wait(WAIT)
-        flush(self)
-
     monkeypatch.setattr(world.dataverse, "_update_multiple", waits_for_the_page)
-    monkeypatch.setattr(Ledger, "flush", flush_once_sent)
     report = world.cycle()
 
     assert seen == [("at send", False), ("in flight", True)]
@@ -398,24 +420,7 @@ def test_a_tables_next_page_is_read_and_looked_up_while_the_page_before_is_appli
     world = make_world()
     (first, _), (second, _) = pairs = two_contacts_edited(world)
     one_row_pages(monkeypatch)
-    looked_up = threading.Event()
-    look_up, upsert = world.store.get_links_by_dataverse_ids, world.store.upsert_links
-    during: list[bool] = []
-
-    def watched(entity: EntityType, ids: Iterable[str]) -> dict[str, Link]:
-        ids = list(ids)
-        found = look_up(entity, ids)
-        if second in ids:
-            looked_up.set()
-        return found
-
-    def waiting(links: Sequence[Link], **kwargs: Any) -> None:
-        if any(link.dataverse_id == first for link in links):  # the first page's record
-            during.append(looked_up.wait(WAIT))
-        upsert(links, **kwargs)
-
-    monkeypatch.setattr(world.store, "get_links_by_dataverse_ids", watched)
-    monkeypatch.setattr(world.store, "upsert_links", waiting)
+    during = writes_wait_for_look_up(monkeypatch, world, second, lambda link: link.dataverse_id == first)
 
     report = world.cycle()
 
@@ -469,32 +474,19 @@ def test_a_page_is_recorded_while_the_next_pages_writes_are_in_flight(monkeypatc
     (first, first_person), (_, second_person) = two_contacts_edited(world)
     one_row_pages(monkeypatch)
     sync_leads = world.marketo_client.sync_leads
-    sent = threading.Event()
-    seen: list[tuple[str, bool]] = []
 
     def first_recorded() -> bool:
         link = world.link_of(first_person)
         return link is not None and link.baseline.get("title") == "Dynamics title 1"
 
+    sending, seen = flush_waits_for_a_send(monkeypatch, first_recorded)
+
     def waits_for_the_page(leads: Sequence[dict[str, Any]], **kwargs: Any) -> Any:
         if any(lead.get("id") == second_person for lead in leads):  # the second page's write
-            seen.append(("at send", first_recorded()))
-            sent.set()
-            deadline = time.monotonic() + WAIT
-            while not first_recorded() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            seen.append(("in flight", first_recorded()))
+            sending()
         return sync_leads(leads, **kwargs)
 
-    flush = Ledger.flush
-
-    def flush_once_sent(self: Ledger) -> None:
-        if self._held and not sent.is_set():  # the first page's record: not before the next is in flight
-            sent.wait(WAIT)
-        flush(self)
-
     monkeypatch.setattr(world.marketo_client, "sync_leads", waits_for_the_page)
-    monkeypatch.setattr(Ledger, "flush", flush_once_sent)
     cursor = engine_module.dataverse_cursor(CONTACT)
     before = world.store.get_cursor(cursor)
 
