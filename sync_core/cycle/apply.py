@@ -431,9 +431,9 @@ class Applier:
         unrecorded, the values the batch wrote to one side would have no baseline, and the next
         cycle would read them back from that side's changes as its user's edits, winning a
         collision with an edit made on the other side since (Marketo's on a lead, Dynamics' on a
-        contact). Not recorded: records whose write to the side that failed was not attempted
-        apart (a new or moved link's Marketo ids must land before the link is recorded), nor
-        those with no write that went through."""
+        contact). Not recorded: a new or moved link whose Marketo write failed (the person's
+        Microsoft ids must land before the link is recorded), nor a record none of whose writes
+        went through."""
         self._record_written(sent)
         if sent.done():
             self._record_one_side(sent)
