@@ -940,7 +940,9 @@ class LinkedWrites:
     Only for batches of distinct persons that the batches before cannot change (the persons step:
     each person once, a link written only by its own batch); a Dataverse page is not (a
     qualification or a match of one page changes the links the next one looks up), so there a
-    batch is recorded before the next is looked up (``Applier.sync_linked``). Within a batch the
+    page's batch is recorded, or held with its links known to the watches, before the next page's
+    links are used, and a link it touched is read again once it is written
+    (``Applier.dynamics_page``). Within a batch the
     order does not change (a record's Table writes follow its API writes; the cursors all of
     them). When a batch's writes fail, no batch is sent after it; the batches in flight are waited
     for and those whose writes went through are recorded (as they would have been one after the
