@@ -488,6 +488,7 @@ def test_what_a_failed_cycle_wrote_to_marketo_is_not_taken_for_a_marketo_edit_af
     assert "lastName" not in link.baseline  # its Dynamics half was not written: no baseline
     [failure] = world.store.list_failures()
     assert (failure.marketo_id, failure.direction.value, failure.code) == (person, "to_dynamics", "503")
+    assert failure.reasons[0].startswith("Dynamics did not write the update (retried)")
     assert world.failure_activities(person) == []  # an outage, retried: not a refusal to log
     world.dataverse.update("leads", lead_id, {"firstname": "Edited in Dynamics"})
 
