@@ -90,6 +90,10 @@ class Batch:
     resolved: set[str] = field(default_factory=set)
     activities: list[SyncFailure] = field(default_factory=list)
 
+    def touched_links(self) -> list[Link]:
+        """The links the batch writes, replaces or deletes."""
+        return [*self.links, *self.replaced, *self.unlinked]
+
 
 class OpenFailures:
     """The keys of the open failures (read in pages, on first use), and their details on demand."""
@@ -199,7 +203,7 @@ class Ledger:
         those of the batches held now (``hold``), which are written later."""
         watch = LinkWatch()
         for batch in self._held:  # written after the watch starts: a look-up may read either
-            watch.add([*batch.links, *batch.replaced, *batch.unlinked])
+            watch.add(batch.touched_links())
         self._watches.append(watch)
         return watch
 
@@ -221,7 +225,7 @@ class Ledger:
 
     def touches(self, marketo_ids: Iterable[int]) -> bool:
         """Whether a held batch writes, replaces or deletes the link of any of these persons."""
-        held = {link.marketo_id for batch in self._held for link in (*batch.links, *batch.replaced, *batch.unlinked)}
+        held = {link.marketo_id for batch in self._held for link in batch.touched_links()}
         return not held.isdisjoint(marketo_ids)
 
     def flush(self) -> None:
@@ -323,7 +327,7 @@ class Ledger:
         """The batch's Table writes: links, collisions, failures; then the activity log (held until
         ``flush`` while the ledger holds)."""
         for watch in self._watches:  # before the writes: a look-up running meanwhile may see either
-            watch.add([*batch.links, *batch.replaced, *batch.unlinked])
+            watch.add(batch.touched_links())
         if self._holding:
             self._held.append(batch)
             return
