@@ -708,9 +708,7 @@ class _Cycle:
                 applier.one_way_unreadable(oneway.ACCOUNT.logical_name, str(err)[:200])
                 return None
 
-    def _pages(
-        self, entity: EntityType, delta_link: str | None
-    ) -> Iterator[tuple[DeltaPage, Mapping[str, Link] | None]]:
+    def _pages(self, entity: EntityType, delta_link: str | None) -> Iterator[tuple[DeltaPage, Mapping[str, Link]]]:
         """The table's delta pages from ``delta_link``, each with those of its rows' links that were
         read ahead and are current. Every page is read ahead, its links looked up with it: the first
         while the cycle did something else (``_read_ahead``; used only when it read what this read
