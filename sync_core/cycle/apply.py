@@ -1046,10 +1046,9 @@ def _dynamics_reasons(record_plan: Plan, outcome: WriteOutcome | None) -> tuple[
 
 def dynamics_refusal(outcome: WriteOutcome) -> tuple[list[str], str | None]:
     """The reasons and code a failure records for an update Dataverse refused."""
-    detail = outcome.message or outcome.status
-    if outcome.transient:  # throttled or an outage: not a verdict on the record
-        return [f"Dynamics did not write the update (retried): {detail}"], outcome.code or str(outcome.status)
-    return [f"Dynamics refused the update: {detail}"], outcome.code or str(outcome.status)
+    # Throttled or an outage (transient) is not a verdict on the record.
+    verdict = "did not write the update (retried)" if outcome.transient else "refused the update"
+    return [f"Dynamics {verdict}: {outcome.message or outcome.status}"], outcome.code or str(outcome.status)
 
 
 def _marketo_reasons(record_plan: Plan, result: LeadWriteResult | None) -> tuple[list[str], str | None]:
