@@ -17,6 +17,25 @@ def test_the_later_value_of_a_field_wins_and_each_person_is_taken_once() -> None
         assert list(stage.pending_ids(10)) == [[2]]
 
 
+def test_a_person_untaken_is_pending_again_with_its_staged_changes() -> None:
+    with Stage() as stage:
+        stage.add_changes([(1, "title", "a"), (2, "phone", "1")])
+        assert stage.take([1, 2]) == {1: {"title": "a"}, 2: {"phone": "1"}}
+        stage.untake([2])
+        assert list(stage.pending_ids(10)) == [[2]]
+        assert stage.take([1, 2]) == {2: {"phone": "1"}}
+
+
+def test_which_persons_are_deleted_or_changed_a_field_among_these() -> None:
+    with Stage() as stage:
+        stage.add_changes([(1, "company", "a"), (2, "phone", "1"), (3, "title", "t")])
+        stage.add_carried([(4, ["company"])])
+        stage.add_deleted([2, 9])
+        assert stage.changed_among([1, 2, 3, 4, 5], ["company", "industry"]) == {1, 4}
+        assert stage.changed_among([1, 2], []) == set()
+        assert stage.deleted_among([1, 2, 3, 9]) == {2, 9}
+
+
 def test_pending_persons_come_in_chunks_in_id_order() -> None:
     with Stage() as stage:
         stage.add_changes((i, "title", str(i)) for i in range(1200, 0, -1))

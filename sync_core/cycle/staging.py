@@ -76,6 +76,12 @@ class Stage:
             self._db.execute(f"UPDATE person SET taken = 1 WHERE lead_id IN ({marks})", chunk)  # noqa: S608
         return found
 
+    def untake(self, lead_ids: Iterable[int]) -> None:
+        """These persons are pending again (taken and not applied); their staged changes are kept."""
+        for chunk in _chunks(sorted(set(lead_ids))):
+            marks = ",".join("?" * len(chunk))
+            self._db.execute(f"UPDATE person SET taken = 0 WHERE lead_id IN ({marks})", chunk)  # noqa: S608
+
     def add_carried(self, persons: Iterable[tuple[int, Iterable[str]]]) -> int:
         """Stage persons a cut cycle left (``carry``) with the fields that changed: pending, their
         values unknown until taken; how many persons."""
@@ -97,6 +103,21 @@ class Stage:
                 chunk,
             ):
                 found.setdefault(lead_id, set()).add(field)
+        return found
+
+    def changed_among(self, lead_ids: Sequence[int], fields: Sequence[str]) -> set[int]:
+        """Which of these persons have a change (staged or carried) of any of ``fields``."""
+        found: set[int] = set()
+        if not fields:
+            return found
+        names = ",".join("?" * len(fields))
+        for chunk in _chunks(sorted(set(lead_ids))):
+            marks = ",".join("?" * len(chunk))
+            query = (
+                f"SELECT lead_id FROM change WHERE lead_id IN ({marks}) AND field IN ({names}) "  # noqa: S608 - only placeholders
+                f"UNION SELECT lead_id FROM carried WHERE lead_id IN ({marks}) AND field IN ({names})"
+            )
+            found.update(row[0] for row in self._db.execute(query, (*chunk, *fields, *chunk, *fields)))
         return found
 
     def pending_fields(self, size: int) -> Iterator[list[tuple[int, list[str]]]]:
@@ -139,6 +160,15 @@ class Stage:
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR IGNORE INTO deleted VALUES (?)", ((i,) for i in lead_ids))
+
+    def deleted_among(self, lead_ids: Sequence[int]) -> set[int]:
+        """Which of these persons the deletions feed staged."""
+        found: set[int] = set()
+        for chunk in _chunks(sorted(set(lead_ids))):
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT lead_id FROM deleted WHERE lead_id IN ({marks})"  # noqa: S608 - only placeholders
+            found.update(row[0] for row in self._db.execute(query, chunk))
+        return found
 
     def deleted_ids(self, size: int) -> Iterator[list[int]]:
         return self._id_chunks("SELECT lead_id FROM deleted WHERE lead_id > ? ORDER BY lead_id LIMIT ?", size)
