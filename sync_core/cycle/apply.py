@@ -975,6 +975,10 @@ class LinkedWrites:
         for sent in done:
             self._applier._finish_linked(sent)
 
+    def idle(self) -> bool:
+        """Whether no batch's writes are in flight (all ended, or none sent): ``add`` would not wait."""
+        return all(sent.done() for sent in self._in_flight)
+
     def close(self) -> None:
         """Record the batches in flight, in order, once their writes are done."""
         while self._in_flight:
@@ -1020,10 +1024,15 @@ class LinkedWrites:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc is None:
             self.close()
-            return
+        else:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """The caller failed: the batches in flight recorded as far as their writes went (its failure
+        is the one to raise, not theirs)."""
         try:
             self._record_after_failure([])
-        except Exception:  # the caller's failure is the one to raise
+        except Exception:
             log.warning("cycle %s: the batches in flight were not all recorded", self._applier._run_id)
 
 
