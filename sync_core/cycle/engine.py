@@ -8,18 +8,22 @@ status view). The order is what makes it safe:
    latest value per person and field, on local disk); the deleted-persons feed too when the
    Marketo delete policy sends deletes across;
 3. stream each Dataverse table's delta (contacts first, so a qualification moves its person's
-   link before the qualified lead is seen), page by page (each page and its links read ahead: a
-   table's first, the contacts' during step 2, the leads' while the contacts' last page is
-   applied, ``_read_ahead``; each next one while the page before is applied, ``_pages``): the
-   page's linked records are merged
+   link before the qualified lead is seen), page by page (when both tables have a delta link,
+   every page of both and their links read during step 2 and spooled to disk, ``preread``;
+   otherwise each page and its links read ahead: a table's first, the contacts' during step 2,
+   the leads' while the contacts' last page is applied, ``_read_ahead``; each next one while the
+   page before is applied, ``_pages``): the page's linked records are merged
    with their staged Marketo changes, new records are linked or get a person, deletions flag
    and unlink; the table's delta link is stored once all its pages are done (each page's
    record is held, ``Ledger.hold``, and written while the next page's writes, or the persons
    step's first batch, are in flight, ``_release``, the delta links after it). A read without a
    delta token (the first one, or after the token expired) is a full read of that table, merged
    the same way, and a check of which linked records it no longer returns (deleted meanwhile);
-   then the accounts' delta, whose changed accounts' company fields go to their linked contacts'
-   persons (``Applier.accounts_changed``, one way);
+   while the pages are applied, the persons step's head start writes the persons no page can
+   take, which the pre-read's census tells (``_top_up``; step 4 goes on from its pipeline, unless
+   the accounts' changes or the deletes come first: they end it, its batches recorded,
+   ``_finish_head``); then the accounts' delta, whose changed accounts' company fields go to
+   their linked contacts' persons (``Applier.accounts_changed``, one way);
 4. the persons whose Marketo changes no Dataverse page took, in batches of the Dataverse batch
    size times its parallelism per entity, written as a pipeline (``LinkedWrites``: a batch's writes
    in flight while the next persons are looked up and the last batch is recorded; at the end, a
@@ -78,12 +82,13 @@ from sync_core.core.fieldmap import FieldMap
 from sync_core.core.models import Cursor, EntityType, Lease, Link, RunReport
 from sync_core.core.report import Left, Outcome
 from sync_core.core.syncfilter import NO_FILTER, SyncFilter
-from sync_core.cycle import carry
+from sync_core.cycle import carry, preread
 from sync_core.cycle.accounting import api_delta, build_report, store_delta
 from sync_core.cycle.apply import Applier, LinkedWrites
 from sync_core.cycle.lease import Heartbeat, LeaseLost
 from sync_core.cycle.ledger import LinkWatch, OpenFailures, Pending, Tally
 from sync_core.cycle.overlap import MARKETO_CHANGES_TAIL, ReadTail, TailTracker
+from sync_core.cycle.preread import Census, PreRead
 from sync_core.cycle.staging import Stage
 from sync_core.dataverse.client import SCHEMA_ERROR_CODES, DataverseClient, DeltaPage
 from sync_core.http.counters import ApiCounters
@@ -384,6 +389,11 @@ class _Cycle:
         self._held_commits: list[tuple[Cursor | None, str, str | None]] = []  # cursors after held records
         self._ahead: _ReadAhead | None = None  # a table's next page, read while the cycle does something else
         self._persons_ahead: _PersonsAhead | None = None  # the persons step's first links, read likewise
+        self._pre: PreRead | None = None  # both tables' delta pages, read whole while the feed is read
+        self._head: LinkedWrites | None = None  # the persons step's head start (``_top_up``)
+        self._head_ids: Iterator[list[int]] | None = None  # the pending persons it goes through
+        self._head_over = False  # it took its last batch, or ended (``_finish_head``)
+        self._head_buffers: dict[EntityType, list[Pending]] = {entity: [] for entity in EntityType}
 
     # -- the time budget ------------------------------------------------------------------------
 
@@ -426,6 +436,7 @@ class _Cycle:
             try:
                 self._steps(stage)
             finally:
+                self._abandon_head()
                 # The cycle failed with records held: their API writes went through, so they are
                 # written (unless another cycle has the lease now: it repeats this window anyway).
                 if self.applier.ledger.holding and not self.heartbeat.lost:
@@ -435,6 +446,7 @@ class _Cycle:
                         log.warning("cycle %s: the held records were not all written", self.run_id)
                 self._drop_ahead()
                 self._drop_persons_ahead()
+                self._end_pre_read()
                 # What is left for later: staged changes not applied (the cycle ended early) and
                 # the failures waiting for their retry.
                 self.backlog = {"marketo": stage.pending_count(), "retries": len(self.open_failures)}
@@ -469,7 +481,7 @@ class _Cycle:
         tail_cursor = store.get_cursor(MARKETO_CHANGES_TAIL)
         tail = ReadTail.parse(tail_cursor.value if tail_cursor and changes_cursor else None)
         tracker = TailTracker(tail.token if tail else changes_start, tail)
-        self._read_ahead(ENTITY_ORDER[0])  # while the feed is read
+        self._start_pre_read()  # while the feed is read
         changes_token = self._stage_marketo_changes(stage, tracker)
         deletes_cursor: Cursor | None = None
         deletes_token: str | None = None
@@ -487,6 +499,7 @@ class _Cycle:
                 unfinished.append(entity.value)
             else:
                 self._commit(cursor, dataverse_cursor(entity), delta_link)
+        self._end_pre_read()  # the head start takes no new batch: the persons step goes on from it
         if not self.may_stop("dataverse accounts"):
             accounts_cursor = store.get_cursor(ACCOUNTS_CURSOR)
             accounts_link = self._sync_accounts(accounts_cursor, stage)
@@ -497,12 +510,14 @@ class _Cycle:
         else:
             unfinished.append(oneway.ACCOUNT.logical_name)
         if deletes_token is not None and self.cut is None:
-            self._release()  # the deletes look links up
+            self._finish_head()  # the deletes look links up
+            self._release()
             for ids in stage.deleted_ids(engine._options.dataverse_batch_size):
                 applier.marketo_deleted(ids)
                 self.keep_lease()
         if self.cut is None:
             self._sync_marketo_rest(stage)
+        self._finish_head()  # cut: its batches recorded, the persons it took and did not send carried
         self._release()
         self._drop_persons_ahead()  # used or not (the budget cut the cycle before), its watch ends
         retries_left = False
@@ -619,6 +634,7 @@ class _Cycle:
                         # The last table's last page: the persons step's first links likewise.
                         self._read_persons_ahead(stage)
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
+                    self._top_up()  # the persons step's head start, while this page is applied
                     if full_reread:
                         stage.add_seen(entity.value, (row_id(entity, row) for row in page.rows))
                     # A page is recorded while the next page's writes (or the persons step's first
@@ -680,6 +696,8 @@ class _Cycle:
                     formatted=True,
                 ):
                     self.tally.pulled_dynamics += len(page.rows) + len(page.deleted_ids)
+                    if page.rows or page.deleted_ids:
+                        self._finish_head()  # the accounts' contacts' persons are looked up and taken
                     if page.rows:
                         self._release()  # the accounts' contacts' links are looked up
                     applier.accounts_changed(page.rows, page.deleted_ids, self.take)
@@ -715,10 +733,22 @@ class _Cycle:
         would: the same table, delta link and columns), each next one while the page before is
         applied. A read's error is raised here as this read's own."""
         select = tuple(self.applier.dataverse_columns(entity))
-        ahead, self._ahead = self._ahead, None
-        if ahead is None or (ahead.entity, ahead.delta_link, ahead.select) != (entity, delta_link, select):
-            self._drop(ahead)
-            ahead = self._read_page(entity, delta_link, select)
+        pre = self._pre
+        if pre is not None and pre.serves(entity, delta_link, select):
+            rest = yield from pre.pages(entity)
+            if rest is None:
+                return
+            ahead = self._read_page(entity, delta_link, select, rest)  # past the spool: in turn
+        else:
+            # Not what the pre-read read (a token expired, a column was refused): read in turn,
+            # once the head start's batches are recorded (the pages' persons are not known).
+            self._finish_head()
+            self._end_pre_read()
+            first, self._ahead = self._ahead, None
+            if first is None or (first.entity, first.delta_link, first.select) != (entity, delta_link, select):
+                self._drop(first)
+                first = self._read_page(entity, delta_link, select)
+            ahead = first
         while True:
             try:
                 pages, page, links = ahead.read.result()
@@ -749,6 +779,8 @@ class _Cycle:
         table before's last page is applied (the next). A read ahead not used (the time budget
         stopped the cycle first, the columns changed) costs its one delta read."""
         self._drop_ahead()
+        if self._pre is not None and self._pre.covers(entity):
+            return
         cursor = self.engine._store.get_cursor(dataverse_cursor(entity))
         delta_link = cursor.value if cursor else None
         self._ahead = self._read_page(entity, delta_link, tuple(self.applier.dataverse_columns(entity)))
@@ -836,6 +868,123 @@ class _Cycle:
             links.update(self.engine._store.get_links_by_marketo_ids(again))
         return links
 
+    # -- the pre-read and the persons step's head start ---------------------------------------------
+
+    def _start_pre_read(self) -> None:
+        """When both tables have a delta link: read their delta pages whole, from now, while the
+        change feed is read (``preread``). Otherwise (a full read: the first cycle, or after a
+        table's token expired) the tables are read in turn, the first one's first page ahead."""
+        tables: list[tuple[EntityType, str, tuple[str, ...]]] = []
+        for entity in ENTITY_ORDER:
+            cursor = self.engine._store.get_cursor(dataverse_cursor(entity))
+            if cursor is None or not cursor.value:
+                self._read_ahead(ENTITY_ORDER[0])
+                return
+            tables.append((entity, cursor.value, tuple(self.applier.dataverse_columns(entity))))
+        ledger = self.applier.ledger
+        watch = ledger.watch_links()  # before the first look-up
+        try:
+            self._pre = PreRead(
+                tables,
+                delta=self._delta,
+                look_up=self.engine._store.get_links_by_dataverse_ids,
+                watch=watch,
+                directory=self.engine._stage_dir,
+                max_rows=preread.PRE_READ_ROWS,
+            )
+        except BaseException:
+            ledger.unwatch_links(watch)
+            raise
+
+    def _end_pre_read(self) -> None:
+        """The pre-read is done with (its pages applied, or not to be): its spool removed. The head
+        start takes no new batch from then on (its batches go on: ``_sync_marketo_rest``)."""
+        pre, self._pre = self._pre, None
+        if pre is not None:
+            self.applier.ledger.unwatch_links(pre.watch)
+            pre.close()
+
+    def _top_up(self) -> None:
+        """The persons step's head start: while the Dataverse pages are applied, once the pre-read
+        has read them all (at the first page, it waits for that), the persons no page can take
+        (``Census.claims``; nor deleted in Marketo, nor with an edit of a Dynamics-owned field,
+        which the accounts' step may overwrite) are written in the persons step's batches, one
+        whenever the batches before are done, between pages, so that their bulk messages fill the
+        Dataverse places the pages leave idle. Their staged changes are taken, so no page nor the
+        persons step sees them again; a batch is recorded as the persons step's are
+        (``LinkedWrites``), whose pipeline the persons step goes on from (``_sync_marketo_rest``),
+        unless something that reads links comes first (an account's change, the deletes: they end
+        it, ``_finish_head``). Not once the time budget is spent. Only full batches go, so the bulk
+        messages are the ones the persons step alone would send."""
+        pre = self._pre
+        if pre is None or self._head_over or pre.failed:
+            return
+        census = pre.census()  # at the first page: once the pre-read has ended
+        if census is None:
+            self._head_over = True
+            return
+        if self._head is None:
+            stage = self._stage
+            assert stage is not None
+            self._head = LinkedWrites(self.applier, messages=self.engine._dataverse.parallelism)
+            self._head_ids = stage.pending_ids(self.engine._options.dataverse_batch_size)
+        while self._head.idle():
+            batch = self._head_batch(census)
+            if batch is None:
+                return
+            self.progressed = True
+            self._head.add(batch)
+
+    def _head_batch(self, census: Census) -> list[Pending] | None:
+        """The head start's next batch: a table's ``_persons_batch`` of persons no page can take
+        (None when the pending persons are all gone through, or the time budget is spent)."""
+        stage, ids_left = self._stage, self._head_ids
+        assert stage is not None
+        assert ids_left is not None
+        flush_at = self._persons_batch()
+        buffers = self._head_buffers
+        while True:
+            for entity, items in buffers.items():
+                if len(items) >= flush_at:
+                    buffers[entity] = items[flush_at:]
+                    return items[:flush_at]
+            ids = None if self.over_budget() else next(ids_left, None)
+            if ids is None:
+                self._head_over = True
+                return None
+            # Left to the steps after the pages: the persons deleted in Marketo, and those with an
+            # edit of a Dynamics-owned field (an account's change in this window overwrites it).
+            kept = stage.deleted_among(ids) | stage.changed_among(ids, self.applier.one_way_fields)
+            links = self._person_links([i for i in ids if i not in kept and i not in census.persons])
+            free = {i: link for i, link in links.items() if not census.claims(link)}
+            staged = self.take(sorted(free))
+            for marketo_id, link in free.items():
+                buffers[link.entity].append(Pending(link, marketo=staged.get(marketo_id)))
+            self.keep_lease()
+
+    def _finish_head(self) -> None:
+        """End the head start: its batches in flight recorded; the persons it took for a batch it
+        did not send are pending again (their changes are still staged), for the persons step, or
+        carried when the cycle was cut."""
+        head, self._head = self._head, None
+        self._head_over = True
+        if head is None:
+            return
+        head.close()
+        stage = self._stage
+        assert stage is not None
+        stage.untake(item.link.marketo_id for items in self._head_buffers.values() for item in items)
+        for items in self._head_buffers.values():
+            items.clear()
+
+    def _abandon_head(self) -> None:
+        """The cycle failed: the head start's batches in flight recorded as far as their writes went
+        (what it took and did not send is read again by the next cycle: no cursor moved)."""
+        head, self._head = self._head, None
+        self._head_over = True
+        if head is not None:
+            head.abandon()
+
     def _deleted_while_untracked(self, entity: EntityType, stage: Stage) -> None:
         """After a full read: linked records it did not return were deleted while no token covered them.
 
@@ -865,20 +1014,25 @@ class _Cycle:
         engine = self.engine
         applier = self.applier
         total = stage.pending_count()
-        if not total:
+        # The head start's pipeline, its batches in flight and the persons it took for the next one,
+        # go on here (nothing since the pages has written their links: the accounts' changes and
+        # the deletes end it first).
+        head, self._head = self._head, None
+        buffers, self._head_buffers = self._head_buffers, {entity: [] for entity in EntityType}
+        self._head_over = True
+        if not total and head is None:
             return
         size = engine._options.dataverse_batch_size
         # Enough records per write for every bulk message the service lets us send at once. (Not
         # fewer: persons whose merge writes nothing, e.g. the echoes of the last cycle's writes to
         # Marketo, are in the batches too, and a smaller batch would send more short messages.)
         flush_at = self._persons_batch()
-        buffers: dict[EntityType, list[Pending]] = {entity: [] for entity in EntityType}
         done = 0
         # A batch is written while the next persons are looked up and merged and the batches before
         # are recorded, up to as many bulk messages at once as the service lets us send (each
         # person is in one batch, and a batch changes only its own persons' links:
         # ``LinkedWrites``); what is left of both tables goes together at the end.
-        with LinkedWrites(applier, messages=engine._dataverse.parallelism) as writes:
+        with head or LinkedWrites(applier, messages=engine._dataverse.parallelism) as writes:
             for ids in stage.pending_ids(size):
                 if self.may_stop("marketo persons"):
                     break

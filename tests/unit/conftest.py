@@ -18,6 +18,7 @@ import pytest
 
 from sync_core.core.fieldmap import DEFAULT_PATH, FieldMap, load_field_map
 from sync_core.core.models import EntityType, Link, RunReport
+from sync_core.cycle import engine as engine_module
 from sync_core.cycle.engine import CycleOptions, SyncEngine
 from sync_core.dataverse.client import DataverseClient
 from sync_core.http.counters import ApiCounters
@@ -127,6 +128,12 @@ def make_world(
         World(clock, marketo, dataverse, store, counters, engine, marketo_client, dataverse_client, field_map)
     )
     return worlds[0]
+
+
+def no_head_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cycles without the persons step's head start (``_Cycle._top_up``): its persons are written
+    by the persons step, after the pages."""
+    monkeypatch.setattr(engine_module._Cycle, "_top_up", lambda self: None)
 
 
 @pytest.fixture

@@ -190,7 +190,7 @@ class Crash(BaseException):
 def test_a_crash_in_a_cut_tick_is_finished_by_the_next_ticks_writing_nothing_twice(
     cursor: str, uninterrupted: tuple[dict[str, Any], dict[str, int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    world = backlog_world(budget_seconds=12)
+    world = backlog_world(budget_seconds=10)  # a tick cut with persons carried, and one cut in each table
     world.latency = LATENCY
     real_put = MemoryStateStore.put_cursor
     crashed: list[str] = []

@@ -20,7 +20,7 @@ from sync_core.core.models import EntityType, Link
 from sync_core.cycle import engine as engine_module
 from sync_core.cycle.ledger import Batch, Ledger
 from sync_core.dataverse.client import DeltaPage
-from tests.unit.conftest import World, make_world
+from tests.unit.conftest import World, make_world, no_head_start
 from tests.unit.test_applier import applier_for
 
 CONTACT = EntityType.CONTACT
@@ -367,6 +367,7 @@ def test_a_persons_step_failing_before_its_first_batch_writes_the_held_page_reco
     def failing(ids: Iterable[int]) -> dict[int, Link]:
         raise TransientError("Table Storage did not answer", service="tables")
 
+    no_head_start(monkeypatch)  # the persons step's look-up, not the head start's
     monkeypatch.setattr(world.store, "get_links_by_marketo_ids", failing)
     failed = world.cycle()
     monkeypatch.setattr(world.store, "get_links_by_marketo_ids", look_up)
