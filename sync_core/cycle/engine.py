@@ -393,6 +393,7 @@ class _Cycle:
         self._head: LinkedWrites | None = None  # the persons step's head start (``_top_up``)
         self._head_ids: Iterator[list[int]] | None = None  # the pending persons it goes through
         self._head_over = False  # it took its last batch, or ended (``_finish_head``)
+        self._head_whole = True  # it left no pending person to the persons step but the pages' own
         self._head_buffers: dict[EntityType, list[Pending]] = {entity: [] for entity in EntityType}
 
     # -- the time budget ------------------------------------------------------------------------
@@ -914,8 +915,10 @@ class _Cycle:
         persons step sees them again; a batch is recorded as the persons step's are
         (``LinkedWrites``), whose pipeline the persons step goes on from (``_sync_marketo_rest``),
         unless something that reads links comes first (an account's change, the deletes: they end
-        it, ``_finish_head``). Not once the time budget is spent. Only full batches go, so the bulk
-        messages are the ones the persons step alone would send."""
+        it, ``_finish_head``). Not once the time budget is spent. Only full batches go, and the
+        last, both tables' rest together, when it went through every pending person and left
+        none to the persons step but those a page claims (which the page takes, or unlinks): the
+        bulk messages are the ones the persons step alone would send."""
         pre = self._pre
         if pre is None or self._head_over or pre.failed:
             return
@@ -948,14 +951,27 @@ class _Cycle:
                 if len(items) >= flush_at:
                     buffers[entity] = items[flush_at:]
                     return items[:flush_at]
-            ids = None if self.over_budget() else next(ids_left, None)
-            if ids is None:
+            if self.over_budget():
                 self._head_over = True
                 return None
+            ids = next(ids_left, None)
+            if ids is None:
+                # Every pending person gone through: when none was left for the persons step to
+                # write, the rest of both tables is its last batch, as it would have been there.
+                self._head_over = True
+                rest = [item for items in buffers.values() for item in items] if self._head_whole else []
+                if not rest:
+                    return None
+                for items in buffers.values():
+                    items.clear()
+                return rest
             # Left to the steps after the pages: the persons deleted in Marketo, and those with an
             # edit of a Dynamics-owned field (an account's change in this window overwrites it).
             kept = stage.deleted_among(ids) | stage.changed_among(ids, self.applier.one_way_fields)
-            links = self._person_links([i for i in ids if i not in kept and i not in census.persons])
+            asked = [i for i in ids if i not in kept and i not in census.persons]
+            links = self._person_links(asked)
+            if kept or len(links) < len(asked):  # (the unlinked too: the persons step writes them)
+                self._head_whole = False
             free = {i: link for i, link in links.items() if not census.claims(link)}
             staged = self.take(sorted(free))
             for marketo_id, link in free.items():
