@@ -982,24 +982,27 @@ class _Cycle:
         """End the head start: its batches in flight recorded; the persons it took for a batch it
         did not send are pending again (their changes are still staged), for the persons step, or
         carried when the cycle was cut."""
-        head, self._head = self._head, None
-        self._head_over = True
+        head, buffers = self._take_head()
         if head is None:
             return
         head.close()
         stage = self._stage
         assert stage is not None
-        stage.untake(item.link.marketo_id for items in self._head_buffers.values() for item in items)
-        for items in self._head_buffers.values():
-            items.clear()
+        stage.untake(item.link.marketo_id for items in buffers.values() for item in items)
 
     def _abandon_head(self) -> None:
         """The cycle failed: the head start's batches in flight recorded as far as their writes went
         (what it took and did not send is read again by the next cycle: no cursor moved)."""
-        head, self._head = self._head, None
-        self._head_over = True
+        head, _ = self._take_head()
         if head is not None:
             head.abandon()
+
+    def _take_head(self) -> tuple[LinkedWrites | None, dict[EntityType, list[Pending]]]:
+        """End the head start: its pipeline and the persons it took for its next batch, handed over."""
+        head, self._head = self._head, None
+        buffers, self._head_buffers = self._head_buffers, {entity: [] for entity in EntityType}
+        self._head_over = True
+        return head, buffers
 
     def _deleted_while_untracked(self, entity: EntityType, stage: Stage) -> None:
         """After a full read: linked records it did not return were deleted while no token covered them.
@@ -1033,9 +1036,7 @@ class _Cycle:
         # The head start's pipeline, its batches in flight and the persons it took for the next one,
         # go on here (nothing since the pages has written their links: the accounts' changes and
         # the deletes end it first).
-        head, self._head = self._head, None
-        buffers, self._head_buffers = self._head_buffers, {entity: [] for entity in EntityType}
-        self._head_over = True
+        head, buffers = self._take_head()
         if not total and head is None:
             return
         size = engine._options.dataverse_batch_size

@@ -182,13 +182,14 @@ class PreRead:
                     if page is None:
                         spool.put(("end", None))
                         break
-                    ids = [row_id(entity, row) for row in page.rows] + [i.lower() for i in page.deleted_ids]
+                    row_ids = [row_id(entity, row) for row in page.rows]
+                    ids = row_ids + [i.lower() for i in page.deleted_ids]
                     links = self._look_up(entity, ids) if ids else {}
                     self._census.add(entity, page, links)
-                    row_ids = {row_id(entity, row) for row in page.rows}
+                    rows_read = set(row_ids)
                     path = os.path.join(self._dir, f"{entity.value}-{number}.pickle")
                     with open(path, "wb") as file:
-                        pickle.dump((page, {i: link for i, link in links.items() if i in row_ids}), file)
+                        pickle.dump((page, {i: link for i, link in links.items() if i in rows_read}), file)
                     spool.put(("page", path))
                     rows += len(page.rows) + len(page.deleted_ids)
                     number += 1
