@@ -25,7 +25,9 @@ Per cycle:
   Table transactions, peak RSS of the cycle's process;
 - where the time goes: per service, Σ ms and requests by method and path pattern; the time any
   request was in flight, so ``wall - in flight`` is the time spent on neither service (Table
-  Storage, the engine's CPU).
+  Storage, the engine's CPU); the CPU seconds Azurite and the simulators' process used during the
+  cycle (``cpu_beside``, from ``/proc``): Azurite serves every request on one thread, so its CPU
+  seconds bound the wall as a service's time does, a bound of this machine, not of Table Storage.
 
 With ``--cycle-budget S`` each size runs twice from the same scenario: once as above (cycles with
 no budget: one uninterrupted cycle does the work) and once with ``SYNC_CYCLE_BUDGET_SECONDS=S``,
@@ -76,6 +78,54 @@ from sync_core.wiring.services import build_services
 
 MARKETO_IDENTITY = "/identity/oauth/token"
 DATAVERSE_API = "/api/data/"
+
+
+# -- CPU time of the processes beside the cycle's (Linux's /proc; None elsewhere) ----------------
+
+
+def cpu_seconds_of(pid: int | None) -> float | None:
+    """User + system CPU seconds process ``pid`` has used so far (its threads included)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+def azurite_pid(connection: str) -> int | None:
+    """The Azurite process serving ``connection`` (its Table port on its command line)."""
+    found = re.search(r"TableEndpoint=https?://[^:/]+:(\d+)", connection)
+    if found is None:
+        return None
+    wanted = ["--tablePort", found.group(1)]
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any(args[i : i + 2] == wanted for i in range(len(args) - 1)):
+            return int(proc.name)
+    return None
+
+
+class CpuMeter:
+    """CPU seconds Azurite and the simulators' process use between ``start`` and ``stop`` (one cycle)."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self._pids = pids
+        self._before: dict[str, float | None] = {}
+
+    def start(self) -> None:
+        self._before = {name: cpu_seconds_of(pid) for name, pid in self._pids.items()}
+
+    def stop(self) -> dict[str, float | None]:
+        used: dict[str, float | None] = {}
+        for name, pid in self._pids.items():
+            now, before = cpu_seconds_of(pid), self._before.get(name)
+            used[name] = round(now - before, 2) if now is not None and before is not None else None
+        return used
 
 
 # -- the simulators' process -------------------------------------------------------------------
@@ -295,7 +345,13 @@ def cycle_in_fresh_process(env: dict[str, str], timeout: float, store_file: str 
             process.join()
 
 
-def cycle_row(index: int, result: dict[str, Any], requests: list[dict[str, Any]], limits: Limits) -> dict[str, Any]:
+def cycle_row(
+    index: int,
+    result: dict[str, Any],
+    requests: list[dict[str, Any]],
+    limits: Limits,
+    beside: dict[str, float | None] | None = None,
+) -> dict[str, Any]:
     report = result["report"]
     floor = service_floor(requests, limits)
     calls, table = report.get("api_calls", {}), report.get("table", {})
@@ -325,6 +381,10 @@ def cycle_row(index: int, result: dict[str, Any], requests: list[dict[str, Any]]
         "backlog": report.get("backlog"),
         "left": report.get("left"),
         "cpu_seconds": result["cpu_seconds"],
+        # CPU seconds the processes beside the cycle's used meanwhile: Azurite serves Table Storage on
+        # one thread, so its figure bounds the wall as a service's does; with the engine's and the
+        # simulators', ÷ the machine's cores, it says how busy the machine was.
+        "cpu_beside": beside or {},
         "peak_rss_mb": result["peak_rss_mb"],
         "time_by_pattern": time_by_pattern(requests),
     }
@@ -403,16 +463,18 @@ def run_size(n: int, connection: str, args: argparse.Namespace, profile: _profil
         _answer(parent, sandbox, 60)
         limits = Limits(profile, args.marketo_rate_share, args.dataverse_cap, args.rate_bound)
         log = RequestLog(log_path)
+        meter = CpuMeter({"azurite": azurite_pid(connection) if memory is None else None, "simulators": sandbox.pid})
         cycles: list[dict[str, Any]] = []
         error = None
         for index in range(1, args.max_cycles + 1):
             span_start = time.time()
+            meter.start()
             try:
                 result = cycle_in_fresh_process(env, args.cycle_timeout, store_file)
             except (CycleTimeout, RuntimeError) as exc:
                 error = str(exc)
                 break
-            row = cycle_row(index, result, log.between(span_start, time.time()), limits)
+            row = cycle_row(index, result, log.between(span_start, time.time()), limits, meter.stop())
             cycles.append(row)
             print(_row_line(n, row), file=sys.stderr, flush=True)
             if row["error"]:
@@ -494,7 +556,8 @@ def print_tables(results: list[dict[str, Any]], file: Any) -> None:
                 f"  N={result['n']:,} cycle {row['cycle']}: {floor['bounds']} (other rate reading, not in the floor: "
                 f"{floor['other_rate_bounds']}); in flight {floor['in_flight_seconds']}, "
                 f"outside both services {row['outside_services_seconds']} s (engine CPU {row['cpu_seconds']} s, "
-                f"the rest, mostly Table Storage, {row['outside_services_less_cpu_seconds']} s)"
+                f"the rest, mostly Table Storage, {row['outside_services_less_cpu_seconds']} s); "
+                f"CPU beside it {row['cpu_beside']}"
                 + (f"; errors {floor['error_statuses']}" if floor["error_statuses"] else ""),
                 file=file,
             )
