@@ -362,7 +362,7 @@ def cycle_row(
     result: dict[str, Any],
     requests: list[dict[str, Any]],
     limits: Limits,
-    beside: dict[str, float | None] | None = None,
+    beside: dict[str, float | None],
 ) -> dict[str, Any]:
     report = result["report"]
     floor = service_floor(requests, limits)
@@ -393,10 +393,9 @@ def cycle_row(
         "backlog": report.get("backlog"),
         "left": report.get("left"),
         "cpu_seconds": result["cpu_seconds"],
-        # CPU seconds the processes beside the cycle's used meanwhile: Azurite serves Table Storage on
-        # one thread, so its figure bounds the wall as a service's does; with the engine's and the
-        # simulators', ÷ the machine's cores, it says how busy the machine was.
-        "cpu_beside": beside or {},
+        # CPU seconds the processes beside the cycle's used meanwhile (None: not measured): Azurite
+        # serves Table Storage on one thread, so its figure bounds the wall as a service's does.
+        "cpu_beside": beside,
         "peak_rss_mb": result["peak_rss_mb"],
         "time_by_pattern": time_by_pattern(requests),
     }
