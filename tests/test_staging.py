@@ -26,6 +26,25 @@ def test_a_person_untaken_is_pending_again_with_its_staged_changes() -> None:
         assert stage.take([1, 2]) == {2: {"phone": "1"}}
 
 
+def test_a_person_changed_after_it_was_taken_waits_until_it_is_pending_again() -> None:
+    """The feed names a person again after its changes went early: its new changes are not taken
+    (nor carried) until ``repend_again``; then all its latest values are."""
+    with Stage() as stage:
+        stage.add_changes([(1, "title", "a"), (2, "phone", "1"), (3, "title", "x")])
+        assert stage.take([1, 3]) == {1: {"title": "a"}, 3: {"title": "x"}}
+        stage.add_changes([(1, "title", "b"), (1, "phone", "2"), (2, "phone", "3")])
+        assert stage.take([1]) == {}
+        assert list(stage.pending_ids(10)) == [[2]]
+        assert stage.repend_again() == 1
+        assert stage.repend_again() == 0
+        assert list(stage.pending_ids(10)) == [[1, 2]]
+        assert stage.take([1]) == {1: {"title": "b", "phone": "2"}}
+        stage.untake([1])
+        stage.add_changes([(1, "title", "c")])  # pending: no mark, just the later value
+        assert stage.repend_again() == 0
+        assert stage.take([1]) == {1: {"title": "c", "phone": "2"}}
+
+
 def test_which_persons_are_deleted_or_changed_a_field_among_these() -> None:
     with Stage() as stage:
         stage.add_changes([(1, "company", "a"), (2, "phone", "1"), (3, "title", "t")])

@@ -335,9 +335,10 @@ class Applier:
         with LinkedWrites(self) as writes:
             writes.add(items)
 
-    def _plan_linked(self, items: Sequence[Pending]) -> _Planned | None:
+    def _plan_linked(self, items: Sequence[Pending], *, spread: bool = True) -> _Planned | None:
         """The first half of ``sync_linked``: what is missing read, merged, validated (nothing written
-        yet, except the records found gone meanwhile). None when there is nothing to do."""
+        yet, except the records found gone meanwhile). None when there is nothing to do. ``spread``
+        False: the fewest bulk messages, whatever this applier's ``spread_messages``."""
         if not items:
             return None
         self.prepare()
@@ -374,8 +375,9 @@ class Applier:
         for item, _, record_plan in planned:
             if _writes_dynamics(record_plan):
                 writes[item.link.entity] = writes.get(item.link.entity, 0) + 1
-        messages = self.dataverse.messages_for(list(writes.values()), fill_places=self._spread_messages)
-        return _Planned(planned, out, messages)
+        spread = spread and self._spread_messages
+        messages = self.dataverse.messages_for(list(writes.values()), fill_places=spread)
+        return _Planned(planned, out, messages, spread)
 
     def _send_linked(self, batch: _Planned) -> _Sent:
         """Start the batch's writes, both sides at once, on threads of their own; returns at once."""
@@ -391,7 +393,9 @@ class Applier:
 
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="linked-write")
         try:
-            dynamics = pool.submit(contextvars.copy_context().run, self._write_dynamics, batch.planned, on_written)
+            dynamics = pool.submit(
+                contextvars.copy_context().run, self._write_dynamics, batch.planned, on_written, spread=batch.spread
+            )
             marketo = pool.submit(contextvars.copy_context().run, self._write_marketo, batch.planned)
         finally:
             pool.shutdown(wait=False)
@@ -621,9 +625,12 @@ class Applier:
         self,
         planned: Sequence[tuple[Pending, Merge, Plan]],
         on_written: Callable[[dict[int, WriteOutcome]], None] | None = None,
+        *,
+        spread: bool | None = None,
     ) -> dict[int, WriteOutcome]:
         """The batch's Dynamics writes; ``on_written`` gets each bulk message's outcomes (by position
-        in ``planned``) as it is answered."""
+        in ``planned``) as it is answered. ``spread``: whether its messages are spread over the
+        places (None: this applier's ``spread_messages``)."""
         by_entity: dict[EntityType, list[tuple[int, dict[str, Any]]]] = {}
         for position, (item, _, record_plan) in enumerate(planned):
             if _writes_dynamics(record_plan):
@@ -642,7 +649,7 @@ class Applier:
         # a last wave of messages that would leave places idle is spread over them.
         answers = self.dataverse.update_tables(
             [(self.metadata[entity], [row for _, row in rows]) for entity, rows in by_entity.items()],
-            fill_places=self._spread_messages,
+            fill_places=self._spread_messages if spread is None else spread,
             on_written=written,
         )
         for rows, results in zip(by_entity.values(), answers, strict=True):
@@ -883,6 +890,7 @@ class _Planned:
     planned: list[tuple[Pending, Merge, Plan]]
     out: Batch
     messages: int  # the Dataverse bulk messages its writes take
+    spread: bool  # whether they are spread over the places (``message_sizes``)
 
 
 @dataclass
@@ -955,8 +963,9 @@ class LinkedWrites:
         self._limit = max(1, messages)
         self._in_flight: deque[_Sent] = deque()
 
-    def add(self, items: Sequence[Pending]) -> None:
-        batch = self._applier._plan_linked(items)
+    def add(self, items: Sequence[Pending], *, spread: bool = True) -> None:
+        """``spread`` False: the batch's fewest bulk messages (``Applier._plan_linked``)."""
+        batch = self._applier._plan_linked(items, spread=spread)
         if batch is None:
             return
         need = max(1, batch.messages)
@@ -978,6 +987,15 @@ class LinkedWrites:
     def idle(self) -> bool:
         """Whether no batch's writes are in flight (all ended, or none sent): ``add`` would not wait."""
         return all(sent.done() for sent in self._in_flight)
+
+    def room(self) -> int:
+        """The bulk messages ``add`` could start now without waiting: the places the batches from
+        the first unfinished one on do not hold (``add`` records the finished ones before it)."""
+        held = 0
+        for sent in self._in_flight:
+            if held or not sent.done():
+                held += max(1, sent.batch.messages)
+        return max(0, self._limit - held)
 
     def close(self) -> None:
         """Record the batches in flight, in order, once their writes are done."""

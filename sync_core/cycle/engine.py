@@ -20,7 +20,9 @@ status view). The order is what makes it safe:
    delta token (the first one, or after the token expired) is a full read of that table, merged
    the same way, and a check of which linked records it no longer returns (deleted meanwhile);
    while the pages are applied, the persons step's head start writes the persons no page can
-   take, which the pre-read's census tells (``_top_up``; step 4 goes on from its pipeline, unless
+   take, which the pre-read's census tells (``_top_up``; from the change feed's read on, half a
+   bulk message whenever a Dataverse place is free: ``_write_early``, a person the feed names again
+   after that written again at the end; step 4 goes on from its pipeline, unless
    the accounts' changes or the deletes come first: they end it, its batches recorded,
    ``_finish_head``); then the accounts' delta, whose changed accounts' company fields go to
    their linked contacts' persons (``Applier.accounts_changed``, one way);
@@ -44,9 +46,10 @@ intermediate ``@odata.nextLink`` is not taken as a durable position), its applie
 echoes; the Marketo paging token moves to the end of what was read, and the persons staged and
 not applied are kept by id with the names of their changed fields (``carry``, saved before the
 token moves), whose current values the next tick reads from Marketo when it applies them. The
-change feed's read itself stops at ``READ_SHARE`` of the budget: then nothing is applied (a
-Dataverse change must not be merged against a Marketo window read only in part), everything read
-is carried and the token moves to the last page read. A tick stops only once it has done some new
+change feed's read itself stops at ``READ_SHARE`` of the budget: then no Dataverse page is applied
+(a Dataverse change must not be merged against a Marketo window read only in part), the persons
+written while it was read stay written, everything else read is carried and the token moves to
+the last page read. A tick stops only once it has done some new
 work (``may_stop``), and pages a cut tick applied do not count as new, so every tick gets further.
 607 (Marketo's daily quota) and transient errors end the cycle cleanly with those cursors
 unchanged. The record-level work is ``_apply.Applier``; this module only orders it.
@@ -60,9 +63,9 @@ import contextvars
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -85,6 +88,7 @@ from sync_core.core.syncfilter import NO_FILTER, SyncFilter
 from sync_core.cycle import carry, preread
 from sync_core.cycle.accounting import api_delta, build_report, store_delta
 from sync_core.cycle.apply import Applier, LinkedWrites
+from sync_core.cycle.feedahead import PagesAhead
 from sync_core.cycle.lease import Heartbeat, LeaseLost
 from sync_core.cycle.ledger import LinkWatch, OpenFailures, Pending, Tally
 from sync_core.cycle.overlap import MARKETO_CHANGES_TAIL, ReadTail, TailTracker
@@ -113,6 +117,7 @@ DATAVERSE_PAGE = 5000  # rows per delta page: the service's maximum
 MAX_RETRIES_PER_CYCLE = 1000
 MARKETO_UNKNOWN_FIELD = "1006"
 READ_SHARE = 0.5  # of the time budget, for reading Marketo's change feed; the rest is for applying it
+FEED_AHEAD = 8  # change-feed pages read ahead of the cycle (``PagesAhead``)
 
 Progress = Callable[[str, int, int | None], None]  # (stage, done, total or None)
 
@@ -292,6 +297,17 @@ class SyncEngine:
         return report
 
 
+@dataclass
+class _Early:
+    """The persons step's head start while the change feed is read (``_Cycle._write_early``)."""
+
+    new: list[int] = field(default_factory=list)  # persons the feed named, not looked up yet
+    seen: set[int] = field(default_factory=set)  # every person the feed named so far
+    free: dict[EntityType, dict[int, Link]] = field(  # linked, no page claims them, not taken yet
+        default_factory=lambda: {entity: {} for entity in EntityType}
+    )
+
+
 @dataclass(frozen=True)
 class _ReadAhead:
     """A table's next delta page and its rows' links, read on a thread of its own while the cycle
@@ -395,6 +411,7 @@ class _Cycle:
         self._head_over = False  # it took its last batch, or ended (``_finish_head``)
         self._head_whole = True  # it left no pending person to the persons step but the pages' own
         self._head_buffers: dict[EntityType, list[Pending]] = {entity: [] for entity in EntityType}
+        self._early: _Early | None = None  # the head start while the change feed is read (``_write_early``)
 
     # -- the time budget ------------------------------------------------------------------------
 
@@ -520,6 +537,11 @@ class _Cycle:
             self._sync_marketo_rest(stage)
         self._finish_head()  # cut: its batches recorded, the persons it took and did not send carried
         self._release()
+        # The persons the feed named again after the head start took them (``_write_early``): their
+        # new changes, merged against the baselines its batches recorded (carried, when cut).
+        if stage.repend_again() and self.cut is None:
+            self._sync_marketo_rest(stage)
+            self._release()
         self._drop_persons_ahead()  # used or not (the budget cut the cycle before), its watch ends
         retries_left = False
         due = store.due_failures(now=self.started, limit=engine._options.max_retries)
@@ -586,21 +608,31 @@ class _Cycle:
         wanted = set(fields)
         tracker.restart()
         last = tracker.start
-        for page in engine._marketo.iter_lead_changes(last, fields=fields):
-            changes = [
-                (activity.lead_id, change.name, change.new_value)
-                for activity in tracker.page(page.activities, page.next_page_token)
-                for change in activity.fields
-                if change.name in wanted
-            ]
-            self.tally.pulled_marketo += stage.add_changes(changes)
-            # New work: changes not seen before (the overlap page read again brings none of its own).
-            self.progressed = self.progressed or bool(changes)
-            last = page.next_page_token
-            engine._progress("marketo changes", self.tally.pulled_marketo, None)
-            self.keep_lease()
-            if page.more_result and self.may_stop("marketo changes", READ_SHARE):
-                break
+        # The persons step starts while the feed is read, when the pre-read can tell which persons
+        # the Dataverse pages take and no deletion needs the deletions feed (read after this one).
+        if self._pre is not None and engine._options.marketo_delete_policy is not MarketoDeletePolicy.DELETE:
+            self._early = _Early()
+        pages = engine._marketo.iter_lead_changes(last, fields=fields)
+        with PagesAhead(pages, depth=FEED_AHEAD) as ahead:
+            for page in ahead:
+                changes = [
+                    (activity.lead_id, change.name, change.new_value)
+                    for activity in tracker.page(page.activities, page.next_page_token)
+                    for change in activity.fields
+                    if change.name in wanted
+                ]
+                self.tally.pulled_marketo += stage.add_changes(changes)
+                # New work: changes not seen before (the overlap page read again brings none of its own).
+                self.progressed = self.progressed or bool(changes)
+                last = page.next_page_token
+                engine._progress("marketo changes", self.tally.pulled_marketo, None)
+                self.keep_lease()
+                if page.more_result and self.may_stop("marketo changes", READ_SHARE):
+                    break
+                self._write_early(dict.fromkeys(lead_id for lead_id, _, _ in changes))
+        # Those looked up and not taken are pending: the head start between the pages looks them up
+        # again (the pages may change links the census does not claim: an email match).
+        self._early = None
         return last
 
     def _stage_marketo_deletes(self, stage: Stage, cursor: Cursor | None, start_token: str) -> str:
@@ -926,10 +958,11 @@ class _Cycle:
         if census is None:
             self._head_over = True
             return
-        if self._head is None:
+        if self._head is None:  # (or the feed's, ``_write_early``)
+            self._head = LinkedWrites(self.applier, messages=self.engine._dataverse.parallelism)
+        if self._head_ids is None:
             stage = self._stage
             assert stage is not None
-            self._head = LinkedWrites(self.applier, messages=self.engine._dataverse.parallelism)
             self._head_ids = stage.pending_ids(self.engine._options.dataverse_batch_size)
         while self._head.idle():
             batch = self._head_batch(census)
@@ -937,6 +970,56 @@ class _Cycle:
                 return
             self.progressed = True
             self._head.add(batch)
+
+    def _write_early(self, lead_ids: Iterable[int]) -> None:
+        """The persons step's head start while the change feed is still read (``_top_up`` goes on
+        from it between the pages): once the pre-read has ended, the persons the feed has named are
+        looked up as its pages come (the feed's next pages are read meanwhile, ``PagesAhead``), and
+        whenever a Dataverse place is free and a table has ``dataverse_batch_size`` persons no page
+        can take, they are taken and written as one bulk message. A person the feed names again
+        after it was taken is marked ``again`` by the stage and written once more after the head
+        start's batches are recorded (``_steps``): its new changes against its new baseline."""
+        early = self._early
+        if early is None:
+            return
+        early.new.extend(i for i in lead_ids if i not in early.seen)
+        early.seen.update(lead_ids)
+        pre = self._pre
+        if pre is None or pre.failed or self._head_over:
+            self._early = None
+            return
+        if not pre.ended() or self.over_budget():
+            return
+        census = pre.census()
+        if census is None:
+            self._early = None
+            return
+        if self._head is None:
+            self._head = LinkedWrites(self.applier, messages=self.engine._dataverse.parallelism)
+        # Half a bulk message's records: the least ``message_sizes`` spreads a message to.
+        size = max(1, self.engine._options.dataverse_batch_size // 2)
+        stage = self._stage
+        assert stage is not None
+        while self._head.room():
+            entity = next((entity for entity, free in early.free.items() if len(free) >= size), None)
+            if entity is None:
+                if not early.new:
+                    return
+                # Only as many look-ups as a free place needs: the feed's pages are waiting.
+                asked, early.new = early.new[:size], early.new[size:]
+                for marketo_id, link in self._person_links(asked).items():
+                    if not census.claims(link):
+                        early.free[link.entity][marketo_id] = link
+                continue
+            free = early.free[entity]
+            chosen = {marketo_id: free.pop(marketo_id) for marketo_id in list(free)[:size]}
+            # An edit of a Dynamics-owned field: left to the steps after the pages (``_head_batch``).
+            kept = stage.changed_among(list(chosen), self.applier.one_way_fields)
+            ids = sorted(marketo_id for marketo_id in chosen if marketo_id not in kept)
+            staged = self.take(ids)
+            self.progressed = True
+            self._head.add([Pending(chosen[i], marketo=staged.get(i)) for i in ids], spread=False)
+            self.keep_lease()
 
     def _head_batch(self, census: Census) -> list[Pending] | None:
         """The head start's next batch: a table's ``_persons_batch`` of persons no page can take

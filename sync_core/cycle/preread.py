@@ -139,6 +139,10 @@ class PreRead:
                 self.failed = True
                 raise value
 
+    def ended(self) -> bool:
+        """Whether the pre-read has ended (``census`` would not wait)."""
+        return self._ended.is_set()
+
     def census(self) -> Census | None:
         """Once the pre-read has ended: its census, when it read every page (else None)."""
         self._ended.wait()

@@ -25,7 +25,7 @@ from typing import Any
 _SCHEMA = """
 CREATE TABLE change (lead_id INTEGER NOT NULL, field TEXT NOT NULL, value TEXT, seq INTEGER NOT NULL,
                      PRIMARY KEY (lead_id, field));
-CREATE TABLE person (lead_id INTEGER PRIMARY KEY, taken INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE person (lead_id INTEGER PRIMARY KEY, taken INTEGER NOT NULL DEFAULT 0, again INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE carried (lead_id INTEGER NOT NULL, field TEXT NOT NULL, PRIMARY KEY (lead_id, field));
 CREATE TABLE deleted (lead_id INTEGER PRIMARY KEY);
 CREATE TABLE seen (entity TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (entity, id));
@@ -46,7 +46,9 @@ class Stage:
     # -- Marketo changes ------------------------------------------------------------------------
 
     def add_changes(self, changes: Iterable[tuple[int, str, Any]]) -> int:
-        """Stage ``(lead id, Marketo field, new value)`` in feed order: the later value of a field wins."""
+        """Stage ``(lead id, Marketo field, new value)`` in feed order: the later value of a field wins.
+        A person taken already (written while the feed is still read) is marked ``again``: its new
+        changes wait for ``repend_again``, once what was taken is recorded."""
         rows = []
         for lead_id, field, value in changes:
             self._seq += 1
@@ -59,6 +61,9 @@ class Stage:
                 rows,
             )
             self._db.executemany("INSERT OR IGNORE INTO person (lead_id) VALUES (?)", ((r[0],) for r in rows))
+            self._db.executemany(
+                "UPDATE person SET again = 1 WHERE lead_id = ? AND taken = 1", ((i,) for i in {r[0] for r in rows})
+            )
         return len(rows)
 
     def take(self, lead_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
@@ -73,14 +78,20 @@ class Stage:
             ).fetchall()
             for lead_id, field, value in rows:
                 found.setdefault(lead_id, {})[field] = json.loads(value)
-            self._db.execute(f"UPDATE person SET taken = 1 WHERE lead_id IN ({marks})", chunk)  # noqa: S608
+            self._db.execute(f"UPDATE person SET taken = 1 WHERE taken = 0 AND lead_id IN ({marks})", chunk)  # noqa: S608
         return found
 
     def untake(self, lead_ids: Iterable[int]) -> None:
         """These persons are pending again (taken and not applied); their staged changes are kept."""
         for chunk in _chunks(sorted(set(lead_ids))):
             marks = ",".join("?" * len(chunk))
-            self._db.execute(f"UPDATE person SET taken = 0 WHERE lead_id IN ({marks})", chunk)  # noqa: S608
+            self._db.execute(f"UPDATE person SET taken = 0, again = 0 WHERE lead_id IN ({marks})", chunk)  # noqa: S608
+
+    def repend_again(self) -> int:
+        """The persons changed again after they were taken are pending again (``add_changes``): once
+        the writes of what was taken are recorded, the merge against their new baselines writes
+        only what changed since. How many."""
+        return self._db.execute("UPDATE person SET taken = 0, again = 0 WHERE again = 1").rowcount
 
     def add_carried(self, persons: Iterable[tuple[int, Iterable[str]]]) -> int:
         """Stage persons a cut cycle left (``carry``) with the fields that changed: pending, their

@@ -131,9 +131,18 @@ def make_world(
 
 
 def no_head_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Cycles without the persons step's head start (``_Cycle._top_up``): its persons are written
-    by the persons step, after the pages."""
+    """Cycles without the persons step's head start (``_Cycle._top_up``, and ``_write_early``
+    while the change feed is read): its persons are written by the persons step, after the pages."""
     monkeypatch.setattr(engine_module._Cycle, "_top_up", lambda self: None)
+    no_early_writes(monkeypatch)
+
+
+def no_early_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cycles whose persons step starts only once the change feed is read (``_Cycle._write_early``
+    off). With it on, a person the feed names on two pages may be written twice, depending on
+    whether its first write went before the second page came: the write totals of two runs of the
+    same backlog then differ, while the state they reach does not."""
+    monkeypatch.setattr(engine_module._Cycle, "_write_early", lambda self, lead_ids: None)
 
 
 @pytest.fixture

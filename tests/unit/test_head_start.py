@@ -25,7 +25,7 @@ from sync_core.cycle.engine import CycleOptions
 from sync_core.cycle.preread import Census
 from sync_core.dataverse.client import DeltaPage
 from tests.fakes.marketo import FakeMarketo
-from tests.unit.conftest import World, make_world, no_head_start
+from tests.unit.conftest import World, make_world, no_early_writes, no_head_start
 from tests.unit.test_oneway import _account
 from tests.unit.test_partial_cycle import final_state
 from tests.unit.test_read_ahead import one_row_pages
@@ -270,6 +270,7 @@ def test_the_last_batch_waits_for_the_persons_step_when_a_person_was_left_to_it(
         a_page_and_a_person(w)
         w.marketo.edit(left, company="Edited in Marketo")
     monkeypatch.setattr("tests.unit.test_head_start.WAIT", 0.2)
+    no_early_writes(monkeypatch)  # (which could send the lead's person during the feed)
     during = pages_wait_for_the_leads_message(monkeypatch, early)
 
     first = early.cycle()
@@ -279,3 +280,84 @@ def test_the_last_batch_waits_for_the_persons_step_when_a_person_was_left_to_it(
 
     assert during == [False]
     same_work(first, early, second, late)
+
+
+# -- while the change feed is read (``_Cycle._write_early``) -------------------------------------
+
+
+def feed_pages_wait_for_a_message(monkeypatch: pytest.MonkeyPatch, world: World) -> list[bool]:
+    """Make every change-feed page after the first wait until a bulk message was sent (and the
+    pre-read count as ended only once it has); returns, per later page, whether one was."""
+    sent = threading.Event()
+    update_multiple = world.dataverse._update_multiple
+
+    def sending(entity_set: str, targets: list[dict[str, Any]]) -> httpx.Response:
+        sent.set()
+        return update_multiple(entity_set, targets)
+
+    answer = FakeMarketo._answer
+    during: list[bool] = []
+    first: list[str] = []  # the paging token the feed's first page is asked with
+
+    def paging(self: FakeMarketo, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/leadchanges.json"):
+            token = request.url.params.get("nextPageToken", "")
+            if not first:
+                first.append(token)
+            elif token != first[0]:
+                during.append(sent.wait(WAIT))
+        return answer(self, request)
+
+    monkeypatch.setattr(world.dataverse, "_update_multiple", sending)
+    monkeypatch.setattr(FakeMarketo, "_answer", paging)
+    monkeypatch.setattr(preread.PreRead, "ended", lambda self: self._ended.wait(WAIT))
+    return during
+
+
+def a_person_on_two_pages(world: World) -> tuple[str, int, str, int]:
+    """Two linked leads' persons edited in Marketo only (no page can take them): the first on the
+    first page of the feed and again on the second, the other 299 times on the first page."""
+    lead, person = world.linked_lead(1)
+    other_lead, other = world.linked_lead(2)
+    world.dataverse.update("contacts", world.linked_contact(3)[0], jobtitle="A page to apply")
+    world.marketo.edit(person, title="First title")
+    for i in range(299):
+        world.marketo.edit(other, phone=f"+1 555 {i:04d}")
+    world.marketo.edit(person, title="Second title")
+    return lead, person, other_lead, other
+
+
+def test_a_person_is_written_while_the_feed_is_read_and_again_when_a_later_page_names_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = make_world(options=CycleOptions(dataverse_batch_size=2))  # one person a message
+    lead, _, other_lead, _ = a_person_on_two_pages(world)
+    during = feed_pages_wait_for_a_message(monkeypatch, world)
+
+    report = world.cycle()
+
+    assert report.outcome == "ok"
+    assert during[:1] == [True]  # the second page was asked for after the first person's message
+    assert world.dataverse.rows["leads"][lead]["jobtitle"] == "Second title"
+    assert world.dataverse.rows["leads"][other_lead]["telephone1"] == "+1 555 0298"
+    # The first person twice (its first title, then its second: the merge against the baseline the
+    # first write left), the other once.
+    assert report.report.written.dynamics == 3
+    assert world.cycle().report.written.model_dump() == {"marketo": 0, "dynamics": 0}
+
+
+def test_without_early_writes_the_persons_wait_for_the_whole_feed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks above can fail: without them no message goes before the feed's last page, and
+    each person is written once."""
+    world = make_world(options=CycleOptions(dataverse_batch_size=2))
+    lead, _, _, _ = a_person_on_two_pages(world)
+    no_early_writes(monkeypatch)
+    monkeypatch.setattr("tests.unit.test_head_start.WAIT", 0.2)
+    during = feed_pages_wait_for_a_message(monkeypatch, world)
+
+    report = world.cycle()
+
+    assert report.outcome == "ok"
+    assert during[:1] == [False]
+    assert world.dataverse.rows["leads"][lead]["jobtitle"] == "Second title"
+    assert report.report.written.dynamics == 2

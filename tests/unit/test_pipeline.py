@@ -26,16 +26,23 @@ from sync_core.cycle.apply import LinkedWrites
 from sync_core.cycle.engine import MARKETO_CHANGES, CycleOptions
 from sync_core.cycle.ledger import Pending
 from sync_core.dataverse.client import DataverseClient
-from tests.unit.conftest import World, make_world, no_head_start
+from tests.unit.conftest import World, make_world, no_early_writes, no_head_start
 from tests.unit.test_applier import applier_for
 
 BATCH = 2
 
 
+@pytest.fixture(autouse=True)
+def _persons_step_after_the_feed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batches these tests name are the persons step's (and the head start's between pages),
+    made once the change feed is read: not those written while it is read."""
+    no_early_writes(monkeypatch)
+
+
 class OneAtATime(LinkedWrites):
     """The persons step without the overlap: each batch written and recorded before the next."""
 
-    def add(self, items: Sequence[Pending]) -> None:
+    def add(self, items: Sequence[Pending], *, spread: bool = True) -> None:
         self._applier.sync_linked(items)
 
 
