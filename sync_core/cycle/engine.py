@@ -63,6 +63,7 @@ import contextvars
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -412,6 +413,8 @@ class _Cycle:
         self._head_whole = True  # it left no pending person to the persons step but the pages' own
         self._head_buffers: dict[EntityType, list[Pending]] = {entity: [] for entity in EntityType}
         self._early: _Early | None = None  # the head start while the change feed is read (``_write_early``)
+        self._head_next: deque[list[int]] = deque()  # its next ids, whose links are read ahead
+        self._head_ahead: _PersonsAhead | None = None  # that read (``_read_head_ahead``)
 
     # -- the time budget ------------------------------------------------------------------------
 
@@ -872,7 +875,10 @@ class _Cycle:
         now, up to ``_persons_batch``) on a thread of its own, while the last table's last page is
         applied. That page may take some of them (they are then not asked for); the links the
         cycle writes meanwhile go through ``Ledger.record``, which the watch sees, and the persons
-        step reads those again, as it does the ids found unlinked (``_PersonsAhead.links``)."""
+        step reads those again, as it does the ids found unlinked (``_PersonsAhead.links``). Not
+        when the head start's is on (``_read_head_ahead``): the persons step uses that one."""
+        if self._head_ahead is not None and self._head_ahead is self._persons_ahead:
+            return
         self._drop_persons_ahead()
         ids: list[int] = []
         chunks = stage.pending_ids(self.engine._options.dataverse_batch_size)
@@ -970,13 +976,42 @@ class _Cycle:
                 return
             self.progressed = True
             self._head.add(batch)
+        self._read_head_ahead()
+
+    def _read_head_ahead(self) -> None:
+        """While the head start's batches are in flight: the links of the persons its next batch
+        goes through (two batches' worth of pending ids), looked up on a thread of their own as the
+        persons step's first are (``_PersonsAhead``, whose watch sees the links written meanwhile),
+        so that at the next page the batch goes without waiting for its look-ups."""
+        ahead = self._head_ahead
+        if ahead is not None and (self._head_next or ahead is not self._persons_ahead):
+            return  # not used up yet, or replaced by the persons step's (``_read_persons_ahead``)
+        if self._persons_ahead is not None and ahead is None:
+            return  # the persons step's own
+        ids_left = self._head_ids
+        if ids_left is None or self._head_over:
+            return
+        ids: list[int] = []
+        while len(ids) < 2 * self._persons_batch():
+            chunk = next(ids_left, None)
+            if chunk is None:
+                break
+            self._head_next.append(chunk)
+            ids.extend(chunk)
+        self._drop_persons_ahead()
+        self._head_ahead = None
+        if not ids:
+            return
+        look_up = self.engine._store.get_links_by_marketo_ids
+        read_future, watch = self._watched(lambda: look_up(ids))
+        self._persons_ahead = self._head_ahead = _PersonsAhead(frozenset(ids), read_future, watch)
 
     def _write_early(self, lead_ids: Iterable[int]) -> None:
         """The persons step's head start while the change feed is still read (``_top_up`` goes on
         from it between the pages): once the pre-read has ended, the persons the feed has named are
         looked up as its pages come (the feed's next pages are read meanwhile, ``PagesAhead``), and
-        whenever a Dataverse place is free and a table has ``dataverse_batch_size`` persons no page
-        can take, they are taken and written as one bulk message. A person the feed names again
+        whenever a Dataverse place is free and a table has half ``dataverse_batch_size`` persons no
+        page can take, they are taken and written as one bulk message. A person the feed names again
         after it was taken is marked ``again`` by the stage and written once more after the head
         start's batches are recorded (``_steps``): its new changes against its new baseline."""
         early = self._early
@@ -1037,7 +1072,7 @@ class _Cycle:
             if self.over_budget():
                 self._head_over = True
                 return None
-            ids = next(ids_left, None)
+            ids = self._head_next.popleft() if self._head_next else next(ids_left, None)
             if ids is None:
                 # Every pending person gone through: when none was left for the persons step to
                 # write, the rest of both tables is its last batch, as it would have been there.
@@ -1084,6 +1119,7 @@ class _Cycle:
         """End the head start: its pipeline and the persons it took for its next batch, handed over."""
         head, self._head = self._head, None
         buffers, self._head_buffers = self._head_buffers, {entity: [] for entity in EntityType}
+        self._head_next.clear()  # (still pending: the persons step goes through them)
         self._head_over = True
         return head, buffers
 

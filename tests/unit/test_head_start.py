@@ -14,12 +14,14 @@ pending person but the pages' own) a batch size of 2."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import httpx
 import pytest
 
 from sync_core.core.models import EntityType, Link
+from sync_core.cycle import engine as engine_module
 from sync_core.cycle import preread
 from sync_core.cycle.engine import CycleOptions
 from sync_core.cycle.preread import Census
@@ -361,3 +363,62 @@ def test_without_early_writes_the_persons_wait_for_the_whole_feed(monkeypatch: p
     assert during[:1] == [False]
     assert world.dataverse.rows["leads"][lead]["jobtitle"] == "Second title"
     assert report.report.written.dynamics == 2
+
+
+def next_batch_world(monkeypatch: pytest.MonkeyPatch) -> tuple[World, World, dict[str, set[int]]]:
+    """Two worlds: a contacts page, a leads page, and six leads' persons edited in Marketo only; in
+    the first, each bulk message takes 0.2 s (so the head start's batch is in flight at the next
+    page) and the persons' link look-ups are recorded by thread; no early writes."""
+    early, late = small_batches(), small_batches()
+    for w in (early, late):
+        contact, lead = w.linked_contact(1)[0], w.linked_lead(2)[0]
+        persons = [w.linked_lead(i)[1] for i in range(10, 16)]
+        w.dataverse.update("contacts", contact, jobtitle="A contacts page")
+        w.dataverse.update("leads", lead, jobtitle="A leads page")
+        for i, person in enumerate(persons):
+            w.marketo.edit(person, phone=f"+1 555 03{i:02d}")
+    no_early_writes(monkeypatch)
+    update_multiple = early.dataverse._update_multiple
+
+    def slow(entity_set: str, targets: list[dict[str, Any]]) -> httpx.Response:
+        time.sleep(0.2)
+        return update_multiple(entity_set, targets)
+
+    look_up = early.store.get_links_by_marketo_ids
+    asked: dict[str, set[int]] = {}
+
+    def recorded(ids: Any) -> dict[int, Link]:
+        ids = list(ids)
+        asked.setdefault(threading.current_thread().name.split("_")[0], set()).update(ids)
+        return look_up(ids)
+
+    monkeypatch.setattr(early.dataverse, "_update_multiple", slow)
+    monkeypatch.setattr(early.store, "get_links_by_marketo_ids", recorded)
+    return early, late, asked
+
+
+def test_the_next_batchs_links_are_read_ahead_while_the_head_starts_batch_is_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At a page where its batch is still in flight, the head start looks up the links of the
+    persons its next batches go through (two batches' worth) on a thread, and uses them instead of
+    looking them up later; the cycle writes what it writes without the head start."""
+    early, late, asked = next_batch_world(monkeypatch)
+    first = early.cycle()
+    monkeypatch.undo()
+    no_head_start(monkeypatch)
+    second = late.cycle()
+
+    ahead = asked.get("read-ahead", set())
+    assert len(ahead) >= 2, asked
+    assert not ahead & asked.get("MainThread", set())  # used as read, not looked up again
+    same_work(first, early, second, late)
+
+
+def test_without_reading_ahead_only_the_persons_steps_first_batch_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: without it, only the persons step's first batch (one person)
+    is looked up ahead."""
+    early, _, asked = next_batch_world(monkeypatch)
+    monkeypatch.setattr(engine_module._Cycle, "_read_head_ahead", lambda self: None)
+    assert early.cycle().outcome == "ok"
+    assert len(asked.get("read-ahead", set())) == 1, asked
