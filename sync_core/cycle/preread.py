@@ -32,7 +32,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sync_core.core.entities import originating_lead, row_id
@@ -170,40 +170,93 @@ class PreRead:
             self._ended.set()
 
     def _read(self) -> None:
+        """Every page of every table, in order; each page's links are looked up on a second thread
+        while the next page is read (the next table's first, after a table's last), then the page
+        is counted in the census and spooled."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pre-read-links")
+        try:
+            self._read_pages(pool)
+        finally:
+            pool.shutdown(wait=True)
+
+    def _read_pages(self, pool: ThreadPoolExecutor) -> None:
         rows = 0
+        looking: _Looking | None = None  # the last page read, its links being looked up
         for position, entity in enumerate(self._order):
             delta_link, select = self.tables[entity]
             spool = self._queues[entity]
+            number = 0
             try:
                 pages = self._delta(entity, delta_link, select)
-                number = 0
                 while not self._stop.is_set():
                     if rows >= self._max_rows:
+                        if looking is not None and not self._spool(looking):
+                            return
                         self._not_read.update(self._order[position + 1 :])
                         spool.put(("rest", pages))
                         return
                     page = next(pages, None)
+                    if page is None and looking is not None and looking.entity is entity:
+                        # The table's end goes after its last page, spooled once the next table's
+                        # first page is read.
+                        looking = replace(looking, last=True)
+                        break
+                    if looking is not None:
+                        if not self._spool(looking):
+                            return
+                        looking = None
                     if page is None:
                         spool.put(("end", None))
                         break
                     row_ids = [row_id(entity, row) for row in page.rows]
                     ids = row_ids + [i.lower() for i in page.deleted_ids]
-                    links = self._look_up(entity, ids) if ids else {}
-                    self._census.add(entity, page, links)
-                    rows_read = set(row_ids)
-                    path = os.path.join(self._dir, f"{entity.value}-{number}.pickle")
-                    with open(path, "wb") as file:
-                        pickle.dump((page, {i: link for i, link in links.items() if i in rows_read}), file)
-                    spool.put(("page", path))
+                    found = pool.submit(contextvars.copy_context().run, self._look_up, entity, ids) if ids else None
+                    looking = _Looking(entity, page, frozenset(row_ids), number, found)
                     rows += len(page.rows) + len(page.deleted_ids)
                     number += 1
                 else:
                     _close(pages)
                     return
             except Exception as err:  # the table's reader raises it as its own
+                if looking is not None and looking.entity is not entity:
+                    with contextlib.suppress(Exception):  # the table before's last page, and its end
+                        self._spool(looking)
                 spool.put(("error", err))
                 return
+        if looking is not None and not self._spool(looking):
+            return
         self.complete.set()
+
+    def _spool(self, looking: _Looking) -> bool:
+        """A page read, once its links are found: counted and spooled (False: the look-up failed,
+        which its table's reader raises as its own)."""
+        entity, page = looking.entity, looking.page
+        spool = self._queues[entity]
+        try:
+            links = looking.links.result() if looking.links is not None else {}
+        except Exception as err:
+            spool.put(("error", err))
+            return False
+        self._census.add(entity, page, links)
+        path = os.path.join(self._dir, f"{entity.value}-{looking.number}.pickle")
+        with open(path, "wb") as file:
+            pickle.dump((page, {i: link for i, link in links.items() if i in looking.rows}), file)
+        spool.put(("page", path))
+        if looking.last:
+            spool.put(("end", None))
+        return True
+
+
+@dataclass(frozen=True)
+class _Looking:
+    """A delta page read whose links are being looked up (``PreRead._read_pages``)."""
+
+    entity: EntityType
+    page: DeltaPage
+    rows: frozenset[str]  # its rows' ids (not its deletions'): the links spooled with it
+    number: int  # its place in its table's pages
+    links: Future[dict[str, Link]] | None
+    last: bool = False  # its table's last page: the table's end follows it
 
 
 def _close(pages: object) -> None:
