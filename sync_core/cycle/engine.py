@@ -976,13 +976,14 @@ class _Cycle:
                 return
             self.progressed = True
             self._head.add(batch)
-        self._read_head_ahead()
+        self._read_head_ahead(census)
 
-    def _read_head_ahead(self) -> None:
+    def _read_head_ahead(self, census: Census) -> None:
         """While the head start's batches are in flight: the links of the persons its next batch
-        goes through (two batches' worth of pending ids), looked up on a thread of their own as the
-        persons step's first are (``_PersonsAhead``, whose watch sees the links written meanwhile),
-        so that at the next page the batch goes without waiting for its look-ups."""
+        goes through (two batches' worth of pending persons no page is linked to: those it asks
+        for), looked up on a thread of their own as the persons step's first are (``_PersonsAhead``,
+        whose watch sees the links written meanwhile), so that at the next page the batch goes
+        without waiting for its look-ups."""
         ahead = self._head_ahead
         if ahead is not None and (self._head_next or ahead is not self._persons_ahead):
             return  # not used up yet, or replaced by the persons step's (``_read_persons_ahead``)
@@ -997,7 +998,7 @@ class _Cycle:
             if chunk is None:
                 break
             self._head_next.append(chunk)
-            ids.extend(chunk)
+            ids.extend(i for i in chunk if i not in census.persons)
         self._drop_persons_ahead()
         self._head_ahead = None
         if not ids:

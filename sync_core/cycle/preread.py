@@ -3,9 +3,10 @@
 When both tables have a delta link, the cycle does not wait for the change feed to end before it
 reads them: a thread of its own reads every delta page of the contacts, then of the leads, looks
 their rows' links up (on a second thread, while it reads the next page), and spools each page
-with its links to local disk (memory stays bounded by two pages), while the feed is read. The pages are then applied from the spool in their order, as
-they would have been read in turn (``PreRead.pages``; the links the cycle wrote since the
-pre-read began are read again, as for any read ahead: ``LinkWatch``).
+with its links to local disk (memory stays bounded by two pages), while the feed is read. The
+pages are then applied from the spool in their order, as they would have been read in turn
+(``PreRead.pages``; the links the cycle wrote since the pre-read began are read again, as for
+any read ahead: ``LinkWatch``).
 
 Knowing every page before the first is applied is what lets the persons step start early (the
 engine's head start): ``Census`` says which records the pages name and which persons are linked

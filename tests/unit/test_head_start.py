@@ -419,6 +419,6 @@ def test_without_reading_ahead_only_the_persons_steps_first_batch_is(monkeypatch
     """The check above can fail: without it, only the persons step's first batch (one person)
     is looked up ahead."""
     early, _, asked = next_batch_world(monkeypatch)
-    monkeypatch.setattr(engine_module._Cycle, "_read_head_ahead", lambda self: None)
+    monkeypatch.setattr(engine_module._Cycle, "_read_head_ahead", lambda self, census: None)
     assert early.cycle().outcome == "ok"
     assert len(asked.get("read-ahead", set())) == 1, asked
