@@ -626,11 +626,11 @@ class Applier:
         planned: Sequence[tuple[Pending, Merge, Plan]],
         on_written: Callable[[dict[int, WriteOutcome]], None] | None = None,
         *,
-        spread: bool | None = None,
+        spread: bool,
     ) -> dict[int, WriteOutcome]:
         """The batch's Dynamics writes; ``on_written`` gets each bulk message's outcomes (by position
         in ``planned``) as it is answered. ``spread``: whether its messages are spread over the
-        places (None: this applier's ``spread_messages``)."""
+        places (``_Planned.spread``)."""
         by_entity: dict[EntityType, list[tuple[int, dict[str, Any]]]] = {}
         for position, (item, _, record_plan) in enumerate(planned):
             if _writes_dynamics(record_plan):
@@ -649,7 +649,7 @@ class Applier:
         # a last wave of messages that would leave places idle is spread over them.
         answers = self.dataverse.update_tables(
             [(self.metadata[entity], [row for _, row in rows]) for entity, rows in by_entity.items()],
-            fill_places=self._spread_messages if spread is None else spread,
+            fill_places=spread,
             on_written=written,
         )
         for rows, results in zip(by_entity.values(), answers, strict=True):

@@ -964,19 +964,24 @@ class _Cycle:
         if census is None:
             self._head_over = True
             return
-        if self._head is None:  # (or the feed's, ``_write_early``)
-            self._head = LinkedWrites(self.applier, messages=self.engine._dataverse.parallelism)
+        head = self._head_writes()
         if self._head_ids is None:
             stage = self._stage
             assert stage is not None
             self._head_ids = stage.pending_ids(self.engine._options.dataverse_batch_size)
-        while self._head.idle():
+        while head.idle():
             batch = self._head_batch(census)
             if batch is None:
                 return
             self.progressed = True
-            self._head.add(batch)
+            head.add(batch)
         self._read_head_ahead(census)
+
+    def _head_writes(self) -> LinkedWrites:
+        """The head start's pipeline, begun by whichever of ``_write_early`` and ``_top_up`` sends first."""
+        if self._head is None:
+            self._head = LinkedWrites(self.applier, messages=self.engine._dataverse.parallelism)
+        return self._head
 
     def _read_head_ahead(self, census: Census) -> None:
         """While the head start's batches are in flight: the links of the persons its next batch
@@ -1030,13 +1035,12 @@ class _Cycle:
         if census is None:
             self._early = None
             return
-        if self._head is None:
-            self._head = LinkedWrites(self.applier, messages=self.engine._dataverse.parallelism)
+        head = self._head_writes()
         # Half a bulk message's records: the least ``message_sizes`` spreads a message to.
         size = max(1, self.engine._options.dataverse_batch_size // 2)
         stage = self._stage
         assert stage is not None
-        while self._head.room():
+        while head.room():
             entity = next((entity for entity, free in early.free.items() if len(free) >= size), None)
             if entity is None:
                 if not early.new:
@@ -1054,7 +1058,7 @@ class _Cycle:
             ids = sorted(marketo_id for marketo_id in chosen if marketo_id not in kept)
             staged = self.take(ids)
             self.progressed = True
-            self._head.add([Pending(chosen[i], marketo=staged.get(i)) for i in ids], spread=False)
+            head.add([Pending(chosen[i], marketo=staged.get(i)) for i in ids], spread=False)
             self.keep_lease()
 
     def _head_batch(self, census: Census) -> list[Pending] | None:
