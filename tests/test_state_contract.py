@@ -340,6 +340,25 @@ def test_a_link_remembers_which_sides_filter_keeps_it_out(store: StateStore) -> 
     assert store.get_links_by_marketo_ids([1])[1].filtered_out == ()
 
 
+def test_a_link_rewritten_without_its_optional_values_reads_back_without_them(store: StateStore) -> None:
+    """Link rows are written by merge (cheaper on Azurite than a replace), so a value cleared must
+    be cleared in the row, not kept from the last write."""
+    full = _link(
+        1,
+        originating_lead_id="11111111-1111-1111-1111-111111111111",
+        updated_at=datetime(2026, 11, 22, 12, 0, tzinfo=UTC),
+        filtered_out=(Side.DYNAMICS,),
+        filter_key="0123abcd",
+    )
+    store.upsert_links([full])
+    assert store.get_links_by_marketo_ids([1]) == {1: full}
+    bare = _link(1, baseline={"email": "p1@example.com"})
+    store.upsert_links([bare])
+    assert store.get_links_by_marketo_ids([1]) == {1: bare}
+    assert store.get_links_by_dataverse_ids(EntityType.LEAD, [bare.dataverse_id]) == {bare.dataverse_id: bare}
+    assert list(store.iter_links()) == [bare]
+
+
 def test_qualified_lead_moves_the_link_to_the_contact(store: StateStore) -> None:
     lead = _link(5, EntityType.LEAD, "11111111-1111-1111-1111-111111111111")
     store.upsert_links([lead])
@@ -1045,6 +1064,19 @@ def test_a_transaction_writes_every_property_type_under_keys_that_need_escaping(
     assert got.get("none") is None
     rows.transact(table, partition, [RowOp("delete", quoted)])  # a delete is addressed by its URL alone
     assert [row.row for row in rows.scan_rows(table)] == [encoded]
+
+
+def test_a_merge_writes_its_properties_keeps_the_rows_others_and_inserts_a_missing_row(
+    rows: Rows, table_prefix: str
+) -> None:
+    table = table_prefix + "batch"
+    rows.insert_row(table, "p", "a", {"n": 1, "kept": "yes", "cleared": "x"})
+    rows.transact(table, "p", [RowOp("merge", "a", {"n": 2, "cleared": ""}), RowOp("merge", "b", {"n": 3})])
+    stored = {row.row: dict(row.props) for row in rows.scan_rows(table, partition="p")}
+    assert {row: {k: v for k, v in props.items() if k != "Timestamp"} for row, props in stored.items()} == {
+        "a": {"n": 2, "kept": "yes", "cleared": ""},
+        "b": {"n": 3},
+    }
 
 
 def test_a_transaction_skips_rows_already_gone_and_keeps_etag_conditions(rows: Rows, table_prefix: str) -> None:

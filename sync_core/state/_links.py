@@ -277,7 +277,7 @@ class LinkRows(RowPlumbing):
         }
         upserts: dict[str, list[list[RowOp]]] = {}
         for key, props in written.items():
-            upserts.setdefault(self._partition(key), []).append([RowOp("upsert", key, props)])
+            upserts.setdefault(self._partition(key), []).append([RowOp("merge", key, props)])
         self._transact_spread(self.tables.links, upserts)
         if stale:
             self._delete_link_rows(stale)
@@ -387,30 +387,34 @@ class LinkRows(RowPlumbing):
 
 
 def _link_props(link: Link) -> dict[str, Any]:
+    """A link row's properties, every one of them (an absent value as ``""``), so that writing
+    them by merge (``RowOp`` ``merge``) leaves what a replace would."""
     return {
         "marketo_id": EntityProperty(link.marketo_id, EdmType.INT64),
         "entity": link.entity.value,
         "dataverse_id": link.dataverse_id,
-        "originating_lead_id": link.originating_lead_id,
-        "updated_at": link.updated_at,
-        "filtered_out": ",".join(side.value for side in link.filtered_out) or None,
-        "filter_key": link.filter_key,
+        "originating_lead_id": link.originating_lead_id or "",
+        "updated_at": link.updated_at or "",
+        "filtered_out": ",".join(side.value for side in link.filtered_out),
+        "filter_key": link.filter_key or "",
         "baseline": to_json(link.baseline, what=f"baseline of the link for marketo id {link.marketo_id}"),
     }
 
 
 def _link_from(row: StoredRow) -> Link:
+    """A link from its row: an optional property absent (rows written before every one was) or
+    ``""`` is None."""
     props: Mapping[str, Any] = row.props
-    updated_at = props.get("updated_at")
+    updated_at = props.get("updated_at") or None
     return Link(
         marketo_id=as_int(props["marketo_id"]),
         entity=EntityType(props["entity"]),
         dataverse_id=str(props["dataverse_id"]),
         baseline=json.loads(props["baseline"]),
-        originating_lead_id=props.get("originating_lead_id"),
+        originating_lead_id=props.get("originating_lead_id") or None,
         updated_at=None if updated_at is None else as_utc(updated_at),
         filtered_out=_sides(props.get("filtered_out")),
-        filter_key=props.get("filter_key"),
+        filter_key=props.get("filter_key") or None,
     )
 
 

@@ -138,6 +138,8 @@ class MemoryRows(Rows):
             for op in ops:
                 if op.kind == "delete":
                     rows.pop((partition, op.row), None)
+                elif op.kind == "merge" and (found := rows.get((partition, op.row))) is not None:
+                    rows[(partition, op.row)] = ({**found[0], **op.props}, self._new_etag())
                 else:
                     rows[(partition, op.row)] = (dict(op.props), self._new_etag())
 

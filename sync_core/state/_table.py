@@ -254,7 +254,7 @@ class AzureRows(Rows):
         service (or Azurite under load) dropped would end the cycle ``transient``. A request that
         was never sent (``ServiceRequestError``) is always sent again; one sent and not answered
         (``ServiceResponseError``) may have been written, so only if writing it twice leaves what
-        writing it once does: upserts and unconditional deletes (a row already gone is then a 404,
+        writing it once does: upserts, merges and unconditional deletes (a row already gone is then a 404,
         which ``_transact`` drops). An insert or an ETag condition would fail on its own first write.
         """
         resends = 0
@@ -265,7 +265,7 @@ class AzureRows(Rows):
                 if resends == RESENDS:
                     raise
             except ServiceResponseError:
-                if resends == RESENDS or not all(op.kind == "upsert" or _unconditional_delete(op) for op in ops):
+                if resends == RESENDS or not all(_idempotent(op) for op in ops):
                     raise
             resends += 1
             logger.warning(
@@ -278,8 +278,9 @@ class AzureRows(Rows):
             time.sleep(RESEND_PAUSE_SECONDS * resends)
 
 
-def _unconditional_delete(op: RowOp) -> bool:
-    return op.kind == "delete" and op.etag is None
+def _idempotent(op: RowOp) -> bool:
+    """Whether writing ``op`` twice leaves what writing it once does."""
+    return op.kind in ("upsert", "merge") or (op.kind == "delete" and op.etag is None)
 
 
 # A transaction sent again after a dropped connection (``AzureRows._submit``): at most twice, after
@@ -378,18 +379,23 @@ class _Batch:
         if op.kind == "insert":
             line = self._insert_line
         else:
-            line = f"{'DELETE' if op.kind == 'delete' else 'PUT'} {self._entity_url}'{_url_key(op.row)}')"
+            line = f"{_VERBS[op.kind]} {self._entity_url}'{_url_key(op.row)}')"
         headers = self._headers
         if op.kind == "delete":
             headers += f"If-Match: {op.etag or '*'}\r\n"
             content = ""
-        else:  # no If-Match on an upsert: the service inserts or replaces
+        else:  # no If-Match on an upsert or a merge: the service inserts or replaces, or merges
             content = json.dumps(_add_entity_properties(_entity(self._partition, op.row, op.props)))
             headers += f"Content-Type: application/json\r\nContent-Length: {len(content.encode())}\r\n"
         return (
             f"--{changeset}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
             f"Content-ID: {index}\r\n\r\n{line} HTTP/1.1\r\n{headers}\r\n{content}\r\n"
         )
+
+
+# A transaction's operations by kind (``insert`` is a POST to the table): with no If-Match, PUT is
+# Insert Or Replace Entity and MERGE is Insert Or Merge Entity.
+_VERBS = {"upsert": "PUT", "merge": "MERGE", "delete": "DELETE"}
 
 
 def _url_key(key: str) -> str:
