@@ -537,8 +537,7 @@ def _queries(keys: Sequence[str]) -> int:
 def test_a_lookup_costs_a_query_per_14_keys_of_a_partition_whatever_the_store_holds(store: StateStore, k: int) -> None:
     store.upsert_links([_link(marketo_id) for marketo_id in range(1, 601)])
     store.get_links_by_marketo_ids([1])  # the layout is looked up once per process
-    assert isinstance(store, RowStateStore)
-    store.lookups.way(store.tables.links, LookupChoice.MIN_KEYS)  # a store's first timed look-up probes (tested below)
+    _past_first_probe(store)
     ids = list(range(1, k + 1))
 
     cost = _cost(store, lambda: store.get_links_by_marketo_ids([*ids, 10_000]))
@@ -645,6 +644,7 @@ def test_the_migration_moves_every_link_a_page_at_a_time_and_loses_none(subject:
     # another process (a fresh store on the same tables) reads layout 2 only: its queries
     peer = subject.make_peer() if subject.make_peer else store
     peer.get_links_by_marketo_ids([1])
+    _past_first_probe(peer)
     cost = _cost(peer, lambda: peer.get_links_by_marketo_ids(range(1, 601)))
     assert cost == StoreCounters(reads=_queries([marketo_link_key(i) for i in range(1, 601)]))
     assert sorted(link.marketo_id for link in peer.iter_links()) == list(range(1, 601))
@@ -714,8 +714,15 @@ def _store_with_links(rows: Rows, count: int, *, first_probe: bool = False) -> t
     store.upsert_links(links)
     store.get_links_by_marketo_ids([1])
     if not first_probe:
-        store.lookups.way(store.tables.links, LookupChoice.MIN_KEYS)
+        _past_first_probe(store)
     return store, links
+
+
+def _past_first_probe(store: StateStore) -> None:
+    """Spend the probe of the store's first timed look-up of links (it also reads a sample the other
+    way: ``test_a_lookup_that_probes…``), so that a look-up counted after is by one way alone."""
+    assert isinstance(store, RowStateStore)
+    store.lookups.way(store.tables.links, LookupChoice.MIN_KEYS)
 
 
 def test_a_lookup_choice_keeps_to_filters_until_point_reads_have_cost_less_a_key() -> None:
