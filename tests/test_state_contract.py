@@ -1077,12 +1077,12 @@ def test_a_transaction_writes_every_property_type_under_keys_that_need_escaping(
     assert [row.row for row in rows.scan_rows(table)] == [encoded]
 
 
-def test_a_merge_writes_its_properties_keeps_the_rows_others_and_inserts_a_missing_row(
+def test_a_merge_writes_its_properties_a_none_as_empty_keeps_the_rows_others_and_inserts_a_missing_row(
     rows: Rows, table_prefix: str
 ) -> None:
     table = table_prefix + "batch"
     rows.insert_row(table, "p", "a", {"n": 1, "kept": "yes", "cleared": "x"})
-    rows.transact(table, "p", [RowOp("merge", "a", {"n": 2, "cleared": ""}), RowOp("merge", "b", {"n": 3})])
+    rows.transact(table, "p", [RowOp("merge", "a", {"n": 2, "cleared": None}), RowOp("merge", "b", {"n": 3})])
     stored = {row.row: dict(row.props) for row in rows.scan_rows(table, partition="p")}
     assert {row: {k: v for k, v in props.items() if k != "Timestamp"} for row, props in stored.items()} == {
         "a": {"n": 2, "kept": "yes", "cleared": ""},

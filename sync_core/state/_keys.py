@@ -37,10 +37,11 @@ class RowOp(NamedTuple):
     """One operation in a single-partition transaction.
 
     ``upsert`` replaces the row whatever it held; ``merge`` writes these properties into the row
-    (inserting it if absent) and keeps any others it holds, so a caller that means to clear one
-    writes it (as ``""``: a None is not stored); ``insert`` fails the whole transaction if the row
-    exists; ``delete`` removes the row if it is there (a missing row is not an error) and, with an
-    ``etag``, only if it is still that version (else the whole transaction fails with a conflict).
+    (inserting it if absent) and keeps any others it holds: it cannot remove a property, so one set
+    to None is written as ``""`` (``_rows._mapped``), which the reader must take as absent;
+    ``insert`` fails the whole transaction if the row exists; ``delete`` removes the row if it is
+    there (a missing row is not an error) and, with an ``etag``, only if it is still that version
+    (else the whole transaction fails with a conflict).
     """
 
     kind: Literal["upsert", "merge", "insert", "delete"]

@@ -5,17 +5,17 @@ Layout 2 (this one). A link is two rows, each carrying the whole link and its ba
 ``m:{marketo id:012d}`` (found by the Marketo id) and ``d:{entity}:{dataverse id}`` (found by the
 Dataverse id). Each row lives in partition ``link-NN``, NN a stable hash of its own RowKey over
 ``LINK_BUCKETS`` (``_layout.link_partition``). A row is written by merge with every property
-(``_link_props``: an absent value as ``""``), which leaves what a replace would and costs Azurite a
-third of one in a table of 100,000 links (README "State store"). A lookup reads each of its keys' partitions
-with one ``$filter`` per 14 of its keys there (the service reads a partition of 1/32 of the rows
-for it; one request per key cost the client twice the CPU: README "Performance"), or with a
-point read per key once the partitions have grown so that those cost less (``_layout.LookupChoice``),
-and a cycle's writes spread over 32 partitions, their transactions sent side by side. The two rows of a link
-are therefore in two partitions and no longer one transaction; the writes are ordered so that a
-reader by either id finds the link before or after the change, never neither: new rows first,
-then the rows they replace are deleted. An interrupted write leaves one row ahead of the other;
-the cycle that wrote it fails and does not store its cursors, so the next one writes the link
-again.
+(``_link_props``; an absent value is written as ``""``: ``RowOp``), which leaves what a replace
+would and costs Azurite a third of one in a table of 100,000 links (README "State store"). A lookup
+reads each of its keys' partitions with one ``$filter`` per 14 of its keys there (the service reads
+a partition of 1/32 of the rows for it; one request per key cost the client twice the CPU: README
+"Performance"), or with a point read per key once the partitions have grown so that those cost less
+(``_layout.LookupChoice``), and a cycle's writes spread over 32 partitions, their transactions sent
+side by side. The two rows of a link are therefore in two partitions and no longer one transaction;
+the writes are ordered so that a reader by either id finds the link before or after the change,
+never neither: new rows first, then the rows they replace are deleted. An interrupted write leaves
+one row ahead of the other; the cycle that wrote it fails and does not store its cursors, so the
+next one writes the link again.
 
 Layout 1 (before): both rows in the one partition ``link``. Until the ``layout``/``links`` row of
 ``{prefix}state`` says 2, the store reads a link there when layout 2 has no row for it, removes
@@ -389,16 +389,16 @@ class LinkRows(RowPlumbing):
 
 
 def _link_props(link: Link) -> dict[str, Any]:
-    """A link row's properties, every one of them (an absent value as ``""``), so that writing
-    them by merge (``RowOp`` ``merge``) leaves what a replace would."""
+    """A link row's properties, every one of them (an absent value as None, which a merge writes
+    as ``""``: ``RowOp``), so that writing them by merge leaves what a replace would."""
     return {
         "marketo_id": EntityProperty(link.marketo_id, EdmType.INT64),
         "entity": link.entity.value,
         "dataverse_id": link.dataverse_id,
-        "originating_lead_id": link.originating_lead_id or "",
-        "updated_at": link.updated_at or "",
-        "filtered_out": ",".join(side.value for side in link.filtered_out),
-        "filter_key": link.filter_key or "",
+        "originating_lead_id": link.originating_lead_id,
+        "updated_at": link.updated_at,
+        "filtered_out": ",".join(side.value for side in link.filtered_out) or None,
+        "filter_key": link.filter_key,
         "baseline": to_json(link.baseline, what=f"baseline of the link for marketo id {link.marketo_id}"),
     }
 
