@@ -40,11 +40,11 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sync_core.core import oneway
 from sync_core.core.entities import ENTITY_SETS, PARENT_CUSTOMER, PRIMARY_IDS, read_columns, row_id
-from sync_core.core.errors import ApiError
+from sync_core.core.errors import ApiError, TransientError
 from sync_core.core.fieldmap import FieldMap, FieldValueError, Unreadable, Winner, canonical_values
 from sync_core.core.merge import Merge, Plan, merge_record, plan, settle
 from sync_core.core.models import Collision, Direction, EntityType, Link, RecordFailure
@@ -379,8 +379,10 @@ class Applier:
         messages = self.dataverse.messages_for(list(writes.values()), fill_places=spread)
         return _Planned(planned, out, messages, spread)
 
-    def _send_linked(self, batch: _Planned) -> _Sent:
-        """Start the batch's writes, both sides at once, on threads of their own; returns at once."""
+    def _send_linked(self, batch: _Planned, gate: Callable[[], None] | None = None) -> _Sent:
+        """Start the batch's writes, both sides at once, on threads of their own; returns at once.
+        With a ``gate``, they start once it has returned, on a thread of its own (a batch queued
+        behind others: ``LinkedWrites.add(wait=False)``); when it raises, neither side is written."""
         # The two sides' writes are independent: a failure of either ends the batch's recording (the
         # records whose writes both went through may have been recorded already: ``_record_written``),
         # and the repeat merges to the same values, writing nothing twice.
@@ -391,17 +393,32 @@ class Applier:
             written.put(outcomes)
             news.set()
 
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="linked-write")
+        pool = ThreadPoolExecutor(max_workers=2 if gate is None else 3, thread_name_prefix="linked-write")
         try:
+            opened = None if gate is None else pool.submit(contextvars.copy_context().run, gate)
+
+            def after_gate(write: Callable[..., _W], *args: Any, **kwargs: Any) -> _W:
+                if opened is not None:
+                    try:
+                        opened.result()
+                    except BaseException as err:
+                        raise NotSentError("not sent: the batches before it failed or stopped") from err
+                return write(*args, **kwargs)
+
             dynamics = pool.submit(
-                contextvars.copy_context().run, self._write_dynamics, batch.planned, on_written, spread=batch.spread
+                contextvars.copy_context().run,
+                after_gate,
+                self._write_dynamics,
+                batch.planned,
+                on_written,
+                spread=batch.spread,
             )
-            marketo = pool.submit(contextvars.copy_context().run, self._write_marketo, batch.planned)
+            marketo = pool.submit(contextvars.copy_context().run, after_gate, self._write_marketo, batch.planned)
         finally:
             pool.shutdown(wait=False)
         for side in (dynamics, marketo):
             side.add_done_callback(lambda _: news.set())
-        return _Sent(batch, dynamics, marketo, written, news)
+        return _Sent(batch, dynamics, marketo, written, news, gate=opened)
 
     def _record_written(self, sent: _Sent) -> None:
         """While a batch is in flight: record its records whose writes are done on both sides (its
@@ -893,6 +910,14 @@ class _Planned:
     spread: bool  # whether they are spread over the places (``message_sizes``)
 
 
+_W = TypeVar("_W")
+
+
+class NotSentError(TransientError):
+    """A batch queued behind others (``LinkedWrites.add(wait=False)``) that was not sent: one of
+    those it waited for failed, or the pipeline stopped. Its persons' changes were not written."""
+
+
 @dataclass
 class _Sent:
     """A batch whose writes are in flight: both sides' futures, the Dynamics outcomes of each bulk
@@ -904,12 +929,17 @@ class _Sent:
     marketo: Future[dict[int, LeadWriteResult]]
     _answers: queue.SimpleQueue[dict[int, WriteOutcome]]
     _news: threading.Event
+    gate: Future[None] | None = None  # a queued batch's wait for room (``LinkedWrites.add(wait=False)``)
     _written: dict[int, WriteOutcome] = field(default_factory=dict)
     recorded: set[int] = field(default_factory=set)  # positions in ``batch.planned``
     activities: list[SyncFailure] = field(default_factory=list)  # activity-log lines kept for the last record
 
     def done(self) -> bool:
         return self.dynamics.done() and self.marketo.done()
+
+    def waiting(self) -> bool:
+        """Whether its writes wait for room still (queued behind the batches before it)."""
+        return self.gate is not None and not self.gate.done()
 
     def wait(self) -> None:
         """Until a bulk message is answered or a side ends since the last ``wait`` (at once if one was)."""
@@ -962,13 +992,22 @@ class LinkedWrites:
         self._applier = applier
         self._limit = max(1, messages)
         self._in_flight: deque[_Sent] = deque()
+        self._stopped = threading.Event()  # a failure: the batches queued and not sent never are
 
-    def add(self, items: Sequence[Pending], *, spread: bool = True) -> None:
-        """``spread`` False: the batch's fewest bulk messages (``Applier._plan_linked``)."""
+    def add(self, items: Sequence[Pending], *, spread: bool = True, wait: bool = True) -> None:
+        """``spread`` False: the batch's fewest bulk messages (``Applier._plan_linked``). ``wait``
+        False: a batch the batches in flight leave no room for is not waited for but queued behind
+        them: its writes start, on a thread of their own, as soon as they leave room (so that a
+        caller busy with something else leaves no place idle meanwhile), and not at all when one
+        it waited for failed (``NotSentError``; that one's failure is raised, as ``add`` would
+        have). The batches done before it are recorded, as ``add`` records them."""
         batch = self._applier._plan_linked(items, spread=spread)
         if batch is None:
             return
         need = max(1, batch.messages)
+        if not wait:
+            self._queue(batch, need)
+            return
         done: list[_Sent] = []
         try:
             while self._in_flight and sum(max(1, s.batch.messages) for s in self._in_flight) + need > self._limit:
@@ -984,9 +1023,37 @@ class LinkedWrites:
         for sent in done:
             self._applier._finish_linked(sent)
 
-    def idle(self) -> bool:
-        """Whether no batch's writes are in flight (all ended, or none sent): ``add`` would not wait."""
-        return all(sent.done() for sent in self._in_flight)
+    def _queue(self, batch: _Planned, need: int) -> None:
+        ahead = list(self._in_flight)
+        limit, stopped = self._limit, self._stopped
+
+        def held(batches: deque[_Sent]) -> int:
+            return sum(max(1, sent.batch.messages) for sent in batches)
+
+        def room() -> None:  # as ``add`` waits, the batches before in order, on the batch's thread
+            before = deque(ahead)
+            while before and held(before) + need > limit:
+                before.popleft().outcomes()  # a failure is raised here: this batch is not sent
+            if stopped.is_set():
+                raise NotSentError("the pipeline stopped")
+
+        gate = room if held(deque(ahead)) + need > limit else None
+        self._in_flight.append(self._applier._send_linked(batch, gate))
+        done: list[_Sent] = []
+        try:
+            while len(self._in_flight) > 1 and self._in_flight[0].done():
+                self._in_flight[0].outcomes()
+                done.append(self._in_flight.popleft())
+        except BaseException:
+            self._failed(self._in_flight.popleft())
+            self._record_after_failure(done)
+            raise
+        for sent in done:
+            self._applier._finish_linked(sent)
+
+    def waiting(self) -> int:
+        """The batches queued (``add(wait=False)``) whose writes wait for room still."""
+        return sum(1 for sent in self._in_flight if sent.waiting())
 
     def room(self) -> int:
         """The bulk messages ``add`` could start now without waiting: the places the batches from
@@ -1026,7 +1093,9 @@ class LinkedWrites:
 
     def _record_after_failure(self, done: list[_Sent]) -> None:
         """After a failure: the batches whose writes went through are recorded; of those whose
-        writes failed, the records whose writes went through (``_failed``)."""
+        writes failed, the records whose writes went through (``_failed``). A batch queued and not
+        sent yet is not sent."""
+        self._stopped.set()
         rest, self._in_flight = [*done, *self._in_flight], deque()
         for sent in rest:
             try:

@@ -4,7 +4,9 @@ cycle writes what it wrote batch by batch (the same values, baselines and calls)
 a batch is in flight still records that batch, moves no cursor and sends nothing more; a batch
 whose writes failed is not recorded (but for the records of its messages that were answered) and
 no later batch is sent; a batch's records are recorded as their messages are answered, while its
-other messages are in flight; the next cycle writes nothing twice.
+other messages are in flight; the next cycle writes nothing twice; a batch queued behind those in
+flight (``add(wait=False)``) goes as soon as they end, without its caller, and not at all when one
+of them failed.
 
 The worlds use a Dataverse batch size of 2 (one bulk message in flight: the fake gives no dop
 hint), so a handful of persons makes several batches."""
@@ -12,6 +14,7 @@ hint), so a handful of persons makes several batches."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -42,7 +45,7 @@ def _persons_step_after_the_feed(monkeypatch: pytest.MonkeyPatch) -> None:
 class OneAtATime(LinkedWrites):
     """The persons step without the overlap: each batch written and recorded before the next."""
 
-    def add(self, items: Sequence[Pending], *, spread: bool = True) -> None:
+    def add(self, items: Sequence[Pending], *, spread: bool = True, wait: bool = True) -> None:
         self._applier.sync_linked(items)
 
 
@@ -256,3 +259,79 @@ def test_an_applier_spreads_its_last_wave_of_messages_unless_told_not_to(
     sent = [r for r in world.dataverse.requests if r.url.path.endswith("UpdateMultiple")]
     assert sorted(len(json.loads(r.content)["Targets"]) for r in sent) == sizes
     assert titles(world) == [("leads", f"Title {n}") for n in range(3)]
+
+
+def held_first_message(world: World, monkeypatch: pytest.MonkeyPatch, *, fail: bool = False) -> threading.Event:
+    """Hold the first UpdateMultiple message until the returned event is set (then answer it, or
+    refuse it as unavailable with ``fail``); the others are answered at once."""
+    update_multiple = world.dataverse._update_multiple
+    release = threading.Event()
+    first: list[str] = []
+
+    def holding(entity_set: str, targets: list[dict[str, Any]]) -> httpx.Response:
+        ids = sorted(str(target.get("leadid")) for target in targets)
+        if not first:
+            first.extend(ids)
+        if ids == first:
+            release.wait(5)
+            if fail:
+                return httpx.Response(503, json={"error": {"code": "0x80040216", "message": "unavailable"}})
+        return update_multiple(entity_set, targets)
+
+    monkeypatch.setattr(world.dataverse, "_update_multiple", holding)
+    return release
+
+
+def two_batches(world: World) -> tuple[list[int], list[list[Pending]]]:
+    persons = [world.linked_lead(i)[1] for i in range(2 * BATCH)]
+    links = world.store.get_links_by_marketo_ids(persons)
+    items = [Pending(links[p], marketo={"title": f"Title {n}"}) for n, p in enumerate(persons)]
+    return persons, [items[:BATCH], items[BATCH:]]
+
+
+def test_a_queued_batch_goes_as_soon_as_the_one_in_flight_ends_without_its_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = make_world(options=CycleOptions(dataverse_batch_size=BATCH))
+    persons, (first, second) = two_batches(world)
+    release = held_first_message(world, monkeypatch)
+    world.dataverse.requests.clear()
+    writes = LinkedWrites(applier_for(world), messages=1)
+
+    writes.add(first)
+    writes.add(second, wait=False)  # returns at once: no room while the first message is held
+    assert writes.waiting() == 1
+    assert len(bulk_calls(world)) == 1
+
+    release.set()
+    deadline = time.monotonic() + 5
+    while len(bulk_calls(world)) < 2 and time.monotonic() < deadline:  # nothing asks the pipeline meanwhile
+        time.sleep(0.01)
+    assert len(bulk_calls(world)) == 2
+    assert writes.waiting() == 0
+    writes.close()
+
+    assert titles(world) == [("leads", f"Title {n}") for n in range(2 * BATCH)]
+    assert [dict(baseline).get("title") for _, baseline in baselines(world, persons)] == [
+        f"Title {n}" for n in range(2 * BATCH)
+    ]
+
+
+def test_a_batch_queued_behind_a_failed_one_is_not_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = make_world(options=CycleOptions(dataverse_batch_size=BATCH))
+    persons, (first, second) = two_batches(world)
+    release = held_first_message(world, monkeypatch, fail=True)
+    writes = LinkedWrites(applier_for(world), messages=1)
+
+    writes.add(first)
+    writes.add(second, wait=False)
+    assert writes.waiting() == 1
+    release.set()
+    with pytest.raises(TransientError) as raised:
+        writes.close()
+
+    assert "NotSent" not in type(raised.value).__name__  # the failure raised is the first batch's own
+    assert world.dataverse.api_writes == []  # neither batch written: the second was never sent
+    assert len(bulk_calls(world)) >= 1
+    assert all(row.get("jobtitle") is None for row in world.dataverse.rows["leads"].values())
+    assert all(not dict(baseline).get("title") for _, baseline in baselines(world, persons))
