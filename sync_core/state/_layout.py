@@ -18,7 +18,7 @@ from sync_core.core.errors import ConfigError
 from sync_core.core.models import StoreCounters
 from sync_core.core.retention import Retention
 from sync_core.state._keys import MAX_KEYS_PER_QUERY, RowOp, chunks, marketo_link_key, pack_transactions
-from sync_core.state._rows import Rows, StoredRow
+from sync_core.state._rows import RowFilter, Rows, StoredRow
 
 PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,52}$")  # + the longest suffix ("collisions") stays ≤ 63
 CURSOR = "cursor"
@@ -82,18 +82,28 @@ class LookupChoice:
     of a whole read. Probing on the first read lets a new process (a cycle is one) read by the
     cheaper way from its second read on: probing first on the 8th cost the 100k benchmark's echo
     cycle its first seven look-ups of 5,000 keys by filters among 200,000 rows, ~55 ms a filter on
-    Azurite (README "Performance"). The rows read are the same either way."""
+    Azurite (README "Performance"). The rows read are the same either way.
 
-    FILTER, POINT = "filter", "point"
+    A look-up of at least ``RANGE_MIN_KEYS`` keys may also read a partition's whole key range
+    (``RANGE``: the rows under the keys' common prefix, one scan of up to a few thousand rows)
+    instead of its keys one by one, where that costs less than its keys would by the cheaper way:
+    a look-up of half a table's links (a pre-read's census) reads every partition once, not a
+    request per key. A range's cost is timed in seconds a partition (per table and prefix, whose
+    partitions hold about as many rows: their keys are spread by a hash); until it is known, and
+    every ``PROBE_EVERY``-th big look-up after, a few partitions are read by range first."""
+
+    FILTER, POINT, RANGE = "filter", "point", "range"
     SAMPLE = 4 * MAX_KEYS_PER_QUERY
     MIN_KEYS = 2 * SAMPLE
+    RANGE_MIN_KEYS = 2000
     PROBE_EVERY = 8
     WEIGHT = 0.3  # of the newest read in the moving average
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._cost: dict[tuple[str, str], float] = {}  # (table, way) -> seconds a key
+        self._cost: dict[tuple[str, str], float] = {}  # (table, way) -> seconds a key; (table, prefix) a range
         self._reads: dict[str, int] = {}
+        self._big_reads: dict[str, int] = {}
 
     def way(self, table: str, keys: int) -> tuple[str | None, str | None]:
         """The way to read ``keys`` keys of ``table`` (None: too few to time: filters, untimed), and
@@ -106,6 +116,38 @@ class LookupChoice:
             best = self.POINT if filter_cost and point_cost and point_cost < filter_cost else self.FILTER
         other = self.POINT if best == self.FILTER else self.FILTER
         return best, (other if reads % self.PROBE_EVERY == 1 else None)
+
+    def range_probe(self, table: str, prefix: str, keys: Mapping[str, int]) -> list[str]:
+        """Of a big look-up's partitions (with how many of its keys each holds), the one to read by
+        range first, to time it: when no range of this table and prefix is timed yet, and on every
+        ``PROBE_EVERY``-th big look-up after (the partition with the median count)."""
+        with self._lock:
+            reads = self._big_reads[table] = self._big_reads.get(table, 0) + 1
+            known = (table, self.RANGE + prefix) in self._cost
+        if known and reads % self.PROBE_EVERY != 1:
+            return []
+        by_keys = sorted(keys, key=lambda partition: (keys[partition], partition))
+        return by_keys[len(by_keys) // 2 : len(by_keys) // 2 + 1]
+
+    def cheaper_by_range(self, table: str, prefix: str, keys: Mapping[str, int]) -> list[str]:
+        """The partitions a range read costs less than their keys would by the cheaper way, by the
+        figures so far (none while either is unknown)."""
+        with self._lock:
+            per_range = self._cost.get((table, self.RANGE + prefix))
+            per_key = min(
+                (
+                    cost
+                    for (name, way), cost in self._cost.items()
+                    if name == table and way in (self.FILTER, self.POINT)
+                ),
+                default=None,
+            )
+        if per_range is None or per_key is None:
+            return []
+        return sorted(partition for partition, count in keys.items() if per_range < count * per_key)
+
+    def timed_ranges(self, table: str, prefix: str, partitions: int, seconds: float) -> None:
+        self.timed(table, self.RANGE + prefix, partitions, seconds)
 
     def timed(self, table: str, way: str, keys: int, seconds: float) -> None:
         per_key = seconds / max(keys, 1)
@@ -170,17 +212,56 @@ class RowPlumbing:
         which the SDK escapes), or a point read per key once those have cost less here
         (``LookupChoice``: filters read the partition, so they slow as it grows)."""
         wanted = sorted(set(keys))
+        rows: list[StoredRow] = []
+        if len(wanted) >= LookupChoice.RANGE_MIN_KEYS:
+            rows, wanted = self._read_ranges(table, wanted)
         way, probe = self.lookups.way(table, len(wanted))
         if way is None:
-            return self._read_keys(table, wanted, LookupChoice.FILTER)
-        rows: list[StoredRow] = []
-        if probe is not None:
-            sample = self.lookups.sample(probe, wanted)
-            rows += self._timed_read(table, sample, probe)
-            taken = set(sample)
-            wanted = [key for key in wanted if key not in taken]
-        rows += self._timed_read(table, wanted, way)
-        return sorted(rows, key=lambda row: (row.partition, row.row)) if probe is not None else rows
+            rows += self._read_keys(table, wanted, LookupChoice.FILTER)
+        else:
+            if probe is not None:
+                sample = self.lookups.sample(probe, wanted)
+                rows += self._timed_read(table, sample, probe)
+                taken = set(sample)
+                wanted = [key for key in wanted if key not in taken]
+            rows += self._timed_read(table, wanted, way)
+        return sorted(rows, key=lambda row: (row.partition, row.row))
+
+    def _read_ranges(
+        self, table: str, wanted: Sequence[tuple[str, str]]
+    ) -> tuple[list[StoredRow], list[tuple[str, str]]]:
+        """A big look-up's partitions worth reading whole (``LookupChoice.ranges``): the rows of
+        the keys wanted among them, and the keys left to read one by one."""
+        by_partition: dict[str, set[str]] = {}
+        for partition, row in wanted:
+            by_partition.setdefault(partition, set()).add(row)
+        prefix = _common_prefix(min(row for _, row in wanted), max(row for _, row in wanted))
+        counts = {partition: len(rows) for partition, rows in by_partition.items()}
+        probed = self.lookups.range_probe(table, prefix, counts)
+        rows = self._timed_ranges(table, prefix, probed, by_partition)
+        ranged = self.lookups.cheaper_by_range(table, prefix, {p: n for p, n in counts.items() if p not in probed})
+        rows += self._timed_ranges(table, prefix, ranged, by_partition)
+        done = {*probed, *ranged}
+        return rows, [key for key in wanted if key[0] not in done]
+
+    def _timed_ranges(
+        self, table: str, prefix: str, partitions: Sequence[str], wanted: Mapping[str, set[str]]
+    ) -> list[StoredRow]:
+        if not partitions:
+            return []
+        started = time.perf_counter()
+        found = self._side_by_side(
+            lambda partition: [
+                row
+                for row in self._rows.scan_rows(
+                    table, where=RowFilter(partition=partition, row_prefix=prefix), page_size=PAGE
+                )
+                if row.row in wanted[partition]
+            ],
+            partitions,
+        )
+        self.lookups.timed_ranges(table, prefix, len(partitions), time.perf_counter() - started)
+        return [row for rows in found for row in rows]
 
     def _timed_read(self, table: str, keys: Sequence[tuple[str, str]], way: str) -> list[StoredRow]:
         started = time.perf_counter()
@@ -214,6 +295,14 @@ class RowPlumbing:
             (partition, ops) for partition, groups in sorted(by_partition.items()) for ops in pack_transactions(groups)
         ]
         self._side_by_side(lambda batch: self._rows.transact(table, *batch), batches)
+
+
+def _common_prefix(first: str, last: str) -> str:
+    """The characters two keys start with alike (of the lowest and highest: every key between has them)."""
+    length = 0
+    while length < min(len(first), len(last)) and first[length] == last[length]:
+        length += 1
+    return first[:length]
 
 
 def link_partition(row: str) -> str:
