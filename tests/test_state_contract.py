@@ -56,6 +56,7 @@ from sync_core.state._layout import (
     PRUNE_PAGE,
     PRUNE_PARTITIONS,
     LookupChoice,
+    _common_prefix,
     as_int,
     link_partition,
 )
@@ -645,6 +646,10 @@ def test_the_migration_moves_every_link_a_page_at_a_time_and_loses_none(subject:
     peer = subject.make_peer() if subject.make_peer else store
     peer.get_links_by_marketo_ids([1])
     _past_first_probe(peer)
+    assert isinstance(peer, RowStateStore)
+    # In memory the peer is the store, whose first look-up timed both ways: filters kept the cheaper
+    # (on a loaded machine its point reads may have timed cheaper, and the look-up gone by them).
+    peer.lookups.timed(peer.tables.links, LookupChoice.POINT, 1, 1.0)
     cost = _cost(peer, lambda: peer.get_links_by_marketo_ids(range(1, 601)))
     assert cost == StoreCounters(reads=_queries([marketo_link_key(i) for i in range(1, 601)]))
     assert sorted(link.marketo_id for link in peer.iter_links()) == list(range(1, 601))
@@ -785,6 +790,43 @@ def test_a_lookup_that_probes_reads_a_sample_the_other_way_and_returns_every_row
     assert list(found.items()) == [(link.marketo_id, link) for link in links]
     by_dataverse = store.get_links_by_dataverse_ids(EntityType.LEAD, [link.dataverse_id for link in links])
     assert by_dataverse == {link.dataverse_id: link for link in links}
+
+
+@pytest.mark.parametrize("ranges", ["cheaper", "dearer"])
+def test_a_big_lookup_reads_whole_partitions_only_where_that_costs_less_and_finds_the_same_links(
+    rows: Rows, table_prefix: str, ranges: str
+) -> None:
+    """A look-up of ``RANGE_MIN_KEYS`` keys or more: its first reads one partition (the median by keys
+    asked) by range, to time it; the others go by range where a range has cost less than their keys
+    would by the cheaper way, else key by key. Either way it finds every link asked for, no other."""
+    store = RowStateStore(rows, prefix=table_prefix, query_workers=8)
+    count = LookupChoice.RANGE_MIN_KEYS + 100
+    links = [_link(marketo_id) for marketo_id in range(1, count + 1)]
+    store.upsert_links(links)
+    store.upsert_links([_link(10**7 + i, EntityType.CONTACT) for i in range(50)])  # outside the keys' prefix
+    store.get_links_by_marketo_ids([1])  # its layout looked up
+    _past_first_probe(store)
+    table = store.tables.links
+    prefix = _common_prefix(marketo_link_key(1), marketo_link_key(count))
+    # keys dear and ranges cheap, or point reads cheap and ranges dear
+    store.lookups.timed(table, LookupChoice.FILTER, 1, 1.0)
+    store.lookups.timed(table, LookupChoice.POINT, 1, 1.0 if ranges == "cheaper" else 1e-6)
+    store.lookups.timed_ranges(table, prefix, 1, 1e-6 if ranges == "cheaper" else 1000.0)
+    asked = [*range(count, 0, -1), 10**6]  # one that no link has
+
+    found: dict[int, Link] = {}
+    cost = _cost(store, lambda: found.update(store.get_links_by_marketo_ids(asked)))
+
+    assert found == {link.marketo_id: link for link in links}
+    keys = [(link_partition(marketo_link_key(i)), marketo_link_key(i)) for i in asked]
+    partitions = {partition for partition, _ in keys}
+    if ranges == "cheaper":
+        assert cost.reads == len(partitions)  # a page of each partition's range (fewer than 1,000 rows each)
+    else:
+        by_partition = Counter(partition for partition, _ in keys)
+        probed = sorted(by_partition, key=lambda p: (by_partition[p], p))[len(by_partition) // 2]
+        assert cost.reads == 1 + len(keys) - by_partition[probed]  # the probe's page, then a read a key
+    assert any(way == LookupChoice.RANGE + prefix for way in store.lookups.costs(table))
 
 
 class _MeetingRows(MemoryRows):
