@@ -2,8 +2,10 @@
 
 When both tables have a delta link, the cycle does not wait for the change feed to end before it
 reads them: a thread of its own reads every delta page of the contacts, then of the leads, looks
-their rows' links up (on a second thread, while it reads the next page), and spools each page
-with its links to local disk (memory stays bounded by two pages), while the feed is read. The
+their rows' links up (on a second thread, while it reads the next pages: the pages read while a
+look-up is busy are looked up together, so that a big delta's look-ups are few and big, which the
+state store may answer by reading partitions whole, ``LookupChoice``), and spools each page with
+its links to local disk (a page is written there as soon as it is read), while the feed is read. The
 pages are then applied from the spool in their order, as they would have been read in turn
 (``PreRead.pages``; the links the cycle wrote since the pre-read began are read again, as for
 any read ahead: ``LinkWatch``).
@@ -33,7 +35,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from sync_core.core.entities import originating_lead, row_id
@@ -61,6 +63,10 @@ class Census:
         names.update(row_id(entity, row) for row in page.rows)
         names.update(i.lower() for i in page.deleted_ids)
         self.records[EntityType.LEAD].update(lead for row in page.rows if (lead := originating_lead(entity, row)))
+        self.add_links(links)
+
+    def add_links(self, links: dict[str, Link]) -> None:
+        """The persons linked to records a page names (its look-up's links)."""
         self.persons.update(link.marketo_id for link in links.values())
 
     def claims(self, link: Link) -> bool:
@@ -129,8 +135,11 @@ class PreRead:
             kind, value = spool.get()
             if kind == "page":
                 with open(value, "rb") as file:
-                    page, links = pickle.load(file)  # noqa: S301 - this cycle's own spool file
+                    page = pickle.load(file)  # noqa: S301 - this cycle's own spool file
+                with open(value + ".links", "rb") as file:
+                    links = pickle.load(file)  # noqa: S301 - this cycle's own spool file
                 os.remove(value)
+                os.remove(value + ".links")
                 yield page, self.watch.untouched(entity, links)
             elif kind == "rest":
                 return value  # type: ignore[no-any-return]
@@ -171,93 +180,125 @@ class PreRead:
             self._ended.set()
 
     def _read(self) -> None:
-        """Every page of every table, in order; each page's links are looked up on a second thread
-        while the next page is read (the next table's first, after a table's last), then the page
-        is counted in the census and spooled."""
+        """Every page of every table, in order (``_read_pages``), each written to the spool's
+        directory as it is read; their links are looked up on a second thread (``_link``), which
+        then counts the pages in the census and hands them to their tables' readers in order."""
+        read: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pre-read-links")
         try:
-            self._read_pages(pool)
+            linking = pool.submit(contextvars.copy_context().run, self._link, read)
+            try:
+                self._read_pages(read)
+            finally:
+                read.put(_Item("done"))
+            linking.result()
         finally:
             pool.shutdown(wait=True)
+            while True:  # what the look-ups did not get to, after one failed
+                try:
+                    item = read.get_nowait()
+                except queue.Empty:
+                    break
+                if item.kind == "rest":
+                    _close(item.value)
 
-    def _read_pages(self, pool: ThreadPoolExecutor) -> None:
+    def _read_pages(self, read: queue.SimpleQueue[_Item]) -> None:
         rows = 0
-        looking: _Looking | None = None  # the last page read, its links being looked up
         for position, entity in enumerate(self._order):
             delta_link, select = self.tables[entity]
-            spool = self._queues[entity]
             number = 0
             try:
                 pages = self._delta(entity, delta_link, select)
                 while not self._stop.is_set():
                     if rows >= self._max_rows:
-                        if looking is not None and not self._spool(looking):
-                            return
                         self._not_read.update(self._order[position + 1 :])
-                        spool.put(("rest", pages))
+                        read.put(_Item("rest", entity, pages))
                         return
                     page = next(pages, None)
-                    if page is None and looking is not None and looking.entity is entity:
-                        # The table's end goes after its last page, spooled once the next table's
-                        # first page is read.
-                        looking = replace(looking, last=True)
-                        break
-                    if looking is not None:
-                        if not self._spool(looking):
-                            return
-                        looking = None
                     if page is None:
-                        spool.put(("end", None))
+                        read.put(_Item("end", entity))
                         break
+                    path = os.path.join(self._dir, f"{entity.value}-{number}.pickle")
+                    with open(path, "wb") as file:
+                        pickle.dump(page, file)
+                    self._census.add(entity, page, {})
                     row_ids = [row_id(entity, row) for row in page.rows]
                     ids = row_ids + [i.lower() for i in page.deleted_ids]
-                    found = pool.submit(contextvars.copy_context().run, self._look_up, entity, ids) if ids else None
-                    looking = _Looking(entity, page, frozenset(row_ids), number, found)
+                    read.put(_Item("page", entity, _Read(path, ids, frozenset(row_ids))))
                     rows += len(page.rows) + len(page.deleted_ids)
                     number += 1
                 else:
                     _close(pages)
                     return
             except Exception as err:  # the table's reader raises it as its own
-                if looking is not None and looking.entity is not entity:
-                    with contextlib.suppress(Exception):  # the table before's last page, and its end
-                        self._spool(looking)
-                spool.put(("error", err))
+                read.put(_Item("error", entity, err))
                 return
-        if looking is not None and not self._spool(looking):
-            return
-        self.complete.set()
+        read.put(_Item("complete"))
 
-    def _spool(self, looking: _Looking) -> bool:
-        """A page read, once its links are found: counted and spooled (False: the look-up failed,
+    def _link(self, read: queue.SimpleQueue[_Item]) -> None:
+        """The pages read, in order: those of one table read while the last look-up was busy are
+        looked up at once, then spooled; a table's end, rest or read error follows its pages. A
+        look-up that fails is its table's error, and the pre-read stops there."""
+        held: _Item | None = None
+        while True:
+            item, held = held or read.get(), None
+            if item.kind == "done":
+                return
+            if item.kind == "complete":
+                self.complete.set()
+                continue
+            assert item.entity is not None
+            if item.kind != "page":
+                self._queues[item.entity].put((item.kind, item.value))
+                continue
+            group: list[_Read] = [item.value]
+            while True:
+                try:
+                    more = read.get_nowait()
+                except queue.Empty:
+                    break
+                if more.kind != "page" or more.entity is not item.entity:
+                    held = more
+                    break
+                group.append(more.value)
+            if not self._spool(item.entity, group):
+                self._stop.set()
+                return
+
+    def _spool(self, entity: EntityType, group: Sequence[_Read]) -> bool:
+        """Pages read, once their links are found: counted and spooled (False: the look-up failed,
         which its table's reader raises as its own)."""
-        entity, page = looking.entity, looking.page
         spool = self._queues[entity]
+        ids = [i for page in group for i in page.ids]
         try:
-            links = looking.links.result() if looking.links is not None else {}
+            links = self._look_up(entity, ids) if ids else {}
         except Exception as err:
             spool.put(("error", err))
             return False
-        self._census.add(entity, page, links)
-        path = os.path.join(self._dir, f"{entity.value}-{looking.number}.pickle")
-        with open(path, "wb") as file:
-            pickle.dump((page, {i: link for i, link in links.items() if i in looking.rows}), file)
-        spool.put(("page", path))
-        if looking.last:
-            spool.put(("end", None))
+        self._census.add_links(links)
+        for page in group:
+            with open(page.path + ".links", "wb") as file:
+                pickle.dump({i: link for i, link in links.items() if i in page.rows}, file)
+            spool.put(("page", page.path))
         return True
 
 
 @dataclass(frozen=True)
-class _Looking:
-    """A delta page read whose links are being looked up (``PreRead._read_pages``)."""
+class _Read:
+    """A delta page read and written to the spool's directory, whose links are to be looked up."""
 
-    entity: EntityType
-    page: DeltaPage
+    path: str
+    ids: list[str]  # its rows' and deletions' ids, lowercase
     rows: frozenset[str]  # its rows' ids (not its deletions'): the links spooled with it
-    number: int  # its place in its table's pages
-    links: Future[dict[str, Link]] | None
-    last: bool = False  # its table's last page: the table's end follows it
+
+
+@dataclass(frozen=True)
+class _Item:
+    """What the reader hands the look-ups (``PreRead._link``), in order."""
+
+    kind: str  # page, end, rest (the rest of the table to read in turn), error, complete, done
+    entity: EntityType | None = None
+    value: Any = None
 
 
 def _close(pages: object) -> None:
