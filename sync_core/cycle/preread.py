@@ -240,7 +240,7 @@ class PreRead:
         looked up at once, then spooled; a table's end, rest or read error follows its pages. A
         look-up that fails is its table's error, and the pre-read stops there."""
         held: _Item | None = None
-        while True:
+        while not self._stop.is_set():  # (closed: the pages left are not looked up)
             item, held = held or read.get(), None
             if item.kind == "done":
                 return
