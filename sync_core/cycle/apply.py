@@ -62,6 +62,7 @@ from sync_core.settings import DynamicsDeletePolicy, MarketoDeletePolicy
 from sync_core.state import StateStore
 
 log = logging.getLogger(__name__)
+_W = TypeVar("_W")
 
 NOT_FOUND_CODES = frozenset({"0x80040217"})
 ACCOUNT_FAN_OUT = 3000  # linked contacts merged per batch when an account changes (10 Marketo calls)
@@ -908,9 +909,6 @@ class _Planned:
     out: Batch
     messages: int  # the Dataverse bulk messages its writes take
     spread: bool  # whether they are spread over the places (``message_sizes``)
-
-
-_W = TypeVar("_W")
 
 
 class NotSentError(TransientError):

@@ -90,18 +90,21 @@ class LookupChoice:
     a look-up of half a table's links (a pre-read's census) reads every partition once, not a
     request per key. A range's cost is timed in seconds a partition (per table and prefix, whose
     partitions hold about as many rows: their keys are spread by a hash); until it is known, and
-    every ``PROBE_EVERY``-th big look-up after, a few partitions are read by range first."""
+    every ``PROBE_EVERY``-th big look-up after, one partition (the median by keys asked) is read
+    by range first, to time it."""
 
     FILTER, POINT, RANGE = "filter", "point", "range"
     SAMPLE = 4 * MAX_KEYS_PER_QUERY
     MIN_KEYS = 2 * SAMPLE
-    RANGE_MIN_KEYS = 2000
+    RANGE_MIN_KEYS = 2000  # (a Dataverse page's look-up is 5,000 ids; the persons step's chunks of 1,000 are not)
     PROBE_EVERY = 8
     WEIGHT = 0.3  # of the newest read in the moving average
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._cost: dict[tuple[str, str], float] = {}  # (table, way) -> seconds a key; (table, prefix) a range
+        self._cost: dict[
+            tuple[str, str], float
+        ] = {}  # (table, way) -> seconds a key; (table, RANGE + prefix) -> a partition read whole
         self._reads: dict[str, int] = {}
         self._big_reads: dict[str, int] = {}
 
@@ -230,8 +233,9 @@ class RowPlumbing:
     def _read_ranges(
         self, table: str, wanted: Sequence[tuple[str, str]]
     ) -> tuple[list[StoredRow], list[tuple[str, str]]]:
-        """A big look-up's partitions worth reading whole (``LookupChoice.ranges``): the rows of
-        the keys wanted among them, and the keys left to read one by one."""
+        """A big look-up's partitions worth reading whole (``LookupChoice.range_probe`` and
+        ``cheaper_by_range``): the rows of the keys wanted among them, and the keys left to read
+        one by one."""
         by_partition: dict[str, set[str]] = {}
         for partition, row in wanted:
             by_partition.setdefault(partition, set()).add(row)
