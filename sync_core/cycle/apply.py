@@ -35,7 +35,7 @@ import queue
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -935,6 +935,11 @@ class _Sent:
     def done(self) -> bool:
         return self.dynamics.done() and self.marketo.done()
 
+    @property
+    def places(self) -> int:
+        """The Dataverse places its bulk messages hold (``LinkedWrites``' limit)."""
+        return max(1, self.batch.messages)
+
     def waiting(self) -> bool:
         """Whether its writes wait for room still (queued behind the batches before it)."""
         return self.gate is not None and not self.gate.done()
@@ -1008,7 +1013,7 @@ class LinkedWrites:
             return
         done: list[_Sent] = []
         try:
-            while self._in_flight and sum(max(1, s.batch.messages) for s in self._in_flight) + need > self._limit:
+            while self._in_flight and _held(self._in_flight) + need > self._limit:
                 # Not recorded while waiting for room: the next batch goes as soon as it has room,
                 # and the batches done are recorded while it is in flight (below).
                 self._in_flight[0].outcomes()  # a failure is raised here: this batch is not sent
@@ -1025,17 +1030,14 @@ class LinkedWrites:
         ahead = list(self._in_flight)
         limit, stopped = self._limit, self._stopped
 
-        def held(batches: deque[_Sent]) -> int:
-            return sum(max(1, sent.batch.messages) for sent in batches)
-
         def room() -> None:  # as ``add`` waits, the batches before in order, on the batch's thread
             before = deque(ahead)
-            while before and held(before) + need > limit:
+            while before and _held(before) + need > limit:
                 before.popleft().outcomes()  # a failure is raised here: this batch is not sent
             if stopped.is_set():
                 raise NotSentError("the pipeline stopped")
 
-        gate = room if held(deque(ahead)) + need > limit else None
+        gate = room if _held(ahead) + need > limit else None
         self._in_flight.append(self._applier._send_linked(batch, gate))
         done: list[_Sent] = []
         try:
@@ -1059,7 +1061,7 @@ class LinkedWrites:
         held = 0
         for sent in self._in_flight:
             if held or not sent.done():
-                held += max(1, sent.batch.messages)
+                held += sent.places
         return max(0, self._limit - held)
 
     def close(self) -> None:
@@ -1119,6 +1121,11 @@ class LinkedWrites:
             self._record_after_failure([])
         except Exception:
             log.warning("cycle %s: the batches in flight were not all recorded", self._applier._run_id)
+
+
+def _held(batches: Iterable[_Sent]) -> int:
+    """The places these batches' messages hold."""
+    return sum(sent.places for sent in batches)
 
 
 def _rows_by_id(entity: EntityType, rows: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
