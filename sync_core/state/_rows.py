@@ -90,16 +90,15 @@ def row_props(props: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _mapped(ops: Sequence[RowOp]) -> list[RowOp]:
-    """The ops as sent: a merge's None-valued property as ``""`` (a merge cannot remove one, and
-    dropping it would keep the row's old value), every other op's dropped (``row_props``)."""
-    return [
-        op
-        if op.kind == "delete"
-        else op._replace(props=row_props({name: "" if value is None else value for name, value in op.props.items()}))
-        if op.kind == "merge"
-        else op._replace(props=row_props(op.props))
-        for op in ops
-    ]
+    return [op if op.kind == "delete" else op._replace(props=_sent_props(op)) for op in ops]
+
+
+def _sent_props(op: RowOp) -> dict[str, Any]:
+    """An op's properties as sent: a merge's None-valued one as ``""`` (a merge cannot remove one,
+    and dropping it would keep the row's old value), every other op's dropped (``row_props``)."""
+    if op.kind == "merge":
+        return row_props({name: "" if value is None else value for name, value in op.props.items()})
+    return row_props(op.props)
 
 
 class Rows(ABC):
