@@ -58,12 +58,12 @@ class Census:
     records: dict[EntityType, set[str]] = field(default_factory=lambda: {entity: set() for entity in EntityType})
     persons: set[int] = field(default_factory=set)
 
-    def add(self, entity: EntityType, page: DeltaPage, links: dict[str, Link]) -> None:
+    def add_page(self, entity: EntityType, page: DeltaPage) -> None:
+        """The records a page names (as it is read; its links come once looked up: ``add_links``)."""
         names = self.records[entity]
         names.update(row_id(entity, row) for row in page.rows)
         names.update(i.lower() for i in page.deleted_ids)
         self.records[EntityType.LEAD].update(lead for row in page.rows if (lead := originating_lead(entity, row)))
-        self.add_links(links)
 
     def add_links(self, links: dict[str, Link]) -> None:
         """The persons linked to records a page names (its look-up's links)."""
@@ -221,7 +221,7 @@ class PreRead:
                     path = os.path.join(self._dir, f"{entity.value}-{number}.pickle")
                     with open(path, "wb") as file:
                         pickle.dump(page, file)
-                    self._census.add(entity, page, {})
+                    self._census.add_page(entity, page)
                     row_ids = [row_id(entity, row) for row in page.rows]
                     ids = row_ids + [i.lower() for i in page.deleted_ids]
                     read.put(_Item("page", entity, _Read(path, ids, frozenset(row_ids))))

@@ -238,9 +238,10 @@ def test_the_census_claims_the_persons_of_the_records_a_page_names() -> None:
     qualified_from = Link(marketo_id=2, entity=EntityType.LEAD, dataverse_id="bbbb-lead")
     half_written = Link(marketo_id=3, entity=EntityType.CONTACT, dataverse_id="other-contact")
     free = Link(marketo_id=4, entity=EntityType.CONTACT, dataverse_id="free-contact")
-    census.add(EntityType.LEAD, DeltaPage([{"leadid": "aaaa-lead"}], []), {})
+    census.add_page(EntityType.LEAD, DeltaPage([{"leadid": "aaaa-lead"}], []))
     contact = {"contactid": "cccc-contact", "_originatingleadid_value": "BBBB-lead"}
-    census.add(EntityType.CONTACT, DeltaPage([contact], ["dddd-gone"]), {"cccc-contact": half_written})
+    census.add_page(EntityType.CONTACT, DeltaPage([contact], ["dddd-gone"]))
+    census.add_links({"cccc-contact": half_written})
 
     assert census.claims(lead_person)  # its record is in a page
     assert census.claims(qualified_from)  # a contact in a page was qualified from its lead
