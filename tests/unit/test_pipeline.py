@@ -264,21 +264,19 @@ def test_an_applier_spreads_its_last_wave_of_messages_unless_told_not_to(
 def held_first_message(world: World, monkeypatch: pytest.MonkeyPatch, *, fail: bool = False) -> threading.Event:
     """Hold the first UpdateMultiple message until the returned event is set (then answer it, or
     refuse it as unavailable with ``fail``); the others are answered at once."""
-    update_multiple = world.dataverse._update_multiple
     release = threading.Event()
     first: list[str] = []
 
-    def holding(entity_set: str, targets: list[dict[str, Any]]) -> httpx.Response:
+    def first_held(_: str, targets: list[dict[str, Any]]) -> bool:
         ids = sorted(str(target.get("leadid")) for target in targets)
         if not first:
             first.extend(ids)
-        if ids == first:
-            release.wait(5)
-            if fail:
-                return httpx.Response(503, json={"error": {"code": "0x80040216", "message": "unavailable"}})
-        return update_multiple(entity_set, targets)
+        if ids != first:
+            return False
+        release.wait(5)
+        return fail
 
-    monkeypatch.setattr(world.dataverse, "_update_multiple", holding)
+    unavailable_when(world, first_held, monkeypatch)
     return release
 
 
